@@ -1,0 +1,575 @@
+//! One article file in the council's layout: category, title, `Ngày đăng` line, paragraphs,
+//! optional signature.
+//!
+//! [`parse`] works on text and knows nothing of files; [`from_file`] reads and calls it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+use unicode_normalization::UnicodeNormalization;
+
+/// The marker of the publication line.
+pub const DATE_MARKER: &str = "Ngày đăng";
+/// The form the clerk is told to use when a date line is wrong.
+const DATE_FORM: &str = "'Ngày đăng DD/MM/YYYY | HH:MM'";
+/// A signature is a last paragraph of one line no longer than this, in capitals.
+const SIGNATURE_MAX_CHARS: usize = 80;
+/// Characters kept in a plain-text excerpt.
+pub const EXCERPT_CHARS: usize = 280;
+
+/// A parsed article. The id is given by the caller (it comes from the file's path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Article {
+    /// Path in the store without `.txt`, `/`-separated: the guid and the page URL.
+    pub id: String,
+    /// The category line, as written (NFC, trimmed).
+    pub category: String,
+    pub title: String,
+    /// Publication time with the council's offset.
+    pub published: DateTime<FixedOffset>,
+    /// Body paragraphs, without the signature.
+    pub paragraphs: Vec<String>,
+    /// The signature line, when the article ends with one.
+    pub author: Option<String>,
+}
+
+/// A problem in an article's text, at a line counted from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl LineError {
+    fn new(line: usize, message: impl Into<String>) -> Self {
+        LineError {
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// A broken article file: `path:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{}: {}", path.display(), line, message)]
+pub struct ArticleError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl ArticleError {
+    pub fn at(path: &Path, error: LineError) -> Self {
+        ArticleError {
+            path: path.to_owned(),
+            line: error.line,
+            message: error.message,
+        }
+    }
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.line, self.message)
+    }
+}
+
+/// Parses raw file bytes: checks for NUL bytes and UTF-8, drops a BOM, then [`parse`].
+pub fn parse_bytes(id: &str, bytes: &[u8], tz: Tz) -> Result<Article, LineError> {
+    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
+        return Err(LineError::new(
+            line_at(bytes, pos),
+            "contains a NUL byte: this is a binary file, not article text; \
+             save the article as plain UTF-8 text",
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let pos = e.valid_up_to();
+        LineError::new(
+            line_at(bytes, pos),
+            format!(
+                "not valid UTF-8 (byte 0x{:02X}); save the file as UTF-8 text \
+                 (it may be in a legacy encoding such as Windows-1258)",
+                bytes[pos]
+            ),
+        )
+    })?;
+    parse(id, text, tz)
+}
+
+fn line_at(bytes: &[u8], pos: usize) -> usize {
+    bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Parses an article's text. Lines are counted from 1 in the text as given.
+pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // (line number, cleaned line): NFC, no CR, no characters XML cannot carry, trimmed.
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, raw)| (i + 1, clean(raw)));
+
+    if text.trim().is_empty() {
+        return Err(LineError::new(
+            1,
+            format!(
+                "the file is empty; an article starts with its category line, \
+                 then the title and {DATE_FORM}"
+            ),
+        ));
+    }
+
+    let (category_line, category) = next_nonblank(&mut lines).expect("text is not blank");
+    if category.starts_with(DATE_MARKER) {
+        return Err(LineError::new(
+            category_line,
+            "expected the category line (e.g. 'TIN TỨC - SỰ KIỆN TIÊU BIỂU'), \
+             then the title, before the date line",
+        ));
+    }
+    let Some((title_line, title)) = next_nonblank(&mut lines) else {
+        return Err(LineError::new(
+            category_line + 1,
+            format!("expected the title after the category line, then {DATE_FORM}"),
+        ));
+    };
+    if title.starts_with(DATE_MARKER) {
+        return Err(LineError::new(
+            title_line,
+            "expected the title before the date line; the first line is the category, \
+             the next one the title",
+        ));
+    }
+    let Some((date_line, date)) = next_nonblank(&mut lines) else {
+        return Err(LineError::new(
+            title_line + 1,
+            format!("expected {DATE_FORM} after the title"),
+        ));
+    };
+    let naive = parse_date_line(&date).map_err(|m| LineError::new(date_line, m))?;
+    let published = localize(naive, tz).map_err(|m| LineError::new(date_line, m))?;
+
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    for (_, line) in lines {
+        if line.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(current.join(" "));
+                current.clear();
+            }
+        } else {
+            current.push(line);
+        }
+    }
+    if !current.is_empty() {
+        paragraphs.push(current.join(" "));
+    }
+    let author = match paragraphs.last() {
+        Some(last) if paragraphs.len() > 1 && is_signature(last) => paragraphs.pop(),
+        _ => None,
+    };
+    if paragraphs.is_empty() {
+        return Err(LineError::new(
+            date_line + 1,
+            "the article has no text after the date line; add its paragraphs, \
+             separated by blank lines",
+        ));
+    }
+    Ok(Article {
+        id: id.to_owned(),
+        category,
+        title,
+        published,
+        paragraphs,
+        author,
+    })
+}
+
+fn next_nonblank(lines: &mut impl Iterator<Item = (usize, String)>) -> Option<(usize, String)> {
+    lines.find(|(_, line)| !line.is_empty())
+}
+
+/// NFC, without CR, characters that XML 1.0 forbids or other control characters, trimmed.
+fn clean(raw: &str) -> String {
+    let kept: String = raw
+        .chars()
+        .filter(|&c| c == '\t' || !(c.is_control() || c == '\u{fffe}' || c == '\u{ffff}'))
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .nfc()
+        .collect();
+    let trimmed = kept.trim();
+    if trimmed.len() == kept.len() {
+        kept
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn is_signature(paragraph: &str) -> bool {
+    paragraph.chars().count() <= SIGNATURE_MAX_CHARS
+        && paragraph.chars().any(char::is_alphabetic)
+        && !paragraph.chars().any(char::is_lowercase)
+}
+
+/// Reads `Ngày đăng[:] D/M/YYYY [| H:MM]`.
+fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
+    let Some(rest) = line.strip_prefix(DATE_MARKER) else {
+        return Err(format!(
+            "expected {DATE_FORM} after the title, found '{}'",
+            shorten(line)
+        ));
+    };
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix(':').unwrap_or(rest).trim();
+    let (date_text, time_text) = match rest.split_once('|') {
+        Some((d, t)) => (d.trim(), Some(t.trim())),
+        None => (rest, None),
+    };
+    let bad_form = || format!("cannot read the date '{}'; expected {DATE_FORM}", rest);
+    let mut parts = date_text.split('/');
+    let (Some(d), Some(m), Some(y), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad_form());
+    };
+    let day = number(d, 1, 2).ok_or_else(bad_form)?;
+    let month = number(m, 1, 2).ok_or_else(bad_form)?;
+    let year = number(y, 4, 4).ok_or_else(bad_form)?;
+    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
+        format!(
+            "'{date_text}' is not a real date (day {day}, month {month}, year {year}); \
+             expected DD/MM/YYYY"
+        )
+    })?;
+    let time = match time_text {
+        None => NaiveTime::MIN,
+        Some(t) => {
+            let bad_time =
+                || format!("'{t}' is not a time of day; expected HH:MM from 00:00 to 23:59");
+            let (h, m) = t.split_once(':').ok_or_else(bad_time)?;
+            let hour = number(h, 1, 2).ok_or_else(bad_time)?;
+            let minute = number(m, 2, 2).ok_or_else(bad_time)?;
+            NaiveTime::from_hms_opt(hour, minute, 0).ok_or_else(bad_time)?
+        }
+    };
+    Ok(date.and_time(time))
+}
+
+fn number(text: &str, min_digits: usize, max_digits: usize) -> Option<u32> {
+    let ok =
+        (min_digits..=max_digits).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    if ok { text.parse().ok() } else { None }
+}
+
+fn localize(naive: NaiveDateTime, tz: Tz) -> Result<DateTime<FixedOffset>, String> {
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.fixed_offset())
+        .ok_or_else(|| format!("{naive} does not exist in time zone {tz} (a clock change)"))
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(MAX).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// Reads one file of the store and parses it.
+pub fn from_file(path: &Path, id: &str, tz: Tz, max_bytes: u64) -> Result<Article, ArticleError> {
+    let bytes = read_limited(path, max_bytes).map_err(|e| ArticleError::at(path, e))?;
+    parse_bytes(id, &bytes, tz).map_err(|e| ArticleError::at(path, e))
+}
+
+/// Reads a file, refusing one over `max_bytes`.
+pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(LineError::new(
+            1,
+            format!(
+                "the file is larger than the {} limit (store.max_bytes); \
+                 an article is text only: leave images and attachments out",
+                human_size(max_bytes)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+impl Article {
+    /// A plain-text excerpt of the body, cut at a word.
+    pub fn excerpt(&self) -> String {
+        excerpt(&self.paragraphs)
+    }
+}
+
+/// The first [`EXCERPT_CHARS`] characters of the body, cut at a word, with `…` when cut.
+pub fn excerpt(paragraphs: &[String]) -> String {
+    let mut out = String::new();
+    for p in paragraphs {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(p);
+        if out.chars().count() > EXCERPT_CHARS {
+            break;
+        }
+    }
+    if out.chars().count() <= EXCERPT_CHARS {
+        return out;
+    }
+    let cut: String = out.chars().take(EXCERPT_CHARS).collect();
+    let cut = match cut.rfind(' ') {
+        Some(pos) if pos > EXCERPT_CHARS / 2 => &cut[..pos],
+        _ => cut.as_str(),
+    };
+    format!("{}…", cut.trim_end_matches([',', ';', ':', ' ']))
+}
+
+/// Whether a file name is one the store ignores: hidden files, editor leftovers, non-`.txt`.
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name == "4913"
+        || !name.ends_with(".txt")
+}
+
+/// The id of the article at `relative` (a path inside the store), or `None` when the path is
+/// not an article (ignored name, hidden folder).
+pub fn id_for(relative: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut components = relative.components().peekable();
+    while let Some(component) = components.next() {
+        let std::path::Component::Normal(part) = component else {
+            return None;
+        };
+        let part = part.to_str()?;
+        if components.peek().is_none() {
+            if is_ignored_name(part) {
+                return None;
+            }
+            parts.push(part.strip_suffix(".txt")?.to_owned());
+        } else {
+            if part.starts_with('.') {
+                return None;
+            }
+            parts.push(part.to_owned());
+        }
+    }
+    let id = parts.join("/");
+    (!id.is_empty()).then(|| id.nfc().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TZ: Tz = chrono_tz::Asia::Ho_Chi_Minh;
+    const SEED: &str = include_str!("../articles/000_5a7074c8138324ae.txt");
+
+    fn ok(text: &str) -> Article {
+        parse("t", text, TZ).unwrap()
+    }
+
+    fn err(text: &str) -> LineError {
+        parse("t", text, TZ).unwrap_err()
+    }
+
+    const BASIC: &str =
+        "TIN TỨC\n\nTiêu đề\nNgày đăng 14/02/2020 | 08:16\n\nĐoạn một.\n\nĐoạn hai.\n";
+
+    #[test]
+    fn seed_article_exactly() {
+        let a = parse("000_5a7074c8138324ae", SEED, TZ).unwrap();
+        assert_eq!(a.category, "TIN TỨC - SỰ KIỆN TIÊU BIỂU");
+        assert_eq!(
+            a.title,
+            "Thường trực HĐND, UBND, Ủy ban MTTQ Việt Nam quận Cầu Giấy ký kết chương trình \
+             phối hợp công tác năm 2020"
+        );
+        assert_eq!(a.published.to_rfc3339(), "2020-02-14T08:16:00+07:00");
+        assert_eq!(a.author.as_deref(), Some("HĐND QUẬN CẦU GIẤY"));
+        assert_eq!(a.paragraphs.len(), 6);
+        assert!(a.paragraphs[0].starts_with("Chiều 13/02/2020, Thường trực HĐND"));
+        assert!(a.paragraphs[5].ends_with("kết quả giải quyết tới người dân./."));
+    }
+
+    #[test]
+    fn crlf_and_bom() {
+        let text = format!("\u{feff}{}", BASIC.replace('\n', "\r\n"));
+        let a = ok(&text);
+        assert_eq!(a.category, "TIN TỨC");
+        assert_eq!(a.title, "Tiêu đề");
+        assert_eq!(a.paragraphs, ["Đoạn một.", "Đoạn hai."]);
+    }
+
+    #[test]
+    fn nfd_title_comes_out_nfc() {
+        let nfd: String = "Kỳ họp thứ mười".nfd().collect();
+        assert_ne!(nfd, "Kỳ họp thứ mười");
+        let a = ok(&BASIC.replace("Tiêu đề", &nfd));
+        assert_eq!(a.title, "Kỳ họp thứ mười");
+    }
+
+    #[test]
+    fn markup_in_title_is_kept_as_text() {
+        let title = "Giá <b> & \"ưu đãi\" ]]> tăng";
+        let a = ok(&BASIC.replace("Tiêu đề", title));
+        assert_eq!(a.title, title);
+    }
+
+    #[test]
+    fn control_characters_are_dropped() {
+        let a = ok(&BASIC.replace("Đoạn một.", "Đoạn\u{1}\u{8} một\u{1b}.\u{ffff}"));
+        assert_eq!(a.paragraphs[0], "Đoạn một.");
+    }
+
+    #[test]
+    fn missing_time_is_midnight() {
+        let a = ok(&BASIC.replace(" | 08:16", ""));
+        assert_eq!(a.published.to_rfc3339(), "2020-02-14T00:00:00+07:00");
+    }
+
+    #[test]
+    fn lenient_date_forms() {
+        for line in [
+            "Ngày đăng: 4/2/2020 | 8:05",
+            "Ngày đăng 04/02/2020 |08:05",
+            "Ngày đăng  4/02/2020|08:05",
+        ] {
+            let a = ok(&BASIC.replace("Ngày đăng 14/02/2020 | 08:16", line));
+            assert_eq!(
+                a.published.to_rfc3339(),
+                "2020-02-04T08:05:00+07:00",
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn signature_only_when_capitals() {
+        let a = ok(&BASIC.replace("Đoạn hai.", "BAN BIÊN TẬP"));
+        assert_eq!(a.author.as_deref(), Some("BAN BIÊN TẬP"));
+        assert_eq!(a.paragraphs, ["Đoạn một."]);
+        assert_eq!(ok(BASIC).author, None);
+    }
+
+    #[test]
+    fn paragraph_lines_are_joined() {
+        let a = ok(&BASIC.replace("Đoạn một.", "Dòng một\nDòng hai"));
+        assert_eq!(a.paragraphs[0], "Dòng một Dòng hai");
+    }
+
+    #[test]
+    fn empty_file() {
+        let e = err("");
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("empty"), "{}", e.message);
+        assert_eq!(err(" \n\n").line, 1);
+    }
+
+    #[test]
+    fn no_date_line() {
+        let e = err("TIN TỨC\n\nTiêu đề\n\nĐoạn một.\n");
+        assert_eq!(e.line, 5);
+        assert!(
+            e.message
+                .contains("expected 'Ngày đăng DD/MM/YYYY | HH:MM'"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn impossible_dates() {
+        let e = err(&BASIC.replace("14/02/2020", "31/02/2020"));
+        assert_eq!(e.line, 4);
+        assert!(
+            e.message.contains("'31/02/2020' is not a real date"),
+            "{}",
+            e.message
+        );
+        let e = err(&BASIC.replace("08:16", "25:61"));
+        assert_eq!(e.line, 4);
+        assert!(
+            e.message.contains("'25:61' is not a time of day"),
+            "{}",
+            e.message
+        );
+        let e = err(&BASIC.replace("14/02/2020", "14-02-2020"));
+        assert!(e.message.contains("cannot read the date"), "{}", e.message);
+    }
+
+    #[test]
+    fn header_only_is_an_error() {
+        let e = err("TIN TỨC\nTiêu đề\nNgày đăng 14/02/2020\n");
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("no text"), "{}", e.message);
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_utf8() {
+        let e = parse_bytes("t", b"TIN\nTitle\n\0", TZ).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("NUL"), "{}", e.message);
+        let e = parse_bytes("t", b"TIN\nTi\xe0u\n", TZ).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+    }
+
+    #[test]
+    fn ids_and_ignored_names() {
+        assert_eq!(
+            id_for(Path::new("2020/02/ky-ket.txt")).as_deref(),
+            Some("2020/02/ky-ket")
+        );
+        assert_eq!(id_for(Path::new("a.txt")).as_deref(), Some("a"));
+        for ignored in [
+            ".hidden.txt",
+            "a.txt~",
+            ".a.txt.swp",
+            ".#a.txt",
+            "4913",
+            "a.md",
+            ".git/x.txt",
+            "a/.b/c.txt",
+        ] {
+            assert_eq!(id_for(Path::new(ignored)), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn excerpt_is_cut_at_a_word() {
+        let long = vec!["từ ".repeat(200)];
+        let e = excerpt(&long);
+        assert!(e.ends_with('…'));
+        assert!(e.chars().count() <= EXCERPT_CHARS + 1);
+        assert_eq!(excerpt(&["Ngắn.".to_string()]), "Ngắn.");
+    }
+}

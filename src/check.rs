@@ -1,0 +1,108 @@
+//! `bantin check`: every problem of the configuration, feed definitions, templates and
+//! articles, one `path:line: message` per line.
+
+use std::sync::atomic::AtomicUsize;
+
+use crate::config::Config;
+use crate::feed::FeedDef;
+use crate::library::Library;
+use crate::publish::unknown_categories;
+use crate::site::Templates;
+
+/// Every problem found, in a stable order; empty when all is well. Also the number of
+/// articles read.
+pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
+    let mut problems = Vec::new();
+    let tz = match config.timezone() {
+        Ok(tz) => tz,
+        Err(e) => return (vec![e], 0),
+    };
+    let (feeds, feed_source) = match FeedDef::load_dir(&config.feeds.dir) {
+        Ok((defs, errors)) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            (defs, true)
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{}: cannot read the feed definitions folder: {e}",
+                config.feeds.dir.display()
+            ));
+            (Vec::new(), false)
+        }
+    };
+    if feed_source && feeds.is_empty() && problems.is_empty() {
+        problems.push(format!(
+            "{}: no feed definitions; add at least one '*.toml' file",
+            config.feeds.dir.display()
+        ));
+    }
+    let templates = match Templates::load(&config.templates.dir) {
+        Ok(t) => Some(t),
+        Err(errors) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    let reader = crate::scan::StoreReader {
+        root: config.store.dir.clone(),
+        tz,
+        max_bytes: config.store.max_bytes,
+    };
+    let files = match reader.walk() {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(format!(
+                "{}: cannot read the store: {e}",
+                config.store.dir.display()
+            ));
+            return (problems, 0);
+        }
+    };
+    let read = files.len();
+    let (entries, errors) = reader.read_all(&files, |_, _| {
+        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    problems.extend(errors.iter().map(ToString::to_string));
+    let library = Library::from_entries(entries);
+    for (def, category) in unknown_categories(&feeds, &library) {
+        let path = config.feeds.dir.join(format!("{}.toml", def.name));
+        let line = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| {
+                text.find(category)
+                    .map(|pos| crate::config::line_of(&text, pos))
+            })
+            .unwrap_or(1);
+        problems.push(format!(
+            "{}:{line}: unknown category '{category}'; the store has: {}",
+            path.display(),
+            library.categories().join(", ")
+        ));
+    }
+    if let Some(templates) = templates {
+        let site = crate::feed::SiteInfo::new(
+            &config.site.title,
+            config.base_url(),
+            &config.site.language,
+        );
+        let publisher_pages = crate::site::Pages {
+            site: &site,
+            feeds: &feeds,
+            templates: &templates,
+        };
+        let latest: Vec<_> = library.iter().take(3).cloned().collect();
+        if let Err(e) = publisher_pages.index(&latest, &library.categories()) {
+            problems.push(e.to_string());
+        }
+        if let Some(first) = files.first().and_then(|f| reader.read(f).ok())
+            && let Err(e) = publisher_pages.article(&first)
+        {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = publisher_pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút")))
+        {
+            problems.push(e.to_string());
+        }
+    }
+    (problems, read)
+}

@@ -1,0 +1,366 @@
+//! The configuration file, `bantin.toml`.
+//!
+//! Every key has a default, so a file may name only what differs; unknown keys are errors.
+//! Relative paths are resolved against the folder that holds the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file looked for when neither `--config` nor `$BANTIN_CONFIG` names one.
+pub const DEFAULT_FILE: &str = "bantin.toml";
+/// Environment variable naming the configuration file.
+pub const ENV_VAR: &str = "BANTIN_CONFIG";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config '{path}': {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration, with paths already made absolute or relative to the working folder.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub site: Site,
+    pub store: Store,
+    pub feeds: Dir<FeedsDir>,
+    pub templates: Dir<TemplatesDir>,
+    pub output: Dir<OutputDir>,
+    pub state: Dir<StateDir>,
+    pub http: Http,
+    pub mail: Mail,
+    pub digest: Digest,
+    /// Where the file was read from (`None`: built-in defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Site {
+    /// Shown in page titles, feed titles and mail.
+    pub title: String,
+    /// Public URL; every link in feeds, pages and mail starts with it.
+    pub base_url: String,
+    /// BCP 47 language tag of the content.
+    pub language: String,
+    /// IANA time zone of the `Ngày đăng` lines and of the digest schedule.
+    pub timezone: String,
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site {
+            title: "HĐND quận Cầu Giấy".into(),
+            base_url: "http://127.0.0.1:8080".into(),
+            language: "vi".into(),
+            timezone: "Asia/Ho_Chi_Minh".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// The article store, read recursively.
+    pub dir: PathBuf,
+    /// Larger files are reported as errors: an article is a page of text, not an upload.
+    pub max_bytes: u64,
+    /// Seconds between full rescans of the store, the safety net for missed file events.
+    pub rescan_secs: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            dir: "articles".into(),
+            max_bytes: 1024 * 1024,
+            rescan_secs: 60,
+        }
+    }
+}
+
+/// Default folder names for the sections that hold only a `dir`.
+pub trait DirDefault {
+    const DEFAULT: &'static str;
+}
+#[derive(Debug, Clone)]
+pub struct FeedsDir;
+impl DirDefault for FeedsDir {
+    const DEFAULT: &'static str = "feeds";
+}
+#[derive(Debug, Clone)]
+pub struct TemplatesDir;
+impl DirDefault for TemplatesDir {
+    const DEFAULT: &'static str = "templates";
+}
+#[derive(Debug, Clone)]
+pub struct OutputDir;
+impl DirDefault for OutputDir {
+    const DEFAULT: &'static str = "public";
+}
+#[derive(Debug, Clone)]
+pub struct StateDir;
+impl DirDefault for StateDir {
+    const DEFAULT: &'static str = "var/state";
+}
+
+/// A section with a single `dir` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dir<K> {
+    pub dir: PathBuf,
+    #[serde(skip)]
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K: DirDefault> Default for Dir<K> {
+    fn default() -> Self {
+        Dir {
+            dir: K::DEFAULT.into(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address the daemon listens on.
+    pub listen: SocketAddr,
+    /// Seconds a client may take to send its request headers (slowloris guard).
+    pub header_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Largest request body accepted (form posts are small).
+    pub max_body_bytes: usize,
+    /// Seconds given to open requests to finish when the daemon stops.
+    pub drain_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            header_timeout_secs: 10,
+            max_connections: 1024,
+            max_body_bytes: 16 * 1024,
+            drain_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mail {
+    /// The From header of every mail.
+    pub from: String,
+    /// `file`, `smtp` or `sendmail`.
+    pub transport: String,
+    /// Folder of `.eml` files for the `file` transport.
+    pub dir: PathBuf,
+    pub smtp: Option<toml::Table>,
+}
+
+impl Default for Mail {
+    fn default() -> Self {
+        Mail {
+            from: "HĐND quận Cầu Giấy <bantin@localhost>".into(),
+            transport: "file".into(),
+            dir: "var/outbox".into(),
+            smtp: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Digest {
+    /// Cron expression (seconds first) of the daily digest, in `site.timezone`.
+    pub daily: String,
+    /// Cron expression of the weekly digest.
+    pub weekly: String,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest {
+            daily: "0 0 7 * * *".into(),
+            weekly: "0 0 7 * * Mon".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Finds the file as the command line documents: `--config`, then `$BANTIN_CONFIG`, then
+    /// `./bantin.toml`; with none of them present, the built-in defaults.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::from_file(path);
+        }
+        if let Some(path) = std::env::var_os(ENV_VAR).filter(|p| !p.is_empty()) {
+            return Config::from_file(Path::new(&path));
+        }
+        let default = Path::new(DEFAULT_FILE);
+        if default.exists() {
+            return Config::from_file(default);
+        }
+        let config = Config::default();
+        config.validate(Path::new("(defaults)"))?;
+        Ok(config)
+    }
+
+    /// Reads and checks one file; relative paths become relative to its folder.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|(line, message)| ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.rebase(base);
+        config.source = Some(path.to_owned());
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses the TOML text; an error carries its line number.
+    pub fn parse(text: &str) -> Result<Config, (usize, String)> {
+        toml::from_str(text).map_err(|e| toml_error(text, &e))
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        for dir in [
+            &mut self.store.dir,
+            &mut self.feeds.dir,
+            &mut self.templates.dir,
+            &mut self.output.dir,
+            &mut self.state.dir,
+            &mut self.mail.dir,
+        ] {
+            if dir.is_relative() && !base.as_os_str().is_empty() {
+                *dir = base.join(&*dir);
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        self.timezone().map_err(invalid)?;
+        let base = self.site.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 9 {
+            return Err(invalid(format!(
+                "site.base_url '{}' must be an absolute http:// or https:// URL",
+                self.site.base_url
+            )));
+        }
+        if !matches!(self.mail.transport.as_str(), "file" | "smtp" | "sendmail") {
+            return Err(invalid(format!(
+                "mail.transport '{}' is not one of file, smtp, sendmail",
+                self.mail.transport
+            )));
+        }
+        if self.store.max_bytes == 0 {
+            return Err(invalid("store.max_bytes must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The council's time zone.
+    pub fn timezone(&self) -> Result<chrono_tz::Tz, String> {
+        self.site.timezone.parse().map_err(|_| {
+            format!(
+                "site.timezone '{}' is not an IANA time zone such as 'Asia/Ho_Chi_Minh'",
+                self.site.timezone
+            )
+        })
+    }
+
+    /// `site.base_url` without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.site.base_url.trim_end_matches('/')
+    }
+}
+
+/// Turns a TOML error into (line, message), the line counted from 1.
+pub fn toml_error(text: &str, error: &toml::de::Error) -> (usize, String) {
+    let line = error
+        .span()
+        .map(|span| line_of(text, span.start))
+        .unwrap_or(1);
+    let message = error.message().trim_end_matches('.').to_string();
+    (line, message)
+}
+
+/// Line number (from 1) of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_every_default() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.site.timezone, "Asia/Ho_Chi_Minh");
+        assert_eq!(config.store.dir, PathBuf::from("articles"));
+        assert_eq!(config.state.dir, PathBuf::from("var/state"));
+        assert_eq!(config.mail.transport, "file");
+        assert_eq!(config.digest.weekly, "0 0 7 * * Mon");
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let (line, message) = Config::parse("[site]\ntitle = \"x\"\ntitel = \"y\"\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(message.contains("titel"), "{message}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bantin.toml");
+        std::fs::write(&path, "[store]\ndir = \"a\"\n[output]\ndir = \"/abs\"\n").unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.store.dir, dir.path().join("a"));
+        assert_eq!(config.output.dir, PathBuf::from("/abs"));
+        assert_eq!(config.feeds.dir, dir.path().join("feeds"));
+    }
+
+    #[test]
+    fn bad_timezone_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bantin.toml");
+        std::fs::write(&path, "[site]\ntimezone = \"Mars/Olympus\"\n").unwrap();
+        let error = Config::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("Mars/Olympus"), "{error}");
+    }
+}

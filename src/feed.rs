@@ -1,0 +1,557 @@
+//! Feed definitions and the three feed formats: RSS 2.0, Atom 1.0 and JSON Feed 1.1.
+//!
+//! Rendering is pure: the same definition and items give the same bytes. Every date comes from
+//! the articles, none from the clock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::library::Entry;
+
+/// Items in a feed when its definition names no `limit`.
+pub const DEFAULT_LIMIT: usize = 50;
+/// A feed never lists more items than this, whatever its definition says.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A feed definition, `feeds/{name}.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedDef {
+    /// The file stem: the feed's URL is `/feeds/{name}.rss` (and `.atom`, `.json`).
+    #[serde(skip)]
+    pub name: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// Categories included; empty means every category.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    DEFAULT_LIMIT
+}
+
+/// A problem in a feed definition, `path:line: message`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct DefError {
+    pub path: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl FeedDef {
+    /// Parses a definition; `name` is the file stem.
+    pub fn parse(name: &str, text: &str) -> Result<FeedDef, (usize, String)> {
+        if !is_valid_name(name) {
+            return Err((
+                1,
+                format!(
+                    "'{name}' is not a usable feed name: use lowercase letters, digits and '-' \
+                     in the file name"
+                ),
+            ));
+        }
+        let mut def: FeedDef =
+            toml::from_str(text).map_err(|e| crate::config::toml_error(text, &e))?;
+        def.name = name.to_owned();
+        if def.limit == 0 || def.limit > MAX_LIMIT {
+            let line = text
+                .find("limit")
+                .map_or(1, |pos| crate::config::line_of(text, pos));
+            return Err((line, format!("limit must be between 1 and {MAX_LIMIT}")));
+        }
+        Ok(def)
+    }
+
+    /// Every `*.toml` of a folder, sorted by name; problems are returned beside the good ones.
+    pub fn load_dir(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::io::Error> {
+        let mut defs = Vec::new();
+        let mut errors = Vec::new();
+        let mut paths: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Err(e) => errors.push(DefError {
+                    path: shown,
+                    line: 1,
+                    message: format!("cannot read: {e}"),
+                }),
+                Ok(text) => match FeedDef::parse(&name, &text) {
+                    Ok(def) => defs.push(def),
+                    Err((line, message)) => errors.push(DefError {
+                        path: shown,
+                        line,
+                        message,
+                    }),
+                },
+            }
+        }
+        Ok((defs, errors))
+    }
+
+    /// Whether an article of `category` belongs in this feed.
+    pub fn includes(&self, category: &str) -> bool {
+        self.categories.is_empty() || self.categories.iter().any(|c| c == category)
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// What the feeds need to know about the site.
+#[derive(Debug, Clone)]
+pub struct SiteInfo {
+    pub title: String,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub language: String,
+    /// The `tag:` URI authority and date, e.g. `example.org,2020`.
+    pub tag_prefix: String,
+}
+
+impl SiteInfo {
+    pub fn new(title: &str, base_url: &str, language: &str) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let host = base_url
+            .split_once("://")
+            .map_or(base_url.as_str(), |(_, rest)| rest)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("localhost")
+            .to_owned();
+        SiteInfo {
+            title: title.to_owned(),
+            base_url,
+            language: language.to_owned(),
+            tag_prefix: format!("{host},2020"),
+        }
+    }
+
+    /// The article's permanent id, a `tag:` URI (RFC 4151).
+    pub fn tag(&self, id: &str) -> String {
+        format!("tag:{}:{}", self.tag_prefix, url_path(id))
+    }
+
+    pub fn article_url(&self, id: &str) -> String {
+        format!("{}/articles/{}.html", self.base_url, url_path(id))
+    }
+
+    pub fn feed_url(&self, name: &str, ext: &str) -> String {
+        format!("{}/feeds/{name}.{ext}", self.base_url)
+    }
+}
+
+/// Percent-encodes a `/`-separated path for a URL, keeping unreserved characters and `/`.
+pub fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One feed item: the entry and, when it could be read, the article body.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    pub entry: &'a Entry,
+    /// Body paragraphs; the excerpt stands in when the file could not be read again.
+    pub paragraphs: Option<&'a [String]>,
+}
+
+impl Item<'_> {
+    fn author<'s>(&'s self, site: &'s SiteInfo) -> &'s str {
+        self.entry.author.as_deref().unwrap_or(&site.title)
+    }
+
+    /// The full text as HTML paragraphs.
+    fn content_html(&self) -> String {
+        let mut html = String::new();
+        match self.paragraphs {
+            Some(paragraphs) => {
+                for p in paragraphs {
+                    html.push_str("<p>");
+                    escape_into(&mut html, p);
+                    html.push_str("</p>\n");
+                }
+            }
+            None => {
+                html.push_str("<p>");
+                escape_into(&mut html, &self.entry.excerpt);
+                html.push_str("</p>\n");
+            }
+        }
+        html.truncate(html.trim_end().len());
+        html
+    }
+}
+
+/// Escapes text for HTML content and attributes.
+pub fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Drops characters XML 1.0 cannot carry (articles are cleaned on parse; this guards
+/// definitions and configuration text).
+pub fn xml_safe(text: &str) -> String {
+    text.chars()
+        .filter(|&c| {
+            matches!(c, '\t' | '\n' | '\r')
+                || ('\u{20}'..='\u{d7ff}').contains(&c)
+                || ('\u{e000}'..='\u{fffd}').contains(&c)
+                || c >= '\u{10000}'
+        })
+        .collect()
+}
+
+/// The feed's own time: the newest `updated` among its items (never the clock).
+fn feed_updated(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
+    items.iter().map(|i| i.entry.updated).max()
+}
+
+/// The newest publication time, for RSS `lastBuildDate` and HTTP `Last-Modified`.
+pub fn last_published(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
+    items.iter().map(|i| i.entry.published).max()
+}
+
+/// The latest change among the items: publication or edit.
+pub fn last_modified(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
+    feed_updated(items)
+}
+
+fn epoch() -> DateTime<FixedOffset> {
+    Utc.timestamp_opt(0, 0).unwrap().fixed_offset()
+}
+
+/// RSS 2.0 with the content, Dublin Core and Atom extensions.
+pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+    use rss::extension::dublincore::DublinCoreExtension;
+    let self_link = atom_syndication::Link {
+        href: site.feed_url(&def.name, "rss"),
+        rel: "self".into(),
+        mime_type: Some("application/rss+xml".into()),
+        ..Default::default()
+    };
+    let rss_items = items
+        .iter()
+        .map(|item| {
+            let e = item.entry;
+            rss::Item {
+                title: Some(xml_safe(&e.title)),
+                link: Some(site.article_url(&e.id)),
+                description: Some(e.excerpt.clone()),
+                guid: Some(rss::Guid {
+                    value: site.tag(&e.id),
+                    permalink: false,
+                }),
+                pub_date: Some(e.published.to_rfc2822()),
+                categories: vec![rss::Category {
+                    name: e.category.clone(),
+                    domain: None,
+                }],
+                content: Some(item.content_html()),
+                dublin_core_ext: Some(DublinCoreExtension {
+                    creators: vec![item.author(site).to_owned()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut namespaces = BTreeMap::new();
+    namespaces.insert(
+        "atom".to_string(),
+        "http://www.w3.org/2005/Atom".to_string(),
+    );
+    let channel = rss::Channel {
+        title: xml_safe(&def.title),
+        link: format!("{}/", site.base_url),
+        description: xml_safe(if def.description.is_empty() {
+            &def.title
+        } else {
+            &def.description
+        }),
+        language: Some(site.language.clone()),
+        last_build_date: last_published(items).map(|t| t.to_rfc2822()),
+        generator: Some("bantin".into()),
+        items: rss_items,
+        atom_ext: Some(rss::extension::atom::AtomExtension {
+            links: vec![self_link],
+        }),
+        namespaces,
+        ..Default::default()
+    };
+    // The crate writes its own declaration, with the encoding.
+    let mut out = channel.to_string();
+    out.push('\n');
+    out
+}
+
+/// Atom 1.0 (RFC 4287).
+pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+    use atom_syndication::{Category, Content, Entry as AtomEntry, Feed, Link, Person, Text};
+    let link = |href: String, rel: &str, mime: &str| Link {
+        href,
+        rel: rel.into(),
+        mime_type: Some(mime.into()),
+        ..Default::default()
+    };
+    let entries = items
+        .iter()
+        .map(|item| {
+            let e = item.entry;
+            AtomEntry {
+                title: Text::plain(xml_safe(&e.title)),
+                id: site.tag(&e.id),
+                updated: e.updated,
+                published: Some(e.published),
+                authors: vec![Person {
+                    name: item.author(site).to_owned(),
+                    ..Default::default()
+                }],
+                categories: vec![Category {
+                    term: e.category.clone(),
+                    ..Default::default()
+                }],
+                links: vec![link(site.article_url(&e.id), "alternate", "text/html")],
+                summary: Some(Text::plain(e.excerpt.clone())),
+                content: Some(Content {
+                    value: Some(item.content_html()),
+                    content_type: Some("html".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let feed = Feed {
+        title: Text::plain(xml_safe(&def.title)),
+        id: format!("tag:{}:feeds/{}", site.tag_prefix, def.name),
+        updated: feed_updated(items).unwrap_or_else(epoch),
+        authors: vec![Person {
+            name: xml_safe(&site.title),
+            ..Default::default()
+        }],
+        links: vec![
+            link(format!("{}/", site.base_url), "alternate", "text/html"),
+            link(
+                site.feed_url(&def.name, "atom"),
+                "self",
+                "application/atom+xml",
+            ),
+        ],
+        subtitle: (!def.description.is_empty()).then(|| Text::plain(xml_safe(&def.description))),
+        generator: Some(atom_syndication::Generator {
+            value: "bantin".into(),
+            ..Default::default()
+        }),
+        entries,
+        lang: Some(site.language.clone()),
+        ..Default::default()
+    };
+    let body = feed.to_string();
+    // The crate writes `<?xml version="1.0"?>`; name the encoding as the RSS feed does.
+    let body = body
+        .strip_prefix("<?xml version=\"1.0\"?>")
+        .unwrap_or(&body)
+        .trim_start();
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}\n")
+}
+
+#[derive(Serialize)]
+struct JsonFeed<'a> {
+    version: &'static str,
+    title: &'a str,
+    home_page_url: String,
+    feed_url: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    language: &'a str,
+    authors: Vec<JsonAuthor<'a>>,
+    items: Vec<JsonItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonAuthor<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonItem<'a> {
+    id: String,
+    url: String,
+    title: &'a str,
+    content_html: String,
+    summary: &'a str,
+    date_published: String,
+    date_modified: String,
+    authors: Vec<JsonAuthor<'a>>,
+    tags: [&'a str; 1],
+}
+
+/// JSON Feed 1.1.
+pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+    let feed = JsonFeed {
+        version: "https://jsonfeed.org/version/1.1",
+        title: &def.title,
+        home_page_url: format!("{}/", site.base_url),
+        feed_url: site.feed_url(&def.name, "json"),
+        description: &def.description,
+        language: &site.language,
+        authors: vec![JsonAuthor { name: &site.title }],
+        items: items
+            .iter()
+            .map(|item| JsonItem {
+                id: site.tag(&item.entry.id),
+                url: site.article_url(&item.entry.id),
+                title: &item.entry.title,
+                content_html: item.content_html(),
+                summary: &item.entry.excerpt,
+                date_published: item.entry.published.to_rfc3339(),
+                date_modified: item.entry.updated.to_rfc3339(),
+                authors: vec![JsonAuthor {
+                    name: item.author(site),
+                }],
+                tags: [&item.entry.category],
+            })
+            .collect(),
+    };
+    let mut out = serde_json::to_string_pretty(&feed).expect("a feed always serializes");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::library::Stamp;
+
+    fn site() -> SiteInfo {
+        SiteInfo::new("HĐND quận Cầu Giấy", "https://hdnd.example.vn/", "vi")
+    }
+
+    fn def() -> FeedDef {
+        FeedDef::parse("tin-tuc", "title = \"Tin tức\"\ndescription = \"Mô tả\"\n").unwrap()
+    }
+
+    fn entry() -> Entry {
+        let published = DateTime::parse_from_rfc3339("2020-02-14T08:16:00+07:00").unwrap();
+        Entry {
+            id: "2020/ky hop".into(),
+            category: "TIN TỨC".into(),
+            title: "Giá <b> & \"x\" ]]> tăng".into(),
+            published,
+            updated: DateTime::parse_from_rfc3339("2020-02-15T09:00:00+07:00").unwrap(),
+            author: Some("HĐND QUẬN CẦU GIẤY".into()),
+            excerpt: "Tóm tắt <i>".into(),
+            file: "2020/ky hop.txt".into(),
+            stamp: Stamp::default(),
+        }
+    }
+
+    #[test]
+    fn rss_has_every_required_element() {
+        let e = entry();
+        let paragraphs = vec!["Một ]]> hai".to_string()];
+        let items = [Item {
+            entry: &e,
+            paragraphs: Some(&paragraphs),
+        }];
+        let xml = rss(&def(), &site(), &items);
+        for needle in [
+            "<guid isPermaLink=\"false\">tag:hdnd.example.vn,2020:2020/ky%20hop</guid>",
+            "<pubDate>Fri, 14 Feb 2020 08:16:00 +0700</pubDate>",
+            "<lastBuildDate>Fri, 14 Feb 2020 08:16:00 +0700</lastBuildDate>",
+            "<category>TIN TỨC</category>",
+            "<dc:creator>HĐND QUẬN CẦU GIẤY</dc:creator>",
+            "<atom:link href=\"https://hdnd.example.vn/feeds/tin-tuc.rss\" rel=\"self\"",
+            "<language>vi</language>",
+            "<title>Giá &lt;b&gt; &amp; &quot;x&quot; ]]&gt; tăng</title>",
+            "<content:encoded>",
+        ] {
+            assert!(xml.contains(needle), "missing {needle} in\n{xml}");
+        }
+    }
+
+    #[test]
+    fn atom_dates_are_whole_seconds_with_offset() {
+        let e = entry();
+        let items = [Item {
+            entry: &e,
+            paragraphs: None,
+        }];
+        let xml = atom(&def(), &site(), &items);
+        assert!(
+            xml.contains("<published>2020-02-14T08:16:00+07:00</published>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<updated>2020-02-15T09:00:00+07:00</updated>"),
+            "{xml}"
+        );
+        assert!(xml.contains("xml:lang=\"vi\""), "{xml}");
+        assert!(xml.contains("<content type=\"html\">"), "{xml}");
+    }
+
+    #[test]
+    fn empty_feed_renders() {
+        let xml = atom(&def(), &site(), &[]);
+        assert!(
+            xml.contains("<updated>1970-01-01T00:00:00+00:00</updated>"),
+            "{xml}"
+        );
+        let xml = rss(&def(), &site(), &[]);
+        assert!(!xml.contains("lastBuildDate"));
+    }
+
+    #[test]
+    fn definitions_report_their_problems() {
+        let (line, msg) = FeedDef::parse("x", "title = \"a\"\n\ncategory = []\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(msg.contains("category"), "{msg}");
+        let (line, _) = FeedDef::parse("x", "title = \"a\"\nlimit = 0\n").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(FeedDef::parse("Bad Name", "title = \"a\"").is_err());
+        assert_eq!(
+            FeedDef::parse("ok", "title = \"a\"").unwrap().limit,
+            DEFAULT_LIMIT
+        );
+    }
+
+    #[test]
+    fn xml_safe_drops_forbidden_characters() {
+        assert_eq!(xml_safe("a\u{1}b\u{fffe}c\td"), "abc\td");
+    }
+}

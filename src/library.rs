@@ -1,0 +1,327 @@
+//! The set of articles of a store, newest first, indexed by id and category.
+//!
+//! Only what feeds, pages and lists need is kept per article ([`Entry`]); bodies are read
+//! again from the store when a page or a feed item needs them, so a store of 100,000 articles
+//! fits in little memory.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset};
+
+use crate::article::Article;
+
+/// What the library keeps of one article.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub category: String,
+    pub title: String,
+    pub published: DateTime<FixedOffset>,
+    /// Last change: the file's modification time, never before `published`.
+    pub updated: DateTime<FixedOffset>,
+    pub author: Option<String>,
+    /// Plain-text excerpt of the body.
+    pub excerpt: String,
+    /// File path relative to the store.
+    pub file: String,
+    /// Size and modification time of the file when it was read, to skip unchanged files
+    /// on a rescan.
+    pub stamp: Stamp,
+}
+
+/// A file's size and modification time in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl Entry {
+    /// The entry for a parsed article; `modified` is the file's modification time.
+    pub fn new(
+        article: &Article,
+        file: String,
+        stamp: Stamp,
+        modified: DateTime<FixedOffset>,
+    ) -> Self {
+        let updated = if modified > article.published {
+            modified.with_timezone(article.published.offset())
+        } else {
+            article.published
+        };
+        Entry {
+            id: article.id.clone(),
+            category: article.category.clone(),
+            title: article.title.clone(),
+            published: article.published,
+            updated,
+            author: article.author.clone(),
+            excerpt: article.excerpt(),
+            file,
+            stamp,
+        }
+    }
+
+    /// Whether the article is published at `now` (not scheduled for later).
+    pub fn is_visible(&self, now: DateTime<FixedOffset>) -> bool {
+        self.published <= now
+    }
+}
+
+/// Sort key: newest first, ties by id.
+type Key = (Reverse<i64>, String);
+
+fn key_of(entry: &Entry) -> Key {
+    (Reverse(entry.published.timestamp()), entry.id.clone())
+}
+
+/// Every article of the store.
+#[derive(Debug, Default, Clone)]
+pub struct Library {
+    ordered: BTreeMap<Key, Arc<Entry>>,
+    by_id: HashMap<String, Arc<Entry>>,
+    by_category: HashMap<String, BTreeSet<Key>>,
+}
+
+/// What one change did to the library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added(Arc<Entry>),
+    Updated { old: Arc<Entry>, new: Arc<Entry> },
+    Removed(Arc<Entry>),
+}
+
+impl Change {
+    /// Categories whose feeds this change touches.
+    pub fn categories(&self) -> Vec<&str> {
+        match self {
+            Change::Added(e) | Change::Removed(e) => vec![e.category.as_str()],
+            Change::Updated { old, new } => {
+                let mut v = vec![old.category.as_str()];
+                if new.category != old.category {
+                    v.push(new.category.as_str());
+                }
+                v
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Added(e) | Change::Removed(e) => &e.id,
+            Change::Updated { new, .. } => &new.id,
+        }
+    }
+}
+
+impl Library {
+    pub fn from_entries(entries: impl IntoIterator<Item = Entry>) -> Self {
+        let mut library = Library::default();
+        for entry in entries {
+            library.upsert(entry);
+        }
+        library
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.by_id.get(id)
+    }
+
+    /// Every entry, newest first (ties by id), scheduled ones included.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.ordered.values()
+    }
+
+    /// Published entries at `now`, newest first.
+    pub fn visible(&self, now: DateTime<FixedOffset>) -> impl Iterator<Item = &Arc<Entry>> {
+        let start: Key = (Reverse(now.timestamp()), String::new());
+        self.ordered.range(start..).map(|(_, e)| e)
+    }
+
+    /// Published entries of one of `categories` (every category when empty), newest first.
+    pub fn visible_in(
+        &self,
+        categories: &[String],
+        now: DateTime<FixedOffset>,
+        limit: usize,
+    ) -> Vec<Arc<Entry>> {
+        if categories.is_empty() {
+            return self.visible(now).take(limit).cloned().collect();
+        }
+        let start: Key = (Reverse(now.timestamp()), String::new());
+        let mut keys: Vec<&Key> = Vec::new();
+        for category in categories {
+            if let Some(set) = self.by_category.get(category) {
+                keys.extend(set.range(start.clone()..).take(limit));
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .take(limit)
+            .filter_map(|k| self.ordered.get(k).cloned())
+            .collect()
+    }
+
+    /// Every category that has at least one article, sorted.
+    pub fn categories(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .by_category
+            .iter()
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(c, _)| c.as_str())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The earliest publication time after `now`, when an article is scheduled.
+    pub fn next_due(&self, now: DateTime<FixedOffset>) -> Option<DateTime<FixedOffset>> {
+        let end: Key = (Reverse(now.timestamp()), String::new());
+        self.ordered
+            .range(..end)
+            .next_back()
+            .map(|(_, e)| e.published)
+            .filter(|t| *t > now)
+    }
+
+    /// Adds or replaces an entry; `None` when nothing changed.
+    pub fn upsert(&mut self, entry: Entry) -> Option<Change> {
+        let new = Arc::new(entry);
+        let old = self.by_id.insert(new.id.clone(), new.clone());
+        if let Some(old) = &old {
+            if **old == *new {
+                self.by_id.insert(old.id.clone(), old.clone());
+                return None;
+            }
+            self.unindex(old);
+        }
+        let key = key_of(&new);
+        self.by_category
+            .entry(new.category.clone())
+            .or_default()
+            .insert(key.clone());
+        self.ordered.insert(key, new.clone());
+        Some(match old {
+            Some(old) => Change::Updated { old, new },
+            None => Change::Added(new),
+        })
+    }
+
+    /// Removes the article `id`.
+    pub fn remove(&mut self, id: &str) -> Option<Change> {
+        let old = self.by_id.remove(id)?;
+        self.unindex(&old);
+        Some(Change::Removed(old))
+    }
+
+    fn unindex(&mut self, entry: &Entry) {
+        let key = key_of(entry);
+        self.ordered.remove(&key);
+        if let Some(set) = self.by_category.get_mut(&entry.category) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_category.remove(&entry.category);
+            }
+        }
+    }
+
+    /// Ids whose files lie under `prefix` (a relative folder, `""` for all).
+    pub fn ids_under(&self, prefix: &str) -> Vec<String> {
+        self.by_id
+            .values()
+            .filter(|e| {
+                prefix.is_empty()
+                    || e.file
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|e| e.id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, category: &str, when: &str) -> Entry {
+        let published = DateTime::parse_from_rfc3339(when).unwrap();
+        Entry {
+            id: id.into(),
+            category: category.into(),
+            title: id.to_uppercase(),
+            published,
+            updated: published,
+            author: None,
+            excerpt: String::new(),
+            file: format!("{id}.txt"),
+            stamp: Stamp::default(),
+        }
+    }
+
+    fn now() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2021-01-01T00:00:00+07:00").unwrap()
+    }
+
+    fn ids(entries: &[Arc<Entry>]) -> Vec<&str> {
+        entries.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn newest_first_ties_by_id() {
+        let lib = Library::from_entries([
+            entry("b", "A", "2020-01-02T00:00:00+07:00"),
+            entry("a", "A", "2020-01-02T00:00:00+07:00"),
+            entry("c", "B", "2020-01-03T00:00:00+07:00"),
+            entry("d", "B", "2020-01-01T00:00:00+07:00"),
+        ]);
+        let all: Vec<_> = lib.visible(now()).cloned().collect();
+        assert_eq!(ids(&all), ["c", "a", "b", "d"]);
+        assert_eq!(ids(&lib.visible_in(&["B".into()], now(), 10)), ["c", "d"]);
+        assert_eq!(
+            ids(&lib.visible_in(&["A".into(), "B".into()], now(), 3)),
+            ["c", "a", "b"]
+        );
+        assert_eq!(lib.categories(), ["A", "B"]);
+    }
+
+    #[test]
+    fn future_entries_are_held_back() {
+        let mut lib = Library::from_entries([entry("old", "A", "2020-01-01T00:00:00+07:00")]);
+        lib.upsert(entry("soon", "A", "2021-01-01T00:00:30+07:00"));
+        lib.upsert(entry("later", "A", "2022-01-01T00:00:00+07:00"));
+        assert_eq!(ids(&lib.visible_in(&[], now(), 10)), ["old"]);
+        assert_eq!(
+            lib.next_due(now()).unwrap().to_rfc3339(),
+            "2021-01-01T00:00:30+07:00"
+        );
+        assert_eq!(lib.len(), 3);
+    }
+
+    #[test]
+    fn upsert_reports_changes() {
+        let mut lib = Library::default();
+        let e = entry("x", "A", "2020-01-01T00:00:00+07:00");
+        assert!(matches!(lib.upsert(e.clone()), Some(Change::Added(_))));
+        assert_eq!(lib.upsert(e.clone()), None);
+        let mut moved = e.clone();
+        moved.category = "B".into();
+        let change = lib.upsert(moved).unwrap();
+        assert_eq!(change.categories(), ["A", "B"]);
+        assert_eq!(lib.categories(), ["B"]);
+        assert!(matches!(lib.remove("x"), Some(Change::Removed(_))));
+        assert!(lib.is_empty());
+        assert!(lib.categories().is_empty());
+    }
+}

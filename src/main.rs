@@ -1,0 +1,135 @@
+//! The `bantin` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use bantin::config::Config;
+use bantin::progress::Progress;
+use bantin::publish::Publisher;
+
+/// Feeds and email bulletins for the People's Council of Cầu Giấy district.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (default: $BANTIN_CONFIG, else ./bantin.toml, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The daemon: watch the store, publish, serve.
+    Run,
+    /// Write every feed and page once and exit.
+    Build {
+        /// Output folder (default: output.dir of the configuration).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Validate the configuration, feeds, templates and every article.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BANTIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Under systemd, journald adds its own timestamps and does not render colours.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::locate(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => {
+            bantin::daemon::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => check(&config),
+        Command::Build { out } => build(config, out),
+    }
+}
+
+fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let progress = Progress::start("checking articles", None);
+    let (problems, articles) = bantin::check::run(config, &progress.count);
+    progress.finish();
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        eprintln!("ok: {articles} articles, no problems");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} problem(s) in {articles} files", problems.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    if let Some(out) = out {
+        config.output.dir = out;
+    }
+    let publisher = Publisher::from_config(&config)
+        .map_err(|problems| anyhow::anyhow!("cannot build:\n{}", problems.join("\n")))?;
+    let files = publisher
+        .reader
+        .walk()
+        .with_context(|| format!("cannot read the store '{}'", config.store.dir.display()))?;
+    let progress = Progress::start("building", Some(files.len()));
+    let now = chrono::Utc::now().fixed_offset();
+    let started = std::time::Instant::now();
+    let result = publisher.build_from(files, now, &progress.count);
+    let done = progress.count.load(Ordering::Relaxed);
+    progress.finish();
+    let (_library, report) = result
+        .with_context(|| format!("cannot write the site to '{}'", config.output.dir.display()))?;
+    for e in &report.errors {
+        eprintln!("{e}");
+    }
+    for e in &report.write_errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!(
+        "built {} feeds and {} pages ({} unchanged) from {done} files in {:.2?}: {} published, \
+         {} scheduled, {} broken, {} old files removed",
+        report.feeds * 3,
+        report.pages_written,
+        report.pages_unchanged,
+        started.elapsed(),
+        report.published,
+        report.scheduled,
+        report.errors.len(),
+        report.files_removed,
+    );
+    Ok(if report.write_errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,117 @@
+//! Writing the site to `output.dir`: every file atomically, so that a web server never serves
+//! half a feed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Makes temporary names unique within the process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How a write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The file already held these bytes; it was left alone.
+    Unchanged,
+    Replaced,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename. A file
+/// that already holds the same bytes is left untouched (its mtime stays, static servers keep
+/// their caches).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() == bytes.len() as u64
+        && std::fs::read(path).is_ok_and(|old| old == bytes)
+    {
+        return Ok(Written::Unchanged);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = temp_path(dir, path);
+    let result = (|| {
+        let mut file = match std::fs::File::create(&temp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::File::create(&temp)?
+            }
+            Err(e) => return Err(e),
+        };
+        file.write_all(bytes)?;
+        drop(file);
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map(|()| Written::Replaced)
+}
+
+fn temp_path(dir: &Path, path: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// Removes a file; a missing one is fine. Empty folders left behind under `root` go too.
+pub fn remove(root: &Path, path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Every file under `dir` (recursively) whose name ends with `suffix`, relative to `dir`.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = rel.join(entry.file_name());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(rel),
+                Ok(t) if t.is_file() => {
+                    if rel.to_str().is_some_and(|s| s.ends_with(suffix)) {
+                        out.push(rel);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_creates_folders_and_skips_identical_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c.html");
+        assert_eq!(write_atomic(&path, b"one").unwrap(), Written::Replaced);
+        assert_eq!(write_atomic(&path, b"one").unwrap(), Written::Unchanged);
+        assert_eq!(write_atomic(&path, b"two").unwrap(), Written::Replaced);
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a/b")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        remove(dir.path(), &path).unwrap();
+        assert!(!dir.path().join("a").exists(), "empty folders are removed");
+    }
+}

@@ -1,0 +1,395 @@
+//! Publishing: feeds, the index and article pages rendered from the library and written to
+//! `output.dir`. Used by `bantin build` (everything once) and by the daemon (what a change
+//! touches).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, FixedOffset};
+use rayon::prelude::*;
+
+use crate::article::{Article, ArticleError};
+use crate::config::Config;
+use crate::feed::{self, FeedDef, Item, SiteInfo, url_path};
+use crate::library::{Entry, Library, Stamp};
+use crate::output::{self, Written};
+use crate::scan::{Found, StoreReader};
+use crate::site::{INDEX_LATEST, Pages, Templates};
+
+/// The three formats of every feed: (extension, media type).
+pub const FORMATS: [(&str, &str); 3] = [
+    ("rss", "application/rss+xml; charset=utf-8"),
+    ("atom", "application/atom+xml; charset=utf-8"),
+    ("json", "application/feed+json; charset=utf-8"),
+];
+
+/// Everything needed to render and write the site.
+pub struct Publisher {
+    pub site: SiteInfo,
+    pub feeds: Vec<FeedDef>,
+    pub templates: Templates,
+    pub reader: StoreReader,
+    pub out: PathBuf,
+    /// Bodies of the articles currently in feeds, so a rebuild reads few files.
+    bodies: Mutex<HashMap<String, (Stamp, Arc<Article>)>>,
+}
+
+/// One feed rendered in its three formats.
+#[derive(Debug, Clone)]
+pub struct RenderedFeed {
+    pub name: String,
+    /// Bodies in the order of [`FORMATS`].
+    pub bodies: [String; 3],
+    /// The latest publication or edit among the items.
+    pub last_modified: Option<DateTime<FixedOffset>>,
+    /// Ids of the items.
+    pub ids: Vec<String>,
+}
+
+/// What a full build did.
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    pub articles: usize,
+    pub published: usize,
+    pub scheduled: usize,
+    pub errors: Vec<ArticleError>,
+    pub feeds: usize,
+    pub pages_written: usize,
+    pub pages_unchanged: usize,
+    pub files_removed: usize,
+    /// Problems writing output (not the articles' fault).
+    pub write_errors: Vec<String>,
+}
+
+impl Publisher {
+    /// Loads feed definitions and templates named by the configuration. Problems come back as
+    /// `path:line: message` lines.
+    pub fn from_config(config: &Config) -> Result<Publisher, Vec<String>> {
+        let mut problems = Vec::new();
+        let tz = config.timezone().map_err(|e| vec![e])?;
+        let feeds = match FeedDef::load_dir(&config.feeds.dir) {
+            Ok((defs, errors)) => {
+                problems.extend(errors.iter().map(ToString::to_string));
+                defs
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "{}: cannot read the feed definitions folder: {e}",
+                    config.feeds.dir.display()
+                ));
+                Vec::new()
+            }
+        };
+        let templates = match Templates::load(&config.templates.dir) {
+            Ok(t) => Some(t),
+            Err(errors) => {
+                problems.extend(errors.iter().map(ToString::to_string));
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Publisher {
+            site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+            feeds,
+            templates: templates.expect("no problems"),
+            reader: StoreReader {
+                root: config.store.dir.clone(),
+                tz,
+                max_bytes: config.store.max_bytes,
+            },
+            out: config.output.dir.clone(),
+            bodies: Mutex::default(),
+        })
+    }
+
+    pub fn pages(&self) -> Pages<'_> {
+        Pages {
+            site: &self.site,
+            feeds: &self.feeds,
+            templates: &self.templates,
+        }
+    }
+
+    /// Bodies of `entries`, from the cache or read again from the store. An article that can
+    /// no longer be read is left out (its excerpt stands in).
+    fn bodies_of(&self, entries: &[Arc<Entry>]) -> HashMap<String, Arc<Article>> {
+        let cached = self.bodies.lock().expect("body cache");
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        for e in entries {
+            match cached.get(&e.id) {
+                Some((stamp, a)) if *stamp == e.stamp => {
+                    out.insert(e.id.clone(), a.clone());
+                }
+                _ => missing.push(e.clone()),
+            }
+        }
+        drop(cached);
+        let read: Vec<(Stamp, Arc<Article>)> = missing
+            .par_iter()
+            .filter_map(|e| {
+                let found = Found {
+                    file: e.file.clone(),
+                    path: self.reader.root.join(&e.file),
+                    id: e.id.clone(),
+                    stamp: e.stamp,
+                };
+                self.reader
+                    .read(&found)
+                    .ok()
+                    .map(|a| (e.stamp, Arc::new(a)))
+            })
+            .collect();
+        let mut cached = self.bodies.lock().expect("body cache");
+        for (stamp, a) in read {
+            out.insert(a.id.clone(), a.clone());
+            cached.insert(a.id.clone(), (stamp, a));
+        }
+        out
+    }
+
+    /// Forgets a cached body (the file changed or went).
+    pub fn forget(&self, id: &str) {
+        self.bodies.lock().expect("body cache").remove(id);
+    }
+
+    /// Keeps a freshly read body for the next feed render.
+    pub fn remember(&self, stamp: Stamp, article: Arc<Article>) {
+        self.bodies
+            .lock()
+            .expect("body cache")
+            .insert(article.id.clone(), (stamp, article));
+    }
+
+    /// Renders one feed from the library as it is at `now`.
+    pub fn render_feed(
+        &self,
+        def: &FeedDef,
+        library: &Library,
+        now: DateTime<FixedOffset>,
+    ) -> RenderedFeed {
+        let entries = library.visible_in(&def.categories, now, def.limit);
+        let bodies = self.bodies_of(&entries);
+        let items: Vec<Item<'_>> = entries
+            .iter()
+            .map(|e| Item {
+                entry: e,
+                paragraphs: bodies.get(&e.id).map(|a| a.paragraphs.as_slice()),
+            })
+            .collect();
+        RenderedFeed {
+            name: def.name.clone(),
+            bodies: [
+                feed::rss(def, &self.site, &items),
+                feed::atom(def, &self.site, &items),
+                feed::json(def, &self.site, &items),
+            ],
+            last_modified: feed::last_modified(&items),
+            ids: entries.iter().map(|e| e.id.clone()).collect(),
+        }
+    }
+
+    /// Renders every feed, and keeps in the body cache exactly the articles they list.
+    pub fn render_feeds<'d>(
+        &self,
+        defs: impl IntoIterator<Item = &'d FeedDef>,
+        library: &Library,
+        now: DateTime<FixedOffset>,
+    ) -> Vec<RenderedFeed> {
+        defs.into_iter()
+            .map(|def| self.render_feed(def, library, now))
+            .collect()
+    }
+
+    /// Drops cached bodies that no feed lists any more.
+    pub fn trim_cache(&self, listed: &HashSet<&str>) {
+        self.bodies
+            .lock()
+            .expect("body cache")
+            .retain(|id, _| listed.contains(id.as_str()));
+    }
+
+    /// The index page.
+    pub fn render_index(
+        &self,
+        library: &Library,
+        now: DateTime<FixedOffset>,
+    ) -> Result<String, crate::site::TemplateError> {
+        let latest: Vec<Arc<Entry>> = library.visible(now).take(INDEX_LATEST).cloned().collect();
+        self.pages().index(&latest, &library.categories())
+    }
+
+    pub fn feed_path(&self, name: &str, ext: &str) -> PathBuf {
+        self.out.join("feeds").join(format!("{name}.{ext}"))
+    }
+
+    pub fn page_path(&self, id: &str) -> PathBuf {
+        self.out.join("articles").join(format!("{id}.html"))
+    }
+
+    /// Writes a rendered feed's three files.
+    pub fn write_feed(&self, feed: &RenderedFeed) -> std::io::Result<()> {
+        for ((ext, _), body) in FORMATS.iter().zip(&feed.bodies) {
+            output::write_atomic(&self.feed_path(&feed.name, ext), body.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn write_index(&self, html: &str) -> std::io::Result<()> {
+        output::write_atomic(&self.out.join("index.html"), html.as_bytes()).map(|_| ())
+    }
+
+    /// Renders and writes one article's page.
+    pub fn write_page(&self, article: &Article) -> Result<Written, String> {
+        let html = self.pages().article(article).map_err(|e| e.to_string())?;
+        let path = self.page_path(&article.id);
+        output::write_atomic(&path, html.as_bytes())
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    }
+
+    /// Removes the page of an article that is gone or no longer published.
+    pub fn remove_page(&self, id: &str) -> std::io::Result<()> {
+        output::remove(&self.out.join("articles"), &self.page_path(id))
+    }
+
+    /// Reads the whole store and publishes everything once. `progress` counts files read.
+    pub fn build(
+        &self,
+        now: DateTime<FixedOffset>,
+        progress: &AtomicUsize,
+    ) -> std::io::Result<(Library, BuildReport)> {
+        let files = self.reader.walk().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read the store '{}': {e}",
+                    self.reader.root.display()
+                ),
+            )
+        })?;
+        self.build_from(files, now, progress)
+    }
+
+    /// Like [`Publisher::build`], with the file list already walked.
+    pub fn build_from(
+        &self,
+        files: Vec<Found>,
+        now: DateTime<FixedOffset>,
+        progress: &AtomicUsize,
+    ) -> std::io::Result<(Library, BuildReport)> {
+        let written = AtomicUsize::new(0);
+        let unchanged = AtomicUsize::new(0);
+        let write_errors = Mutex::new(Vec::new());
+        let (entries, errors) = self.reader.read_all(&files, |_, article| {
+            progress.fetch_add(1, Ordering::Relaxed);
+            if article.published > now {
+                return;
+            }
+            match self.write_page(article) {
+                Ok(Written::Replaced) => written.fetch_add(1, Ordering::Relaxed),
+                Ok(Written::Unchanged) => unchanged.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    write_errors.lock().expect("errors").push(e);
+                    0
+                }
+            };
+        });
+        progress.fetch_add(errors.len(), Ordering::Relaxed);
+        let library = Library::from_entries(entries);
+        let mut report = BuildReport {
+            articles: library.len(),
+            published: library.visible(now).count(),
+            errors,
+            feeds: self.feeds.len(),
+            pages_written: written.into_inner(),
+            pages_unchanged: unchanged.into_inner(),
+            write_errors: write_errors.into_inner().expect("errors"),
+            ..Default::default()
+        };
+        report.scheduled = report.articles - report.published;
+
+        let rendered = self.render_feeds(&self.feeds, &library, now);
+        for feed in &rendered {
+            self.write_feed(feed)?;
+        }
+        let listed: HashSet<&str> = rendered
+            .iter()
+            .flat_map(|f| f.ids.iter().map(String::as_str))
+            .collect();
+        self.trim_cache(&listed);
+        let index = self
+            .render_index(&library, now)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.write_index(&index)?;
+        report.files_removed = self.prune(&library, now)?;
+        Ok((library, report))
+    }
+
+    /// Removes pages of articles that are gone or not yet published, and feeds no longer
+    /// defined.
+    pub fn prune(&self, library: &Library, now: DateTime<FixedOffset>) -> std::io::Result<usize> {
+        let mut removed = 0;
+        let pages = self.out.join("articles");
+        for rel in output::files_under(&pages, ".html") {
+            let rel_str = crate::scan::rel_string(&rel);
+            let id = rel_str.strip_suffix(".html").unwrap_or(&rel_str);
+            let keep = library.get(id).is_some_and(|e| e.is_visible(now));
+            if !keep {
+                output::remove(&pages, &pages.join(&rel))?;
+                removed += 1;
+            }
+        }
+        let names: HashSet<String> = self
+            .feeds
+            .iter()
+            .flat_map(|f| {
+                FORMATS
+                    .iter()
+                    .map(move |(ext, _)| format!("{}.{ext}", f.name))
+            })
+            .collect();
+        let feeds_dir = self.out.join("feeds");
+        for rel in output::files_under(&feeds_dir, "") {
+            let name = crate::scan::rel_string(&rel);
+            let ours = FORMATS
+                .iter()
+                .any(|(ext, _)| name.ends_with(&format!(".{ext}")));
+            if ours && !names.contains(&name) {
+                output::remove(&feeds_dir, &feeds_dir.join(&rel))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The URL path of an article's page.
+pub fn page_route(id: &str) -> String {
+    format!("/articles/{}.html", url_path(id))
+}
+
+/// Categories named by feed definitions that no article of the library has:
+/// (feed name, category).
+pub fn unknown_categories<'a>(
+    feeds: &'a [FeedDef],
+    library: &Library,
+) -> Vec<(&'a FeedDef, &'a str)> {
+    let known: HashSet<&str> = library.categories().into_iter().collect();
+    feeds
+        .iter()
+        .flat_map(|f| f.categories.iter().map(move |c| (f, c.as_str())))
+        .filter(|(_, c)| !known.contains(c))
+        .collect()
+}
+
+/// Whether `dir` is inside `root` (used to refuse an output folder inside the store).
+pub fn is_inside(dir: &Path, root: &Path) -> bool {
+    match (dir.canonicalize(), root.canonicalize()) {
+        (Ok(d), Ok(r)) => d.starts_with(r),
+        _ => false,
+    }
+}

@@ -1,0 +1,173 @@
+//! Reading the article store from disk: walking it, and reading articles in parallel.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use chrono::TimeZone;
+use chrono_tz::Tz;
+use rayon::prelude::*;
+
+use crate::article::{self, Article, ArticleError};
+use crate::library::{Entry, Stamp};
+
+/// One article file found in the store.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Path relative to the store, `/`-separated.
+    pub file: String,
+    pub path: PathBuf,
+    pub id: String,
+    pub stamp: Stamp,
+}
+
+/// Where and how to read the store.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    pub root: PathBuf,
+    pub tz: Tz,
+    pub max_bytes: u64,
+}
+
+impl StoreReader {
+    /// Every article file under the store (recursively), sorted by path. Hidden entries,
+    /// editor leftovers, non-`.txt` files and symlinks that leave the store are skipped.
+    pub fn walk(&self) -> std::io::Result<Vec<Found>> {
+        let root = self.root.canonicalize()?;
+        let mut found = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let entries = match std::fs::read_dir(root.join(&rel_dir)) {
+                Ok(entries) => entries,
+                Err(e) if rel_dir.as_os_str().is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(folder = %rel_dir.display(), "cannot read folder: {e}");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name_str) = name.to_str() else {
+                    continue;
+                };
+                if name_str.starts_with('.') {
+                    continue;
+                }
+                let rel = rel_dir.join(&name);
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
+                if file_type.is_dir() {
+                    stack.push(rel);
+                } else if let Some(f) = self.found(&root, &rel) {
+                    found.push(f);
+                }
+            }
+        }
+        found.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(found)
+    }
+
+    /// The article at `rel` (relative to the canonical `root`), when it is one.
+    fn found(&self, root: &Path, rel: &Path) -> Option<Found> {
+        let id = article::id_for(rel)?;
+        let path = root.join(rel);
+        let link = std::fs::symlink_metadata(&path).ok()?;
+        let meta = if link.file_type().is_symlink() {
+            let target = path.canonicalize().ok()?;
+            if !target.starts_with(root) {
+                tracing::debug!(file = %rel.display(), "symlink leaves the store; ignored");
+                return None;
+            }
+            std::fs::metadata(&target).ok()?
+        } else {
+            link
+        };
+        if !meta.is_file() {
+            return None;
+        }
+        Some(Found {
+            file: rel_string(rel),
+            path,
+            id,
+            stamp: stamp_of(&meta),
+        })
+    }
+
+    /// The article file at an absolute `path`, when it is one of the store's.
+    pub fn found_at(&self, path: &Path) -> Option<Found> {
+        let root = self.root.canonicalize().ok()?;
+        let rel = path
+            .strip_prefix(&root)
+            .or_else(|_| path.strip_prefix(&self.root))
+            .ok()?;
+        if rel
+            .components()
+            .any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.')))
+        {
+            return None;
+        }
+        self.found(&root, rel)
+    }
+
+    /// Reads and parses one found file.
+    pub fn read(&self, found: &Found) -> Result<Article, ArticleError> {
+        article::from_file(&found.path, &found.id, self.tz, self.max_bytes)
+    }
+
+    /// The library entry for a parsed article.
+    pub fn entry(&self, found: &Found, article: &Article) -> Entry {
+        let secs = found.stamp.mtime_ns.div_euclid(1_000_000_000) as i64;
+        let modified = self
+            .tz
+            .timestamp_opt(secs, 0)
+            .single()
+            .map_or(article.published, |t| t.fixed_offset());
+        Entry::new(article, found.file.clone(), found.stamp, modified)
+    }
+
+    /// Reads many files on every core; `each` is called with every good article (in any order,
+    /// from any thread). Returns the entries and the errors, each sorted by path.
+    pub fn read_all<F>(&self, files: &[Found], each: F) -> (Vec<Entry>, Vec<ArticleError>)
+    where
+        F: Fn(&Found, &Article) + Sync,
+    {
+        let results: Vec<Result<Entry, ArticleError>> = files
+            .par_iter()
+            .map(|found| {
+                let article = self.read(found)?;
+                each(found, &article);
+                Ok(self.entry(found, &article))
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(results.len());
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(e) => entries.push(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        (entries, errors)
+    }
+}
+
+/// A relative path as a `/`-separated string.
+pub fn rel_string(rel: &Path) -> String {
+    rel.components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A file's size and modification time.
+pub fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    Stamp {
+        len: meta.len(),
+        mtime_ns,
+    }
+}

@@ -1,0 +1,245 @@
+//! The web pages: templates from `templates/`, and the contexts the pages are rendered with.
+
+use std::path::Path;
+
+use chrono::{DateTime, FixedOffset};
+use minijinja::{Environment, context};
+use serde::Serialize;
+
+use crate::article::Article;
+use crate::feed::{FeedDef, SiteInfo};
+use crate::library::Entry;
+
+/// Articles listed on the index page.
+pub const INDEX_LATEST: usize = 30;
+
+/// Every template the daemon renders, by name under `templates/`.
+pub const TEMPLATE_NAMES: &[&str] = &[
+    "web/base.html",
+    "web/index.html",
+    "web/article.html",
+    "web/message.html",
+];
+
+/// A problem loading or rendering a template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{path}: cannot read template: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("template '{name}': {message}")]
+    Render { name: String, message: String },
+}
+
+/// The compiled templates.
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// Loads every template of [`TEMPLATE_NAMES`] from `dir`.
+    pub fn load(dir: &Path) -> Result<Templates, Vec<TemplateError>> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        let mut errors = Vec::new();
+        for name in TEMPLATE_NAMES {
+            let path = dir.join(name);
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Err(source) => errors.push(TemplateError::Read {
+                    path: shown,
+                    source,
+                }),
+                Ok(source) => {
+                    if let Err(e) = env.add_template_owned(name.to_string(), source) {
+                        errors.push(TemplateError::Syntax {
+                            path: shown,
+                            line: e.line().unwrap_or(1),
+                            message: e.detail().unwrap_or("syntax error").to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Templates { env })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Renders `name` with `ctx`.
+    pub fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
+        let render_error = |e: minijinja::Error| TemplateError::Render {
+            name: name.to_owned(),
+            message: match e.line() {
+                Some(line) => format!("line {line}: {e:#}"),
+                None => format!("{e:#}"),
+            },
+        };
+        self.env
+            .get_template(name)
+            .map_err(render_error)?
+            .render(ctx)
+            .map_err(render_error)
+    }
+}
+
+/// The council's way of writing a time: `14/02/2020 08:16`.
+pub fn local_time(t: &DateTime<FixedOffset>) -> String {
+    t.format("%d/%m/%Y %H:%M").to_string()
+}
+
+#[derive(Serialize)]
+struct SiteCtx<'a> {
+    title: &'a str,
+    base_url: &'a str,
+    language: &'a str,
+}
+
+#[derive(Serialize)]
+struct FeedCtx<'a> {
+    name: &'a str,
+    title: &'a str,
+    description: &'a str,
+    rss_url: String,
+    atom_url: String,
+    json_url: String,
+}
+
+#[derive(Serialize)]
+struct ListedCtx<'a> {
+    id: &'a str,
+    title: &'a str,
+    category: &'a str,
+    url: String,
+    excerpt: &'a str,
+    published_iso: String,
+    published_text: String,
+}
+
+#[derive(Serialize)]
+struct ArticleCtx<'a> {
+    id: &'a str,
+    title: &'a str,
+    category: &'a str,
+    url: String,
+    paragraphs: &'a [String],
+    author: Option<&'a str>,
+    published_iso: String,
+    published_text: String,
+}
+
+/// Renders pages: the site, its feeds and its templates.
+pub struct Pages<'a> {
+    pub site: &'a SiteInfo,
+    pub feeds: &'a [FeedDef],
+    pub templates: &'a Templates,
+}
+
+impl Pages<'_> {
+    fn site_ctx(&self) -> SiteCtx<'_> {
+        SiteCtx {
+            title: &self.site.title,
+            base_url: &self.site.base_url,
+            language: &self.site.language,
+        }
+    }
+
+    fn feeds_ctx(&self) -> Vec<FeedCtx<'_>> {
+        self.feeds
+            .iter()
+            .map(|f| FeedCtx {
+                name: &f.name,
+                title: &f.title,
+                description: &f.description,
+                rss_url: self.site.feed_url(&f.name, "rss"),
+                atom_url: self.site.feed_url(&f.name, "atom"),
+                json_url: self.site.feed_url(&f.name, "json"),
+            })
+            .collect()
+    }
+
+    /// The index: latest articles, the feed list, the subscribe form.
+    pub fn index(
+        &self,
+        latest: &[std::sync::Arc<Entry>],
+        categories: &[&str],
+    ) -> Result<String, TemplateError> {
+        let latest: Vec<ListedCtx<'_>> = latest
+            .iter()
+            .map(|e| ListedCtx {
+                id: &e.id,
+                title: &e.title,
+                category: &e.category,
+                url: self.site.article_url(&e.id),
+                excerpt: &e.excerpt,
+                published_iso: e.published.to_rfc3339(),
+                published_text: local_time(&e.published),
+            })
+            .collect();
+        self.templates.render(
+            "web/index.html",
+            context! {
+                site => v(self.site_ctx()),
+                feeds => v(self.feeds_ctx()),
+                latest => v(latest),
+                categories => v(categories),
+            },
+        )
+    }
+
+    /// One article's page.
+    pub fn article(&self, article: &Article) -> Result<String, TemplateError> {
+        let ctx = ArticleCtx {
+            id: &article.id,
+            title: &article.title,
+            category: &article.category,
+            url: self.site.article_url(&article.id),
+            paragraphs: &article.paragraphs,
+            author: article.author.as_deref(),
+            published_iso: article.published.to_rfc3339(),
+            published_text: local_time(&article.published),
+        };
+        self.templates.render(
+            "web/article.html",
+            context! {
+                site => v(self.site_ctx()),
+                feeds => v(self.feeds_ctx()),
+                article => v(ctx),
+            },
+        )
+    }
+
+    /// A short page with a heading, a message and optionally a one-button form.
+    pub fn message(
+        &self,
+        heading: &str,
+        message: &str,
+        form: Option<(&str, &str, &str)>,
+    ) -> Result<String, TemplateError> {
+        let (form_action, token, button) = form.unwrap_or_default();
+        self.templates.render(
+            "web/message.html",
+            context! {
+                site => v(self.site_ctx()),
+                feeds => v(self.feeds_ctx()),
+                heading, message, form_action, token, button,
+            },
+        )
+    }
+}
+
+/// A serde value as a template value.
+fn v<T: Serialize>(value: T) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(value))
+}
