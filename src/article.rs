@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use chrono_tz::Tz;
-use unicode_normalization::UnicodeNormalization;
+use std::borrow::Cow;
+
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// The marker of the publication line.
 pub const DATE_MARKER: &str = "Ngày đăng";
@@ -194,18 +196,37 @@ fn next_nonblank(lines: &mut impl Iterator<Item = (usize, String)>) -> Option<(u
 
 /// NFC, without CR, characters that XML 1.0 forbids or other control characters, trimmed.
 fn clean(raw: &str) -> String {
-    let kept: String = raw
-        .chars()
-        .filter(|&c| c == '\t' || !(c.is_control() || c == '\u{fffe}' || c == '\u{ffff}'))
-        .map(|c| if c == '\t' { ' ' } else { c })
-        .nfc()
-        .collect();
-    let trimmed = kept.trim();
-    if trimmed.len() == kept.len() {
-        kept
+    let raw = raw.trim_end_matches('\r');
+    let unwanted = |c: char| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}';
+    // Most lines are already clean NFC: check first, copy once.
+    let kept: Cow<'_, str> = if raw.contains(unwanted) {
+        Cow::Owned(
+            raw.chars()
+                .filter(|&c| c == '\t' || !unwanted(c))
+                .map(|c| if c == '\t' { ' ' } else { c })
+                .collect(),
+        )
     } else {
-        trimmed.to_owned()
+        Cow::Borrowed(raw)
+    };
+    if is_surely_nfc(&kept) {
+        kept.trim().to_owned()
+    } else {
+        kept.nfc().collect::<String>().trim().to_owned()
     }
+}
+
+/// A fast NFC test for Vietnamese text: characters below U+0300, the precomposed letters of
+/// Latin Extended Additional and common punctuation are NFC whatever surrounds them (they
+/// neither decompose nor combine with what precedes). Anything else asks the full check.
+fn is_surely_nfc(text: &str) -> bool {
+    let stable = |c: char| {
+        c < '\u{300}'
+            || ('\u{1e00}'..='\u{1eff}').contains(&c)
+            || ('\u{2010}'..='\u{2027}').contains(&c)
+            || ('\u{2030}'..='\u{205e}').contains(&c)
+    };
+    text.chars().all(stable) || is_nfc_quick(text.chars()) == IsNormalized::Yes
 }
 
 fn is_signature(paragraph: &str) -> bool {
@@ -383,7 +404,13 @@ pub fn id_for(relative: &Path) -> Option<String> {
         }
     }
     let id = parts.join("/");
-    (!id.is_empty()).then(|| id.nfc().collect())
+    if id.is_empty() {
+        None
+    } else if is_surely_nfc(&id) {
+        Some(id)
+    } else {
+        Some(id.nfc().collect())
+    }
 }
 
 #[cfg(test)]
@@ -541,6 +568,20 @@ mod tests {
         let e = parse_bytes("t", b"TIN\nTi\xe0u\n", TZ).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("UTF-8"), "{}", e.message);
+    }
+
+    #[test]
+    fn nfc_fast_path_agrees_with_the_full_check() {
+        for text in [
+            "Ngày đăng “Kỳ họp” – 2020",
+            "A\u{301}",
+            "e\u{302}\u{301}",
+            "\u{2126}",
+            "ạ\u{300}",
+        ] {
+            let expected: String = text.nfc().collect();
+            assert_eq!(clean(text), expected, "{text:?}");
+        }
     }
 
     #[test]

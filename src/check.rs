@@ -79,18 +79,22 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
             library.categories().join(", ")
         ));
     }
-    if let Some(templates) = templates {
+    if let Some(mut templates) = templates {
         let site = crate::feed::SiteInfo::new(
             &config.site.title,
             config.base_url(),
             &config.site.language,
         );
+        templates.set_site(&site, &feeds);
         let publisher_pages = crate::site::Pages {
             site: &site,
-            feeds: &feeds,
             templates: &templates,
         };
-        let latest: Vec<_> = library.iter().take(3).cloned().collect();
+        let latest: Vec<_> = library
+            .iter()
+            .take(3)
+            .map(|e| (&**e, String::new()))
+            .collect();
         if let Err(e) = publisher_pages.index(&latest, &library.categories()) {
             problems.push(e.to_string());
         }

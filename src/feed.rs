@@ -9,6 +9,7 @@ use std::path::Path;
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::article::Article;
 use crate::library::Entry;
 
 /// Items in a feed when its definition names no `limit`.
@@ -178,11 +179,17 @@ pub fn url_path(path: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Item<'a> {
     pub entry: &'a Entry,
-    /// Body paragraphs; the excerpt stands in when the file could not be read again.
-    pub paragraphs: Option<&'a [String]>,
+    /// The article's body; `None` when the file could not be read again (the item then
+    /// carries its title only).
+    pub body: Option<&'a Article>,
 }
 
 impl Item<'_> {
+    /// Plain-text summary of the body.
+    fn excerpt(&self) -> String {
+        self.body.map(Article::excerpt).unwrap_or_default()
+    }
+
     fn author<'s>(&'s self, site: &'s SiteInfo) -> &'s str {
         self.entry.author.as_deref().unwrap_or(&site.title)
     }
@@ -190,19 +197,10 @@ impl Item<'_> {
     /// The full text as HTML paragraphs.
     fn content_html(&self) -> String {
         let mut html = String::new();
-        match self.paragraphs {
-            Some(paragraphs) => {
-                for p in paragraphs {
-                    html.push_str("<p>");
-                    escape_into(&mut html, p);
-                    html.push_str("</p>\n");
-                }
-            }
-            None => {
-                html.push_str("<p>");
-                escape_into(&mut html, &self.entry.excerpt);
-                html.push_str("</p>\n");
-            }
+        for p in self.body.map_or(&[][..], |a| a.paragraphs.as_slice()) {
+            html.push_str("<p>");
+            escape_into(&mut html, p);
+            html.push_str("</p>\n");
         }
         html.truncate(html.trim_end().len());
         html
@@ -271,7 +269,12 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
             rss::Item {
                 title: Some(xml_safe(&e.title)),
                 link: Some(site.article_url(&e.id)),
-                description: Some(e.excerpt.clone()),
+                // Readers take the description as HTML: escape the plain text.
+                description: Some({
+                    let mut html = String::new();
+                    escape_into(&mut html, &item.excerpt());
+                    html
+                }),
                 guid: Some(rss::Guid {
                     value: site.tag(&e.id),
                     permalink: false,
@@ -346,7 +349,7 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
                     ..Default::default()
                 }],
                 links: vec![link(site.article_url(&e.id), "alternate", "text/html")],
-                summary: Some(Text::plain(e.excerpt.clone())),
+                summary: Some(Text::plain(item.excerpt())),
                 content: Some(Content {
                     value: Some(item.content_html()),
                     content_type: Some("html".into()),
@@ -414,7 +417,7 @@ struct JsonItem<'a> {
     url: String,
     title: &'a str,
     content_html: String,
-    summary: &'a str,
+    summary: String,
     date_published: String,
     date_modified: String,
     authors: Vec<JsonAuthor<'a>>,
@@ -438,7 +441,7 @@ pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
                 url: site.article_url(&item.entry.id),
                 title: &item.entry.title,
                 content_html: item.content_html(),
-                summary: &item.entry.excerpt,
+                summary: item.excerpt(),
                 date_published: item.entry.published.to_rfc3339(),
                 date_modified: item.entry.updated.to_rfc3339(),
                 authors: vec![JsonAuthor {
@@ -475,19 +478,29 @@ mod tests {
             published,
             updated: DateTime::parse_from_rfc3339("2020-02-15T09:00:00+07:00").unwrap(),
             author: Some("HĐND QUẬN CẦU GIẤY".into()),
-            excerpt: "Tóm tắt <i>".into(),
             file: "2020/ky hop.txt".into(),
             stamp: Stamp::default(),
+        }
+    }
+
+    fn body(e: &Entry) -> Article {
+        Article {
+            id: e.id.clone(),
+            category: e.category.clone(),
+            title: e.title.clone(),
+            published: e.published,
+            paragraphs: vec!["Một ]]> hai <i>".into()],
+            author: e.author.clone(),
         }
     }
 
     #[test]
     fn rss_has_every_required_element() {
         let e = entry();
-        let paragraphs = vec!["Một ]]> hai".to_string()];
+        let body = body(&e);
         let items = [Item {
             entry: &e,
-            paragraphs: Some(&paragraphs),
+            body: Some(&body),
         }];
         let xml = rss(&def(), &site(), &items);
         for needle in [
@@ -499,7 +512,8 @@ mod tests {
             "<atom:link href=\"https://hdnd.example.vn/feeds/tin-tuc.rss\" rel=\"self\"",
             "<language>vi</language>",
             "<title>Giá &lt;b&gt; &amp; &quot;x&quot; ]]&gt; tăng</title>",
-            "<content:encoded>",
+            "<content:encoded><![CDATA[<p>Một ]]&gt; hai &lt;i&gt;</p>]]></content:encoded>",
+            "<description><![CDATA[Một ]]&gt; hai &lt;i&gt;]]></description>",
         ] {
             assert!(xml.contains(needle), "missing {needle} in\n{xml}");
         }
@@ -510,7 +524,7 @@ mod tests {
         let e = entry();
         let items = [Item {
             entry: &e,
-            paragraphs: None,
+            body: None,
         }];
         let xml = atom(&def(), &site(), &items);
         assert!(

@@ -11,7 +11,7 @@
 //!
 //! The adapters touch the disk, the network and the clock:
 //!
-//! - [`config`]: `bantin.toml`.
+//! - [`config`]: the configuration file, `bantin.toml`.
 //! - [`scan`]: walking and reading the store on every core.
 //! - [`output`]: atomic writes to `output.dir`.
 //! - [`publish`]: rendering and writing feeds and pages, for `build` and the daemon.

@@ -22,8 +22,6 @@ pub struct Entry {
     /// Last change: the file's modification time, never before `published`.
     pub updated: DateTime<FixedOffset>,
     pub author: Option<String>,
-    /// Plain-text excerpt of the body.
-    pub excerpt: String,
     /// File path relative to the store.
     pub file: String,
     /// Size and modification time of the file when it was read, to skip unchanged files
@@ -58,7 +56,6 @@ impl Entry {
             published: article.published,
             updated,
             author: article.author.clone(),
-            excerpt: article.excerpt(),
             file,
             stamp,
         }
@@ -264,7 +261,6 @@ mod tests {
             published,
             updated: published,
             author: None,
-            excerpt: String::new(),
             file: format!("{id}.txt"),
             stamp: Stamp::default(),
         }

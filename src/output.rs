@@ -85,10 +85,8 @@ pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
             let rel = rel.join(entry.file_name());
             match entry.file_type() {
                 Ok(t) if t.is_dir() => stack.push(rel),
-                Ok(t) if t.is_file() => {
-                    if rel.to_str().is_some_and(|s| s.ends_with(suffix)) {
-                        out.push(rel);
-                    }
+                Ok(t) if t.is_file() && rel.to_str().is_some_and(|s| s.ends_with(suffix)) => {
+                    out.push(rel);
                 }
                 _ => {}
             }

@@ -92,10 +92,13 @@ impl Publisher {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let site = SiteInfo::new(&config.site.title, config.base_url(), &config.site.language);
+        let mut templates = templates.expect("no problems");
+        templates.set_site(&site, &feeds);
         Ok(Publisher {
-            site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+            site,
             feeds,
-            templates: templates.expect("no problems"),
+            templates,
             reader: StoreReader {
                 root: config.store.dir.clone(),
                 tz,
@@ -109,7 +112,6 @@ impl Publisher {
     pub fn pages(&self) -> Pages<'_> {
         Pages {
             site: &self.site,
-            feeds: &self.feeds,
             templates: &self.templates,
         }
     }
@@ -178,7 +180,7 @@ impl Publisher {
             .iter()
             .map(|e| Item {
                 entry: e,
-                paragraphs: bodies.get(&e.id).map(|a| a.paragraphs.as_slice()),
+                body: bodies.get(&e.id).map(|a| &**a),
             })
             .collect();
         RenderedFeed {
@@ -220,7 +222,17 @@ impl Publisher {
         now: DateTime<FixedOffset>,
     ) -> Result<String, crate::site::TemplateError> {
         let latest: Vec<Arc<Entry>> = library.visible(now).take(INDEX_LATEST).cloned().collect();
-        self.pages().index(&latest, &library.categories())
+        let bodies = self.bodies_of(&latest);
+        let listed: Vec<(&Entry, String)> = latest
+            .iter()
+            .map(|e| {
+                (
+                    &**e,
+                    bodies.get(&e.id).map(|a| a.excerpt()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        self.pages().index(&listed, &library.categories())
     }
 
     pub fn feed_path(&self, name: &str, ext: &str) -> PathBuf {

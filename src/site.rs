@@ -77,6 +77,29 @@ impl Templates {
         }
     }
 
+    /// Makes the site and its feed list visible to every template as `site` and `feeds`,
+    /// computed once rather than per page.
+    pub fn set_site(&mut self, site: &SiteInfo, feeds: &[FeedDef]) {
+        let site_ctx = SiteCtx {
+            title: &site.title,
+            base_url: &site.base_url,
+            language: &site.language,
+        };
+        let feeds_ctx: Vec<FeedCtx<'_>> = feeds
+            .iter()
+            .map(|f| FeedCtx {
+                name: &f.name,
+                title: &f.title,
+                description: &f.description,
+                rss_url: site.feed_url(&f.name, "rss"),
+                atom_url: site.feed_url(&f.name, "atom"),
+                json_url: site.feed_url(&f.name, "json"),
+            })
+            .collect();
+        self.env.add_global("site", v(site_ctx));
+        self.env.add_global("feeds", v(feeds_ctx));
+    }
+
     /// Renders `name` with `ctx`.
     pub fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
         let render_error = |e: minijinja::Error| TemplateError::Render {
@@ -139,50 +162,27 @@ struct ArticleCtx<'a> {
     published_text: String,
 }
 
-/// Renders pages: the site, its feeds and its templates.
+/// Renders pages: the site and its templates (which carry the site and feeds as globals).
 pub struct Pages<'a> {
     pub site: &'a SiteInfo,
-    pub feeds: &'a [FeedDef],
     pub templates: &'a Templates,
 }
 
 impl Pages<'_> {
-    fn site_ctx(&self) -> SiteCtx<'_> {
-        SiteCtx {
-            title: &self.site.title,
-            base_url: &self.site.base_url,
-            language: &self.site.language,
-        }
-    }
-
-    fn feeds_ctx(&self) -> Vec<FeedCtx<'_>> {
-        self.feeds
-            .iter()
-            .map(|f| FeedCtx {
-                name: &f.name,
-                title: &f.title,
-                description: &f.description,
-                rss_url: self.site.feed_url(&f.name, "rss"),
-                atom_url: self.site.feed_url(&f.name, "atom"),
-                json_url: self.site.feed_url(&f.name, "json"),
-            })
-            .collect()
-    }
-
-    /// The index: latest articles, the feed list, the subscribe form.
+    /// The index: latest articles (each with its excerpt), the feed list, the subscribe form.
     pub fn index(
         &self,
-        latest: &[std::sync::Arc<Entry>],
+        latest: &[(&Entry, String)],
         categories: &[&str],
     ) -> Result<String, TemplateError> {
         let latest: Vec<ListedCtx<'_>> = latest
             .iter()
-            .map(|e| ListedCtx {
+            .map(|(e, excerpt)| ListedCtx {
                 id: &e.id,
                 title: &e.title,
                 category: &e.category,
                 url: self.site.article_url(&e.id),
-                excerpt: &e.excerpt,
+                excerpt,
                 published_iso: e.published.to_rfc3339(),
                 published_text: local_time(&e.published),
             })
@@ -190,8 +190,6 @@ impl Pages<'_> {
         self.templates.render(
             "web/index.html",
             context! {
-                site => v(self.site_ctx()),
-                feeds => v(self.feeds_ctx()),
                 latest => v(latest),
                 categories => v(categories),
             },
@@ -213,8 +211,6 @@ impl Pages<'_> {
         self.templates.render(
             "web/article.html",
             context! {
-                site => v(self.site_ctx()),
-                feeds => v(self.feeds_ctx()),
                 article => v(ctx),
             },
         )
@@ -231,8 +227,6 @@ impl Pages<'_> {
         self.templates.render(
             "web/message.html",
             context! {
-                site => v(self.site_ctx()),
-                feeds => v(self.feeds_ctx()),
                 heading, message, form_action, token, button,
             },
         )

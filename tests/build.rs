@@ -1,0 +1,289 @@
+//! `bantin check` and `bantin build` on real stores.
+
+mod common;
+
+use common::{CAT_A, CAT_B, Site, article, set_mtime, stderr, stdout};
+
+/// A store with good articles and one broken file of each kind.
+fn store_with_broken_files() -> Site {
+    let site = Site::new();
+    site.put("tot.txt", &article(CAT_A, "Bài tốt", "14/02/2020 | 08:16"));
+    site.put(
+        "2024/12/long-nhau.txt",
+        &article(CAT_B, "Bài trong thư mục con", "1/2/2024"),
+    );
+    site.put("hong/khong-ngay.txt", "TIN TỨC\n\nTiêu đề\n\nĐoạn văn.\n");
+    site.put(
+        "hong/ngay-sai.txt",
+        &article(CAT_A, "Ngày sai", "31/02/2020 | 08:16"),
+    );
+    site.put(
+        "hong/gio-sai.txt",
+        &article(CAT_A, "Giờ sai", "14/02/2020 | 25:61"),
+    );
+    site.put("hong/rong.txt", "");
+    common::write_bytes(
+        &site.store().join("hong/utf8.txt"),
+        b"TIN\n\nTi\xeau \xf0\xe5\n",
+    );
+    common::write_bytes(&site.store().join("hong/nul.txt"), b"TIN\n\nTitle\nNg\0y\n");
+    site
+}
+
+const BROKEN: [(&str, &str); 6] = [
+    (
+        "hong/khong-ngay.txt:5:",
+        "expected 'Ngày đăng DD/MM/YYYY | HH:MM'",
+    ),
+    ("hong/ngay-sai.txt:4:", "'31/02/2020' is not a real date"),
+    ("hong/gio-sai.txt:4:", "'25:61' is not a time of day"),
+    ("hong/rong.txt:1:", "the file is empty"),
+    ("hong/utf8.txt:3:", "not valid UTF-8"),
+    ("hong/nul.txt:4:", "NUL byte"),
+];
+
+#[test]
+fn check_lists_every_broken_file_and_exits_1() {
+    let site = store_with_broken_files();
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), BROKEN.len(), "{text}");
+    for (location, message) in BROKEN {
+        let line = text
+            .lines()
+            .find(|l| l.contains(location))
+            .unwrap_or_else(|| panic!("{location} not reported in\n{text}"));
+        assert!(line.contains(message), "{line}");
+    }
+}
+
+#[test]
+fn build_publishes_the_good_articles_and_exits_0() {
+    let site = store_with_broken_files();
+    let out = site.bantin(&["build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (location, _) in BROKEN {
+        assert!(stderr(&out).contains(location), "{location} not logged");
+    }
+    let all = site.read_public("feeds/tat-ca.rss");
+    assert_eq!(all.matches("<item>").count(), 2, "{all}");
+    assert!(all.contains("Bài tốt") && all.contains("Bài trong thư mục con"));
+    let news = site.read_public("feeds/tin-tuc.atom");
+    assert_eq!(news.matches("<entry>").count(), 1, "{news}");
+    assert!(
+        site.public()
+            .join("articles/2024/12/long-nhau.html")
+            .exists()
+    );
+    assert!(site.public().join("articles/tot.html").exists());
+    assert!(!site.public().join("articles/hong").exists());
+    assert!(site.read_public("index.html").contains("Bài tốt"));
+}
+
+#[test]
+fn check_passes_on_the_sample_store() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
+        .args(["--config", "bantin.toml", "check"])
+        .current_dir(common::repo())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ignored_files_future_articles_and_limits() {
+    let site = Site::with_config("[store]\nmax_bytes = 2000\n");
+    site.put("a.txt", &article(CAT_A, "Hiện", "14/02/2020 | 08:16"));
+    site.put("a.txt~", &article(CAT_A, "Sao lưu", "14/02/2020"));
+    site.put(".a.txt.swp", "binary\0junk");
+    site.put(".an.txt", &article(CAT_A, "Ẩn", "14/02/2020"));
+    site.put("4913", "");
+    site.put("ghi-chu.md", "# not an article");
+    site.put(".git/x.txt", &article(CAT_A, "Git", "14/02/2020"));
+    site.put(
+        "tuong-lai.txt",
+        &article(CAT_A, "Tương lai", "01/01/2099 | 00:00"),
+    );
+    site.put(
+        "lon.txt",
+        &format!(
+            "{}{}",
+            article(CAT_A, "Lớn", "14/02/2020"),
+            "x".repeat(3000)
+        ),
+    );
+    let outside = site.path("ngoai.txt");
+    std::fs::write(&outside, article(CAT_A, "Bên ngoài", "14/02/2020")).unwrap();
+    std::os::unix::fs::symlink(&outside, site.store().join("lien-ket.txt")).unwrap();
+    std::os::unix::fs::symlink(site.store().join("a.txt"), site.store().join("ban-sao.txt"))
+        .unwrap();
+
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "only the large file is a problem:\n{text}"
+    );
+    assert!(
+        text.contains("lon.txt:1: the file is larger than the 2000 bytes limit"),
+        "{text}"
+    );
+
+    let out = site.bantin(&["build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let feed = site.read_public("feeds/tat-ca.json");
+    let json: serde_json::Value = serde_json::from_str(&feed).unwrap();
+    let mut titles: Vec<&str> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["Hiện", "Hiện"],
+        "a symlink inside the store is an article"
+    );
+    assert!(
+        !site.public().join("articles/tuong-lai.html").exists(),
+        "scheduled page"
+    );
+    assert!(stderr(&out).contains("1 scheduled"), "{}", stderr(&out));
+}
+
+#[test]
+fn building_twice_gives_identical_bytes() {
+    let site = Site::new();
+    for (i, cat) in [CAT_A, CAT_B, CAT_A].iter().enumerate() {
+        site.put(
+            &format!("bai-{i}.txt"),
+            &article(cat, &format!("Bài {i}"), "5/3/2021 | 10:00"),
+        );
+    }
+    site.bantin(&["build", "--out", site.path("one").to_str().unwrap()]);
+    site.bantin(&["build", "--out", site.path("two").to_str().unwrap()]);
+    let mut files = 0;
+    for entry in walk(&site.path("one")) {
+        let rel = entry.strip_prefix(site.path("one")).unwrap();
+        let a = std::fs::read(&entry).unwrap();
+        let b = std::fs::read(site.path("two").join(rel)).unwrap();
+        assert!(a == b, "{} differs between builds", rel.display());
+        files += 1;
+    }
+    assert_eq!(
+        files,
+        2 * 3 + 3 + 1,
+        "two feeds in three formats, three pages, the index"
+    );
+}
+
+#[test]
+fn removed_articles_lose_their_pages() {
+    let site = Site::new();
+    site.put("mot.txt", &article(CAT_A, "Một", "5/3/2021"));
+    site.put("hai/hai.txt", &article(CAT_A, "Hai", "6/3/2021"));
+    assert!(site.bantin(&["build"]).status.success());
+    assert!(site.public().join("articles/hai/hai.html").exists());
+    std::fs::remove_file(site.store().join("hai/hai.txt")).unwrap();
+    let out = site.bantin(&["build"]);
+    assert!(
+        stderr(&out).contains("1 old files removed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!site.public().join("articles/hai").exists());
+    assert!(site.public().join("articles/mot.html").exists());
+}
+
+#[test]
+fn feeds_snapshot() {
+    let site = Site::new();
+    site.put(
+        "2020/ky-ket.txt",
+        &article(
+            CAT_A,
+            "Ký kết <chương trình> & \"phối hợp\" ]]>",
+            "14/02/2020 | 08:16",
+        ),
+    );
+    site.put(
+        "thong-bao.txt",
+        &article(CAT_B, "Thông báo lịch tiếp dân", "2/1/2025"),
+    );
+    set_mtime(&site.store().join("2020/ky-ket.txt"), 1_600_000_000);
+    set_mtime(&site.store().join("thong-bao.txt"), 1_700_000_000);
+    assert!(site.bantin(&["build"]).status.success());
+    insta::assert_snapshot!("tat-ca.rss", site.read_public("feeds/tat-ca.rss"));
+    insta::assert_snapshot!("tat-ca.atom", site.read_public("feeds/tat-ca.atom"));
+    insta::assert_snapshot!("tat-ca.json", site.read_public("feeds/tat-ca.json"));
+}
+
+#[test]
+fn unknown_feed_keys_and_categories_are_reported() {
+    let site = Site::new();
+    site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
+    site.write(
+        "feeds/sai.toml",
+        "title = \"Sai\"\ncategories = [\"KHÔNG CÓ\"]\n",
+    );
+    site.write("feeds/loi.toml", "title = \"Lỗi\"\nlimt = 5\n");
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("feeds/loi.toml:2: unknown field `limt`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("feeds/sai.toml:2: unknown category 'KHÔNG CÓ'"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_config_is_a_clear_error() {
+    let site = Site::new();
+    site.write(
+        "bantin.toml",
+        "[site]\nbase_url = \"http://x\"\n[http]\nlisten = 8080\n",
+    );
+    let out = site.bantin(&["build"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bantin.toml:4:"), "{}", stderr(&out));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
+        .args(["--config", "/nonexistent/bantin.toml", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read config '/nonexistent/bantin.toml'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = site.bantin(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
