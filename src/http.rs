@@ -1,1 +1,481 @@
-//! HTTP.
+//! The HTTP server: feeds from memory with conditional GET and gzip, the index, article pages
+//! from `output.dir`, health and metrics.
+//!
+//! Connections are served by hyper with a header read timeout (no slowloris), a cap on open
+//! connections, a body size limit, and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::metrics::{Metrics, route_of};
+
+/// `Cache-Control` of feeds and pages: readers may poll every few minutes.
+const CACHE_FEED: &str = "public, max-age=300";
+/// `Cache-Control` of the index, which changes with every article.
+const CACHE_INDEX: &str = "public, max-age=60";
+/// Bodies smaller than this are not worth compressing.
+const GZIP_MIN_BYTES: usize = 512;
+
+/// One file served from memory, with its precomputed validators and gzip form.
+#[derive(Debug)]
+pub struct Served {
+    pub body: Bytes,
+    /// Present when compression saves bytes.
+    pub gzip: Option<Bytes>,
+    /// Strong validator of `body` (quoted).
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub content_type: &'static str,
+    pub cache_control: &'static str,
+}
+
+impl Served {
+    pub fn new(
+        body: Vec<u8>,
+        content_type: &'static str,
+        cache_control: &'static str,
+        last_modified: SystemTime,
+    ) -> Served {
+        let etag = format!("\"{:016x}\"", fnv1a(&body));
+        let gzip = (body.len() >= GZIP_MIN_BYTES)
+            .then(|| gzip(&body))
+            .filter(|z| z.len() < body.len())
+            .map(Bytes::from);
+        Served {
+            body: Bytes::from(body),
+            gzip,
+            etag,
+            // HTTP dates have whole seconds.
+            last_modified: truncate_secs(last_modified),
+            content_type,
+            cache_control,
+        }
+    }
+
+    pub fn feed(body: Vec<u8>, content_type: &'static str, last_modified: SystemTime) -> Served {
+        Served::new(body, content_type, CACHE_FEED, last_modified)
+    }
+
+    pub fn index(body: Vec<u8>, last_modified: SystemTime) -> Served {
+        Served::new(body, "text/html; charset=utf-8", CACHE_INDEX, last_modified)
+    }
+
+    fn gzip_etag(&self) -> String {
+        format!("{}-gz\"", self.etag.trim_end_matches('"'))
+    }
+}
+
+fn truncate_secs(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// FNV-1a, 64 bits: a stable, fast content hash for ETags.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// What the HTTP side serves from memory; replaced whole when something changes.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// By file name: `tin-tuc.rss`.
+    pub feeds: std::collections::HashMap<String, Arc<Served>>,
+    pub index: Option<Arc<Served>>,
+}
+
+/// State shared by every request.
+pub struct AppState {
+    pub snapshot: RwLock<Arc<Snapshot>>,
+    /// `output.dir/articles`: pages are read from there.
+    pub pages: PathBuf,
+    pub metrics: Arc<Metrics>,
+    /// Set while the daemon can serve; `/healthz` answers 503 otherwise.
+    pub healthy: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn new(pages: PathBuf, metrics: Arc<Metrics>) -> AppState {
+        AppState {
+            snapshot: RwLock::default(),
+            pages,
+            metrics,
+            healthy: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+    }
+}
+
+/// Limits of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+    pub drain: Duration,
+}
+
+/// The routes of the public site and feeds; `extra` adds routes that other parts own
+/// (subscriptions).
+pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/", get(index))
+        .route("/index.html", get(index))
+        .route("/feeds/{file}", get(feed))
+        .route("/articles/{*path}", get(article))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+        .merge(extra)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let route = route_of(req.uri().path());
+                    let response = next.run(req).await;
+                    metrics.request(route, response.status().as_u16());
+                    response
+                }
+            },
+        ))
+}
+
+async fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "không tìm thấy (not found)\n")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        plain(StatusCode::OK, "ok\n")
+    } else {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n")
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn index(State(state): State<Arc<AppState>>, method: Method, headers: HeaderMap) -> Response {
+    match state.snapshot().index.clone() {
+        Some(served) => respond(&served, &method, &headers),
+        None => plain(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+    }
+}
+
+async fn feed(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    match state.snapshot().feeds.get(&file).cloned() {
+        Some(served) => respond(&served, &method, &headers),
+        None => not_found().await,
+    }
+}
+
+/// Whether a request path (already percent-decoded) is a safe page path: plain names only,
+/// no `..`, no hidden parts, no NUL or backslash, ending in `.html`.
+pub fn safe_page_path(path: &str) -> Option<PathBuf> {
+    if path.is_empty()
+        || path.len() > 1024
+        || path.contains(['\0', '\\'])
+        || !path.ends_with(".html")
+    {
+        return None;
+    }
+    let rel = Path::new(path);
+    let ok = rel.components().all(|c| match c {
+        Component::Normal(part) => part.to_str().is_some_and(|s| !s.starts_with('.')),
+        _ => false,
+    });
+    ok.then(|| rel.to_path_buf())
+}
+
+async fn article(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let Some(rel) = safe_page_path(&path) else {
+        return not_found().await;
+    };
+    let full = state.pages.join(rel);
+    let (bytes, modified) = match tokio::fs::read(&full).await {
+        Ok(bytes) => {
+            let modified = tokio::fs::metadata(&full)
+                .await
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            (bytes, modified)
+        }
+        Err(_) => return not_found().await,
+    };
+    let served = Served::new(bytes, "text/html; charset=utf-8", CACHE_FEED, modified);
+    respond(&served, &method, &headers)
+}
+
+/// Answers GET or HEAD for a file with validators: 304 when the client's copy is current
+/// (RFC 9110 §13.2.2: If-None-Match first, If-Modified-Since only without it), gzip when asked.
+pub fn respond(served: &Served, method: &Method, headers: &HeaderMap) -> Response {
+    let gzip_etag = served.gzip_etag();
+    let not_modified = match headers.get(header::IF_NONE_MATCH) {
+        Some(value) => value
+            .to_str()
+            .is_ok_and(|v| etag_matches(v, &[&served.etag, &gzip_etag])),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| served.last_modified <= since),
+    };
+    let use_gzip = served.gzip.is_some() && accepts_gzip(headers);
+    let etag = if use_gzip { &gzip_etag } else { &served.etag };
+    let mut builder = Response::builder()
+        .header(header::ETAG, etag.as_str())
+        .header(
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(served.last_modified),
+        )
+        .header(header::CACHE_CONTROL, served.cache_control)
+        .header(header::VARY, "Accept-Encoding");
+    if not_modified {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid response");
+    }
+    let body = if use_gzip {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        served.gzip.clone().expect("checked")
+    } else {
+        served.body.clone()
+    };
+    builder = builder
+        .header(header::CONTENT_TYPE, served.content_type)
+        .header(header::CONTENT_LENGTH, body.len());
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    builder
+        .status(StatusCode::OK)
+        .body(body)
+        .expect("valid response")
+}
+
+/// `If-None-Match` against our tags (weak comparison, `*` matches anything).
+fn etag_matches(header_value: &str, ours: &[&str]) -> bool {
+    header_value.split(',').map(str::trim).any(|tag| {
+        tag == "*" || {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            ours.contains(&tag)
+        }
+    })
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            let mut pieces = part.split(';').map(str::trim);
+            let coding = pieces.next().unwrap_or("");
+            let q_zero = pieces.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and lets
+/// open requests finish for at most `limits.drain`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
+            () = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, do not spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = watched.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after {:?}; closing them",
+            limits.drain
+        );
+    }
+    let _ = TokioExecutor::new();
+}
+
+/// Binds the listening socket.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// A header value from a static string.
+pub fn hv(s: &'static str) -> HeaderValue {
+    HeaderValue::from_static(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_paths_never_leave_the_namespace() {
+        assert!(safe_page_path("2020/02/ky-ket.html").is_some());
+        for bad in [
+            "../secret.html",
+            "a/../../b.html",
+            "/etc/passwd.html",
+            ".hidden.html",
+            "a/./b.html",
+            "a\0b.html",
+            "a\\..\\b.html",
+            "a.txt",
+            "",
+        ] {
+            assert!(safe_page_path(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn conditional_get_precedence() {
+        let served = Served::feed(
+            vec![b'x'; 1000],
+            "application/rss+xml",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        );
+        let get = Method::GET;
+        let mut h = HeaderMap::new();
+        assert_eq!(respond(&served, &get, &h).status(), 200);
+        h.insert(header::IF_NONE_MATCH, served.etag.parse().unwrap());
+        assert_eq!(respond(&served, &get, &h).status(), 304);
+        // If-None-Match that does not match wins over a matching If-Modified-Since.
+        h.insert(header::IF_NONE_MATCH, hv("\"other\""));
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            httpdate::fmt_http_date(served.last_modified)
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(respond(&served, &get, &h).status(), 200);
+        h.remove(header::IF_NONE_MATCH);
+        assert_eq!(respond(&served, &get, &h).status(), 304);
+        h.insert(
+            header::IF_NONE_MATCH,
+            format!("W/{}", served.etag).parse().unwrap(),
+        );
+        assert_eq!(respond(&served, &get, &h).status(), 304);
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        let served = Served::feed(
+            vec![b'x'; 1000],
+            "application/rss+xml",
+            SystemTime::UNIX_EPOCH,
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, hv("br, gzip;q=0.5"));
+        let r = respond(&served, &Method::GET, &h);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        h.insert(header::ACCEPT_ENCODING, hv("gzip;q=0"));
+        let r = respond(&served, &Method::GET, &h);
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
+    }
+}

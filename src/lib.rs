@@ -18,6 +18,7 @@
 //! - [`check`]: `bantin check`.
 //! - [`watch`]: file events, debounced, plus periodic rescans.
 //! - [`http`]: the HTTP server.
+//! - [`metrics`]: counters for `/metrics`.
 //! - [`daemon`]: `bantin run`, wiring it all, shutdown and systemd notification.
 //! - [`progress`]: progress on a terminal for long commands.
 
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod feed;
 pub mod http;
 pub mod library;
+pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod publish;

@@ -59,7 +59,9 @@ fn init_logging() {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 
@@ -107,8 +109,9 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let result = publisher.build_from(files, now, &progress.count);
     let done = progress.count.load(Ordering::Relaxed);
     progress.finish();
-    let (_library, report) = result
-        .with_context(|| format!("cannot write the site to '{}'", config.output.dir.display()))?;
+    let report = result
+        .with_context(|| format!("cannot write the site to '{}'", config.output.dir.display()))?
+        .report;
     for e in &report.errors {
         eprintln!("{e}");
     }
@@ -116,8 +119,9 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
     }
     eprintln!(
-        "built {} feeds and {} pages ({} unchanged) from {done} files in {:.2?}: {} published, \
-         {} scheduled, {} broken, {} old files removed",
+        "built {} feeds ({} files) and {} pages ({} unchanged) from {done} files in {:.2?}: \
+         {} published, {} scheduled, {} broken, {} old files removed",
+        report.feeds,
         report.feeds * 3,
         report.pages_written,
         report.pages_unchanged,

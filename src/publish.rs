@@ -32,6 +32,8 @@ pub struct Publisher {
     pub templates: Templates,
     pub reader: StoreReader,
     pub out: PathBuf,
+    /// Seconds between full rescans of the store (daemon).
+    pub rescan_secs: u64,
     /// Bodies of the articles currently in feeds, so a rebuild reads few files.
     bodies: Mutex<HashMap<String, (Stamp, Arc<Article>)>>,
 }
@@ -46,6 +48,14 @@ pub struct RenderedFeed {
     pub last_modified: Option<DateTime<FixedOffset>>,
     /// Ids of the items.
     pub ids: Vec<String>,
+}
+
+/// The result of a full build: the library and what was published.
+pub struct Built {
+    pub library: Library,
+    pub report: BuildReport,
+    pub feeds: Vec<RenderedFeed>,
+    pub index: String,
 }
 
 /// What a full build did.
@@ -105,6 +115,7 @@ impl Publisher {
                 max_bytes: config.store.max_bytes,
             },
             out: config.output.dir.clone(),
+            rescan_secs: config.store.rescan_secs,
             bodies: Mutex::default(),
         })
     }
@@ -268,31 +279,14 @@ impl Publisher {
         output::remove(&self.out.join("articles"), &self.page_path(id))
     }
 
-    /// Reads the whole store and publishes everything once. `progress` counts files read.
-    pub fn build(
-        &self,
-        now: DateTime<FixedOffset>,
-        progress: &AtomicUsize,
-    ) -> std::io::Result<(Library, BuildReport)> {
-        let files = self.reader.walk().map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot read the store '{}': {e}",
-                    self.reader.root.display()
-                ),
-            )
-        })?;
-        self.build_from(files, now, progress)
-    }
-
-    /// Like [`Publisher::build`], with the file list already walked.
+    /// Reads every file of `files` (a walk of the store) and publishes everything once:
+    /// pages, feeds, the index, and removes what is stale. `progress` counts files read.
     pub fn build_from(
         &self,
         files: Vec<Found>,
         now: DateTime<FixedOffset>,
         progress: &AtomicUsize,
-    ) -> std::io::Result<(Library, BuildReport)> {
+    ) -> std::io::Result<Built> {
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
         let write_errors = Mutex::new(Vec::new());
@@ -338,7 +332,12 @@ impl Publisher {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.write_index(&index)?;
         report.files_removed = self.prune(&library, now)?;
-        Ok((library, report))
+        Ok(Built {
+            library,
+            report,
+            feeds: rendered,
+            index,
+        })
     }
 
     /// Removes pages of articles that are gone or not yet published, and feeds no longer
