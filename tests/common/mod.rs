@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+pub mod daemon;
 pub mod http;
 
 /// The repository root (templates and sample articles live there).

@@ -1,0 +1,463 @@
+//! The daemon end to end: the real binary on 127.0.0.1:0, a temporary store, real HTTP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::daemon::{Daemon, PATIENCE};
+use common::http::request;
+use common::{CAT_A, CAT_B, Site, article, set_mtime};
+
+/// A site whose daemon listens on a free port.
+fn site() -> Site {
+    site_with("")
+}
+
+fn site_with(extra: &str) -> Site {
+    let site = Site::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    set_mtime(&site.store().join("cu.txt"), 1_600_000_000);
+    site
+}
+
+fn atom_entry<'a>(feed: &'a str, id: &str) -> Option<&'a str> {
+    let start = feed.find(&format!("<id>tag:bantin.test,2020:{id}</id>"))?;
+    let entry_start = feed[..start].rfind("<entry>")?;
+    let end = feed[start..].find("</entry>")? + start;
+    Some(&feed[entry_start..end])
+}
+
+fn tag(text: &str, name: &str) -> String {
+    let open = format!("<{name}>");
+    let start = text.find(&open).unwrap() + open.len();
+    let end = text[start..].find(&format!("</{name}>")).unwrap() + start;
+    text[start..end].to_string()
+}
+
+#[test]
+fn a_renamed_article_appears_is_updated_and_removed() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    assert!(daemon.get("/feeds/tin-tuc.atom").text().contains("Bài cũ"));
+
+    site.publish(
+        "2026/moi.txt",
+        &article(CAT_A, "Bài mới", "01/11/2026 | 09:00"),
+    );
+    daemon.get_until("/feeds/tin-tuc.atom", "the new article in its feed", |r| {
+        r.text().contains("Bài mới")
+    });
+    // A file older than its publication time: `updated` is the publication time.
+    let path = site.store().join("2026/moi.txt");
+    set_mtime(&path, 1_600_000_000);
+    let feed = daemon.get_until("/feeds/tin-tuc.atom", "updated = published", |r| {
+        r.text()
+            .contains("<updated>2026-11-01T09:00:00+07:00</updated>")
+    });
+    let first = atom_entry(&feed.text(), "2026/moi")
+        .expect("entry")
+        .to_string();
+    assert!(daemon.get("/feeds/tat-ca.rss").text().contains("Bài mới"));
+    let page = daemon.get("/articles/2026/moi.html");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<h1>Bài mới</h1>"), "{}", page.text());
+    assert!(site.public().join("articles/2026/moi.html").exists());
+    assert!(
+        site.read_public("feeds/tin-tuc.atom").contains("Bài mới"),
+        "written to disk too"
+    );
+    let index = daemon.get("/");
+    assert!(index.text().contains("Bài mới"));
+
+    // An edit: same id, new title, later `updated`.
+    site.publish(
+        "2026/moi.txt",
+        &article(CAT_A, "Bài mới (sửa)", "01/11/2026 | 09:00"),
+    );
+    let feed = daemon.get_until("/feeds/tin-tuc.atom", "the edited title", |r| {
+        r.text().contains("Bài mới (sửa)")
+    });
+    let text = feed.text();
+    let edited = atom_entry(&text, "2026/moi").expect("same id");
+    assert_eq!(
+        text.matches("2026/moi</id>").count(),
+        1,
+        "one entry for the article"
+    );
+    assert_eq!(tag(&first, "published"), tag(edited, "published"));
+    assert!(tag(edited, "updated") > tag(&first, "updated"), "{edited}");
+
+    // A deletion.
+    std::fs::remove_file(&path).unwrap();
+    daemon.get_until("/feeds/tin-tuc.atom", "the deleted article gone", |r| {
+        !r.text().contains("Bài mới")
+    });
+    assert_eq!(daemon.get("/articles/2026/moi.html").status, 404);
+    assert!(!site.public().join("articles/2026/moi.html").exists());
+}
+
+#[test]
+fn other_categories_are_untouched() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let before = daemon.get("/feeds/tin-tuc.rss");
+    site.publish(
+        "tb.txt",
+        &article(CAT_B, "Thông báo mới", "01/11/2026 | 09:00"),
+    );
+    daemon.get_until("/feeds/tat-ca.rss", "the notice in all news", |r| {
+        r.text().contains("Thông báo mới")
+    });
+    let after = daemon.get("/feeds/tin-tuc.rss");
+    assert_eq!(before.header("etag"), after.header("etag"));
+}
+
+#[test]
+fn a_scheduled_article_appears_when_due() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    // The next whole minute at least 5 s ahead, in the council's time (UTC+7).
+    let now = chrono::Utc::now() + chrono::Duration::hours(7) + chrono::Duration::seconds(65);
+    let due = now.format("%d/%m/%Y | %H:%M").to_string();
+    site.publish("hen-gio.txt", &article(CAT_A, "Bài hẹn giờ", &due));
+    daemon.wait_log("hen-gio");
+    // Seen, not published: not in the feed, no page.
+    assert!(
+        !daemon
+            .get("/feeds/tin-tuc.rss")
+            .text()
+            .contains("Bài hẹn giờ")
+    );
+    assert_eq!(daemon.get("/articles/hen-gio.html").status, 404);
+    common::wait_for("the scheduled article", Duration::from_secs(90), || {
+        daemon
+            .get("/feeds/tin-tuc.rss")
+            .text()
+            .contains("Bài hẹn giờ")
+    });
+    assert_eq!(daemon.get("/articles/hen-gio.html").status, 200);
+    daemon.wait_log("scheduled article published");
+}
+
+#[test]
+fn a_broken_file_is_logged_and_the_rest_keep_working() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    site.publish(
+        "hong.txt",
+        "TIN TỨC\n\nTiêu đề\nNgày đăng 31/02/2020\n\nĐoạn.\n",
+    );
+    daemon.wait_log("hong.txt:4: '31/02/2020' is not a real date");
+    site.publish(
+        "tot.txt",
+        &article(CAT_A, "Bài tốt sau bài hỏng", "01/11/2026 | 09:00"),
+    );
+    daemon.get_until("/feeds/tin-tuc.rss", "the good article", |r| {
+        r.text().contains("Bài tốt sau bài hỏng")
+    });
+    let metrics = daemon.get("/metrics").text();
+    assert!(metrics.contains("bantin_article_errors 1"), "{metrics}");
+    assert!(metrics.contains("bantin_articles 2"), "{metrics}");
+}
+
+#[test]
+fn a_file_written_in_place_is_read_once_complete() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let text = article(CAT_A, "Bài viết dần", "01/11/2026 | 09:00");
+    let (head, tail) = text.split_at(text.find("Đoạn thứ hai").unwrap());
+    let path = site.store().join("viet-dan.txt");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    file.flush().unwrap();
+    // A slow writer: the first half alone is a valid article.
+    std::thread::sleep(Duration::from_millis(300));
+    file.write_all(tail.as_bytes()).unwrap();
+    drop(file);
+    let feed = daemon.get_until("/feeds/tin-tuc.rss", "the article", |r| {
+        r.text().contains("Bài viết dần")
+    });
+    assert!(feed.text().contains("Đoạn thứ hai"), "published whole");
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("article added id=\"viet-dan\"").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("article updated id=\"viet-dan\""), "{log}");
+}
+
+#[test]
+fn the_store_folder_can_be_replaced() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let next = site.path("articles.next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(
+        next.join("thay.txt"),
+        article(CAT_A, "Kho mới", "01/11/2026 | 09:00"),
+    )
+    .unwrap();
+    std::fs::rename(site.store(), site.path("articles.old")).unwrap();
+    std::fs::rename(&next, site.store()).unwrap();
+    daemon.get_until("/feeds/tin-tuc.rss", "the replaced store", |r| {
+        r.text().contains("Kho mới") && !r.text().contains("Bài cũ")
+    });
+    // And the new folder is watched.
+    site.publish(
+        "sau.txt",
+        &article(CAT_A, "Sau khi thay", "02/11/2026 | 09:00"),
+    );
+    daemon.get_until("/feeds/tin-tuc.rss", "an article in the new folder", |r| {
+        r.text().contains("Sau khi thay")
+    });
+}
+
+#[test]
+fn conditional_get_and_head() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let first = daemon.get("/feeds/tin-tuc.rss");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("content-type"),
+        Some("application/rss+xml; charset=utf-8")
+    );
+    assert_eq!(
+        daemon.get("/feeds/tin-tuc.atom").header("content-type"),
+        Some("application/atom+xml; charset=utf-8")
+    );
+    assert_eq!(
+        daemon.get("/feeds/tin-tuc.json").header("content-type"),
+        Some("application/feed+json; charset=utf-8")
+    );
+    let etag = first.header("etag").unwrap().to_string();
+    let last_modified = first.header("last-modified").unwrap().to_string();
+    assert!(first.header("cache-control").is_some());
+
+    let r = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[("If-None-Match", &etag)],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[("If-Modified-Since", &last_modified)],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+    // If-None-Match decides when present, even with a matching If-Modified-Since.
+    let r = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[
+            ("If-None-Match", "\"stale\""),
+            ("If-Modified-Since", &last_modified),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+
+    let head = request(daemon.addr, "HEAD", "/feeds/tin-tuc.rss", &[], b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    for name in [
+        "etag",
+        "last-modified",
+        "content-type",
+        "content-length",
+        "cache-control",
+    ] {
+        assert_eq!(head.header(name), first.header(name), "{name}");
+    }
+
+    let zipped = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[("Accept-Encoding", "gzip")],
+        b"",
+    );
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&zipped.body[..])
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, first.body);
+
+    site.publish(
+        "moi.txt",
+        &article(CAT_A, "Làm đổi ETag", "01/11/2026 | 09:00"),
+    );
+    let changed = daemon.get_until("/feeds/tin-tuc.rss", "a new ETag", |r| {
+        r.text().contains("Làm đổi ETag")
+    });
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    let r = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[("If-None-Match", &etag)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "the old ETag no longer matches");
+}
+
+#[test]
+fn paths_never_leave_the_site() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    assert_eq!(daemon.get("/articles/cu.html").status, 200);
+    for path in [
+        "/articles/../bantin.toml",
+        "/articles/..%2f..%2fbantin.toml",
+        "/articles/%2e%2e/%2e%2e/bantin.toml",
+        "/articles/%2e%2e%2f%2e%2e%2fbantin.html",
+        "/articles/%252e%252e/%252e%252e/bantin.html",
+        "/articles/cu.html%00.html",
+        "/articles/%00.html",
+        "/articles//etc/passwd.html",
+        "/feeds/..%2f..%2fbantin.toml",
+        "/feeds/%2e%2e",
+        "/../bantin.toml",
+        "/public/index.html",
+    ] {
+        let r = daemon.get(path);
+        assert!(
+            r.status == 404 || r.status == 400,
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(!r.text().contains("base_url"), "{path} leaked the config");
+    }
+}
+
+#[test]
+fn health_metrics_and_limits() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    assert_eq!(daemon.get("/healthz").status, 200);
+    daemon.get("/feeds/tin-tuc.rss");
+    daemon.get("/nope");
+    let metrics = daemon.get("/metrics").text();
+    assert!(
+        metrics.contains("bantin_http_requests_total{route=\"feed\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bantin_http_requests_total{route=\"other\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bantin_rebuild_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bantin_articles 1"), "{metrics}");
+    let big = vec![b'x'; 64 * 1024];
+    let r = request(daemon.addr, "POST", "/", &[], &big);
+    assert!(r.status == 405 || r.status == 413, "{}", r.status);
+}
+
+#[test]
+fn idle_connections_do_not_block_readers() {
+    let site = site_with("header_timeout_secs = 2\n");
+    let daemon = Daemon::start(&site);
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(daemon.addr).unwrap();
+            s.write_all(b"GET /feeds/tin-tuc.rss HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let r = daemon.get("/feeds/tin-tuc.rss");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Bài cũ"));
+    // The server gives up on a client that never finishes its headers.
+    let mut slow = idle.into_iter().next().unwrap();
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_reload_keeps_serving() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    site.write(
+        "feeds/moi.toml",
+        &format!("title = \"Bản tin mới\"\ncategories = [\"{CAT_A}\"]\n"),
+    );
+    daemon.signal("HUP");
+    daemon.get_until("/feeds/moi.rss", "the new feed after SIGHUP", |r| {
+        r.status == 200
+    });
+    assert!(
+        daemon.get("/").text().contains("Bản tin mới"),
+        "index lists the new feed"
+    );
+
+    site.write(
+        "bantin.toml",
+        "[site]\nbase_url = \"http://bantin.test\"\n[http\nlisten = \n",
+    );
+    daemon.signal("HUP");
+    daemon.wait_log("reload failed, keeping the running configuration");
+    assert_eq!(daemon.get("/feeds/moi.rss").status, 200);
+    site.write("feeds/moi.toml", "title = \n");
+    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    daemon.signal("HUP");
+    common::wait_for("a second failed reload", PATIENCE, || {
+        daemon.log().matches("reload failed").count() == 2
+    });
+    assert_eq!(daemon.get("/feeds/tin-tuc.rss").status, 200);
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let site = site();
+    let mut daemon = Daemon::start(&site);
+    // A client in the middle of its request holds the drain open until the deadline.
+    let mut open = TcpStream::connect(daemon.addr).unwrap();
+    open.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(daemon.log().contains("stopped"));
+}
+
+#[test]
+fn a_broken_config_stops_before_anything_runs() {
+    let site = site();
+    site.write("bantin.toml", "[site]\nbase_url = \"ftp://x\"\n");
+    let out = site.bantin(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("site.base_url 'ftp://x'"),
+        "{}",
+        common::stderr(&out)
+    );
+    site.write("feeds/hong.toml", "title = 5\n");
+    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    let out = site.bantin(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("feeds/hong.toml:1:"),
+        "{}",
+        common::stderr(&out)
+    );
+}
