@@ -47,6 +47,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
     result.map(|()| Written::Replaced)
 }
 
+/// Writes a new file in a folder that is not served yet (no temporary file needed), creating
+/// its folders.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::write(path, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+            std::fs::write(path, bytes)
+        }
+        other => other,
+    }
+}
+
 fn temp_path(dir: &Path, path: &Path) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path

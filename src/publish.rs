@@ -274,6 +274,16 @@ impl Publisher {
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))
     }
 
+    /// Writes a page into a staging folder that no one serves yet (a first build): no
+    /// temporary file and rename per page.
+    fn write_staged_page(&self, staging: &Path, article: &Article) -> Result<Written, String> {
+        let html = self.pages().article(article).map_err(|e| e.to_string())?;
+        let path = staging.join(format!("{}.html", article.id));
+        output::write_new(&path, html.as_bytes())
+            .map(|()| Written::Replaced)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    }
+
     /// Removes the page of an article that is gone or no longer published.
     pub fn remove_page(&self, id: &str) -> std::io::Result<()> {
         output::remove(&self.out.join("articles"), &self.page_path(id))
@@ -290,12 +300,25 @@ impl Publisher {
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
         let write_errors = Mutex::new(Vec::new());
+        // A first build fills a staging folder and moves it into place at the end: the pages
+        // appear all at once, and each needs no rename of its own.
+        let pages_dir = self.out.join("articles");
+        let staging = (!pages_dir.exists()).then(|| self.out.join(".articles.new"));
+        if let Some(staging) = &staging
+            && staging.exists()
+        {
+            std::fs::remove_dir_all(staging)?;
+        }
         let (entries, errors) = self.reader.read_all(&files, |_, article| {
             progress.fetch_add(1, Ordering::Relaxed);
             if article.published > now {
                 return;
             }
-            match self.write_page(article) {
+            let result = match &staging {
+                Some(staging) => self.write_staged_page(staging, article),
+                None => self.write_page(article),
+            };
+            match result {
                 Ok(Written::Replaced) => written.fetch_add(1, Ordering::Relaxed),
                 Ok(Written::Unchanged) => unchanged.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
@@ -305,6 +328,10 @@ impl Publisher {
             };
         });
         progress.fetch_add(errors.len(), Ordering::Relaxed);
+        if let Some(staging) = &staging {
+            std::fs::create_dir_all(staging)?;
+            std::fs::rename(staging, &pages_dir)?;
+        }
         let library = Library::from_entries(entries);
         let mut report = BuildReport {
             articles: library.len(),
