@@ -173,7 +173,27 @@ pub struct Mail {
     pub transport: String,
     /// Folder of `.eml` files for the `file` transport.
     pub dir: PathBuf,
-    pub smtp: Option<toml::Table>,
+    /// The `List-Id` of every bulk mail (RFC 2919); by default built from the From domain.
+    pub list_id: Option<String>,
+    /// Mails sent at once.
+    pub concurrency: usize,
+    /// Most mails per second (0: no limit).
+    pub rate_per_second: f64,
+    /// First retry delay after a temporary failure, in milliseconds; doubles each time.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// A delivery still failing this long after it was queued is given up.
+    pub retry_lifetime_secs: u64,
+    /// Secret for the links' tokens; by default `token.key` in the state folder, made on
+    /// first start.
+    pub token_secret_file: Option<PathBuf>,
+    /// The sendmail program, for `transport = "sendmail"`.
+    pub sendmail_command: PathBuf,
+    /// Subscribe form posts accepted per client address per hour.
+    pub subscribe_per_hour: u32,
+    pub smtp: Smtp,
+    pub dkim: Option<Dkim>,
 }
 
 impl Default for Mail {
@@ -182,9 +202,63 @@ impl Default for Mail {
             from: "HĐND quận Cầu Giấy <bantin@localhost>".into(),
             transport: "file".into(),
             dir: "var/outbox".into(),
-            smtp: None,
+            list_id: None,
+            concurrency: 4,
+            rate_per_second: 0.0,
+            retry_initial_ms: 60_000,
+            retry_max_ms: 3_600_000,
+            retry_lifetime_secs: 3 * 24 * 3600,
+            token_secret_file: None,
+            sendmail_command: "/usr/sbin/sendmail".into(),
+            subscribe_per_hour: 10,
+            smtp: Smtp::default(),
+            dkim: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub tls: String,
+    pub username: Option<String>,
+    /// File holding the password (never inline); `$BANTIN_SMTP_PASSWORD` also works.
+    pub password_file: Option<PathBuf>,
+    /// Seconds a connection, command or reply may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            host: "127.0.0.1".into(),
+            port: 25,
+            tls: "none".into(),
+            username: None,
+            password_file: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// DKIM signing of outgoing mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    /// PEM (PKCS#1) RSA private key, or a base64 Ed25519 key.
+    pub key_file: PathBuf,
+    /// `rsa` (default) or `ed25519`.
+    #[serde(default = "default_dkim_algorithm")]
+    pub algorithm: String,
+}
+
+fn default_dkim_algorithm() -> String {
+    "rsa".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,7 +329,12 @@ impl Config {
             &mut self.output.dir,
             &mut self.state.dir,
             &mut self.mail.dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.mail.token_secret_file.as_mut())
+        .chain(self.mail.smtp.password_file.as_mut())
+        .chain(self.mail.dkim.as_mut().map(|d| &mut d.key_file))
+        {
             if dir.is_relative() && !base.as_os_str().is_empty() {
                 *dir = base.join(&*dir);
             }
@@ -280,6 +359,32 @@ impl Config {
                 "mail.transport '{}' is not one of file, smtp, sendmail",
                 self.mail.transport
             )));
+        }
+        if !matches!(self.mail.smtp.tls.as_str(), "none" | "starttls" | "tls") {
+            return Err(invalid(format!(
+                "mail.smtp.tls '{}' is not one of none, starttls, tls",
+                self.mail.smtp.tls
+            )));
+        }
+        if self.mail.concurrency == 0 {
+            return Err(invalid("mail.concurrency must be at least 1".into()));
+        }
+        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(format!(
+                "mail.from '{}' is not a mail address such as 'HĐND <bantin@example.vn>'",
+                self.mail.from
+            )));
+        }
+        for (name, expr) in [
+            ("daily", &self.digest.daily),
+            ("weekly", &self.digest.weekly),
+        ] {
+            if let Err(e) = expr.parse::<cron::Schedule>() {
+                return Err(invalid(format!(
+                    "digest.{name} '{expr}' is not a cron expression with seconds first \
+                     (e.g. '0 0 7 * * *'): {e}"
+                )));
+            }
         }
         if self.store.max_bytes == 0 {
             return Err(invalid("store.max_bytes must be above 0".into()));

@@ -19,15 +19,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use sd_notify::NotifyState;
 
 use crate::article::Article;
 use crate::config::Config;
 use crate::http::{AppState, Limits, Served, Snapshot};
 use crate::library::{Change, Entry, Library};
+use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::publish::{FORMATS, Publisher, RenderedFeed};
+use crate::store::{Schedule, Store};
 use crate::watch::{Debouncer, StoreWatch};
 
 /// The engine wakes at least this often, to ping the watchdog and notice a stop.
@@ -79,6 +81,16 @@ enum Msg {
     Stop,
 }
 
+/// What the engine tells the mail side.
+pub enum MailEvent {
+    /// Articles that became visible (new, or come due); bodies already read come along.
+    Published(Vec<Arc<Entry>>, Vec<Arc<Article>>),
+    /// Articles deleted or moved back into the future.
+    Removed(Vec<String>),
+    /// Every visible article, after a full rebuild (reload).
+    Resync(Vec<Arc<Entry>>),
+}
+
 /// Runs the daemon until `shutdown` completes; `reload` asks for a configuration reload.
 pub async fn run_until(
     config: Config,
@@ -100,6 +112,27 @@ pub async fn run_until(
     }
     std::fs::create_dir_all(&config.output.dir)
         .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
+    let store = Store::open(&config.state.dir)
+        .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
+    let mut mail_templates =
+        crate::site::Templates::load(&config.templates.dir).map_err(|errors| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    mail_templates.set_site(&publisher.site, &publisher.feeds);
+    let mail_templates = Arc::new(mail_templates);
+    let mailer = Arc::new(
+        Mailer::new(&config, store.clone(), mail_templates.clone())
+            .map_err(|e| anyhow::anyhow!("cannot set up mail: {e}"))?,
+    );
     let listener = crate::http::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
@@ -111,17 +144,23 @@ pub async fn run_until(
         metrics.clone(),
     ));
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let (mail_tx, mut mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
     let started = Instant::now();
     let engine = {
         let app = app.clone();
         let publisher = Arc::new(publisher);
         tokio::task::spawn_blocking(move || {
-            Engine::start(publisher, app, tx.clone()).map(|e| (e, tx))
+            Engine::start(publisher, app, tx.clone(), mail_tx).map(|e| (e, tx))
         })
         .await
         .context("the engine panicked while starting")??
     };
     let (engine, tx) = engine;
+    let visible: Vec<Arc<Entry>> = engine.library.visible(engine.horizon).cloned().collect();
+    mailer
+        .startup(visible)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start mail: {e}"))?;
     tracing::info!(
         articles = engine.library.len(),
         broken = engine.errors.len(),
@@ -141,7 +180,69 @@ pub async fn run_until(
         max_body_bytes: config.http.max_body_bytes,
         drain: Duration::from_secs(config.http.drain_secs),
     };
-    let router = crate::http::router(app.clone(), axum::Router::new(), &limits);
+    // Mail: the delivery worker, the engine's events, the digests, the admin socket.
+    let mail_stop = Arc::new(tokio::sync::Notify::new());
+    let worker = tokio::spawn(mailer.clone().run(mail_stop.clone()));
+    let events = {
+        let mailer = mailer.clone();
+        tokio::spawn(async move {
+            while let Some(event) = mail_rx.recv().await {
+                let result = match event {
+                    MailEvent::Published(entries, bodies) => {
+                        for body in bodies {
+                            mailer.remember(body);
+                        }
+                        mailer.published(entries).await
+                    }
+                    MailEvent::Removed(ids) => {
+                        let mut result = Ok(());
+                        for id in ids {
+                            result = result.and(mailer.removed(&id).await);
+                        }
+                        result
+                    }
+                    MailEvent::Resync(entries) => mailer.startup(entries).await,
+                };
+                if let Err(e) = result {
+                    tracing::error!("mail: {e}");
+                }
+            }
+        })
+    };
+    let tz = config.timezone().map_err(|e| anyhow::anyhow!(e))?;
+    let mut digests = Vec::new();
+    for (schedule, expr) in [
+        (Schedule::Daily, &config.digest.daily),
+        (Schedule::Weekly, &config.digest.weekly),
+    ] {
+        let cron: cron::Schedule = expr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("digest.{}: {e}", schedule.as_str()))?;
+        digests.push(tokio::spawn(digest_loop(
+            mailer.clone(),
+            schedule,
+            cron,
+            tz,
+        )));
+    }
+    let admin = spawn_admin_socket(&config, store.clone(), mailer.clone())?;
+    {
+        let mailer = mailer.clone();
+        *app.extra_metrics.lock().expect("metrics") = Some(Box::new(move |out: &mut String| {
+            mailer.metrics.render(out, mailer.queued());
+        }));
+    }
+    let subscribe = crate::subscribe::SubscribeState::new(
+        mailer.clone(),
+        mail_templates,
+        crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+        config.mail.subscribe_per_hour,
+    );
+    let router = crate::http::router(
+        app.clone(),
+        crate::subscribe::router(Arc::new(subscribe)),
+        &limits,
+    );
     app.healthy.store(true, Ordering::Relaxed);
     tracing::info!("listening on http://{addr}");
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -166,14 +267,139 @@ pub async fn run_until(
         })
     };
 
+    let drain = limits.drain;
     crate::http::serve(listener, router, limits, shutdown).await;
     app.healthy.store(false, Ordering::Relaxed);
     reloader.abort();
+    admin.abort();
+    for d in &digests {
+        d.abort();
+    }
     let _ = tx.send(Msg::Stop);
     let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    events.abort();
+    // Mails in flight finish (or the deadline passes); the rest stay queued for next time.
+    mail_stop.notify_one();
+    if tokio::time::timeout(drain, worker).await.is_err() {
+        tracing::warn!(
+            "mails still in flight after {drain:?}; they will be retried at the next start"
+        );
+    }
+    if let Err(e) = store.flush_async().await {
+        tracing::error!("cannot flush the state: {e}");
+    }
+    let _ = std::fs::remove_file(config.state.dir.join(crate::admin::SOCKET));
     notify(&[NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the digests of one schedule: a missed tick is caught up once at start, then every
+/// tick of the cron expression, in the council's time zone.
+async fn digest_loop(
+    mailer: Arc<Mailer>,
+    schedule: Schedule,
+    cron: cron::Schedule,
+    tz: chrono_tz::Tz,
+) {
+    let last_run = format!("digest\0{}", schedule.as_str());
+    let first_start = format!("digest-start\0{}", schedule.as_str());
+    let now = Utc::now().with_timezone(&tz);
+    let known = |key: &str| mailer.store.meta_i64(key).ok().flatten();
+    let last = match known(&last_run).or_else(|| known(&first_start)) {
+        Some(t) => tz.timestamp_opt(t, 0).single().unwrap_or(now),
+        None => {
+            // First start: digests begin with the next tick.
+            let _ = mailer.store.set_meta_i64(&first_start, now.timestamp());
+            let _ = mailer.store.flush();
+            now
+        }
+    };
+    if let Some(tick) = crate::plan::missed_tick(&cron, &last, &now) {
+        tracing::info!(
+            schedule = schedule.as_str(),
+            "catching up the digest missed at {}",
+            tick.to_rfc3339()
+        );
+        if let Err(e) = mailer.digest(schedule, tick.fixed_offset()).await {
+            tracing::error!("digest: {e}");
+        }
+    }
+    loop {
+        let now = Utc::now().with_timezone(&tz);
+        let Some(next) = cron.after(&now).next() else {
+            return;
+        };
+        // Sleep in steps, so a clock change is noticed.
+        loop {
+            let left = (next.clone() - Utc::now().with_timezone(&tz))
+                .to_std()
+                .unwrap_or_default();
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+        }
+        if let Err(e) = mailer.digest(schedule, next.fixed_offset()).await {
+            tracing::error!("digest: {e}");
+        }
+    }
+}
+
+/// Serves `subscribers` and `status` for the CLI while the daemon holds the database.
+fn spawn_admin_socket(
+    config: &Config,
+    store: Store,
+    mailer: Arc<Mailer>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let path = config.state.dir.join(crate::admin::SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the admin socket '{}'", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let store_dir = config.store.dir.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (store, mailer, store_dir) = (store.clone(), mailer.clone(), store_dir.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if tokio::io::BufReader::new(read)
+                    .read_line(&mut line)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let reply = match serde_json::from_str::<crate::admin::Request>(&line) {
+                    Ok(request) => tokio::task::spawn_blocking(move || {
+                        let wake = || mailer.wake.notify_one();
+                        let ctx = crate::admin::Context {
+                            store: &store,
+                            store_dir: &store_dir,
+                            on_queued: &wake,
+                        };
+                        crate::admin::execute(&ctx, request)
+                    })
+                    .await
+                    .unwrap_or_default(),
+                    Err(e) => crate::admin::Reply {
+                        code: 2,
+                        stdout: String::new(),
+                        stderr: format!("error: bad request: {e}\n"),
+                    },
+                };
+                let mut out = serde_json::to_string(&reply).expect("serializable");
+                out.push('\n');
+                let _ = write.write_all(out.as_bytes()).await;
+            });
+        }
+    }))
 }
 
 /// Loads the configuration again from the same place and the parts it names.
@@ -229,6 +455,8 @@ struct Engine {
     /// Identity (device, inode) of the watched store folder, to notice it replaced.
     watched_root: Option<(u64, u64)>,
     tx: Sender<Msg>,
+    /// Tells the mail side what was published or removed.
+    mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
     rescan_every: Duration,
     next_rescan: Instant,
     watchdog: Option<(Duration, Instant)>,
@@ -240,6 +468,7 @@ impl Engine {
         publisher: Arc<Publisher>,
         app: Arc<AppState>,
         tx: Sender<Msg>,
+        mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
     ) -> anyhow::Result<Engine> {
         let mut engine = Engine {
             publisher,
@@ -252,6 +481,7 @@ impl Engine {
             watch: None,
             watched_root: None,
             tx,
+            mail,
             rescan_every: Duration::from_secs(60),
             next_rescan: Instant::now(),
             watchdog: sd_notify::watchdog_enabled().map(|d| (d / 2, Instant::now())),
@@ -467,6 +697,8 @@ impl Engine {
                     articles = self.library.len(),
                     "reloaded"
                 );
+                let visible = self.library.visible(self.horizon).cloned().collect();
+                let _ = self.mail.send(MailEvent::Resync(visible));
             }
             Err(e) => {
                 tracing::error!("reload failed, keeping the running configuration: {e:#}");
@@ -732,6 +964,17 @@ impl Engine {
             && let Err(e) = self.publisher.write_index(html)
         {
             tracing::error!("cannot write index.html: {e}");
+        }
+        // The mail side decides what is news (an edit is not) and cancels what went.
+        if !pages.is_empty() {
+            let bodies = pages
+                .iter()
+                .filter_map(|e| fresh.get(&e.id).cloned())
+                .collect();
+            let _ = self.mail.send(MailEvent::Published(pages.clone(), bodies));
+        }
+        if !gone_pages.is_empty() {
+            let _ = self.mail.send(MailEvent::Removed(gone_pages.clone()));
         }
         self.update_metrics();
         self.app.metrics.rebuild(seen.elapsed(), rendered.len());

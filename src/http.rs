@@ -120,7 +120,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set while the daemon can serve; `/healthz` answers 503 otherwise.
     pub healthy: std::sync::atomic::AtomicBool,
+    /// More metrics, from other parts (mail).
+    pub extra_metrics: std::sync::Mutex<Option<ExtraMetrics>>,
 }
+
+/// Appends metrics text.
+pub type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 impl AppState {
     pub fn new(pages: PathBuf, metrics: Arc<Metrics>) -> AppState {
@@ -129,6 +134,7 @@ impl AppState {
             pages,
             metrics,
             healthy: std::sync::atomic::AtomicBool::new(false),
+            extra_metrics: std::sync::Mutex::default(),
         }
     }
 
@@ -355,7 +361,6 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = hyper_util::service::TowerToHyperService::new(router);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -368,7 +373,7 @@ pub async fn serve(
             permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -381,7 +386,16 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        // The client address, for the subscribe form's rate limit.
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::subscribe::Peer(peer));
+                req
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = watched.await;

@@ -8,20 +8,27 @@
 //! - [`library`]: every article of the store, newest first, by id and category; what changed.
 //! - [`feed`]: feed definitions, and RSS 2.0, Atom 1.0 and JSON Feed 1.1 rendering.
 //! - [`site`]: templates and the contexts of the web pages.
+//! - [`plan`]: who gets what: alert recipients, digest contents, retry delays, digest ticks.
 //!
 //! The adapters touch the disk, the network and the clock:
 //!
 //! - [`config`]: the configuration file, `bantin.toml`.
 //! - [`scan`]: walking and reading the store on every core.
+//! - [`store`]: the state in sled (subscribers, deliveries); the only module that imports sled.
+//! - [`token`]: signed tokens for confirmation and unsubscribe links.
 //! - [`output`]: atomic writes to `output.dir`.
 //! - [`publish`]: rendering and writing feeds and pages, for `build` and the daemon.
 //! - [`check`]: `bantin check`.
+//! - [`admin`]: `subscribers` and `status`, in the CLI or behind the daemon's admin socket.
 //! - [`watch`]: file events, debounced, plus periodic rescans.
+//! - [`mail`]: mail messages, transports and the delivery worker.
 //! - [`http`]: the HTTP server.
+//! - [`subscribe`]: the subscribe, confirm and unsubscribe routes.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`daemon`]: `bantin run`, wiring it all, shutdown and systemd notification.
 //! - [`progress`]: progress on a terminal for long commands.
 
+pub mod admin;
 pub mod article;
 pub mod check;
 pub mod config;
@@ -29,10 +36,15 @@ pub mod daemon;
 pub mod feed;
 pub mod http;
 pub mod library;
+pub mod mail;
 pub mod metrics;
 pub mod output;
+pub mod plan;
 pub mod progress;
 pub mod publish;
 pub mod scan;
 pub mod site;
+pub mod store;
+pub mod subscribe;
+pub mod token;
 pub mod watch;

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use bantin::admin::Request;
 use bantin::config::Config;
 use bantin::progress::Progress;
 use bantin::publish::Publisher;
@@ -34,6 +35,46 @@ enum Command {
     },
     /// Validate the configuration, feeds, templates and every article.
     Check,
+    /// Manage mail subscribers.
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+    /// Articles, subscribers by state, outbox by state, last digests.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscribersCommand {
+    /// Add (or update) a subscriber.
+    Add {
+        email: String,
+        #[arg(long, default_value = "immediate", value_parser = ["immediate", "daily", "weekly"])]
+        schedule: String,
+        /// Categories, comma-separated (default: every category).
+        #[arg(long, default_value = "")]
+        categories: String,
+        /// Active at once, without a confirmation mail.
+        #[arg(long)]
+        confirmed: bool,
+    },
+    /// Remove a subscriber.
+    Remove { email: String },
+    /// List subscribers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every subscriber as CSV to standard output.
+    Export,
+    /// Import subscribers from CSV (header `email,schedule,categories`, categories joined by `;`).
+    Import {
+        file: PathBuf,
+        /// Active at once; otherwise each address gets a confirmation mail.
+        #[arg(long)]
+        confirmed: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,7 +115,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => check(&config),
         Command::Build { out } => build(config, out),
+        Command::Status { json } => admin(&config, Request::Status { json }),
+        Command::Subscribers(cmd) => {
+            let request = match cmd {
+                SubscribersCommand::Add {
+                    email,
+                    schedule,
+                    categories,
+                    confirmed,
+                } => Request::Add {
+                    email,
+                    schedule,
+                    categories: categories
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    confirmed,
+                },
+                SubscribersCommand::Remove { email } => Request::Remove { email },
+                SubscribersCommand::List { json } => Request::List { json },
+                SubscribersCommand::Export => Request::Export,
+                SubscribersCommand::Import { file, confirmed } => {
+                    let csv = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read '{}'", file.display()))?;
+                    Request::Import { csv, confirmed }
+                }
+            };
+            admin(&config, request)
+        }
     }
+}
+
+/// Runs a `subscribers` or `status` command: through the daemon's socket when it runs (it
+/// holds the database), else on the database directly. The output is the same.
+fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
+    let long = matches!(request, Request::Import { .. } | Request::Export);
+    let progress = long.then(|| Progress::start("working", None));
+    let reply = match bantin::admin::ask_daemon(&config.state.dir, &request) {
+        Some(reply) => reply.context("the daemon's admin socket did not answer")?,
+        None => {
+            std::fs::create_dir_all(&config.state.dir).with_context(|| {
+                format!("cannot create state.dir '{}'", config.state.dir.display())
+            })?;
+            let store = bantin::store::Store::open(&config.state.dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; if a daemon runs, its admin socket '{}' is not reachable",
+                    config.state.dir.join(bantin::admin::SOCKET).display()
+                )
+            })?;
+            let ctx = bantin::admin::Context {
+                store: &store,
+                store_dir: &config.store.dir,
+                on_queued: &|| {},
+            };
+            bantin::admin::execute(&ctx, request)
+        }
+    };
+    if let Some(p) = progress {
+        p.finish();
+    }
+    print!("{}", reply.stdout);
+    eprint!("{}", reply.stderr);
+    Ok(ExitCode::from(reply.code.clamp(0, 255) as u8))
 }
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,12 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "web/index.html",
     "web/article.html",
     "web/message.html",
+    "email/alert.txt",
+    "email/alert.html",
+    "email/digest.txt",
+    "email/digest.html",
+    "email/confirm.txt",
+    "email/confirm.html",
 ];
 
 /// A problem loading or rendering a template.

@@ -1,0 +1,658 @@
+//! Durable state in sled: subscribers, the articles known to the mail side, and the outbox of
+//! deliveries. The only module that imports sled.
+//!
+//! # Encoding (schema version 1)
+//!
+//! Trees and keys (keys are UTF-8 bytes; `\0` separates parts):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `meta` | `schema` | the schema version, ASCII digits |
+//! | `meta` | `baseline` | unix seconds of the first start (its articles were not mailed) |
+//! | `meta` | `digest\0{schedule}` | unix seconds of the last digest run |
+//! | `subscribers` | email (lowercase) | [`Subscriber`] |
+//! | `articles` | article id | [`KnownArticle`] (alerts were planned or it was baseline) |
+//! | `outbox` | delivery key (see [`Delivery::key`]) | [`Delivery`] |
+//! | `queue` | lane (1 byte) + next attempt (u64 ms, big endian) + delivery key | empty |
+//!
+//! Every value is one version byte (`1`) followed by JSON. A database whose schema is newer
+//! than this program's is refused; an unknown version byte is an error, never misread.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The schema this program writes.
+pub const SCHEMA: u32 = 1;
+/// The version byte in front of every value.
+const VALUE_VERSION: u8 = 1;
+
+/// Lane of fresh deliveries: always taken before retries.
+pub const LANE_FRESH: u8 = 0;
+/// Lane of deliveries waiting for a retry.
+pub const LANE_RETRY: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database in '{path}': {source}")]
+    Open { path: String, source: sled::Error },
+    #[error(
+        "the state database in '{path}' has schema {found}, newer than this bantin ({SCHEMA}); \
+         run a newer bantin or restore a backup"
+    )]
+    Newer { path: String, found: u32 },
+    #[error("state database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("state database: unreadable record under '{key}': {message}")]
+    Corrupt { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Immediate,
+    Daily,
+    Weekly,
+}
+
+impl Schedule {
+    pub const ALL: [Schedule; 3] = [Schedule::Immediate, Schedule::Daily, Schedule::Weekly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schedule::Immediate => "immediate",
+            Schedule::Daily => "daily",
+            Schedule::Weekly => "weekly",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Schedule> {
+        Schedule::ALL.into_iter().find(|x| x.as_str() == s.trim())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SubState {
+    Pending,
+    Active,
+    Unsubscribed,
+    Bounced,
+}
+
+impl SubState {
+    pub const ALL: [SubState; 4] = [
+        SubState::Pending,
+        SubState::Active,
+        SubState::Unsubscribed,
+        SubState::Bounced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubState::Pending => "pending",
+            SubState::Active => "active",
+            SubState::Unsubscribed => "unsubscribed",
+            SubState::Bounced => "bounced",
+        }
+    }
+}
+
+/// A subscriber. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub email: String,
+    pub schedule: Schedule,
+    /// Categories followed; empty means every category.
+    pub categories: Vec<String>,
+    pub state: SubState,
+    pub created: i64,
+    pub updated: i64,
+    pub confirmed: Option<i64>,
+    /// When the last confirmation mail was queued (at most one a day).
+    pub confirm_sent: Option<i64>,
+    /// Articles published up to this time were covered by a digest.
+    pub digest_until: Option<i64>,
+    /// Why the address bounced.
+    pub bounce: Option<String>,
+}
+
+impl Subscriber {
+    pub fn follows(&self, category: &str) -> bool {
+        self.categories.is_empty() || self.categories.iter().any(|c| c == category)
+    }
+}
+
+/// What the mail side knows of an article.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownArticle {
+    pub published: i64,
+    pub category: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Kind {
+    Alert {
+        article: String,
+    },
+    Digest {
+        schedule: Schedule,
+        run: i64,
+        articles: Vec<String>,
+    },
+    Confirm {
+        at: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Sent,
+        DeliveryState::Failed,
+        DeliveryState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One mail to one address. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub kind: Kind,
+    pub email: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub created_ms: i64,
+    pub next_ms: i64,
+    pub updated_ms: i64,
+    pub error: Option<String>,
+}
+
+impl Delivery {
+    pub fn new(kind: Kind, email: &str, now_ms: i64) -> Delivery {
+        Delivery {
+            kind,
+            email: email.to_owned(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            created_ms: now_ms,
+            next_ms: now_ms,
+            updated_ms: now_ms,
+            error: None,
+        }
+    }
+
+    /// The outbox key: the same article (or digest run) to the same address always has the
+    /// same key, so planning twice never sends twice.
+    pub fn key(&self) -> String {
+        match &self.kind {
+            Kind::Alert { article } => format!("a\0{article}\0{}", self.email),
+            Kind::Digest { schedule, run, .. } => {
+                format!("d\0{}\0{run}\0{}", schedule.as_str(), self.email)
+            }
+            Kind::Confirm { at } => format!("c\0{}\0{at}", self.email),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_VERSION];
+    serde_json::to_writer(&mut out, value).expect("records always serialize");
+    out
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        message,
+    };
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
+fn queue_key(lane: u8, next_ms: i64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(lane);
+    out.extend_from_slice(&(next_ms.max(0) as u64).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// An entry of the delivery queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub lane: u8,
+    pub next_ms: i64,
+    pub key: String,
+}
+
+fn parse_queue_key(raw: &[u8]) -> Option<Queued> {
+    if raw.len() < 9 {
+        return None;
+    }
+    let next = u64::from_be_bytes(raw[1..9].try_into().ok()?);
+    Some(Queued {
+        lane: raw[0],
+        next_ms: next as i64,
+        key: String::from_utf8(raw[9..].to_vec()).ok()?,
+    })
+}
+
+/// The state database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    subscribers: sled::Tree,
+    articles: sled::Tree,
+    outbox: sled::Tree,
+    queue: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, checking its schema.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("db");
+        let shown = path.display().to_string();
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        let store = Store {
+            meta: db.open_tree("meta")?,
+            subscribers: db.open_tree("subscribers")?,
+            articles: db.open_tree("articles")?,
+            outbox: db.open_tree("outbox")?,
+            queue: db.open_tree("queue")?,
+            db,
+        };
+        match store.meta.get("schema")? {
+            None => {
+                store.meta.insert("schema", SCHEMA.to_string().as_bytes())?;
+                store.db.flush()?;
+            }
+            Some(raw) => {
+                let found: u32 = std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: "meta/schema".into(),
+                        message: "not a number".into(),
+                    })?;
+                if found > SCHEMA {
+                    return Err(StoreError::Newer { path: shown, found });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // --- meta
+
+    pub fn meta_i64(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .meta
+            .get(key)?
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
+    }
+
+    pub fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.meta.insert(key, value.to_string().as_bytes())?;
+        Ok(())
+    }
+
+    // --- subscribers
+
+    pub fn subscriber(&self, email: &str) -> Result<Option<Subscriber>, StoreError> {
+        self.subscribers
+            .get(email)?
+            .map(|v| decode(email.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_subscriber(&self, sub: &Subscriber) -> Result<(), StoreError> {
+        self.subscribers.insert(sub.email.as_bytes(), encode(sub))?;
+        Ok(())
+    }
+
+    pub fn remove_subscriber(&self, email: &str) -> Result<bool, StoreError> {
+        Ok(self.subscribers.remove(email)?.is_some())
+    }
+
+    /// Every subscriber, by address.
+    pub fn subscribers(&self) -> impl Iterator<Item = Result<Subscriber, StoreError>> + '_ {
+        self.subscribers.iter().map(|r| {
+            let (k, v) = r?;
+            decode(&k, &v)
+        })
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+
+    // --- articles known to the mail side
+
+    pub fn known_article(&self, id: &str) -> Result<Option<KnownArticle>, StoreError> {
+        self.articles
+            .get(id)?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_known_article(&self, id: &str, article: &KnownArticle) -> Result<(), StoreError> {
+        self.articles.insert(id, encode(article))?;
+        Ok(())
+    }
+
+    pub fn forget_article(&self, id: &str) -> Result<(), StoreError> {
+        self.articles.remove(id)?;
+        Ok(())
+    }
+
+    /// Known articles, any order.
+    pub fn known_articles(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, KnownArticle), StoreError>> + '_ {
+        self.articles.iter().map(|r| {
+            let (k, v) = r?;
+            Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+        })
+    }
+
+    // --- outbox
+
+    pub fn delivery(&self, key: &str) -> Result<Option<Delivery>, StoreError> {
+        self.outbox
+            .get(key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Adds a delivery and queues it, unless one with the same key exists. Returns whether it
+    /// was added.
+    pub fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
+        let key = delivery.key();
+        let added = self
+            .outbox
+            .compare_and_swap(
+                key.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(delivery)),
+            )?
+            .is_ok();
+        if added {
+            self.queue
+                .insert(queue_key(LANE_FRESH, delivery.next_ms, &key), &[])?;
+        }
+        Ok(added)
+    }
+
+    /// Records a delivery's new state; `queued` is its current queue entry, replaced by the
+    /// new one when it stays pending.
+    pub fn update(
+        &self,
+        key: &str,
+        delivery: &Delivery,
+        queued: Option<&Queued>,
+    ) -> Result<(), StoreError> {
+        self.outbox.insert(key.as_bytes(), encode(delivery))?;
+        if let Some(q) = queued {
+            self.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
+        }
+        if delivery.state == DeliveryState::Pending {
+            let lane = if delivery.attempts == 0 {
+                LANE_FRESH
+            } else {
+                LANE_RETRY
+            };
+            self.queue
+                .insert(queue_key(lane, delivery.next_ms, key), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Queue entries of `lane` due at `now_ms`, in order, skipping `skip`; at most `limit`.
+    pub fn due(
+        &self,
+        lane: u8,
+        now_ms: i64,
+        limit: usize,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.queue.scan_prefix([lane]) {
+            let (k, _) = r?;
+            let Some(q) = parse_queue_key(&k) else {
+                continue;
+            };
+            if q.next_ms > now_ms || out.len() >= limit {
+                break;
+            }
+            if !skip(&q.key) {
+                out.push(q);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest queued time, any lane.
+    pub fn next_queued_ms(&self) -> Result<Option<i64>, StoreError> {
+        let mut next = None;
+        for lane in [LANE_FRESH, LANE_RETRY] {
+            if let Some(r) = self.queue.scan_prefix([lane]).next() {
+                let (k, _) = r?;
+                if let Some(q) = parse_queue_key(&k) {
+                    next = Some(next.map_or(q.next_ms, |n: i64| n.min(q.next_ms)));
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Puts back in the queue every pending delivery that lost its entry (a crash between
+    /// the two writes); returns how many.
+    pub fn repair_queue(&self) -> Result<usize, StoreError> {
+        let mut queued = std::collections::HashSet::new();
+        for r in self.queue.iter() {
+            let (k, _) = r?;
+            if let Some(q) = parse_queue_key(&k) {
+                queued.insert(q.key);
+            }
+        }
+        let mut repaired = 0;
+        for r in self.outbox.iter() {
+            let (k, v) = r?;
+            let d: Delivery = decode(&k, &v)?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if d.state == DeliveryState::Pending && !queued.contains(&key) {
+                let lane = if d.attempts == 0 {
+                    LANE_FRESH
+                } else {
+                    LANE_RETRY
+                };
+                self.queue.insert(queue_key(lane, d.next_ms, &key), &[])?;
+                repaired += 1;
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// Deliveries whose key starts with `prefix`.
+    pub fn deliveries_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Iterator<Item = Result<(String, Delivery), StoreError>> + '_ {
+        self.outbox.scan_prefix(prefix).map(|r| {
+            let (k, v) = r?;
+            Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+        })
+    }
+
+    /// Counts of deliveries by state.
+    pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
+        let mut counts = [0; 4];
+        for r in self.outbox.iter() {
+            let (k, v) = r?;
+            let d: Delivery = decode(&k, &v)?;
+            counts[DeliveryState::ALL
+                .iter()
+                .position(|s| *s == d.state)
+                .unwrap_or(0)] += 1;
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(email: &str) -> Subscriber {
+        Subscriber {
+            email: email.into(),
+            schedule: Schedule::Immediate,
+            categories: vec![],
+            state: SubState::Active,
+            created: 1,
+            updated: 1,
+            confirmed: Some(1),
+            confirm_sent: None,
+            digest_until: None,
+            bounce: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_subscriber(&sub("a@x.vn")).unwrap();
+            let d = Delivery::new(
+                Kind::Alert {
+                    article: "2020/a".into(),
+                },
+                "a@x.vn",
+                1000,
+            );
+            assert!(store.enqueue(&d).unwrap());
+            assert!(
+                !store.enqueue(&d).unwrap(),
+                "same key twice is one delivery"
+            );
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.subscriber("a@x.vn").unwrap().unwrap(), sub("a@x.vn"));
+        let due = store.due(LANE_FRESH, 1000, 10, &|_| false).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].key, "a\u{0}2020/a\u{0}a@x.vn");
+        assert!(
+            store
+                .due(LANE_FRESH, 999, 10, &|_| false)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn retries_move_to_their_lane_and_finished_ones_leave_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut d = Delivery::new(Kind::Confirm { at: 5 }, "b@x.vn", 1000);
+        store.enqueue(&d).unwrap();
+        let q = store
+            .due(LANE_FRESH, 2000, 10, &|_| false)
+            .unwrap()
+            .remove(0);
+        d.attempts = 1;
+        d.next_ms = 5000;
+        store.update(&q.key, &d, Some(&q)).unwrap();
+        assert!(
+            store
+                .due(LANE_FRESH, 9000, 10, &|_| false)
+                .unwrap()
+                .is_empty()
+        );
+        let q = store
+            .due(LANE_RETRY, 9000, 10, &|_| false)
+            .unwrap()
+            .remove(0);
+        assert_eq!(q.next_ms, 5000);
+        d.state = DeliveryState::Sent;
+        store.update(&q.key, &d, Some(&q)).unwrap();
+        assert_eq!(store.queue_len(), 0);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_bad_records_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.meta.insert("schema", "99").unwrap();
+            store.subscribers.insert("c@x.vn", &b"\x07{}"[..]).unwrap();
+            store.flush().unwrap();
+            let e = store.subscriber("c@x.vn").unwrap_err().to_string();
+            assert!(e.contains("unknown record version 7"), "{e}");
+        }
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("schema 99, newer than this bantin"), "{e}");
+    }
+
+    #[test]
+    fn a_lost_queue_entry_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .enqueue(&Delivery::new(Kind::Confirm { at: 1 }, "d@x.vn", 10))
+            .unwrap();
+        store.queue.clear().unwrap();
+        assert_eq!(store.repair_queue().unwrap(), 1);
+        assert_eq!(store.repair_queue().unwrap(), 0);
+        assert_eq!(store.queue_len(), 1);
+    }
+}

@@ -1,0 +1,370 @@
+//! The subscription routes: the subscribe form's POST, confirmation, and unsubscribing
+//! (a page with a button, and RFC 8058 one-click POST).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+
+use crate::feed::SiteInfo;
+use crate::mail::{Mailer, normalize_email};
+use crate::site::{Pages, Templates};
+use crate::store::{Schedule, SubState, Subscriber};
+use crate::token::Purpose;
+
+/// The window of the per-address rate limit.
+const RATE_WINDOW: Duration = Duration::from_secs(3600);
+/// Clients remembered by the rate limiter before old ones are dropped.
+const RATE_CLIENTS: usize = 10_000;
+/// Categories a subscriber may pick at most.
+const MAX_CATEGORIES: usize = 50;
+
+/// The client's address as the connection saw it (set per connection by the server).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+pub struct SubscribeState {
+    pub mailer: Arc<Mailer>,
+    pub templates: Arc<Templates>,
+    pub site: SiteInfo,
+    per_hour: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl SubscribeState {
+    pub fn new(
+        mailer: Arc<Mailer>,
+        templates: Arc<Templates>,
+        site: SiteInfo,
+        per_hour: u32,
+    ) -> Self {
+        SubscribeState {
+            mailer,
+            templates,
+            site,
+            per_hour: per_hour.max(1),
+            seen: Mutex::default(),
+        }
+    }
+
+    fn page(
+        &self,
+        status: StatusCode,
+        heading: &str,
+        message: &str,
+        form: Option<(&str, &str, &str)>,
+    ) -> Response {
+        let pages = Pages {
+            site: &self.site,
+            templates: &self.templates,
+        };
+        match pages.message(heading, message, form) {
+            Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!("{e}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "lỗi máy chủ (server error)\n",
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    /// Counts a post from `ip`; `Err(seconds)` when over the limit.
+    fn allow(&self, ip: IpAddr) -> Result<(), u64> {
+        let mut seen = self.seen.lock().expect("rate limiter");
+        let now = Instant::now();
+        if seen.len() > RATE_CLIENTS {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+        }
+        let entry = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= RATE_WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.per_hour {
+            let wait = RATE_WINDOW.saturating_sub(now.duration_since(entry.0));
+            return Err(wait.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+pub fn router(state: Arc<SubscribeState>) -> Router {
+    Router::new()
+        .route("/subscribe", post(subscribe))
+        .route("/confirm", get(confirm))
+        .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+        .with_state(state)
+}
+
+/// The client address: the connection's, or the proxy's `X-Forwarded-For` when the
+/// connection comes from this machine (a reverse proxy in front).
+fn client_ip(peer: Option<Peer>, headers: &HeaderMap) -> IpAddr {
+    let direct = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    if direct.is_loopback()
+        && let Some(forwarded) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return forwarded;
+    }
+    direct
+}
+
+async fn subscribe(
+    State(state): State<Arc<SubscribeState>>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ip = client_ip(peer.map(|p| p.0), &headers);
+    if let Err(wait) = state.allow(ip) {
+        let mut r = state.page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Vui lòng thử lại sau",
+            "Có quá nhiều yêu cầu đăng ký từ địa chỉ của bạn. Vui lòng thử lại sau.",
+            None,
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, wait.into());
+        return r;
+    }
+    let mut email = None;
+    let mut schedule = Some(Schedule::Immediate);
+    let mut categories = Vec::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        match &*k {
+            "email" => email = Some(v.into_owned()),
+            "schedule" => schedule = Schedule::parse(&v),
+            "categories" if !v.trim().is_empty() => categories.push(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let (Some(email), Some(schedule)) = (email.as_deref().and_then(normalize_email), schedule)
+    else {
+        return state.page(
+            StatusCode::BAD_REQUEST,
+            "Thông tin chưa hợp lệ",
+            "Vui lòng nhập một địa chỉ thư điện tử hợp lệ (ví dụ ten@vidu.vn) và chọn cách nhận tin.",
+            None,
+        );
+    };
+    categories.sort();
+    categories.dedup();
+    categories.truncate(MAX_CATEGORIES);
+    let mailer = state.mailer.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        request_subscription(&mailer, &email, schedule, categories)
+    })
+    .await;
+    match result {
+        Ok(Ok(queued)) => {
+            if queued {
+                state.mailer.wake.notify_one();
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!("subscribe: {e}");
+            return state.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Có lỗi xảy ra",
+                "Vui lòng thử lại sau.",
+                None,
+            );
+        }
+        Err(e) => {
+            tracing::error!("subscribe: {e}");
+            return state.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Có lỗi xảy ra",
+                "Vui lòng thử lại sau.",
+                None,
+            );
+        }
+    }
+    // The same answer whether or not the address is known.
+    state.page(
+        StatusCode::OK,
+        "Kiểm tra hộp thư của bạn",
+        "Nếu địa chỉ này chưa đăng ký, chúng tôi vừa gửi một thư xác nhận. Hãy mở liên kết trong thư \
+         để bắt đầu nhận tin.",
+        None,
+    )
+}
+
+/// Records a subscription request; returns whether a confirmation mail was queued. A
+/// confirmed subscriber stays as it is; at most one confirmation mail per address per day.
+pub fn request_subscription(
+    mailer: &Mailer,
+    email: &str,
+    schedule: Schedule,
+    categories: Vec<String>,
+) -> Result<bool, String> {
+    let store = &mailer.store;
+    let now = Utc::now().timestamp();
+    let existing = store.subscriber(email).map_err(|e| e.to_string())?;
+    let mut sub = match existing {
+        Some(s) if s.state == SubState::Active => return Ok(false),
+        Some(mut s) => {
+            s.schedule = schedule;
+            s.categories = categories;
+            s.state = SubState::Pending;
+            s.updated = now;
+            s
+        }
+        None => Subscriber {
+            email: email.to_owned(),
+            schedule,
+            categories,
+            state: SubState::Pending,
+            created: now,
+            updated: now,
+            confirmed: None,
+            confirm_sent: None,
+            digest_until: None,
+            bounce: None,
+        },
+    };
+    store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+    let queued = crate::mail::queue_confirmation(store, &mut sub, now)?;
+    store.flush().map_err(|e| e.to_string())?;
+    Ok(queued)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn confirm(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let Some(email) = q
+        .token
+        .as_deref()
+        .and_then(|t| state.mailer.signer.verify(Purpose::Confirm, t))
+    else {
+        return invalid_link(&state);
+    };
+    let mailer = state.mailer.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let store = &mailer.store;
+        let Some(mut sub) = store.subscriber(&email).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        if sub.state != SubState::Active {
+            let now = Utc::now().timestamp();
+            sub.state = SubState::Active;
+            sub.confirmed = Some(now);
+            sub.digest_until = Some(now);
+            sub.bounce = None;
+            sub.updated = now;
+            store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+            store.flush().map_err(|e| e.to_string())?;
+            tracing::info!(email, "subscription confirmed");
+        }
+        Ok(true)
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => state.page(
+            StatusCode::OK,
+            "Đăng ký thành công",
+            "Cảm ơn bạn! Từ nay bạn sẽ nhận tin của Hội đồng nhân dân quận qua thư điện tử. Mỗi thư đều có \
+             liên kết để hủy đăng ký.",
+            None,
+        ),
+        Ok(Ok(false)) => invalid_link(&state),
+        _ => state.page(StatusCode::INTERNAL_SERVER_ERROR, "Có lỗi xảy ra", "Vui lòng thử lại sau.", None),
+    }
+}
+
+fn invalid_link(state: &SubscribeState) -> Response {
+    state.page(
+        StatusCode::BAD_REQUEST,
+        "Liên kết không hợp lệ",
+        "Liên kết này không đúng hoặc đã bị sửa. Hãy dùng đúng liên kết trong thư của chúng tôi.",
+        None,
+    )
+}
+
+async fn unsubscribe_page(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let Some(token) = q.token.filter(|t| {
+        state
+            .mailer
+            .signer
+            .verify(Purpose::Unsubscribe, t)
+            .is_some()
+    }) else {
+        return invalid_link(&state);
+    };
+    let action = format!("{}/unsubscribe", state.site.base_url);
+    state.page(
+        StatusCode::OK,
+        "Hủy đăng ký nhận tin",
+        "Bấm nút dưới đây để ngừng nhận thư của Hội đồng nhân dân quận.",
+        Some((&action, &token, "Hủy đăng ký")),
+    )
+}
+
+/// One-click unsubscribe (RFC 8058): the token in the query (as in List-Unsubscribe) or in
+/// the form; no cookie, no redirect. Unsubscribing twice answers the same.
+async fn unsubscribe(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    let token = q.token.or_else(|| {
+        form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(email) = token.and_then(|t| state.mailer.signer.verify(Purpose::Unsubscribe, &t))
+    else {
+        return invalid_link(&state);
+    };
+    let mailer = state.mailer.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let store = &mailer.store;
+        if let Some(mut sub) = store.subscriber(&email).map_err(|e| e.to_string())?
+            && sub.state != SubState::Unsubscribed
+        {
+            sub.state = SubState::Unsubscribed;
+            sub.updated = Utc::now().timestamp();
+            store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+            store.flush().map_err(|e| e.to_string())?;
+            tracing::info!(email, "unsubscribed");
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => state.page(
+            StatusCode::OK,
+            "Đã hủy đăng ký",
+            "Bạn sẽ không nhận thêm thư nào. Bạn có thể đăng ký lại bất cứ lúc nào trên trang chủ.",
+            None,
+        ),
+        _ => state.page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Có lỗi xảy ra",
+            "Vui lòng thử lại sau.",
+            None,
+        ),
+    }
+}

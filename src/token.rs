@@ -1,0 +1,173 @@
+//! Unforgeable tokens for the confirmation and unsubscribe links: the address and purpose,
+//! signed with HMAC-SHA256 under a secret kept in the state folder.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// Length of a generated secret, in bytes.
+const SECRET_BYTES: usize = 32;
+/// File name of the generated secret inside the state folder.
+pub const SECRET_FILE: &str = "token.key";
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Confirm,
+    Unsubscribe,
+}
+
+impl Purpose {
+    fn tag(self) -> &'static str {
+        match self {
+            Purpose::Confirm => "confirm",
+            Purpose::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Signer {
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+impl Signer {
+    pub fn new(secret: Vec<u8>) -> Signer {
+        Signer { secret }
+    }
+
+    /// Reads the secret from `file` when one is configured; otherwise from the state folder,
+    /// creating it there (mode 0600) on first start.
+    pub fn load(state_dir: &Path, file: Option<&Path>) -> std::io::Result<Signer> {
+        if let Some(file) = file {
+            let secret = std::fs::read(file).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot read mail.token_secret_file '{}': {e}",
+                        file.display()
+                    ),
+                )
+            })?;
+            if secret.len() < 16 {
+                return Err(std::io::Error::other(format!(
+                    "mail.token_secret_file '{}' holds fewer than 16 bytes",
+                    file.display()
+                )));
+            }
+            return Ok(Signer::new(secret));
+        }
+        let path = state_dir.join(SECRET_FILE);
+        match std::fs::read(&path) {
+            Ok(secret) if secret.len() >= 16 => return Ok(Signer::new(secret)),
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "'{}' is too short; remove it to make a new one (old links stop working)",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::create_dir_all(state_dir)?;
+        let secret = random_bytes(SECRET_BYTES)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let temp = state_dir.join(format!(".{SECRET_FILE}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        Ok(Signer::new(secret))
+    }
+
+    fn mac(&self, purpose: Purpose, payload: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(purpose.tag().as_bytes());
+        mac.update(b"\0");
+        mac.update(payload.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// A token for `email`: `base64(email).base64(mac)`.
+    pub fn sign(&self, purpose: Purpose, email: &str) -> String {
+        format!(
+            "{}.{}",
+            B64.encode(email.as_bytes()),
+            B64.encode(self.mac(purpose, email))
+        )
+    }
+
+    /// The address a token was made for, if it is genuine.
+    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<String> {
+        let (email, mac) = token.trim().split_once('.')?;
+        let email = String::from_utf8(B64.decode(email).ok()?).ok()?;
+        let given = B64.decode(mac).ok()?;
+        let mut check = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        check.update(purpose.tag().as_bytes());
+        check.update(b"\0");
+        check.update(email.as_bytes());
+        check.verify_slice(&given).ok()?;
+        Some(email)
+    }
+}
+
+/// Random bytes from the kernel.
+pub fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_for_their_purpose_and_secret() {
+        let signer = Signer::new(b"0123456789abcdef".to_vec());
+        let t = signer.sign(Purpose::Unsubscribe, "dan@example.vn");
+        assert_eq!(
+            signer.verify(Purpose::Unsubscribe, &t).as_deref(),
+            Some("dan@example.vn")
+        );
+        assert_eq!(signer.verify(Purpose::Confirm, &t), None);
+        let other = Signer::new(b"fedcba9876543210".to_vec());
+        assert_eq!(other.verify(Purpose::Unsubscribe, &t), None);
+        let forged = format!(
+            "{}.{}",
+            B64.encode("x@example.vn"),
+            t.split_once('.').unwrap().1
+        );
+        assert_eq!(signer.verify(Purpose::Unsubscribe, &forged), None);
+        assert_eq!(signer.verify(Purpose::Unsubscribe, "garbage"), None);
+    }
+
+    #[test]
+    fn the_secret_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Signer::load(dir.path(), None).unwrap();
+        let b = Signer::load(dir.path(), None).unwrap();
+        assert_eq!(a.secret, b.secret);
+        let mode = std::fs::metadata(dir.path().join(SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
