@@ -84,28 +84,26 @@ impl Transport {
                     _ => builder.tls(Tls::None),
                 };
                 if let Some(user) = &smtp.username {
-                    let password = match (
-                        &smtp.password_file,
-                        std::env::var("BANTIN_SMTP_PASSWORD"),
-                    ) {
-                        (Some(file), _) => std::fs::read_to_string(file)
-                            .map_err(|e| {
-                                format!(
-                                    "cannot read mail.smtp.password_file '{}': {e}",
-                                    file.display()
-                                )
-                            })?
-                            .trim_end_matches(['\r', '\n'])
-                            .to_string(),
-                        (None, Ok(p)) => p,
-                        (None, Err(_)) => {
-                            return Err(
+                    let password =
+                        match (&smtp.password_file, std::env::var("BANTIN_SMTP_PASSWORD")) {
+                            (Some(file), _) => std::fs::read_to_string(file)
+                                .map_err(|e| {
+                                    format!(
+                                        "cannot read mail.smtp.password_file '{}': {e}",
+                                        file.display()
+                                    )
+                                })?
+                                .trim_end_matches(['\r', '\n'])
+                                .to_string(),
+                            (None, Ok(p)) => p,
+                            (None, Err(_)) => {
+                                return Err(
                                 "mail.smtp.username is set but neither mail.smtp.password_file \
                                         nor $BANTIN_SMTP_PASSWORD is"
                                     .into(),
                             );
-                        }
-                    };
+                            }
+                        };
                     builder = builder.credentials(Credentials::new(user.clone(), password));
                 }
                 Ok(Transport::Smtp(builder.build(), timeout))
@@ -500,6 +498,7 @@ impl Mailer {
                 let k = crate::store::KnownArticle {
                     published: entry.published.timestamp(),
                     category: entry.category.clone(),
+                    seen: 0,
                 };
                 self.store.put_known_article(&entry.id, &k).map_err(e)?;
             }
@@ -567,10 +566,12 @@ impl Mailer {
         }
         // Known only once every alert is queued: a crash in between plans again, and the
         // outbox keys make that idempotent.
+        let seen = Utc::now().timestamp();
         for a in &fresh {
             let k = crate::store::KnownArticle {
                 published: a.published.timestamp(),
                 category: a.category.clone(),
+                seen,
             };
             self.store.put_known_article(&a.id, &k).map_err(e)?;
         }
@@ -643,7 +644,7 @@ impl Mailer {
             .map(|(id, k)| plan::Published {
                 id,
                 category: &k.category,
-                published: k.published,
+                seen: k.seen,
             })
             .collect();
         let mut mails = 0;

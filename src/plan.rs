@@ -15,18 +15,18 @@ pub fn wants_alert(sub: &Subscriber, category: &str) -> bool {
 pub struct Published<'a> {
     pub id: &'a str,
     pub category: &'a str,
-    /// Unix seconds.
-    pub published: i64,
+    /// When it was published to the mail side (unix seconds).
+    pub seen: i64,
 }
 
-/// The articles of a digest at `tick` for `sub`: published after what its last digest
-/// covered (or after it confirmed) and up to `tick`, in its categories, newest first.
-/// `articles` must be sorted newest first.
+/// The articles of a digest at `tick` for `sub`: those that appeared after what its last
+/// digest covered (or after it confirmed) and up to `tick`, in its categories, in the order
+/// given (newest first).
 pub fn digest_for<'a>(sub: &Subscriber, tick: i64, articles: &[Published<'a>]) -> Vec<&'a str> {
     let since = sub.digest_until.or(sub.confirmed).unwrap_or(sub.created);
     articles
         .iter()
-        .filter(|a| a.published > since && a.published <= tick && sub.follows(a.category))
+        .filter(|a| a.seen > since && a.seen <= tick && sub.follows(a.category))
         .map(|a| a.id)
         .collect()
 }
@@ -87,17 +87,17 @@ mod tests {
             Published {
                 id: "c",
                 category: "B",
-                published: 400,
+                seen: 400,
             },
             Published {
                 id: "b",
                 category: "A",
-                published: 300,
+                seen: 300,
             },
             Published {
                 id: "a",
                 category: "A",
-                published: 50,
+                seen: 50,
             },
         ];
         let mut s = sub(Schedule::Daily, &["A"]);

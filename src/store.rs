@@ -128,6 +128,10 @@ impl Subscriber {
 pub struct KnownArticle {
     pub published: i64,
     pub category: String,
+    /// When the mail side learned of it (unix seconds; 0 for the first start's baseline).
+    /// Digests pick articles by this time, so an article dropped into the store with an
+    /// earlier publication time still reaches the next digest.
+    pub seen: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
