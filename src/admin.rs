@@ -213,7 +213,7 @@ fn add(
         if sub.state != SubState::Active {
             sub.state = SubState::Active;
             sub.confirmed = Some(now);
-            sub.digest_until = Some(now);
+            sub.digest_until = Some(Utc::now().timestamp_millis());
         }
         store.put_subscriber(&sub).map_err(|e| e.to_string())?;
         return Ok(false);

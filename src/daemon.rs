@@ -332,7 +332,7 @@ async fn digest_loop(
         };
         // Sleep in steps, so a clock change is noticed.
         loop {
-            let left = (next.clone() - Utc::now().with_timezone(&tz))
+            let left = (next - Utc::now().with_timezone(&tz))
                 .to_std()
                 .unwrap_or_default();
             if left.is_zero() {

@@ -566,7 +566,7 @@ impl Mailer {
         }
         // Known only once every alert is queued: a crash in between plans again, and the
         // outbox keys make that idempotent.
-        let seen = Utc::now().timestamp();
+        let seen = Utc::now().timestamp_millis();
         for a in &fresh {
             let k = crate::store::KnownArticle {
                 published: a.published.timestamp(),
@@ -630,6 +630,7 @@ impl Mailer {
     ) -> Result<usize, String> {
         let e = |e: crate::store::StoreError| e.to_string();
         let tick_s = tick.timestamp();
+        let tick_ms = tick.timestamp_millis();
         let mut known: Vec<(String, crate::store::KnownArticle)> = Vec::new();
         for r in self.store.known_articles() {
             known.push(r.map_err(e)?);
@@ -655,10 +656,10 @@ impl Mailer {
             .filter(|s| s.state == SubState::Active && s.schedule == schedule)
             .collect();
         for mut sub in subs {
-            if sub.digest_until.is_some_and(|t| t >= tick_s) {
+            if sub.digest_until.is_some_and(|t| t >= tick_ms) {
                 continue; // this run already covered it (a catch-up after a crash)
             }
-            let ids = plan::digest_for(&sub, tick_s, &articles);
+            let ids = plan::digest_for(&sub, tick_ms, &articles);
             if !ids.is_empty() {
                 let d = Delivery::new(
                     Kind::Digest {
@@ -673,7 +674,7 @@ impl Mailer {
                     mails += 1;
                 }
             }
-            sub.digest_until = Some(tick_s);
+            sub.digest_until = Some(tick_ms);
             self.store.put_subscriber(&sub).map_err(e)?;
         }
         self.store

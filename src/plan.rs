@@ -15,15 +15,17 @@ pub fn wants_alert(sub: &Subscriber, category: &str) -> bool {
 pub struct Published<'a> {
     pub id: &'a str,
     pub category: &'a str,
-    /// When it was published to the mail side (unix seconds).
+    /// When it was published to the mail side (unix milliseconds).
     pub seen: i64,
 }
 
-/// The articles of a digest at `tick` for `sub`: those that appeared after what its last
+/// The articles of a digest at `tick` (unix milliseconds) for `sub`: those that appeared after what its last
 /// digest covered (or after it confirmed) and up to `tick`, in its categories, in the order
 /// given (newest first).
 pub fn digest_for<'a>(sub: &Subscriber, tick: i64, articles: &[Published<'a>]) -> Vec<&'a str> {
-    let since = sub.digest_until.or(sub.confirmed).unwrap_or(sub.created);
+    let since = sub
+        .digest_until
+        .unwrap_or(sub.confirmed.unwrap_or(sub.created).saturating_mul(1000));
     articles
         .iter()
         .filter(|a| a.seen > since && a.seen <= tick && sub.follows(a.category))
@@ -63,7 +65,7 @@ mod tests {
             state: SubState::Active,
             created: 0,
             updated: 0,
-            confirmed: Some(100),
+            confirmed: Some(0),
             confirm_sent: None,
             digest_until: None,
             bounce: None,
@@ -101,6 +103,7 @@ mod tests {
             },
         ];
         let mut s = sub(Schedule::Daily, &["A"]);
+        s.digest_until = Some(100);
         assert_eq!(digest_for(&s, 350, &articles), ["b"]);
         s.digest_until = Some(350);
         assert!(

@@ -111,7 +111,7 @@ pub struct Subscriber {
     pub confirmed: Option<i64>,
     /// When the last confirmation mail was queued (at most one a day).
     pub confirm_sent: Option<i64>,
-    /// Articles published up to this time were covered by a digest.
+    /// Articles that appeared up to this time (unix milliseconds) were covered by a digest.
     pub digest_until: Option<i64>,
     /// Why the address bounced.
     pub bounce: Option<String>,
@@ -128,7 +128,8 @@ impl Subscriber {
 pub struct KnownArticle {
     pub published: i64,
     pub category: String,
-    /// When the mail side learned of it (unix seconds; 0 for the first start's baseline).
+    /// When the mail side learned of it (unix milliseconds; 0 for the first start's
+    /// baseline).
     /// Digests pick articles by this time, so an article dropped into the store with an
     /// earlier publication time still reaches the next digest.
     pub seen: i64,

@@ -268,7 +268,7 @@ async fn confirm(
             let now = Utc::now().timestamp();
             sub.state = SubState::Active;
             sub.confirmed = Some(now);
-            sub.digest_until = Some(now);
+            sub.digest_until = Some(Utc::now().timestamp_millis());
             sub.bounce = None;
             sub.updated = now;
             store.put_subscriber(&sub).map_err(|e| e.to_string())?;

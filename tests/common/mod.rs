@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 pub mod daemon;
 pub mod http;
+pub mod mail;
+pub mod smtp;
 
 /// The repository root (templates and sample articles live there).
 pub fn repo() -> PathBuf {

@@ -1,0 +1,231 @@
+//! A scripted SMTP server for tests: real SMTP over TCP on 127.0.0.1, with a script that
+//! decides the answer to each message (accept, 451, 550, drop the connection, hang).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server does at the end of a message's DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    /// 451: try again later.
+    Temporary,
+    /// 550: no such mailbox.
+    Permanent,
+    /// Close the connection without answering.
+    Drop,
+    /// Never answer (until the server stops).
+    Hang,
+}
+
+/// One message as the server received it, with what it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub to: Vec<String>,
+    pub data: String,
+    pub action: Action,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<String> {
+        super::mail::header(&self.data, name)
+    }
+}
+
+type Script = Box<dyn Fn(usize, &str) -> Action + Send + Sync>;
+
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SmtpServer {
+    /// Accepts everything.
+    pub fn start() -> SmtpServer {
+        SmtpServer::with_script(|_, _| Action::Accept)
+    }
+
+    /// `script(n, data)` answers the n-th message (from 0) whose DATA is `data`.
+    pub fn with_script(
+        script: impl Fn(usize, &str) -> Action + Send + Sync + 'static,
+    ) -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        SmtpServer::on(listener, Box::new(script), Duration::ZERO)
+    }
+
+    /// Accepts everything, answering each message after `delay` (a slow server).
+    pub fn slow(delay: Duration) -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        SmtpServer::on(listener, Box::new(|_, _| Action::Accept), delay)
+    }
+
+    /// Starts on a given address (to come back on a port that was down).
+    pub fn start_at(addr: SocketAddr) -> SmtpServer {
+        let listener = TcpListener::bind(addr).unwrap();
+        SmtpServer::on(listener, Box::new(|_, _| Action::Accept), Duration::ZERO)
+    }
+
+    fn on(listener: TcpListener, script: Script, delay: Duration) -> SmtpServer {
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script = Arc::new(script);
+        listener.set_nonblocking(true).unwrap();
+        {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).unwrap();
+                            let (received, stop, script) =
+                                (received.clone(), stop.clone(), script.clone());
+                            std::thread::spawn(move || {
+                                let _ = session(stream, &received, &stop, &**script, delay);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        SmtpServer {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Received> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.action == Action::Accept)
+            .collect()
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn session(
+    stream: TcpStream,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+    script: &(dyn Fn(usize, &str) -> Action + Send + Sync),
+    delay: Duration,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    out.write_all(b"220 test.local ESMTP scripted\r\n")?;
+    let mut to = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let cmd = line.trim_end().to_ascii_uppercase();
+        if cmd.starts_with("EHLO") {
+            out.write_all(b"250-test.local\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n")?;
+        } else if cmd.starts_with("HELO") {
+            out.write_all(b"250 test.local\r\n")?;
+        } else if cmd.starts_with("MAIL FROM") {
+            to.clear();
+            out.write_all(b"250 ok\r\n")?;
+        } else if cmd.starts_with("RCPT TO") {
+            let addr = line.trim_end()[8..]
+                .trim()
+                .trim_start_matches(':')
+                .trim()
+                .trim_matches(['<', '>'])
+                .to_string();
+            to.push(addr);
+            out.write_all(b"250 ok\r\n")?;
+        } else if cmd == "DATA" {
+            out.write_all(b"354 go ahead\r\n")?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                data.push_str(
+                    line.strip_prefix('.')
+                        .filter(|_| line.starts_with(".."))
+                        .unwrap_or(&line),
+                );
+            }
+            let n = received.lock().unwrap().len();
+            let action = script(n, &data);
+            received.lock().unwrap().push(Received {
+                to: to.clone(),
+                data,
+                action,
+            });
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            match action {
+                Action::Accept => out.write_all(b"250 queued\r\n")?,
+                Action::Temporary => out.write_all(b"451 4.3.0 try again later\r\n")?,
+                Action::Permanent => out.write_all(b"550 5.1.1 no such mailbox\r\n")?,
+                Action::Drop => return Ok(()),
+                Action::Hang => {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return Ok(());
+                }
+            }
+        } else if cmd == "RSET" || cmd == "NOOP" {
+            out.write_all(b"250 ok\r\n")?;
+        } else if cmd == "QUIT" {
+            out.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else {
+            out.write_all(b"502 not implemented\r\n")?;
+        }
+    }
+}

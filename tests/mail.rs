@@ -1,0 +1,513 @@
+//! Subscriptions and delivery end to end: the real binary, sled in a temp dir, real SMTP over
+//! TCP to a server the test runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{Daemon, PATIENCE};
+use common::http::{get, request};
+use common::mail::{header, link, part, path_of};
+use common::smtp::{Action, SmtpServer};
+use common::{CAT_A, CAT_B, Site, article, stdout, wait_for};
+
+/// Digests that never tick during a test.
+const NEVER: &str = "0 0 0 1 1 * 2099";
+
+fn mail_site(smtp: std::net::SocketAddr, extra: &str) -> Site {
+    let concurrency = if extra.contains("concurrency") {
+        ""
+    } else {
+        "concurrency = 2\n"
+    };
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+         retry_initial_ms = 200\nretry_max_ms = 1000\n{concurrency}{extra}\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
+         [digest]\ndaily = \"{NEVER}\"\nweekly = \"{NEVER}\"\n",
+        smtp.port()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    site
+}
+
+fn subscribe(daemon: &Daemon, form: &str) -> common::http::Response {
+    request(
+        daemon.addr,
+        "POST",
+        "/subscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    )
+}
+
+fn add_confirmed(site: &Site, email: &str, schedule: &str) {
+    let out = site.bantin(&[
+        "subscribers",
+        "add",
+        email,
+        "--schedule",
+        schedule,
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
+fn wait_mails(smtp: &SmtpServer, n: usize) -> Vec<common::smtp::Received> {
+    wait_for(&format!("{n} accepted mails"), PATIENCE, || {
+        smtp.accepted().len() >= n
+    });
+    smtp.accepted()
+}
+
+#[test]
+fn subscribe_confirm_alert_unsubscribe() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("first start: the store's articles are the baseline");
+
+    let r = subscribe(&daemon, "email=Dan%40Example.vn&schedule=immediate");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let confirm = wait_mails(&smtp, 1).remove(0);
+    assert_eq!(confirm.to, ["dan@example.vn"]);
+    assert!(
+        header(&confirm.data, "Subject")
+            .unwrap()
+            .starts_with("Xác nhận đăng ký")
+    );
+    let url = link(&confirm.data, "/confirm?token=");
+    assert_eq!(get(daemon.addr, &path_of(&url)).status, 200);
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dan@example.vn\timmediate\tactive"), "{list}");
+
+    let title = "Kỳ họp thứ 21 <khai mạc> & \"bế mạc\"";
+    site.publish(
+        "2026/ky-hop-21.txt",
+        &article(CAT_A, title, "20/11/2026 | 08:00"),
+    );
+    let alert = wait_mails(&smtp, 2).remove(1);
+    let data = &alert.data;
+    assert_eq!(alert.to, ["dan@example.vn"]);
+    assert_eq!(
+        header(data, "Subject").unwrap(),
+        format!("[HĐND quận Cầu Giấy] {title}")
+    );
+    assert!(
+        common::mail::raw_header(data, "Subject")
+            .unwrap()
+            .starts_with("=?utf-8?"),
+        "encoded per RFC 2047"
+    );
+    assert!(
+        header(data, "Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative")
+    );
+    assert_eq!(
+        header(data, "List-Id").unwrap(),
+        "HĐND quận Cầu Giấy <bantin.hdnd.test>"
+    );
+    let unsubscribe = header(data, "List-Unsubscribe").unwrap();
+    assert!(
+        unsubscribe.starts_with("<http://bantin.test/unsubscribe?token="),
+        "{unsubscribe}"
+    );
+    assert_eq!(
+        header(data, "List-Unsubscribe-Post").unwrap(),
+        "List-Unsubscribe=One-Click"
+    );
+    assert!(header(data, "Message-ID").unwrap().ends_with("@hdnd.test>"));
+    assert!(header(data, "Date").is_some());
+    assert!(header(data, "From").unwrap().contains("bantin@hdnd.test"));
+    let html = part(data, "text/html").unwrap();
+    assert!(
+        html.contains("Kỳ họp thứ 21 &lt;khai mạc&gt; &amp;"),
+        "title escaped in HTML"
+    );
+    assert!(
+        part(data, "text/plain")
+            .unwrap()
+            .contains("Hủy đăng ký: http://bantin.test/unsubscribe?token=")
+    );
+
+    // One-click unsubscribe, as a mail client does it (RFC 8058).
+    let url = unsubscribe.trim_matches(['<', '>']);
+    let r = request(
+        daemon.addr,
+        "POST",
+        &path_of(url),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"List-Unsubscribe=One-Click",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("location").is_none() && r.header("set-cookie").is_none());
+    site.publish(
+        "2026/sau.txt",
+        &article(CAT_A, "Tin sau khi hủy", "21/11/2026 | 08:00"),
+    );
+    daemon.wait_log("alerts planned articles=1 mails=0");
+    assert_eq!(smtp.messages().len(), 2, "nothing after unsubscribing");
+}
+
+#[test]
+fn categories_edits_and_deletions() {
+    let smtp = SmtpServer::slow(Duration::from_millis(300));
+    let site = mail_site(smtp.addr, "concurrency = 1");
+    site.put("dau.txt", &article(CAT_A, "Đầu tiên", "01/11/2026 | 08:00"));
+    // Subscribers before the first start: the store's articles are the baseline.
+    add_confirmed(&site, "a@x.vn", "immediate");
+    let out = site.bantin(&[
+        "subscribers",
+        "add",
+        "b@x.vn",
+        "--categories",
+        CAT_B,
+        "--confirmed",
+    ]);
+    assert!(out.status.success());
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+
+    site.publish("tb.txt", &article(CAT_B, "Thông báo", "20/11/2026 | 08:00"));
+    let mails = wait_mails(&smtp, 2);
+    let mut to: Vec<_> = mails.iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["a@x.vn", "b@x.vn"]);
+
+    // An edit does not alert again.
+    site.publish(
+        "tb.txt",
+        &article(CAT_B, "Thông báo (sửa)", "20/11/2026 | 08:00"),
+    );
+    daemon.wait_log("article updated id=\"tb\"");
+    site.publish("a-only.txt", &article(CAT_A, "Chỉ A", "21/11/2026 | 08:00"));
+    let mails = wait_mails(&smtp, 3);
+    assert!(header(&mails[2].data, "Subject").unwrap().contains("Chỉ A"));
+    assert_eq!(mails[2].to, ["a@x.vn"]);
+
+    // A deletion cancels unsent alerts: with one slow connection, the second article's
+    // alerts wait behind the first's while it is deleted.
+    for i in 0..6 {
+        add_confirmed(&site, &format!("n{i}@x.vn"), "immediate");
+    }
+    site.publish(
+        "nhieu.txt",
+        &article(CAT_A, "Bài nhiều người nhận", "22/11/2026 | 08:00"),
+    );
+    daemon.wait_log("alerts queued id=\"nhieu\"");
+    std::fs::remove_file(site.store().join("nhieu.txt")).unwrap();
+    daemon.wait_log("unsent alerts cancelled");
+    std::thread::sleep(Duration::from_millis(800));
+    let about = smtp
+        .messages()
+        .iter()
+        .filter(|m| header(&m.data, "Subject").unwrap().contains("nhiều người"))
+        .count();
+    assert!(
+        about < 7,
+        "deletion cancelled some of the 7 alerts, {about} went"
+    );
+    let status = stdout(&site.bantin(&["status"]));
+    assert!(!status.contains("cancelled 0"), "{status}");
+}
+
+#[test]
+fn a_451_is_retried_and_delivered_once() {
+    let smtp = SmtpServer::with_script(|n, _| {
+        if n == 0 {
+            Action::Temporary
+        } else {
+            Action::Accept
+        }
+    });
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_mails(&smtp, 1);
+    let all = smtp.messages();
+    assert_eq!(all.len(), 2, "one refusal, one delivery");
+    assert_eq!(
+        header(&all[0].data, "Message-ID"),
+        header(&all[1].data, "Message-ID")
+    );
+    daemon.wait_log("temporary failure");
+    let status = stdout(&site.bantin(&["status", "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["outbox"]["sent"], 1, "{status}");
+    assert_eq!(json["outbox"]["pending"], 0, "{status}");
+}
+
+#[test]
+fn a_550_fails_and_bounces_without_retry() {
+    let smtp = SmtpServer::with_script(|_, data| {
+        if data.contains("To: bad@x.vn") {
+            Action::Permanent
+        } else {
+            Action::Accept
+        }
+    });
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "bad@x.vn", "immediate");
+    add_confirmed(&site, "good@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_mails(&smtp, 1);
+    daemon.wait_log("address marked bounced");
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("bad@x.vn\timmediate\tbounced"), "{list}");
+    assert!(list.contains("good@x.vn\timmediate\tactive"), "{list}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap();
+    assert_eq!(status["outbox"]["failed"], 1);
+    assert_eq!(status["outbox"]["pending"], 0, "nothing left to retry");
+    // The next article does not go to the bounced address.
+    site.publish("sau.txt", &article(CAT_A, "Bài sau", "21/11/2026 | 08:00"));
+    wait_mails(&smtp, 2);
+    let to_bad = smtp
+        .messages()
+        .iter()
+        .filter(|m| m.to == ["bad@x.vn"])
+        .count();
+    assert_eq!(to_bad, 1, "tried once, never again");
+}
+
+#[test]
+fn a_dropped_connection_is_retried_with_the_same_message_id() {
+    let smtp = SmtpServer::with_script(|n, _| if n == 0 { Action::Drop } else { Action::Accept });
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_mails(&smtp, 1);
+    let all = smtp.messages();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].action, Action::Drop);
+    assert_eq!(
+        header(&all[0].data, "Message-ID"),
+        header(&all[1].data, "Message-ID")
+    );
+}
+
+#[test]
+fn a_hanging_server_times_out_and_the_pool_keeps_working() {
+    let smtp = SmtpServer::with_script(|n, _| if n == 0 { Action::Hang } else { Action::Accept });
+    let site = mail_site(smtp.addr, "");
+    for who in ["a", "b", "c"] {
+        add_confirmed(&site, &format!("{who}@x.vn"), "immediate");
+    }
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let mails = wait_mails(&smtp, 3);
+    let mut to: Vec<_> = mails.iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["a@x.vn", "b@x.vn", "c@x.vn"], "every address once");
+    assert_eq!(smtp.messages()[0].action, Action::Hang);
+    daemon.wait_log("temporary failure");
+}
+
+#[test]
+fn a_server_down_then_back() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let site = mail_site(addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    daemon.wait_log("temporary failure");
+    let smtp = SmtpServer::start_at(addr);
+    let mails = wait_mails(&smtp, 1);
+    assert_eq!(mails[0].to, ["dan@x.vn"]);
+    assert!(
+        header(&mails[0].data, "Subject")
+            .unwrap()
+            .contains("Bài mới")
+    );
+}
+
+#[test]
+fn digests_once_nothing_when_nothing_new_and_one_catch_up() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "ngay@x.vn", "daily");
+    {
+        // First start: the baseline, then stop.
+        let mut daemon = Daemon::start(&site);
+        daemon.wait_log("baseline");
+        daemon.signal("TERM");
+        daemon.wait_exit(PATIENCE);
+    }
+    site.put(
+        "mot.txt",
+        &article(CAT_A, "Tin thứ nhất", "20/11/2026 | 08:00"),
+    );
+    site.put(
+        "hai.txt",
+        &article(CAT_B, "Tin thứ hai", "20/11/2026 | 09:00"),
+    );
+    let every_2s = site.dir.path().join("bantin.toml");
+    let text = std::fs::read_to_string(&every_2s).unwrap();
+    std::fs::write(
+        &every_2s,
+        text.replacen(
+            &format!("daily = \"{NEVER}\""),
+            "daily = \"*/2 * * * * *\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&site);
+    let mails = wait_mails(&smtp, 1);
+    let digest = &mails[0].data;
+    let subject = header(digest, "Subject").unwrap();
+    assert!(
+        subject.contains("Bản tin ngày") && subject.contains("2 tin mới"),
+        "{subject}"
+    );
+    let text = part(digest, "text/plain").unwrap();
+    assert!(
+        text.contains("Tin thứ nhất") && text.contains("Tin thứ hai"),
+        "{text}"
+    );
+    assert!(
+        text.find("== THÔNG BÁO ==").is_some() && text.find("== TIN TỨC").is_some(),
+        "grouped by category:\n{text}"
+    );
+    assert!(header(digest, "List-Unsubscribe").is_some());
+    // Later ticks with nothing new send nothing.
+    wait_for("two empty digest runs", PATIENCE, || {
+        daemon.log().matches("mails=0 digest run").count()
+            + daemon.log().matches("digest run").count()
+            >= 3
+    });
+    assert_eq!(smtp.messages().len(), 1);
+
+    // Down while ticks pass: one catch-up at start, not one per missed tick.
+    daemon.signal("TERM");
+    daemon.wait_exit(PATIENCE);
+    site.put(
+        "ba.txt",
+        &article(CAT_A, "Tin thứ ba", "21/11/2026 | 08:00"),
+    );
+    let before = std::time::Instant::now();
+    wait_for("ticks to pass", Duration::from_secs(10), || {
+        before.elapsed() > Duration::from_secs(5)
+    });
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("catching up the digest");
+    let mails = wait_mails(&smtp, 2);
+    assert!(
+        part(&mails[1].data, "text/plain")
+            .unwrap()
+            .contains("Tin thứ ba")
+    );
+    wait_for("later ticks", PATIENCE, || {
+        daemon.log().matches("digest run").count() >= 3
+    });
+    assert_eq!(smtp.messages().len(), 2, "one catch-up digest only");
+}
+
+#[test]
+fn the_subscribe_form_resists_abuse() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    // A bad address is a clear 400.
+    let r = subscribe(&daemon, "email=not-an-address&schedule=daily");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("địa chỉ thư điện tử hợp lệ"));
+    // Three posts for one address: one confirmation mail.
+    let first = subscribe(&daemon, "email=a%40x.vn&schedule=daily");
+    subscribe(&daemon, "email=a%40x.vn&schedule=daily");
+    let third = subscribe(&daemon, "email=a%40x.vn&schedule=weekly");
+    assert_eq!(first.text(), third.text());
+    let confirm = wait_mails(&smtp, 1).remove(0);
+    assert_eq!(
+        get(
+            daemon.addr,
+            &path_of(&link(&confirm.data, "/confirm?token="))
+        )
+        .status,
+        200
+    );
+    // Known or not, the same answer; a confirmed subscriber stays confirmed.
+    let known = subscribe(&daemon, "email=a%40x.vn&schedule=immediate");
+    assert_eq!(known.status, 200);
+    assert_eq!(known.text(), first.text(), "no enumeration");
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("a@x.vn\tweekly\tactive"), "{list}");
+    // Per client address: the sixth post within the hour is refused.
+    let r = subscribe(&daemon, "email=b%40x.vn&schedule=daily");
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smtp.messages().len(), 1, "no more confirmation mails");
+    // A forged confirmation does nothing.
+    assert_eq!(get(daemon.addr, "/confirm?token=YkB4LnZu.AAAA").status, 400);
+}
+
+#[test]
+fn unsubscribe_links() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let alert = wait_mails(&smtp, 1).remove(0);
+    let url = link(&alert.data, "/unsubscribe?token=");
+    let path = path_of(&url);
+    // The page shows a button and changes nothing (link scanners follow GET links).
+    let page = get(daemon.addr, &path);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("<form method=\"post\""),
+        "{}",
+        page.text()
+    );
+    assert!(stdout(&site.bantin(&["subscribers", "list"])).contains("\tactive"));
+    // A forged token is refused.
+    let forged = path.replace("token=", "token=x");
+    let r = request(
+        daemon.addr,
+        "POST",
+        &forged,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"List-Unsubscribe=One-Click",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(get(daemon.addr, "/unsubscribe?token=garbage").status, 400);
+    // The button's POST unsubscribes; doing it again answers the same.
+    let token = path.split("token=").nth(1).unwrap().to_string();
+    let body = format!("token={token}");
+    let once = request(
+        daemon.addr,
+        "POST",
+        "/unsubscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(once.status, 200);
+    let twice = request(
+        daemon.addr,
+        "POST",
+        "/unsubscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(twice.status, 200);
+    assert_eq!(once.text(), twice.text());
+    assert!(
+        stdout(&site.bantin(&["subscribers", "list"]))
+            .contains("dan@x.vn\timmediate\tunsubscribed")
+    );
+}
