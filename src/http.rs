@@ -206,12 +206,16 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let mut text = state.metrics.render();
+    if let Some(extra) = state.extra_metrics.lock().expect("metrics").as_ref() {
+        extra(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

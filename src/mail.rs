@@ -17,12 +17,10 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use chrono_tz::Tz;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{
-    Address, AsyncSendmailTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, AsyncSendmailTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -54,7 +52,7 @@ pub struct SendError {
 pub enum Transport {
     /// `.eml` files in a folder (the default: needs no server).
     File(PathBuf),
-    Smtp(AsyncSmtpTransport<Tokio1Executor>, Duration),
+    Smtp(SmtpPool),
     Sendmail(AsyncSendmailTransport<Tokio1Executor>),
 }
 
@@ -68,45 +66,47 @@ impl Transport {
             )),
             "smtp" => {
                 let smtp = &mail.smtp;
-                let timeout = Duration::from_secs(smtp.timeout_secs.max(1));
-                let tls = || {
-                    TlsParameters::new(smtp.host.clone())
-                        .map_err(|e| format!("mail.smtp: TLS for '{}': {e}", smtp.host))
+                let credentials = match &smtp.username {
+                    None => None,
+                    Some(user) => {
+                        let password =
+                            match (&smtp.password_file, std::env::var("BANTIN_SMTP_PASSWORD")) {
+                                (Some(file), _) => std::fs::read_to_string(file)
+                                    .map_err(|e| {
+                                        format!(
+                                            "cannot read mail.smtp.password_file '{}': {e}",
+                                            file.display()
+                                        )
+                                    })?
+                                    .trim_end_matches(['\r', '\n'])
+                                    .to_string(),
+                                (None, Ok(p)) => p,
+                                (None, Err(_)) => {
+                                    return Err("mail.smtp.username is set but neither \
+                                            mail.smtp.password_file nor $BANTIN_SMTP_PASSWORD is"
+                                        .into());
+                                }
+                            };
+                        Some(Credentials::new(user.clone(), password))
+                    }
                 };
-                let mut builder =
-                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-                        .port(smtp.port)
-                        .timeout(Some(timeout))
-                        .pool_config(PoolConfig::new().max_size(mail.concurrency as u32));
-                builder = match smtp.tls.as_str() {
-                    "starttls" => builder.tls(Tls::Required(tls()?)),
-                    "tls" => builder.tls(Tls::Wrapper(tls()?)),
-                    _ => builder.tls(Tls::None),
+                let tls = match smtp.tls.as_str() {
+                    "none" => None,
+                    _ => Some(
+                        TlsParameters::new(smtp.host.clone())
+                            .map_err(|e| format!("mail.smtp: TLS for '{}': {e}", smtp.host))?,
+                    ),
                 };
-                if let Some(user) = &smtp.username {
-                    let password =
-                        match (&smtp.password_file, std::env::var("BANTIN_SMTP_PASSWORD")) {
-                            (Some(file), _) => std::fs::read_to_string(file)
-                                .map_err(|e| {
-                                    format!(
-                                        "cannot read mail.smtp.password_file '{}': {e}",
-                                        file.display()
-                                    )
-                                })?
-                                .trim_end_matches(['\r', '\n'])
-                                .to_string(),
-                            (None, Ok(p)) => p,
-                            (None, Err(_)) => {
-                                return Err(
-                                "mail.smtp.username is set but neither mail.smtp.password_file \
-                                        nor $BANTIN_SMTP_PASSWORD is"
-                                    .into(),
-                            );
-                            }
-                        };
-                    builder = builder.credentials(Credentials::new(user.clone(), password));
-                }
-                Ok(Transport::Smtp(builder.build(), timeout))
+                Ok(Transport::Smtp(SmtpPool {
+                    host: smtp.host.clone(),
+                    port: smtp.port,
+                    implicit_tls: smtp.tls == "tls",
+                    tls,
+                    credentials,
+                    timeout: Duration::from_secs(smtp.timeout_secs.max(1)),
+                    hello: ClientId::default(),
+                    idle: Mutex::default(),
+                }))
             }
             other => Err(format!(
                 "mail.transport '{other}' is not one of file, smtp, sendmail"
@@ -141,20 +141,7 @@ impl Transport {
                     message: format!("cannot write to mail.dir: {e}"),
                 })
             }
-            Transport::Smtp(smtp, timeout) => {
-                // lettre's own timeout covers each command; this one bounds the whole exchange.
-                match tokio::time::timeout(*timeout * 3, smtp.send_raw(envelope, bytes)).await {
-                    Err(_) => Err(SendError {
-                        transient: true,
-                        message: "smtp: timed out".into(),
-                    }),
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(SendError {
-                        transient: !e.is_permanent(),
-                        message: format!("smtp: {e}"),
-                    }),
-                }
-            }
+            Transport::Smtp(pool) => pool.send(envelope, bytes).await,
             Transport::Sendmail(sendmail) => sendmail
                 .send_raw(envelope, bytes)
                 .await
@@ -164,6 +151,122 @@ impl Transport {
                     message: format!("sendmail: {e}"),
                 }),
         }
+    }
+}
+
+/// Connections idle longer than this are closed rather than reused (servers drop idle
+/// clients after a while).
+const SMTP_IDLE: Duration = Duration::from_secs(30);
+
+/// SMTP connections kept open between mails. Each plain connection has TCP_NODELAY, so the
+/// end-of-data line is not held back behind the message body (a 40 ms stall per mail).
+pub struct SmtpPool {
+    host: String,
+    port: u16,
+    /// `tls = "tls"`: TLS from the first byte (SMTPS); otherwise STARTTLS when `tls` is set.
+    implicit_tls: bool,
+    tls: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    /// Bounds connecting and each whole exchange.
+    timeout: Duration,
+    hello: ClientId,
+    idle: Mutex<Vec<(AsyncSmtpConnection, std::time::Instant)>>,
+}
+
+impl SmtpPool {
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let mut conn = if self.implicit_tls {
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                self.tls.clone(),
+                None,
+            )
+            .await
+            .map_err(smtp_error)?
+        } else {
+            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| SendError {
+                    transient: true,
+                    message: format!("smtp: cannot connect to {}:{}: {e}", self.host, self.port),
+                })?;
+            let _ = stream.set_nodelay(true);
+            let mut conn =
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                    .await
+                    .map_err(smtp_error)?;
+            if let Some(tls) = &self.tls {
+                conn.starttls(tls.clone(), &self.hello)
+                    .await
+                    .map_err(smtp_error)?;
+            }
+            conn
+        };
+        if let Some(credentials) = &self.credentials {
+            conn.auth(
+                lettre::transport::smtp::authentication::DEFAULT_MECHANISMS,
+                credentials,
+            )
+            .await
+            .map_err(smtp_error)?;
+        }
+        Ok(conn)
+    }
+
+    async fn send(
+        &self,
+        envelope: &lettre::address::Envelope,
+        bytes: &[u8],
+    ) -> Result<(), SendError> {
+        let reused = {
+            let mut idle = self.idle.lock().expect("smtp pool");
+            let mut found = None;
+            while let Some((conn, since)) = idle.pop() {
+                if since.elapsed() < SMTP_IDLE && !conn.has_broken() {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            found
+        };
+        let exchange = async {
+            let mut conn = match reused {
+                Some(conn) => conn,
+                None => self.connect().await?,
+            };
+            match conn.send(envelope, bytes).await {
+                Ok(_) => Ok(conn),
+                Err(e) => {
+                    conn.abort().await;
+                    Err(smtp_error(e))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(SendError {
+                transient: true,
+                message: format!("smtp: no answer within {:?}", self.timeout),
+            }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(conn)) => {
+                self.idle
+                    .lock()
+                    .expect("smtp pool")
+                    .push((conn, std::time::Instant::now()));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// 5xx replies are permanent; everything else (4xx, timeouts, dropped connections) is worth
+/// another try.
+fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
+    SendError {
+        transient: !e.is_permanent(),
+        message: format!("smtp: {e}"),
     }
 }
 
@@ -238,6 +341,59 @@ pub struct Mailer {
     /// Wakes the worker when deliveries are queued.
     pub wake: tokio::sync::Notify,
     in_flight: Mutex<HashSet<String>>,
+    commit: Committer,
+}
+
+/// Group commit: every sender that recorded an outcome waits for one flush that covers it;
+/// concurrent senders share a flush instead of queueing for one each.
+struct Committer {
+    requested: AtomicU64,
+    done: tokio::sync::watch::Sender<u64>,
+    wake: tokio::sync::Notify,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Committer {
+    fn new() -> Committer {
+        Committer {
+            requested: AtomicU64::new(0),
+            done: tokio::sync::watch::Sender::new(0),
+            wake: tokio::sync::Notify::new(),
+            running: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until everything written before the call is on disk.
+    async fn wait(&self) {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.done.subscribe();
+        self.wake.notify_one();
+        let _ = done.wait_for(|d| *d >= ticket).await;
+    }
+
+    /// Flushes whenever asked, until the process ends.
+    async fn run(&self, store: &Store) {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            let target = self.requested.load(Ordering::SeqCst);
+            if *self.done.borrow() >= target {
+                self.wake.notified().await;
+                continue;
+            }
+            let started = std::time::Instant::now();
+            if let Err(e) = store.flush_async().await {
+                tracing::error!("cannot flush the state: {e}");
+            }
+            tracing::trace!(
+                covered = target - *self.done.borrow(),
+                "flush took {:?}",
+                started.elapsed()
+            );
+            self.done.send_replace(target);
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -289,6 +445,7 @@ impl Mailer {
             metrics: MailMetrics::default(),
             wake: tokio::sync::Notify::new(),
             in_flight: Mutex::default(),
+            commit: Committer::new(),
         })
     }
 
@@ -695,6 +852,17 @@ impl Mailer {
 
     /// The delivery worker: sends queued mail until `stop` is set.
     pub async fn run(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
+        let flusher = {
+            let mailer = self.clone();
+            tokio::spawn(async move { mailer.commit.run(&mailer.store).await })
+        };
+        self.send_loop(stop).await;
+        // Anything recorded by the senders is flushed before the flusher goes.
+        self.commit.wait().await;
+        flusher.abort();
+    }
+
+    async fn send_loop(self: &Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         let interval = (self.rate_per_second > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / self.rate_per_second));
@@ -855,9 +1023,7 @@ impl Mailer {
             tracing::error!("cannot record delivery {}: {e}", key.replace('\0', "/"));
         }
         // Durable before the slot is given back: a crash repeats at most the mails in flight.
-        if let Err(e) = self.store.flush_async().await {
-            tracing::error!("cannot flush the state: {e}");
-        }
+        self.commit.wait().await;
     }
 
     fn bounce(&self, email: &str, why: &str) {

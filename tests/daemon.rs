@@ -364,6 +364,8 @@ fn health_metrics_and_limits() {
         "{metrics}"
     );
     assert!(metrics.contains("bantin_articles 1"), "{metrics}");
+    assert!(metrics.contains("bantin_mail_sent_total 0"), "{metrics}");
+    assert!(metrics.contains("bantin_mail_queued 0"), "{metrics}");
     let big = vec![b'x'; 64 * 1024];
     let r = request(daemon.addr, "POST", "/", &[], &big);
     assert!(r.status == 405 || r.status == 413, "{}", r.status);

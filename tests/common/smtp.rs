@@ -130,6 +130,7 @@ fn session(
     delay: Duration,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 test.local ESMTP scripted\r\n")?;
