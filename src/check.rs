@@ -103,6 +103,7 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
         {
             problems.push(e.to_string());
         }
+        problems.extend(crate::mail::check_templates(&templates, &site));
         if let Err(e) = publisher_pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút")))
         {
             problems.push(e.to_string());

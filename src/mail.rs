@@ -1182,3 +1182,63 @@ pub fn normalize_email(text: &str) -> Option<String> {
     email.parse::<Address>().ok()?;
     Some(email)
 }
+
+/// Renders every mail template with sample data, as `bantin check` does; one message per
+/// problem.
+pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
+    let sample = Article {
+        id: "mau/bai-mau".into(),
+        category: "THÔNG BÁO".into(),
+        title: "Bài mẫu <kiểm tra> & \"mẫu\"".into(),
+        published: chrono::FixedOffset::east_opt(7 * 3600)
+            .expect("valid offset")
+            .with_ymd_and_hms(2020, 2, 14, 8, 16, 0)
+            .single()
+            .expect("valid date"),
+        paragraphs: vec!["Đoạn một.".into(), "Đoạn hai.".into()],
+        author: Some("HĐND QUẬN CẦU GIẤY".into()),
+    };
+    let unsubscribe_url = format!("{}/unsubscribe?token=mau", site.base_url);
+    let group = GroupCtx {
+        category: sample.category.clone(),
+        articles: vec![ListedCtx {
+            title: sample.title.clone(),
+            url: site.article_url(&sample.id),
+            excerpt: sample.excerpt(),
+            published_text: local_time(&sample.published),
+        }],
+    };
+    let contexts = [
+        (
+            "alert",
+            context! { article => article_ctx(site, &sample), unsubscribe_url => unsubscribe_url.clone() },
+        ),
+        (
+            "digest",
+            context! {
+                heading => "Bản tin ngày 14/02/2020",
+                count => 1,
+                groups => minijinja::Value::from(minijinja::value::Serde(vec![group])),
+                unsubscribe_url => unsubscribe_url,
+            },
+        ),
+        (
+            "confirm",
+            context! {
+                email => "mau@example.vn",
+                confirm_url => format!("{}/confirm?token=mau", site.base_url),
+                schedule_label => schedule_label(Schedule::Daily),
+                categories => vec!["THÔNG BÁO"],
+            },
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (name, ctx) in contexts {
+        for ext in ["txt", "html"] {
+            if let Err(e) = templates.render(&format!("email/{name}.{ext}"), ctx.clone()) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    problems
+}

@@ -287,3 +287,23 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn check_renders_every_template() {
+    let site = Site::new();
+    site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
+    assert_eq!(site.bantin(&["check"]).status.code(), Some(0));
+    let good = std::fs::read_to_string(site.path("templates/email/alert.html")).unwrap();
+    site.write("templates/email/alert.html", "<p>{{ article.title }</p>\n");
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("templates/email/alert.html:1:"), "{text}");
+    // An error that only rendering finds.
+    site.write("templates/email/alert.html", &good);
+    site.write("templates/email/digest.txt", "{{ groups|nosuchfilter }}\n");
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("template 'email/digest.txt'"), "{text}");
+}

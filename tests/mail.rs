@@ -511,3 +511,130 @@ fn unsubscribe_links() {
             .contains("dan@x.vn\timmediate\tunsubscribed")
     );
 }
+
+#[test]
+fn file_transport_with_dkim_signing_the_list_headers() {
+    let site = Site::with_config(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [mail]\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
+         [mail.dkim]\ndomain = \"hdnd.test\"\nselector = \"bantin\"\nkey_file = \"dkim.key\"\nalgorithm = \"ed25519\"\n",
+    );
+    // An Ed25519 key is 32 bytes, base64.
+    site.write("dkim.key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n");
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish(
+        "moi.txt",
+        &article(CAT_A, "Bài có chữ ký", "20/11/2026 | 08:00"),
+    );
+    let outbox = site.path("var/outbox");
+    wait_for("an .eml file", PATIENCE, || {
+        std::fs::read_dir(&outbox).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+        })
+    });
+    let file = std::fs::read_dir(&outbox)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+        .unwrap();
+    let data = std::fs::read_to_string(file.path()).unwrap();
+    let signature = common::mail::raw_header(&data, "DKIM-Signature").expect("signed");
+    let h = signature
+        .split(';')
+        .map(str::trim)
+        .find(|t| t.starts_with("h="))
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "from",
+        "subject",
+    ] {
+        assert!(
+            h.split(':')
+                .any(|x| x.trim().trim_start_matches("h=") == name),
+            "{name} not signed: {h}"
+        );
+    }
+    assert!(
+        signature.contains("d=hdnd.test") && signature.contains("s=bantin"),
+        "{signature}"
+    );
+}
+
+#[test]
+fn commands_answer_the_same_through_the_daemon() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "a@x.vn", "weekly");
+    let offline = stdout(&site.bantin(&["status"]));
+    let offline_list = stdout(&site.bantin(&["subscribers", "list", "--json"]));
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    assert_eq!(
+        stdout(&site.bantin(&["subscribers", "list", "--json"])),
+        offline_list
+    );
+    let online = stdout(&site.bantin(&["status"]));
+    assert_eq!(online.lines().next(), offline.lines().next(), "articles");
+    assert_eq!(online.lines().nth(1), offline.lines().nth(1), "subscribers");
+    // Changes go through the daemon, which holds the database.
+    let out = site.bantin(&["subscribers", "add", "b@x.vn", "--schedule", "daily"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let confirm = wait_mails(&smtp, 1).remove(0);
+    assert_eq!(
+        confirm.to,
+        ["b@x.vn"],
+        "the daemon sends the confirmation at once"
+    );
+    let out = site.bantin(&["subscribers", "remove", "a@x.vn"]);
+    assert!(out.status.success());
+    let out = site.bantin(&["subscribers", "remove", "nobody@x.vn"]);
+    assert_eq!(out.status.code(), Some(1));
+    let export = stdout(&site.bantin(&["subscribers", "export"]));
+    assert_eq!(
+        export,
+        "email,schedule,categories,state\nb@x.vn,daily,,pending\n"
+    );
+    let out = site.bantin(&["subscribers", "add", "not an address"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn import_reports_bad_rows_and_keeps_the_good_ones() {
+    let site = Site::new();
+    site.write(
+        "ds.csv",
+        "email,schedule,categories\nA@X.vn,daily,\"TIN TỨC;THÔNG BÁO\"\nkhong-phai-email,daily,\nb@x.vn,hourly,\nc@x.vn,,\n",
+    );
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        site.path("ds.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("line 3: 'khong-phai-email' is not a mail address"),
+        "{err}"
+    );
+    assert!(err.contains("line 4: schedule 'hourly'"), "{err}");
+    assert!(stdout(&out).contains("imported 2 subscribers (confirmation mails queued)"));
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(
+        list.contains("a@x.vn\tdaily\tpending\tTHÔNG BÁO;TIN TỨC"),
+        "{list}"
+    );
+    assert!(list.contains("c@x.vn\timmediate\tpending\t*"), "{list}");
+    let status = stdout(&site.bantin(&["status", "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        json["outbox"]["pending"], 2,
+        "two confirmations wait for the daemon"
+    );
+}

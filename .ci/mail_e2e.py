@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""End-to-end mail check against a server bantin did not write: aiosmtpd writing to a Maildir.
+
+    mail_e2e.py BANTIN_BINARY
+
+Starts aiosmtpd and bantin (smtp transport), subscribes an address, publishes an article by
+rename, and reads the delivered mail with Python's email package: the subject must decode to
+the article's title, and the list headers must be there.
+"""
+
+import email
+import email.policy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TITLE = "Thông báo kỳ họp thứ 22 HĐND quận Cầu Giấy: “Đổi mới” & <giám sát>"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait(what, condition, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def up(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    work = tempfile.mkdtemp(prefix="bantin-mail-e2e-")
+    procs = []
+    try:
+        smtp_port, http_port = free_port(), free_port()
+        maildir = os.path.join(work, "maildir")  # aiosmtpd creates it (an empty one fails)
+        procs.append(subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp_port}",
+                                       "-c", "aiosmtpd.handlers.Mailbox", maildir]))
+        wait("aiosmtpd", lambda: up(smtp_port))
+        shutil.copytree(os.path.join(REPO, "articles"), os.path.join(work, "articles"))
+        config = os.path.join(work, "bantin.toml")
+        with open(config, "w") as f:
+            f.write(f"""[site]
+base_url = "http://127.0.0.1:{http_port}"
+[feeds]
+dir = "{REPO}/feeds"
+[templates]
+dir = "{REPO}/templates"
+[http]
+listen = "127.0.0.1:{http_port}"
+[mail]
+from = "HĐND quận Cầu Giấy <bantin@hdnd.example.vn>"
+transport = "smtp"
+[mail.smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+""")
+        subprocess.run([binary, "--config", config, "subscribers", "add", "cu-tri@example.vn", "--confirmed"],
+                       check=True)
+        log = open(os.path.join(work, "bantin.log"), "w")
+        procs.append(subprocess.Popen([binary, "--config", config, "run"], stderr=log))
+        wait("bantin", lambda: up(http_port))
+        incoming = os.path.join(work, "incoming.txt")
+        with open(incoming, "w", encoding="utf-8") as f:
+            f.write(f"THÔNG BÁO\n\n{TITLE}\nNgày đăng 20/11/2026 | 08:00\n\nNội dung thông báo.\n\n"
+                    "THƯỜNG TRỰC HĐND QUẬN\n")
+        os.rename(incoming, os.path.join(work, "articles", "e2e.txt"))
+        new = os.path.join(maildir, "new")
+        wait("the alert in the Maildir", lambda: os.path.isdir(new) and len(os.listdir(new)) >= 1)
+        files = os.listdir(new)
+        with open(os.path.join(new, files[0]), "rb") as f:
+            msg = email.message_from_binary_file(f, policy=email.policy.default)
+        failures = []
+        subject = str(msg["Subject"])
+        if subject != f"[HĐND quận Cầu Giấy] {TITLE}":
+            failures.append(f"subject decodes to {subject!r}")
+        if msg.get_content_type() != "multipart/alternative":
+            failures.append(f"content type {msg.get_content_type()}")
+        for name in ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Message-ID", "Date"):
+            if msg[name] is None:
+                failures.append(f"no {name} header")
+        if msg["List-Unsubscribe-Post"] != "List-Unsubscribe=One-Click":
+            failures.append(f"List-Unsubscribe-Post is {msg['List-Unsubscribe-Post']!r}")
+        text = msg.get_body(("plain",)).get_content()
+        html = msg.get_body(("html",)).get_content()
+        if TITLE not in text:
+            failures.append("title missing from the text part")
+        if "&lt;giám sát&gt;" not in html:
+            failures.append("title not escaped in the HTML part")
+        # One-click unsubscribe from the header, as a mail client would.
+        url = str(msg["List-Unsubscribe"]).strip("<>")
+        req = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST")
+        if urllib.request.urlopen(req, timeout=10).status != 200:
+            failures.append("one-click unsubscribe did not answer 200")
+        listing = subprocess.run([binary, "--config", config, "subscribers", "list"], capture_output=True,
+                                 text=True, check=True).stdout
+        if "unsubscribed" not in listing:
+            failures.append(f"not unsubscribed: {listing!r}")
+        for f in failures:
+            print("FAIL", f)
+        print(f"mail e2e: {len(files)} mail(s) in the Maildir, subject {subject!r}")
+        print(f"mail e2e: {0 if failures else 1} passed, {len(failures)} failed")
+        sys.exit(1 if failures else 0)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
