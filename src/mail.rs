@@ -45,6 +45,8 @@ const BATCH: usize = 256;
 pub struct SendError {
     /// Worth another try later (4xx, timeouts, dropped connections).
     pub transient: bool,
+    /// The server refused the address for good (5xx): mark it bounced.
+    pub bounce: bool,
     pub message: String,
 }
 
@@ -133,11 +135,13 @@ impl Transport {
                 .await
                 .map_err(|e| SendError {
                     transient: true,
+                    bounce: false,
                     message: e.to_string(),
                 })?
                 .map(|_| ())
                 .map_err(|e| SendError {
                     transient: true,
+                    bounce: false,
                     message: format!("cannot write to mail.dir: {e}"),
                 })
             }
@@ -148,6 +152,7 @@ impl Transport {
                 .map(|_| ())
                 .map_err(|e| SendError {
                     transient: true,
+                    bounce: false,
                     message: format!("sendmail: {e}"),
                 }),
         }
@@ -190,6 +195,7 @@ impl SmtpPool {
                 .await
                 .map_err(|e| SendError {
                     transient: true,
+                    bounce: false,
                     message: format!("smtp: cannot connect to {}:{}: {e}", self.host, self.port),
                 })?;
             let _ = stream.set_nodelay(true);
@@ -247,6 +253,7 @@ impl SmtpPool {
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(SendError {
                 transient: true,
+                bounce: false,
                 message: format!("smtp: no answer within {:?}", self.timeout),
             }),
             Ok(Err(e)) => Err(e),
@@ -266,6 +273,7 @@ impl SmtpPool {
 fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
     SendError {
         transient: !e.is_permanent(),
+        bounce: e.is_permanent(),
         message: format!("smtp: {e}"),
     }
 }
@@ -474,9 +482,14 @@ impl Mailer {
         if let Some(a) = self.articles.lock().expect("cache").get(id) {
             return Some(a.clone());
         }
+        // The file's own name: it may differ from the id (a name typed in NFD).
+        let file = match self.store.known_article(id) {
+            Ok(Some(known)) if !known.file.is_empty() => known.file,
+            _ => format!("{id}.txt"),
+        };
         let found = crate::scan::Found {
-            file: format!("{id}.txt"),
-            path: self.reader.root.join(format!("{id}.txt")),
+            path: self.reader.root.join(&file),
+            file,
             id: id.to_owned(),
             stamp: Default::default(),
         };
@@ -656,6 +669,7 @@ impl Mailer {
                     published: entry.published.timestamp(),
                     category: entry.category.clone(),
                     seen: 0,
+                    file: entry.file.clone(),
                 };
                 self.store.put_known_article(&entry.id, &k).map_err(e)?;
             }
@@ -729,6 +743,7 @@ impl Mailer {
                 published: a.published.timestamp(),
                 category: a.category.clone(),
                 seen,
+                file: a.file.clone(),
             };
             self.store.put_known_article(&a.id, &k).map_err(e)?;
         }
@@ -974,8 +989,10 @@ impl Mailer {
                 let name = key_file_name(key);
                 self.transport.send(message.envelope(), &bytes, &name).await
             }
+            // Our side failed (an article gone, a template error): the address is not at fault.
             Err(message) => Err(SendError {
                 transient: false,
+                bounce: false,
                 message,
             }),
         };
@@ -1010,7 +1027,7 @@ impl Mailer {
                 d.error = Some(e.message.clone());
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(to = d.email, "delivery failed: {}", e.message);
-                if !e.transient {
+                if e.bounce {
                     self.bounce(&d.email, &e.message);
                 }
             }

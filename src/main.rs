@@ -153,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
     let long = matches!(request, Request::Import { .. } | Request::Export);
     let progress = long.then(|| Progress::start("working", None));
+    // (The daemon does the work behind its socket: the line shows the time elapsed.)
     let reply = match bantin::admin::ask_daemon(&config.state.dir, &request) {
         Some(reply) => reply.context("the daemon's admin socket did not answer")?,
         None => {

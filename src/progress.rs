@@ -22,12 +22,14 @@ impl Progress {
         let thread = std::io::stderr().is_terminal().then(|| {
             let (count, stop) = (count.clone(), stop.clone());
             std::thread::spawn(move || {
+                let started = std::time::Instant::now();
                 let mut shown = false;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
                     let n = count.load(Ordering::Relaxed);
                     let line = match total {
                         Some(t) => format!("\r{label}: {n}/{t}"),
+                        None if n == 0 => format!("\r{label}… {:.0?}", started.elapsed()),
                         None => format!("\r{label}: {n}"),
                     };
                     let _ = std::io::stderr().write_all(line.as_bytes());

@@ -133,6 +133,9 @@ pub struct KnownArticle {
     /// Digests pick articles by this time, so an article dropped into the store with an
     /// earlier publication time still reaches the next digest.
     pub seen: i64,
+    /// The file in the store, relative (its name may differ from the id, e.g. in NFD).
+    #[serde(default)]
+    pub file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -367,8 +367,15 @@ fn health_metrics_and_limits() {
     assert!(metrics.contains("bantin_mail_sent_total 0"), "{metrics}");
     assert!(metrics.contains("bantin_mail_queued 0"), "{metrics}");
     let big = vec![b'x'; 64 * 1024];
-    let r = request(daemon.addr, "POST", "/", &[], &big);
-    assert!(r.status == 405 || r.status == 413, "{}", r.status);
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/subscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &big,
+    );
+    assert_eq!(r.status, 413, "body over http.max_body_bytes");
+    assert_eq!(request(daemon.addr, "POST", "/", &[], b"").status, 405);
 }
 
 #[test]
@@ -426,6 +433,41 @@ fn sighup_reloads_and_a_broken_reload_keeps_serving() {
         daemon.log().matches("reload failed").count() == 2
     });
     assert_eq!(daemon.get("/feeds/tin-tuc.rss").status, 200);
+}
+
+#[test]
+fn systemd_notifications() {
+    use std::os::unix::net::UnixDatagram;
+    let site = site();
+    let socket_path = site.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut daemon = Daemon::start_with(
+        &site,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut receive = |seen: &mut String, until: &str| {
+        while !seen.contains(until) {
+            let n = socket.recv(&mut buf).expect("a notification");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    receive(&mut seen, "READY=1");
+    assert!(daemon.get("/healthz").status == 200, "ready means serving");
+    let ready = seen.find("READY=1").unwrap();
+    assert!(seen[ready..].contains("STATUS=1 articles"), "{seen}");
+    // The watchdog is fed at half WATCHDOG_USEC while the daemon is healthy.
+    receive(&mut seen, "WATCHDOG=1");
+    seen.clear();
+    receive(&mut seen, "WATCHDOG=1");
+    daemon.signal("TERM");
+    receive(&mut seen, "STOPPING=1");
+    assert_eq!(daemon.wait_exit(PATIENCE).code(), Some(0));
 }
 
 #[test]

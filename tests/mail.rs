@@ -638,3 +638,34 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
         "two confirmations wait for the daemon"
     );
 }
+
+#[test]
+fn an_alert_renders_after_a_restart_for_a_file_named_in_nfd() {
+    // "thông-báo" typed on a system that writes decomposed Unicode: the id is NFC, the file
+    // name is not. After a restart the alert is rendered from the file, found by its name.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    drop(down);
+    let site = mail_site(addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let nfd_name = "tho\u{302}ng-ba\u{301}o.txt";
+    site.publish(
+        nfd_name,
+        &article(CAT_A, "Tên tệp NFD", "20/11/2026 | 08:00"),
+    );
+    daemon.wait_log("temporary failure");
+    daemon.signal("TERM");
+    daemon.wait_exit(PATIENCE);
+    let smtp = SmtpServer::start_at(addr);
+    let _daemon = Daemon::start(&site);
+    let mails = wait_mails(&smtp, 1);
+    assert!(
+        header(&mails[0].data, "Subject")
+            .unwrap()
+            .contains("Tên tệp NFD")
+    );
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dan@x.vn\timmediate\tactive"), "{list}");
+}
