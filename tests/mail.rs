@@ -669,3 +669,49 @@ fn an_alert_renders_after_a_restart_for_a_file_named_in_nfd() {
     let list = stdout(&site.bantin(&["subscribers", "list"]));
     assert!(list.contains("dan@x.vn\timmediate\tactive"), "{list}");
 }
+
+#[test]
+fn a_backlog_of_retries_does_not_hold_back_new_alerts() {
+    let smtp = SmtpServer::with_script(|_, data| {
+        if data.contains("To: cham") {
+            Action::Temporary
+        } else {
+            Action::Accept
+        }
+    });
+    let site = mail_site(smtp.addr, "concurrency = 1\nretry_initial_ms = 20\n");
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    site.write(
+        "bantin.toml",
+        &text.replace(
+            "retry_initial_ms = 200\nretry_max_ms = 1000\n",
+            "retry_max_ms = 20\n",
+        ),
+    );
+    for i in 0..20 {
+        add_confirmed(&site, &format!("cham{i}@x.vn"), "immediate");
+    }
+    add_confirmed(&site, "nhanh@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("mot.txt", &article(CAT_A, "Tin một", "20/11/2026 | 08:00"));
+    wait_for("a backlog of retries", PATIENCE, || {
+        smtp.messages()
+            .iter()
+            .filter(|m| m.action == Action::Temporary)
+            .count()
+            >= 60
+    });
+    site.publish("hai.txt", &article(CAT_A, "Tin hai", "21/11/2026 | 08:00"));
+    wait_for("the new alert", PATIENCE, || {
+        smtp.accepted()
+            .iter()
+            .any(|m| header(&m.data, "Subject").unwrap().contains("Tin hai"))
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap();
+    assert!(
+        status["outbox"]["pending"].as_u64().unwrap() >= 20,
+        "the retries are still waiting: {status}"
+    );
+}
