@@ -192,6 +192,8 @@ pub struct Mail {
     pub sendmail_command: PathBuf,
     /// Subscribe form posts accepted per client address per hour.
     pub subscribe_per_hour: u32,
+    /// Finished deliveries (sent, failed, cancelled) are kept this many days, then pruned.
+    pub keep_days: u64,
     pub smtp: Smtp,
     pub dkim: Option<Dkim>,
 }
@@ -211,6 +213,7 @@ impl Default for Mail {
             token_secret_file: None,
             sendmail_command: "/usr/sbin/sendmail".into(),
             subscribe_per_hour: 10,
+            keep_days: 90,
             smtp: Smtp::default(),
             dkim: None,
         }

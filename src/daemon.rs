@@ -226,6 +226,7 @@ pub async fn run_until(
         )));
     }
     let admin = spawn_admin_socket(&config, store.clone(), mailer.clone())?;
+    let pruner = tokio::spawn(prune_loop(store.clone(), config.mail.keep_days));
     {
         let mailer = mailer.clone();
         *app.extra_metrics.lock().expect("metrics") = Some(Box::new(move |out: &mut String| {
@@ -272,6 +273,7 @@ pub async fn run_until(
     app.healthy.store(false, Ordering::Relaxed);
     reloader.abort();
     admin.abort();
+    pruner.abort();
     for d in &digests {
         d.abort();
     }
@@ -343,6 +345,26 @@ async fn digest_loop(
         if let Err(e) = mailer.digest(schedule, next.fixed_offset()).await {
             tracing::error!("digest: {e}");
         }
+    }
+}
+
+/// Once a day (and at start), removes finished deliveries older than `keep_days`.
+async fn prune_loop(store: Store, keep_days: u64) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    loop {
+        let before = Utc::now().timestamp_millis()
+            - (keep_days as i64).saturating_mul(DAY.as_millis() as i64);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_finished(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                removed = n,
+                "pruned finished deliveries older than {keep_days} days"
+            ),
+            Ok(Err(e)) => tracing::error!("cannot prune the outbox: {e}"),
+            Err(e) => tracing::error!("cannot prune the outbox: {e}"),
+        }
+        tokio::time::sleep(DAY).await;
     }
 }
 

@@ -539,6 +539,21 @@ impl Store {
         })
     }
 
+    /// Removes finished deliveries (sent, failed, cancelled) last updated before
+    /// `before_ms`, so the outbox does not grow for ever. Returns how many went.
+    pub fn prune_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for r in self.outbox.iter() {
+            let (k, v) = r?;
+            let d: Delivery = decode(&k, &v)?;
+            if d.state != DeliveryState::Pending && d.updated_ms < before_ms {
+                self.outbox.remove(&k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Counts of deliveries by state.
     pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
         let mut counts = [0; 4];
@@ -649,6 +664,22 @@ mod tests {
         }
         let e = Store::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains("schema 99, newer than this bantin"), "{e}");
+    }
+
+    #[test]
+    fn old_finished_deliveries_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = Delivery::new(Kind::Confirm { at: 1 }, "old@x.vn", 10);
+        old.state = DeliveryState::Sent;
+        store.update(&old.key(), &old, None).unwrap();
+        let pending = Delivery::new(Kind::Confirm { at: 2 }, "wait@x.vn", 10);
+        store.enqueue(&pending).unwrap();
+        let mut recent = Delivery::new(Kind::Confirm { at: 3 }, "new@x.vn", 5000);
+        recent.state = DeliveryState::Failed;
+        store.update(&recent.key(), &recent, None).unwrap();
+        assert_eq!(store.prune_finished(1000).unwrap(), 1);
+        assert_eq!(store.outbox_counts().unwrap(), [1, 0, 1, 0]);
     }
 
     #[test]

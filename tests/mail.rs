@@ -715,3 +715,56 @@ fn a_backlog_of_retries_does_not_hold_back_new_alerts() {
         "the retries are still waiting: {status}"
     );
 }
+
+#[test]
+fn the_sendmail_transport_pipes_each_mail_to_the_command() {
+    let site = Site::new();
+    let spool = site.path("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // A stand-in for /usr/sbin/sendmail: keeps its arguments and the message.
+    let script = site.path("sendmail");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(date +%s%N)\necho \"$@\" > {0}/$n.args\ncat > {0}/$n.eml\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    site.set_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[mail]\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"sendmail\"\n\
+         sendmail_command = \"{}\"\n",
+        script.display()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish(
+        "moi.txt",
+        &article(CAT_A, "Qua sendmail", "20/11/2026 | 08:00"),
+    );
+    let found = |ext: &str| {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(ext))
+    };
+    wait_for("a mail handed to sendmail", PATIENCE, || {
+        found(".eml").is_some_and(|e| e.metadata().unwrap().len() > 0)
+    });
+    let data = std::fs::read_to_string(found(".eml").unwrap().path())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    assert!(header(&data, "Subject").unwrap().contains("Qua sendmail"));
+    let args = std::fs::read_to_string(found(".args").unwrap().path()).unwrap();
+    assert!(
+        args.contains("dan@x.vn") && args.contains("bantin@hdnd.test"),
+        "{args}"
+    );
+    wait_for("the delivery recorded", PATIENCE, || {
+        stdout(&site.bantin(&["status"])).contains("sent 1")
+    });
+}
