@@ -368,7 +368,7 @@ pub fn excerpt(paragraphs: &[String]) -> String {
         Some(pos) if pos > EXCERPT_CHARS / 2 => &cut[..pos],
         _ => cut.as_str(),
     };
-    format!("{}…", cut.trim_end_matches([',', ';', ':', ' ']))
+    format!("{}…", cut.trim_end_matches([',', ';', ':', '.', ' ']))
 }
 
 /// Whether a file name is one the store ignores: hidden files, editor leftovers, non-`.txt`.
@@ -612,5 +612,13 @@ mod tests {
         assert!(e.ends_with('…'));
         assert!(e.chars().count() <= EXCERPT_CHARS + 1);
         assert_eq!(excerpt(&["Ngắn.".to_string()]), "Ngắn.");
+        let sentences = vec![
+            format!("{}.", "từ ".repeat(139).trim()),
+            "Câu sau.".repeat(20),
+        ];
+        assert!(
+            !excerpt(&sentences).contains(".…"),
+            "no dot before the ellipsis"
+        );
     }
 }

@@ -78,7 +78,19 @@ fn build_publishes_the_good_articles_and_exits_0() {
     );
     assert!(site.public().join("articles/tot.html").exists());
     assert!(!site.public().join("articles/hong").exists());
-    assert!(site.read_public("index.html").contains("Bài tốt"));
+    let index = site.read_public("index.html");
+    assert!(index.contains("Bài tốt"));
+    for needle in [
+        "<link rel=\"alternate\" type=\"application/rss+xml\" title=\"Tin tức (RSS)\"",
+        "type=\"application/atom+xml\"",
+        "type=\"application/feed+json\"",
+        "<form class=\"subscribe\" method=\"post\"",
+        "name=\"email\"",
+        "<meta name=\"viewport\"",
+    ] {
+        assert!(index.contains(needle), "index lacks {needle}");
+    }
+    assert!(!index.contains("<script"), "no JavaScript");
 }
 
 #[test]
