@@ -34,6 +34,8 @@ use crate::watch::{Debouncer, StoreWatch};
 
 /// The engine wakes at least this often, to ping the watchdog and notice a stop.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// File events taken in one turn of the engine loop before it does the work they ask for.
+const MAX_EVENTS_PER_TURN: usize = 10_000;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -658,21 +660,42 @@ impl Engine {
             let timeout = wake
                 .saturating_duration_since(Instant::now())
                 .min(MAX_SLEEP);
-            match rx.recv_timeout(timeout) {
-                Ok(Msg::Fs(Ok(event))) => {
-                    for signal in crate::watch::classify(&event) {
-                        debouncer.push(signal, Instant::now());
+            let mut next = rx.recv_timeout(timeout).map_err(Some);
+            let mut stop = false;
+            // Take the events already queued (a bounded number: a flood of events must not
+            // starve the work below, nor the watchdog) before handling any.
+            let mut taken = 0;
+            loop {
+                match next {
+                    Ok(Msg::Fs(Ok(event))) => {
+                        for signal in crate::watch::classify(&event) {
+                            debouncer.push(signal, Instant::now());
+                        }
                     }
-                    // Take every event already queued before handling any.
-                    continue;
+                    Ok(Msg::Fs(Err(e))) => {
+                        tracing::warn!("file watch error: {e}; rescanning");
+                        debouncer.push(crate::watch::Signal::Rescan, Instant::now());
+                    }
+                    Ok(Msg::Reload(publisher)) => self.reload(*publisher),
+                    Ok(Msg::Stop) | Err(Some(RecvTimeoutError::Disconnected)) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                Ok(Msg::Fs(Err(e))) => {
-                    tracing::warn!("file watch error: {e}; rescanning");
-                    debouncer.push(crate::watch::Signal::Rescan, Instant::now());
+                taken += 1;
+                if taken == MAX_EVENTS_PER_TURN {
+                    break; // the rest waits for the next turn
                 }
-                Ok(Msg::Reload(publisher)) => self.reload(*publisher),
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
+                next = rx.try_recv().map_err(|e| match e {
+                    std::sync::mpsc::TryRecvError::Empty => None,
+                    std::sync::mpsc::TryRecvError::Disconnected => {
+                        Some(RecvTimeoutError::Disconnected)
+                    }
+                });
+            }
+            if stop {
+                break;
             }
             let (paths, rescan) = debouncer.take_ready(Instant::now());
             if rescan || Instant::now() >= self.next_rescan {

@@ -505,3 +505,29 @@ fn a_broken_config_stops_before_anything_runs() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn a_flood_of_new_files_is_all_published() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    for i in 0..500 {
+        site.publish(
+            &format!("lu/{i:03}.txt"),
+            &article(CAT_B, &format!("Bài số {i}"), "01/11/2026 | 09:00"),
+        );
+    }
+    common::wait_for("every article", PATIENCE, || {
+        daemon
+            .get("/metrics")
+            .text()
+            .contains("bantin_articles 501\n")
+    });
+    let feed = daemon.get("/feeds/tat-ca.json").text();
+    let json: serde_json::Value = serde_json::from_str(&feed).unwrap();
+    assert_eq!(
+        json["items"].as_array().unwrap().len(),
+        50,
+        "the feed's limit"
+    );
+    assert_eq!(daemon.get("/articles/lu/499.html").status, 200);
+}
