@@ -194,18 +194,7 @@ fn add(
 ) -> Result<bool, String> {
     let now = Utc::now().timestamp();
     let existing = store.subscriber(email).map_err(|e| e.to_string())?;
-    let mut sub = existing.unwrap_or(Subscriber {
-        email: email.to_owned(),
-        schedule,
-        categories: Vec::new(),
-        state: SubState::Pending,
-        created: now,
-        updated: now,
-        confirmed: None,
-        confirm_sent: None,
-        digest_until: None,
-        bounce: None,
-    });
+    let mut sub = existing.unwrap_or_else(|| Subscriber::new(email, schedule, Vec::new(), now));
     sub.schedule = schedule;
     sub.categories = categories;
     sub.updated = now;

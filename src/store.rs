@@ -118,6 +118,22 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// A new subscriber waiting for confirmation; `now` in unix seconds.
+    pub fn new(email: &str, schedule: Schedule, categories: Vec<String>, now: i64) -> Subscriber {
+        Subscriber {
+            email: email.to_owned(),
+            schedule,
+            categories,
+            state: SubState::Pending,
+            created: now,
+            updated: now,
+            confirmed: None,
+            confirm_sent: None,
+            digest_until: None,
+            bounce: None,
+        }
+    }
+
     pub fn follows(&self, category: &str) -> bool {
         self.categories.is_empty() || self.categories.iter().any(|c| c == category)
     }

@@ -168,21 +168,9 @@ async fn subscribe(
         request_subscription(&mailer, &email, schedule, categories)
     })
     .await;
-    match result {
-        Ok(Ok(queued)) => {
-            if queued {
-                state.mailer.wake.notify_one();
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::error!("subscribe: {e}");
-            return state.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Có lỗi xảy ra",
-                "Vui lòng thử lại sau.",
-                None,
-            );
-        }
+    match result.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(true) => state.mailer.wake.notify_one(),
+        Ok(false) => {}
         Err(e) => {
             tracing::error!("subscribe: {e}");
             return state.page(
@@ -223,18 +211,7 @@ pub fn request_subscription(
             s.updated = now;
             s
         }
-        None => Subscriber {
-            email: email.to_owned(),
-            schedule,
-            categories,
-            state: SubState::Pending,
-            created: now,
-            updated: now,
-            confirmed: None,
-            confirm_sent: None,
-            digest_until: None,
-            bounce: None,
-        },
+        None => Subscriber::new(email, schedule, categories, now),
     };
     store.put_subscriber(&sub).map_err(|e| e.to_string())?;
     let queued = crate::mail::queue_confirmation(store, &mut sub, now)?;
