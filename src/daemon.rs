@@ -130,7 +130,8 @@ pub async fn run_until(
             )
         })?;
     mail_templates.set_site(&publisher.site, &publisher.feeds);
-    let mail_templates = Arc::new(mail_templates);
+    let mail_templates: crate::site::SharedTemplates =
+        Arc::new(std::sync::RwLock::new(Arc::new(mail_templates)));
     let mailer = Arc::new(
         Mailer::new(&config, store.clone(), mail_templates.clone())
             .map_err(|e| anyhow::anyhow!("cannot set up mail: {e}"))?,
@@ -237,7 +238,7 @@ pub async fn run_until(
     }
     let subscribe = crate::subscribe::SubscribeState::new(
         mailer.clone(),
-        mail_templates,
+        mail_templates.clone(),
         crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
         config.mail.subscribe_per_hour,
     );
@@ -253,12 +254,15 @@ pub async fn run_until(
     let reloader = {
         let tx = tx.clone();
         let original = config.clone();
+        let shared = mail_templates.clone();
         tokio::spawn(async move {
             loop {
                 reload.notified().await;
                 notify(&[NotifyState::Reloading]);
                 match reload_publisher(&original) {
-                    Ok(publisher) => {
+                    Ok((publisher, templates)) => {
+                        // Pages of the subscription routes and mails use the new ones too.
+                        *shared.write().expect("templates lock") = Arc::new(templates);
                         let _ = tx.send(Msg::Reload(Box::new(publisher)));
                     }
                     Err(e) => {
@@ -427,7 +431,7 @@ fn spawn_admin_socket(
 }
 
 /// Loads the configuration again from the same place and the parts it names.
-fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
+fn reload_publisher(original: &Config) -> anyhow::Result<(Publisher, crate::site::Templates)> {
     let config = match &original.source {
         Some(path) => Config::from_file(path)?,
         None => Config::locate(None)?,
@@ -444,7 +448,18 @@ fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
     let mut publisher = Publisher::from_config(&config)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     publisher.out = original.output.dir.clone();
-    Ok(publisher)
+    let mut templates = crate::site::Templates::load(&config.templates.dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    templates.set_site(&publisher.site, &publisher.feeds);
+    Ok((publisher, templates))
 }
 
 /// Sends a systemd notification; a no-op without `NOTIFY_SOCKET`.

@@ -330,7 +330,7 @@ pub struct Mailer {
     pub store: Store,
     pub signer: Signer,
     transport: Transport,
-    templates: Arc<Templates>,
+    templates: crate::site::SharedTemplates,
     site: SiteInfo,
     tz: Tz,
     from: Mailbox,
@@ -409,7 +409,11 @@ fn now_ms() -> i64 {
 }
 
 impl Mailer {
-    pub fn new(config: &Config, store: Store, templates: Arc<Templates>) -> Result<Mailer, String> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        templates: crate::site::SharedTemplates,
+    ) -> Result<Mailer, String> {
         let signer = Signer::load(&config.state.dir, config.mail.token_secret_file.as_deref())
             .map_err(|e| e.to_string())?;
         let transport = Transport::from_config(config)?;
@@ -516,7 +520,9 @@ impl Mailer {
     /// Renders the mail of a delivery: (subject, text, html, with unsubscribe headers).
     pub fn render(&self, delivery: &Delivery) -> Result<(String, String, String, bool), String> {
         let render = |name: &str, ctx: minijinja::Value| {
-            self.templates.render(name, ctx).map_err(|e| e.to_string())
+            crate::site::current(&self.templates)
+                .render(name, ctx)
+                .map_err(|e| e.to_string())
         };
         match &delivery.kind {
             Kind::Alert { article } => {

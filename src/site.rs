@@ -45,6 +45,14 @@ pub enum TemplateError {
     Render { name: String, message: String },
 }
 
+/// Templates that a reload can replace while requests and mails use them.
+pub type SharedTemplates = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Templates>>>;
+
+/// The current templates of a [`SharedTemplates`].
+pub fn current(shared: &SharedTemplates) -> std::sync::Arc<Templates> {
+    shared.read().expect("templates lock").clone()
+}
+
 /// The compiled templates.
 #[derive(Debug)]
 pub struct Templates {

@@ -16,7 +16,7 @@ use chrono::Utc;
 
 use crate::feed::SiteInfo;
 use crate::mail::{Mailer, normalize_email};
-use crate::site::{Pages, Templates};
+use crate::site::Pages;
 use crate::store::{Schedule, SubState, Subscriber};
 use crate::token::Purpose;
 
@@ -33,7 +33,7 @@ pub struct Peer(pub SocketAddr);
 
 pub struct SubscribeState {
     pub mailer: Arc<Mailer>,
-    pub templates: Arc<Templates>,
+    pub templates: crate::site::SharedTemplates,
     pub site: SiteInfo,
     per_hour: u32,
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -42,7 +42,7 @@ pub struct SubscribeState {
 impl SubscribeState {
     pub fn new(
         mailer: Arc<Mailer>,
-        templates: Arc<Templates>,
+        templates: crate::site::SharedTemplates,
         site: SiteInfo,
         per_hour: u32,
     ) -> Self {
@@ -62,9 +62,10 @@ impl SubscribeState {
         message: &str,
         form: Option<(&str, &str, &str)>,
     ) -> Response {
+        let templates = crate::site::current(&self.templates);
         let pages = Pages {
             site: &self.site,
-            templates: &self.templates,
+            templates: &templates,
         };
         match pages.message(heading, message, form) {
             Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),

@@ -531,3 +531,34 @@ fn a_flood_of_new_files_is_all_published() {
     );
     assert_eq!(daemon.get("/articles/lu/499.html").status, 200);
 }
+
+#[test]
+fn sighup_reloads_the_templates_of_every_page() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let form = |d: &Daemon| {
+        request(
+            d.addr,
+            "POST",
+            "/subscribe",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"email=a%40x.vn&schedule=daily",
+        )
+        .text()
+    };
+    assert!(!form(&daemon).contains("MẪU MỚI"));
+    for name in ["base.html", "message.html"] {
+        let path = site.path(&format!("templates/web/{name}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("{% block content %}", "MẪU MỚI {% block content %}")
+                .replace("<h1>{{ heading }}</h1>", "<h1>MẪU MỚI {{ heading }}</h1>"),
+        )
+        .unwrap();
+    }
+    daemon.signal("HUP");
+    daemon.wait_log("reloaded");
+    assert!(daemon.get("/").text().contains("MẪU MỚI"), "index");
+    assert!(form(&daemon).contains("MẪU MỚI"), "subscription pages");
+}
