@@ -489,6 +489,8 @@ struct Engine {
     horizon: DateTime<FixedOffset>,
     /// Last-Modified of each feed file, never going back.
     feed_times: HashMap<String, SystemTime>,
+    /// The articles each feed lists: the bodies worth keeping in memory.
+    feed_ids: HashMap<String, Vec<String>>,
     index_time: SystemTime,
     watch: Option<StoreWatch>,
     /// Identity (device, inode) of the watched store folder, to notice it replaced.
@@ -516,6 +518,7 @@ impl Engine {
             app,
             horizon: now(),
             feed_times: HashMap::new(),
+            feed_ids: HashMap::new(),
             index_time: SystemTime::UNIX_EPOCH,
             watch: None,
             watched_root: None,
@@ -569,11 +572,13 @@ impl Engine {
         self.library = built.library;
         self.horizon = now;
         let mut snapshot = Snapshot::default();
+        self.feed_ids.clear();
         for feed in &built.feeds {
             let time = feed
                 .last_modified
                 .map_or(SystemTime::UNIX_EPOCH, system_time);
             self.insert_feed(&mut snapshot, feed, time);
+            self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
         self.index_time = self
             .library
@@ -1019,7 +1024,17 @@ impl Engine {
             if let Err(e) = self.publisher.write_feed(feed) {
                 tracing::error!(feed = feed.name, "cannot write the feed: {e}");
             }
+            self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
+        // Keep in memory only the bodies the feeds list (a flood of new articles must not
+        // pile up there).
+        let listed: HashSet<&str> = self
+            .feed_ids
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        self.publisher.trim_cache(&listed);
         if let Ok(html) = &index
             && let Err(e) = self.publisher.write_index(html)
         {

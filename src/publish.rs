@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::article::{Article, ArticleError};
 use crate::config::Config;
-use crate::feed::{self, FeedDef, Item, SiteInfo, url_path};
+use crate::feed::{self, FeedDef, Item, SiteInfo};
 use crate::library::{Entry, Library, Stamp};
 use crate::output::{self, Written};
 use crate::scan::{Found, StoreReader};
@@ -206,7 +206,7 @@ impl Publisher {
         }
     }
 
-    /// Renders every feed, and keeps in the body cache exactly the articles they list.
+    /// Renders the given feeds.
     pub fn render_feeds<'d>(
         &self,
         defs: impl IntoIterator<Item = &'d FeedDef>,
@@ -403,11 +403,6 @@ impl Publisher {
         }
         Ok(removed)
     }
-}
-
-/// The URL path of an article's page.
-pub fn page_route(id: &str) -> String {
-    format!("/articles/{}.html", url_path(id))
 }
 
 /// Categories named by feed definitions that no article of the library has:

@@ -389,10 +389,6 @@ impl Store {
         })
     }
 
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.len()
-    }
-
     // --- articles known to the mail side
 
     pub fn known_article(&self, id: &str) -> Result<Option<KnownArticle>, StoreError> {
