@@ -118,20 +118,10 @@ pub async fn run_until(
         .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
     let store = Store::open(&config.state.dir)
         .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
-    let mut mail_templates =
-        crate::site::Templates::load(&config.templates.dir).map_err(|errors| {
-            anyhow::anyhow!(
-                "{}",
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
-    mail_templates.set_site(&publisher.site, &publisher.feeds);
+    // The mail side and the subscription pages share the publisher's templates; a reload
+    // swaps them for all.
     let mail_templates: crate::site::SharedTemplates =
-        Arc::new(std::sync::RwLock::new(Arc::new(mail_templates)));
+        Arc::new(std::sync::RwLock::new(publisher.templates.clone()));
     let mailer = Arc::new(
         Mailer::new(&config, store.clone(), mail_templates.clone())
             .map_err(|e| anyhow::anyhow!("cannot set up mail: {e}"))?,
@@ -260,9 +250,9 @@ pub async fn run_until(
                 reload.notified().await;
                 notify(&[NotifyState::Reloading]);
                 match reload_publisher(&original) {
-                    Ok((publisher, templates)) => {
+                    Ok(publisher) => {
                         // Pages of the subscription routes and mails use the new ones too.
-                        *shared.write().expect("templates lock") = Arc::new(templates);
+                        *shared.write().expect("templates lock") = publisher.templates.clone();
                         let _ = tx.send(Msg::Reload(Box::new(publisher)));
                     }
                     Err(e) => {
@@ -431,7 +421,7 @@ fn spawn_admin_socket(
 }
 
 /// Loads the configuration again from the same place and the parts it names.
-fn reload_publisher(original: &Config) -> anyhow::Result<(Publisher, crate::site::Templates)> {
+fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
     let config = match &original.source {
         Some(path) => Config::from_file(path)?,
         None => Config::locate(None)?,
@@ -448,18 +438,7 @@ fn reload_publisher(original: &Config) -> anyhow::Result<(Publisher, crate::site
     let mut publisher = Publisher::from_config(&config)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     publisher.out = original.output.dir.clone();
-    let mut templates = crate::site::Templates::load(&config.templates.dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    templates.set_site(&publisher.site, &publisher.feeds);
-    Ok((publisher, templates))
+    Ok(publisher)
 }
 
 /// Sends a systemd notification; a no-op without `NOTIFY_SOCKET`.

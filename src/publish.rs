@@ -29,7 +29,7 @@ pub const FORMATS: [(&str, &str); 3] = [
 pub struct Publisher {
     pub site: SiteInfo,
     pub feeds: Vec<FeedDef>,
-    pub templates: Templates,
+    pub templates: Arc<Templates>,
     pub reader: StoreReader,
     pub out: PathBuf,
     /// Seconds between full rescans of the store (daemon).
@@ -108,7 +108,7 @@ impl Publisher {
         Ok(Publisher {
             site,
             feeds,
-            templates,
+            templates: Arc::new(templates),
             reader: StoreReader {
                 root: config.store.dir.clone(),
                 tz,
