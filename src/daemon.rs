@@ -126,7 +126,7 @@ pub async fn run_until(
         Mailer::new(&config, store.clone(), mail_templates.clone())
             .map_err(|e| anyhow::anyhow!("cannot set up mail: {e}"))?,
     );
-    let listener = crate::http::bind(config.http.listen)
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let addr = listener.local_addr().context("no local address")?;
@@ -460,8 +460,8 @@ fn system_time(t: DateTime<FixedOffset>) -> SystemTime {
 struct Engine {
     publisher: Arc<Publisher>,
     library: Library,
-    /// Files of the store that are broken, by path, with the stamp they were read at (an
-    /// unchanged broken file is not read and logged again at every rescan).
+    /// Files of the store that are broken, by path relative to the store, with the stamp they
+    /// were read at (an unchanged broken file is not read and logged again at every rescan).
     errors: HashMap<String, crate::library::Stamp>,
     app: Arc<AppState>,
     /// Articles published up to this time; later ones are scheduled.
@@ -537,6 +537,12 @@ impl Engine {
         for e in &built.report.write_errors {
             tracing::error!("{e}");
         }
+        let root = self
+            .publisher
+            .reader
+            .root
+            .canonicalize()
+            .unwrap_or_default();
         self.errors = built
             .report
             .errors
@@ -545,7 +551,8 @@ impl Engine {
                 let stamp = std::fs::metadata(&e.path)
                     .map(|m| crate::scan::stamp_of(&m))
                     .unwrap_or_default();
-                (e.path.display().to_string(), stamp)
+                let rel = e.path.strip_prefix(&root).unwrap_or(&e.path);
+                (crate::scan::rel_string(rel), stamp)
             })
             .collect();
         self.library = built.library;
@@ -623,7 +630,7 @@ impl Engine {
         format!(
             "{} articles ({} scheduled, {} broken), {} feeds",
             self.library.len(),
-            self.library.len() - self.library.visible(self.horizon).count(),
+            self.library.scheduled(self.horizon),
             self.errors.len(),
             self.publisher.feeds.len()
         )
@@ -631,7 +638,7 @@ impl Engine {
 
     fn update_metrics(&self) {
         let m = &self.app.metrics;
-        let scheduled = self.library.len() - self.library.visible(self.horizon).count();
+        let scheduled = self.library.scheduled(self.horizon);
         m.articles
             .store(self.library.len() as u64, Ordering::Relaxed);
         m.articles_scheduled
@@ -788,8 +795,7 @@ impl Engine {
             let file = crate::scan::rel_string(&rel);
             match self.publisher.reader.found_at(&path) {
                 None => {
-                    self.errors
-                        .remove(&self.publisher.reader.root.join(&file).display().to_string());
+                    self.errors.remove(&file);
                     if let Some(change) = self.library.remove(&id) {
                         tracing::info!(id, "article removed");
                         changes.push(change);
@@ -816,7 +822,7 @@ impl Engine {
         changes: &mut Vec<Change>,
         fresh: &mut HashMap<String, Arc<Article>>,
     ) {
-        let key = found.path.display().to_string();
+        let key = found.file.clone();
         match self.publisher.reader.read(found) {
             Ok(article) => {
                 if self.errors.remove(&key).is_some() {
@@ -879,14 +885,14 @@ impl Engine {
                 changes.push(change);
             }
         }
-        let live: HashSet<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-        self.errors.retain(|path, _| live.contains(path));
+        let live: HashSet<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        self.errors.retain(|file, _| live.contains(file.as_str()));
         for found in &files {
             let unchanged = self
                 .library
                 .get(&found.id)
                 .is_some_and(|e| e.stamp == found.stamp)
-                || self.errors.get(&found.path.display().to_string()) == Some(&found.stamp);
+                || self.errors.get(&found.file) == Some(&found.stamp);
             if !unchanged {
                 self.read_one(found, &mut changes, &mut fresh);
             }

@@ -234,19 +234,15 @@ pub fn xml_safe(text: &str) -> String {
         .collect()
 }
 
-/// The feed's own time: the newest `updated` among its items (never the clock).
-fn feed_updated(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
-    items.iter().map(|i| i.entry.updated).max()
-}
-
 /// The newest publication time, for RSS `lastBuildDate` and HTTP `Last-Modified`.
 pub fn last_published(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
     items.iter().map(|i| i.entry.published).max()
 }
 
-/// The latest change among the items: publication or edit.
+/// The feed's own time: the latest change among its items, publication or edit (never the
+/// clock).
 pub fn last_modified(items: &[Item<'_>]) -> Option<DateTime<FixedOffset>> {
-    feed_updated(items)
+    items.iter().map(|i| i.entry.updated).max()
 }
 
 fn epoch() -> DateTime<FixedOffset> {
@@ -362,7 +358,7 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
     let feed = Feed {
         title: Text::plain(xml_safe(&def.title)),
         id: format!("tag:{}:feeds/{}", site.tag_prefix, def.name),
-        updated: feed_updated(items).unwrap_or_else(epoch),
+        updated: last_modified(items).unwrap_or_else(epoch),
         authors: vec![Person {
             name: xml_safe(&site.title),
             ..Default::default()

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -46,14 +45,17 @@ pub struct Served {
 }
 
 impl Served {
+    /// A file with its validators; `compress` prepares the gzip form (worth it for what is
+    /// served many times from memory, not for a page read from disk for one request).
     pub fn new(
         body: Vec<u8>,
         content_type: &'static str,
         cache_control: &'static str,
         last_modified: SystemTime,
+        compress: bool,
     ) -> Served {
         let etag = format!("\"{:016x}\"", fnv1a(&body));
-        let gzip = (body.len() >= GZIP_MIN_BYTES)
+        let gzip = (compress && body.len() >= GZIP_MIN_BYTES)
             .then(|| gzip(&body))
             .filter(|z| z.len() < body.len())
             .map(Bytes::from);
@@ -69,11 +71,17 @@ impl Served {
     }
 
     pub fn feed(body: Vec<u8>, content_type: &'static str, last_modified: SystemTime) -> Served {
-        Served::new(body, content_type, CACHE_FEED, last_modified)
+        Served::new(body, content_type, CACHE_FEED, last_modified, true)
     }
 
     pub fn index(body: Vec<u8>, last_modified: SystemTime) -> Served {
-        Served::new(body, "text/html; charset=utf-8", CACHE_INDEX, last_modified)
+        Served::new(
+            body,
+            "text/html; charset=utf-8",
+            CACHE_INDEX,
+            last_modified,
+            true,
+        )
     }
 
     fn gzip_etag(&self) -> String {
@@ -275,7 +283,14 @@ async fn article(
         }
         Err(_) => return not_found().await,
     };
-    let served = Served::new(bytes, "text/html; charset=utf-8", CACHE_FEED, modified);
+    let compress = accepts_gzip(&headers) && method == Method::GET;
+    let served = Served::new(
+        bytes,
+        "text/html; charset=utf-8",
+        CACHE_FEED,
+        modified,
+        compress,
+    );
     respond(&served, &method, &headers)
 }
 
@@ -416,11 +431,6 @@ pub async fn serve(
             limits.drain
         );
     }
-}
-
-/// Binds the listening socket.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

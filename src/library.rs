@@ -159,6 +159,12 @@ impl Library {
         v
     }
 
+    /// How many articles are scheduled after `now` (walks only those).
+    pub fn scheduled(&self, now: DateTime<FixedOffset>) -> usize {
+        let end: Key = (Reverse(now.timestamp()), String::new());
+        self.ordered.range(..end).count()
+    }
+
     /// The earliest publication time after `now`, when an article is scheduled.
     pub fn next_due(&self, now: DateTime<FixedOffset>) -> Option<DateTime<FixedOffset>> {
         let end: Key = (Reverse(now.timestamp()), String::new());
@@ -280,6 +286,7 @@ mod tests {
             "2021-01-01T00:00:30+07:00"
         );
         assert_eq!(lib.len(), 3);
+        assert_eq!(lib.scheduled(now()), 2);
     }
 
     #[test]

@@ -780,7 +780,7 @@ impl Mailer {
                 continue;
             }
             let queued = Queued {
-                lane: if d.attempts == 0 { 0 } else { 1 },
+                lane: d.lane(),
                 next_ms: d.next_ms,
                 key: key.clone(),
             };

@@ -335,7 +335,7 @@ impl Publisher {
         let library = Library::from_entries(entries);
         let mut report = BuildReport {
             articles: library.len(),
-            published: library.visible(now).count(),
+            published: library.len() - library.scheduled(now),
             errors,
             feeds: self.feeds.len(),
             pages_written: written.into_inner(),

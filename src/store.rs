@@ -224,6 +224,15 @@ impl Delivery {
         }
     }
 
+    /// The queue lane: fresh deliveries go before retries.
+    pub fn lane(&self) -> u8 {
+        if self.attempts == 0 {
+            LANE_FRESH
+        } else {
+            LANE_RETRY
+        }
+    }
+
     /// The outbox key: the same article (or digest run) to the same address always has the
     /// same key, so planning twice never sends twice.
     pub fn key(&self) -> String {
@@ -459,11 +468,7 @@ impl Store {
             self.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
         }
         if delivery.state == DeliveryState::Pending {
-            let lane = if delivery.attempts == 0 {
-                LANE_FRESH
-            } else {
-                LANE_RETRY
-            };
+            let lane = delivery.lane();
             self.queue
                 .insert(queue_key(lane, delivery.next_ms, key), &[])?;
         }
@@ -528,11 +533,7 @@ impl Store {
             let d: Delivery = decode(&k, &v)?;
             let key = String::from_utf8_lossy(&k).into_owned();
             if d.state == DeliveryState::Pending && !queued.contains(&key) {
-                let lane = if d.attempts == 0 {
-                    LANE_FRESH
-                } else {
-                    LANE_RETRY
-                };
+                let lane = d.lane();
                 self.queue.insert(queue_key(lane, d.next_ms, &key), &[])?;
                 repaired += 1;
             }

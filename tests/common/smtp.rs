@@ -137,22 +137,8 @@ fn session(
     let mut to = Vec::new();
     let mut line = String::new();
     loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(e),
+        if !next_line(&mut reader, &mut line, stop)? {
+            return Ok(());
         }
         let cmd = line.trim_end().to_ascii_uppercase();
         if cmd.starts_with("EHLO") {
@@ -175,19 +161,8 @@ fn session(
             out.write_all(b"354 go ahead\r\n")?;
             let mut data = String::new();
             loop {
-                line.clear();
-                match reader.read_line(&mut line) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                if !next_line(&mut reader, &mut line, stop)? {
+                    return Ok(());
                 }
                 if line == ".\r\n" {
                     break;
@@ -227,6 +202,34 @@ fn session(
             return Ok(());
         } else {
             out.write_all(b"502 not implemented\r\n")?;
+        }
+    }
+}
+
+/// Reads the next whole line into `line`, waiting through read timeouts (a partial line is
+/// kept); `false` when the peer closed or the server is stopping.
+fn next_line(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+    stop: &AtomicBool,
+) -> std::io::Result<bool> {
+    line.clear();
+    loop {
+        match reader.read_line(line) {
+            Ok(0) => return Ok(false),
+            Ok(_) if line.ends_with('\n') => return Ok(true),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }
