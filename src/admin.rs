@@ -10,7 +10,21 @@ use std::path::{Path, PathBuf};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{DeliveryState, Schedule, Store, SubState, Subscriber};
+use crate::clock::Clock;
+use crate::mail::MailError;
+use crate::store::{DeliveryState, Store, StoreError};
+use crate::subscriber::{Schedule, SubState, Subscriber};
+
+/// Why a command could not be carried out (not a usage error: those are replies).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error("cannot write CSV: {0}")]
+    Csv(#[from] csv::Error),
+}
 
 /// File name of the admin socket in the state folder.
 pub const SOCKET: &str = "admin.sock";
@@ -68,6 +82,7 @@ impl Reply {
 /// What the commands work on.
 pub struct Context<'a> {
     pub store: &'a Store,
+    pub clock: &'a Clock,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
@@ -94,9 +109,8 @@ pub fn execute(ctx: &Context<'_>, request: Request) -> Reply {
     }
 }
 
-fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, String> {
+fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
     let store = ctx.store;
-    let err = |e: crate::store::StoreError| e.to_string();
     match request {
         Request::Add {
             email,
@@ -120,8 +134,8 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, String> {
                     ),
                 });
             };
-            let queued = add(store, &email, schedule, categories, confirmed)?;
-            store.flush().map_err(err)?;
+            let queued = add(ctx, &email, schedule, categories, confirmed)?;
+            store.flush()?;
             if queued {
                 (ctx.on_queued)();
             }
@@ -134,16 +148,15 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, String> {
         }
         Request::Remove { email } => {
             let email = email.trim().to_lowercase();
-            if store.remove_subscriber(&email).map_err(err)? {
-                store.flush().map_err(err)?;
+            if store.remove_subscriber(&email)? {
+                store.flush()?;
                 Ok(Reply::ok(format!("{email}: removed\n")))
             } else {
                 Ok(Reply::fail(format!("error: no subscriber '{email}'\n")))
             }
         }
         Request::List { json } => {
-            let subs: Vec<Subscriber> =
-                store.subscribers().collect::<Result<_, _>>().map_err(err)?;
+            let subs: Vec<Subscriber> = store.subscribers().collect::<Result<_, _>>()?;
             if json {
                 let mut out = serde_json::to_string_pretty(&subs).expect("serializable");
                 out.push('\n');
@@ -166,18 +179,21 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, String> {
             Ok(Reply::ok(out))
         }
         Request::Export => {
-            let mut out = String::from("email,schedule,categories,state\n");
+            let mut out = csv::Writer::from_writer(Vec::new());
+            out.write_record(["email", "schedule", "categories", "state"])?;
             for s in store.subscribers() {
-                let s = s.map_err(err)?;
-                out.push_str(&format!(
-                    "{},{},{},{}\n",
-                    csv_field(&s.email),
+                let s = s?;
+                out.write_record([
+                    s.email.as_str(),
                     s.schedule.as_str(),
-                    csv_field(&s.categories.join(";")),
-                    s.state.as_str()
-                ));
+                    &s.categories.join(";"),
+                    s.state.as_str(),
+                ])?;
             }
-            Ok(Reply::ok(out))
+            let bytes = out
+                .into_inner()
+                .map_err(|e| csv::Error::from(e.into_error()))?;
+            Ok(Reply::ok(String::from_utf8_lossy(&bytes).into_owned()))
         }
         Request::Import { csv, confirmed } => import(ctx, &csv, confirmed),
         Request::Status { json } => status(ctx, json),
@@ -186,14 +202,15 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, String> {
 
 /// Adds or updates a subscriber; without `confirmed` it waits for its confirmation mail.
 fn add(
-    store: &Store,
+    ctx: &Context<'_>,
     email: &str,
     schedule: Schedule,
     categories: Vec<String>,
     confirmed: bool,
-) -> Result<bool, String> {
-    let now = Utc::now().timestamp();
-    let existing = store.subscriber(email).map_err(|e| e.to_string())?;
+) -> Result<bool, AdminError> {
+    let store = ctx.store;
+    let now = ctx.clock.now_s();
+    let existing = store.subscriber(email)?;
     let mut sub = existing.unwrap_or_else(|| Subscriber::new(email, schedule, Vec::new(), now));
     sub.schedule = schedule;
     sub.categories = categories;
@@ -202,27 +219,36 @@ fn add(
         if sub.state != SubState::Active {
             sub.state = SubState::Active;
             sub.confirmed = Some(now);
-            sub.digest_until = Some(Utc::now().timestamp_millis());
+            sub.digest_until = Some(ctx.clock.now_ms());
         }
-        store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+        store.put_subscriber(&sub)?;
         return Ok(false);
     }
     if sub.state == SubState::Active {
-        store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+        store.put_subscriber(&sub)?;
         return Ok(false);
     }
     sub.state = SubState::Pending;
-    store.put_subscriber(&sub).map_err(|e| e.to_string())?;
-    crate::mail::queue_confirmation(store, &mut sub, now)
+    store.put_subscriber(&sub)?;
+    Ok(crate::mail::queue_confirmation(store, &mut sub, now)?)
 }
 
-fn import(ctx: &Context<'_>, csv: &str, confirmed: bool) -> Result<Reply, String> {
-    let rows = parse_csv(csv);
-    let mut rows = rows.into_iter().enumerate();
-    let Some((_, header)) = rows.next() else {
-        return Ok(Reply::fail(
-            "error: the file is empty; expected the header 'email,schedule,categories'\n".into(),
-        ));
+fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, AdminError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(text.as_bytes());
+    let mut rows = reader.records();
+    let header = match rows.next() {
+        None => {
+            return Ok(Reply::fail(
+                "error: the file is empty; expected the header 'email,schedule,categories'\n"
+                    .into(),
+            ));
+        }
+        Some(Err(e)) => return Ok(Reply::fail(format!("error: line 1: {e}\n"))),
+        Some(Ok(header)) => header,
     };
     let col = |name: &str| {
         header
@@ -239,9 +265,30 @@ fn import(ctx: &Context<'_>, csv: &str, confirmed: bool) -> Result<Reply, String
     let mut added = 0;
     let mut problems = String::new();
     let mut queued_any = false;
-    for (i, row) in rows {
-        let line = i + 1;
+    for row in rows {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                problems.push_str(&format!("line {line}: {e}\n"));
+                continue;
+            }
+        };
+        let line = row.position().map_or(0, |p| p.line());
         if row.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        if row.iter().any(|f| f.contains('\n')) {
+            // Legal CSV, but no column of ours spans lines: a quote left open.
+            let spanned = row
+                .iter()
+                .map(|f| f.trim_end_matches(['\r', '\n']).matches('\n').count())
+                .sum::<usize>();
+            let last = line as usize + spanned;
+            problems.push_str(&format!(
+                "lines {line}-{last}: a quoted field runs across lines; \
+                 close the quote on line {line} and import again\n"
+            ));
             continue;
         }
         let field = |c: Option<usize>| c.and_then(|c| row.get(c)).map(|s| s.trim()).unwrap_or("");
@@ -265,10 +312,10 @@ fn import(ctx: &Context<'_>, csv: &str, confirmed: bool) -> Result<Reply, String
             continue;
         };
         let categories = parse_categories(field(c_categories), ';');
-        queued_any |= add(ctx.store, &email, schedule, categories, confirmed)?;
+        queued_any |= add(ctx, &email, schedule, categories, confirmed)?;
         added += 1;
     }
-    ctx.store.flush().map_err(|e| e.to_string())?;
+    ctx.store.flush()?;
     if queued_any {
         (ctx.on_queued)();
     }
@@ -295,15 +342,14 @@ struct Status {
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
 }
 
-fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, String> {
+fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
     let store = ctx.store;
-    let err = |e: crate::store::StoreError| e.to_string();
     let mut subs: std::collections::BTreeMap<&'static str, usize> =
         SubState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for s in store.subscribers() {
-        *subs.entry(s.map_err(err)?.state.as_str()).or_default() += 1;
+        *subs.entry(s?.state.as_str()).or_default() += 1;
     }
-    let counts = store.outbox_counts().map_err(err)?;
+    let counts = store.outbox_counts()?;
     let outbox = DeliveryState::ALL
         .iter()
         .zip(counts)
@@ -311,9 +357,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, String> {
         .collect();
     let mut last_digests = std::collections::BTreeMap::new();
     for schedule in [Schedule::Daily, Schedule::Weekly] {
-        let t = store
-            .meta_i64(&format!("digest\0{}", schedule.as_str()))
-            .map_err(err)?;
+        let t = store.last_digest(schedule)?;
         last_digests.insert(
             schedule.as_str(),
             t.and_then(|t| Utc.timestamp_opt(t, 0).single())
@@ -361,47 +405,6 @@ fn count_articles(dir: &Path) -> usize {
     reader.walk().map(|f| f.len()).unwrap_or(0)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-/// RFC 4180 CSV: quoted fields with `""` escapes and embedded line breaks.
-pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut rows = Vec::new();
-    let mut row = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => field.push(c),
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, ',') => row.push(std::mem::take(&mut field)),
-            (false, '\r') => {}
-            (false, '\n') => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (false, c) => field.push(c),
-        }
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    rows
-}
-
 /// Sends a request to a running daemon; `None` when no daemon answers on the socket.
 pub fn ask_daemon(state_dir: &Path, request: &Request) -> Option<std::io::Result<Reply>> {
     let path: PathBuf = state_dir.join(SOCKET);
@@ -422,13 +425,79 @@ pub fn ask_daemon(state_dir: &Path, request: &Request) -> Option<std::io::Result
 mod tests {
     use super::*;
 
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn run_import(store: &Store, csv: &str) -> Reply {
+        let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 20, 1, 0, 0).unwrap());
+        let ctx = Context {
+            store,
+            clock: &clock,
+            store_dir: Path::new("/nonexistent"),
+            on_queued: &|| {},
+        };
+        execute(
+            &ctx,
+            Request::Import {
+                csv: csv.into(),
+                confirmed: true,
+            },
+        )
+    }
+
     #[test]
-    fn csv_with_quotes_and_line_breaks() {
-        let rows =
-            parse_csv("email,schedule,categories\r\na@x.vn,daily,\"A;B, C\"\n\"b\"\"@x.vn\",,\n");
-        assert_eq!(rows.len(), 3);
-        assert_eq!(rows[1], ["a@x.vn", "daily", "A;B, C"]);
-        assert_eq!(rows[2], ["b\"@x.vn", "", ""]);
-        assert_eq!(csv_field("A;B, C"), "\"A;B, C\"");
+    fn import_reads_quotes_crlf_and_a_bom() {
+        let (_dir, store) = store();
+        let reply = run_import(
+            &store,
+            "\u{feff}email,schedule,categories\r\na@x.vn,daily,\"A;B, C\"\r\nb@x.vn,,\n",
+        );
+        assert_eq!(reply.code, 0, "{reply:?}");
+        let a = store.subscriber("a@x.vn").unwrap().unwrap();
+        assert_eq!(a.categories, ["A", "B, C"]);
+        assert_eq!(a.schedule, Schedule::Daily);
+        let b = store.subscriber("b@x.vn").unwrap().unwrap();
+        assert_eq!(b.schedule, Schedule::Immediate);
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_reported_with_its_lines() {
+        let (_dir, store) = store();
+        let reply = run_import(
+            &store,
+            "email,schedule,categories\na@x.vn,daily,\"A\nb@x.vn,daily,\nc@x.vn,weekly,\n",
+        );
+        assert_eq!(reply.code, 1, "{reply:?}");
+        assert!(
+            reply
+                .stderr
+                .contains("lines 2-4: a quoted field runs across lines"),
+            "{}",
+            reply.stderr
+        );
+    }
+
+    #[test]
+    fn export_quotes_what_needs_it() {
+        let (_dir, store) = store();
+        run_import(
+            &store,
+            "email,schedule,categories\na@x.vn,daily,\"A, B;C\"\n",
+        );
+        let clock = Clock::system();
+        let ctx = Context {
+            store: &store,
+            clock: &clock,
+            store_dir: Path::new("/nonexistent"),
+            on_queued: &|| {},
+        };
+        let reply = execute(&ctx, Request::Export);
+        assert_eq!(
+            reply.stdout,
+            "email,schedule,categories,state\na@x.vn,daily,\"A, B;C\",active\n"
+        );
     }
 }

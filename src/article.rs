@@ -1,7 +1,7 @@
 //! One article file in the council's layout: category, title, `Ngày đăng` line, paragraphs,
 //! optional signature.
 //!
-//! [`parse`] works on text and knows nothing of files; [`from_file`] reads and calls it.
+//! [`parse`] works on text and knows nothing of files; `scan::from_file` reads and calls it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ pub struct LineError {
 }
 
 impl LineError {
-    fn new(line: usize, message: impl Into<String>) -> Self {
+    pub fn new(line: usize, message: impl Into<String>) -> Self {
         LineError {
             line,
             message: message.into(),
@@ -300,44 +300,6 @@ fn shorten(text: &str) -> String {
         let mut s: String = text.chars().take(MAX).collect();
         s.push('…');
         s
-    }
-}
-
-/// Reads one file of the store and parses it.
-pub fn from_file(path: &Path, id: &str, tz: Tz, max_bytes: u64) -> Result<Article, ArticleError> {
-    let bytes = read_limited(path, max_bytes).map_err(|e| ArticleError::at(path, e))?;
-    parse_bytes(id, &bytes, tz).map_err(|e| ArticleError::at(path, e))
-}
-
-/// Reads a file, refusing one over `max_bytes`.
-pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
-    let mut bytes = Vec::new();
-    file.take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(LineError::new(
-            1,
-            format!(
-                "the file is larger than the {} limit (store.max_bytes); \
-                 an article is text only: leave images and attachments out",
-                human_size(max_bytes)
-            ),
-        ));
-    }
-    Ok(bytes)
-}
-
-fn human_size(bytes: u64) -> String {
-    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
-        format!("{} MiB", bytes / (1024 * 1024))
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} bytes")
     }
 }
 

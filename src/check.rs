@@ -4,10 +4,8 @@
 use std::sync::atomic::AtomicUsize;
 
 use crate::config::Config;
-use crate::feed::FeedDef;
 use crate::library::Library;
 use crate::publish::unknown_categories;
-use crate::site::Templates;
 
 /// Every problem found, in a stable order; empty when all is well. Also the number of
 /// articles read.
@@ -17,7 +15,7 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
         Ok(tz) => tz,
         Err(e) => return (vec![e], 0),
     };
-    let (feeds, feed_source) = match FeedDef::load_dir(&config.feeds.dir) {
+    let (feeds, feed_source) = match crate::publish::load_feed_defs(&config.feeds.dir) {
         Ok((defs, errors)) => {
             problems.extend(errors.iter().map(ToString::to_string));
             (defs, true)
@@ -36,7 +34,7 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
             config.feeds.dir.display()
         ));
     }
-    let templates = match Templates::load(&config.templates.dir) {
+    let templates = match crate::publish::load_templates(&config.templates.dir) {
         Ok(t) => Some(t),
         Err(errors) => {
             problems.extend(errors.iter().map(ToString::to_string));

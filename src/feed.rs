@@ -4,7 +4,6 @@
 //! the articles, none from the clock.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,41 +68,6 @@ impl FeedDef {
             return Err((line, format!("limit must be between 1 and {MAX_LIMIT}")));
         }
         Ok(def)
-    }
-
-    /// Every `*.toml` of a folder, sorted by name; problems are returned beside the good ones.
-    pub fn load_dir(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::io::Error> {
-        let mut defs = Vec::new();
-        let mut errors = Vec::new();
-        let mut paths: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            let shown = path.display().to_string();
-            match std::fs::read_to_string(&path) {
-                Err(e) => errors.push(DefError {
-                    path: shown,
-                    line: 1,
-                    message: format!("cannot read: {e}"),
-                }),
-                Ok(text) => match FeedDef::parse(&name, &text) {
-                    Ok(def) => defs.push(def),
-                    Err((line, message)) => errors.push(DefError {
-                        path: shown,
-                        line,
-                        message,
-                    }),
-                },
-            }
-        }
-        Ok((defs, errors))
     }
 
     /// Whether an article of `category` belongs in this feed.

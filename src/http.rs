@@ -22,6 +22,8 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use prometheus_client::registry::Registry;
+
 use crate::metrics::{Metrics, route_of};
 
 /// `Cache-Control` of feeds and pages: readers may poll every few minutes.
@@ -125,24 +127,22 @@ pub struct AppState {
     pub snapshot: RwLock<Arc<Snapshot>>,
     /// `output.dir/articles`: pages are read from there.
     pub pages: PathBuf,
-    pub metrics: Arc<Metrics>,
+    /// Counts requests.
+    pub metrics: Metrics,
+    /// Every part's metrics, rendered for `/metrics`.
+    pub registry: Arc<Registry>,
     /// Set while the daemon can serve; `/healthz` answers 503 otherwise.
     pub healthy: std::sync::atomic::AtomicBool,
-    /// More metrics, from other parts (mail).
-    pub extra_metrics: std::sync::Mutex<Option<ExtraMetrics>>,
 }
 
-/// Appends metrics text.
-pub type ExtraMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
-
 impl AppState {
-    pub fn new(pages: PathBuf, metrics: Arc<Metrics>) -> AppState {
+    pub fn new(pages: PathBuf, metrics: Metrics, registry: Arc<Registry>) -> AppState {
         AppState {
             snapshot: RwLock::default(),
             pages,
             metrics,
+            registry,
             healthy: std::sync::atomic::AtomicBool::new(false),
-            extra_metrics: std::sync::Mutex::default(),
         }
     }
 
@@ -214,14 +214,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let mut text = state.metrics.render();
-    if let Some(extra) = state.extra_metrics.lock().expect("metrics").as_ref() {
-        extra(&mut text);
-    }
+    let text = crate::metrics::render(&state.registry);
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )

@@ -7,30 +7,38 @@
 //! - [`article`]: one article file parsed (category, title, `Ngày đăng`, paragraphs, signature).
 //! - [`library`]: every article of the store, newest first, by id and category; what changed.
 //! - [`feed`]: feed definitions, and RSS 2.0, Atom 1.0 and JSON Feed 1.1 rendering.
+//! - [`subscriber`]: who wants which news, how often, and where they stand.
 //! - [`site`]: templates and the contexts of the web pages.
-//! - [`plan`]: who gets what: alert recipients, digest contents, retry delays, digest ticks.
+//! - [`plan`]: what a change republishes; who gets what: alert recipients, digest contents,
+//!   retry delays, digest ticks.
 //!
 //! The adapters touch the disk, the network and the clock:
 //!
+//! - [`clock`]: the one source of "now": the system clock, or a manual one in tests.
 //! - [`config`]: the configuration file, `bantin.toml`.
-//! - [`scan`]: walking and reading the store on every core.
+//! - [`scan`]: walking and reading the store on every core; the article cache that publishing
+//!   and mail share.
 //! - [`store`]: the state in sled (subscribers, deliveries); the only module that imports sled.
 //! - [`token`]: signed tokens for confirmation and unsubscribe links.
 //! - [`output`]: atomic writes to `output.dir`.
-//! - [`publish`]: rendering and writing feeds and pages, for `build` and the daemon.
+//! - [`publish`]: loading feed definitions and templates; rendering and writing feeds and
+//!   pages, for `build` and the daemon.
 //! - [`check`]: `bantin check`.
 //! - [`admin`]: `subscribers` and `status`, in the CLI or behind the daemon's admin socket.
 //! - [`watch`]: file events, debounced, plus periodic rescans.
-//! - [`mail`]: mail messages, transports and the delivery worker.
+//! - [`mail`]: `outbox` (who is owed what), `message` (a delivery rendered into a message),
+//!   `transport` (SMTP pool, files, sendmail), `worker` (sending, retries, group commit).
 //! - [`http`]: the HTTP server.
 //! - [`subscribe`]: the subscribe, confirm and unsubscribe routes.
-//! - [`metrics`]: counters for `/metrics`.
-//! - [`daemon`]: `bantin run`, wiring it all, shutdown and systemd notification.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`daemon`]: `bantin run`: wiring and shutdown (`mod`), the engine thread that
+//!   republishes (`engine`), the background tasks (`tasks`).
 //! - [`progress`]: progress on a terminal for long commands.
 
 pub mod admin;
 pub mod article;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod feed;
@@ -46,5 +54,6 @@ pub mod scan;
 pub mod site;
 pub mod store;
 pub mod subscribe;
+pub mod subscriber;
 pub mod token;
 pub mod watch;

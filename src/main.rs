@@ -168,6 +168,7 @@ fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
             })?;
             let ctx = bantin::admin::Context {
                 store: &store,
+                clock: &bantin::clock::Clock::system(),
                 store_dir: &config.store.dir,
                 on_queued: &|| {},
             };
@@ -209,7 +210,7 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .walk()
         .with_context(|| format!("cannot read the store '{}'", config.store.dir.display()))?;
     let progress = Progress::start("building", Some(files.len()));
-    let now = chrono::Utc::now().fixed_offset();
+    let now = bantin::clock::Clock::system().now_fixed();
     let started = std::time::Instant::now();
     let result = publisher.build_from(files, now, &progress.count);
     let done = progress.count.load(Ordering::Relaxed);

@@ -1,9 +1,87 @@
-//! Who gets what: alert recipients, digest contents, retry delays and digest ticks. Pure: it
-//! is handed `now` and data.
+//! Who gets what: what a change republishes, alert recipients, digest contents, retry delays
+//! and digest ticks. Pure: it is handed `now` and data.
 
-use chrono::{DateTime, TimeZone};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::store::{Schedule, SubState, Subscriber};
+use chrono::{DateTime, FixedOffset, TimeZone};
+
+use crate::library::{Change, Entry, Library};
+
+use crate::subscriber::{Schedule, SubState, Subscriber};
+
+/// What a set of changes to the library asks to be published again.
+#[derive(Debug, Default, PartialEq)]
+pub struct Republish {
+    /// Categories whose feeds change.
+    pub touched: BTreeSet<String>,
+    /// Visible articles whose pages are written (new, edited, or come due); the mail side
+    /// is told of them and decides which are news.
+    pub pages: Vec<Arc<Entry>>,
+    /// Articles come due since the last pass (among `pages`).
+    pub due: Vec<String>,
+    /// Ids whose pages go (deleted, or moved back into the future).
+    pub gone: Vec<String>,
+    /// Ids whose cached bodies are stale (the file went).
+    pub forget: Vec<String>,
+}
+
+impl Republish {
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// What `changes` touch, plus the articles of `library` that came due in `(horizon, now]`.
+pub fn republish(
+    changes: &[Change],
+    library: &Library,
+    horizon: DateTime<FixedOffset>,
+    now: DateTime<FixedOffset>,
+) -> Republish {
+    let visible = |e: &Entry| e.published <= now;
+    let mut out = Republish::default();
+    for change in changes {
+        match change {
+            Change::Added(new) => {
+                if visible(new) {
+                    out.touched.insert(new.category.clone());
+                    out.pages.push(new.clone());
+                }
+            }
+            Change::Updated { old, new } => {
+                if visible(old) {
+                    out.touched.insert(old.category.clone());
+                }
+                if visible(new) {
+                    out.touched.insert(new.category.clone());
+                    out.pages.push(new.clone());
+                } else if visible(old) {
+                    out.gone.push(old.id.clone());
+                }
+            }
+            Change::Removed(old) => {
+                out.forget.push(old.id.clone());
+                if visible(old) {
+                    out.touched.insert(old.category.clone());
+                    out.gone.push(old.id.clone());
+                }
+            }
+        }
+    }
+    let due: Vec<Arc<Entry>> = library
+        .visible(now)
+        .take_while(|e| e.published > horizon)
+        .filter(|e| !out.pages.iter().any(|p| p.id == e.id))
+        .cloned()
+        .collect();
+    for entry in due {
+        out.touched.insert(entry.category.clone());
+        out.due.push(entry.id.clone());
+        out.pages.push(entry);
+    }
+    out
+}
 
 /// Whether `sub` gets an alert for an article of `category`.
 pub fn wants_alert(sub: &Subscriber, category: &str) -> bool {
@@ -70,6 +148,51 @@ mod tests {
             digest_until: None,
             bounce: None,
         }
+    }
+
+    fn entry(id: &str, category: &str, published: &str) -> Entry {
+        let published = DateTime::parse_from_rfc3339(published).unwrap();
+        Entry {
+            id: id.into(),
+            file: format!("{id}.txt"),
+            category: category.into(),
+            title: id.into(),
+            published,
+            updated: published,
+            author: None,
+            stamp: Default::default(),
+        }
+    }
+
+    #[test]
+    fn republish_touches_what_changed_and_what_came_due() {
+        let now = DateTime::parse_from_rfc3339("2026-11-20T10:00:00+07:00").unwrap();
+        let horizon = DateTime::parse_from_rfc3339("2026-11-20T09:00:00+07:00").unwrap();
+        let old = Arc::new(entry("cu", "A", "2026-11-01T08:00:00+07:00"));
+        let future = Arc::new(entry("sau", "C", "2026-12-01T08:00:00+07:00"));
+        let due = entry("den-gio", "D", "2026-11-20T09:30:00+07:00");
+        let library = Library::from_entries([(*old).clone(), (*future).clone(), due]);
+        let changes = [
+            Change::Updated {
+                old: old.clone(),
+                new: Arc::new(entry("cu", "B", "2026-11-01T08:00:00+07:00")),
+            },
+            Change::Added(future.clone()),
+            Change::Removed(Arc::new(entry("xoa", "A", "2026-11-02T08:00:00+07:00"))),
+        ];
+        let r = republish(&changes, &library, horizon, now);
+        let touched: Vec<&str> = r.touched.iter().map(String::as_str).collect();
+        assert_eq!(
+            touched,
+            ["A", "B", "D"],
+            "the future article touches nothing"
+        );
+        let pages: Vec<&str> = r.pages.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(pages, ["cu", "den-gio"]);
+        assert_eq!(r.due, ["den-gio"]);
+        assert_eq!(r.gone, ["xoa"]);
+        assert_eq!(r.forget, ["xoa"]);
+        assert!(republish(&[], &library, now, now).is_empty());
     }
 
     #[test]

@@ -12,10 +12,10 @@ use rayon::prelude::*;
 
 use crate::article::{Article, ArticleError};
 use crate::config::Config;
-use crate::feed::{self, FeedDef, Item, SiteInfo};
+use crate::feed::{self, DefError, FeedDef, Item, SiteInfo};
 use crate::library::{Entry, Library, Stamp};
 use crate::output::{self, Written};
-use crate::scan::{Found, StoreReader};
+use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::site::{INDEX_LATEST, Pages, Templates};
 
 /// The three formats of every feed: (extension, media type).
@@ -34,8 +34,9 @@ pub struct Publisher {
     pub out: PathBuf,
     /// Seconds between full rescans of the store (daemon).
     pub rescan_secs: u64,
-    /// Bodies of the articles currently in feeds, so a rebuild reads few files.
-    bodies: Mutex<HashMap<String, (Stamp, Arc<Article>)>>,
+    /// Bodies of the articles currently in feeds, so a rebuild reads few files; shared with
+    /// the mail side.
+    pub articles: Arc<ArticleCache>,
 }
 
 /// One feed rendered in its three formats.
@@ -79,7 +80,7 @@ impl Publisher {
     pub fn from_config(config: &Config) -> Result<Publisher, Vec<String>> {
         let mut problems = Vec::new();
         let tz = config.timezone().map_err(|e| vec![e])?;
-        let feeds = match FeedDef::load_dir(&config.feeds.dir) {
+        let feeds = match load_feed_defs(&config.feeds.dir) {
             Ok((defs, errors)) => {
                 problems.extend(errors.iter().map(ToString::to_string));
                 defs
@@ -92,7 +93,7 @@ impl Publisher {
                 Vec::new()
             }
         };
-        let templates = match Templates::load(&config.templates.dir) {
+        let templates = match load_templates(&config.templates.dir) {
             Ok(t) => Some(t),
             Err(errors) => {
                 problems.extend(errors.iter().map(ToString::to_string));
@@ -116,7 +117,7 @@ impl Publisher {
             },
             out: config.output.dir.clone(),
             rescan_secs: config.store.rescan_secs,
-            bodies: Mutex::default(),
+            articles: Arc::default(),
         })
     }
 
@@ -130,18 +131,16 @@ impl Publisher {
     /// Bodies of `entries`, from the cache or read again from the store. An article that can
     /// no longer be read is left out (its excerpt stands in).
     fn bodies_of(&self, entries: &[Arc<Entry>]) -> HashMap<String, Arc<Article>> {
-        let cached = self.bodies.lock().expect("body cache");
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         for e in entries {
-            match cached.get(&e.id) {
-                Some((stamp, a)) if *stamp == e.stamp => {
-                    out.insert(e.id.clone(), a.clone());
+            match self.articles.get(&e.id, e.stamp) {
+                Some(a) => {
+                    out.insert(e.id.clone(), a);
                 }
-                _ => missing.push(e.clone()),
+                None => missing.push(e.clone()),
             }
         }
-        drop(cached);
         let read: Vec<(Stamp, Arc<Article>)> = missing
             .par_iter()
             .filter_map(|e| {
@@ -157,25 +156,21 @@ impl Publisher {
                     .map(|a| (e.stamp, Arc::new(a)))
             })
             .collect();
-        let mut cached = self.bodies.lock().expect("body cache");
         for (stamp, a) in read {
             out.insert(a.id.clone(), a.clone());
-            cached.insert(a.id.clone(), (stamp, a));
+            self.articles.insert(stamp, a);
         }
         out
     }
 
     /// Forgets a cached body (the file changed or went).
     pub fn forget(&self, id: &str) {
-        self.bodies.lock().expect("body cache").remove(id);
+        self.articles.remove(id);
     }
 
     /// Keeps a freshly read body for the next feed render.
     pub fn remember(&self, stamp: Stamp, article: Arc<Article>) {
-        self.bodies
-            .lock()
-            .expect("body cache")
-            .insert(article.id.clone(), (stamp, article));
+        self.articles.insert(stamp, article);
     }
 
     /// Renders one feed from the library as it is at `now`.
@@ -220,10 +215,7 @@ impl Publisher {
 
     /// Drops cached bodies that no feed lists any more.
     pub fn trim_cache(&self, listed: &HashSet<&str>) {
-        self.bodies
-            .lock()
-            .expect("body cache")
-            .retain(|id, _| listed.contains(id.as_str()));
+        self.articles.retain(listed);
     }
 
     /// The index page.
@@ -425,4 +417,51 @@ pub fn is_inside(dir: &Path, root: &Path) -> bool {
         (Ok(d), Ok(r)) => d.starts_with(r),
         _ => false,
     }
+}
+
+/// Every `*.toml` of a folder, sorted by name; problems are returned beside the good ones.
+pub fn load_feed_defs(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::io::Error> {
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Err(e) => errors.push(DefError {
+                path: shown,
+                line: 1,
+                message: format!("cannot read: {e}"),
+            }),
+            Ok(text) => match FeedDef::parse(&name, &text) {
+                Ok(def) => defs.push(def),
+                Err((line, message)) => errors.push(DefError {
+                    path: shown,
+                    line,
+                    message,
+                }),
+            },
+        }
+    }
+    Ok((defs, errors))
+}
+
+/// Reads and compiles every template of [`crate::site::TEMPLATE_NAMES`] from `dir`.
+pub fn load_templates(dir: &Path) -> Result<Templates, Vec<crate::site::TemplateError>> {
+    Templates::compile(crate::site::TEMPLATE_NAMES.iter().map(|name| {
+        let path = dir.join(name);
+        (
+            *name,
+            path.display().to_string(),
+            std::fs::read_to_string(&path),
+        )
+    }))
 }

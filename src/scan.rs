@@ -7,7 +7,10 @@ use chrono::TimeZone;
 use chrono_tz::Tz;
 use rayon::prelude::*;
 
-use crate::article::{self, Article, ArticleError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::article::{self, Article, ArticleError, LineError, parse_bytes};
 use crate::library::{Entry, Stamp};
 
 /// One article file found in the store.
@@ -111,7 +114,7 @@ impl StoreReader {
 
     /// Reads and parses one found file.
     pub fn read(&self, found: &Found) -> Result<Article, ArticleError> {
-        article::from_file(&found.path, &found.id, self.tz, self.max_bytes)
+        from_file(&found.path, &found.id, self.tz, self.max_bytes)
     }
 
     /// The library entry for a parsed article.
@@ -169,5 +172,132 @@ pub fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
     Stamp {
         len: meta.len(),
         mtime_ns,
+    }
+}
+
+/// Reads one file of the store and parses it.
+pub fn from_file(path: &Path, id: &str, tz: Tz, max_bytes: u64) -> Result<Article, ArticleError> {
+    let bytes = read_limited(path, max_bytes).map_err(|e| ArticleError::at(path, e))?;
+    parse_bytes(id, &bytes, tz).map_err(|e| ArticleError::at(path, e))
+}
+
+/// Reads a file, refusing one over `max_bytes`.
+pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(LineError::new(
+            1,
+            format!(
+                "the file is larger than the {} limit (store.max_bytes); \
+                 an article is text only: leave images and attachments out",
+                human_size(max_bytes)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Bodies of articles, shared by publishing and mail: a feed render and a fan-out of alerts
+/// read each file once. Publishing keeps it to what the feeds list ([`ArticleCache::retain`]);
+/// above [`ARTICLE_CACHE_MAX`] the least recently used go first.
+#[derive(Debug, Default)]
+pub struct ArticleCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    /// Body by id, with the stamp it was read at and when it was last used.
+    bodies: HashMap<String, (Stamp, Arc<Article>, u64)>,
+    /// A counter that orders uses.
+    uses: u64,
+}
+
+/// Bodies kept at most, whatever the feeds list (a flood of new articles must not pile up).
+pub const ARTICLE_CACHE_MAX: usize = 4096;
+
+impl ArticleCache {
+    /// The body of `id` if it was read at `stamp`.
+    pub fn get(&self, id: &str, stamp: Stamp) -> Option<Arc<Article>> {
+        let mut inner = self.inner.lock().expect("article cache");
+        inner.uses += 1;
+        let uses = inner.uses;
+        match inner.bodies.get_mut(id) {
+            Some((s, a, used)) if *s == stamp => {
+                *used = uses;
+                Some(a.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// The body of `id` as last read, whatever its stamp.
+    pub fn get_any(&self, id: &str) -> Option<Arc<Article>> {
+        let mut inner = self.inner.lock().expect("article cache");
+        inner.uses += 1;
+        let uses = inner.uses;
+        inner.bodies.get_mut(id).map(|(_, a, used)| {
+            *used = uses;
+            a.clone()
+        })
+    }
+
+    pub fn insert(&self, stamp: Stamp, article: Arc<Article>) {
+        let mut inner = self.inner.lock().expect("article cache");
+        inner.uses += 1;
+        let uses = inner.uses;
+        inner
+            .bodies
+            .insert(article.id.clone(), (stamp, article, uses));
+        if inner.bodies.len() > ARTICLE_CACHE_MAX {
+            // Drop the least recently used quarter at once, so this runs rarely.
+            let mut used: Vec<u64> = inner.bodies.values().map(|(_, _, u)| *u).collect();
+            let cut = used.len() / 4;
+            let (_, nth, _) = used.select_nth_unstable(cut);
+            let nth = *nth;
+            inner.bodies.retain(|_, (_, _, u)| *u > nth);
+        }
+    }
+
+    /// Forgets a body (the file changed or went).
+    pub fn remove(&self, id: &str) {
+        self.inner.lock().expect("article cache").bodies.remove(id);
+    }
+
+    /// Keeps only the bodies of `keep`.
+    pub fn retain(&self, keep: &HashSet<&str>) {
+        self.inner
+            .lock()
+            .expect("article cache")
+            .bodies
+            .retain(|id, _| keep.contains(id.as_str()));
+    }
+
+    pub fn clear(&self) {
+        self.inner.lock().expect("article cache").bodies.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("article cache").bodies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -1,7 +1,5 @@
 //! The web pages: templates from `templates/`, and the contexts the pages are rendered with.
 
-use std::path::Path;
-
 use chrono::{DateTime, FixedOffset};
 use minijinja::{Environment, context};
 use serde::Serialize;
@@ -54,21 +52,22 @@ pub fn current(shared: &SharedTemplates) -> std::sync::Arc<Templates> {
 }
 
 /// The compiled templates.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Templates {
     env: Environment<'static>,
 }
 
 impl Templates {
-    /// Loads every template of [`TEMPLATE_NAMES`] from `dir`.
-    pub fn load(dir: &Path) -> Result<Templates, Vec<TemplateError>> {
+    /// Compiles templates from their sources: (name, path shown in errors, text or the error
+    /// reading it). Every name of [`TEMPLATE_NAMES`] must come.
+    pub fn compile(
+        sources: impl IntoIterator<Item = (&'static str, String, std::io::Result<String>)>,
+    ) -> Result<Templates, Vec<TemplateError>> {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
         let mut errors = Vec::new();
-        for name in TEMPLATE_NAMES {
-            let path = dir.join(name);
-            let shown = path.display().to_string();
-            match std::fs::read_to_string(&path) {
+        for (name, shown, source) in sources {
+            match source {
                 Err(source) => errors.push(TemplateError::Read {
                     path: shown,
                     source,

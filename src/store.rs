@@ -22,6 +22,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub use crate::subscriber::{Schedule, SubState, Subscriber};
+
 /// The schema this program writes.
 pub const SCHEMA: u32 = 1;
 /// The version byte in front of every value.
@@ -45,98 +47,6 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("state database: unreadable record under '{key}': {message}")]
     Corrupt { key: String, message: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Immediate,
-    Daily,
-    Weekly,
-}
-
-impl Schedule {
-    pub const ALL: [Schedule; 3] = [Schedule::Immediate, Schedule::Daily, Schedule::Weekly];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Schedule::Immediate => "immediate",
-            Schedule::Daily => "daily",
-            Schedule::Weekly => "weekly",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Schedule> {
-        Schedule::ALL.into_iter().find(|x| x.as_str() == s.trim())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum SubState {
-    Pending,
-    Active,
-    Unsubscribed,
-    Bounced,
-}
-
-impl SubState {
-    pub const ALL: [SubState; 4] = [
-        SubState::Pending,
-        SubState::Active,
-        SubState::Unsubscribed,
-        SubState::Bounced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SubState::Pending => "pending",
-            SubState::Active => "active",
-            SubState::Unsubscribed => "unsubscribed",
-            SubState::Bounced => "bounced",
-        }
-    }
-}
-
-/// A subscriber. Times are unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subscriber {
-    pub email: String,
-    pub schedule: Schedule,
-    /// Categories followed; empty means every category.
-    pub categories: Vec<String>,
-    pub state: SubState,
-    pub created: i64,
-    pub updated: i64,
-    pub confirmed: Option<i64>,
-    /// When the last confirmation mail was queued (at most one a day).
-    pub confirm_sent: Option<i64>,
-    /// Articles that appeared up to this time (unix milliseconds) were covered by a digest.
-    pub digest_until: Option<i64>,
-    /// Why the address bounced.
-    pub bounce: Option<String>,
-}
-
-impl Subscriber {
-    /// A new subscriber waiting for confirmation; `now` in unix seconds.
-    pub fn new(email: &str, schedule: Schedule, categories: Vec<String>, now: i64) -> Subscriber {
-        Subscriber {
-            email: email.to_owned(),
-            schedule,
-            categories,
-            state: SubState::Pending,
-            created: now,
-            updated: now,
-            confirmed: None,
-            confirm_sent: None,
-            digest_until: None,
-            bounce: None,
-        }
-    }
-
-    pub fn follows(&self, category: &str) -> bool {
-        self.categories.is_empty() || self.categories.iter().any(|c| c == category)
-    }
 }
 
 /// What the mail side knows of an article.
@@ -305,6 +215,12 @@ pub struct Store {
     queue: sled::Tree,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store(..)")
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`, checking its schema.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -360,16 +276,45 @@ impl Store {
 
     // --- meta
 
-    pub fn meta_i64(&self, key: &str) -> Result<Option<i64>, StoreError> {
+    fn meta_i64(&self, key: &str) -> Result<Option<i64>, StoreError> {
         Ok(self
             .meta
             .get(key)?
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
     }
 
-    pub fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
+    fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.meta.insert(key, value.to_string().as_bytes())?;
         Ok(())
+    }
+
+    /// When the mail side first started (unix seconds): the store's articles then were the
+    /// baseline, mailed to nobody. `None` before the first start.
+    pub fn baseline(&self) -> Result<Option<i64>, StoreError> {
+        self.meta_i64("baseline")
+    }
+
+    pub fn set_baseline(&self, at: i64) -> Result<(), StoreError> {
+        self.set_meta_i64("baseline", at)
+    }
+
+    /// The tick (unix seconds) of the last digest run of `schedule`.
+    pub fn last_digest(&self, schedule: Schedule) -> Result<Option<i64>, StoreError> {
+        self.meta_i64(&format!("digest\0{}", schedule.as_str()))
+    }
+
+    pub fn set_last_digest(&self, schedule: Schedule, tick: i64) -> Result<(), StoreError> {
+        self.set_meta_i64(&format!("digest\0{}", schedule.as_str()), tick)
+    }
+
+    /// When digests of `schedule` were first scheduled (unix seconds): the first tick after
+    /// it is the first digest.
+    pub fn digest_start(&self, schedule: Schedule) -> Result<Option<i64>, StoreError> {
+        self.meta_i64(&format!("digest-start\0{}", schedule.as_str()))
+    }
+
+    pub fn set_digest_start(&self, schedule: Schedule, at: i64) -> Result<(), StoreError> {
+        self.set_meta_i64(&format!("digest-start\0{}", schedule.as_str()), at)
     }
 
     // --- subscribers
@@ -541,12 +486,12 @@ impl Store {
         Ok(repaired)
     }
 
-    /// Deliveries whose key starts with `prefix`.
-    pub fn deliveries_with_prefix(
+    /// The alerts of one article, to anyone, in any state.
+    pub fn alerts_of(
         &self,
-        prefix: &str,
+        article: &str,
     ) -> impl Iterator<Item = Result<(String, Delivery), StoreError>> + '_ {
-        self.outbox.scan_prefix(prefix).map(|r| {
+        self.outbox.scan_prefix(format!("a\0{article}\0")).map(|r| {
             let (k, v) = r?;
             Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
         })

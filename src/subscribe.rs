@@ -6,19 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::feed::SiteInfo;
+use crate::mail::{Links, MailError, Outbox, normalize_email};
+use crate::site::Pages;
+use crate::subscriber::{Schedule, SubState, Subscriber};
+use crate::token::Purpose;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
-
-use crate::feed::SiteInfo;
-use crate::mail::{Mailer, normalize_email};
-use crate::site::Pages;
-use crate::store::{Schedule, SubState, Subscriber};
-use crate::token::Purpose;
 
 /// The window of the per-address rate limit.
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
@@ -32,7 +30,10 @@ const MAX_CATEGORIES: usize = 50;
 pub struct Peer(pub SocketAddr);
 
 pub struct SubscribeState {
-    pub mailer: Arc<Mailer>,
+    /// Subscribers are kept there, confirmations queued.
+    pub outbox: Outbox,
+    /// Verifies the tokens of confirm and unsubscribe links.
+    pub links: Links,
     pub templates: crate::site::SharedTemplates,
     pub site: SiteInfo,
     per_hour: u32,
@@ -41,13 +42,15 @@ pub struct SubscribeState {
 
 impl SubscribeState {
     pub fn new(
-        mailer: Arc<Mailer>,
+        outbox: Outbox,
+        links: Links,
         templates: crate::site::SharedTemplates,
         site: SiteInfo,
         per_hour: u32,
     ) -> Self {
         SubscribeState {
-            mailer,
+            outbox,
+            links,
             templates,
             site,
             per_hour: per_hour.max(1),
@@ -164,13 +167,16 @@ async fn subscribe(
     categories.sort();
     categories.dedup();
     categories.truncate(MAX_CATEGORIES);
-    let mailer = state.mailer.clone();
+    let outbox = state.outbox.clone();
     let result = tokio::task::spawn_blocking(move || {
-        request_subscription(&mailer, &email, schedule, categories)
+        request_subscription(&outbox, &email, schedule, categories)
     })
     .await;
-    match result.map_err(|e| e.to_string()).and_then(|r| r) {
-        Ok(true) => state.mailer.wake.notify_one(),
+    match result
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(true) => state.outbox.wake.notify_one(),
         Ok(false) => {}
         Err(e) => {
             tracing::error!("subscribe: {e}");
@@ -195,14 +201,14 @@ async fn subscribe(
 /// Records a subscription request; returns whether a confirmation mail was queued. A
 /// confirmed subscriber stays as it is; at most one confirmation mail per address per day.
 pub fn request_subscription(
-    mailer: &Mailer,
+    outbox: &Outbox,
     email: &str,
     schedule: Schedule,
     categories: Vec<String>,
-) -> Result<bool, String> {
-    let store = &mailer.store;
-    let now = Utc::now().timestamp();
-    let existing = store.subscriber(email).map_err(|e| e.to_string())?;
+) -> Result<bool, MailError> {
+    let store = &outbox.store;
+    let now = outbox.clock.now_s();
+    let existing = store.subscriber(email)?;
     let mut sub = match existing {
         Some(s) if s.state == SubState::Active => return Ok(false),
         Some(mut s) => {
@@ -214,9 +220,9 @@ pub fn request_subscription(
         }
         None => Subscriber::new(email, schedule, categories, now),
     };
-    store.put_subscriber(&sub).map_err(|e| e.to_string())?;
+    store.put_subscriber(&sub)?;
     let queued = crate::mail::queue_confirmation(store, &mut sub, now)?;
-    store.flush().map_err(|e| e.to_string())?;
+    store.flush()?;
     Ok(queued)
 }
 
@@ -232,25 +238,25 @@ async fn confirm(
     let Some(email) = q
         .token
         .as_deref()
-        .and_then(|t| state.mailer.signer.verify(Purpose::Confirm, t))
+        .and_then(|t| state.links.verify(Purpose::Confirm, t))
     else {
         return invalid_link(&state);
     };
-    let mailer = state.mailer.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-        let store = &mailer.store;
-        let Some(mut sub) = store.subscriber(&email).map_err(|e| e.to_string())? else {
+    let outbox = state.outbox.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<bool, MailError> {
+        let store = &outbox.store;
+        let Some(mut sub) = store.subscriber(&email)? else {
             return Ok(false);
         };
         if sub.state != SubState::Active {
-            let now = Utc::now().timestamp();
+            let now = outbox.clock.now();
             sub.state = SubState::Active;
-            sub.confirmed = Some(now);
-            sub.digest_until = Some(Utc::now().timestamp_millis());
+            sub.confirmed = Some(now.timestamp());
+            sub.digest_until = Some(now.timestamp_millis());
             sub.bounce = None;
-            sub.updated = now;
-            store.put_subscriber(&sub).map_err(|e| e.to_string())?;
-            store.flush().map_err(|e| e.to_string())?;
+            sub.updated = now.timestamp();
+            store.put_subscriber(&sub)?;
+            store.flush()?;
             tracing::info!(email, "subscription confirmed");
         }
         Ok(true)
@@ -282,13 +288,10 @@ async fn unsubscribe_page(
     State(state): State<Arc<SubscribeState>>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let Some(token) = q.token.filter(|t| {
-        state
-            .mailer
-            .signer
-            .verify(Purpose::Unsubscribe, t)
-            .is_some()
-    }) else {
+    let Some(token) = q
+        .token
+        .filter(|t| state.links.verify(Purpose::Unsubscribe, t).is_some())
+    else {
         return invalid_link(&state);
     };
     let action = format!("{}/unsubscribe", state.site.base_url);
@@ -312,20 +315,19 @@ async fn unsubscribe(
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
-    let Some(email) = token.and_then(|t| state.mailer.signer.verify(Purpose::Unsubscribe, &t))
-    else {
+    let Some(email) = token.and_then(|t| state.links.verify(Purpose::Unsubscribe, &t)) else {
         return invalid_link(&state);
     };
-    let mailer = state.mailer.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let store = &mailer.store;
-        if let Some(mut sub) = store.subscriber(&email).map_err(|e| e.to_string())?
+    let outbox = state.outbox.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(), MailError> {
+        let store = &outbox.store;
+        if let Some(mut sub) = store.subscriber(&email)?
             && sub.state != SubState::Unsubscribed
         {
             sub.state = SubState::Unsubscribed;
-            sub.updated = Utc::now().timestamp();
-            store.put_subscriber(&sub).map_err(|e| e.to_string())?;
-            store.flush().map_err(|e| e.to_string())?;
+            sub.updated = outbox.clock.now_s();
+            store.put_subscriber(&sub)?;
+            store.flush()?;
             tracing::info!(email, "unsubscribed");
         }
         Ok(())

@@ -1,0 +1,646 @@
+//! The engine: owns the library, turns file events and the clock into republishing.
+//!
+//! It runs on its own thread. It takes file events (debounced), rescans the store
+//! periodically, publishes scheduled articles when they come due, and republishes only what a
+//! change touches ([`crate::plan::republish`]): the pages, the feeds of the categories
+//! touched, the index. It tells the mail side what became visible or went, and pings the
+//! systemd watchdog while it is healthy.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use chrono::{DateTime, FixedOffset};
+use sd_notify::NotifyState;
+
+use super::notify;
+use crate::article::Article;
+use crate::clock::Clock;
+use crate::http::{AppState, Served, Snapshot};
+use crate::library::{Change, Entry, Library};
+use crate::metrics::Metrics;
+use crate::publish::{FORMATS, Publisher, RenderedFeed};
+use crate::watch::{Debouncer, StoreWatch};
+
+/// The engine wakes at least this often, to ping the watchdog and notice a stop.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// File events taken in one turn of the engine loop before it does the work they ask for.
+const MAX_EVENTS_PER_TURN: usize = 10_000;
+
+/// Messages to the engine thread.
+pub enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Reload(Box<Publisher>),
+    /// The clock was moved (a test's manual clock): look at what came due.
+    Tick,
+    Stop,
+}
+
+/// What the engine tells the mail side.
+pub enum MailEvent {
+    /// Articles that became visible (new, edited, or come due).
+    Published(Vec<Arc<Entry>>),
+    /// Articles deleted or moved back into the future.
+    Removed(Vec<String>),
+    /// Every visible article, after a full rebuild (reload).
+    Resync(Vec<Arc<Entry>>),
+}
+
+pub fn system_time(t: DateTime<FixedOffset>) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+}
+
+/// The engine: owns the library and republishes what changes.
+pub struct Engine {
+    pub publisher: Arc<Publisher>,
+    pub library: Library,
+    clock: Clock,
+    metrics: Metrics,
+    /// Files of the store that are broken, by path relative to the store, with the stamp they
+    /// were read at (an unchanged broken file is not read and logged again at every rescan).
+    pub errors: HashMap<String, crate::library::Stamp>,
+    app: Arc<AppState>,
+    /// Articles published up to this time; later ones are scheduled.
+    pub horizon: DateTime<FixedOffset>,
+    /// Last-Modified of each feed file, never going back.
+    feed_times: HashMap<String, SystemTime>,
+    /// The articles each feed lists: the bodies worth keeping in memory.
+    feed_ids: HashMap<String, Vec<String>>,
+    index_time: SystemTime,
+    watch: Option<StoreWatch>,
+    /// Identity (device, inode) of the watched store folder, to notice it replaced.
+    watched_root: Option<(u64, u64)>,
+    tx: Sender<Msg>,
+    /// Tells the mail side what was published or removed.
+    mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
+    rescan_every: Duration,
+    next_rescan: Instant,
+    watchdog: Option<(Duration, Instant)>,
+}
+
+impl Engine {
+    /// Reads the whole store, publishes it, and starts watching.
+    pub fn start(
+        publisher: Arc<Publisher>,
+        app: Arc<AppState>,
+        clock: Clock,
+        metrics: Metrics,
+        tx: Sender<Msg>,
+        mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
+    ) -> anyhow::Result<Engine> {
+        let mut engine = Engine {
+            publisher,
+            library: Library::default(),
+            horizon: clock.now_fixed(),
+            clock,
+            metrics,
+            errors: HashMap::new(),
+            app,
+            feed_times: HashMap::new(),
+            feed_ids: HashMap::new(),
+            index_time: SystemTime::UNIX_EPOCH,
+            watch: None,
+            watched_root: None,
+            tx,
+            mail,
+            rescan_every: Duration::from_secs(60),
+            next_rescan: Instant::now(),
+            watchdog: sd_notify::watchdog_enabled().map(|d| (d / 2, Instant::now())),
+        };
+        engine.full_build()?;
+        engine.start_watch();
+        Ok(engine)
+    }
+
+    /// Publishes everything from a fresh walk (start and reload).
+    fn full_build(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let root = &self.publisher.reader.root;
+        let files = self
+            .publisher
+            .reader
+            .walk()
+            .with_context(|| format!("cannot read store.dir '{}'", root.display()))?;
+        let now = self.clock.now_fixed();
+        let built = self
+            .publisher
+            .build_from(files, now, &AtomicUsize::new(0))
+            .with_context(|| {
+                format!(
+                    "cannot write to output.dir '{}'",
+                    self.publisher.out.display()
+                )
+            })?;
+        for e in &built.report.errors {
+            tracing::warn!("{e}");
+        }
+        for e in &built.report.write_errors {
+            tracing::error!("{e}");
+        }
+        let root = self
+            .publisher
+            .reader
+            .root
+            .canonicalize()
+            .unwrap_or_default();
+        self.errors = built
+            .report
+            .errors
+            .iter()
+            .map(|e| {
+                let stamp = std::fs::metadata(&e.path)
+                    .map(|m| crate::scan::stamp_of(&m))
+                    .unwrap_or_default();
+                let rel = e.path.strip_prefix(&root).unwrap_or(&e.path);
+                (crate::scan::rel_string(rel), stamp)
+            })
+            .collect();
+        self.library = built.library;
+        self.horizon = now;
+        let mut snapshot = Snapshot::default();
+        self.feed_ids.clear();
+        for feed in &built.feeds {
+            let time = feed
+                .last_modified
+                .map_or(SystemTime::UNIX_EPOCH, system_time);
+            self.insert_feed(&mut snapshot, feed, time);
+            self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
+        }
+        self.index_time = self
+            .library
+            .visible(now)
+            .next()
+            .map_or(SystemTime::UNIX_EPOCH, |e| system_time(e.updated));
+        snapshot.index = Some(Arc::new(Served::index(
+            built.index.into_bytes(),
+            self.index_time,
+        )));
+        self.app.replace(snapshot);
+        self.update_metrics();
+        self.metrics.rebuild(started.elapsed(), built.feeds.len());
+        self.rescan_every = self.rescan_interval();
+        self.next_rescan = Instant::now() + self.rescan_every;
+        Ok(())
+    }
+
+    fn rescan_interval(&self) -> Duration {
+        // The interval lives in the configuration the publisher was made from.
+        Duration::from_secs(self.publisher.rescan_secs.max(1))
+    }
+
+    fn insert_feed(&mut self, snapshot: &mut Snapshot, feed: &RenderedFeed, time: SystemTime) {
+        for ((ext, media), body) in FORMATS.iter().zip(&feed.bodies) {
+            let file = format!("{}.{ext}", feed.name);
+            let time = match self.feed_times.get(&file) {
+                Some(old) if *old > time => *old,
+                _ => time,
+            };
+            self.feed_times.insert(file.clone(), time);
+            snapshot.feeds.insert(
+                file,
+                Arc::new(Served::feed(body.clone().into_bytes(), media, time)),
+            );
+        }
+    }
+
+    fn start_watch(&mut self) {
+        let root = self.publisher.reader.root.clone();
+        let tx = self.tx.clone();
+        match StoreWatch::start(&root, move |event| {
+            let _ = tx.send(Msg::Fs(event));
+        }) {
+            Ok(watch) => {
+                self.watch = Some(watch);
+                self.watched_root = dir_identity(&root);
+            }
+            Err(e) => {
+                self.watch = None;
+                self.watched_root = None;
+                tracing::error!(
+                    "cannot watch '{}': {e}; changes are seen at the next rescan",
+                    root.display()
+                );
+            }
+        }
+    }
+
+    pub fn status(&self) -> String {
+        format!(
+            "{} articles ({} scheduled, {} broken), {} feeds",
+            self.library.len(),
+            self.library.scheduled(self.horizon),
+            self.errors.len(),
+            self.publisher.feeds.len()
+        )
+    }
+
+    fn update_metrics(&self) {
+        let m = &self.metrics;
+        m.articles.set(self.library.len() as i64);
+        m.articles_scheduled
+            .set(self.library.scheduled(self.horizon) as i64);
+        m.article_errors.set(self.errors.len() as i64);
+    }
+
+    /// The main loop: events, due articles, rescans, the watchdog, until told to stop.
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        let mut debouncer = Debouncer::default();
+        loop {
+            let wake = [
+                debouncer.deadline(),
+                self.library.next_due(self.horizon).map(|t| {
+                    Instant::now() + (t - self.clock.now_fixed()).to_std().unwrap_or_default()
+                }),
+                Some(self.next_rescan),
+                self.watchdog.map(|(_, at)| at),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + MAX_SLEEP);
+            let timeout = wake
+                .saturating_duration_since(Instant::now())
+                .min(MAX_SLEEP);
+            let mut next = rx.recv_timeout(timeout).map_err(Some);
+            let mut stop = false;
+            // Take the events already queued (a bounded number: a flood of events must not
+            // starve the work below, nor the watchdog) before handling any.
+            let mut taken = 0;
+            loop {
+                match next {
+                    Ok(Msg::Fs(Ok(event))) => {
+                        for signal in crate::watch::classify(&event) {
+                            debouncer.push(signal, Instant::now());
+                        }
+                    }
+                    Ok(Msg::Fs(Err(e))) => {
+                        tracing::warn!("file watch error: {e}; rescanning");
+                        debouncer.push(crate::watch::Signal::Rescan, Instant::now());
+                    }
+                    Ok(Msg::Reload(publisher)) => self.reload(*publisher),
+                    Ok(Msg::Tick) => {}
+                    Ok(Msg::Stop) | Err(Some(RecvTimeoutError::Disconnected)) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+                taken += 1;
+                if taken == MAX_EVENTS_PER_TURN {
+                    break; // the rest waits for the next turn
+                }
+                next = rx.try_recv().map_err(|e| match e {
+                    std::sync::mpsc::TryRecvError::Empty => None,
+                    std::sync::mpsc::TryRecvError::Disconnected => {
+                        Some(RecvTimeoutError::Disconnected)
+                    }
+                });
+            }
+            if stop {
+                break;
+            }
+            let (paths, rescan) = debouncer.take_ready(Instant::now());
+            if rescan || Instant::now() >= self.next_rescan {
+                self.rescan();
+            } else if !paths.is_empty() {
+                self.handle_paths(paths);
+            }
+            if self
+                .library
+                .next_due(self.horizon)
+                .is_some_and(|t| t <= self.clock.now_fixed())
+            {
+                self.publish_changes(Vec::new(), Instant::now());
+            }
+            self.ping_watchdog();
+        }
+    }
+
+    fn ping_watchdog(&mut self) {
+        let Some((every, at)) = self.watchdog else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        // Healthy: the store can be read and the engine is turning.
+        if std::fs::read_dir(&self.publisher.reader.root).is_ok() {
+            notify(&[NotifyState::Watchdog]);
+        } else {
+            tracing::warn!("store unreadable; withholding the watchdog ping");
+        }
+        self.watchdog = Some((every, Instant::now() + every));
+    }
+
+    fn reload(&mut self, mut publisher: Publisher) {
+        // One article cache for the daemon's whole life: the mail side holds it too.
+        publisher.articles = self.publisher.articles.clone();
+        if publisher.reader.root != self.publisher.reader.root {
+            publisher.articles.clear();
+        }
+        let old = std::mem::replace(&mut self.publisher, Arc::new(publisher));
+        match self.full_build() {
+            Ok(()) => {
+                if old.reader.root != self.publisher.reader.root {
+                    self.start_watch();
+                }
+                tracing::info!(
+                    feeds = self.publisher.feeds.len(),
+                    articles = self.library.len(),
+                    "reloaded"
+                );
+                let visible = self.library.visible(self.horizon).cloned().collect();
+                let _ = self.mail.send(MailEvent::Resync(visible));
+            }
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                self.publisher = old;
+            }
+        }
+        notify(&[NotifyState::Status(&self.status())]);
+    }
+
+    /// Looks again at paths that events named.
+    fn handle_paths(&mut self, paths: Vec<PathBuf>) {
+        let seen = Instant::now();
+        let root = self.publisher.reader.root.clone();
+        let canonical_root = root.canonicalize().unwrap_or_else(|_| root.clone());
+        let mut changes = Vec::new();
+        for path in paths {
+            if path == root || path == canonical_root {
+                // The store folder itself was replaced, removed or renamed.
+                return self.rescan();
+            }
+            let Some(rel) = path
+                .strip_prefix(&canonical_root)
+                .or_else(|_| path.strip_prefix(&root))
+                .ok()
+                .map(Path::to_path_buf)
+            else {
+                continue; // another entry of the store's parent folder
+            };
+            if path.is_dir() {
+                return self.rescan();
+            }
+            let Some(id) = crate::article::id_for(&rel) else {
+                if !self
+                    .library
+                    .ids_under(&crate::scan::rel_string(&rel))
+                    .is_empty()
+                {
+                    return self.rescan(); // a folder of articles went
+                }
+                continue;
+            };
+            let file = crate::scan::rel_string(&rel);
+            match self.publisher.reader.found_at(&path) {
+                None => {
+                    self.errors.remove(&file);
+                    if let Some(change) = self.library.remove(&id) {
+                        tracing::info!(id, "article removed");
+                        changes.push(change);
+                    }
+                }
+                Some(found) => {
+                    if self
+                        .library
+                        .get(&id)
+                        .is_some_and(|e| e.stamp == found.stamp)
+                    {
+                        continue;
+                    }
+                    self.read_one(&found, &mut changes);
+                }
+            }
+        }
+        self.publish_changes(changes, seen);
+    }
+
+    fn read_one(&mut self, found: &crate::scan::Found, changes: &mut Vec<Change>) {
+        let key = found.file.clone();
+        match self.publisher.reader.read(found) {
+            Ok(article) => {
+                if self.errors.remove(&key).is_some() {
+                    tracing::info!(file = found.file, "article fixed");
+                }
+                let entry = self.publisher.reader.entry(found, &article);
+                let article = Arc::new(article);
+                self.publisher.remember(found.stamp, article.clone());
+                if let Some(change) = self.library.upsert(entry) {
+                    match &change {
+                        Change::Added(_) => tracing::info!(id = found.id, "article added"),
+                        _ => tracing::info!(id = found.id, "article updated"),
+                    }
+                    changes.push(change);
+                }
+            }
+            Err(e) => {
+                // The last good version, if any, stays published.
+                tracing::warn!("{e}");
+                self.errors.insert(key, found.stamp);
+                self.update_metrics();
+            }
+        }
+    }
+
+    /// Walks the whole store again and applies what differs.
+    fn rescan(&mut self) {
+        let seen = Instant::now();
+        self.next_rescan = seen + self.rescan_every;
+        self.metrics.rescans.inc();
+        let root = self.publisher.reader.root.clone();
+        if dir_identity(&root) != self.watched_root {
+            tracing::info!(store = %root.display(), "the store folder was replaced; watching it again");
+            self.start_watch();
+        }
+        let files = match self.publisher.reader.walk() {
+            Ok(files) => files,
+            Err(e) => {
+                // Keep everything published: the folder may be in the middle of a swap.
+                tracing::warn!(
+                    "cannot read store.dir '{}': {e}; keeping what is published",
+                    root.display()
+                );
+                return;
+            }
+        };
+        let mut changes = Vec::new();
+        let present: HashSet<&str> = files.iter().map(|f| f.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .library
+            .iter()
+            .filter(|e| !present.contains(e.id.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(change) = self.library.remove(&id) {
+                tracing::info!(id, "article removed");
+                changes.push(change);
+            }
+        }
+        let live: HashSet<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        self.errors.retain(|file, _| live.contains(file.as_str()));
+        for found in &files {
+            let unchanged = self
+                .library
+                .get(&found.id)
+                .is_some_and(|e| e.stamp == found.stamp)
+                || self.errors.get(&found.file) == Some(&found.stamp);
+            if !unchanged {
+                self.read_one(found, &mut changes);
+            }
+        }
+        self.publish_changes(changes, seen);
+    }
+
+    /// Republishes what `changes` touch, and articles that came due.
+    fn publish_changes(&mut self, changes: Vec<Change>, seen: Instant) {
+        let now = self.clock.now_fixed();
+        let plan = crate::plan::republish(&changes, &self.library, self.horizon, now);
+        self.horizon = self.horizon.max(now);
+        for id in &plan.forget {
+            self.publisher.forget(id);
+        }
+        for id in &plan.due {
+            tracing::info!(id, "scheduled article published");
+        }
+        if plan.is_empty() {
+            self.update_metrics();
+            return;
+        }
+        let (rendered, index) = self.publish_memory(&plan, now);
+        self.write_files(&plan, &rendered, index.as_deref());
+        // The mail side decides what is news (an edit is not) and cancels what went.
+        if !plan.pages.is_empty() {
+            let _ = self.mail.send(MailEvent::Published(plan.pages.clone()));
+        }
+        if !plan.gone.is_empty() {
+            let _ = self.mail.send(MailEvent::Removed(plan.gone.clone()));
+        }
+        self.update_metrics();
+        self.metrics.rebuild(seen.elapsed(), rendered.len());
+        tracing::debug!(
+            feeds = rendered.len(),
+            pages = plan.pages.len(),
+            "republished in {:.2?}",
+            seen.elapsed()
+        );
+        notify(&[NotifyState::Status(&self.status())]);
+    }
+
+    /// Renders the feeds `plan` touches and the index into the served snapshot: readers see
+    /// the change at once. Returns the rendered feeds and index, for the files.
+    fn publish_memory(
+        &mut self,
+        plan: &crate::plan::Republish,
+        now: DateTime<FixedOffset>,
+    ) -> (Vec<RenderedFeed>, Option<String>) {
+        let defs: Vec<_> = self
+            .publisher
+            .feeds
+            .iter()
+            .filter(|d| plan.touched.iter().any(|c| d.includes(c)))
+            .cloned()
+            .collect();
+        let rendered = self.publisher.render_feeds(&defs, &self.library, now);
+        let mut snapshot = (*self.app.snapshot()).clone();
+        let wall = system_time(self.clock.now_fixed());
+        for feed in &rendered {
+            let time = feed
+                .last_modified
+                .map_or(wall, |t| system_time(t).max(wall));
+            self.insert_feed(&mut snapshot, feed, time);
+        }
+        let index = match self.publisher.render_index(&self.library, now) {
+            Ok(html) => {
+                self.index_time = self.index_time.max(wall);
+                snapshot.index = Some(Arc::new(Served::index(
+                    html.clone().into_bytes(),
+                    self.index_time,
+                )));
+                Some(html)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        };
+        self.app.replace(snapshot);
+        (rendered, index)
+    }
+
+    /// Writes what `plan` changed to `output.dir`: pages, feeds, the index.
+    fn write_files(
+        &mut self,
+        plan: &crate::plan::Republish,
+        rendered: &[RenderedFeed],
+        index: Option<&str>,
+    ) {
+        for id in &plan.gone {
+            if let Err(e) = self.publisher.remove_page(id) {
+                tracing::error!(id, "cannot remove the page: {e}");
+            }
+        }
+        for entry in &plan.pages {
+            if let Some(article) = self.read_body(entry)
+                && let Err(e) = self.publisher.write_page(&article)
+            {
+                tracing::error!("{e}");
+            }
+        }
+        for feed in rendered {
+            if let Err(e) = self.publisher.write_feed(feed) {
+                tracing::error!(feed = feed.name, "cannot write the feed: {e}");
+            }
+            self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
+        }
+        // Keep in memory only the bodies the feeds list (a flood of new articles must not
+        // pile up there).
+        let listed: HashSet<&str> = self
+            .feed_ids
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        self.publisher.trim_cache(&listed);
+        if let Some(html) = index
+            && let Err(e) = self.publisher.write_index(html)
+        {
+            tracing::error!("cannot write index.html: {e}");
+        }
+    }
+
+    /// The body of `entry`: from the shared cache, else read again.
+    fn read_body(&self, entry: &Entry) -> Option<Arc<Article>> {
+        if let Some(a) = self.publisher.articles.get(&entry.id, entry.stamp) {
+            return Some(a);
+        }
+        let found = crate::scan::Found {
+            file: entry.file.clone(),
+            path: self.publisher.reader.root.join(&entry.file),
+            id: entry.id.clone(),
+            stamp: entry.stamp,
+        };
+        match self.publisher.reader.read(&found) {
+            Ok(a) => {
+                let a = Arc::new(a);
+                self.publisher.remember(entry.stamp, a.clone());
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+}
+
+/// (device, inode) of a folder.
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}

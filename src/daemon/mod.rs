@@ -1,0 +1,250 @@
+//! `bantin run`: the daemon. It wires the parts together and owns shutdown and systemd
+//! notification.
+//!
+//! - [`engine`]: the engine thread owns the library and republishes what a change touches.
+//! - [`tasks`]: the background tasks: mail events, digests, pruning, the admin socket,
+//!   reloads.
+//! - The HTTP server serves feeds and the index from memory (a snapshot the engine replaces)
+//!   and pages from `output.dir`.
+//! - Signals: SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads the configuration,
+//!   feed definitions and templates (a broken reload keeps the running ones).
+
+pub mod engine;
+pub mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::http::{AppState, Limits};
+use crate::library::Entry;
+use crate::mail::Mail;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::store::Store;
+use engine::{Engine, MailEvent, Msg};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bantin")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let reload = Arc::new(tokio::sync::Notify::new());
+        spawn_signal_handler(stop_tx, reload.clone())?;
+        run_until(config, reload, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    })
+}
+
+fn spawn_signal_handler(
+    stop: tokio::sync::oneshot::Sender<()>,
+    reload: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); reload.notify_one(); }
+            }
+        }
+        let _ = stop.send(());
+    });
+    Ok(())
+}
+
+/// Runs the daemon on `http.listen` with the system clock until `shutdown` completes;
+/// `reload` asks for a configuration reload.
+pub async fn run_until(
+    config: Config,
+    reload: Arc<tokio::sync::Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    serve(config, listener, Clock::system(), reload, shutdown).await
+}
+
+/// Runs the daemon on `listener`, reading the time from `clock`, until `shutdown`
+/// completes. Shutdown order: stop accepting, drain HTTP, stop the engine, let the mails in
+/// flight finish (with a deadline), flush the state, `STOPPING=1`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    clock: Clock,
+    reload: Arc<tokio::sync::Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let publisher = Publisher::from_config(&config).map_err(|problems| {
+        anyhow::anyhow!(
+            "cannot start: fix these and run 'bantin check':\n{}",
+            problems.join("\n")
+        )
+    })?;
+    if crate::publish::is_inside(&config.output.dir, &config.store.dir) {
+        anyhow::bail!(
+            "output.dir '{}' is inside store.dir '{}': choose a folder outside the store",
+            config.output.dir.display(),
+            config.store.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&config.output.dir)
+        .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
+    let store = Store::open(&config.state.dir)
+        .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
+    let addr = listener.local_addr().context("no local address")?;
+
+    // The mail side and the subscription pages share the publisher's templates (a reload
+    // swaps them for all) and its article cache.
+    let templates: crate::site::SharedTemplates =
+        Arc::new(std::sync::RwLock::new(publisher.templates.clone()));
+    let mail = Mail::setup(
+        &config,
+        store.clone(),
+        templates.clone(),
+        publisher.articles.clone(),
+        clock.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up mail: {e}"))?;
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    mail.metrics.register(&mut registry, store.clone());
+    let app = Arc::new(AppState::new(
+        config.output.dir.join("articles"),
+        metrics.clone(),
+        Arc::new(registry),
+    ));
+
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let (mail_tx, mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
+    let started = Instant::now();
+    let engine = {
+        let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
+        let publisher = Arc::new(publisher);
+        tokio::task::spawn_blocking(move || {
+            Engine::start(publisher, app, clock, metrics, tx, mail_tx)
+        })
+        .await
+        .context("the engine panicked while starting")??
+    };
+    let visible: Vec<Arc<Entry>> = engine.library.visible(engine.horizon).cloned().collect();
+    mail.outbox
+        .startup(visible)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start mail: {e}"))?;
+    tracing::info!(
+        articles = engine.library.len(),
+        broken = engine.errors.len(),
+        feeds = engine.publisher.feeds.len(),
+        "published the store in {:.2?}",
+        started.elapsed()
+    );
+    let status = engine.status();
+    let engine_thread = std::thread::Builder::new()
+        .name("bantin-engine".into())
+        .spawn(move || engine.run(rx))
+        .context("cannot start the engine thread")?;
+
+    let limits = Limits {
+        header_timeout: Duration::from_secs(config.http.header_timeout_secs),
+        max_connections: config.http.max_connections,
+        max_body_bytes: config.http.max_body_bytes,
+        drain: Duration::from_secs(config.http.drain_secs),
+    };
+    let mail_stop = Arc::new(tokio::sync::Notify::new());
+    let worker = tokio::spawn(mail.worker.clone().run(mail_stop.clone()));
+    let tz = config.timezone().map_err(|e| anyhow::anyhow!(e))?;
+    let events = tokio::spawn(tasks::mail_events(mail.outbox.clone(), mail_rx));
+    let mut background = vec![
+        tokio::spawn(tasks::prune(
+            store.clone(),
+            clock.clone(),
+            config.mail.keep_days,
+        )),
+        tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
+        tasks::admin_socket(&config, mail.outbox.clone())?,
+        tokio::spawn(tasks::reloads(
+            config.clone(),
+            reload,
+            templates.clone(),
+            tx.clone(),
+        )),
+    ];
+    for (schedule, cron) in tasks::digest_schedules(&config)? {
+        background.push(tokio::spawn(tasks::digests(
+            mail.outbox.clone(),
+            schedule,
+            cron,
+            tz,
+        )));
+    }
+    let subscribe = crate::subscribe::SubscribeState::new(
+        mail.outbox.clone(),
+        mail.links.clone(),
+        templates,
+        crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+        config.mail.subscribe_per_hour,
+    );
+    let router = crate::http::router(
+        app.clone(),
+        crate::subscribe::router(Arc::new(subscribe)),
+        &limits,
+    );
+    app.healthy.store(true, Ordering::Relaxed);
+    tracing::info!("listening on http://{addr}");
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+
+    let drain = limits.drain;
+    crate::http::serve(listener, router, limits, shutdown).await;
+    app.healthy.store(false, Ordering::Relaxed);
+    for task in &background {
+        task.abort();
+    }
+    let _ = tx.send(Msg::Stop);
+    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    events.abort();
+    // Mails in flight finish (or the deadline passes); the rest stay queued for next time.
+    mail_stop.notify_one();
+    if tokio::time::timeout(drain, worker).await.is_err() {
+        tracing::warn!(
+            "mails still in flight after {drain:?}; they will be retried at the next start"
+        );
+    }
+    if let Err(e) = store.flush_async().await {
+        tracing::error!("cannot flush the state: {e}");
+    }
+    let _ = std::fs::remove_file(config.state.dir.join(crate::admin::SOCKET));
+    notify(&[NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Sends a systemd notification; a no-op without `NOTIFY_SOCKET`.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The daemon's background tasks, one function each: they run until aborted at shutdown.
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use anyhow::Context;
+use chrono::TimeZone;
+
+use super::engine::{MailEvent, Msg};
+use super::notify;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::mail::Outbox;
+use crate::publish::Publisher;
+use crate::store::Store;
+use crate::subscriber::Schedule;
+use sd_notify::NotifyState;
+
+/// How often finished deliveries are pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Hands the engine's news to the outbox, in order.
+pub async fn mail_events(
+    outbox: Outbox,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<MailEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let result = match event {
+            MailEvent::Published(entries) => outbox.published(entries).await,
+            MailEvent::Removed(ids) => {
+                let mut result = Ok(());
+                for id in ids {
+                    result = result.and(outbox.removed(&id).await);
+                }
+                result
+            }
+            MailEvent::Resync(entries) => outbox.startup(entries).await,
+        };
+        if let Err(e) = result {
+            tracing::error!("mail: {e}");
+        }
+    }
+}
+
+/// Tells the engine when a manual clock moves, so what came due is published at once.
+/// Never fires on the system clock.
+pub async fn clock_ticks(clock: Clock, engine: Sender<Msg>) {
+    loop {
+        clock.changed().await;
+        if engine.send(Msg::Tick).is_err() {
+            return;
+        }
+    }
+}
+
+/// The cron schedules of the digests, parsed.
+pub fn digest_schedules(config: &Config) -> anyhow::Result<Vec<(Schedule, cron::Schedule)>> {
+    [
+        (Schedule::Daily, &config.digest.daily),
+        (Schedule::Weekly, &config.digest.weekly),
+    ]
+    .into_iter()
+    .map(|(schedule, expr)| {
+        expr.parse()
+            .map(|cron| (schedule, cron))
+            .map_err(|e| anyhow::anyhow!("digest.{}: {e}", schedule.as_str()))
+    })
+    .collect()
+}
+
+/// Runs the digests of one schedule: a missed tick is caught up once at start, then every
+/// tick of the cron expression, in the council's time zone.
+pub async fn digests(outbox: Outbox, schedule: Schedule, cron: cron::Schedule, tz: chrono_tz::Tz) {
+    let clock = outbox.clock.clone();
+    let store = &outbox.store;
+    let now = clock.now().with_timezone(&tz);
+    let known = store
+        .last_digest(schedule)
+        .ok()
+        .flatten()
+        .or_else(|| store.digest_start(schedule).ok().flatten());
+    let last = match known {
+        Some(t) => tz.timestamp_opt(t, 0).single().unwrap_or(now),
+        None => {
+            // First start: digests begin with the next tick.
+            let _ = store.set_digest_start(schedule, now.timestamp());
+            let _ = store.flush();
+            now
+        }
+    };
+    if let Some(tick) = crate::plan::missed_tick(&cron, &last, &now) {
+        tracing::info!(
+            schedule = schedule.as_str(),
+            "catching up the digest missed at {}",
+            tick.to_rfc3339()
+        );
+        if let Err(e) = outbox.digest(schedule, tick.fixed_offset()).await {
+            tracing::error!("digest: {e}");
+        }
+    }
+    let mut after = now.max(last);
+    loop {
+        let Some(next) = cron.after(&after).next() else {
+            return;
+        };
+        clock.sleep_until(next.to_utc()).await;
+        if let Err(e) = outbox.digest(schedule, next.fixed_offset()).await {
+            tracing::error!("digest: {e}");
+        }
+        // A tick missed while asleep (a suspended machine) is not run twice over.
+        after = clock.now().with_timezone(&tz).max(next);
+    }
+}
+
+/// Once a day (and at start), removes finished deliveries older than `keep_days`.
+pub async fn prune(store: Store, clock: Clock, keep_days: u64) {
+    loop {
+        let before =
+            clock.now_ms() - (keep_days as i64).saturating_mul(PRUNE_EVERY.as_millis() as i64);
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_finished(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                removed = n,
+                "pruned finished deliveries older than {keep_days} days"
+            ),
+            Ok(Err(e)) => tracing::error!("cannot prune the outbox: {e}"),
+            Err(e) => tracing::error!("cannot prune the outbox: {e}"),
+        }
+        clock.sleep(PRUNE_EVERY).await;
+    }
+}
+
+/// Reloads the configuration, feed definitions and templates on each SIGHUP; a broken
+/// reload keeps the running ones.
+pub async fn reloads(
+    original: Config,
+    reload: Arc<tokio::sync::Notify>,
+    shared: crate::site::SharedTemplates,
+    engine: Sender<Msg>,
+) {
+    loop {
+        reload.notified().await;
+        notify(&[NotifyState::Reloading]);
+        match reload_publisher(&original) {
+            Ok(publisher) => {
+                // Pages of the subscription routes and mails use the new ones too.
+                *shared.write().expect("templates lock") = publisher.templates.clone();
+                let _ = engine.send(Msg::Reload(Box::new(publisher)));
+            }
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running configuration: {e:#}")
+            }
+        }
+        notify(&[NotifyState::Ready]);
+    }
+}
+
+/// Loads the configuration again from the same place and the parts it names.
+fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
+    let config = match &original.source {
+        Some(path) => Config::from_file(path)?,
+        None => Config::locate(None)?,
+    };
+    if config.http.listen != original.http.listen
+        || config.state.dir != original.state.dir
+        || config.output.dir != original.output.dir
+    {
+        tracing::warn!(
+            "http.listen, state.dir and output.dir take effect at the next restart; \
+             the running values stay"
+        );
+    }
+    let mut publisher = Publisher::from_config(&config)
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+    publisher.out = original.output.dir.clone();
+    Ok(publisher)
+}
+
+/// Serves `subscribers` and `status` for the CLI while the daemon holds the database.
+pub fn admin_socket(
+    config: &Config,
+    outbox: Outbox,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let path = config.state.dir.join(crate::admin::SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the admin socket '{}'", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let store_dir = config.store.dir.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (outbox, store_dir) = (outbox.clone(), store_dir.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if tokio::io::BufReader::new(read)
+                    .read_line(&mut line)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let reply = match serde_json::from_str::<crate::admin::Request>(&line) {
+                    Ok(request) => tokio::task::spawn_blocking(move || {
+                        let wake = || outbox.wake.notify_one();
+                        let ctx = crate::admin::Context {
+                            store: &outbox.store,
+                            clock: &outbox.clock,
+                            store_dir: &store_dir,
+                            on_queued: &wake,
+                        };
+                        crate::admin::execute(&ctx, request)
+                    })
+                    .await
+                    .unwrap_or_default(),
+                    Err(e) => crate::admin::Reply {
+                        code: 2,
+                        stdout: String::new(),
+                        stderr: format!("error: bad request: {e}\n"),
+                    },
+                };
+                let mut out = serde_json::to_string(&reply).expect("serializable");
+                out.push('\n');
+                let _ = write.write_all(out.as_bytes()).await;
+            });
+        }
+    }))
+}

@@ -1,0 +1,569 @@
+//! A delivery rendered into a mail: subject, text and HTML bodies from the templates, then the
+//! complete message with its list headers and DKIM signature. Pure: the articles, the
+//! subscriber's choices and the date are handed in; nothing here reads the store or the clock.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, Message};
+use minijinja::context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::MailError;
+use crate::article::Article;
+use crate::config::Config;
+use crate::feed::SiteInfo;
+use crate::site::{SharedTemplates, Templates, local_time};
+use crate::store::{Delivery, Kind};
+use crate::subscriber::Schedule;
+use crate::token::{Purpose, Signer};
+
+/// The signed links of a mail: unsubscribe and confirm.
+#[derive(Clone)]
+pub struct Links {
+    pub signer: Signer,
+    base_url: String,
+}
+
+impl Links {
+    pub fn new(signer: Signer, base_url: &str) -> Links {
+        Links {
+            signer,
+            base_url: base_url.to_owned(),
+        }
+    }
+
+    pub fn unsubscribe_url(&self, email: &str) -> String {
+        format!(
+            "{}/unsubscribe?token={}",
+            self.base_url,
+            self.signer.sign(Purpose::Unsubscribe, email)
+        )
+    }
+
+    pub fn confirm_url(&self, email: &str) -> String {
+        format!(
+            "{}/confirm?token={}",
+            self.base_url,
+            self.signer.sign(Purpose::Confirm, email)
+        )
+    }
+
+    /// The address a token was signed for, if it is genuine and for `purpose`.
+    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<String> {
+        self.signer.verify(purpose, token)
+    }
+}
+
+/// What a delivery is about, read by the caller.
+pub enum Content<'a> {
+    Alert(&'a Article),
+    /// The articles of a digest still readable, newest first.
+    Digest(&'a [Arc<Article>]),
+    /// The choices of the subscriber being asked to confirm.
+    Confirm {
+        schedule: Schedule,
+        categories: &'a [String],
+    },
+}
+
+/// A rendered mail before its headers are set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// A bulk mail (alert, digest) carries the unsubscribe headers; a confirmation does not.
+    pub bulk: bool,
+}
+
+/// Turns deliveries into messages.
+pub struct Composer {
+    templates: SharedTemplates,
+    site: SiteInfo,
+    tz: Tz,
+    from: Mailbox,
+    list_id: String,
+    /// Domain of Message-IDs.
+    domain: String,
+    dkim: Option<lettre::message::dkim::DkimConfig>,
+    pub links: Links,
+}
+
+impl Composer {
+    pub fn from_config(
+        config: &Config,
+        templates: SharedTemplates,
+        links: Links,
+    ) -> Result<Composer, MailError> {
+        let from: Mailbox = config
+            .mail
+            .from
+            .parse()
+            .map_err(|e| MailError::Config(format!("mail.from '{}': {e}", config.mail.from)))?;
+        let domain = from.email.domain().to_string();
+        let list_id = config
+            .mail
+            .list_id
+            .clone()
+            .unwrap_or_else(|| format!("bantin.{domain}"));
+        let dkim = config.mail.dkim.as_ref().map(dkim_config).transpose()?;
+        Ok(Composer {
+            templates,
+            site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+            tz: config.timezone().map_err(MailError::Config)?,
+            from,
+            list_id,
+            domain,
+            dkim,
+            links,
+        })
+    }
+
+    /// Renders the subject and bodies of `delivery` about `content`.
+    pub fn render(&self, delivery: &Delivery, content: Content<'_>) -> Result<Rendered, String> {
+        let templates = crate::site::current(&self.templates);
+        let render = |name: &str, ctx: &minijinja::Value| -> Result<(String, String), String> {
+            let text = templates
+                .render(&format!("email/{name}.txt"), ctx.clone())
+                .map_err(|e| e.to_string())?;
+            let html = templates
+                .render(&format!("email/{name}.html"), ctx.clone())
+                .map_err(|e| e.to_string())?;
+            Ok((text, html))
+        };
+        let unsubscribe_url = self.links.unsubscribe_url(&delivery.email);
+        let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
+            (Kind::Alert { .. }, Content::Alert(a)) => (
+                format!("[{}] {}", self.site.title, a.title),
+                "alert",
+                context! {
+                    article => article_ctx(&self.site, a),
+                    unsubscribe_url => unsubscribe_url,
+                },
+                true,
+            ),
+            (Kind::Digest { schedule, run, .. }, Content::Digest(articles)) => {
+                let groups = group_by_category(&self.site, articles);
+                if groups.is_empty() {
+                    return Err("every article of the digest is gone".into());
+                }
+                let count = articles.len();
+                let day = self
+                    .tz
+                    .timestamp_opt(*run, 0)
+                    .single()
+                    .map(|t| t.format("%d/%m/%Y").to_string())
+                    .unwrap_or_default();
+                let heading = match schedule {
+                    Schedule::Weekly => format!("Bản tin tuần {day}"),
+                    _ => format!("Bản tin ngày {day}"),
+                };
+                (
+                    format!("[{}] {heading}: {count} tin mới", self.site.title),
+                    "digest",
+                    context! {
+                        heading => heading,
+                        count => count,
+                        groups => minijinja::Value::from(minijinja::value::Serde(groups)),
+                        unsubscribe_url => unsubscribe_url,
+                    },
+                    true,
+                )
+            }
+            (
+                Kind::Confirm { .. },
+                Content::Confirm {
+                    schedule,
+                    categories,
+                },
+            ) => (
+                format!("Xác nhận đăng ký nhận tin – {}", self.site.title),
+                "confirm",
+                context! {
+                    email => delivery.email.clone(),
+                    confirm_url => self.links.confirm_url(&delivery.email),
+                    schedule_label => schedule_label(schedule),
+                    categories => categories.to_vec(),
+                },
+                false,
+            ),
+            _ => return Err("the content does not fit the kind of delivery".into()),
+        };
+        let (text, html) = render(name, &ctx)?;
+        Ok(Rendered {
+            subject,
+            text,
+            html,
+            bulk,
+        })
+    }
+
+    /// The Message-ID of a delivery: derived from its key, so a retry reuses it.
+    pub fn message_id(&self, key: &str) -> String {
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("<{hex}.bantin@{}>", self.domain)
+    }
+
+    /// The complete message of a delivery, dated `date`.
+    pub fn message(
+        &self,
+        key: &str,
+        delivery: &Delivery,
+        rendered: Rendered,
+        date: DateTime<Utc>,
+    ) -> Result<Message, String> {
+        let to: Mailbox = delivery
+            .email
+            .parse::<Address>()
+            .map(|a| Mailbox::new(None, a))
+            .map_err(|e| format!("'{}' is not a mail address: {e}", delivery.email))?;
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            .message_id(Some(self.message_id(key)))
+            .date(date.into())
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Id"),
+                format!("{} <{}>", self.site.title, self.list_id),
+            ));
+        if rendered.bulk {
+            builder = builder
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{}>", self.links.unsubscribe_url(&delivery.email)),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".into(),
+                ));
+        }
+        let mut message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .map_err(|e| format!("cannot build the mail: {e}"))?;
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
+        Ok(message)
+    }
+}
+
+/// A file-system-safe name for a delivery (the `file` transport).
+pub fn key_file_name(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let kind = key.split('\0').next().unwrap_or("m");
+    format!("{kind}-{hex}")
+}
+
+pub fn schedule_label(schedule: Schedule) -> &'static str {
+    match schedule {
+        Schedule::Immediate => "thư ngay khi có tin mới",
+        Schedule::Daily => "bản tin hằng ngày",
+        Schedule::Weekly => "bản tin hằng tuần",
+    }
+}
+
+#[derive(Serialize)]
+struct ListedCtx {
+    title: String,
+    url: String,
+    excerpt: String,
+    published_text: String,
+}
+
+#[derive(Serialize)]
+struct GroupCtx {
+    category: String,
+    articles: Vec<ListedCtx>,
+}
+
+/// Articles grouped by category, the groups in order of their first article.
+fn group_by_category(site: &SiteInfo, articles: &[Arc<Article>]) -> Vec<GroupCtx> {
+    let mut groups: Vec<GroupCtx> = Vec::new();
+    for a in articles {
+        let item = ListedCtx {
+            title: a.title.clone(),
+            url: site.article_url(&a.id),
+            excerpt: a.excerpt(),
+            published_text: local_time(&a.published),
+        };
+        match groups.iter_mut().find(|g| g.category == a.category) {
+            Some(g) => g.articles.push(item),
+            None => groups.push(GroupCtx {
+                category: a.category.clone(),
+                articles: vec![item],
+            }),
+        }
+    }
+    groups
+}
+
+fn article_ctx(site: &SiteInfo, a: &Article) -> minijinja::Value {
+    #[derive(Serialize)]
+    struct Ctx<'a> {
+        title: &'a str,
+        category: &'a str,
+        url: String,
+        paragraphs: &'a [String],
+        author: Option<&'a str>,
+        published_text: String,
+        excerpt: String,
+    }
+    minijinja::Value::from(minijinja::value::Serde(Ctx {
+        title: &a.title,
+        category: &a.category,
+        url: site.article_url(&a.id),
+        paragraphs: &a.paragraphs,
+        author: a.author.as_deref(),
+        published_text: local_time(&a.published),
+        excerpt: a.excerpt(),
+    }))
+}
+
+fn dkim_config(d: &crate::config::Dkim) -> Result<lettre::message::dkim::DkimConfig, MailError> {
+    use lettre::message::dkim::{
+        DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+        DkimSigningKey,
+    };
+    let key = std::fs::read_to_string(&d.key_file).map_err(|e| {
+        MailError::Config(format!(
+            "cannot read mail.dkim.key_file '{}': {e}",
+            d.key_file.display()
+        ))
+    })?;
+    let algorithm = match d.algorithm.as_str() {
+        "rsa" => DkimSigningAlgorithm::Rsa,
+        "ed25519" => DkimSigningAlgorithm::Ed25519,
+        other => {
+            return Err(MailError::Config(format!(
+                "mail.dkim.algorithm '{other}' is not rsa or ed25519"
+            )));
+        }
+    };
+    let key = DkimSigningKey::new(key.trim(), algorithm).map_err(|e| {
+        MailError::Config(format!(
+            "mail.dkim.key_file '{}': {e}",
+            d.key_file.display()
+        ))
+    })?;
+    let headers = [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ]
+    .into_iter()
+    .map(HeaderName::new_from_ascii_str)
+    .collect();
+    Ok(DkimConfig::new(
+        d.selector.clone(),
+        d.domain.clone(),
+        key,
+        headers,
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    ))
+}
+
+/// The sample article the template check and the snapshots render.
+fn sample_article() -> Article {
+    Article {
+        id: "mau/bai-mau".into(),
+        category: "THÔNG BÁO".into(),
+        title: "Bài mẫu <kiểm tra> & \"mẫu\"".into(),
+        published: chrono::FixedOffset::east_opt(7 * 3600)
+            .expect("valid offset")
+            .with_ymd_and_hms(2020, 2, 14, 8, 16, 0)
+            .single()
+            .expect("valid date"),
+        paragraphs: vec!["Đoạn một.".into(), "Đoạn hai.".into()],
+        author: Some("HĐND QUẬN CẦU GIẤY".into()),
+    }
+}
+
+/// Renders every mail template with sample data, as `bantin check` does; one message per
+/// problem.
+pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
+    let composer = Composer {
+        templates: Arc::new(std::sync::RwLock::new(Arc::new(templates.clone()))),
+        site: site.clone(),
+        tz: chrono_tz::Asia::Ho_Chi_Minh,
+        from: "mau@example.vn".parse().expect("valid address"),
+        list_id: "mau.example.vn".into(),
+        domain: "example.vn".into(),
+        dkim: None,
+        links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
+    };
+    let sample = Arc::new(sample_article());
+    let deliveries = [
+        (
+            Delivery::new(
+                Kind::Alert {
+                    article: sample.id.clone(),
+                },
+                "mau@example.vn",
+                0,
+            ),
+            Content::Alert(&sample),
+        ),
+        (
+            Delivery::new(
+                Kind::Digest {
+                    schedule: Schedule::Daily,
+                    run: 1_581_645_600,
+                    articles: vec![sample.id.clone()],
+                },
+                "mau@example.vn",
+                0,
+            ),
+            Content::Digest(std::slice::from_ref(&sample)),
+        ),
+        (
+            Delivery::new(Kind::Confirm { at: 0 }, "mau@example.vn", 0),
+            Content::Confirm {
+                schedule: Schedule::Daily,
+                categories: &["THÔNG BÁO".to_string()],
+            },
+        ),
+    ];
+    deliveries
+        .into_iter()
+        .filter_map(|(d, content)| composer.render(&d, content).err())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn composer() -> Composer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let site = SiteInfo::new("HĐND quận Cầu Giấy", "https://hdnd.example.vn", "vi");
+        let mut templates = crate::publish::load_templates(&dir).expect("templates load");
+        templates.set_site(&site, &[]);
+        Composer {
+            templates: Arc::new(std::sync::RwLock::new(Arc::new(templates))),
+            site: site.clone(),
+            tz: chrono_tz::Asia::Ho_Chi_Minh,
+            from: "HĐND quận Cầu Giấy <bantin@hdnd.example.vn>"
+                .parse()
+                .unwrap(),
+            list_id: "bantin.hdnd.example.vn".into(),
+            domain: "hdnd.example.vn".into(),
+            dkim: None,
+            links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
+        }
+    }
+
+    fn snapshot(name: &str, r: &Rendered) {
+        insta::assert_snapshot!(format!("{name}.subject"), r.subject);
+        insta::assert_snapshot!(format!("{name}.txt"), r.text);
+        insta::assert_snapshot!(format!("{name}.html"), r.html);
+    }
+
+    #[test]
+    fn alert_bodies() {
+        let a = sample_article();
+        let d = Delivery::new(
+            Kind::Alert {
+                article: a.id.clone(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let r = composer().render(&d, Content::Alert(&a)).unwrap();
+        assert!(r.bulk);
+        snapshot("alert", &r);
+    }
+
+    #[test]
+    fn digest_bodies_group_by_category() {
+        let a = Arc::new(sample_article());
+        let mut b = sample_article();
+        b.id = "tin/khac".into();
+        b.category = "TIN TỨC - SỰ KIỆN TIÊU BIỂU".into();
+        b.title = "Tin thứ hai".into();
+        let articles = [a, Arc::new(b)];
+        let d = Delivery::new(
+            Kind::Digest {
+                schedule: Schedule::Weekly,
+                run: 1_581_645_600,
+                articles: articles.iter().map(|a| a.id.clone()).collect(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let r = composer().render(&d, Content::Digest(&articles)).unwrap();
+        snapshot("digest", &r);
+    }
+
+    #[test]
+    fn confirm_bodies_have_no_unsubscribe_headers() {
+        let d = Delivery::new(Kind::Confirm { at: 0 }, "dan@x.vn", 0);
+        let categories = ["THÔNG BÁO".to_string()];
+        let r = composer()
+            .render(
+                &d,
+                Content::Confirm {
+                    schedule: Schedule::Daily,
+                    categories: &categories,
+                },
+            )
+            .unwrap();
+        assert!(!r.bulk);
+        snapshot("confirm", &r);
+    }
+
+    #[test]
+    fn a_digest_with_nothing_left_is_an_error_not_an_empty_mail() {
+        let d = Delivery::new(
+            Kind::Digest {
+                schedule: Schedule::Daily,
+                run: 0,
+                articles: vec!["gone".into()],
+            },
+            "dan@x.vn",
+            0,
+        );
+        assert!(composer().render(&d, Content::Digest(&[])).is_err());
+    }
+
+    #[test]
+    fn the_message_id_and_date_come_from_the_delivery_and_the_clock() {
+        let c = composer();
+        let a = sample_article();
+        let d = Delivery::new(
+            Kind::Alert {
+                article: a.id.clone(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let r = c.render(&d, Content::Alert(&a)).unwrap();
+        let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let m = c.message(&d.key(), &d, r, date).unwrap();
+        let text = String::from_utf8(m.formatted()).unwrap();
+        assert!(text.contains(&c.message_id(&d.key())), "{text}");
+        assert!(
+            text.contains("Date: Tue, 14 Nov 2023 22:13:20 +0000"),
+            "{text}"
+        );
+        assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Mail: what is owed to whom, how it reads, and how it leaves.
+//!
+//! - [`outbox`]: planning: alerts for new articles, digests, confirmations, cancellations,
+//!   written durably before anything is sent.
+//! - [`message`]: a delivery rendered into a complete message (pure).
+//! - [`transport`]: SMTP (own connection pool), `.eml` files, sendmail; a typed
+//!   [`SendError`].
+//! - [`worker`]: sending with a concurrency bound and a rate, retries, group commit.
+
+pub mod message;
+pub mod outbox;
+pub mod transport;
+pub mod worker;
+
+use std::sync::Arc;
+
+use lettre::Address;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+pub use message::{Composer, Links, check_templates};
+pub use outbox::{Outbox, queue_confirmation};
+pub use transport::{SendError, Transport};
+pub use worker::Worker;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::scan::ArticleCache;
+use crate::site::SharedTemplates;
+use crate::store::{Store, StoreError};
+use crate::token::Signer;
+
+/// Why mail could not be set up or planned.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// A setting that cannot work; the message names it.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Mail counters, registered with the daemon's other metrics.
+#[derive(Debug, Clone, Default)]
+pub struct MailMetrics {
+    pub sent: Counter,
+    pub retried: Counter,
+    pub failed: Counter,
+    pub cancelled: Counter,
+}
+
+impl MailMetrics {
+    /// Adds the counters, and a gauge of the queue read from `store` at each scrape.
+    pub fn register(&self, registry: &mut Registry, store: Store) {
+        registry.register(
+            "bantin_mail_sent",
+            "Mails accepted by the mail server",
+            self.sent.clone(),
+        );
+        registry.register(
+            "bantin_mail_retries",
+            "Temporary failures that will be retried",
+            self.retried.clone(),
+        );
+        registry.register(
+            "bantin_mail_failed",
+            "Deliveries given up (permanent failure or too old)",
+            self.failed.clone(),
+        );
+        registry.register(
+            "bantin_mail_cancelled",
+            "Deliveries cancelled before sending",
+            self.cancelled.clone(),
+        );
+        registry.register_collector(Box::new(QueueGauge(store)));
+    }
+}
+
+/// `bantin_mail_queued`, counted when scraped.
+#[derive(Debug)]
+struct QueueGauge(Store);
+
+impl Collector for QueueGauge {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.0.queue_len() as i64);
+        let metric = encoder.encode_descriptor(
+            "bantin_mail_queued",
+            "Deliveries waiting to be sent",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// The mail side, set up from the configuration.
+pub struct Mail {
+    pub outbox: Outbox,
+    pub worker: Arc<Worker>,
+    pub links: Links,
+    pub metrics: MailMetrics,
+}
+
+impl Mail {
+    pub fn setup(
+        config: &Config,
+        store: Store,
+        templates: SharedTemplates,
+        articles: Arc<ArticleCache>,
+        clock: Clock,
+    ) -> Result<Mail, MailError> {
+        let signer = Signer::load(&config.state.dir, config.mail.token_secret_file.as_deref())?;
+        let links = Links::new(signer, config.base_url());
+        let metrics = MailMetrics::default();
+        let outbox = Outbox::new(store, clock, metrics.clone());
+        let composer = Composer::from_config(config, templates, links.clone())?;
+        let transport = Transport::from_config(config)?;
+        let worker = Worker::new(config, outbox.clone(), composer, transport, articles)?;
+        Ok(Mail {
+            outbox,
+            worker: Arc::new(worker),
+            links,
+            metrics,
+        })
+    }
+}
+
+/// Whether `text` looks like one mail address (what the subscribe form accepts).
+pub fn normalize_email(text: &str) -> Option<String> {
+    let email = text.trim().to_lowercase();
+    if email.len() > 254 || email.contains(char::is_whitespace) {
+        return None;
+    }
+    let (local, domain) = email.rsplit_once('@')?;
+    if local.is_empty() || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.')
+    {
+        return None;
+    }
+    email.parse::<Address>().ok()?;
+    Some(email)
+}

@@ -1,0 +1,254 @@
+//! What is owed to whom: alerts for new articles, digests at each tick, confirmations, and
+//! cancellations when an article goes. Every plan is written to the outbox (and flushed)
+//! before anything is sent; delivery keys make planning twice harmless.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, FixedOffset};
+
+use super::{MailError, MailMetrics};
+use crate::clock::Clock;
+use crate::library::Entry;
+use crate::plan;
+use crate::store::{Delivery, DeliveryState, Kind, KnownArticle, Queued, Store};
+use crate::subscriber::{Schedule, SubState, Subscriber};
+
+/// A confirmation mail is queued at most this often per address (seconds).
+const CONFIRM_EVERY_SECS: i64 = 24 * 3600;
+
+/// The planning side of mail. Cheap to clone; every clone shares the worker's wake-up.
+#[derive(Clone)]
+pub struct Outbox {
+    pub store: Store,
+    pub clock: Clock,
+    /// Wakes the worker when deliveries are queued.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Keys being sent right now: not cancelled under the sender's feet.
+    pub in_flight: Arc<Mutex<HashSet<String>>>,
+    pub metrics: MailMetrics,
+}
+
+impl Outbox {
+    pub fn new(store: Store, clock: Clock, metrics: MailMetrics) -> Outbox {
+        Outbox {
+            store,
+            clock,
+            wake: Arc::default(),
+            in_flight: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Deliveries waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.store.queue_len()
+    }
+
+    /// The articles the daemon found at start (or after a reload): on the very first start
+    /// they are the baseline (nobody is mailed); later, any not yet known were published while
+    /// the daemon was down and are alerted now, and known ones that are gone are forgotten.
+    pub async fn startup(&self, visible: Vec<Arc<Entry>>) -> Result<(), MailError> {
+        if self.store.baseline()?.is_none() {
+            for entry in &visible {
+                self.store.put_known_article(&entry.id, &known(entry, 0))?;
+            }
+            self.store.set_baseline(self.clock.now_s())?;
+            self.store.flush_async().await?;
+            tracing::info!(
+                articles = visible.len(),
+                "first start: the store's articles are the baseline; nobody is mailed for them"
+            );
+            return Ok(());
+        }
+        // Forget articles that went while the daemon was down.
+        let present: HashSet<&str> = visible.iter().map(|a| a.id.as_str()).collect();
+        let mut gone = Vec::new();
+        for r in self.store.known_articles() {
+            let (id, _) = r?;
+            if !present.contains(id.as_str()) {
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.removed(&id).await?;
+        }
+        let repaired = self.store.repair_queue()?;
+        if repaired > 0 {
+            tracing::info!(repaired, "requeued deliveries interrupted by a crash");
+        }
+        self.published(visible).await
+    }
+
+    /// Articles that became visible. News is decided here, once and durably: an article the
+    /// mail side has never known. Each gets one alert to every matching active `immediate`
+    /// subscriber; a known one (an edit, a restart) gets nothing.
+    pub async fn published(&self, entries: Vec<Arc<Entry>>) -> Result<(), MailError> {
+        let mut fresh = Vec::new();
+        for entry in entries {
+            if self.store.known_article(&entry.id)?.is_none() {
+                fresh.push(entry);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut queued = 0usize;
+        for r in self.store.subscribers() {
+            let sub = r?;
+            for a in &fresh {
+                if plan::wants_alert(&sub, &a.category) {
+                    let kind = Kind::Alert {
+                        article: a.id.clone(),
+                    };
+                    if self.store.enqueue(&Delivery::new(kind, &sub.email, now))? {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+        // Known only once every alert is queued: a crash in between plans again, and the
+        // outbox keys make that idempotent.
+        for a in &fresh {
+            self.store.put_known_article(&a.id, &known(a, now))?;
+        }
+        self.store.flush_async().await?;
+        for a in &fresh {
+            tracing::info!(id = a.id, "alerts queued");
+        }
+        tracing::info!(articles = fresh.len(), mails = queued, "alerts planned");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// An article was deleted: its unsent alerts are cancelled.
+    pub async fn removed(&self, id: &str) -> Result<(), MailError> {
+        self.store.forget_article(id)?;
+        let pending: Vec<(String, Delivery)> = self
+            .store
+            .alerts_of(id)
+            .filter_map(Result::ok)
+            .filter(|(_, d)| d.state == DeliveryState::Pending)
+            .collect();
+        let mut cancelled = 0;
+        for (key, mut d) in pending {
+            if self.in_flight.lock().expect("in flight").contains(&key) {
+                continue;
+            }
+            let queued = Queued {
+                lane: d.lane(),
+                next_ms: d.next_ms,
+                key: key.clone(),
+            };
+            d.state = DeliveryState::Cancelled;
+            d.updated_ms = self.clock.now_ms();
+            d.error = Some("article deleted".into());
+            self.store.update(&key, &d, Some(&queued))?;
+            cancelled += 1;
+        }
+        self.store.flush_async().await?;
+        if cancelled > 0 {
+            self.metrics.cancelled.inc_by(cancelled);
+            tracing::info!(id, cancelled, "unsent alerts cancelled");
+        }
+        Ok(())
+    }
+
+    /// One digest run of `schedule` at `tick`: a mail per subscriber with something new.
+    /// It covers what the mail side knows when it runs (a catch-up after downtime includes
+    /// what was found at start). Returns how many mails were queued.
+    pub async fn digest(
+        &self,
+        schedule: Schedule,
+        tick: DateTime<FixedOffset>,
+    ) -> Result<usize, MailError> {
+        let tick_s = tick.timestamp();
+        let tick_ms = tick.timestamp_millis();
+        let cutoff = self.clock.now_ms().max(tick_ms);
+        let mut known: Vec<(String, KnownArticle)> = Vec::new();
+        for r in self.store.known_articles() {
+            known.push(r?);
+        }
+        known.sort_by(|a, b| {
+            b.1.published
+                .cmp(&a.1.published)
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let articles: Vec<plan::Published<'_>> = known
+            .iter()
+            .map(|(id, k)| plan::Published {
+                id,
+                category: &k.category,
+                seen: k.seen,
+            })
+            .collect();
+        let subs: Vec<Subscriber> = self
+            .store
+            .subscribers()
+            .filter_map(Result::ok)
+            .filter(|s| s.state == SubState::Active && s.schedule == schedule)
+            .collect();
+        let mut mails = 0;
+        for mut sub in subs {
+            if sub.digest_until.is_some_and(|t| t >= tick_ms) {
+                continue; // this run already covered it (a catch-up after a crash)
+            }
+            let ids = plan::digest_for(&sub, cutoff, &articles);
+            if !ids.is_empty() {
+                let kind = Kind::Digest {
+                    schedule,
+                    run: tick_s,
+                    articles: ids.iter().map(|s| s.to_string()).collect(),
+                };
+                if self
+                    .store
+                    .enqueue(&Delivery::new(kind, &sub.email, self.clock.now_ms()))?
+                {
+                    mails += 1;
+                }
+            }
+            sub.digest_until = Some(cutoff);
+            self.store.put_subscriber(&sub)?;
+        }
+        self.store.set_last_digest(schedule, tick_s)?;
+        self.store.flush_async().await?;
+        tracing::info!(
+            schedule = schedule.as_str(),
+            mails,
+            "digest run at {}",
+            tick.to_rfc3339()
+        );
+        self.wake.notify_one();
+        Ok(mails)
+    }
+}
+
+fn known(entry: &Entry, seen: i64) -> KnownArticle {
+    KnownArticle {
+        published: entry.published.timestamp(),
+        category: entry.category.clone(),
+        seen,
+        file: entry.file.clone(),
+    }
+}
+
+/// Queues a confirmation mail for `sub` unless one was queued in the last day. Returns whether
+/// one was queued. `now` in unix seconds; the caller flushes.
+pub fn queue_confirmation(
+    store: &Store,
+    sub: &mut Subscriber,
+    now: i64,
+) -> Result<bool, MailError> {
+    if sub
+        .confirm_sent
+        .is_some_and(|t| now - t < CONFIRM_EVERY_SECS)
+    {
+        return Ok(false);
+    }
+    sub.confirm_sent = Some(now);
+    store.put_subscriber(sub)?;
+    let d = Delivery::new(Kind::Confirm { at: now }, &sub.email, now * 1000);
+    store.enqueue(&d)?;
+    Ok(true)
+}

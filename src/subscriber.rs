@@ -1,0 +1,96 @@
+//! Subscribers: who wants which news, how often, and where they stand. Pure data; the
+//! store keeps them, `plan` decides from them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Immediate,
+    Daily,
+    Weekly,
+}
+
+impl Schedule {
+    pub const ALL: [Schedule; 3] = [Schedule::Immediate, Schedule::Daily, Schedule::Weekly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schedule::Immediate => "immediate",
+            Schedule::Daily => "daily",
+            Schedule::Weekly => "weekly",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Schedule> {
+        Schedule::ALL.into_iter().find(|x| x.as_str() == s.trim())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SubState {
+    Pending,
+    Active,
+    Unsubscribed,
+    Bounced,
+}
+
+impl SubState {
+    pub const ALL: [SubState; 4] = [
+        SubState::Pending,
+        SubState::Active,
+        SubState::Unsubscribed,
+        SubState::Bounced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubState::Pending => "pending",
+            SubState::Active => "active",
+            SubState::Unsubscribed => "unsubscribed",
+            SubState::Bounced => "bounced",
+        }
+    }
+}
+
+/// A subscriber. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub email: String,
+    pub schedule: Schedule,
+    /// Categories followed; empty means every category.
+    pub categories: Vec<String>,
+    pub state: SubState,
+    pub created: i64,
+    pub updated: i64,
+    pub confirmed: Option<i64>,
+    /// When the last confirmation mail was queued (at most one a day).
+    pub confirm_sent: Option<i64>,
+    /// Articles that appeared up to this time (unix milliseconds) were covered by a digest.
+    pub digest_until: Option<i64>,
+    /// Why the address bounced.
+    pub bounce: Option<String>,
+}
+
+impl Subscriber {
+    /// A new subscriber waiting for confirmation; `now` in unix seconds.
+    pub fn new(email: &str, schedule: Schedule, categories: Vec<String>, now: i64) -> Subscriber {
+        Subscriber {
+            email: email.to_owned(),
+            schedule,
+            categories,
+            state: SubState::Pending,
+            created: now,
+            updated: now,
+            confirmed: None,
+            confirm_sent: None,
+            digest_until: None,
+            bounce: None,
+        }
+    }
+
+    pub fn follows(&self, category: &str) -> bool {
+        self.categories.is_empty() || self.categories.iter().any(|c| c == category)
+    }
+}
