@@ -115,33 +115,6 @@ fn other_categories_are_untouched() {
 }
 
 #[test]
-fn a_scheduled_article_appears_when_due() {
-    let site = site();
-    let daemon = Daemon::start(&site);
-    // The next whole minute at least 5 s ahead, in the council's time (UTC+7).
-    let now = chrono::Utc::now() + chrono::Duration::hours(7) + chrono::Duration::seconds(65);
-    let due = now.format("%d/%m/%Y | %H:%M").to_string();
-    site.publish("hen-gio.txt", &article(CAT_A, "Bài hẹn giờ", &due));
-    daemon.wait_log("hen-gio");
-    // Seen, not published: not in the feed, no page.
-    assert!(
-        !daemon
-            .get("/feeds/tin-tuc.rss")
-            .text()
-            .contains("Bài hẹn giờ")
-    );
-    assert_eq!(daemon.get("/articles/hen-gio.html").status, 404);
-    common::wait_for("the scheduled article", Duration::from_secs(90), || {
-        daemon
-            .get("/feeds/tin-tuc.rss")
-            .text()
-            .contains("Bài hẹn giờ")
-    });
-    assert_eq!(daemon.get("/articles/hen-gio.html").status, 200);
-    daemon.wait_log("scheduled article published");
-}
-
-#[test]
 fn a_broken_file_is_logged_and_the_rest_keep_working() {
     let site = site();
     let daemon = Daemon::start(&site);

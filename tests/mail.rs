@@ -199,7 +199,12 @@ fn categories_edits_and_deletions() {
     daemon.wait_log("alerts queued id=\"nhieu\"");
     std::fs::remove_file(site.store().join("nhieu.txt")).unwrap();
     daemon.wait_log("unsent alerts cancelled");
-    std::thread::sleep(Duration::from_millis(800));
+    // Settled: nothing of the outbox is still waiting or in flight.
+    wait_for("the outbox to settle", PATIENCE, || {
+        let status = stdout(&site.bantin(&["status", "--json"]));
+        let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+        json["outbox"]["pending"] == 0
+    });
     let about = smtp
         .messages()
         .iter()
@@ -211,34 +216,6 @@ fn categories_edits_and_deletions() {
     );
     let status = stdout(&site.bantin(&["status"]));
     assert!(!status.contains("cancelled 0"), "{status}");
-}
-
-#[test]
-fn a_451_is_retried_and_delivered_once() {
-    let smtp = SmtpServer::with_script(|n, _| {
-        if n == 0 {
-            Action::Temporary
-        } else {
-            Action::Accept
-        }
-    });
-    let site = mail_site(smtp.addr, "");
-    add_confirmed(&site, "dan@x.vn", "immediate");
-    let daemon = Daemon::start(&site);
-    daemon.wait_log("baseline");
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
-    wait_mails(&smtp, 1);
-    let all = smtp.messages();
-    assert_eq!(all.len(), 2, "one refusal, one delivery");
-    assert_eq!(
-        header(&all[0].data, "Message-ID"),
-        header(&all[1].data, "Message-ID")
-    );
-    daemon.wait_log("temporary failure");
-    let status = stdout(&site.bantin(&["status", "--json"]));
-    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(json["outbox"]["sent"], 1, "{status}");
-    assert_eq!(json["outbox"]["pending"], 0, "{status}");
 }
 
 #[test]
@@ -277,145 +254,6 @@ fn a_550_fails_and_bounces_without_retry() {
 }
 
 #[test]
-fn a_dropped_connection_is_retried_with_the_same_message_id() {
-    let smtp = SmtpServer::with_script(|n, _| if n == 0 { Action::Drop } else { Action::Accept });
-    let site = mail_site(smtp.addr, "");
-    add_confirmed(&site, "dan@x.vn", "immediate");
-    let daemon = Daemon::start(&site);
-    daemon.wait_log("baseline");
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
-    wait_mails(&smtp, 1);
-    let all = smtp.messages();
-    assert_eq!(all.len(), 2);
-    assert_eq!(all[0].action, Action::Drop);
-    assert_eq!(
-        header(&all[0].data, "Message-ID"),
-        header(&all[1].data, "Message-ID")
-    );
-}
-
-#[test]
-fn a_hanging_server_times_out_and_the_pool_keeps_working() {
-    let smtp = SmtpServer::with_script(|n, _| if n == 0 { Action::Hang } else { Action::Accept });
-    let site = mail_site(smtp.addr, "");
-    for who in ["a", "b", "c"] {
-        add_confirmed(&site, &format!("{who}@x.vn"), "immediate");
-    }
-    let daemon = Daemon::start(&site);
-    daemon.wait_log("baseline");
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
-    let mails = wait_mails(&smtp, 3);
-    let mut to: Vec<_> = mails.iter().flat_map(|m| m.to.clone()).collect();
-    to.sort();
-    assert_eq!(to, ["a@x.vn", "b@x.vn", "c@x.vn"], "every address once");
-    assert_eq!(smtp.messages()[0].action, Action::Hang);
-    daemon.wait_log("temporary failure");
-}
-
-#[test]
-fn a_server_down_then_back() {
-    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = down.local_addr().unwrap();
-    drop(down);
-    let site = mail_site(addr, "");
-    add_confirmed(&site, "dan@x.vn", "immediate");
-    let daemon = Daemon::start(&site);
-    daemon.wait_log("baseline");
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
-    daemon.wait_log("temporary failure");
-    let smtp = SmtpServer::start_at(addr);
-    let mails = wait_mails(&smtp, 1);
-    assert_eq!(mails[0].to, ["dan@x.vn"]);
-    assert!(
-        header(&mails[0].data, "Subject")
-            .unwrap()
-            .contains("Bài mới")
-    );
-}
-
-#[test]
-fn digests_once_nothing_when_nothing_new_and_one_catch_up() {
-    let smtp = SmtpServer::start();
-    let site = mail_site(smtp.addr, "");
-    add_confirmed(&site, "ngay@x.vn", "daily");
-    {
-        // First start: the baseline, then stop.
-        let mut daemon = Daemon::start(&site);
-        daemon.wait_log("baseline");
-        daemon.signal("TERM");
-        daemon.wait_exit(PATIENCE);
-    }
-    site.put(
-        "mot.txt",
-        &article(CAT_A, "Tin thứ nhất", "20/11/2026 | 08:00"),
-    );
-    site.put(
-        "hai.txt",
-        &article(CAT_B, "Tin thứ hai", "20/11/2026 | 09:00"),
-    );
-    let every_2s = site.dir.path().join("bantin.toml");
-    let text = std::fs::read_to_string(&every_2s).unwrap();
-    std::fs::write(
-        &every_2s,
-        text.replacen(
-            &format!("daily = \"{NEVER}\""),
-            "daily = \"*/2 * * * * *\"",
-            1,
-        ),
-    )
-    .unwrap();
-    let mut daemon = Daemon::start(&site);
-    let mails = wait_mails(&smtp, 1);
-    let digest = &mails[0].data;
-    let subject = header(digest, "Subject").unwrap();
-    assert!(
-        subject.contains("Bản tin ngày") && subject.contains("2 tin mới"),
-        "{subject}"
-    );
-    let text = part(digest, "text/plain").unwrap();
-    assert!(
-        text.contains("Tin thứ nhất") && text.contains("Tin thứ hai"),
-        "{text}"
-    );
-    assert!(
-        text.find("== THÔNG BÁO ==").is_some() && text.find("== TIN TỨC").is_some(),
-        "grouped by category:\n{text}"
-    );
-    assert!(header(digest, "List-Unsubscribe").is_some());
-    // Later ticks with nothing new send nothing.
-    wait_for("two empty digest runs", PATIENCE, || {
-        daemon.log().matches("mails=0 digest run").count()
-            + daemon.log().matches("digest run").count()
-            >= 3
-    });
-    assert_eq!(smtp.messages().len(), 1);
-
-    // Down while ticks pass: one catch-up at start, not one per missed tick.
-    daemon.signal("TERM");
-    daemon.wait_exit(PATIENCE);
-    site.put(
-        "ba.txt",
-        &article(CAT_A, "Tin thứ ba", "21/11/2026 | 08:00"),
-    );
-    let before = std::time::Instant::now();
-    wait_for("ticks to pass", Duration::from_secs(10), || {
-        before.elapsed() > Duration::from_secs(5)
-    });
-    let daemon = Daemon::start(&site);
-    daemon.wait_log("catching up the digest");
-    let mails = wait_mails(&smtp, 2);
-    assert!(
-        part(&mails[1].data, "text/plain")
-            .unwrap()
-            .contains("Tin thứ ba")
-    );
-    wait_for("later ticks", PATIENCE, || {
-        daemon.log().matches("digest run").count() >= 3
-    });
-    assert_eq!(smtp.messages().len(), 2, "one catch-up digest only");
-}
-
-#[test]
 fn the_subscribe_form_resists_abuse() {
     let smtp = SmtpServer::start();
     let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
@@ -449,8 +287,14 @@ fn the_subscribe_form_resists_abuse() {
     let r = subscribe(&daemon, "email=b%40x.vn&schedule=daily");
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(smtp.messages().len(), 1, "no more confirmation mails");
+    // The refused post queued nothing: the outbox holds the one confirmation only.
+    let status = stdout(&site.bantin(&["status", "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let total: u64 = ["pending", "sent", "failed", "cancelled"]
+        .iter()
+        .map(|k| json["outbox"][k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1, "no more confirmation mails: {status}");
     // A forged confirmation does nothing.
     assert_eq!(get(daemon.addr, "/confirm?token=YkB4LnZu.AAAA").status, 400);
 }

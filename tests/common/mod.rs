@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 pub mod daemon;
 pub mod http;
+pub mod inproc;
 pub mod mail;
 pub mod smtp;
 
