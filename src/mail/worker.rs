@@ -400,14 +400,10 @@ impl Committer {
     }
 }
 
-/// A number in 0..1 for retry jitter.
+/// A number in 0..1 for retry jitter: each `RandomState` is keyed afresh, so hashing
+/// nothing gives a new value every call.
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    let h = std::collections::hash_map::RandomState::new().build_hasher();
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
