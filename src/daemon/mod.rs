@@ -94,25 +94,7 @@ pub async fn serve(
     reload: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::from_config(&config).map_err(|problems| {
-        anyhow::anyhow!(
-            "cannot start: fix these and run 'bantin check':\n{}",
-            problems.join("\n")
-        )
-    })?;
-    if crate::publish::is_inside(&config.output.dir, &config.store.dir) {
-        anyhow::bail!(
-            "output.dir '{}' is inside store.dir '{}': choose a folder outside the store",
-            config.output.dir.display(),
-            config.store.dir.display()
-        );
-    }
-    std::fs::create_dir_all(&config.output.dir)
-        .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
-    std::fs::create_dir_all(&config.state.dir)
-        .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
-    let store = Store::open(&config.state.dir)
-        .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
+    let (publisher, store) = open(&config)?;
     let addr = listener.local_addr().context("no local address")?;
 
     // The mail side and the subscription pages share the publisher's templates (a reload
@@ -217,29 +199,91 @@ pub async fn serve(
     tracing::info!("listening on http://{addr}");
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
 
-    let drain = limits.drain;
+    let running = Running {
+        app,
+        engine: tx,
+        engine_thread,
+        events,
+        background,
+        mail_stop,
+        worker,
+        store,
+        drain: limits.drain,
+        socket: config.state.dir.join(crate::admin::SOCKET),
+    };
     crate::http::serve(listener, router, limits, shutdown).await;
-    app.healthy.store(false, Ordering::Relaxed);
-    for task in &background {
-        task.abort();
-    }
-    let _ = tx.send(Msg::Stop);
-    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
-    events.abort();
-    // Mails in flight finish (or the deadline passes); the rest stay queued for next time.
-    mail_stop.notify_one();
-    if tokio::time::timeout(drain, worker).await.is_err() {
-        tracing::warn!(
-            "mails still in flight after {drain:?}; they will be retried at the next start"
-        );
-    }
-    if let Err(e) = store.flush_async().await {
-        tracing::error!("cannot flush the state: {e}");
-    }
-    let _ = std::fs::remove_file(config.state.dir.join(crate::admin::SOCKET));
-    notify(&[NotifyState::Stopping]);
+    running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads what the daemon publishes from and opens its state: every check that can refuse
+/// to start comes before anything runs.
+fn open(config: &Config) -> anyhow::Result<(Publisher, Store)> {
+    let publisher = Publisher::from_config(config).map_err(|problems| {
+        anyhow::anyhow!(
+            "cannot start: fix these and run 'bantin check':\n{}",
+            problems.join("\n")
+        )
+    })?;
+    if crate::publish::is_inside(&config.output.dir, &config.store.dir) {
+        anyhow::bail!(
+            "output.dir '{}' is inside store.dir '{}': choose a folder outside the store",
+            config.output.dir.display(),
+            config.store.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&config.output.dir)
+        .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
+    let store = Store::open(&config.state.dir)
+        .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
+    Ok((publisher, store))
+}
+
+/// What runs once the daemon serves, to be stopped in order.
+struct Running {
+    app: Arc<AppState>,
+    engine: std::sync::mpsc::Sender<Msg>,
+    engine_thread: std::thread::JoinHandle<()>,
+    /// Carries the engine's news to the outbox: stopped after the engine.
+    events: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    mail_stop: Arc<tokio::sync::Notify>,
+    worker: tokio::task::JoinHandle<()>,
+    store: Store,
+    /// How long the mails in flight may take to finish.
+    drain: Duration,
+    socket: std::path::PathBuf,
+}
+
+impl Running {
+    /// After HTTP stopped: the tasks, the engine, the mails in flight (with a deadline), a
+    /// last flush, `STOPPING=1`.
+    async fn stop(self) {
+        self.app.healthy.store(false, Ordering::Relaxed);
+        for task in &self.background {
+            task.abort();
+        }
+        let _ = self.engine.send(Msg::Stop);
+        let engine = self.engine_thread;
+        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        self.events.abort();
+        // Mails in flight finish (or the deadline passes); the rest stay queued for next time.
+        self.mail_stop.notify_one();
+        let drain = self.drain;
+        if tokio::time::timeout(drain, self.worker).await.is_err() {
+            tracing::warn!(
+                "mails still in flight after {drain:?}; they will be retried at the next start"
+            );
+        }
+        if let Err(e) = self.store.flush_async().await {
+            tracing::error!("cannot flush the state: {e}");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        notify(&[NotifyState::Stopping]);
+    }
 }
 
 /// Sends a systemd notification; a no-op without `NOTIFY_SOCKET`.

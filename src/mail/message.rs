@@ -59,6 +59,25 @@ impl Links {
     }
 }
 
+/// Why a delivery cannot be made into a mail. Our side's fault, never the address's.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("article '{0}' can no longer be read")]
+    ArticleGone(String),
+    #[error("every article of the digest is gone")]
+    NothingLeft,
+    #[error(transparent)]
+    Template(#[from] crate::site::TemplateError),
+    #[error("'{address}' is not a mail address: {message}")]
+    Address { address: String, message: String },
+    #[error("cannot build the mail: {0}")]
+    Build(String),
+    #[error("the content does not fit the kind of delivery")]
+    Mismatch,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// What a delivery is about, read by the caller.
 pub enum Content<'a> {
     Alert(&'a Article),
@@ -125,15 +144,15 @@ impl Composer {
     }
 
     /// Renders the subject and bodies of `delivery` about `content`.
-    pub fn render(&self, delivery: &Delivery, content: Content<'_>) -> Result<Rendered, String> {
+    pub fn render(
+        &self,
+        delivery: &Delivery,
+        content: Content<'_>,
+    ) -> Result<Rendered, ComposeError> {
         let templates = crate::site::current(&self.templates);
-        let render = |name: &str, ctx: &minijinja::Value| -> Result<(String, String), String> {
-            let text = templates
-                .render(&format!("email/{name}.txt"), ctx.clone())
-                .map_err(|e| e.to_string())?;
-            let html = templates
-                .render(&format!("email/{name}.html"), ctx.clone())
-                .map_err(|e| e.to_string())?;
+        let render = |name: &str, ctx: &minijinja::Value| -> Result<_, ComposeError> {
+            let text = templates.render(&format!("email/{name}.txt"), ctx.clone())?;
+            let html = templates.render(&format!("email/{name}.html"), ctx.clone())?;
             Ok((text, html))
         };
         let unsubscribe_url = self.links.unsubscribe_url(&delivery.email);
@@ -150,7 +169,7 @@ impl Composer {
             (Kind::Digest { schedule, run, .. }, Content::Digest(articles)) => {
                 let groups = group_by_category(&self.site, articles);
                 if groups.is_empty() {
-                    return Err("every article of the digest is gone".into());
+                    return Err(ComposeError::NothingLeft);
                 }
                 let count = articles.len();
                 let day = self
@@ -192,7 +211,7 @@ impl Composer {
                 },
                 false,
             ),
-            _ => return Err("the content does not fit the kind of delivery".into()),
+            _ => return Err(ComposeError::Mismatch),
         };
         let (text, html) = render(name, &ctx)?;
         Ok(Rendered {
@@ -217,12 +236,15 @@ impl Composer {
         delivery: &Delivery,
         rendered: Rendered,
         date: DateTime<Utc>,
-    ) -> Result<Message, String> {
+    ) -> Result<Message, ComposeError> {
         let to: Mailbox = delivery
             .email
             .parse::<Address>()
             .map(|a| Mailbox::new(None, a))
-            .map_err(|e| format!("'{}' is not a mail address: {e}", delivery.email))?;
+            .map_err(|e| ComposeError::Address {
+                address: delivery.email.clone(),
+                message: e.to_string(),
+            })?;
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -249,7 +271,7 @@ impl Composer {
                 rendered.text,
                 rendered.html,
             ))
-            .map_err(|e| format!("cannot build the mail: {e}"))?;
+            .map_err(|e| ComposeError::Build(e.to_string()))?;
         if let Some(dkim) = &self.dkim {
             message.sign(dkim);
         }
@@ -445,6 +467,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
     deliveries
         .into_iter()
         .filter_map(|(d, content)| composer.render(&d, content).err())
+        .map(|e| e.to_string())
         .collect()
 }
 

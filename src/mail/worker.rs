@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::message::{Composer, Content, key_file_name};
+use super::message::{ComposeError, Composer, Content, key_file_name};
 use super::outbox::Outbox;
 use super::transport::{SendError, Transport};
 use crate::article::Article;
@@ -208,20 +208,16 @@ impl Worker {
     }
 
     /// Reads what `d` is about. `Err` when our side cannot (the article went).
-    fn load(&self, d: &Delivery) -> Result<Loaded, String> {
+    fn load(&self, d: &Delivery) -> Result<Loaded, ComposeError> {
         Ok(match &d.kind {
             Kind::Alert { article } => Loaded::Alert(
                 self.article(article)
-                    .ok_or_else(|| format!("article '{article}' can no longer be read"))?,
+                    .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?,
             ),
             Kind::Digest { articles, .. } => {
                 Loaded::Digest(articles.iter().filter_map(|id| self.article(id)).collect())
             }
-            Kind::Confirm { .. } => Loaded::Confirm(
-                self.store()
-                    .subscriber(&d.email)
-                    .map_err(|e| e.to_string())?,
-            ),
+            Kind::Confirm { .. } => Loaded::Confirm(self.store().subscriber(&d.email)?),
         })
     }
 
@@ -242,7 +238,7 @@ impl Worker {
             .render(d, content)
             .and_then(|r| self.composer.message(key, d, r, self.outbox.clock.now()))
             // Our side failed (a template error): the address is not at fault.
-            .map_err(SendError::Failed)?;
+            .map_err(|e| SendError::Failed(e.to_string()))?;
         let bytes = message.formatted();
         self.transport
             .send(message.envelope(), &bytes, &key_file_name(key))
@@ -285,7 +281,7 @@ impl Worker {
         };
         let outcome = match outcome {
             Ok(loaded) => self.send(key, &d, loaded).await,
-            Err(message) => Err(SendError::Failed(message)),
+            Err(e) => Err(SendError::Failed(e.to_string())),
         };
         d.attempts += 1;
         d.updated_ms = clock.now_ms();
