@@ -83,6 +83,8 @@ impl Reply {
 pub struct Context<'a> {
     pub store: &'a Store,
     pub clock: &'a Clock,
+    /// The daemon's delivery pause, if it paused (only the daemon knows).
+    pub pause: Option<crate::mail::Pause>,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
@@ -340,6 +342,22 @@ struct Status {
     subscribers: std::collections::BTreeMap<&'static str, usize>,
     outbox: std::collections::BTreeMap<&'static str, usize>,
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
+    delivery: Delivery,
+}
+
+/// Whether the daemon is sending, or has paused delivery as a whole and why.
+#[derive(Serialize)]
+struct Delivery {
+    paused: bool,
+    reason: Option<String>,
+    since: Option<String>,
+    next_try: Option<String>,
+}
+
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339())
 }
 
 fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
@@ -370,6 +388,12 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         subscribers: subs,
         outbox,
         last_digests,
+        delivery: Delivery {
+            paused: ctx.pause.is_some(),
+            reason: ctx.pause.as_ref().map(|p| p.reason.clone()),
+            since: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.since_ms)),
+            next_try: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.retry_ms)),
+        },
     };
     if json {
         let mut out = serde_json::to_string_pretty(&status).expect("serializable");
@@ -388,8 +412,17 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         .map(|(k, v)| format!("{k} {}", v.as_deref().unwrap_or("never")))
         .collect::<Vec<_>>()
         .join(", ");
+    let delivery = match &status.delivery {
+        Delivery {
+            paused: true,
+            reason: Some(reason),
+            since: Some(since),
+            next_try: Some(next),
+        } => format!("PAUSED since {since}, next try {next}: {reason}"),
+        _ => "running".into(),
+    };
     Ok(Reply::ok(format!(
-        "articles: {}\nsubscribers: {}\noutbox: {}\nlast digests: {digests}\n",
+        "articles: {}\nsubscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
         status.articles,
         join(&status.subscribers),
         join(&status.outbox)
@@ -436,6 +469,7 @@ mod tests {
         let ctx = Context {
             store,
             clock: &clock,
+            pause: None,
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };
@@ -491,6 +525,7 @@ mod tests {
         let ctx = Context {
             store: &store,
             clock: &clock,
+            pause: None,
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };

@@ -230,8 +230,19 @@ pub struct Smtp {
     pub username: Option<String>,
     /// File holding the password (never inline); `$BANTIN_SMTP_PASSWORD` also works.
     pub password_file: Option<PathBuf>,
-    /// Seconds a connection, command or reply may take.
-    pub timeout_secs: u64,
+    /// Seconds to connect, be greeted, start TLS and log in (RFC 5321: 5 minutes).
+    pub connect_timeout_secs: u64,
+    /// Seconds for the reply to MAIL FROM, RCPT TO or DATA (RFC 5321: 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Seconds to send a message and get the reply to its final dot (RFC 5321 allows 10
+    /// minutes: content filters run then; giving up sooner risks a duplicate).
+    pub data_timeout_secs: u64,
+    /// When set, one limit for every phase above.
+    pub timeout_secs: Option<u64>,
+    /// The name given in EHLO; by default this machine's host name.
+    pub helo_name: Option<String>,
+    /// Mails sent over one connection before it is closed and a new one opened.
+    pub max_messages_per_connection: usize,
 }
 
 impl Default for Smtp {
@@ -242,7 +253,12 @@ impl Default for Smtp {
             tls: "none".into(),
             username: None,
             password_file: None,
-            timeout_secs: 30,
+            connect_timeout_secs: 300,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            timeout_secs: None,
+            helo_name: None,
+            max_messages_per_connection: 100,
         }
     }
 }

@@ -169,6 +169,7 @@ fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
             let ctx = bantin::admin::Context {
                 store: &store,
                 clock: &bantin::clock::Clock::system(),
+                pause: None,
                 store_dir: &config.store.dir,
                 on_queued: &|| {},
             };

@@ -147,6 +147,7 @@ mod tests {
             confirm_sent: None,
             digest_until: None,
             bounce: None,
+            soft_bounces: None,
         }
     }
 

@@ -118,6 +118,10 @@ pub struct Delivery {
     pub next_ms: i64,
     pub updated_ms: i64,
     pub error: Option<String>,
+    /// Times the relay refused this very message (not the relay refusing us): at the second
+    /// it is given up.
+    #[serde(default)]
+    pub rejections: u32,
 }
 
 impl Delivery {
@@ -131,6 +135,7 @@ impl Delivery {
             next_ms: now_ms,
             updated_ms: now_ms,
             error: None,
+            rejections: 0,
         }
     }
 
@@ -286,6 +291,12 @@ impl Store {
     fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.meta.insert(key, value.to_string().as_bytes())?;
         Ok(())
+    }
+
+    /// Writes and flushes a marker: whether the state can be written right now.
+    pub fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.set_meta_i64("probe", now_ms)?;
+        self.flush()
     }
 
     /// When the mail side first started (unix seconds): the store's articles then were the
@@ -543,6 +554,7 @@ mod tests {
             confirm_sent: None,
             digest_until: None,
             bounce: None,
+            soft_bounces: None,
         }
     }
 

@@ -71,6 +71,37 @@ pub struct Subscriber {
     pub digest_until: Option<i64>,
     /// Why the address bounced.
     pub bounce: Option<String>,
+    /// Soft bounces (a full mailbox) since the last mail that got through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_bounces: Option<SoftBounces>,
+}
+
+/// A run of soft bounces of one address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoftBounces {
+    /// The first of the run (unix milliseconds).
+    pub since_ms: i64,
+    pub count: u32,
+    pub last: String,
+}
+
+/// An address bounces after this many soft bounces in a row…
+pub const SOFT_BOUNCES: u32 = 5;
+/// …spread over at least this long (a mailbox full for a day is not a dead address).
+pub const SOFT_BOUNCE_SPAN_MS: i64 = 3 * 24 * 3600 * 1000;
+
+impl Subscriber {
+    /// Records a soft bounce at `now_ms`; returns whether the address now counts as bounced.
+    pub fn soft_bounce(&mut self, why: &str, now_ms: i64) -> bool {
+        let run = self.soft_bounces.get_or_insert(SoftBounces {
+            since_ms: now_ms,
+            count: 0,
+            last: String::new(),
+        });
+        run.count += 1;
+        run.last = why.to_owned();
+        run.count >= SOFT_BOUNCES && now_ms - run.since_ms >= SOFT_BOUNCE_SPAN_MS
+    }
 }
 
 impl Subscriber {
@@ -87,6 +118,7 @@ impl Subscriber {
             confirm_sent: None,
             digest_until: None,
             bounce: None,
+            soft_bounces: None,
         }
     }
 

@@ -113,7 +113,8 @@ pub async fn serve(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    mail.metrics.register(&mut registry, store.clone());
+    mail.metrics
+        .register(&mut registry, store.clone(), &mail.outbox.pause);
     let app = Arc::new(AppState::new(
         config.output.dir.join("articles"),
         metrics.clone(),

@@ -212,6 +212,7 @@ pub fn admin_socket(
                         let ctx = crate::admin::Context {
                             store: &outbox.store,
                             clock: &outbox.clock,
+                            pause: outbox.paused(),
                             store_dir: &store_dir,
                             on_queued: &wake,
                         };

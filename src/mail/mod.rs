@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use message::{Composer, Links, check_templates};
-pub use outbox::{Outbox, queue_confirmation};
+pub use outbox::{Outbox, Pause, queue_confirmation};
 pub use transport::{SendError, Transport};
 pub use worker::Worker;
 
@@ -55,8 +55,13 @@ pub struct MailMetrics {
 }
 
 impl MailMetrics {
-    /// Adds the counters, and a gauge of the queue read from `store` at each scrape.
-    pub fn register(&self, registry: &mut Registry, store: Store) {
+    /// Adds the counters, and gauges of the queue and of a pause read at each scrape.
+    pub fn register(
+        &self,
+        registry: &mut Registry,
+        store: Store,
+        pause: &Arc<std::sync::Mutex<Option<Pause>>>,
+    ) {
         registry.register(
             "bantin_mail_sent",
             "Mails accepted by the mail server",
@@ -77,24 +82,46 @@ impl MailMetrics {
             "Deliveries cancelled before sending",
             self.cancelled.clone(),
         );
-        registry.register_collector(Box::new(QueueGauge(store)));
+        registry.register_collector(Box::new(ScrapedGauges {
+            store,
+            pause: pause.clone(),
+        }));
     }
 }
 
-/// `bantin_mail_queued`, counted when scraped.
+/// Gauges read when scraped: `bantin_mail_queued`, and `bantin_mail_paused` (1 with the
+/// reason as a label while delivery is paused, else 0).
 #[derive(Debug)]
-struct QueueGauge(Store);
+struct ScrapedGauges {
+    store: Store,
+    pause: Arc<std::sync::Mutex<Option<Pause>>>,
+}
 
-impl Collector for QueueGauge {
+impl Collector for ScrapedGauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(self.0.queue_len() as i64);
+        let queued = ConstGauge::new(self.store.queue_len() as i64);
         let metric = encoder.encode_descriptor(
             "bantin_mail_queued",
             "Deliveries waiting to be sent",
             None,
-            gauge.metric_type(),
+            queued.metric_type(),
         )?;
-        gauge.encode(metric)
+        queued.encode(metric)?;
+        let pause = self.pause.lock().expect("pause").clone();
+        let paused = ConstGauge::new(i64::from(pause.is_some()));
+        let mut metric = encoder.encode_descriptor(
+            "bantin_mail_paused",
+            "Whether delivery is paused as a whole, with the reason",
+            None,
+            paused.metric_type(),
+        )?;
+        match pause {
+            Some(p) => {
+                let labels = [("reason", p.reason)];
+                paused.encode(metric.encode_family(&labels)?)
+            }
+            None => paused.encode(metric),
+        }
     }
 }
 

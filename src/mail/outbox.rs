@@ -27,6 +27,21 @@ pub struct Outbox {
     /// Keys being sent right now: not cancelled under the sender's feet.
     pub in_flight: Arc<Mutex<HashSet<String>>>,
     pub metrics: MailMetrics,
+    /// Set while delivery as a whole is paused (the relay refuses us, the state cannot be
+    /// written); read by `status` and `/metrics`.
+    pub pause: Arc<Mutex<Option<Pause>>>,
+}
+
+/// Why and since when delivery is paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub reason: String,
+    /// Unix milliseconds.
+    pub since_ms: i64,
+    /// When sending is tried again (unix milliseconds).
+    pub retry_ms: i64,
+    /// The wait before that try; doubles while the cause lasts.
+    pub backoff_ms: i64,
 }
 
 impl Outbox {
@@ -37,7 +52,13 @@ impl Outbox {
             wake: Arc::default(),
             in_flight: Arc::default(),
             metrics,
+            pause: Arc::default(),
         }
+    }
+
+    /// The pause in force, if any.
+    pub fn paused(&self) -> Option<Pause> {
+        self.pause.lock().expect("pause").clone()
     }
 
     /// Deliveries waiting to be sent.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::{AsyncSendmailTransport, AsyncTransport, Tokio1Executor};
 
 use super::MailError;
@@ -18,19 +19,95 @@ use crate::config::Config;
 /// clients after a while).
 const SMTP_IDLE: Duration = Duration::from_secs(30);
 
-/// Why a mail could not be sent, as the retry policy needs it.
+/// Why a mail could not be sent, as the retry policy needs it (RFC 5321 and RFC 3463: what
+/// a reply means depends on the phase it answers).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Worth another try later: 4xx, timeouts, dropped connections, a folder not writable.
+    /// Worth another try later: 4xx, timeouts, a connection dropped mid-mail, a folder not
+    /// writable.
     #[error("{0}")]
     Temporary(String),
-    /// The server refused the address for good (5xx): the address bounces.
+    /// The mailbox is full (452, 4.2.2, 5.2.2, 552 at RCPT): tried again later; the address
+    /// bounces only after repeated soft bounces over days.
+    #[error("{0}")]
+    SoftBounce(String),
+    /// The server refused the address for good (5.1.x, 5.2.1, or 550/551/553 at RCPT):
+    /// the address bounces.
     #[error("{0}")]
     Bounced(String),
-    /// This mail cannot be sent, but the address is not at fault (our side could not render
-    /// it): the delivery fails, the subscriber stays.
+    /// The server refused this message (5xx after DATA, or a 5xx at RCPT that does not name
+    /// the address): tried once more, then given up; the subscriber stays. The same refusal
+    /// for several recipients in a row means the relay refuses us: delivery pauses.
+    #[error("{0}")]
+    Rejected(String),
+    /// The failure is ours or the relay's, not this mail's: cannot connect, a refusal at
+    /// the greeting, EHLO, STARTTLS, AUTH or MAIL FROM, TLS. Delivery pauses as a whole; no
+    /// attempt is counted.
+    #[error("{0}")]
+    Ours(String),
+    /// This mail cannot be made (our side could not render it): the delivery fails, the
+    /// subscriber stays.
     #[error("{0}")]
     Failed(String),
+}
+
+/// The step of an SMTP exchange a reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connect, greeting, EHLO, STARTTLS, AUTH.
+    Connect,
+    MailFrom,
+    Rcpt,
+    /// The DATA command.
+    Data,
+    /// The message and the reply to its final dot.
+    DataEnd,
+}
+
+/// What a negative reply `code` (with its text, which may start with an enhanced status
+/// code) means at `phase`.
+pub fn classify(phase: Phase, code: u16, text: &str) -> SendError {
+    let shown = format!("smtp: {code} {text} (at {})", phase_name(phase));
+    let enhanced = text
+        .split_whitespace()
+        .next()
+        .filter(|w| {
+            w.len() >= 5
+                && w.split('.').count() == 3
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .unwrap_or("");
+    let mailbox_full = code == 452 || code == 552 || enhanced == "4.2.2" || enhanced == "5.2.2";
+    match phase {
+        // Refused before any recipient was named (421 busy, 530 authentication required,
+        // 535 bad credentials, 554 at the greeting): the relay refuses us, not this mail.
+        Phase::Connect | Phase::MailFrom => SendError::Ours(shown),
+        Phase::Rcpt if mailbox_full => SendError::SoftBounce(shown),
+        Phase::Rcpt if code >= 500 => {
+            let address_level = enhanced.starts_with("5.1.")
+                || enhanced == "5.2.1"
+                || (enhanced.is_empty() && matches!(code, 550 | 551 | 553));
+            if address_level {
+                SendError::Bounced(shown)
+            } else {
+                SendError::Rejected(shown)
+            }
+        }
+        Phase::DataEnd if mailbox_full => SendError::SoftBounce(shown),
+        Phase::Data | Phase::DataEnd if code >= 500 => SendError::Rejected(shown),
+        _ => SendError::Temporary(shown),
+    }
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Connect => "connect",
+        Phase::MailFrom => "MAIL FROM",
+        Phase::Rcpt => "RCPT TO",
+        Phase::Data => "DATA",
+        Phase::DataEnd => "end of DATA",
+    }
 }
 
 /// Where mail goes.
@@ -87,6 +164,17 @@ impl Transport {
     }
 }
 
+/// Per-phase timeouts of an SMTP exchange (RFC 5321 section 4.5.3.2 gives the defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect, greeting, EHLO, STARTTLS, AUTH.
+    pub connect: Duration,
+    /// MAIL FROM, RCPT TO, DATA.
+    pub command: Duration,
+    /// Sending the message and the reply to its final dot (a content filter may be slow).
+    pub data_end: Duration,
+}
+
 /// SMTP connections kept open between mails. Each plain connection has TCP_NODELAY, so the
 /// end-of-data line is not held back behind the message body (a 40 ms stall per mail).
 pub struct SmtpPool {
@@ -96,11 +184,18 @@ pub struct SmtpPool {
     implicit_tls: bool,
     tls: Option<TlsParameters>,
     credentials: Option<Credentials>,
-    /// Bounds connecting and each whole exchange.
-    timeout: Duration,
+    timeouts: Timeouts,
     hello: ClientId,
-    /// Open connections and when each was last used.
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// A connection is closed after this many messages (relays limit them too).
+    max_per_connection: usize,
+    /// Open connections, when each was last used, and how many mails each carried.
+    idle: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+    sent: usize,
 }
 
 impl SmtpPool {
@@ -137,110 +232,288 @@ impl SmtpPool {
                 MailError::Config(format!("mail.smtp: TLS for '{}': {e}", smtp.host))
             })?),
         };
+        let secs = |phase: u64| Duration::from_secs(smtp.timeout_secs.unwrap_or(phase).max(1));
         Ok(SmtpPool {
             host: smtp.host.clone(),
             port: smtp.port,
             implicit_tls: smtp.tls == "tls",
             tls,
             credentials,
-            timeout: Duration::from_secs(smtp.timeout_secs.max(1)),
-            hello: ClientId::default(),
+            timeouts: Timeouts {
+                connect: secs(smtp.connect_timeout_secs),
+                command: secs(smtp.command_timeout_secs),
+                data_end: secs(smtp.data_timeout_secs),
+            },
+            hello: match &smtp.helo_name {
+                Some(name) => ClientId::Domain(name.clone()),
+                None => ClientId::default(),
+            },
+            max_per_connection: smtp.max_messages_per_connection.max(1),
             idle: Mutex::default(),
         })
     }
 
+    /// A new connection, greeted, secured and authenticated.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let mut conn = if self.implicit_tls {
-            AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(self.timeout),
-                &self.hello,
-                self.tls.clone(),
-                None,
-            )
-            .await
-            .map_err(smtp_error)?
-        } else {
-            let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        let ours = |e: lettre::transport::smtp::Error| reply_error(Phase::Connect, &e);
+        let open = async {
+            let mut conn = if self.implicit_tls {
+                AsyncSmtpConnection::connect_tokio1(
+                    (self.host.as_str(), self.port),
+                    Some(self.timeouts.connect),
+                    &self.hello,
+                    self.tls.clone(),
+                    None,
+                )
                 .await
-                .map_err(|e| {
-                    SendError::Temporary(format!(
-                        "smtp: cannot connect to {}:{}: {e}",
-                        self.host, self.port
-                    ))
-                })?;
-            let _ = stream.set_nodelay(true);
-            let mut conn =
-                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                .map_err(ours)?
+            } else {
+                let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
                     .await
-                    .map_err(smtp_error)?;
-            if let Some(tls) = &self.tls {
-                conn.starttls(tls.clone(), &self.hello)
-                    .await
-                    .map_err(smtp_error)?;
+                    .map_err(|e| {
+                        SendError::Ours(format!(
+                            "smtp: cannot connect to {}:{}: {e}",
+                            self.host, self.port
+                        ))
+                    })?;
+                let _ = stream.set_nodelay(true);
+                let mut conn =
+                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                        .await
+                        .map_err(ours)?;
+                if let Some(tls) = &self.tls {
+                    conn.starttls(tls.clone(), &self.hello)
+                        .await
+                        .map_err(ours)?;
+                }
+                conn
+            };
+            if let Some(credentials) = &self.credentials {
+                conn.auth(
+                    lettre::transport::smtp::authentication::DEFAULT_MECHANISMS,
+                    credentials,
+                )
+                .await
+                .map_err(ours)?;
             }
-            conn
+            Ok(conn)
         };
-        if let Some(credentials) = &self.credentials {
-            conn.auth(
-                lettre::transport::smtp::authentication::DEFAULT_MECHANISMS,
-                credentials,
-            )
-            .await
-            .map_err(smtp_error)?;
+        match tokio::time::timeout(self.timeouts.connect, open).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Ours(format!(
+                "smtp: {}:{} did not greet us within {:?}",
+                self.host, self.port, self.timeouts.connect
+            ))),
         }
-        Ok(conn)
     }
 
     /// A pooled connection that is still fit for use, if any.
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Pooled> {
         let mut idle = self.idle.lock().expect("smtp pool");
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < SMTP_IDLE && !conn.has_broken() {
-                return Some(conn);
+        while let Some(pooled) = idle.pop() {
+            if pooled.since.elapsed() < SMTP_IDLE && !pooled.conn.has_broken() {
+                return Some(pooled);
             }
         }
         None
     }
 
     async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        let reused = self.take_idle();
-        let exchange = async {
-            let mut conn = match reused {
-                Some(conn) => conn,
-                None => self.connect().await?,
-            };
-            match conn.send(envelope, bytes).await {
-                Ok(_) => Ok(conn),
-                Err(e) => {
-                    conn.abort().await;
-                    Err(smtp_error(e))
-                }
-            }
+        let (mut pooled, reused) = match self.take_idle() {
+            Some(p) => (p, true),
+            None => (self.fresh().await?, false),
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Err(SendError::Temporary(format!(
-                "smtp: no answer within {:?}",
-                self.timeout
-            ))),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(conn)) => {
-                self.idle
-                    .lock()
-                    .expect("smtp pool")
-                    .push((conn, Instant::now()));
+        let mut result = self.exchange(&mut pooled.conn, envelope, bytes).await;
+        if reused && matches!(result, Err(Stale)) {
+            // The relay closed the idle connection: a new one at once, not a retry.
+            pooled = self.fresh().await?;
+            result = self.exchange(&mut pooled.conn, envelope, bytes).await;
+        }
+        match result {
+            Ok(()) => {
+                pooled.sent += 1;
+                pooled.since = Instant::now();
+                if pooled.sent >= self.max_per_connection {
+                    let _ = pooled.conn.quit().await;
+                } else {
+                    self.idle.lock().expect("smtp pool").push(pooled);
+                }
                 Ok(())
             }
+            // The connection is dropped, not QUIT: a relay that hangs would not answer that
+            // either.
+            Err(e) => Err(e.into_send_error()),
+        }
+    }
+
+    async fn fresh(&self) -> Result<Pooled, SendError> {
+        Ok(Pooled {
+            conn: self.connect().await?,
+            since: Instant::now(),
+            sent: 0,
+        })
+    }
+
+    /// One mail over an open connection, each phase under its own timeout.
+    async fn exchange(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<(), Exchange> {
+        let mut options = Vec::new();
+        let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
+        if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !bytes.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let command = self.timeouts.command;
+        // The first reply tells whether the relay still holds the connection: no reply at
+        // all, or 421 (closing), means it went while idle.
+        let mail = Mail::new(envelope.from().cloned(), options);
+        match tokio::time::timeout(command, conn.command(mail)).await {
+            Err(_) => return Err(Stale),
+            Ok(Err(e)) if e.status().is_none_or(|c| c.to_string() == "421") => return Err(Stale),
+            Ok(Err(e)) => return Err(Exchange::Failed(reply_error(Phase::MailFrom, &e))),
+            Ok(Ok(_)) => {}
+        }
+        for to in envelope.to() {
+            step(
+                command,
+                Phase::Rcpt,
+                conn.command(Rcpt::new(to.clone(), vec![])),
+            )
+            .await?;
+        }
+        step(command, Phase::Data, conn.command(Data)).await?;
+        step(self.timeouts.data_end, Phase::DataEnd, conn.message(bytes)).await?;
+        Ok(())
+    }
+}
+
+/// How one exchange ended, when it did not deliver.
+enum Exchange {
+    /// The pooled connection was closed by the relay before this mail began.
+    Stale,
+    Failed(SendError),
+}
+use Exchange::Stale;
+
+impl Exchange {
+    fn into_send_error(self) -> SendError {
+        match self {
+            Stale => SendError::Temporary("smtp: the connection was closed".into()),
+            Exchange::Failed(e) => e,
         }
     }
 }
 
-/// 5xx replies are permanent; everything else (4xx, timeouts, dropped connections) is worth
-/// another try.
-fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
-    if e.is_permanent() {
-        SendError::Bounced(format!("smtp: {e}"))
-    } else {
-        SendError::Temporary(format!("smtp: {e}"))
+impl From<SendError> for Exchange {
+    fn from(e: SendError) -> Self {
+        Exchange::Failed(e)
+    }
+}
+
+/// Runs one command of `phase` under `limit`.
+async fn step<F>(limit: Duration, phase: Phase, command: F) -> Result<(), Exchange>
+where
+    F: std::future::Future<
+            Output = Result<
+                lettre::transport::smtp::response::Response,
+                lettre::transport::smtp::Error,
+            >,
+        >,
+{
+    match tokio::time::timeout(limit, command).await {
+        Err(_) => Err(Exchange::Failed(SendError::Temporary(format!(
+            "smtp: no answer within {limit:?} (at {})",
+            phase_name(phase)
+        )))),
+        Ok(Err(e)) => Err(Exchange::Failed(reply_error(phase, &e))),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// What an error of lettre at `phase` means: a negative reply is classified by its code
+/// and text; anything else (the connection dropped, TLS) is temporary mid-mail and ours
+/// while connecting.
+fn reply_error(phase: Phase, e: &lettre::transport::smtp::Error) -> SendError {
+    match e.status() {
+        Some(code) => {
+            let code: u16 = code.to_string().parse().unwrap_or(0);
+            let text = std::error::Error::source(e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            classify(phase, code, &text)
+        }
+        None if phase == Phase::Connect || e.is_tls() => {
+            SendError::Ours(format!("smtp: {e} (at {})", phase_name(phase)))
+        }
+        None => SendError::Temporary(format!("smtp: {e} (at {})", phase_name(phase))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(phase: Phase, code: u16, text: &str) -> &'static str {
+        match classify(phase, code, text) {
+            SendError::Temporary(_) => "temporary",
+            SendError::SoftBounce(_) => "soft",
+            SendError::Bounced(_) => "bounced",
+            SendError::Rejected(_) => "rejected",
+            SendError::Ours(_) => "ours",
+            SendError::Failed(_) => "failed",
+        }
+    }
+
+    #[test]
+    fn only_address_level_refusals_at_rcpt_bounce() {
+        assert_eq!(class(Phase::Rcpt, 550, "5.1.1 no such user"), "bounced");
+        assert_eq!(class(Phase::Rcpt, 550, "no such user"), "bounced");
+        assert_eq!(class(Phase::Rcpt, 551, "user not local"), "bounced");
+        assert_eq!(
+            class(Phase::Rcpt, 553, "mailbox name not allowed"),
+            "bounced"
+        );
+        assert_eq!(class(Phase::Rcpt, 550, "5.2.1 mailbox disabled"), "bounced");
+        assert_eq!(
+            class(Phase::Rcpt, 554, "5.7.1 relay access denied"),
+            "rejected"
+        );
+        assert_eq!(class(Phase::Rcpt, 550, "5.7.1 policy"), "rejected");
+        assert_eq!(class(Phase::Rcpt, 450, "4.2.1 greylisted"), "temporary");
+    }
+
+    #[test]
+    fn a_full_mailbox_is_a_soft_bounce() {
+        assert_eq!(class(Phase::Rcpt, 452, "4.2.2 mailbox full"), "soft");
+        assert_eq!(class(Phase::Rcpt, 552, "5.2.2 mailbox full"), "soft");
+        assert_eq!(class(Phase::Rcpt, 550, "5.2.2 over quota"), "soft");
+        assert_eq!(class(Phase::DataEnd, 552, "5.2.2 over quota"), "soft");
+    }
+
+    #[test]
+    fn refusals_before_a_recipient_are_ours() {
+        assert_eq!(
+            class(Phase::Connect, 535, "5.7.8 authentication failed"),
+            "ours"
+        );
+        assert_eq!(
+            class(Phase::MailFrom, 530, "5.7.0 authentication required"),
+            "ours"
+        );
+        assert_eq!(class(Phase::Connect, 554, "no service"), "ours");
+        assert_eq!(class(Phase::Connect, 421, "busy"), "ours");
+    }
+
+    #[test]
+    fn a_refused_message_is_rejected_not_bounced() {
+        assert_eq!(class(Phase::DataEnd, 554, "5.7.1 spam"), "rejected");
+        assert_eq!(class(Phase::Data, 554, "no valid recipients"), "rejected");
+        assert_eq!(class(Phase::DataEnd, 451, "4.3.0 try later"), "temporary");
     }
 }

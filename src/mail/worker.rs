@@ -4,12 +4,13 @@
 //! slot back, so a crash repeats at most the mails in flight. Fresh deliveries always go
 //! before retries.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::message::{ComposeError, Composer, Content, key_file_name};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Pause};
 use super::transport::{SendError, Transport};
 use crate::article::Article;
 use crate::config::Config;
@@ -23,6 +24,13 @@ const BATCH: usize = 256;
 /// With nothing queued, the worker looks again at least this often (it is woken on every
 /// enqueue anyway).
 const IDLE_LOOK: Duration = Duration::from_secs(60);
+/// The first pause when the relay refuses us or the state cannot be written; it doubles
+/// while the cause lasts, up to [`PAUSE_MAX_MS`].
+const PAUSE_FIRST_MS: i64 = 30_000;
+const PAUSE_MAX_MS: i64 = 15 * 60_000;
+/// The same refusal of the message for this many different recipients in a row means the
+/// relay refuses us, not the message.
+const SAME_REJECTIONS: usize = 3;
 
 /// How retries are spaced and when they stop.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +53,8 @@ pub struct Worker {
     rate_per_second: f64,
     retry: RetryPolicy,
     commit: Committer,
+    /// The last run of identical refusals: the refusal and the recipients it hit.
+    rejections: Mutex<Option<(String, HashSet<String>)>>,
 }
 
 /// What one delivery needs besides itself, read once before rendering.
@@ -80,6 +90,7 @@ impl Worker {
                 lifetime_ms: (config.mail.retry_lifetime_secs as i64).saturating_mul(1000),
             },
             commit: Committer::new(),
+            rejections: Mutex::default(),
         })
     }
 
@@ -96,7 +107,9 @@ impl Worker {
         };
         self.send_loop(stop).await;
         // Anything recorded by the senders is flushed before the flusher goes.
-        self.commit.wait().await;
+        if let Err(e) = self.commit.wait().await {
+            tracing::error!("cannot flush the state: {e}");
+        }
         flusher.abort();
     }
 
@@ -124,7 +137,31 @@ impl Worker {
         tokio::pin!(stopped);
         loop {
             let now = clock.now_ms();
-            let batch = self.due(now);
+            let mut probe = false;
+            if let Some(pause) = self.outbox.paused() {
+                if now < pause.retry_ms {
+                    let until =
+                        chrono::DateTime::from_timestamp_millis(pause.retry_ms).unwrap_or_default();
+                    tokio::select! {
+                        () = &mut stopped => break,
+                        () = clock.sleep_until(until) => {},
+                    }
+                    continue;
+                }
+                // Time to try again: the state first, then one mail alone.
+                if let Err(e) = self.store().probe_write(now) {
+                    self.pause(format!("cannot write the state: {e}"));
+                    continue;
+                }
+                probe = true;
+            }
+            let mut batch = self.due(now);
+            if probe {
+                batch.truncate(1);
+                if batch.is_empty() {
+                    self.resume();
+                }
+            }
             if batch.is_empty() {
                 let next = self.store().next_queued_ms().ok().flatten();
                 let wait = async {
@@ -144,7 +181,34 @@ impl Worker {
                 }
                 continue;
             }
+            if probe {
+                let _ = slots.acquire_many(self.concurrency as u32).await;
+                self.outbox
+                    .in_flight
+                    .lock()
+                    .expect("in flight")
+                    .insert(batch[0].key.clone());
+                self.deliver(&batch[0]).await;
+                self.outbox
+                    .in_flight
+                    .lock()
+                    .expect("in flight")
+                    .remove(&batch[0].key);
+                // Anything but the same refusal (a 4xx, a bounce) means the relay talks to
+                // us again.
+                if self
+                    .outbox
+                    .paused()
+                    .is_some_and(|p| p.retry_ms <= clock.now_ms())
+                {
+                    self.resume();
+                }
+                continue;
+            }
             for queued in batch {
+                if self.outbox.paused().is_some() {
+                    break; // what is left waits for the pause to end
+                }
                 let permit = tokio::select! {
                     () = &mut stopped => return self.drain(slots).await,
                     p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
@@ -283,31 +347,50 @@ impl Worker {
             Ok(loaded) => self.send(key, &d, loaded).await,
             Err(e) => Err(SendError::Failed(e.to_string())),
         };
+        let now = clock.now_ms();
+        let outcome = match outcome {
+            Err(SendError::Rejected(why)) if self.same_rejection(&why, &d.email) => {
+                self.pause(format!("the relay refuses every message: {why}"));
+                Err(SendError::Ours(why))
+            }
+            other => other,
+        };
+        if let Err(SendError::Ours(why)) = &outcome {
+            // Not this mail's fault: no attempt counted, first in line when sending resumes.
+            self.pause(why.clone());
+            d.error = Some(why.clone());
+            d.updated_ms = now;
+            self.finish(key, &d, queued).await;
+            return;
+        }
         d.attempts += 1;
-        d.updated_ms = clock.now_ms();
+        d.updated_ms = now;
         match outcome {
             Ok(()) => {
                 d.state = DeliveryState::Sent;
                 d.error = None;
                 metrics.sent.inc();
+                self.delivered(&d.email);
             }
-            Err(SendError::Temporary(message))
+            Err(SendError::Rejected(why)) if d.rejections == 0 => {
+                // Refused once: perhaps a passing fault of the relay's filter; once more later.
+                d.rejections = 1;
+                self.retry_later(&mut d, why);
+            }
+            Err(SendError::SoftBounce(why)) => {
+                let bounced = self.soft_bounce(&d.email, &why);
+                if bounced || d.updated_ms - d.created_ms >= self.retry.lifetime_ms {
+                    d.state = DeliveryState::Failed;
+                    d.error = Some(why);
+                    metrics.failed.inc();
+                } else {
+                    self.retry_later(&mut d, why);
+                }
+            }
+            Err(SendError::Temporary(why))
                 if d.updated_ms - d.created_ms < self.retry.lifetime_ms =>
             {
-                let delay = plan::retry_delay_ms(
-                    d.attempts,
-                    self.retry.initial_ms,
-                    self.retry.max_ms,
-                    jitter(),
-                );
-                d.next_ms = d.updated_ms + delay as i64;
-                tracing::warn!(
-                    to = d.email,
-                    attempt = d.attempts,
-                    "temporary failure, retry in {delay} ms: {message}"
-                );
-                d.error = Some(message);
-                metrics.retried.inc();
+                self.retry_later(&mut d, why);
             }
             Err(e) => {
                 d.state = DeliveryState::Failed;
@@ -322,12 +405,118 @@ impl Worker {
         self.finish(key, &d, queued).await;
     }
 
-    async fn finish(&self, key: &str, d: &Delivery, queued: &Queued) {
-        if let Err(e) = self.store().update(key, d, Some(queued)) {
-            tracing::error!("cannot record delivery {}: {e}", key.replace('\0', "/"));
+    /// Plans the next try of `d` after a jittered, growing delay.
+    fn retry_later(&self, d: &mut Delivery, why: String) {
+        let delay = plan::retry_delay_ms(
+            d.attempts,
+            self.retry.initial_ms,
+            self.retry.max_ms,
+            jitter(),
+        );
+        d.next_ms = d.updated_ms + delay as i64;
+        tracing::warn!(
+            to = d.email,
+            attempt = d.attempts,
+            "temporary failure, retry in {delay} ms: {why}"
+        );
+        d.error = Some(why);
+        self.outbox.metrics.retried.inc();
+    }
+
+    /// Whether `why` is the same refusal as the last ones, for enough different recipients
+    /// in a row to blame the relay rather than the message.
+    fn same_rejection(&self, why: &str, email: &str) -> bool {
+        if self.outbox.paused().is_some() {
+            return true; // a try during a pause: the relay still refuses us
         }
-        // Durable before the slot is given back: a crash repeats at most the mails in flight.
-        self.commit.wait().await;
+        let mut last = self.rejections.lock().expect("rejections");
+        match last.as_mut() {
+            Some((reason, emails)) if reason == why => {
+                emails.insert(email.to_owned());
+            }
+            _ => *last = Some((why.to_owned(), HashSet::from([email.to_owned()]))),
+        }
+        last.as_ref()
+            .is_some_and(|(_, e)| e.len() >= SAME_REJECTIONS)
+    }
+
+    /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
+    /// bounces of that address is over.
+    fn delivered(&self, email: &str) {
+        self.resume();
+        *self.rejections.lock().expect("rejections") = None;
+        if let Ok(Some(mut sub)) = self.store().subscriber(email)
+            && sub.soft_bounces.is_some()
+        {
+            sub.soft_bounces = None;
+            let _ = self.store().put_subscriber(&sub);
+        }
+    }
+
+    /// Pauses delivery as a whole, or lengthens the pause when the same cause lasts. The
+    /// cause is logged once, not once a mail.
+    fn pause(&self, reason: String) {
+        let now = self.outbox.clock.now_ms();
+        let mut pause = self.outbox.pause.lock().expect("pause");
+        match pause.as_mut() {
+            Some(p) if p.retry_ms > now => {} // already paused; mails in flight report the same
+            Some(p) => {
+                p.backoff_ms = (p.backoff_ms * 2).min(PAUSE_MAX_MS);
+                p.retry_ms = now + p.backoff_ms;
+                if p.reason != reason {
+                    tracing::error!("mail delivery still paused: {reason}");
+                    p.reason = reason;
+                }
+            }
+            None => {
+                tracing::error!(
+                    "mail delivery paused, nothing is marked failed; trying again in {} s: {reason}",
+                    PAUSE_FIRST_MS / 1000
+                );
+                *pause = Some(Pause {
+                    reason,
+                    since_ms: now,
+                    retry_ms: now + PAUSE_FIRST_MS,
+                    backoff_ms: PAUSE_FIRST_MS,
+                });
+            }
+        }
+    }
+
+    fn resume(&self) {
+        if let Some(p) = self.outbox.pause.lock().expect("pause").take() {
+            let paused = (self.outbox.clock.now_ms() - p.since_ms) / 1000;
+            tracing::info!("mail delivery resumed after {paused} s");
+        }
+    }
+
+    /// Records a soft bounce of `email`; returns whether the address now bounces.
+    fn soft_bounce(&self, email: &str, why: &str) -> bool {
+        let Ok(Some(mut sub)) = self.store().subscriber(email) else {
+            return false;
+        };
+        let bounced = sub.soft_bounce(why, self.outbox.clock.now_ms());
+        if bounced {
+            sub.state = SubState::Bounced;
+            sub.bounce = Some(format!("mailbox full for days: {why}"));
+            sub.updated = self.outbox.clock.now_s();
+            tracing::warn!(email, "address marked bounced after repeated soft bounces");
+        }
+        let _ = self.store().put_subscriber(&sub);
+        bounced
+    }
+
+    /// Records the outcome of a delivery durably before the slot is given back: a crash
+    /// repeats at most the mails in flight. A state that cannot be written pauses delivery
+    /// (what was sent meanwhile may be sent once more, never in a loop).
+    async fn finish(&self, key: &str, d: &Delivery, queued: &Queued) {
+        let written = match self.store().update(key, d, Some(queued)) {
+            Ok(()) => self.commit.wait().await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            self.pause(format!("cannot write the state: {e}"));
+        }
     }
 
     fn bounce(&self, email: &str, why: &str) {
@@ -348,7 +537,8 @@ impl Worker {
 /// concurrent senders share a flush instead of queueing for one each.
 struct Committer {
     requested: AtomicU64,
-    done: tokio::sync::watch::Sender<u64>,
+    /// The last ticket flushed, and the error of that flush if it failed.
+    done: tokio::sync::watch::Sender<(u64, Option<String>)>,
     wake: tokio::sync::Notify,
     running: AtomicBool,
 }
@@ -357,18 +547,25 @@ impl Committer {
     fn new() -> Committer {
         Committer {
             requested: AtomicU64::new(0),
-            done: tokio::sync::watch::Sender::new(0),
+            done: tokio::sync::watch::Sender::new((0, None)),
             wake: tokio::sync::Notify::new(),
             running: AtomicBool::new(false),
         }
     }
 
-    /// Waits until everything written before the call is on disk.
-    async fn wait(&self) {
+    /// Waits until everything written before the call is on disk, or the flush that
+    /// should have put it there failed.
+    async fn wait(&self) -> Result<(), String> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut done = self.done.subscribe();
         self.wake.notify_one();
-        let _ = done.wait_for(|d| *d >= ticket).await;
+        match done.wait_for(|(d, _)| *d >= ticket).await {
+            Ok(done) => match &done.1 {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            },
+            Err(_) => Err("the state flusher stopped".into()),
+        }
     }
 
     /// Flushes whenever asked, until the process ends.
@@ -378,20 +575,18 @@ impl Committer {
         }
         loop {
             let target = self.requested.load(Ordering::SeqCst);
-            if *self.done.borrow() >= target {
+            if self.done.borrow().0 >= target {
                 self.wake.notified().await;
                 continue;
             }
             let started = std::time::Instant::now();
-            if let Err(e) = store.flush_async().await {
-                tracing::error!("cannot flush the state: {e}");
-            }
+            let error = store.flush_async().await.err().map(|e| e.to_string());
             tracing::trace!(
-                covered = target - *self.done.borrow(),
+                covered = target - self.done.borrow().0,
                 "flush took {:?}",
                 started.elapsed()
             );
-            self.done.send_replace(target);
+            self.done.send_replace((target, error));
         }
     }
 }

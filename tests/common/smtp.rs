@@ -19,6 +19,24 @@ pub enum Action {
     Drop,
     /// Never answer (until the server stops).
     Hang,
+    /// Answered with the `data_end` reply of [`Replies`].
+    Refused,
+}
+
+/// Replies that a test sets (and changes while the server runs) to play a relay that
+/// refuses us or some of the recipients. The default accepts everything.
+#[derive(Debug, Clone, Default)]
+pub struct Replies {
+    /// Offer AUTH in EHLO and answer it with this reply (`235 ...` accepts).
+    pub auth: Option<String>,
+    /// The reply to MAIL FROM instead of `250`.
+    pub mail_from: Option<String>,
+    /// The reply to RCPT TO for these addresses instead of `250`.
+    pub rcpt: std::collections::HashMap<String, String>,
+    /// The reply at the end of DATA instead of the script's.
+    pub data_end: Option<String>,
+    /// Close a connection idle this long (relays do).
+    pub idle_close: Option<Duration>,
 }
 
 /// One message as the server received it, with what it answered.
@@ -40,6 +58,11 @@ type Script = Box<dyn Fn(usize, &str) -> Action + Send + Sync>;
 pub struct SmtpServer {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    pub replies: Arc<Mutex<Replies>>,
+    /// Connections opened so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections the server closed because they sat idle.
+    pub idle_closed: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -69,23 +92,40 @@ impl SmtpServer {
         SmtpServer::on(listener, Box::new(|_, _| Action::Accept), Duration::ZERO)
     }
 
+    /// Changes the replies while the server runs.
+    pub fn set(&self, change: impl FnOnce(&mut Replies)) {
+        change(&mut self.replies.lock().unwrap());
+    }
+
     fn on(listener: TcpListener, script: Script, delay: Duration) -> SmtpServer {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let replies = Arc::new(Mutex::new(Replies::default()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idle_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let script = Arc::new(script);
         listener.set_nonblocking(true).unwrap();
         {
             let (received, stop) = (received.clone(), stop.clone());
+            let (replies, connections, idle_closed) =
+                (replies.clone(), connections.clone(), idle_closed.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             stream.set_nonblocking(false).unwrap();
-                            let (received, stop, script) =
-                                (received.clone(), stop.clone(), script.clone());
+                            connections.fetch_add(1, Ordering::SeqCst);
+                            let peer = Peer {
+                                received: received.clone(),
+                                replies: replies.clone(),
+                                idle_closed: idle_closed.clone(),
+                                stop: stop.clone(),
+                                script: script.clone(),
+                                delay,
+                            };
                             std::thread::spawn(move || {
-                                let _ = session(stream, &received, &stop, &**script, delay);
+                                let _ = session(stream, &peer);
                             });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -96,6 +136,9 @@ impl SmtpServer {
         SmtpServer {
             addr,
             received,
+            replies,
+            connections,
+            idle_closed,
             stop,
         }
     }
@@ -122,13 +165,23 @@ impl Drop for SmtpServer {
     }
 }
 
-fn session(
-    stream: TcpStream,
-    received: &Mutex<Vec<Received>>,
-    stop: &AtomicBool,
-    script: &(dyn Fn(usize, &str) -> Action + Send + Sync),
+/// What one connection's thread shares with the server.
+struct Peer {
+    received: Arc<Mutex<Vec<Received>>>,
+    replies: Arc<Mutex<Replies>>,
+    idle_closed: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    script: Arc<Script>,
     delay: Duration,
-) -> std::io::Result<()> {
+}
+
+fn reply(out: &mut TcpStream, text: &str) -> std::io::Result<()> {
+    out.write_all(format!("{text}\r\n").as_bytes())
+}
+
+fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
+    let (received, stop, delay) = (&peer.received, &*peer.stop, peer.delay);
+    let script = &**peer.script;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
@@ -137,17 +190,37 @@ fn session(
     let mut to = Vec::new();
     let mut line = String::new();
     loop {
-        if !next_line(&mut reader, &mut line, stop)? {
+        let idle_close = peer.replies.lock().unwrap().idle_close;
+        if !next_line_within(&mut reader, &mut line, stop, idle_close)? {
+            if idle_close.is_some() && !stop.load(Ordering::Relaxed) && line.is_empty() {
+                peer.idle_closed.fetch_add(1, Ordering::SeqCst);
+            }
             return Ok(());
         }
         let cmd = line.trim_end().to_ascii_uppercase();
+        let replies = peer.replies.lock().unwrap().clone();
         if cmd.starts_with("EHLO") {
-            out.write_all(b"250-test.local\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n")?;
+            let auth = if replies.auth.is_some() {
+                "250-AUTH PLAIN LOGIN\r\n"
+            } else {
+                ""
+            };
+            out.write_all(
+                format!(
+                    "250-test.local\r\n{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"
+                )
+                .as_bytes(),
+            )?;
         } else if cmd.starts_with("HELO") {
             out.write_all(b"250 test.local\r\n")?;
+        } else if cmd.starts_with("AUTH") {
+            reply(
+                &mut out,
+                replies.auth.as_deref().unwrap_or("503 no auth here"),
+            )?;
         } else if cmd.starts_with("MAIL FROM") {
             to.clear();
-            out.write_all(b"250 ok\r\n")?;
+            reply(&mut out, replies.mail_from.as_deref().unwrap_or("250 ok"))?;
         } else if cmd.starts_with("RCPT TO") {
             let addr = line.trim_end()[8..]
                 .trim()
@@ -155,8 +228,15 @@ fn session(
                 .trim()
                 .trim_matches(['<', '>'])
                 .to_string();
-            to.push(addr);
-            out.write_all(b"250 ok\r\n")?;
+            match replies.rcpt.get(&addr) {
+                Some(text) => reply(&mut out, text)?,
+                None => {
+                    to.push(addr);
+                    out.write_all(b"250 ok\r\n")?;
+                }
+            }
+        } else if cmd == "DATA" && to.is_empty() {
+            out.write_all(b"554 5.5.1 no valid recipients\r\n")?;
         } else if cmd == "DATA" {
             out.write_all(b"354 go ahead\r\n")?;
             let mut data = String::new();
@@ -174,7 +254,11 @@ fn session(
                 );
             }
             let n = received.lock().unwrap().len();
-            let action = script(n, &data);
+            let refused = peer.replies.lock().unwrap().data_end.clone();
+            let action = match &refused {
+                Some(_) => Action::Refused,
+                None => script(n, &data),
+            };
             received.lock().unwrap().push(Received {
                 to: to.clone(),
                 data,
@@ -186,7 +270,8 @@ fn session(
             match action {
                 Action::Accept => out.write_all(b"250 queued\r\n")?,
                 Action::Temporary => out.write_all(b"451 4.3.0 try again later\r\n")?,
-                Action::Permanent => out.write_all(b"550 5.1.1 no such mailbox\r\n")?,
+                Action::Permanent => out.write_all(b"554 5.7.1 message refused\r\n")?,
+                Action::Refused => reply(&mut out, refused.as_deref().unwrap_or("554 refused"))?,
                 Action::Drop => return Ok(()),
                 Action::Hang => {
                     while !stop.load(Ordering::Relaxed) {
@@ -202,6 +287,41 @@ fn session(
             return Ok(());
         } else {
             out.write_all(b"502 not implemented\r\n")?;
+        }
+    }
+}
+
+/// Like [`next_line`], but gives up (`false`, `line` empty) when nothing came for `idle`.
+fn next_line_within(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+    stop: &AtomicBool,
+    idle: Option<Duration>,
+) -> std::io::Result<bool> {
+    let Some(idle) = idle else {
+        return next_line(reader, line, stop);
+    };
+    line.clear();
+    let started = std::time::Instant::now();
+    loop {
+        match reader.read_line(line) {
+            Ok(0) => return Ok(false),
+            Ok(_) if line.ends_with('\n') => return Ok(true),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                if line.is_empty() && started.elapsed() >= idle {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
 }

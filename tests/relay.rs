@@ -1,0 +1,205 @@
+//! A relay that refuses: what bounces an address, and what only pauses delivery. The daemon
+//! runs in the test process on a manual clock (pauses and retries pass when the test moves
+//! it); SMTP goes over TCP to the scripted server, sled and HTTP are real.
+
+mod common;
+
+use chrono::{DateTime, Duration as Span, Utc};
+
+use common::daemon::PATIENCE;
+use common::inproc::InProc;
+use common::smtp::SmtpServer;
+use common::{CAT_A, Site, article, stdout, wait_for};
+
+const NEVER: &str = "0 0 0 1 1 * 2099";
+
+/// A site mailing through `smtp`, logging in when `login` is set.
+fn site(smtp: &SmtpServer, login: bool) -> Site {
+    let credentials = if login {
+        "username = \"bantin\"\npassword_file = \"smtp-password\"\n"
+    } else {
+        ""
+    };
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+         retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n{credentials}\
+         [digest]\ndaily = \"{NEVER}\"\nweekly = \"{NEVER}\"\n",
+        smtp.addr.port()
+    ));
+    site.write("smtp-password", "bi-mat\n");
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    site
+}
+
+fn add(site: &Site, emails: &[&str]) {
+    for email in emails {
+        let out = site.bantin(&["subscribers", "add", email, "--confirmed"]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    }
+}
+
+fn status(site: &Site) -> serde_json::Value {
+    serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap()
+}
+
+fn start(site: &Site) -> InProc {
+    let now = DateTime::from_timestamp(Utc::now().timestamp() + 1, 0).unwrap();
+    InProc::start(site, &bantin::clock::Clock::manual(now))
+}
+
+fn paused(daemon: &InProc) -> bool {
+    daemon
+        .get("/metrics")
+        .text()
+        .lines()
+        .any(|l| l.starts_with("bantin_mail_paused{") && l.ends_with(" 1"))
+}
+
+/// Every subscriber is still active, nothing failed, everything waits.
+fn nobody_harmed(site: &Site, subscribers: usize) {
+    let json = status(site);
+    assert_eq!(json["subscribers"]["active"], subscribers, "{json}");
+    assert_eq!(json["subscribers"]["bounced"], 0, "{json}");
+    assert_eq!(json["outbox"]["failed"], 0, "{json}");
+    assert_eq!(json["outbox"]["sent"], 0, "{json}");
+    assert_eq!(json["outbox"]["pending"], subscribers, "{json}");
+    assert_eq!(json["delivery"]["paused"], true, "{json}");
+}
+
+/// Each address got exactly one mail.
+fn each_once(smtp: &SmtpServer, emails: &[&str]) {
+    wait_for("every mail", PATIENCE, || {
+        smtp.accepted().len() >= emails.len()
+    });
+    let mut to: Vec<String> = smtp.accepted().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    let mut want: Vec<String> = emails.iter().map(|e| e.to_string()).collect();
+    want.sort();
+    assert_eq!(to, want);
+}
+
+/// The refusal set by `refuse` pauses delivery and harms no one; once `accept` is applied,
+/// moving the clock past the pause delivers everything once.
+fn pauses_then_resumes(
+    login: bool,
+    refuse: impl FnOnce(&mut common::smtp::Replies),
+    accept: impl FnOnce(&mut common::smtp::Replies),
+    reason: &str,
+) {
+    let smtp = SmtpServer::start();
+    if login {
+        smtp.set(|r| r.auth = Some("235 2.7.0 ok".into()));
+    }
+    smtp.set(refuse);
+    let site = site(&smtp, login);
+    let emails = ["a@x.vn", "b@x.vn", "c@x.vn", "d@x.vn", "e@x.vn"];
+    add(&site, &emails);
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_for("the pause", PATIENCE, || paused(&daemon));
+    nobody_harmed(&site, emails.len());
+    let text = stdout(&site.bantin(&["status"]));
+    assert!(
+        text.contains("delivery: PAUSED") && text.contains(reason),
+        "{text}"
+    );
+    assert!(
+        daemon.get("/metrics").text().contains(reason),
+        "the reason is on /metrics"
+    );
+    // Still refusing at the next try: still nobody harmed, the pause grows.
+    let connections = || smtp.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let before = connections();
+    daemon.advance(Span::seconds(31));
+    wait_for("the second try", PATIENCE, || connections() > before);
+    wait_for("the pause again", PATIENCE, || paused(&daemon));
+    nobody_harmed(&site, emails.len());
+    smtp.set(accept);
+    // Past the longest wait so far (30 s, then 60 s) and any retry of a message refused once.
+    daemon.advance(Span::seconds(61));
+    wait_for("resumed", PATIENCE, || !paused(&daemon));
+    daemon.advance(Span::seconds(80));
+    each_once(&smtp, &emails);
+    let json = status(&site);
+    assert_eq!(json["outbox"]["sent"], emails.len(), "{json}");
+    assert_eq!(json["subscribers"]["active"], emails.len(), "{json}");
+    assert_eq!(json["delivery"]["paused"], false, "{json}");
+}
+
+#[test]
+fn a_wrong_password_pauses_delivery_and_bounces_no_one() {
+    pauses_then_resumes(
+        true,
+        |r| r.auth = Some("535 5.7.8 authentication failed".into()),
+        |r| r.auth = Some("235 2.7.0 ok".into()),
+        "535",
+    );
+}
+
+#[test]
+fn a_relay_that_wants_a_login_pauses_delivery() {
+    pauses_then_resumes(
+        false,
+        |r| r.mail_from = Some("530 5.7.0 authentication required".into()),
+        |r| r.mail_from = None,
+        "530",
+    );
+}
+
+#[test]
+fn a_content_filter_refusing_everything_pauses_delivery() {
+    pauses_then_resumes(
+        false,
+        |r| r.data_end = Some("554 5.7.1 rejected by the content filter".into()),
+        |r| r.data_end = None,
+        "554",
+    );
+}
+
+#[test]
+fn a_full_mailbox_is_retried_not_bounced() {
+    let smtp = SmtpServer::start();
+    smtp.set(|r| {
+        r.rcpt
+            .insert("day@x.vn".into(), "552 5.2.2 mailbox full".into());
+    });
+    let site = site(&smtp, false);
+    add(&site, &["day@x.vn", "ok@x.vn"]);
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_for("the retry planned", PATIENCE, || {
+        daemon.metric("bantin_mail_retries_total") == Some(1.0)
+    });
+    let json = status(&site);
+    assert_eq!(json["subscribers"]["active"], 2, "{json}");
+    assert_eq!(json["outbox"]["pending"], 1, "{json}");
+    assert_eq!(json["delivery"]["paused"], false, "{json}");
+    // Room again: the retry gets through.
+    smtp.set(|r| r.rcpt.clear());
+    daemon.advance(Span::seconds(76));
+    each_once(&smtp, &["day@x.vn", "ok@x.vn"]);
+}
+
+#[test]
+fn an_idle_connection_the_relay_closed_is_replaced_at_once() {
+    let smtp = SmtpServer::start();
+    smtp.set(|r| r.idle_close = Some(std::time::Duration::from_millis(300)));
+    let site = site(&smtp, false);
+    add(&site, &["dan@x.vn"]);
+    let daemon = start(&site);
+    site.publish("mot.txt", &article(CAT_A, "Tin một", "20/11/2026 | 08:00"));
+    wait_for("the first alert", PATIENCE, || smtp.accepted().len() == 1);
+    wait_for("the relay to close the idle connection", PATIENCE, || {
+        smtp.idle_closed.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    site.publish("hai.txt", &article(CAT_A, "Tin hai", "21/11/2026 | 08:00"));
+    // The clock does not move: a retry would never come, so this mail went at once.
+    wait_for("the second alert", PATIENCE, || smtp.accepted().len() == 2);
+    assert_eq!(daemon.metric("bantin_mail_retries_total"), Some(0.0));
+    assert_eq!(
+        smtp.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
