@@ -98,6 +98,8 @@ dir = "{REPO}/templates"
 [http]
 listen = "127.0.0.1:{http_port}"
 [mail]
+alert_delay_secs = 0
+alert_max_age_days = 3650
 from = "HĐND quận Cầu Giấy <bantin@hdnd.test>"
 transport = "smtp"
 concurrency = {args.sessions}

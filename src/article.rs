@@ -343,6 +343,14 @@ pub fn is_ignored_name(name: &str) -> bool {
         || !name.ends_with(".txt")
 }
 
+/// Whether `relative` (a path inside the store) is a draft: a file or a folder whose name
+/// starts with `_`. Drafts are checked, never published or mailed.
+pub fn is_draft(relative: &Path) -> bool {
+    relative.components().any(|c| {
+        matches!(c, std::path::Component::Normal(part) if part.to_str().is_some_and(|p| p.starts_with('_')))
+    })
+}
+
 /// The id of the article at `relative` (a path inside the store), or `None` when the path is
 /// not an article (ignored name, hidden folder).
 pub fn id_for(relative: &Path) -> Option<String> {
@@ -544,6 +552,14 @@ mod tests {
             let expected: String = text.nfc().collect();
             assert_eq!(clean(text), expected, "{text:?}");
         }
+    }
+
+    #[test]
+    fn drafts_are_names_that_start_with_an_underscore() {
+        assert!(is_draft(Path::new("_nhap.txt")));
+        assert!(is_draft(Path::new("2026/_chua-xong/bai.txt")));
+        assert!(!is_draft(Path::new("2026/bai_moi.txt")));
+        assert!(!is_draft(Path::new("bai.txt")));
     }
 
     #[test]

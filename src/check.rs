@@ -7,13 +7,32 @@ use crate::config::Config;
 use crate::library::Library;
 use crate::publish::unknown_categories;
 
-/// Every problem found, in a stable order; empty when all is well. Also the number of
-/// articles read.
-pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every problem, `path:line: message`, in a stable order; empty when all is well.
+    pub problems: Vec<String>,
+    /// Articles read (drafts included).
+    pub articles: usize,
+    /// Drafts (files or folders named `_…`): checked, never published.
+    pub drafts: Vec<String>,
+}
+
+/// Checks everything `bantin run` would use.
+pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
+    let (problems, articles, drafts) = problems(config, progress);
+    Report {
+        problems,
+        articles,
+        drafts,
+    }
+}
+
+fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec<String>) {
     let mut problems = Vec::new();
     let tz = match config.timezone() {
         Ok(tz) => tz,
-        Err(e) => return (vec![e], 0),
+        Err(e) => return (vec![e], 0, Vec::new()),
     };
     let (feeds, feed_source) = match crate::publish::load_feed_defs(&config.feeds.dir) {
         Ok((defs, errors)) => {
@@ -53,14 +72,24 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
                 "{}: cannot read the store: {e}",
                 config.store.dir.display()
             ));
-            return (problems, 0);
+            return (problems, 0, Vec::new());
         }
     };
-    let read = files.len();
+    let drafts = reader.walk_drafts().unwrap_or_default();
+    let read = files.len() + drafts.len();
     let (entries, errors) = reader.read_all(&files, |_, _| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     });
     problems.extend(errors.iter().map(ToString::to_string));
+    // Drafts are held to the same rules, so a draft made public later is already right.
+    let (_, draft_errors) = reader.read_all(&drafts, |_, _| {
+        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    problems.extend(draft_errors.iter().map(ToString::to_string));
+    let drafts: Vec<String> = drafts
+        .iter()
+        .map(|d| config.store.dir.join(&d.file).display().to_string())
+        .collect();
     let library = Library::from_entries(entries);
     for (def, category) in unknown_categories(&feeds, &library) {
         let path = config.feeds.dir.join(format!("{}.toml", def.name));
@@ -107,5 +136,5 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize) {
             problems.push(e.to_string());
         }
     }
-    (problems, read)
+    (problems, read, drafts)
 }

@@ -194,6 +194,12 @@ pub struct Mail {
     pub subscribe_per_hour: u32,
     /// Finished deliveries (sent, failed, cancelled) are kept this many days, then pruned.
     pub keep_days: u64,
+    /// An alert goes out only once its article has been unchanged this long: a file saved
+    /// in several steps is mailed once, finished; a deletion in that time mails nothing.
+    pub alert_delay_secs: u64,
+    /// Articles published longer ago than this when bantin first sees them (a backfilled
+    /// archive) are published but neither alerted nor put in a digest.
+    pub alert_max_age_days: u64,
     pub smtp: Smtp,
     pub dkim: Option<Dkim>,
 }
@@ -214,6 +220,8 @@ impl Default for Mail {
             sendmail_command: "/usr/sbin/sendmail".into(),
             subscribe_per_hour: 10,
             keep_days: 90,
+            alert_delay_secs: 60,
+            alert_max_age_days: 7,
             smtp: Smtp::default(),
             dkim: None,
         }

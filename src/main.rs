@@ -186,16 +186,28 @@ fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
     let progress = Progress::start("checking articles", None);
-    let (problems, articles) = bantin::check::run(config, &progress.count);
+    let report = bantin::check::run(config, &progress.count);
     progress.finish();
-    for p in &problems {
+    for p in &report.problems {
         println!("{p}");
     }
-    if problems.is_empty() {
-        eprintln!("ok: {articles} articles, no problems");
+    for d in &report.drafts {
+        eprintln!("{d}: draft, not published (remove the '_' from its name to publish it)");
+    }
+    let drafts = match report.drafts.len() {
+        0 => String::new(),
+        1 => " (1 draft)".into(),
+        n => format!(" ({n} drafts)"),
+    };
+    if report.problems.is_empty() {
+        eprintln!("ok: {} articles{drafts}, no problems", report.articles);
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("{} problem(s) in {articles} files", problems.len());
+        eprintln!(
+            "{} problem(s) in {} files{drafts}",
+            report.problems.len(),
+            report.articles
+        );
         Ok(ExitCode::from(1))
     }
 }

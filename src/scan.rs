@@ -33,8 +33,18 @@ pub struct StoreReader {
 
 impl StoreReader {
     /// Every article file under the store (recursively), sorted by path. Hidden entries,
-    /// editor leftovers, non-`.txt` files and symlinks that leave the store are skipped.
+    /// editor leftovers, non-`.txt` files, symlinks that leave the store and drafts are
+    /// skipped.
     pub fn walk(&self) -> std::io::Result<Vec<Found>> {
+        self.walk_kind(false)
+    }
+
+    /// Every draft of the store (a file or folder named `_…`), for `check`.
+    pub fn walk_drafts(&self) -> std::io::Result<Vec<Found>> {
+        self.walk_kind(true)
+    }
+
+    fn walk_kind(&self, drafts: bool) -> std::io::Result<Vec<Found>> {
         let root = self.root.canonicalize()?;
         let mut found = Vec::new();
         let mut stack = vec![PathBuf::new()];
@@ -61,7 +71,7 @@ impl StoreReader {
                 };
                 if file_type.is_dir() {
                     stack.push(rel);
-                } else if let Some(f) = self.found(&root, &rel) {
+                } else if let Some(f) = self.found(&root, &rel, drafts) {
                     found.push(f);
                 }
             }
@@ -70,8 +80,12 @@ impl StoreReader {
         Ok(found)
     }
 
-    /// The article at `rel` (relative to the canonical `root`), when it is one.
-    fn found(&self, root: &Path, rel: &Path) -> Option<Found> {
+    /// The article at `rel` (relative to the canonical `root`), when it is one (a draft
+    /// when `drafts`, else a published one).
+    fn found(&self, root: &Path, rel: &Path, drafts: bool) -> Option<Found> {
+        if article::is_draft(rel) != drafts {
+            return None;
+        }
         let id = article::id_for(rel)?;
         let path = root.join(rel);
         let link = std::fs::symlink_metadata(&path).ok()?;
@@ -109,7 +123,7 @@ impl StoreReader {
         {
             return None;
         }
-        self.found(&root, rel)
+        self.found(&root, rel, false)
     }
 
     /// Reads and parses one found file.

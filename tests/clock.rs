@@ -16,7 +16,7 @@ use common::{CAT_A, CAT_B, Site, article, stdout, wait_for};
 fn mail_site(smtp: std::net::SocketAddr, daily: &str) -> Site {
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
          [digest]\ndaily = \"{daily}\"\nweekly = \"0 0 0 1 1 * 2099\"\n",
@@ -263,4 +263,201 @@ fn a_server_down_then_back() {
             .unwrap()
             .contains("Bài mới")
     );
+}
+
+/// A site that mails through `smtp` with `mail` settings, its clock standing at 20/11/2026
+/// 10:00 in Hà Nội.
+fn news_site(smtp: &SmtpServer, mail: &str) -> (Site, bantin::clock::Clock) {
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n{mail}\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+         [digest]\ndaily = \"0 0 0 1 1 * 2099\"\nweekly = \"0 0 0 1 1 * 2099\"\n",
+        smtp.addr.port()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let start = DateTime::parse_from_rfc3339("2026-11-20T10:00:00+07:00").unwrap();
+    (site, bantin::clock::Clock::manual(start.to_utc()))
+}
+
+/// Deliveries in the outbox, in any state.
+fn deliveries(site: &Site) -> u64 {
+    let json = status(site);
+    ["pending", "sent", "failed", "cancelled"]
+        .iter()
+        .map(|k| json["outbox"][k].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn an_article_saved_in_three_steps_over_10_s_is_alerted_once_with_its_final_text() {
+    saved_in_three_steps(5);
+}
+
+#[test]
+fn each_save_starts_the_wait_again() {
+    // 15 s between saves with a 20 s delay: the first save's alert would be due between the
+    // second and third; it waits for the last.
+    saved_in_three_steps(15);
+}
+
+fn saved_in_three_steps(gap_secs: i64) {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "alert_delay_secs = 20");
+    let daemon = InProc::start(&site, &clock);
+    let path = site.store().join("viet-dan.txt");
+    let head = "THÔNG BÁO\n\nBài viết dần\nNgày đăng 20/11/2026 | 09:00\n\n";
+    let steps = [
+        "Đoạn một.",
+        "Đoạn một.\n\nĐoạn hai.",
+        "Đoạn một.\n\nĐoạn hai.\n\nĐoạn cuối.",
+    ];
+    for (i, body) in steps.iter().enumerate() {
+        // Saved in place, as an editor does.
+        std::fs::write(&path, format!("{head}{body}\n")).unwrap();
+        let last = body.rsplit("\n\n").next().unwrap();
+        wait_for("the step published", PATIENCE, || {
+            daemon.get("/articles/viet-dan.html").text().contains(last)
+        });
+        if i < 2 {
+            daemon.advance(Days::seconds(gap_secs));
+        }
+    }
+    daemon.advance(Days::seconds(21));
+    let mails = wait_mails(&smtp, 1);
+    let text = part(&mails[0].data, "text/plain").unwrap();
+    assert!(text.contains("Đoạn cuối."), "the final text: {text}");
+    wait_for("the outbox to settle", PATIENCE, || {
+        status(&site)["outbox"]["pending"] == 0
+    });
+    assert_eq!(deliveries(&site), 1, "one alert");
+    assert_eq!(smtp.messages().len(), 1);
+}
+
+#[test]
+fn an_article_deleted_before_its_alert_is_due_mails_nobody() {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "alert_delay_secs = 60");
+    let daemon = InProc::start(&site, &clock);
+    site.publish(
+        "nham.txt",
+        &article(CAT_A, "Đăng nhầm", "20/11/2026 | 09:00"),
+    );
+    wait_for("the mistake published", PATIENCE, || {
+        daemon.get("/articles/nham.html").status == 200
+    });
+    std::fs::remove_file(site.store().join("nham.txt")).unwrap();
+    wait_for("the mistake gone", PATIENCE, || {
+        daemon.get("/articles/nham.html").status == 404
+    });
+    site.publish(
+        "dung.txt",
+        &article(CAT_A, "Bài đúng", "20/11/2026 | 09:30"),
+    );
+    wait_for("the right one published", PATIENCE, || {
+        daemon.get("/articles/dung.html").status == 200
+    });
+    daemon.advance(Days::seconds(61));
+    let mails = wait_mails(&smtp, 1);
+    assert!(
+        header(&mails[0].data, "Subject")
+            .unwrap()
+            .contains("Bài đúng")
+    );
+    wait_for("the outbox to settle", PATIENCE, || {
+        status(&site)["outbox"]["pending"] == 0
+    });
+    assert_eq!(deliveries(&site), 1, "nothing for the deleted article");
+}
+
+#[test]
+fn drafts_are_never_published_or_mailed_until_renamed() {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "alert_delay_secs = 0");
+    let daemon = InProc::start(&site, &clock);
+    site.publish(
+        "_nhap.txt",
+        &article(CAT_A, "Bản nháp", "20/11/2026 | 09:00"),
+    );
+    site.publish(
+        "_chua-xong/bai.txt",
+        &article(CAT_A, "Nháp trong thư mục", "20/11/2026 | 09:00"),
+    );
+    site.publish(
+        "that.txt",
+        &article(CAT_A, "Bài thật", "20/11/2026 | 09:10"),
+    );
+    let mails = wait_mails(&smtp, 1);
+    assert!(
+        header(&mails[0].data, "Subject")
+            .unwrap()
+            .contains("Bài thật")
+    );
+    let feed = daemon.get("/feeds/tat-ca.atom").text();
+    assert!(
+        !feed.contains("Bản nháp") && !feed.contains("Nháp trong"),
+        "{feed}"
+    );
+    assert_eq!(daemon.get("/articles/_nhap.html").status, 404);
+    assert_eq!(deliveries(&site), 1, "no alert for a draft");
+    // `check` reads drafts too, and says they are drafts.
+    let out = site.bantin(&["check"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("_nhap.txt: draft, not published"),
+        "{}",
+        common::stderr(&out)
+    );
+    // Renamed without the underscore: published and mailed.
+    std::fs::rename(
+        site.store().join("_nhap.txt"),
+        site.store().join("nhap.txt"),
+    )
+    .unwrap();
+    let mails = wait_mails(&smtp, 2);
+    assert!(
+        header(&mails[1].data, "Subject")
+            .unwrap()
+            .contains("Bản nháp")
+    );
+}
+
+#[test]
+fn a_backfilled_archive_is_published_but_not_mailed() {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "alert_delay_secs = 0");
+    let daemon = InProc::start(&site, &clock);
+    // 500 articles of two years ago, dropped in at once (as a copy of the old site would).
+    let staging = site.path("luu-tru");
+    for i in 0..500 {
+        common::write_bytes(
+            &staging.join(format!("cu-{i:03}.txt")),
+            article(
+                CAT_A,
+                &format!("Tin cũ {i}"),
+                &format!("{:02}/11/2024 | 08:00", i % 28 + 1),
+            )
+            .as_bytes(),
+        );
+    }
+    std::fs::rename(&staging, site.store().join("luu-tru")).unwrap();
+    wait_for("the archive published", PATIENCE, || {
+        daemon.metric("bantin_articles") == Some(501.0)
+    });
+    assert_eq!(daemon.get("/articles/luu-tru/cu-007.html").status, 200);
+    // A fresh article after it is mailed, and is the only mail.
+    site.publish("moi.txt", &article(CAT_A, "Tin mới", "20/11/2026 | 09:00"));
+    let mails = wait_mails(&smtp, 1);
+    assert!(
+        header(&mails[0].data, "Subject")
+            .unwrap()
+            .contains("Tin mới")
+    );
+    wait_for("the outbox to settle", PATIENCE, || {
+        status(&site)["outbox"]["pending"] == 0
+    });
+    assert_eq!(deliveries(&site), 1, "no alert for the archive");
+    // Nor in a digest: they are known with no time of appearance.
+    drop(daemon);
 }

@@ -17,7 +17,7 @@ fn kill_9_during_a_fan_out() {
     let smtp = SmtpServer::slow(Duration::from_millis(1));
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [mail]\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
          retry_initial_ms = 200\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
         smtp.addr.port()

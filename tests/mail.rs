@@ -22,7 +22,7 @@ fn mail_site(smtp: std::net::SocketAddr, extra: &str) -> Site {
     };
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 200\nretry_max_ms = 1000\n{concurrency}{extra}\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
          [digest]\ndaily = \"{NEVER}\"\nweekly = \"{NEVER}\"\n",
@@ -359,7 +359,7 @@ fn unsubscribe_links() {
 fn file_transport_with_dkim_signing_the_list_headers() {
     let site = Site::with_config(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [mail]\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
          [mail.dkim]\ndomain = \"hdnd.test\"\nselector = \"bantin\"\nkey_file = \"dkim.key\"\nalgorithm = \"ed25519\"\n",
     );
     // An Ed25519 key is 32 bytes, base64.
@@ -576,7 +576,7 @@ fn the_sendmail_transport_pipes_each_mail_to_the_command() {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     site.set_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[mail]\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"sendmail\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\n[mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"sendmail\"\n\
          sendmail_command = \"{}\"\n",
         script.display()
     ));

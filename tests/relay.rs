@@ -22,7 +22,7 @@ fn site(smtp: &SmtpServer, login: bool) -> Site {
     };
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
-         [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n{credentials}\
          [digest]\ndaily = \"{NEVER}\"\nweekly = \"{NEVER}\"\n",

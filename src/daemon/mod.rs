@@ -168,6 +168,7 @@ pub async fn serve(
             config.mail.keep_days,
         )),
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
+        tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
         tasks::admin_socket(&config, mail.outbox.clone())?,
         tokio::spawn(tasks::reloads(
             config.clone(),

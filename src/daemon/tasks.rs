@@ -42,6 +42,28 @@ pub async fn mail_events(
     }
 }
 
+/// Alerts new articles once they have been unchanged for `mail.alert_delay_secs`.
+pub async fn settled_alerts(outbox: Outbox) {
+    loop {
+        match outbox.next_settled_ms() {
+            None => outbox.settled.notified().await,
+            Some(due) => {
+                let at = chrono::DateTime::from_timestamp_millis(due).unwrap_or_default();
+                tokio::select! {
+                    () = outbox.clock.sleep_until(at) => {
+                        if let Err(e) = outbox.alert_settled().await {
+                            tracing::error!("mail: {e}");
+                            // The state may be failing: not again at once.
+                            outbox.clock.sleep(std::time::Duration::from_secs(5)).await;
+                        }
+                    }
+                    () = outbox.settled.notified() => {}
+                }
+            }
+        }
+    }
+}
+
 /// Tells the engine when a manual clock moves, so what came due is published at once.
 /// Never fires on the system clock.
 pub async fn clock_ticks(clock: Clock, engine: Sender<Msg>) {

@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use message::{Composer, Links, check_templates};
-pub use outbox::{Outbox, Pause, queue_confirmation};
+pub use outbox::{NewsPolicy, Outbox, Pause, queue_confirmation};
 pub use transport::{SendError, Transport};
 pub use worker::Worker;
 
@@ -144,7 +144,12 @@ impl Mail {
         let signer = Signer::load(&config.state.dir, config.mail.token_secret_file.as_deref())?;
         let links = Links::new(signer, config.base_url());
         let metrics = MailMetrics::default();
-        let outbox = Outbox::new(store, clock, metrics.clone());
+        let outbox = Outbox::new(
+            store,
+            clock,
+            metrics.clone(),
+            NewsPolicy::from_config(config),
+        );
         let composer = Composer::from_config(config, templates, links.clone())?;
         let transport = Transport::from_config(config)?;
         let worker = Worker::new(config, outbox.clone(), composer, transport, articles)?;

@@ -2,7 +2,7 @@
 //! cancellations when an article goes. Every plan is written to the outbox (and flushed)
 //! before anything is sent; delivery keys make planning twice harmless.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, FixedOffset};
@@ -30,6 +30,37 @@ pub struct Outbox {
     /// Set while delivery as a whole is paused (the relay refuses us, the state cannot be
     /// written); read by `status` and `/metrics`.
     pub pause: Arc<Mutex<Option<Pause>>>,
+    /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted.
+    settling: Arc<Mutex<HashMap<String, Settling>>>,
+    /// Told when an article starts settling.
+    pub settled: Arc<tokio::sync::Notify>,
+    policy: NewsPolicy,
+}
+
+/// What counts as news, and when it may be mailed.
+#[derive(Debug, Clone, Copy)]
+pub struct NewsPolicy {
+    /// An alert waits until its article has been unchanged this long (milliseconds).
+    pub delay_ms: i64,
+    /// Older articles seen for the first time are not mailed (milliseconds).
+    pub max_age_ms: i64,
+}
+
+impl NewsPolicy {
+    pub fn from_config(config: &crate::config::Config) -> NewsPolicy {
+        NewsPolicy {
+            delay_ms: (config.mail.alert_delay_secs as i64).saturating_mul(1000),
+            max_age_ms: (config.mail.alert_max_age_days as i64).saturating_mul(24 * 3600 * 1000),
+        }
+    }
+}
+
+/// A new article not alerted yet.
+#[derive(Debug, Clone)]
+struct Settling {
+    entry: Arc<Entry>,
+    /// When it may be alerted, if unchanged until then.
+    due_ms: i64,
 }
 
 /// Why and since when delivery is paused.
@@ -45,7 +76,7 @@ pub struct Pause {
 }
 
 impl Outbox {
-    pub fn new(store: Store, clock: Clock, metrics: MailMetrics) -> Outbox {
+    pub fn new(store: Store, clock: Clock, metrics: MailMetrics, policy: NewsPolicy) -> Outbox {
         Outbox {
             store,
             clock,
@@ -53,6 +84,9 @@ impl Outbox {
             in_flight: Arc::default(),
             metrics,
             pause: Arc::default(),
+            settling: Arc::default(),
+            settled: Arc::default(),
+            policy,
         }
     }
 
@@ -101,19 +135,92 @@ impl Outbox {
         self.published(visible).await
     }
 
-    /// Articles that became visible. News is decided here, once and durably: an article the
-    /// mail side has never known. Each gets one alert to every matching active `immediate`
-    /// subscriber; a known one (an edit, a restart) gets nothing.
+    /// Articles that became visible (new, edited, or come due). News is decided here, once
+    /// and durably: an article the mail side has never known, published within
+    /// `alert_max_age_days`. It is alerted once it has been unchanged for
+    /// `alert_delay_secs` (an edit meanwhile starts the wait again); a known one (an edit
+    /// after that, a restart) gets nothing. Older ones are recorded as known, never mailed.
     pub async fn published(&self, entries: Vec<Arc<Entry>>) -> Result<(), MailError> {
+        let now = self.clock.now_ms();
         let mut fresh = Vec::new();
+        let mut old = Vec::new();
         for entry in entries {
-            if self.store.known_article(&entry.id)?.is_none() {
+            if self.store.known_article(&entry.id)?.is_some() {
+                continue;
+            }
+            if now - entry.published.timestamp_millis() > self.policy.max_age_ms {
+                old.push(entry);
+            } else {
                 fresh.push(entry);
             }
+        }
+        if !old.is_empty() {
+            for entry in &old {
+                self.store.put_known_article(&entry.id, &known(entry, 0))?;
+            }
+            self.store.flush_async().await?;
+            tracing::info!(
+                articles = old.len(),
+                "published but not mailed: older than mail.alert_max_age_days ({} days) \
+                 when first seen",
+                self.policy.max_age_ms / (24 * 3600 * 1000)
+            );
         }
         if fresh.is_empty() {
             return Ok(());
         }
+        if self.policy.delay_ms <= 0 {
+            return self.alert(fresh).await;
+        }
+        let mut settling = self.settling.lock().expect("settling");
+        for entry in fresh {
+            let due_ms = now + self.policy.delay_ms;
+            settling.insert(entry.id.clone(), Settling { entry, due_ms });
+        }
+        drop(settling);
+        self.settled.notify_one();
+        Ok(())
+    }
+
+    /// When the next settling article may be alerted.
+    pub fn next_settled_ms(&self) -> Option<i64> {
+        let settling = self.settling.lock().expect("settling");
+        settling.values().map(|s| s.due_ms).min()
+    }
+
+    /// Alerts the articles that have settled by now.
+    pub async fn alert_settled(&self) -> Result<(), MailError> {
+        let now = self.clock.now_ms();
+        let due: Vec<Arc<Entry>> = {
+            let mut settling = self.settling.lock().expect("settling");
+            let ids: Vec<String> = settling
+                .iter()
+                .filter(|(_, s)| s.due_ms <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|id| settling.remove(id))
+                .map(|s| s.entry)
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let result = self.alert(due.clone()).await;
+        if result.is_err() {
+            // Not known yet: planned again at the next try.
+            let mut settling = self.settling.lock().expect("settling");
+            for entry in due {
+                settling
+                    .entry(entry.id.clone())
+                    .or_insert(Settling { entry, due_ms: now });
+            }
+        }
+        result
+    }
+
+    /// One alert for each of `fresh` to every matching active `immediate` subscriber.
+    async fn alert(&self, fresh: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let now = self.clock.now_ms();
         let mut queued = 0usize;
         for r in self.store.subscribers() {
@@ -143,8 +250,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// An article was deleted: its unsent alerts are cancelled.
+    /// An article was deleted: its unsent alerts are cancelled (or never planned, when it
+    /// was still settling).
     pub async fn removed(&self, id: &str) -> Result<(), MailError> {
+        if self.settling.lock().expect("settling").remove(id).is_some() {
+            tracing::info!(id, "deleted before its alert was due: nobody is mailed");
+        }
         self.store.forget_article(id)?;
         let pending: Vec<(String, Delivery)> = self
             .store
