@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::mail::MailError;
 use crate::store::{DeliveryState, Store, StoreError};
-use crate::subscriber::{Schedule, SubState, Subscriber};
+use crate::subscriber::{Schedule, SubState, Subscriber, canonical_categories};
 
 /// Why a command could not be carried out (not a usage error: those are replies).
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,8 @@ pub struct Context<'a> {
     pub clock: &'a Clock,
     /// The daemon's delivery pause, if it paused (only the daemon knows).
     pub pause: Option<crate::mail::Pause>,
+    /// The categories subscribers may follow (from the daemon, or read from the store).
+    pub categories: &'a dyn Fn() -> Vec<String>,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
@@ -101,6 +103,42 @@ fn parse_categories(text: &str, sep: char) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// One line about a subscriber following categories that match nothing.
+pub fn orphan_line(o: &Orphan) -> String {
+    format!(
+        "subscriber {} follows {}, which no article or feed uses: they get no mail of it \
+         (change it with: bantin subscribers add {} --categories \"…\")",
+        o.email,
+        o.categories
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        o.email
+    )
+}
+
+/// Names the categories that match nothing, and the ones that exist.
+fn unknown_message(unknown: &[String], known: &[String]) -> String {
+    let quoted = |list: &[String]| {
+        list.iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if known.is_empty() {
+        return format!(
+            "unknown category {}: the store has no articles and the feeds name no categories yet",
+            quoted(unknown)
+        );
+    }
+    format!(
+        "unknown category {}; the known categories are: {} (case and diacritics may differ)",
+        quoted(unknown),
+        quoted(known)
+    )
 }
 
 /// Runs one command.
@@ -135,6 +173,23 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
                         "error: schedule '{schedule}' is not immediate, daily or weekly\n"
                     ),
                 });
+            };
+            let categories = if categories.is_empty() {
+                categories
+            } else {
+                match canonical_categories(&categories, &(ctx.categories)()) {
+                    Ok(c) => c,
+                    Err(unknown) => {
+                        return Ok(Reply {
+                            code: 2,
+                            stdout: String::new(),
+                            stderr: format!(
+                                "error: {}\n",
+                                unknown_message(&unknown, &(ctx.categories)())
+                            ),
+                        });
+                    }
+                }
             };
             let queued = add(ctx, &email, schedule, categories, confirmed)?;
             store.flush()?;
@@ -266,6 +321,7 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
     };
     let mut added = 0;
     let mut problems = String::new();
+    let known: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
     let mut queued_any = false;
     for row in rows {
         let row = match row {
@@ -314,6 +370,21 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
             continue;
         };
         let categories = parse_categories(field(c_categories), ';');
+        let categories = if categories.is_empty() {
+            categories
+        } else {
+            let known = known.get_or_init(|| (ctx.categories)());
+            match canonical_categories(&categories, known) {
+                Ok(c) => c,
+                Err(unknown) => {
+                    problems.push_str(&format!(
+                        "line {line}: {}\n",
+                        unknown_message(&unknown, known)
+                    ));
+                    continue;
+                }
+            }
+        };
         queued_any |= add(ctx, &email, schedule, categories, confirmed)?;
         added += 1;
     }
@@ -343,6 +414,15 @@ struct Status {
     outbox: std::collections::BTreeMap<&'static str, usize>,
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
     delivery: Delivery,
+    /// Subscribers who follow a category that no article or feed uses (they get nothing
+    /// of it).
+    unknown_categories: Vec<Orphan>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Orphan {
+    pub email: String,
+    pub categories: Vec<String>,
 }
 
 /// Whether the daemon is sending, or has paused delivery as a whole and why.
@@ -364,8 +444,27 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
     let store = ctx.store;
     let mut subs: std::collections::BTreeMap<&'static str, usize> =
         SubState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let known: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
+    let mut unknown_categories = Vec::new();
     for s in store.subscribers() {
-        *subs.entry(s?.state.as_str()).or_default() += 1;
+        let s = s?;
+        *subs.entry(s.state.as_str()).or_default() += 1;
+        if s.state == SubState::Unsubscribed || s.categories.is_empty() {
+            continue;
+        }
+        let known = known.get_or_init(|| (ctx.categories)());
+        let orphans: Vec<String> = s
+            .categories
+            .iter()
+            .filter(|c| !known.contains(c))
+            .cloned()
+            .collect();
+        if !orphans.is_empty() {
+            unknown_categories.push(Orphan {
+                email: s.email,
+                categories: orphans,
+            });
+        }
     }
     let counts = store.outbox_counts()?;
     let outbox = DeliveryState::ALL
@@ -394,6 +493,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             since: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.since_ms)),
             next_try: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.retry_ms)),
         },
+        unknown_categories,
     };
     if json {
         let mut out = serde_json::to_string_pretty(&status).expect("serializable");
@@ -421,12 +521,16 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         } => format!("PAUSED since {since}, next try {next}: {reason}"),
         _ => "running".into(),
     };
-    Ok(Reply::ok(format!(
+    let mut out = format!(
         "articles: {}\nsubscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
         status.articles,
         join(&status.subscribers),
         join(&status.outbox)
-    )))
+    );
+    for o in &status.unknown_categories {
+        out.push_str(&format!("{}\n", orphan_line(o)));
+    }
+    Ok(Reply::ok(out))
 }
 
 fn count_articles(dir: &Path) -> usize {
@@ -470,6 +574,7 @@ mod tests {
             store,
             clock: &clock,
             pause: None,
+            categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };
@@ -526,6 +631,7 @@ mod tests {
             store: &store,
             clock: &clock,
             pause: None,
+            categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };

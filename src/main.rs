@@ -154,34 +154,55 @@ fn admin(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
     let long = matches!(request, Request::Import { .. } | Request::Export);
     let progress = long.then(|| Progress::start("working", None));
     // (The daemon does the work behind its socket: the line shows the time elapsed.)
-    let reply = match bantin::admin::ask_daemon(&config.state.dir, &request) {
-        Some(reply) => reply.context("the daemon's admin socket did not answer")?,
-        None => {
-            std::fs::create_dir_all(&config.state.dir).with_context(|| {
-                format!("cannot create state.dir '{}'", config.state.dir.display())
-            })?;
-            let store = bantin::store::Store::open(&config.state.dir).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}; if a daemon runs, its admin socket '{}' is not reachable",
-                    config.state.dir.join(bantin::admin::SOCKET).display()
-                )
-            })?;
-            let ctx = bantin::admin::Context {
-                store: &store,
-                clock: &bantin::clock::Clock::system(),
-                pause: None,
-                store_dir: &config.store.dir,
-                on_queued: &|| {},
-            };
-            bantin::admin::execute(&ctx, request)
-        }
-    };
+    let reply = admin_reply(config, request)?;
     if let Some(p) = progress {
         p.finish();
     }
     print!("{}", reply.stdout);
     eprint!("{}", reply.stderr);
     Ok(ExitCode::from(reply.code.clamp(0, 255) as u8))
+}
+
+fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admin::Reply> {
+    Ok(
+        match bantin::admin::ask_daemon(&config.state.dir, &request) {
+            Some(reply) => reply.context("the daemon's admin socket did not answer")?,
+            None => {
+                std::fs::create_dir_all(&config.state.dir).with_context(|| {
+                    format!("cannot create state.dir '{}'", config.state.dir.display())
+                })?;
+                let store = bantin::store::Store::open(&config.state.dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}; if a daemon runs, its admin socket '{}' is not reachable",
+                        config.state.dir.join(bantin::admin::SOCKET).display()
+                    )
+                })?;
+                let ctx = bantin::admin::Context {
+                    store: &store,
+                    clock: &bantin::clock::Clock::system(),
+                    pause: None,
+                    categories: &|| bantin::publish::read_known_categories(config),
+                    store_dir: &config.store.dir,
+                    on_queued: &|| {},
+                };
+                bantin::admin::execute(&ctx, request)
+            }
+        },
+    )
+}
+
+/// Subscribers whose categories match nothing, when there is state to look at.
+fn orphans(config: &Config) -> Vec<bantin::admin::Orphan> {
+    if !config.state.dir.join("db").exists() {
+        return Vec::new();
+    }
+    let Ok(reply) = admin_reply(config, Request::Status { json: true }) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<serde_json::Value>(&reply.stdout)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["unknown_categories"].clone()).ok())
+        .unwrap_or_default()
 }
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
@@ -193,6 +214,9 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     for d in &report.drafts {
         eprintln!("{d}: draft, not published (remove the '_' from its name to publish it)");
+    }
+    for o in orphans(config) {
+        eprintln!("warning: {}", bantin::admin::orphan_line(&o));
     }
     let drafts = match report.drafts.len() {
         0 => String::new(),

@@ -411,6 +411,39 @@ pub fn unknown_categories<'a>(
         .collect()
 }
 
+/// The categories a subscriber may follow: those the store's articles use and those the
+/// feed definitions name, sorted.
+pub fn known_categories(library: &Library, feeds: &[FeedDef]) -> Vec<String> {
+    let mut all: Vec<String> = library
+        .categories()
+        .into_iter()
+        .map(String::from)
+        .chain(feeds.iter().flat_map(|f| f.categories.iter().cloned()))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The known categories of the store and feeds named by `config`, read from disk (for the
+/// commands that run without the daemon).
+pub fn read_known_categories(config: &Config) -> Vec<String> {
+    let feeds = load_feed_defs(&config.feeds.dir)
+        .map(|(defs, _)| defs)
+        .unwrap_or_default();
+    let Ok(tz) = config.timezone() else {
+        return known_categories(&Library::default(), &feeds);
+    };
+    let reader = StoreReader {
+        root: config.store.dir.clone(),
+        tz,
+        max_bytes: config.store.max_bytes,
+    };
+    let files = reader.walk().unwrap_or_default();
+    let (entries, _) = reader.read_all(&files, |_, _| {});
+    known_categories(&Library::from_entries(entries), &feeds)
+}
+
 /// Whether `dir` is inside `root` (used to refuse an output folder inside the store).
 pub fn is_inside(dir: &Path, root: &Path) -> bool {
     match (dir.canonicalize(), root.canonicalize()) {

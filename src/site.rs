@@ -244,6 +244,61 @@ impl Pages<'_> {
             },
         )
     }
+
+    /// A message page with the subscribe form filled in as it was posted.
+    pub fn subscribe_again(
+        &self,
+        heading: &str,
+        message: &str,
+        refill: &Refill,
+    ) -> Result<String, TemplateError> {
+        self.templates.render(
+            "web/message.html",
+            context! { heading, message, refill => v(refill) },
+        )
+    }
+}
+
+/// The subscribe form as someone filled it, given back with a message about what to fix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refill {
+    pub email: String,
+    /// `immediate`, `daily` or `weekly`.
+    pub schedule: String,
+    /// Every category one may pick, whether it was ticked.
+    pub categories: Vec<(String, bool)>,
+    /// What was typed that is not a category, shown as typed.
+    pub unknown: Vec<String>,
+}
+
+impl Refill {
+    pub fn new(
+        email: &str,
+        schedule: Option<crate::subscriber::Schedule>,
+        picked: &[String],
+        known: &[String],
+    ) -> Refill {
+        let folded: Vec<String> = picked.iter().map(|p| crate::subscriber::fold(p)).collect();
+        Refill {
+            email: email.trim().to_owned(),
+            schedule: schedule
+                .unwrap_or(crate::subscriber::Schedule::Immediate)
+                .as_str()
+                .to_owned(),
+            categories: known
+                .iter()
+                .map(|k| (k.clone(), folded.contains(&crate::subscriber::fold(k))))
+                .collect(),
+            unknown: picked
+                .iter()
+                .filter(|p| {
+                    let f = crate::subscriber::fold(p);
+                    !known.iter().any(|k| crate::subscriber::fold(k) == f)
+                })
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// A serde value as a template value.

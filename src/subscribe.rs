@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::feed::SiteInfo;
 use crate::mail::{Links, MailError, Outbox, normalize_email};
 use crate::site::Pages;
-use crate::subscriber::{Schedule, SubState, Subscriber};
+use crate::site::Refill;
+use crate::subscriber::{Schedule, SubState, Subscriber, canonical_categories};
 use crate::token::Purpose;
 use axum::Router;
 use axum::body::Bytes;
@@ -34,6 +35,8 @@ pub struct SubscribeState {
     pub outbox: Outbox,
     /// Verifies the tokens of confirm and unsubscribe links.
     pub links: Links,
+    /// The categories one may follow (kept current by the engine).
+    pub categories: Arc<std::sync::RwLock<Vec<String>>>,
     pub templates: crate::site::SharedTemplates,
     pub site: SiteInfo,
     per_hour: u32,
@@ -44,6 +47,7 @@ impl SubscribeState {
     pub fn new(
         outbox: Outbox,
         links: Links,
+        categories: Arc<std::sync::RwLock<Vec<String>>>,
         templates: crate::site::SharedTemplates,
         site: SiteInfo,
         per_hour: u32,
@@ -51,6 +55,7 @@ impl SubscribeState {
         SubscribeState {
             outbox,
             links,
+            categories,
             templates,
             site,
             per_hour: per_hour.max(1),
@@ -65,12 +70,27 @@ impl SubscribeState {
         message: &str,
         form: Option<(&str, &str, &str)>,
     ) -> Response {
+        self.render(status, |pages| pages.message(heading, message, form))
+    }
+
+    /// A page that says what is wrong and gives the subscribe form back as it was filled.
+    fn refill(&self, heading: &str, message: &str, refill: &Refill) -> Response {
+        self.render(StatusCode::BAD_REQUEST, |pages| {
+            pages.subscribe_again(heading, message, refill)
+        })
+    }
+
+    fn render(
+        &self,
+        status: StatusCode,
+        page: impl FnOnce(&Pages<'_>) -> Result<String, crate::site::TemplateError>,
+    ) -> Response {
         let templates = crate::site::current(&self.templates);
         let pages = Pages {
             site: &self.site,
             templates: &templates,
         };
-        match pages.message(heading, message, form) {
+        match page(&pages) {
             Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
             Err(e) => {
                 tracing::error!("{e}");
@@ -155,18 +175,37 @@ async fn subscribe(
             _ => {}
         }
     }
+    categories.truncate(MAX_CATEGORIES);
+    let known = state.categories.read().expect("categories").clone();
+    let refill = Refill::new(
+        email.as_deref().unwrap_or_default(),
+        schedule,
+        &categories,
+        &known,
+    );
     let (Some(email), Some(schedule)) = (email.as_deref().and_then(normalize_email), schedule)
     else {
-        return state.page(
-            StatusCode::BAD_REQUEST,
+        return state.refill(
             "Thông tin chưa hợp lệ",
             "Vui lòng nhập một địa chỉ thư điện tử hợp lệ (ví dụ ten@vidu.vn) và chọn cách nhận tin.",
-            None,
+            &refill,
         );
     };
-    categories.sort();
-    categories.dedup();
-    categories.truncate(MAX_CATEGORIES);
+    let categories = match canonical_categories(&categories, &known) {
+        Ok(c) => c,
+        Err(unknown) => {
+            let message = format!(
+                "Không có chuyên mục {}. Vui lòng chọn trong các chuyên mục: {}.",
+                unknown
+                    .iter()
+                    .map(|c| format!("“{c}”"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                known.join(", ")
+            );
+            return state.refill("Chuyên mục không có", &message, &refill);
+        }
+    };
     let outbox = state.outbox.clone();
     let result = tokio::task::spawn_blocking(move || {
         request_subscription(&outbox, &email, schedule, categories)

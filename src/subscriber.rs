@@ -126,3 +126,101 @@ impl Subscriber {
         self.categories.is_empty() || self.categories.iter().any(|c| c == category)
     }
 }
+
+/// `text` without case, Vietnamese diacritics or extra spaces: how a category typed on a
+/// keyboard without Vietnamese input is matched (`THONG BAO` finds `THÔNG BÁO`).
+pub fn fold(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let bare: String = text
+        .nfd()
+        .filter(|c| !('\u{300}'..='\u{36f}').contains(c))
+        .map(|c| match c {
+            'đ' | 'Đ' => 'd',
+            c => c,
+        })
+        .collect();
+    bare.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The categories of `wanted` in their canonical spelling from `known` (exact, else equal
+/// once folded), sorted and without duplicates; `Err` with those that match nothing.
+pub fn canonical_categories(
+    wanted: &[String],
+    known: &[String],
+) -> Result<Vec<String>, Vec<String>> {
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        if w.is_empty() {
+            continue;
+        }
+        let exact = known.iter().find(|k| k.as_str() == w);
+        let folded = || {
+            let f = fold(w);
+            known.iter().find(|k| fold(k) == f)
+        };
+        match exact.or_else(folded) {
+            Some(k) => found.push(k.clone()),
+            None => unknown.push(w.to_owned()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Vec<String> {
+        ["THÔNG BÁO", "TIN TỨC - SỰ KIỆN TIÊU BIỂU", "ĐẠI BIỂU HĐND"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn categories_match_without_case_or_diacritics() {
+        let got = canonical_categories(
+            &[
+                "THONG BAO".into(),
+                "thông báo".into(),
+                "dai bieu hdnd".into(),
+            ],
+            &known(),
+        );
+        assert_eq!(got.unwrap(), ["THÔNG BÁO", "ĐẠI BIỂU HĐND"]);
+        // Typed in decomposed Unicode, as some systems do.
+        let nfd = "THO\u{302}NG BA\u{301}O".to_string();
+        assert_eq!(
+            canonical_categories(&[nfd], &known()).unwrap(),
+            ["THÔNG BÁO"]
+        );
+    }
+
+    #[test]
+    fn unknown_categories_are_named() {
+        let got = canonical_categories(&["KHONG CO".into(), "THONG BAO".into()], &known());
+        assert_eq!(got.unwrap_err(), ["KHONG CO"]);
+    }
+
+    #[test]
+    fn five_soft_bounces_over_three_days_bounce() {
+        let mut sub = Subscriber::new("a@x.vn", Schedule::Immediate, vec![], 0);
+        for i in 0..4 {
+            assert!(!sub.soft_bounce("full", i * SOFT_BOUNCE_SPAN_MS));
+        }
+        assert!(sub.soft_bounce("full", 4 * SOFT_BOUNCE_SPAN_MS));
+        let mut quick = Subscriber::new("b@x.vn", Schedule::Immediate, vec![], 0);
+        for i in 0..10 {
+            assert!(!quick.soft_bounce("full", i * 1000), "ten in a few seconds");
+        }
+    }
+}

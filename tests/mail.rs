@@ -156,6 +156,11 @@ fn categories_edits_and_deletions() {
     let smtp = SmtpServer::slow(Duration::from_millis(300));
     let site = mail_site(smtp.addr, "concurrency = 1");
     site.put("dau.txt", &article(CAT_A, "Đầu tiên", "01/11/2026 | 08:00"));
+    // A feed names the category before its first article: one may follow it already.
+    site.write(
+        "feeds/thong-bao.toml",
+        &format!("title = \"Thông báo\"\ncategories = [\"{CAT_B}\"]\n"),
+    );
     // Subscribers before the first start: the store's articles are the baseline.
     add_confirmed(&site, "a@x.vn", "immediate");
     let out = site.bantin(&[
@@ -453,7 +458,7 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
     let site = Site::new();
     site.write(
         "ds.csv",
-        "email,schedule,categories\nA@X.vn,daily,\"TIN TỨC;THÔNG BÁO\"\nkhong-phai-email,daily,\nb@x.vn,hourly,\nc@x.vn,,\n",
+        "email,schedule,categories\nA@X.vn,daily,\"tin tuc - su kien tieu bieu\"\nkhong-phai-email,daily,\nb@x.vn,hourly,\nc@x.vn,,\nd@x.vn,daily,KHONG CO\n",
     );
     let out = site.bantin(&[
         "subscribers",
@@ -467,11 +472,15 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
         "{err}"
     );
     assert!(err.contains("line 4: schedule 'hourly'"), "{err}");
+    assert!(
+        err.contains("line 6: unknown category 'KHONG CO'; the known categories are: 'TIN TỨC - SỰ KIỆN TIÊU BIỂU'"),
+        "{err}"
+    );
     assert!(stdout(&out).contains("imported 2 subscribers (confirmation mails queued)"));
     let list = stdout(&site.bantin(&["subscribers", "list"]));
     assert!(
-        list.contains("a@x.vn\tdaily\tpending\tTHÔNG BÁO;TIN TỨC"),
-        "{list}"
+        list.contains("a@x.vn\tdaily\tpending\tTIN TỨC - SỰ KIỆN TIÊU BIỂU"),
+        "stored in its canonical spelling: {list}"
     );
     assert!(list.contains("c@x.vn\timmediate\tpending\t*"), "{list}");
     let status = stdout(&site.bantin(&["status", "--json"]));
@@ -479,6 +488,88 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
     assert_eq!(
         json["outbox"]["pending"], 2,
         "two confirmations wait for the daemon"
+    );
+}
+
+#[test]
+fn categories_are_checked_wherever_a_subscriber_is_made() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    site.put(
+        "tb.txt",
+        &article(CAT_B, "Một thông báo", "20/11/2026 | 08:00"),
+    );
+    // The command line, without a daemon: typed without diacritics, stored as the store spells it.
+    let out = site.bantin(&[
+        "subscribers",
+        "add",
+        "a@x.vn",
+        "--categories",
+        "THONG BAO",
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(
+        list.contains("a@x.vn\timmediate\tactive\tTHÔNG BÁO"),
+        "{list}"
+    );
+    let out = site.bantin(&[
+        "subscribers",
+        "add",
+        "b@x.vn",
+        "--categories",
+        "Thông báo,KHONG CO",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("unknown category 'KHONG CO'; the known categories are: 'THÔNG BÁO', 'TIN TỨC - SỰ KIỆN TIÊU BIỂU'"),
+        "{err}"
+    );
+    assert!(!stdout(&site.bantin(&["subscribers", "list"])).contains("b@x.vn"));
+    // The same through the daemon, and the web form.
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let out = site.bantin(&["subscribers", "add", "c@x.vn", "--categories", "KHONG CO"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    let r = subscribe(
+        &daemon,
+        "email=d%40x.vn&schedule=weekly&categories=KHONG+CO",
+    );
+    assert_eq!(r.status, 400);
+    let page = r.text();
+    assert!(page.contains("Không có chuyên mục “KHONG CO”"), "{page}");
+    assert!(
+        page.contains("value=\"d@x.vn\""),
+        "what was typed stays: {page}"
+    );
+    assert!(
+        page.contains("<option value=\"weekly\" selected>"),
+        "{page}"
+    );
+    assert!(page.contains("Bạn đã nhập: “KHONG CO”"), "{page}");
+    let r = subscribe(
+        &daemon,
+        "email=e%40x.vn&schedule=daily&categories=thong+bao",
+    );
+    assert_eq!(r.status, 200);
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("e@x.vn\tdaily\tpending\tTHÔNG BÁO"), "{list}");
+    assert!(!list.contains("d@x.vn"), "{list}");
+    drop(daemon);
+    // The only article of that category goes: status and check name who follows it.
+    std::fs::remove_file(site.store().join("tb.txt")).unwrap();
+    let status = stdout(&site.bantin(&["status"]));
+    assert!(
+        status.contains("subscriber a@x.vn follows 'THÔNG BÁO', which no article or feed uses"),
+        "{status}"
+    );
+    let check = site.bantin(&["check"]);
+    assert!(
+        common::stderr(&check).contains("warning: subscriber e@x.vn follows 'THÔNG BÁO'"),
+        "{}",
+        common::stderr(&check)
     );
 }
 

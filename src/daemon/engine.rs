@@ -60,6 +60,8 @@ pub struct Engine {
     pub library: Library,
     clock: Clock,
     metrics: Metrics,
+    /// The categories subscribers may follow, for the subscription routes and commands.
+    categories: Arc<std::sync::RwLock<Vec<String>>>,
     /// Files of the store that are broken, by path relative to the store, with the stamp they
     /// were read at (an unchanged broken file is not read and logged again at every rescan).
     pub errors: HashMap<String, crate::library::Stamp>,
@@ -89,6 +91,7 @@ impl Engine {
         app: Arc<AppState>,
         clock: Clock,
         metrics: Metrics,
+        categories: Arc<std::sync::RwLock<Vec<String>>>,
         tx: Sender<Msg>,
         mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
     ) -> anyhow::Result<Engine> {
@@ -98,6 +101,7 @@ impl Engine {
             horizon: clock.now_fixed(),
             clock,
             metrics,
+            categories,
             errors: HashMap::new(),
             app,
             feed_times: HashMap::new(),
@@ -238,7 +242,17 @@ impl Engine {
         )
     }
 
+    /// Publishes the categories subscribers may follow, when they changed.
+    fn update_categories(&self) {
+        let known = crate::publish::known_categories(&self.library, &self.publisher.feeds);
+        let mut shared = self.categories.write().expect("categories");
+        if *shared != known {
+            *shared = known;
+        }
+    }
+
     fn update_metrics(&self) {
+        self.update_categories();
         let m = &self.metrics;
         m.articles.set(self.library.len() as i64);
         m.articles_scheduled

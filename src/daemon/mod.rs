@@ -124,11 +124,13 @@ pub async fn serve(
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let (mail_tx, mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
     let started = Instant::now();
+    let categories: Arc<std::sync::RwLock<Vec<String>>> = Arc::default();
     let engine = {
         let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
+        let categories = categories.clone();
         let publisher = Arc::new(publisher);
         tokio::task::spawn_blocking(move || {
-            Engine::start(publisher, app, clock, metrics, tx, mail_tx)
+            Engine::start(publisher, app, clock, metrics, categories, tx, mail_tx)
         })
         .await
         .context("the engine panicked while starting")??
@@ -169,7 +171,7 @@ pub async fn serve(
         )),
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
-        tasks::admin_socket(&config, mail.outbox.clone())?,
+        tasks::admin_socket(&config, mail.outbox.clone(), categories.clone())?,
         tokio::spawn(tasks::reloads(
             config.clone(),
             reload,
@@ -188,6 +190,7 @@ pub async fn serve(
     let subscribe = crate::subscribe::SubscribeState::new(
         mail.outbox.clone(),
         mail.links.clone(),
+        categories,
         templates,
         crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
         config.mail.subscribe_per_hour,

@@ -203,6 +203,7 @@ fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
 pub fn admin_socket(
     config: &Config,
     outbox: Outbox,
+    categories: Arc<std::sync::RwLock<Vec<String>>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -218,6 +219,7 @@ pub fn admin_socket(
                 continue;
             };
             let (outbox, store_dir) = (outbox.clone(), store_dir.clone());
+            let categories = categories.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -235,6 +237,7 @@ pub fn admin_socket(
                             store: &outbox.store,
                             clock: &outbox.clock,
                             pause: outbox.paused(),
+                            categories: &|| categories.read().expect("categories").clone(),
                             store_dir: &store_dir,
                             on_queued: &wake,
                         };
