@@ -624,7 +624,7 @@ mod tests {
         let (_dir, store) = store();
         run_import(
             &store,
-            "email,schedule,categories\na@x.vn,daily,\"A, B;C\"\n",
+            "email,schedule,categories\na@x.vn,daily,\"B, C;A\"\n",
         );
         let clock = Clock::system();
         let ctx = Context {
@@ -638,7 +638,7 @@ mod tests {
         let reply = execute(&ctx, Request::Export);
         assert_eq!(
             reply.stdout,
-            "email,schedule,categories,state\na@x.vn,daily,\"A, B;C\",active\n"
+            "email,schedule,categories,state\na@x.vn,daily,\"A;B, C\",active\n"
         );
     }
 }
