@@ -3,10 +3,14 @@
 
     mail_e2e.py BANTIN_BINARY
 
-Starts aiosmtpd and bantin (smtp transport), subscribes an address, publishes an article by
-rename, and reads the delivered mail with Python's email package: the subject must decode to
-the article's title, and the list headers must be there.
+Starts aiosmtpd and bantin (smtp transport, signing with an RSA and an Ed25519 DKIM key),
+subscribes an address, publishes an article by rename, and reads the delivered mail with
+Python's email package: the subject must decode to the article's title, the list headers must
+be there, and dkimpy must verify both signatures, each covering Content-Type and the list
+headers.
 """
+
+import base64
 
 import email
 import email.policy
@@ -19,6 +23,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLE = "Thông báo kỳ họp thứ 22 HĐND quận Cầu Giấy: “Đổi mới” & <giám sát>"
@@ -47,6 +55,50 @@ def up(port):
         return False
 
 
+def dkim_keys(work):
+    """Writes an RSA (PKCS#1 PEM) and an Ed25519 (base64 seed) key; returns the DNS TXT
+    records of their public halves, by selector."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with open(os.path.join(work, "rsa.key"), "wb") as f:
+        f.write(rsa_key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()))
+    rsa_pub = rsa_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    seed = ed_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    with open(os.path.join(work, "ed25519.key"), "w") as f:
+        f.write(base64.b64encode(seed).decode() + "\n")
+    ed_pub = ed_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {
+        "rsa": b"v=DKIM1; k=rsa; p=" + base64.b64encode(rsa_pub),
+        "ed": b"v=DKIM1; k=ed25519; p=" + base64.b64encode(ed_pub),
+    }
+
+
+def check_dkim(raw, records, failures):
+    """Verifies every DKIM-Signature of `raw` against `records` (no DNS)."""
+    def dns(name, timeout=5):
+        selector = name.decode().split("._domainkey.")[0]
+        return records.get(selector, b"")
+    d = dkim.DKIM(raw)
+    signatures = [h for h in d.headers if h[0].lower() == b"dkim-signature"]
+    algorithms = []
+    for i, (_, value) in enumerate(signatures):
+        tags = dict(t.strip().split(b"=", 1) for t in value.split(b";") if b"=" in t)
+        algorithms.append(tags[b"a"].decode())
+        signed = [h.strip().lower() for h in tags[b"h"].replace(b"\r\n", b"").replace(b" ", b"").split(b":")]
+        for needed in (b"content-type", b"mime-version", b"list-unsubscribe", b"list-unsubscribe-post", b"from"):
+            if needed not in signed:
+                failures.append(f"signature {i} ({algorithms[-1]}) does not cover {needed.decode()}")
+        if not dkim.DKIM(raw).verify(idx=i, dnsfunc=dns):
+            failures.append(f"dkimpy could not verify signature {i} ({algorithms[-1]})")
+    if sorted(algorithms) != ["ed25519-sha256", "rsa-sha256"]:
+        failures.append(f"signatures {algorithms}, expected rsa-sha256 and ed25519-sha256")
+    return algorithms
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="bantin-mail-e2e-")
@@ -58,6 +110,7 @@ def main():
                                        "-c", "aiosmtpd.handlers.Mailbox", maildir]))
         wait("aiosmtpd", lambda: up(smtp_port))
         shutil.copytree(os.path.join(REPO, "articles"), os.path.join(work, "articles"))
+        records = dkim_keys(work)
         config = os.path.join(work, "bantin.toml")
         with open(config, "w") as f:
             f.write(f"""[site]
@@ -76,6 +129,16 @@ transport = "smtp"
 [mail.smtp]
 host = "127.0.0.1"
 port = {smtp_port}
+[[mail.dkim]]
+domain = "hdnd.example.vn"
+selector = "rsa"
+key_file = "rsa.key"
+algorithm = "rsa"
+[[mail.dkim]]
+domain = "hdnd.example.vn"
+selector = "ed"
+key_file = "ed25519.key"
+algorithm = "ed25519"
 """)
         subprocess.run([binary, "--config", config, "subscribers", "add", "cu-tri@example.vn", "--confirmed"],
                        check=True)
@@ -91,8 +154,13 @@ port = {smtp_port}
         wait("the alert in the Maildir", lambda: os.path.isdir(new) and len(os.listdir(new)) >= 1)
         files = os.listdir(new)
         with open(os.path.join(new, files[0]), "rb") as f:
-            msg = email.message_from_binary_file(f, policy=email.policy.default)
+            raw = f.read()
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
         failures = []
+        # aiosmtpd's Mailbox adds its own headers on top; DKIM covers the rest.
+        algorithms = check_dkim(raw, records, failures)
+        if msg["Auto-Submitted"] != "auto-generated":
+            failures.append(f"Auto-Submitted is {msg['Auto-Submitted']!r}")
         subject = str(msg["Subject"])
         if subject != f"[HĐND quận Cầu Giấy] {TITLE}":
             failures.append(f"subject decodes to {subject!r}")
@@ -120,7 +188,8 @@ port = {smtp_port}
             failures.append(f"not unsubscribed: {listing!r}")
         for f in failures:
             print("FAIL", f)
-        print(f"mail e2e: {len(files)} mail(s) in the Maildir, subject {subject!r}")
+        print(f"mail e2e: {len(files)} mail(s) in the Maildir, subject {subject!r}, "
+              f"DKIM signatures verified by dkimpy: {algorithms}")
         print(f"mail e2e: {0 if failures else 1} passed, {len(failures)} failed")
         sys.exit(1 if failures else 0)
     finally:

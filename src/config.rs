@@ -201,7 +201,27 @@ pub struct Mail {
     /// archive) are published but neither alerted nor put in a digest.
     pub alert_max_age_days: u64,
     pub smtp: Smtp,
-    pub dkim: Option<Dkim>,
+    /// DKIM keys; each signs every mail (`[mail.dkim]` for one, `[[mail.dkim]]` for several:
+    /// an RSA key for Gmail and Outlook, an Ed25519 one beside it).
+    #[serde(deserialize_with = "one_or_many")]
+    pub dkim: Vec<Dkim>,
+}
+
+/// A table or an array of tables.
+fn one_or_many<'de, D>(d: D) -> Result<Vec<Dkim>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Dkim),
+        Many(Vec<Dkim>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl Default for Mail {
@@ -223,7 +243,7 @@ impl Default for Mail {
             alert_delay_secs: 60,
             alert_max_age_days: 7,
             smtp: Smtp::default(),
-            dkim: None,
+            dkim: Vec::new(),
         }
     }
 }
@@ -360,7 +380,7 @@ impl Config {
         .into_iter()
         .chain(self.mail.token_secret_file.as_mut())
         .chain(self.mail.smtp.password_file.as_mut())
-        .chain(self.mail.dkim.as_mut().map(|d| &mut d.key_file))
+        .chain(self.mail.dkim.iter_mut().map(|d| &mut d.key_file))
         {
             if dir.is_relative() && !base.as_os_str().is_empty() {
                 *dir = base.join(&*dir);

@@ -527,6 +527,8 @@ impl Engine {
             return;
         }
         let (rendered, index) = self.publish_memory(&plan, now);
+        // What readers can see and what /metrics says change together, before the files.
+        self.update_metrics();
         self.write_files(&plan, &rendered, index.as_deref());
         // The mail side decides what is news (an edit is not) and cancels what went.
         if !plan.pages.is_empty() {
@@ -535,7 +537,6 @@ impl Engine {
         if !plan.gone.is_empty() {
             let _ = self.mail.send(MailEvent::Removed(plan.gone.clone()));
         }
-        self.update_metrics();
         self.metrics.rebuild(seen.elapsed(), rendered.len());
         tracing::debug!(
             feeds = rendered.len(),

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use lettre::message::header::ContentTransferEncoding;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart};
 use lettre::{Address, Message};
 use minijinja::context;
 use serde::Serialize;
@@ -100,6 +101,13 @@ pub struct Rendered {
     pub bulk: bool,
 }
 
+/// A message ready for the transport.
+pub struct Composed {
+    pub envelope: lettre::address::Envelope,
+    /// The formatted message, DKIM signatures first.
+    pub bytes: Vec<u8>,
+}
+
 /// Turns deliveries into messages.
 pub struct Composer {
     templates: SharedTemplates,
@@ -109,7 +117,8 @@ pub struct Composer {
     list_id: String,
     /// Domain of Message-IDs.
     domain: String,
-    dkim: Option<lettre::message::dkim::DkimConfig>,
+    /// Every key signs every mail.
+    dkim: Vec<lettre::message::dkim::DkimConfig>,
     pub links: Links,
 }
 
@@ -130,7 +139,12 @@ impl Composer {
             .list_id
             .clone()
             .unwrap_or_else(|| format!("bantin.{domain}"));
-        let dkim = config.mail.dkim.as_ref().map(dkim_config).transpose()?;
+        let dkim = config
+            .mail
+            .dkim
+            .iter()
+            .map(dkim_config)
+            .collect::<Result<_, _>>()?;
         Ok(Composer {
             templates,
             site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
@@ -229,14 +243,14 @@ impl Composer {
         format!("<{hex}.bantin@{}>", self.domain)
     }
 
-    /// The complete message of a delivery, dated `date`.
+    /// The complete message of a delivery, dated `date`, signed by every DKIM key.
     pub fn message(
         &self,
         key: &str,
         delivery: &Delivery,
         rendered: Rendered,
         date: DateTime<Utc>,
-    ) -> Result<Message, ComposeError> {
+    ) -> Result<Composed, ComposeError> {
         let to: Mailbox = delivery
             .email
             .parse::<Address>()
@@ -254,6 +268,11 @@ impl Composer {
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Id"),
                 format!("{} <{}>", self.site.title, self.list_id),
+            ))
+            // Out-of-office and other robots do not answer (RFC 3834).
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".into(),
             ));
         if rendered.bulk {
             builder = builder
@@ -266,16 +285,56 @@ impl Composer {
                     "List-Unsubscribe=One-Click".into(),
                 ));
         }
-        let mut message = builder
-            .multipart(MultiPart::alternative_plain_html(
-                rendered.text,
-                rendered.html,
+        // The multipart's own Content-Type goes into the message's headers, so that DKIM
+        // covers it (lettre signs only the message's headers, and writes a multipart's
+        // Content-Type with the body).
+        let alternative = MultiPart::alternative_plain_html(rendered.text, rendered.html);
+        let content_type = alternative
+            .headers()
+            .get_raw("Content-Type")
+            .ok_or_else(|| ComposeError::Build("no Content-Type".into()))?
+            .to_owned();
+        let formatted = alternative.formatted();
+        let body_at = formatted
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| ComposeError::Build("no body".into()))?
+            + 4;
+        // Already encoded: the parts are quoted-printable or base64 (7-bit, lines of at most
+        // 76 characters plus the soft-break '=').
+        let body = Body::dangerous_pre_encoded(
+            formatted[body_at..].to_vec(),
+            ContentTransferEncoding::SevenBit,
+        );
+        let message = builder
+            .header(lettre::message::header::MIME_VERSION_1_0)
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Content-Type"),
+                content_type,
             ))
+            .body(body)
             .map_err(|e| ComposeError::Build(e.to_string()))?;
-        if let Some(dkim) = &self.dkim {
-            message.sign(dkim);
+        // lettre keeps one DKIM-Signature header: each key signs the unsigned message and
+        // the signatures are put in front of it (none covers another, as RFC 6376 allows).
+        let mut signatures = lettre::message::header::Headers::new();
+        let mut bytes = Vec::new();
+        for dkim in &self.dkim {
+            let mut signed = message.clone();
+            signed.sign(dkim);
+            if let Some(value) = signed.headers().get_raw("DKIM-Signature") {
+                signatures.insert_raw(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("DKIM-Signature"),
+                    value.to_owned(),
+                ));
+                bytes.extend_from_slice(signatures.to_string().as_bytes());
+                signatures.clear();
+            }
         }
-        Ok(message)
+        bytes.extend_from_slice(&message.formatted());
+        Ok(Composed {
+            envelope: message.envelope().clone(),
+            bytes,
+        })
     }
 }
 
@@ -387,6 +446,9 @@ fn dkim_config(d: &crate::config::Dkim) -> Result<lettre::message::dkim::DkimCon
         "List-Id",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
+        "Auto-Submitted",
+        "MIME-Version",
+        "Content-Type",
     ]
     .into_iter()
     .map(HeaderName::new_from_ascii_str)
@@ -429,7 +491,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         from: "mau@example.vn".parse().expect("valid address"),
         list_id: "mau.example.vn".into(),
         domain: "example.vn".into(),
-        dkim: None,
+        dkim: Vec::new(),
         links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
     };
     let sample = Arc::new(sample_article());
@@ -489,7 +551,7 @@ mod tests {
                 .unwrap(),
             list_id: "bantin.hdnd.example.vn".into(),
             domain: "hdnd.example.vn".into(),
-            dkim: None,
+            dkim: Vec::new(),
             links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
         }
     }
@@ -581,12 +643,13 @@ mod tests {
         let r = c.render(&d, Content::Alert(&a)).unwrap();
         let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let m = c.message(&d.key(), &d, r, date).unwrap();
-        let text = String::from_utf8(m.formatted()).unwrap();
+        let text = String::from_utf8(m.bytes).unwrap();
         assert!(text.contains(&c.message_id(&d.key())), "{text}");
         assert!(
             text.contains("Date: Tue, 14 Nov 2023 22:13:20 +0000"),
             "{text}"
         );
         assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        assert!(text.contains("Auto-Submitted: auto-generated"));
     }
 }

@@ -303,9 +303,8 @@ impl Worker {
             .and_then(|r| self.composer.message(key, d, r, self.outbox.clock.now()))
             // Our side failed (a template error): the address is not at fault.
             .map_err(|e| SendError::Failed(e.to_string()))?;
-        let bytes = message.formatted();
         self.transport
-            .send(message.envelope(), &bytes, &key_file_name(key))
+            .send(&message.envelope, &message.bytes, &key_file_name(key))
             .await
     }
 
