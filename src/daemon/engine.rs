@@ -28,6 +28,9 @@ use crate::watch::{Debouncer, StoreWatch};
 
 /// The engine wakes at least this often, to ping the watchdog and notice a stop.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// After a new folder appears, the store is walked again this soon (inotify watches a new
+/// folder only some time after it was made).
+const NEW_FOLDER_RESCAN: Duration = Duration::from_secs(2);
 /// File events taken in one turn of the engine loop before it does the work they ask for.
 const MAX_EVENTS_PER_TURN: usize = 10_000;
 
@@ -398,7 +401,11 @@ impl Engine {
                 continue; // another entry of the store's parent folder
             };
             if path.is_dir() {
-                return self.rescan();
+                // A new folder: files made in it before it was watched sent no event. A
+                // walk now finds those; another shortly after finds any made in between.
+                self.rescan();
+                self.next_rescan = self.next_rescan.min(Instant::now() + NEW_FOLDER_RESCAN);
+                return;
             }
             let Some(id) = crate::article::id_for(&rel) else {
                 if !self
@@ -527,8 +534,6 @@ impl Engine {
             return;
         }
         let (rendered, index) = self.publish_memory(&plan, now);
-        // What readers can see and what /metrics says change together, before the files.
-        self.update_metrics();
         self.write_files(&plan, &rendered, index.as_deref());
         // The mail side decides what is news (an edit is not) and cancels what went.
         if !plan.pages.is_empty() {
@@ -537,6 +542,8 @@ impl Engine {
         if !plan.gone.is_empty() {
             let _ = self.mail.send(MailEvent::Removed(plan.gone.clone()));
         }
+        // Last: once /metrics counts an article, its page and feeds are on disk.
+        self.update_metrics();
         self.metrics.rebuild(seen.elapsed(), rendered.len());
         tracing::debug!(
             feeds = rendered.len(),
