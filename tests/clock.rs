@@ -281,6 +281,15 @@ fn news_site(smtp: &SmtpServer, mail: &str) -> (Site, bantin::clock::Clock) {
     (site, bantin::clock::Clock::manual(start.to_utc()))
 }
 
+/// Waits until the mail side has handled `n` notices of published articles.
+fn notices(daemon: &InProc, n: usize) {
+    wait_for("the mail side to hear of it", PATIENCE, || {
+        daemon
+            .metric("bantin_mail_article_notices_total")
+            .is_some_and(|v| v >= n as f64)
+    });
+}
+
 /// Deliveries in the outbox, in any state.
 fn deliveries(site: &Site) -> u64 {
     let json = status(site);
@@ -320,6 +329,8 @@ fn saved_in_three_steps(gap_secs: i64) {
         wait_for("the step published", PATIENCE, || {
             daemon.get("/articles/viet-dan.html").text().contains(last)
         });
+        // The mail side has heard of this save before the clock moves on.
+        notices(&daemon, i + 1);
         if i < 2 {
             daemon.advance(Days::seconds(gap_secs));
         }
@@ -358,6 +369,7 @@ fn an_article_deleted_before_its_alert_is_due_mails_nobody() {
     wait_for("the right one published", PATIENCE, || {
         daemon.get("/articles/dung.html").status == 200
     });
+    notices(&daemon, 2);
     daemon.advance(Days::seconds(61));
     let mails = wait_mails(&smtp, 1);
     assert!(

@@ -321,7 +321,12 @@ impl Engine {
                 break;
             }
             let (paths, rescan) = debouncer.take_ready(Instant::now());
-            if rescan || Instant::now() >= self.next_rescan {
+            if rescan {
+                // Asked for by an event (a new folder, lost events): files made in a new
+                // folder before it was watched sent nothing, so walk again shortly after.
+                self.rescan();
+                self.next_rescan = self.next_rescan.min(Instant::now() + NEW_FOLDER_RESCAN);
+            } else if Instant::now() >= self.next_rescan {
                 self.rescan();
             } else if !paths.is_empty() {
                 self.handle_paths(paths);

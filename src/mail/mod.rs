@@ -48,6 +48,8 @@ pub enum MailError {
 /// Mail counters, registered with the daemon's other metrics.
 #[derive(Debug, Clone, Default)]
 pub struct MailMetrics {
+    /// Notices of published articles the outbox has handled (new ones and edits).
+    pub notices: Counter,
     pub sent: Counter,
     pub retried: Counter,
     pub failed: Counter,
@@ -62,6 +64,11 @@ impl MailMetrics {
         store: Store,
         pause: &Arc<std::sync::Mutex<Option<Pause>>>,
     ) {
+        registry.register(
+            "bantin_mail_article_notices",
+            "Articles the mail side was told were published or edited, handled",
+            self.notices.clone(),
+        );
         registry.register(
             "bantin_mail_sent",
             "Mails accepted by the mail server",

@@ -141,6 +141,13 @@ impl Outbox {
     /// `alert_delay_secs` (an edit meanwhile starts the wait again); a known one (an edit
     /// after that, a restart) gets nothing. Older ones are recorded as known, never mailed.
     pub async fn published(&self, entries: Vec<Arc<Entry>>) -> Result<(), MailError> {
+        let notices = entries.len() as u64;
+        let result = self.notice(entries).await;
+        self.metrics.notices.inc_by(notices);
+        result
+    }
+
+    async fn notice(&self, entries: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let now = self.clock.now_ms();
         let mut fresh = Vec::new();
         let mut old = Vec::new();

@@ -239,6 +239,8 @@ impl Worker {
                         .expect("in flight")
                         .remove(&queued.key);
                     drop(permit);
+                    // The loop may be waiting for this very delivery's old time: look again.
+                    worker.outbox.wake.notify_one();
                 });
             }
         }
