@@ -12,6 +12,8 @@ use crate::publish::unknown_categories;
 pub struct Report {
     /// Every problem, `path:line: message`, in a stable order; empty when all is well.
     pub problems: Vec<String>,
+    /// What works but should not stay so in public (no exit status).
+    pub warnings: Vec<String>,
     /// Articles read (drafts included).
     pub articles: usize,
     /// Drafts (files or folders named `_…`): checked, never published.
@@ -20,12 +22,119 @@ pub struct Report {
 
 /// Checks everything `bantin run` would use.
 pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
-    let (problems, articles, drafts) = problems(config, progress);
+    let (mut problems, articles, drafts) = problems(config, progress);
+    let (errors, warnings) = public(config);
+    problems.extend(errors);
     Report {
         problems,
+        warnings,
         articles,
         drafts,
     }
+}
+
+/// Whether `base_url` points at this machine only (then anything goes: a trial run).
+fn is_loopback(base_url: &str) -> bool {
+    let rest = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A domain that mail from the Internet cannot reach or check.
+fn is_private_domain(domain: &str) -> bool {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    d == "localhost"
+        || [".localhost", ".invalid", ".local"]
+            .iter()
+            .any(|s| d.ends_with(s))
+        || d == "invalid"
+        || d == "local"
+}
+
+/// What cannot work, or should not be, once the site is public (`site.base_url` not on
+/// this machine): errors, then warnings. Each says how to fix it.
+fn public(config: &Config) -> (Vec<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let base = config.base_url();
+    if is_loopback(base) {
+        return (errors, warnings);
+    }
+    let file = config
+        .source
+        .as_ref()
+        .map_or_else(|| "bantin.toml".to_string(), |p| p.display().to_string());
+    let mail = &config.mail;
+    if mail.transport == "file" {
+        errors.push(format!(
+            "{file}: mail.transport is \"file\": mail is only written to '{}', nobody gets it; \
+             set mail.transport = \"smtp\" and [mail.smtp] to the relay (or \"sendmail\")",
+            mail.dir.display()
+        ));
+    }
+    let from_domain = mail
+        .from
+        .parse::<lettre::message::Mailbox>()
+        .ok()
+        .map(|m| m.email.domain().to_ascii_lowercase());
+    match &from_domain {
+        Some(d) if is_private_domain(d) => errors.push(format!(
+            "{file}: mail.from '{}' is at '{d}', which no one can reply to or check; \
+             use an address of the council's own domain (e.g. bantin@hdnd.example.vn)",
+            mail.from
+        )),
+        _ => {}
+    }
+    for key in &mail.dkim {
+        let domain = key.domain.to_ascii_lowercase();
+        if is_private_domain(&domain) {
+            errors.push(format!(
+                "{file}: mail.dkim.domain '{}' cannot be looked up on the Internet; \
+                 sign with the domain of mail.from",
+                key.domain
+            ));
+        } else if let Some(from) = &from_domain
+            && domain != *from
+            && !from.ends_with(&format!(".{domain}"))
+        {
+            errors.push(format!(
+                "{file}: mail.dkim.domain '{}' is not the domain of mail.from ('{from}'): \
+                 receivers do not count such a signature (DMARC); sign with d={from}",
+                key.domain
+            ));
+        }
+    }
+    if mail.transport == "smtp" && mail.smtp.username.is_some() && mail.smtp.tls == "none" {
+        errors.push(format!(
+            "{file}: mail.smtp.username is set with mail.smtp.tls = \"none\": the password \
+             would cross the network in clear; set tls = \"starttls\" (port 587) or \
+             \"tls\" (port 465)"
+        ));
+    }
+    if base.starts_with("http://") {
+        warnings.push(format!(
+            "{file}: site.base_url '{base}' is http://: links in mail and feeds can be read \
+             and changed on the way; serve the site over https and set an https:// base_url"
+        ));
+    }
+    if mail.transport != "file" && mail.dkim.is_empty() {
+        warnings.push(format!(
+            "{file}: no [mail.dkim] key: many receivers file unsigned bulk mail as spam; \
+             add an RSA key (and publish its public half in DNS)"
+        ));
+    }
+    (errors, warnings)
 }
 
 fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec<String>) {

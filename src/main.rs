@@ -215,6 +215,9 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     for d in &report.drafts {
         eprintln!("{d}: draft, not published (remove the '_' from its name to publish it)");
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for o in orphans(config) {
         eprintln!("warning: {}", bantin::admin::orphan_line(&o));
     }

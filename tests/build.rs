@@ -5,8 +5,11 @@ mod common;
 use common::{CAT_A, CAT_B, Site, article, set_mtime, stderr, stdout};
 
 /// A store with good articles and one broken file of each kind.
+/// A trial on this machine: `check` does not hold it to what a public site needs.
+const LOCAL: &str = "[site]\nbase_url = \"http://127.0.0.1:8080\"\n";
+
 fn store_with_broken_files() -> Site {
-    let site = Site::new();
+    let site = Site::with_config(LOCAL);
     site.put("tot.txt", &article(CAT_A, "Bài tốt", "14/02/2020 | 08:16"));
     site.put(
         "2024/12/long-nhau.txt",
@@ -111,7 +114,7 @@ fn check_passes_on_the_sample_store() {
 
 #[test]
 fn ignored_files_future_articles_and_limits() {
-    let site = Site::with_config("[store]\nmax_bytes = 2000\n");
+    let site = Site::with_config(&format!("{LOCAL}[store]\nmax_bytes = 2000\n"));
     site.put("a.txt", &article(CAT_A, "Hiện", "14/02/2020 | 08:16"));
     site.put("a.txt~", &article(CAT_A, "Sao lưu", "14/02/2020"));
     site.put(".a.txt.swp", "binary\0junk");
@@ -302,7 +305,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn check_renders_every_template() {
-    let site = Site::new();
+    let site = Site::with_config(LOCAL);
     site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
     assert_eq!(site.bantin(&["check"]).status.code(), Some(0));
     let good = std::fs::read_to_string(site.path("templates/email/alert.html")).unwrap();
@@ -318,4 +321,55 @@ fn check_renders_every_template() {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.contains("template 'email/digest.txt'"), "{text}");
+}
+
+#[test]
+fn check_refuses_what_cannot_work_in_public() {
+    let site = Site::with_config(
+        "[site]\nbase_url = \"http://hdnd.example.vn\"\n\
+         [mail]\nfrom = \"HĐND <bantin@localhost>\"\n\
+         [[mail.dkim]]\ndomain = \"khac.vn\"\nselector = \"a\"\nkey_file = \"k\"\n\
+         [[mail.dkim]]\ndomain = \"hdnd.local\"\nselector = \"b\"\nkey_file = \"k\"\n",
+    );
+    site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let problems = stdout(&out);
+    for needle in [
+        "mail.transport is \"file\": mail is only written to",
+        "mail.from 'HĐND <bantin@localhost>' is at 'localhost'",
+        "mail.dkim.domain 'khac.vn' is not the domain of mail.from",
+        "mail.dkim.domain 'hdnd.local' cannot be looked up on the Internet",
+    ] {
+        assert!(problems.contains(needle), "{needle}:\n{problems}");
+    }
+    let warnings = common::stderr(&out);
+    assert!(
+        warnings.contains("warning:") && warnings.contains("is http://"),
+        "{warnings}"
+    );
+
+    // A password over a plain connection.
+    site.set_config(
+        "[site]\nbase_url = \"https://hdnd.example.vn\"\n\
+         [mail]\nfrom = \"HĐND <bantin@hdnd.example.vn>\"\ntransport = \"smtp\"\n\
+         [mail.smtp]\nusername = \"bantin\"\npassword_file = \"pw\"\ntls = \"none\"\n",
+    );
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("the password would cross the network in clear"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(common::stderr(&out).contains("no [mail.dkim] key"));
+
+    // Fixed: nothing left but the advice to sign.
+    site.set_config(
+        "[site]\nbase_url = \"https://hdnd.example.vn\"\n\
+         [mail]\nfrom = \"HĐND <bantin@hdnd.example.vn>\"\ntransport = \"smtp\"\n\
+         [mail.smtp]\nusername = \"bantin\"\npassword_file = \"pw\"\ntls = \"starttls\"\n",
+    );
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
