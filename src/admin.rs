@@ -417,6 +417,8 @@ struct Status {
     /// Subscribers who follow a category that no article or feed uses (they get nothing
     /// of it).
     unknown_categories: Vec<Orphan>,
+    /// Why the counts above may be incomplete.
+    state_error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -442,12 +444,24 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
 
 fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
     let store = ctx.store;
+    // A state that cannot be read is reported, not a reason to say nothing: the delivery
+    // pause, which names the cause, matters most then.
+    let mut state_error: Option<String> = None;
+    let mut note = |e: StoreError| {
+        state_error.get_or_insert_with(|| e.to_string());
+    };
     let mut subs: std::collections::BTreeMap<&'static str, usize> =
         SubState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     let known: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
     let mut unknown_categories = Vec::new();
     for s in store.subscribers() {
-        let s = s?;
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                note(e);
+                break;
+            }
+        };
         *subs.entry(s.state.as_str()).or_default() += 1;
         if s.state == SubState::Unsubscribed || s.categories.is_empty() {
             continue;
@@ -466,7 +480,10 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             });
         }
     }
-    let counts = store.outbox_counts()?;
+    let counts = store.outbox_counts().unwrap_or_else(|e| {
+        note(e);
+        [0; 4]
+    });
     let outbox = DeliveryState::ALL
         .iter()
         .zip(counts)
@@ -474,7 +491,10 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         .collect();
     let mut last_digests = std::collections::BTreeMap::new();
     for schedule in [Schedule::Daily, Schedule::Weekly] {
-        let t = store.last_digest(schedule)?;
+        let t = store.last_digest(schedule).unwrap_or_else(|e| {
+            note(e);
+            None
+        });
         last_digests.insert(
             schedule.as_str(),
             t.and_then(|t| Utc.timestamp_opt(t, 0).single())
@@ -494,6 +514,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             next_try: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.retry_ms)),
         },
         unknown_categories,
+        state_error,
     };
     if json {
         let mut out = serde_json::to_string_pretty(&status).expect("serializable");
@@ -529,6 +550,11 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
     );
     for o in &status.unknown_categories {
         out.push_str(&format!("{}\n", orphan_line(o)));
+    }
+    if let Some(e) = &status.state_error {
+        out.push_str(&format!(
+            "state: cannot be read, the counts above are incomplete: {e}\n"
+        ));
     }
     Ok(Reply::ok(out))
 }

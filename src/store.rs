@@ -47,6 +47,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("state database: unreadable record under '{key}': {message}")]
     Corrupt { key: String, message: String },
+    #[error("state database: closed while it is opened again after a write failure")]
+    Closed,
 }
 
 /// What the mail side knows of an article.
@@ -212,6 +214,18 @@ fn parse_queue_key(raw: &[u8]) -> Option<Queued> {
 /// The state database.
 #[derive(Clone)]
 pub struct Store {
+    /// The open database; `None` while it is being reopened after a write failure. Every
+    /// clone of the store sees the reopened one.
+    trees: std::sync::Arc<std::sync::RwLock<Option<Trees>>>,
+    /// Where the database lives, to reopen it.
+    path: std::path::PathBuf,
+    /// Set by whoever met an error writing; cleared by a successful [`Store::recover`].
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The database and its trees (cheap handles onto the same data).
+#[derive(Clone)]
+struct Trees {
     db: sled::Db,
     meta: sled::Tree,
     subscribers: sled::Tree,
@@ -229,6 +243,14 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the database in `dir`, checking its schema.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            trees: std::sync::Arc::new(std::sync::RwLock::new(Some(Store::open_trees(dir)?))),
+            path: dir.join("db"),
+            broken: std::sync::Arc::default(),
+        })
+    }
+
+    fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
         let path = dir.join("db");
         let shown = path.display().to_string();
         let db = sled::Config::new()
@@ -239,7 +261,7 @@ impl Store {
                 path: shown.clone(),
                 source,
             })?;
-        let store = Store {
+        let trees = Trees {
             meta: db.open_tree("meta")?,
             subscribers: db.open_tree("subscribers")?,
             articles: db.open_tree("articles")?,
@@ -247,10 +269,10 @@ impl Store {
             queue: db.open_tree("queue")?,
             db,
         };
-        match store.meta.get("schema")? {
+        match trees.meta.get("schema")? {
             None => {
-                store.meta.insert("schema", SCHEMA.to_string().as_bytes())?;
-                store.db.flush()?;
+                trees.meta.insert("schema", SCHEMA.to_string().as_bytes())?;
+                trees.db.flush()?;
             }
             Some(raw) => {
                 let found: u32 = std::str::from_utf8(&raw)
@@ -265,32 +287,106 @@ impl Store {
                 }
             }
         }
-        Ok(store)
+        Ok(trees)
+    }
+
+    /// The open trees, or an error while the database is closed for a reopen.
+    fn t(&self) -> Result<Trees, StoreError> {
+        self.trees
+            .read()
+            .expect("store lock")
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Whether a write failed since the last successful [`Store::recover`].
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Notes that writing failed: the daemon stops sending and tries [`Store::recover`].
+    pub fn mark_broken(&self) {
+        self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After a write failure (a full disk) sled keeps failing until the database is opened
+    /// again: closes it, opens it again from disk (what was flushed before the failure) and
+    /// checks that it can be written. Fails while the cause lasts.
+    pub fn recover(&self, now_ms: i64) -> Result<(), StoreError> {
+        {
+            let mut trees = self.trees.write().expect("store lock");
+            if let Some(old) = trees.take() {
+                // Whatever the old one holds unflushed is lost either way; drop it first so
+                // the new one can take the file lock.
+                drop(old);
+            }
+            let dir = self.path.parent().unwrap_or(&self.path);
+            *trees = Some(Store::open_trees(dir)?);
+        }
+        self.probe_write(now_ms)?;
+        self.broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Every entry of one tree; a single error while the database is being reopened.
+    fn iter_of(
+        &self,
+        pick: fn(&Trees) -> &sled::Tree,
+    ) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+        match self.t() {
+            Ok(t) => Box::new(pick(&t).iter()),
+            Err(_) => Box::new(std::iter::once(Err(sled::Error::Unsupported(
+                "the state database is being reopened".into(),
+            )))),
+        }
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.db.flush()?;
+            Ok(())
+        })())
     }
 
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let t = self.t()?;
+        let flushed =
+            t.db.flush_async()
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from);
+        self.written(flushed)
+    }
+
+    /// Passes a write's result on, noting a failure (see [`Store::mark_broken`]).
+    fn written<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result
+            && !matches!(e, StoreError::Corrupt { .. } | StoreError::Newer { .. })
+        {
+            self.mark_broken();
+        }
+        result
     }
 
     // --- meta
 
     fn meta_i64(&self, key: &str) -> Result<Option<i64>, StoreError> {
         Ok(self
+            .t()?
             .meta
             .get(key)?
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
     }
 
     fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
-        self.meta.insert(key, value.to_string().as_bytes())?;
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.meta.insert(key, value.to_string().as_bytes())?;
+            Ok(())
+        })())
     }
 
     /// Writes and flushes a marker: whether the state can be written right now.
@@ -331,24 +427,31 @@ impl Store {
     // --- subscribers
 
     pub fn subscriber(&self, email: &str) -> Result<Option<Subscriber>, StoreError> {
-        self.subscribers
+        let t = self.t()?;
+        t.subscribers
             .get(email)?
             .map(|v| decode(email.as_bytes(), &v))
             .transpose()
     }
 
     pub fn put_subscriber(&self, sub: &Subscriber) -> Result<(), StoreError> {
-        self.subscribers.insert(sub.email.as_bytes(), encode(sub))?;
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.subscribers.insert(sub.email.as_bytes(), encode(sub))?;
+            Ok(())
+        })())
     }
 
     pub fn remove_subscriber(&self, email: &str) -> Result<bool, StoreError> {
-        Ok(self.subscribers.remove(email)?.is_some())
+        self.written((|| -> Result<bool, StoreError> {
+            let t = self.t()?;
+            Ok(t.subscribers.remove(email)?.is_some())
+        })())
     }
 
     /// Every subscriber, by address.
     pub fn subscribers(&self) -> impl Iterator<Item = Result<Subscriber, StoreError>> + '_ {
-        self.subscribers.iter().map(|r| {
+        self.iter_of(|t| &t.subscribers).map(|r| {
             let (k, v) = r?;
             decode(&k, &v)
         })
@@ -357,27 +460,34 @@ impl Store {
     // --- articles known to the mail side
 
     pub fn known_article(&self, id: &str) -> Result<Option<KnownArticle>, StoreError> {
-        self.articles
+        let t = self.t()?;
+        t.articles
             .get(id)?
             .map(|v| decode(id.as_bytes(), &v))
             .transpose()
     }
 
     pub fn put_known_article(&self, id: &str, article: &KnownArticle) -> Result<(), StoreError> {
-        self.articles.insert(id, encode(article))?;
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.articles.insert(id, encode(article))?;
+            Ok(())
+        })())
     }
 
     pub fn forget_article(&self, id: &str) -> Result<(), StoreError> {
-        self.articles.remove(id)?;
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.articles.remove(id)?;
+            Ok(())
+        })())
     }
 
     /// Known articles, any order.
     pub fn known_articles(
         &self,
     ) -> impl Iterator<Item = Result<(String, KnownArticle), StoreError>> + '_ {
-        self.articles.iter().map(|r| {
+        self.iter_of(|t| &t.articles).map(|r| {
             let (k, v) = r?;
             Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
         })
@@ -386,7 +496,8 @@ impl Store {
     // --- outbox
 
     pub fn delivery(&self, key: &str) -> Result<Option<Delivery>, StoreError> {
-        self.outbox
+        let t = self.t()?;
+        t.outbox
             .get(key)?
             .map(|v| decode(key.as_bytes(), &v))
             .transpose()
@@ -395,20 +506,23 @@ impl Store {
     /// Adds a delivery and queues it, unless one with the same key exists. Returns whether it
     /// was added.
     pub fn enqueue(&self, delivery: &Delivery) -> Result<bool, StoreError> {
-        let key = delivery.key();
-        let added = self
-            .outbox
-            .compare_and_swap(
-                key.as_bytes(),
-                None as Option<&[u8]>,
-                Some(encode(delivery)),
-            )?
-            .is_ok();
-        if added {
-            self.queue
-                .insert(queue_key(LANE_FRESH, delivery.next_ms, &key), &[])?;
-        }
-        Ok(added)
+        self.written((|| -> Result<bool, StoreError> {
+            let t = self.t()?;
+            let key = delivery.key();
+            let added = t
+                .outbox
+                .compare_and_swap(
+                    key.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(encode(delivery)),
+                )?
+                .is_ok();
+            if added {
+                t.queue
+                    .insert(queue_key(LANE_FRESH, delivery.next_ms, &key), &[])?;
+            }
+            Ok(added)
+        })())
     }
 
     /// Records a delivery's new state; `queued` is its current queue entry, replaced by the
@@ -419,16 +533,19 @@ impl Store {
         delivery: &Delivery,
         queued: Option<&Queued>,
     ) -> Result<(), StoreError> {
-        self.outbox.insert(key.as_bytes(), encode(delivery))?;
-        if let Some(q) = queued {
-            self.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
-        }
-        if delivery.state == DeliveryState::Pending {
-            let lane = delivery.lane();
-            self.queue
-                .insert(queue_key(lane, delivery.next_ms, key), &[])?;
-        }
-        Ok(())
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.outbox.insert(key.as_bytes(), encode(delivery))?;
+            if let Some(q) = queued {
+                t.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
+            }
+            if delivery.state == DeliveryState::Pending {
+                let lane = delivery.lane();
+                t.queue
+                    .insert(queue_key(lane, delivery.next_ms, key), &[])?;
+            }
+            Ok(())
+        })())
     }
 
     /// Queue entries of `lane` due at `now_ms`, in order, skipping `skip`; at most `limit`.
@@ -439,8 +556,9 @@ impl Store {
         limit: usize,
         skip: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Queued>, StoreError> {
+        let t = self.t()?;
         let mut out = Vec::new();
-        for r in self.queue.scan_prefix([lane]) {
+        for r in t.queue.scan_prefix([lane]) {
             let (k, _) = r?;
             let Some(q) = parse_queue_key(&k) else {
                 continue;
@@ -457,9 +575,10 @@ impl Store {
 
     /// The earliest queued time, any lane.
     pub fn next_queued_ms(&self) -> Result<Option<i64>, StoreError> {
+        let t = self.t()?;
         let mut next = None;
         for lane in [LANE_FRESH, LANE_RETRY] {
-            if let Some(r) = self.queue.scan_prefix([lane]).next() {
+            if let Some(r) = t.queue.scan_prefix([lane]).next() {
                 let (k, _) = r?;
                 if let Some(q) = parse_queue_key(&k) {
                     next = Some(next.map_or(q.next_ms, |n: i64| n.min(q.next_ms)));
@@ -470,31 +589,34 @@ impl Store {
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.t().map_or(0, |t| t.queue.len())
     }
 
     /// Puts back in the queue every pending delivery that lost its entry (a crash between
     /// the two writes); returns how many.
     pub fn repair_queue(&self) -> Result<usize, StoreError> {
-        let mut queued = std::collections::HashSet::new();
-        for r in self.queue.iter() {
-            let (k, _) = r?;
-            if let Some(q) = parse_queue_key(&k) {
-                queued.insert(q.key);
+        self.written((|| -> Result<usize, StoreError> {
+            let t = self.t()?;
+            let mut queued = std::collections::HashSet::new();
+            for r in t.queue.iter() {
+                let (k, _) = r?;
+                if let Some(q) = parse_queue_key(&k) {
+                    queued.insert(q.key);
+                }
             }
-        }
-        let mut repaired = 0;
-        for r in self.outbox.iter() {
-            let (k, v) = r?;
-            let d: Delivery = decode(&k, &v)?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            if d.state == DeliveryState::Pending && !queued.contains(&key) {
-                let lane = d.lane();
-                self.queue.insert(queue_key(lane, d.next_ms, &key), &[])?;
-                repaired += 1;
+            let mut repaired = 0;
+            for r in t.outbox.iter() {
+                let (k, v) = r?;
+                let d: Delivery = decode(&k, &v)?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                if d.state == DeliveryState::Pending && !queued.contains(&key) {
+                    let lane = d.lane();
+                    t.queue.insert(queue_key(lane, d.next_ms, &key), &[])?;
+                    repaired += 1;
+                }
             }
-        }
-        Ok(repaired)
+            Ok(repaired)
+        })())
     }
 
     /// The alerts of one article, to anyone, in any state.
@@ -502,7 +624,15 @@ impl Store {
         &self,
         article: &str,
     ) -> impl Iterator<Item = Result<(String, Delivery), StoreError>> + '_ {
-        self.outbox.scan_prefix(format!("a\0{article}\0")).map(|r| {
+        let prefix = format!("a\0{article}\0");
+        let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match self.t()
+        {
+            Ok(t) => Box::new(t.outbox.scan_prefix(prefix)),
+            Err(_) => Box::new(std::iter::once(Err(sled::Error::Unsupported(
+                "the state database is being reopened".into(),
+            )))),
+        };
+        scan.map(|r| {
             let (k, v) = r?;
             Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
         })
@@ -511,22 +641,26 @@ impl Store {
     /// Removes finished deliveries (sent, failed, cancelled) last updated before
     /// `before_ms`, so the outbox does not grow for ever. Returns how many went.
     pub fn prune_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for r in self.outbox.iter() {
-            let (k, v) = r?;
-            let d: Delivery = decode(&k, &v)?;
-            if d.state != DeliveryState::Pending && d.updated_ms < before_ms {
-                self.outbox.remove(&k)?;
-                removed += 1;
+        self.written((|| -> Result<usize, StoreError> {
+            let t = self.t()?;
+            let mut removed = 0;
+            for r in t.outbox.iter() {
+                let (k, v) = r?;
+                let d: Delivery = decode(&k, &v)?;
+                if d.state != DeliveryState::Pending && d.updated_ms < before_ms {
+                    t.outbox.remove(&k)?;
+                    removed += 1;
+                }
             }
-        }
-        Ok(removed)
+            Ok(removed)
+        })())
     }
 
     /// Counts of deliveries by state.
     pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
+        let t = self.t()?;
         let mut counts = [0; 4];
-        for r in self.outbox.iter() {
+        for r in t.outbox.iter() {
             let (k, v) = r?;
             let d: Delivery = decode(&k, &v)?;
             counts[DeliveryState::ALL
@@ -626,8 +760,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.meta.insert("schema", "99").unwrap();
-            store.subscribers.insert("c@x.vn", &b"\x07{}"[..]).unwrap();
+            let t = store.t().unwrap();
+            t.meta.insert("schema", "99").unwrap();
+            t.subscribers.insert("c@x.vn", &b"\x07{}"[..]).unwrap();
             store.flush().unwrap();
             let e = store.subscriber("c@x.vn").unwrap_err().to_string();
             assert!(e.contains("unknown record version 7"), "{e}");
@@ -653,13 +788,29 @@ mod tests {
     }
 
     #[test]
+    fn a_store_reopened_keeps_what_was_flushed_and_every_clone_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let other = store.clone();
+        store.put_subscriber(&sub("a@x.vn")).unwrap();
+        store.flush().unwrap();
+        store.mark_broken();
+        assert!(other.is_broken());
+        store.recover(1).unwrap();
+        assert!(!other.is_broken());
+        assert!(other.subscriber("a@x.vn").unwrap().is_some());
+        other.put_subscriber(&sub("b@x.vn")).unwrap();
+        assert_eq!(store.subscribers().count(), 2);
+    }
+
+    #[test]
     fn a_lost_queue_entry_is_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
             .enqueue(&Delivery::new(Kind::Confirm { at: 1 }, "d@x.vn", 10))
             .unwrap();
-        store.queue.clear().unwrap();
+        store.t().unwrap().queue.clear().unwrap();
         assert_eq!(store.repair_queue().unwrap(), 1);
         assert_eq!(store.repair_queue().unwrap(), 0);
         assert_eq!(store.queue_len(), 1);

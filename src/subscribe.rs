@@ -23,6 +23,8 @@ use axum::routing::{get, post};
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
 /// Clients remembered by the rate limiter before old ones are dropped.
 const RATE_CLIENTS: usize = 10_000;
+/// `Retry-After` when the state cannot be written.
+const UNAVAILABLE_RETRY_SECS: u64 = 60;
 /// Categories a subscriber may pick at most.
 const MAX_CATEGORIES: usize = 50;
 
@@ -71,6 +73,21 @@ impl SubscribeState {
         form: Option<(&str, &str, &str)>,
     ) -> Response {
         self.render(status, |pages| pages.message(heading, message, form))
+    }
+
+    /// The state cannot be written right now (a full disk): nothing was recorded; the
+    /// person is asked to come back, and a client may retry (503, not 500: it passes).
+    fn unavailable(&self) -> Response {
+        let mut r = self.page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Tạm thời chưa ghi nhận được",
+            "Hệ thống đang tạm ngưng ghi nhận đăng ký. Yêu cầu của bạn chưa được lưu; \
+             vui lòng thử lại sau ít phút.",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_SECS.into());
+        r
     }
 
     /// A page that says what is wrong and gives the subscribe form back as it was filled.
@@ -219,12 +236,7 @@ async fn subscribe(
         Ok(false) => {}
         Err(e) => {
             tracing::error!("subscribe: {e}");
-            return state.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Có lỗi xảy ra",
-                "Vui lòng thử lại sau.",
-                None,
-            );
+            return state.unavailable();
         }
     }
     // The same answer whether or not the address is known.
@@ -310,7 +322,7 @@ async fn confirm(
             None,
         ),
         Ok(Ok(false)) => invalid_link(&state),
-        _ => state.page(StatusCode::INTERNAL_SERVER_ERROR, "Có lỗi xảy ra", "Vui lòng thử lại sau.", None),
+        _ => state.unavailable(),
     }
 }
 
@@ -379,11 +391,6 @@ async fn unsubscribe(
             "Bạn sẽ không nhận thêm thư nào. Bạn có thể đăng ký lại bất cứ lúc nào trên trang chủ.",
             None,
         ),
-        _ => state.page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Có lỗi xảy ra",
-            "Vui lòng thử lại sau.",
-            None,
-        ),
+        _ => state.unavailable(),
     }
 }

@@ -80,3 +80,131 @@ fn kill_9_during_a_fan_out() {
     eprintln!("crash after {at_crash} mails; {duplicates} duplicates after restart");
     drop(daemon);
 }
+
+/// A tmpfs mounted for the state, unmounted at the end.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` when this machine does not let the test mount one (not root, no mount).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the disk of `dir` with one file until it is full.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("day.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+/// The state disk fills up in the middle of a fan-out, then space comes back: delivery
+/// pauses instead of sending the same mails again and again, the subscribe form answers 503,
+/// and once there is room everyone gets each alert at least once and at most twice (one more
+/// than the state failures it lived through). Needs a tmpfs, so root; skipped otherwise.
+#[test]
+fn a_full_state_disk_pauses_delivery_and_loses_nothing() {
+    const ARTICLES: usize = 5;
+    const PEOPLE: usize = 100;
+    let smtp = SmtpServer::slow(Duration::from_millis(4));
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+         [state]\ndir = \"state\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
+         transport = \"smtp\"\nconcurrency = 2\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
+        smtp.addr.port()
+    ));
+    let Some(_tmpfs) = Tmpfs::mount(&site.path("state"), "24m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    let mut csv = String::from("email,schedule,categories\n");
+    for i in 0..PEOPLE {
+        csv.push_str(&format!(
+            "nguoi-dan-so-{i:03}@phuong-cau-giay.example.vn,immediate,\n"
+        ));
+    }
+    site.write("ds.csv", &csv);
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        site.path("ds.csv").to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    for a in 0..ARTICLES {
+        site.publish(
+            &format!("thong-bao-ve-ky-hop-thu-{a}-cua-hoi-dong-nhan-dan-phuong.txt"),
+            &article(CAT_A, &format!("Thông báo số {a}"), "20/11/2026 | 08:00"),
+        );
+    }
+    wait_for("the fan-out under way", Duration::from_secs(60), || {
+        smtp.accepted().len() >= 40
+    });
+    let filler = fill(&site.path("state"));
+    daemon.wait_log("mail delivery paused");
+    // While the state cannot be written, a subscription is refused with 503, never 500.
+    let r = common::http::request(
+        daemon.addr,
+        "POST",
+        "/subscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"email=moi%40x.vn&schedule=daily",
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let out = site.bantin(&["status"]);
+    let status = stdout(&out);
+    assert!(
+        status.contains("delivery: PAUSED") && status.contains("cannot write the state"),
+        "{status}{}",
+        common::stderr(&out)
+    );
+    let during = smtp.accepted().len();
+    std::fs::remove_file(filler).unwrap();
+    daemon.wait_log("the state can be written again");
+    wait_for("every alert", Duration::from_secs(120), || {
+        let json: serde_json::Value =
+            serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap();
+        json["outbox"]["pending"] == 0 && json["outbox"]["sent"] == ARTICLES * PEOPLE
+    });
+    let mut per: HashMap<(String, String), usize> = HashMap::new();
+    for m in smtp.accepted() {
+        let subject = common::mail::header(&m.data, "Subject").unwrap();
+        for to in m.to {
+            *per.entry((subject.clone(), to)).or_default() += 1;
+        }
+    }
+    assert_eq!(per.len(), ARTICLES * PEOPLE, "everyone got every alert");
+    let most = per.values().max().copied().unwrap();
+    assert!(
+        most <= 2,
+        "an alert went {most} times: at most once more than the one failure"
+    );
+    eprintln!(
+        "{during} mails before the pause; {} in all for {} alerts",
+        smtp.accepted().len(),
+        ARTICLES * PEOPLE
+    );
+}

@@ -171,6 +171,7 @@ pub async fn serve(
         )),
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
+        tokio::spawn(tasks::state_guard(mail.outbox.clone())),
         tasks::admin_socket(&config, mail.outbox.clone(), categories.clone())?,
         tokio::spawn(tasks::reloads(
             config.clone(),

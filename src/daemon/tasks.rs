@@ -64,6 +64,36 @@ pub async fn settled_alerts(outbox: Outbox) {
     }
 }
 
+/// How often a state that failed a write is tried again.
+const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Watches the state: after a failed write (a full disk) it reopens the database until it
+/// can be written again, then lets delivery resume. The error is logged once.
+pub async fn state_guard(outbox: Outbox) {
+    let store = outbox.store.clone();
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(STATE_RETRY).await;
+        if !store.is_broken() {
+            continue;
+        }
+        let s = store.clone();
+        let now = outbox.clock.now_ms();
+        match tokio::task::spawn_blocking(move || s.recover(now)).await {
+            Ok(Ok(())) => {
+                tracing::info!("the state can be written again; delivery resumes");
+                failing = false;
+                outbox.state_recovered();
+            }
+            Ok(Err(e)) if !failing => {
+                tracing::error!("cannot write the state; retrying every second: {e}");
+                failing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Tells the engine when a manual clock moves, so what came due is published at once.
 /// Never fires on the system clock.
 pub async fn clock_ticks(clock: Clock, engine: Sender<Msg>) {

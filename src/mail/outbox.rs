@@ -90,6 +90,17 @@ impl Outbox {
         }
     }
 
+    /// Ends a pause caused by the state now that it can be written again: sending resumes
+    /// with one mail at once.
+    pub fn state_recovered(&self) {
+        if let Some(p) = self.pause.lock().expect("pause").as_mut()
+            && p.reason.starts_with(super::worker::STATE_FAILED)
+        {
+            p.retry_ms = self.clock.now_ms();
+        }
+        self.wake.notify_one();
+    }
+
     /// The pause in force, if any.
     pub fn paused(&self) -> Option<Pause> {
         self.pause.lock().expect("pause").clone()

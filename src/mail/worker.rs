@@ -28,6 +28,8 @@ const IDLE_LOOK: Duration = Duration::from_secs(60);
 /// while the cause lasts, up to [`PAUSE_MAX_MS`].
 const PAUSE_FIRST_MS: i64 = 30_000;
 const PAUSE_MAX_MS: i64 = 15 * 60_000;
+/// The reason of a pause for a state that cannot be written.
+pub const STATE_FAILED: &str = "cannot write the state (is its disk full?)";
 /// The same refusal of the message for this many different recipients in a row means the
 /// relay refuses us, not the message.
 const SAME_REJECTIONS: usize = 3;
@@ -138,6 +140,11 @@ impl Worker {
         loop {
             let now = clock.now_ms();
             let mut probe = false;
+            if self.store().is_broken() {
+                // Nothing is sent while sent-marks cannot be recorded: that is how a full
+                // disk turned into the same mails sent again and again.
+                self.pause(STATE_FAILED.into());
+            }
             if let Some(pause) = self.outbox.paused() {
                 if now < pause.retry_ms {
                     let until =
@@ -145,12 +152,16 @@ impl Worker {
                     tokio::select! {
                         () = &mut stopped => break,
                         () = clock.sleep_until(until) => {},
+                        () = self.outbox.wake.notified() => {},
                     }
                     continue;
                 }
                 // Time to try again: the state first, then one mail alone.
+                if self.store().is_broken() {
+                    continue; // the state guard reopens it, then wakes us
+                }
                 if let Err(e) = self.store().probe_write(now) {
-                    self.pause(format!("cannot write the state: {e}"));
+                    self.pause(format!("{STATE_FAILED}: {e}"));
                     continue;
                 }
                 probe = true;
@@ -444,7 +455,9 @@ impl Worker {
     /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
     /// bounces of that address is over.
     fn delivered(&self, email: &str) {
-        self.resume();
+        if !self.store().is_broken() {
+            self.resume();
+        }
         *self.rejections.lock().expect("rejections") = None;
         if let Ok(Some(mut sub)) = self.store().subscriber(email)
             && sub.soft_bounces.is_some()
@@ -516,7 +529,8 @@ impl Worker {
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = written {
-            self.pause(format!("cannot write the state: {e}"));
+            self.store().mark_broken();
+            self.pause(format!("{STATE_FAILED}: {e}"));
         }
     }
 
