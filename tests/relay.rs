@@ -185,7 +185,7 @@ fn a_full_mailbox_is_retried_not_bounced() {
 #[test]
 fn an_idle_connection_the_relay_closed_is_replaced_at_once() {
     let smtp = SmtpServer::start();
-    smtp.set(|r| r.idle_close = Some(std::time::Duration::from_millis(300)));
+    smtp.set(|r| r.idle_close = Some(std::time::Duration::from_secs(2)));
     let site = site(&smtp, false);
     add(&site, &["dan@x.vn"]);
     let daemon = start(&site);
@@ -202,4 +202,31 @@ fn an_idle_connection_the_relay_closed_is_replaced_at_once() {
         smtp.connections.load(std::sync::atomic::Ordering::SeqCst),
         2
     );
+}
+
+#[test]
+fn connections_carry_a_bounded_number_of_mails_and_say_our_name() {
+    let smtp = SmtpServer::start();
+    let site = site(&smtp, false);
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    site.write(
+        "bantin.toml",
+        &text.replace(
+            "[mail.smtp]\n",
+            "[mail.smtp]\nmax_messages_per_connection = 2\nhelo_name = \"bantin.hdnd.test\"\n",
+        ),
+    );
+    let emails = ["a@x.vn", "b@x.vn", "c@x.vn", "d@x.vn", "e@x.vn"];
+    add(&site, &emails);
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    each_once(&smtp, &emails);
+    // Five mails, at most two a connection: at least three connections.
+    assert!(smtp.connections.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let helos = smtp.helos.lock().unwrap().clone();
+    assert!(
+        !helos.is_empty() && helos.iter().all(|h| h == "bantin.hdnd.test"),
+        "{helos:?}"
+    );
+    drop(daemon);
 }

@@ -63,6 +63,8 @@ pub struct SmtpServer {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Connections the server closed because they sat idle.
     pub idle_closed: Arc<std::sync::atomic::AtomicUsize>,
+    /// The name each EHLO gave.
+    pub helos: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -103,6 +105,7 @@ impl SmtpServer {
         let replies = Arc::new(Mutex::new(Replies::default()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let idle_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let helos = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let script = Arc::new(script);
         listener.set_nonblocking(true).unwrap();
@@ -110,6 +113,7 @@ impl SmtpServer {
             let (received, stop) = (received.clone(), stop.clone());
             let (replies, connections, idle_closed) =
                 (replies.clone(), connections.clone(), idle_closed.clone());
+            let helos = helos.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
@@ -120,6 +124,7 @@ impl SmtpServer {
                                 received: received.clone(),
                                 replies: replies.clone(),
                                 idle_closed: idle_closed.clone(),
+                                helos: helos.clone(),
                                 stop: stop.clone(),
                                 script: script.clone(),
                                 delay,
@@ -139,6 +144,7 @@ impl SmtpServer {
             replies,
             connections,
             idle_closed,
+            helos,
             stop,
         }
     }
@@ -170,6 +176,7 @@ struct Peer {
     received: Arc<Mutex<Vec<Received>>>,
     replies: Arc<Mutex<Replies>>,
     idle_closed: Arc<std::sync::atomic::AtomicUsize>,
+    helos: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     script: Arc<Script>,
     delay: Duration,
@@ -200,6 +207,8 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
         let cmd = line.trim_end().to_ascii_uppercase();
         let replies = peer.replies.lock().unwrap().clone();
         if cmd.starts_with("EHLO") {
+            let name = line.trim_end().get(5..).unwrap_or("").trim().to_string();
+            peer.helos.lock().unwrap().push(name);
             let auth = if replies.auth.is_some() {
                 "250-AUTH PLAIN LOGIN\r\n"
             } else {
