@@ -121,6 +121,7 @@ dir = "{REPO}/feeds"
 dir = "{REPO}/templates"
 [http]
 listen = "127.0.0.1:{http_port}"
+metrics_listen = ""
 [mail]
 alert_delay_secs = 0
 alert_max_age_days = 3650

@@ -86,7 +86,7 @@ def main():
     sink = start_sink(sink_port, work)
     try:
         wait_port(sink_port)
-        http_port = free_port()
+        http_port, metrics_port = free_port(), free_port()
         config = os.path.join(work, "bantin.toml")
         with open(config, "w") as f:
             f.write(f"""[site]
@@ -97,6 +97,7 @@ dir = "{REPO}/feeds"
 dir = "{REPO}/templates"
 [http]
 listen = "127.0.0.1:{http_port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
 [mail]
 alert_delay_secs = 0
 alert_max_age_days = 3650
@@ -134,7 +135,7 @@ weekly = "0 0 0 1 1 * 2099"
                 f.write(text)
             t0 = time.time()
             os.rename(temp, os.path.join(work, "articles", "tin-moi.txt"))
-            while metric(http_port, "bantin_mail_sent_total") < n:
+            while metric(metrics_port, "bantin_mail_sent_total") < n:
                 if daemon.poll() is not None:
                     sys.exit("bantin exited")
                 time.sleep(0.2)

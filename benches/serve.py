@@ -117,6 +117,7 @@ dir = "{out}"
 dir = "{work}/state"
 [http]
 listen = "127.0.0.1:{port}"
+metrics_listen = ""
 """)
     log_path = os.path.join(work, "bantin.log")
     started = time.time()

@@ -150,6 +150,69 @@ pub struct Http {
     pub max_body_bytes: usize,
     /// Seconds given to open requests to finish when the daemon stops.
     pub drain_secs: u64,
+    /// Where `/metrics` is served (never on `listen`); empty: nowhere.
+    pub metrics_listen: String,
+    /// Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// An address range: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub bits: u8,
+}
+
+impl Cidr {
+    /// `127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, bits) = match text.trim().split_once('/') {
+            Some((a, b)) => (a.parse().ok()?, b.parse::<u8>().ok()?),
+            None => {
+                let addr: std::net::IpAddr = text.trim().parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (bits <= max).then_some(Cidr { addr, bits })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Http {
+    /// The metrics address, unless turned off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let text = self.metrics_listen.trim();
+        (!text.is_empty()).then(|| text.parse().ok()).flatten()
+    }
+
+    pub fn trusted(&self) -> Vec<Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|t| Cidr::parse(t))
+            .collect()
+    }
 }
 
 impl Default for Http {
@@ -160,6 +223,8 @@ impl Default for Http {
             max_connections: 1024,
             max_body_bytes: 16 * 1024,
             drain_secs: 10,
+            metrics_listen: "127.0.0.1:9464".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -436,6 +501,21 @@ impl Config {
         if self.store.max_bytes == 0 {
             return Err(invalid("store.max_bytes must be above 0".into()));
         }
+        let metrics = self.http.metrics_listen.trim();
+        if !metrics.is_empty() && metrics.parse::<SocketAddr>().is_err() {
+            return Err(invalid(format!(
+                "http.metrics_listen '{metrics}' is not an address such as '127.0.0.1:9464' \
+                 (or empty to serve no metrics)"
+            )));
+        }
+        for proxy in &self.http.trusted_proxies {
+            if Cidr::parse(proxy).is_none() {
+                return Err(invalid(format!(
+                    "http.trusted_proxies: '{proxy}' is not an address or a range such as \
+                     '127.0.0.1' or '10.0.0.0/8'"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -478,6 +558,24 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_of_trusted_proxies() {
+        let r = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(r.contains("10.1.200.3".parse().unwrap()));
+        assert!(!r.contains("10.2.0.1".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(one.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("khong-phai").is_none());
+    }
 
     #[test]
     fn empty_file_gives_every_default() {

@@ -174,7 +174,6 @@ pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/feeds/{file}", get(feed))
         .route("/articles/{*path}", get(article))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
         .with_state(state)
         .merge(extra)
         .fallback(not_found)
@@ -211,6 +210,15 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         plain(StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n")
     }
+}
+
+/// The metrics routes, for the private listener (`http.metrics_listen`) only: counters
+/// on the public port would tell a stranger whether posting an address sent a mail.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .with_state(state)
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::Cidr;
 use crate::feed::SiteInfo;
 use crate::mail::{Links, MailError, Outbox, normalize_email};
 use crate::site::Pages;
@@ -39,10 +40,11 @@ pub struct SubscribeState {
     pub links: Links,
     /// The categories one may follow (kept current by the engine).
     pub categories: Arc<std::sync::RwLock<Vec<String>>>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted: Vec<Cidr>,
     pub templates: crate::site::SharedTemplates,
     pub site: SiteInfo,
-    per_hour: u32,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    limiter: Limiter,
 }
 
 impl SubscribeState {
@@ -58,10 +60,10 @@ impl SubscribeState {
             outbox,
             links,
             categories,
+            trusted: Vec::new(),
             templates,
             site,
-            per_hour: per_hour.max(1),
-            seen: Mutex::default(),
+            limiter: Limiter::new(per_hour),
         }
     }
 
@@ -119,13 +121,37 @@ impl SubscribeState {
             }
         }
     }
+}
+
+/// Posts per client address per hour, in bounded memory.
+pub struct Limiter {
+    per_hour: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Limiter {
+    pub fn new(per_hour: u32) -> Limiter {
+        Limiter {
+            per_hour: per_hour.max(1),
+            seen: Mutex::default(),
+        }
+    }
 
     /// Counts a post from `ip`; `Err(seconds)` when over the limit.
-    fn allow(&self, ip: IpAddr) -> Result<(), u64> {
+    pub fn allow(&self, ip: IpAddr) -> Result<(), u64> {
         let mut seen = self.seen.lock().expect("rate limiter");
         let now = Instant::now();
-        if seen.len() > RATE_CLIENTS {
+        if seen.len() >= RATE_CLIENTS && !seen.contains_key(&ip) {
             seen.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+            if seen.len() >= RATE_CLIENTS {
+                // Still full within the window: forget the oldest half, so memory stays
+                // bounded whatever the traffic (they may post again a little sooner).
+                let mut starts: Vec<Instant> = seen.values().map(|(s, _)| *s).collect();
+                let half = starts.len() / 2;
+                let (_, cut, _) = starts.select_nth_unstable(half);
+                let cut = *cut;
+                seen.retain(|_, (start, _)| *start > cut);
+            }
         }
         let entry = seen.entry(ip).or_insert((now, 0));
         if now.duration_since(entry.0) >= RATE_WINDOW {
@@ -138,6 +164,15 @@ impl SubscribeState {
         entry.1 += 1;
         Ok(())
     }
+
+    /// Clients remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.lock().expect("rate limiter").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub fn router(state: Arc<SubscribeState>) -> Router {
@@ -148,20 +183,33 @@ pub fn router(state: Arc<SubscribeState>) -> Router {
         .with_state(state)
 }
 
-/// The client address: the connection's, or the proxy's `X-Forwarded-For` when the
-/// connection comes from this machine (a reverse proxy in front).
-fn client_ip(peer: Option<Peer>, headers: &HeaderMap) -> IpAddr {
+/// The client address: the connection's, unless it comes from a trusted proxy; then the
+/// right-most address of `X-Forwarded-For` that is not a trusted proxy (a client can put
+/// anything on the left, never on the right of what its proxy adds).
+fn client_ip(peer: Option<Peer>, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let direct = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
-    if direct.is_loopback()
-        && let Some(forwarded) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return forwarded;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(direct) {
+        return direct;
     }
-    direct
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = direct;
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break; // garbage: stop believing the header here
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 async fn subscribe(
@@ -170,8 +218,8 @@ async fn subscribe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ip = client_ip(peer.map(|p| p.0), &headers);
-    if let Err(wait) = state.allow(ip) {
+    let ip = client_ip(peer.map(|p| p.0), &headers, &state.trusted);
+    if let Err(wait) = state.limiter.allow(ip) {
         let mut r = state.page(
             StatusCode::TOO_MANY_REQUESTS,
             "Vui lòng thử lại sau",
@@ -392,5 +440,66 @@ async fn unsubscribe(
             None,
         ),
         _ => state.unavailable(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    fn peer(ip: &str) -> Option<Peer> {
+        Some(Peer(SocketAddr::new(ip.parse().unwrap(), 40000)))
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let h = headers("6.6.6.6, 203.0.113.9");
+        // No trusted proxy: the connection's address, whatever the header says.
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &[]),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        // Trusted: the right-most address the proxy added, not what the client wrote.
+        let trusted = [Cidr::parse("127.0.0.1/32").unwrap()];
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A chain of trusted proxies is walked through.
+        let chain = [
+            Cidr::parse("127.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
+        let h = headers("6.6.6.6, 198.51.100.7, 10.1.2.3");
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), &h, &chain),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // From anywhere else the header is ignored.
+        assert_eq!(
+            client_ip(peer("192.0.2.1"), &h, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_limiter_stays_within_its_cap() {
+        let limiter = Limiter::new(5);
+        for i in 0..(RATE_CLIENTS as u32 * 3) {
+            let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+            assert!(limiter.allow(ip).is_ok());
+            assert!(limiter.len() <= RATE_CLIENTS);
+        }
+        let one = IpAddr::from([192, 0, 2, 1]);
+        for _ in 0..5 {
+            assert!(limiter.allow(one).is_ok());
+        }
+        assert!(limiter.allow(one).is_err(), "the sixth within the hour");
     }
 }

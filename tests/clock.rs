@@ -15,7 +15,7 @@ use common::{CAT_A, CAT_B, Site, article, stdout, wait_for};
 /// A site whose daemon listens on port 0, mails through `smtp` and retries after a minute.
 fn mail_site(smtp: std::net::SocketAddr, daily: &str) -> Site {
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
@@ -58,7 +58,8 @@ fn status(site: &Site) -> serde_json::Value {
 
 #[test]
 fn a_scheduled_article_appears_when_the_clock_reaches_it() {
-    let site = Site::with_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    let site =
+        Site::with_config("[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
     let start = DateTime::parse_from_rfc3339("2026-11-20T08:00:00+07:00")
         .unwrap()
         .to_utc();
@@ -248,10 +249,7 @@ fn a_server_down_then_back() {
     let daemon = one_alert(&site);
     // Nothing listens: delivery pauses (no attempt counted) instead of retrying each mail.
     wait_for("the pause", PATIENCE, || {
-        daemon
-            .get("/metrics")
-            .text()
-            .contains("bantin_mail_paused{reason=")
+        daemon.metrics().contains("bantin_mail_paused{reason=")
     });
     assert_eq!(daemon.metric("bantin_mail_retries_total"), Some(0.0));
     let smtp = SmtpServer::start_at(addr);
@@ -269,7 +267,7 @@ fn a_server_down_then_back() {
 /// 10:00 in Hà Nội.
 fn news_site(smtp: &SmtpServer, mail: &str) -> (Site, bantin::clock::Clock) {
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n{mail}\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
          [digest]\ndaily = \"0 0 0 1 1 * 2099\"\nweekly = \"0 0 0 1 1 * 2099\"\n",

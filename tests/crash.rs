@@ -16,7 +16,7 @@ const CONCURRENCY: usize = 4;
 fn kill_9_during_a_fan_out() {
     let smtp = SmtpServer::slow(Duration::from_millis(1));
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
          retry_initial_ms = 200\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
@@ -125,7 +125,7 @@ fn a_full_state_disk_pauses_delivery_and_loses_nothing() {
     const PEOPLE: usize = 100;
     let smtp = SmtpServer::slow(Duration::from_millis(4));
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [state]\ndir = \"state\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
          transport = \"smtp\"\nconcurrency = 2\n\

@@ -19,7 +19,9 @@ fn site() -> Site {
 }
 
 fn site_with(extra: &str) -> Site {
-    let site = Site::with_config(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"));
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n{extra}"
+    ));
     site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
     set_mtime(&site.store().join("cu.txt"), 1_600_000_000);
     site
@@ -134,10 +136,10 @@ fn a_broken_file_is_logged_and_the_rest_keep_working() {
         r.text().contains("Bài tốt sau bài hỏng")
     });
     // The metrics follow once the files are written.
-    daemon.get_until("/metrics", "two articles counted", |r| {
-        r.text().contains("bantin_articles 2\n")
+    common::wait_for("two articles counted", PATIENCE, || {
+        daemon.metrics().contains("bantin_articles 2\n")
     });
-    let metrics = daemon.get("/metrics").text();
+    let metrics = daemon.metrics();
     assert!(metrics.contains("bantin_article_errors 1"), "{metrics}");
 }
 
@@ -332,7 +334,9 @@ fn health_metrics_and_limits() {
     assert_eq!(daemon.get("/healthz").status, 200);
     daemon.get("/feeds/tin-tuc.rss");
     daemon.get("/nope");
-    let metrics = daemon.get("/metrics").text();
+    // Never on the public port: counters there would tell who is subscribed.
+    assert_eq!(daemon.get("/metrics").status, 404);
+    let metrics = daemon.metrics();
     assert!(
         metrics.contains("bantin_http_requests_total{route=\"feed\",status=\"200\"} 1"),
         "{metrics}"
@@ -412,7 +416,7 @@ fn sighup_reloads_and_a_broken_reload_keeps_serving() {
     daemon.wait_log("reload failed, keeping the running configuration");
     assert_eq!(daemon.get("/feeds/moi.rss").status, 200);
     site.write("feeds/moi.toml", "title = \n");
-    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
     daemon.signal("HUP");
     common::wait_for("a second failed reload", PATIENCE, || {
         daemon.log().matches("reload failed").count() == 2
@@ -481,7 +485,7 @@ fn a_broken_config_stops_before_anything_runs() {
         common::stderr(&out)
     );
     site.write("feeds/hong.toml", "title = 5\n");
-    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    site.set_config("[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
     let out = site.bantin(&["run"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -503,10 +507,7 @@ fn a_flood_of_new_files_is_all_published() {
         );
     }
     common::wait_for("every article", PATIENCE, || {
-        daemon
-            .get("/metrics")
-            .text()
-            .contains("bantin_articles 501\n")
+        daemon.metrics().contains("bantin_articles 501\n")
     });
     let feed = daemon.get("/feeds/tat-ca.json").text();
     let json: serde_json::Value = serde_json::from_str(&feed).unwrap();

@@ -21,7 +21,7 @@ fn mail_site(smtp: std::net::SocketAddr, extra: &str) -> Site {
         "concurrency = 2\n"
     };
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 200\nretry_max_ms = 1000\n{concurrency}{extra}\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
@@ -363,7 +363,7 @@ fn unsubscribe_links() {
 #[test]
 fn file_transport_with_dkim_signing_the_list_headers() {
     let site = Site::with_config(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
          [mail.dkim]\ndomain = \"hdnd.test\"\nselector = \"bantin\"\nkey_file = \"dkim.key\"\nalgorithm = \"ed25519\"\n",
     );
@@ -667,7 +667,7 @@ fn the_sendmail_transport_pipes_each_mail_to_the_command() {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     site.set_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"sendmail\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"sendmail\"\n\
          sendmail_command = \"{}\"\n",
         script.display()
     ));
@@ -701,4 +701,52 @@ fn the_sendmail_transport_pipes_each_mail_to_the_command() {
     wait_for("the delivery recorded", PATIENCE, || {
         stdout(&site.bantin(&["status"])).contains("sent 1")
     });
+}
+
+#[test]
+fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+    let confirmations = |site: &Site| -> u64 {
+        let json: serde_json::Value =
+            serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap();
+        ["pending", "sent", "failed", "cancelled"]
+            .iter()
+            .map(|k| json["outbox"][k].as_u64().unwrap())
+            .sum()
+    };
+    let post = |daemon: &Daemon, i: usize| {
+        let xff = format!("198.51.{}.{}", i / 250, i % 250 + 1);
+        request(
+            daemon.addr,
+            "POST",
+            "/subscribe",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Forwarded-For", &xff),
+            ],
+            format!("email=nguoi{i}%40x.vn&schedule=daily").as_bytes(),
+        )
+        .status
+    };
+    let smtp = SmtpServer::start();
+    // No trusted proxy: every post counts against the connection's own address.
+    let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
+    let daemon = Daemon::start(&site);
+    let accepted = (0..1000).filter(|&i| post(&daemon, i) == 200).count();
+    assert_eq!(
+        accepted, 5,
+        "the per-address limit, whatever the header says"
+    );
+    assert_eq!(confirmations(&site), 5);
+    drop(daemon);
+    // The proxy in front is trusted: each forwarded address has its own limit.
+    let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    site.write(
+        "bantin.toml",
+        &text.replace("[http]\n", "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"),
+    );
+    let daemon = Daemon::start(&site);
+    let accepted = (0..20).filter(|&i| post(&daemon, i) == 200).count();
+    assert_eq!(accepted, 20);
+    assert_eq!(confirmations(&site), 20);
 }

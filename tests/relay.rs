@@ -21,7 +21,7 @@ fn site(smtp: &SmtpServer, login: bool) -> Site {
         ""
     };
     let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n\
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
          [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n{credentials}\
@@ -51,8 +51,7 @@ fn start(site: &Site) -> InProc {
 
 fn paused(daemon: &InProc) -> bool {
     daemon
-        .get("/metrics")
-        .text()
+        .metrics()
         .lines()
         .any(|l| l.starts_with("bantin_mail_paused{") && l.ends_with(" 1"))
 }
@@ -106,7 +105,7 @@ fn pauses_then_resumes(
         "{text}"
     );
     assert!(
-        daemon.get("/metrics").text().contains(reason),
+        daemon.metrics().contains(reason),
         "the reason is on /metrics"
     );
     // Still refusing at the next try: still nobody harmed, the pause grows.

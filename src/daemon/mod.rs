@@ -71,17 +71,30 @@ fn spawn_signal_handler(
     Ok(())
 }
 
-/// Runs the daemon on `http.listen` with the system clock until `shutdown` completes;
-/// `reload` asks for a configuration reload.
+/// The daemon's sockets: the public site, and the private metrics (if any).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+/// Runs the daemon on `http.listen` (and `http.metrics_listen`) with the system clock until
+/// `shutdown` completes; `reload` asks for a configuration reload.
 pub async fn run_until(
     config: Config,
     reload: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.http.listen)
+    let http = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
-    serve(config, listener, Clock::system(), reload, shutdown).await
+    let metrics = match config.http.metrics_addr() {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on http.metrics_listen {addr} (set it empty to turn it off)")
+        })?),
+    };
+    let listeners = Listeners { http, metrics };
+    serve(config, listeners, Clock::system(), reload, shutdown).await
 }
 
 /// Runs the daemon on `listener`, reading the time from `clock`, until `shutdown`
@@ -89,12 +102,16 @@ pub async fn run_until(
 /// flight finish (with a deadline), flush the state, `STOPPING=1`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     clock: Clock,
     reload: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (publisher, store) = open(&config)?;
+    let Listeners {
+        http: listener,
+        metrics: metrics_listener,
+    } = listeners;
     let addr = listener.local_addr().context("no local address")?;
 
     // The mail side and the subscription pages share the publisher's templates (a reload
@@ -188,7 +205,7 @@ pub async fn serve(
             tz,
         )));
     }
-    let subscribe = crate::subscribe::SubscribeState::new(
+    let mut subscribe = crate::subscribe::SubscribeState::new(
         mail.outbox.clone(),
         mail.links.clone(),
         categories,
@@ -196,11 +213,22 @@ pub async fn serve(
         crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
         config.mail.subscribe_per_hour,
     );
+    subscribe.trusted = config.http.trusted();
     let router = crate::http::router(
         app.clone(),
         crate::subscribe::router(Arc::new(subscribe)),
         &limits,
     );
+    if let Some(metrics) = metrics_listener {
+        let metrics_addr = metrics.local_addr().context("no local address")?;
+        let router = crate::http::metrics_router(app.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!("metrics listener: {e}");
+            }
+        }));
+        tracing::info!("metrics on http://{metrics_addr}/metrics");
+    }
     app.healthy.store(true, Ordering::Relaxed);
     tracing::info!("listening on http://{addr}");
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

@@ -14,6 +14,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The private metrics listener, when the config has one.
+    pub metrics_addr: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -34,6 +36,7 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (mtx, mrx) = std::sync::mpsc::channel();
         {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -41,6 +44,10 @@ impl Daemon {
                     let Ok(line) = line else { break };
                     if let Some(addr) = line.split("listening on http://").nth(1) {
                         let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                    }
+                    if let Some(addr) = line.split("metrics on http://").nth(1) {
+                        let addr = addr.trim().trim_end_matches("/metrics");
+                        let _ = mtx.send(addr.parse::<SocketAddr>().unwrap());
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -55,7 +62,14 @@ impl Daemon {
                 panic!("daemon did not start:\n{}", log.lock().unwrap());
             }
         };
-        Daemon { child, addr, log }
+        // Logged before "listening", so it is there by now when configured.
+        let metrics_addr = mrx.try_recv().ok();
+        Daemon {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -85,6 +99,12 @@ impl Daemon {
             status.is_some()
         });
         status.unwrap()
+    }
+
+    /// The metrics text, from the private listener.
+    pub fn metrics(&self) -> String {
+        let addr = self.metrics_addr.expect("a metrics_listen in the config");
+        super::http::get(addr, "/metrics").text()
     }
 
     pub fn get(&self, path: &str) -> super::http::Response {

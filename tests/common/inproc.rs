@@ -11,6 +11,8 @@ use super::{Site, wait_for};
 
 pub struct InProc {
     pub addr: SocketAddr,
+    /// The private metrics listener.
+    pub metrics_addr: SocketAddr,
     pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -23,6 +25,9 @@ impl InProc {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        metrics.set_nonblocking(true).unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = {
             let clock = clock.clone();
@@ -32,9 +37,12 @@ impl InProc {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let listeners = bantin::daemon::Listeners {
+                        http: tokio::net::TcpListener::from_std(listener)?,
+                        metrics: Some(tokio::net::TcpListener::from_std(metrics)?),
+                    };
                     let reload = std::sync::Arc::new(tokio::sync::Notify::new());
-                    bantin::daemon::serve(config, listener, clock, reload, async {
+                    bantin::daemon::serve(config, listeners, clock, reload, async {
                         let _ = stopped.await;
                     })
                     .await
@@ -43,6 +51,7 @@ impl InProc {
         };
         let daemon = InProc {
             addr,
+            metrics_addr,
             clock: clock.clone(),
             stop: Some(stop),
             thread: Some(thread),
@@ -59,9 +68,14 @@ impl InProc {
         super::http::get(self.addr, path)
     }
 
+    /// The metrics text, from the private listener.
+    pub fn metrics(&self) -> String {
+        super::http::get(self.metrics_addr, "/metrics").text()
+    }
+
     /// The value of a metric without labels, as the daemon reports it.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.get("/metrics").text();
+        let text = self.metrics();
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
