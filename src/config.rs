@@ -262,6 +262,9 @@ pub struct Mail {
     /// An alert goes out only once its article has been unchanged this long: a file saved
     /// in several steps is mailed once, finished; a deletion in that time mails nothing.
     pub alert_delay_secs: u64,
+    /// Confirmation links expire after this many days, and subscribers who never confirmed
+    /// are deleted then.
+    pub confirm_days: u64,
     /// Articles published longer ago than this when bantin first sees them (a backfilled
     /// archive) are published but neither alerted nor put in a digest.
     pub alert_max_age_days: u64,
@@ -306,6 +309,7 @@ impl Default for Mail {
             subscribe_per_hour: 10,
             keep_days: 90,
             alert_delay_secs: 60,
+            confirm_days: 7,
             alert_max_age_days: 7,
             smtp: Smtp::default(),
             dkim: Vec::new(),

@@ -148,6 +148,7 @@ mod tests {
             digest_until: None,
             bounce: None,
             soft_bounces: None,
+            tokens_after: None,
         }
     }
 

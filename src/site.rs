@@ -269,6 +269,12 @@ pub struct Refill {
     pub categories: Vec<(String, bool)>,
     /// What was typed that is not a category, shown as typed.
     pub unknown: Vec<String>,
+    /// The route the form posts to (`subscribe`, `preferences`).
+    pub action: String,
+    /// A token that names the subscriber (preferences): then the address is shown, not asked.
+    pub token: Option<String>,
+    /// The button's label.
+    pub button: String,
 }
 
 impl Refill {
@@ -297,6 +303,9 @@ impl Refill {
                 })
                 .cloned()
                 .collect(),
+            action: "subscribe".into(),
+            token: None,
+            button: "Đăng ký".into(),
         }
     }
 }

@@ -449,6 +449,22 @@ impl Store {
         })())
     }
 
+    /// Deletes subscribers still pending whose last request came before `before` (unix
+    /// seconds); returns how many.
+    pub fn prune_pending(&self, before: i64) -> Result<usize, StoreError> {
+        let stale: Vec<String> = self
+            .subscribers()
+            .filter_map(Result::ok)
+            .filter(|s| s.state == SubState::Pending && s.updated < before)
+            .map(|s| s.email)
+            .collect();
+        for email in &stale {
+            self.remove_subscriber(email)?;
+        }
+        self.flush()?;
+        Ok(stale.len())
+    }
+
     /// Every subscriber, by address.
     pub fn subscribers(&self) -> impl Iterator<Item = Result<Subscriber, StoreError>> + '_ {
         self.iter_of(|t| &t.subscribers).map(|r| {
@@ -689,6 +705,7 @@ mod tests {
             digest_until: None,
             bounce: None,
             soft_bounces: None,
+            tokens_after: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct SubscribeState {
     pub categories: Arc<std::sync::RwLock<Vec<String>>>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted: Vec<Cidr>,
+    /// How long a confirmation link works (seconds).
+    pub confirm_secs: i64,
     pub templates: crate::site::SharedTemplates,
     pub site: SiteInfo,
     limiter: Limiter,
@@ -61,6 +63,7 @@ impl SubscribeState {
             links,
             categories,
             trusted: Vec::new(),
+            confirm_secs: 7 * 24 * 3600,
             templates,
             site,
             limiter: Limiter::new(per_hour),
@@ -99,7 +102,7 @@ impl SubscribeState {
         })
     }
 
-    fn render(
+    pub(crate) fn render(
         &self,
         status: StatusCode,
         page: impl FnOnce(&Pages<'_>) -> Result<String, crate::site::TemplateError>,
@@ -178,8 +181,9 @@ impl Limiter {
 pub fn router(state: Arc<SubscribeState>) -> Router {
     Router::new()
         .route("/subscribe", post(subscribe))
-        .route("/confirm", get(confirm))
+        .route("/confirm", get(confirm_page).post(confirm))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
+        .route("/preferences", get(preferences_page).post(preferences))
         .with_state(state)
 }
 
@@ -287,12 +291,13 @@ async fn subscribe(
             return state.unavailable();
         }
     }
-    // The same answer whether or not the address is known.
+    // The same answer whether or not the address is known, and true in every case.
     state.page(
         StatusCode::OK,
         "Kiểm tra hộp thư của bạn",
-        "Nếu địa chỉ này chưa đăng ký, chúng tôi vừa gửi một thư xác nhận. Hãy mở liên kết trong thư \
-         để bắt đầu nhận tin.",
+        "Nếu địa chỉ này chưa đăng ký, chúng tôi gửi tới đó một thư xác nhận — mỗi địa chỉ \
+         nhiều nhất một thư mỗi ngày. Hãy mở liên kết trong thư để bắt đầu nhận tin. Không thấy \
+         thư? Hãy xem cả thư mục thư rác; nếu vẫn không có, hãy thử lại vào ngày mai.",
         None,
     )
 }
@@ -330,57 +335,125 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn confirm(
-    State(state): State<Arc<SubscribeState>>,
-    Query(q): Query<TokenQuery>,
-) -> Response {
-    let Some(email) = q
-        .token
-        .as_deref()
-        .and_then(|t| state.links.verify(Purpose::Confirm, t))
-    else {
-        return invalid_link(&state);
-    };
-    let outbox = state.outbox.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<bool, MailError> {
-        let store = &outbox.store;
-        let Some(mut sub) = store.subscriber(&email)? else {
-            return Ok(false);
-        };
-        if sub.state != SubState::Active {
-            let now = outbox.clock.now();
-            sub.state = SubState::Active;
-            sub.confirmed = Some(now.timestamp());
-            sub.digest_until = Some(now.timestamp_millis());
-            sub.bounce = None;
-            sub.updated = now.timestamp();
-            store.put_subscriber(&sub)?;
-            store.flush()?;
-            tracing::info!(email, "subscription confirmed");
-        }
-        Ok(true)
+/// The token of a request: in the query (links in mail) or in the posted form (buttons).
+fn token_of(query: TokenQuery, body: &[u8]) -> Option<String> {
+    query.token.or_else(|| {
+        form_urlencoded::parse(body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
     })
-    .await;
-    match result {
-        Ok(Ok(true)) => state.page(
-            StatusCode::OK,
-            "Đăng ký thành công",
-            "Cảm ơn bạn! Từ nay bạn sẽ nhận tin của Hội đồng nhân dân quận qua thư điện tử. Mỗi thư đều có \
-             liên kết để hủy đăng ký.",
-            None,
-        ),
-        Ok(Ok(false)) => invalid_link(&state),
-        _ => state.unavailable(),
+}
+
+/// Why a link cannot act.
+enum LinkProblem {
+    /// Not one of ours, or altered.
+    Invalid,
+    /// Older than `mail.confirm_days`, or the subscription it was for is gone.
+    Expired,
+    /// Issued before the address unsubscribed, bounced or complained.
+    Superseded,
+}
+
+impl SubscribeState {
+    fn link_problem(&self, problem: LinkProblem) -> Response {
+        let (heading, message) = match problem {
+            LinkProblem::Invalid => (
+                "Liên kết không hợp lệ",
+                "Liên kết này không đúng hoặc đã bị sửa. Hãy dùng đúng liên kết trong thư của chúng tôi.",
+            ),
+            LinkProblem::Expired => (
+                "Liên kết đã hết hạn",
+                "Liên kết xác nhận chỉ dùng được trong một thời gian ngắn. Hãy đăng ký lại trên \
+                 trang chủ; chúng tôi sẽ gửi một thư xác nhận mới.",
+            ),
+            LinkProblem::Superseded => (
+                "Liên kết không còn dùng được",
+                "Địa chỉ này đã hủy đăng ký (hoặc thư bị trả lại) sau khi liên kết được gửi, nên \
+                 liên kết không thay đổi được gì nữa. Muốn nhận tin lại, hãy đăng ký lại trên trang chủ.",
+            ),
+        };
+        self.page(StatusCode::BAD_REQUEST, heading, message, None)
+    }
+
+    /// The address of a genuine confirmation token that has not expired.
+    fn confirm_token(&self, token: Option<&str>) -> Result<(String, i64), LinkProblem> {
+        let v = token
+            .and_then(|t| self.links.verify(Purpose::Confirm, t))
+            .ok_or(LinkProblem::Invalid)?;
+        let issued = v.issued.ok_or(LinkProblem::Expired)?;
+        if self.outbox.clock.now_s() - issued > self.confirm_secs {
+            return Err(LinkProblem::Expired);
+        }
+        Ok((v.email, issued))
     }
 }
 
-fn invalid_link(state: &SubscribeState) -> Response {
+/// `GET /confirm`: a page with a button. Changes nothing, so a link scanner that opens every
+/// link of a mail confirms nobody.
+async fn confirm_page(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let token = q.token.unwrap_or_default();
+    if let Err(problem) = state.confirm_token(Some(&token)) {
+        return state.link_problem(problem);
+    }
+    let action = format!("{}/confirm", state.site.base_url);
     state.page(
-        StatusCode::BAD_REQUEST,
-        "Liên kết không hợp lệ",
-        "Liên kết này không đúng hoặc đã bị sửa. Hãy dùng đúng liên kết trong thư của chúng tôi.",
-        None,
+        StatusCode::OK,
+        "Xác nhận đăng ký nhận tin",
+        "Bấm nút dưới đây để bắt đầu nhận tin của Hội đồng nhân dân qua thư điện tử.",
+        Some((&action, &token, "Xác nhận đăng ký")),
     )
+}
+
+/// `POST /confirm`: activates the subscription of a genuine, current token.
+async fn confirm(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    let token = token_of(q, &body);
+    let (email, issued) = match state.confirm_token(token.as_deref()) {
+        Ok(v) => v,
+        Err(problem) => return state.link_problem(problem),
+    };
+    let outbox = state.outbox.clone();
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<Result<(), LinkProblem>, MailError> {
+            let store = &outbox.store;
+            let Some(mut sub) = store.subscriber(&email)? else {
+                return Ok(Err(LinkProblem::Expired)); // never confirmed, and deleted since
+            };
+            if !sub.accepts_token(issued) {
+                return Ok(Err(LinkProblem::Superseded));
+            }
+            if sub.state != SubState::Active {
+                let now = outbox.clock.now();
+                sub.state = SubState::Active;
+                sub.confirmed = Some(now.timestamp());
+                sub.digest_until = Some(now.timestamp_millis());
+                sub.bounce = None;
+                sub.soft_bounces = None;
+                sub.updated = now.timestamp();
+                store.put_subscriber(&sub)?;
+                store.flush()?;
+                tracing::info!(email, "subscription confirmed");
+            }
+            Ok(Ok(()))
+        })
+        .await;
+    match result {
+        Ok(Ok(Ok(()))) => state.page(
+            StatusCode::OK,
+            "Đăng ký thành công",
+            "Cảm ơn bạn! Từ nay bạn sẽ nhận tin của Hội đồng nhân dân qua thư điện tử. Mỗi thư \
+             đều có liên kết để đổi cách nhận tin hoặc hủy đăng ký.",
+            None,
+        ),
+        Ok(Ok(Err(problem))) => state.link_problem(problem),
+        _ => state.unavailable(),
+    }
 }
 
 async fn unsubscribe_page(
@@ -391,45 +464,35 @@ async fn unsubscribe_page(
         .token
         .filter(|t| state.links.verify(Purpose::Unsubscribe, t).is_some())
     else {
-        return invalid_link(&state);
+        return state.link_problem(LinkProblem::Invalid);
     };
     let action = format!("{}/unsubscribe", state.site.base_url);
     state.page(
         StatusCode::OK,
         "Hủy đăng ký nhận tin",
-        "Bấm nút dưới đây để ngừng nhận thư của Hội đồng nhân dân quận.",
+        "Bấm nút dưới đây để ngừng nhận thư của Hội đồng nhân dân. Nếu chỉ muốn nhận ít thư \
+         hơn hoặc chọn chuyên mục, hãy dùng liên kết “Đổi cách nhận tin” trong thư.",
         Some((&action, &token, "Hủy đăng ký")),
     )
 }
 
 /// One-click unsubscribe (RFC 8058): the token in the query (as in List-Unsubscribe) or in
-/// the form; no cookie, no redirect. Unsubscribing twice answers the same.
+/// the form; no cookie, no redirect. Unsubscribing twice answers the same; any genuine
+/// unsubscribe link works, however old (it can only take an address off the list).
 async fn unsubscribe(
     State(state): State<Arc<SubscribeState>>,
     Query(q): Query<TokenQuery>,
     body: Bytes,
 ) -> Response {
-    let token = q.token.or_else(|| {
-        form_urlencoded::parse(&body)
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-    });
-    let Some(email) = token.and_then(|t| state.links.verify(Purpose::Unsubscribe, &t)) else {
-        return invalid_link(&state);
+    let Some(email) = token_of(q, &body)
+        .and_then(|t| state.links.verify(Purpose::Unsubscribe, &t))
+        .map(|v| v.email)
+    else {
+        return state.link_problem(LinkProblem::Invalid);
     };
     let outbox = state.outbox.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), MailError> {
-        let store = &outbox.store;
-        if let Some(mut sub) = store.subscriber(&email)?
-            && sub.state != SubState::Unsubscribed
-        {
-            sub.state = SubState::Unsubscribed;
-            sub.updated = outbox.clock.now_s();
-            store.put_subscriber(&sub)?;
-            store.flush()?;
-            tracing::info!(email, "unsubscribed");
-        }
-        Ok(())
+        unsubscribe_address(&outbox, &email, SubState::Unsubscribed)
     })
     .await;
     match result {
@@ -437,6 +500,132 @@ async fn unsubscribe(
             StatusCode::OK,
             "Đã hủy đăng ký",
             "Bạn sẽ không nhận thêm thư nào. Bạn có thể đăng ký lại bất cứ lúc nào trên trang chủ.",
+            None,
+        ),
+        _ => state.unavailable(),
+    }
+}
+
+/// Ends the subscription of `email` in `state` (unsubscribed or complained); a no-op when it
+/// has already ended so. The caller has checked the right to do it.
+pub fn unsubscribe_address(outbox: &Outbox, email: &str, state: SubState) -> Result<(), MailError> {
+    let store = &outbox.store;
+    if let Some(mut sub) = store.subscriber(email)?
+        && sub.state != state
+        && !(state == SubState::Unsubscribed && sub.state == SubState::Complained)
+    {
+        sub.end(state, outbox.clock.now_s());
+        store.put_subscriber(&sub)?;
+        store.flush()?;
+        tracing::info!(email, "{}", state.as_str());
+    }
+    Ok(())
+}
+
+/// The subscriber a preferences token may change: genuine, issued since the last time the
+/// address left, and still subscribed.
+fn preferences_subscriber(
+    state: &SubscribeState,
+    token: Option<&str>,
+) -> Result<Result<Subscriber, LinkProblem>, MailError> {
+    let Some(v) = token.and_then(|t| state.links.verify(Purpose::Preferences, t)) else {
+        return Ok(Err(LinkProblem::Invalid));
+    };
+    let Some(sub) = state.outbox.store.subscriber(&v.email)? else {
+        return Ok(Err(LinkProblem::Expired));
+    };
+    let issued = v.issued.unwrap_or(i64::MIN);
+    if !sub.accepts_token(issued) || sub.state != SubState::Active {
+        return Ok(Err(LinkProblem::Superseded));
+    }
+    Ok(Ok(sub))
+}
+
+/// `GET /preferences`: the subscriber's schedule and categories, in a form.
+async fn preferences_page(
+    State(state): State<Arc<SubscribeState>>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let token = q.token.unwrap_or_default();
+    match preferences_subscriber(&state, Some(&token)) {
+        Ok(Ok(sub)) => {
+            let known = state.categories.read().expect("categories").clone();
+            let mut form = Refill::new(&sub.email, Some(sub.schedule), &sub.categories, &known);
+            form.action = "preferences".into();
+            form.token = Some(token);
+            form.button = "Lưu".into();
+            state.render(StatusCode::OK, |pages| {
+                pages.subscribe_again(
+                    "Đổi cách nhận tin",
+                    "Chọn cách nhận thư và các chuyên mục bạn quan tâm, rồi bấm “Lưu”.",
+                    &form,
+                )
+            })
+        }
+        Ok(Err(problem)) => state.link_problem(problem),
+        Err(e) => {
+            tracing::error!("preferences: {e}");
+            state.unavailable()
+        }
+    }
+}
+
+/// `POST /preferences`: saves schedule and categories.
+async fn preferences(State(state): State<Arc<SubscribeState>>, body: Bytes) -> Response {
+    let mut token = None;
+    let mut schedule = None;
+    let mut categories = Vec::new();
+    for (k, v) in form_urlencoded::parse(&body) {
+        match &*k {
+            "token" => token = Some(v.into_owned()),
+            "schedule" => schedule = Schedule::parse(&v),
+            "categories" if !v.trim().is_empty() => categories.push(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    categories.truncate(MAX_CATEGORIES);
+    let mut sub = match preferences_subscriber(&state, token.as_deref()) {
+        Ok(Ok(sub)) => sub,
+        Ok(Err(problem)) => return state.link_problem(problem),
+        Err(_) => return state.unavailable(),
+    };
+    let known = state.categories.read().expect("categories").clone();
+    let mut form = Refill::new(&sub.email, schedule, &categories, &known);
+    form.action = "preferences".into();
+    form.token = token;
+    form.button = "Lưu".into();
+    let Some(schedule) = schedule else {
+        return state.refill(
+            "Thông tin chưa hợp lệ",
+            "Vui lòng chọn cách nhận tin.",
+            &form,
+        );
+    };
+    let categories = match canonical_categories(&categories, &known) {
+        Ok(c) => c,
+        Err(_) => {
+            return state.refill(
+                "Chuyên mục không có",
+                "Vui lòng chọn trong các chuyên mục có trên trang.",
+                &form,
+            );
+        }
+    };
+    sub.schedule = schedule;
+    sub.categories = categories;
+    sub.updated = state.outbox.clock.now_s();
+    let outbox = state.outbox.clone();
+    let saved = tokio::task::spawn_blocking(move || -> Result<(), MailError> {
+        outbox.store.put_subscriber(&sub)?;
+        outbox.store.flush()?;
+        Ok(())
+    })
+    .await;
+    match saved {
+        Ok(Ok(())) => state.page(
+            StatusCode::OK,
+            "Đã lưu",
+            "Từ nay bạn nhận tin theo lựa chọn mới.",
             None,
         ),
         _ => state.unavailable(),

@@ -34,14 +34,18 @@ pub enum SubState {
     Active,
     Unsubscribed,
     Bounced,
+    /// Reported the mail as spam: unsubscribed from everything, never mailed again unless
+    /// they opt in anew.
+    Complained,
 }
 
 impl SubState {
-    pub const ALL: [SubState; 4] = [
+    pub const ALL: [SubState; 5] = [
         SubState::Pending,
         SubState::Active,
         SubState::Unsubscribed,
         SubState::Bounced,
+        SubState::Complained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +54,7 @@ impl SubState {
             SubState::Active => "active",
             SubState::Unsubscribed => "unsubscribed",
             SubState::Bounced => "bounced",
+            SubState::Complained => "complained",
         }
     }
 }
@@ -74,6 +79,10 @@ pub struct Subscriber {
     /// Soft bounces (a full mailbox) since the last mail that got through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_bounces: Option<SoftBounces>,
+    /// Links issued before this time (unix seconds) no longer confirm or change anything:
+    /// set when the address unsubscribes, bounces or complains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_after: Option<i64>,
 }
 
 /// A run of soft bounces of one address.
@@ -91,6 +100,20 @@ pub const SOFT_BOUNCES: u32 = 5;
 pub const SOFT_BOUNCE_SPAN_MS: i64 = 3 * 24 * 3600 * 1000;
 
 impl Subscriber {
+    /// Ends the subscription in `state` at `now` (unix seconds): every link issued before
+    /// stops working.
+    pub fn end(&mut self, state: SubState, now: i64) {
+        self.state = state;
+        self.updated = now;
+        self.tokens_after = Some(now);
+    }
+
+    /// Whether a link issued at `issued` may still act for this subscriber: only one issued
+    /// after the subscription last ended (in the same second counts as before).
+    pub fn accepts_token(&self, issued: i64) -> bool {
+        self.tokens_after.is_none_or(|after| issued > after)
+    }
+
     /// Records a soft bounce at `now_ms`; returns whether the address now counts as bounced.
     pub fn soft_bounce(&mut self, why: &str, now_ms: i64) -> bool {
         let run = self.soft_bounces.get_or_insert(SoftBounces {
@@ -119,6 +142,7 @@ impl Subscriber {
             digest_until: None,
             bounce: None,
             soft_bounces: None,
+            tokens_after: None,
         }
     }
 

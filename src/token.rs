@@ -19,6 +19,7 @@ pub const SECRET_FILE: &str = "token.key";
 pub enum Purpose {
     Confirm,
     Unsubscribe,
+    Preferences,
 }
 
 impl Purpose {
@@ -26,8 +27,18 @@ impl Purpose {
         match self {
             Purpose::Confirm => "confirm",
             Purpose::Unsubscribe => "unsubscribe",
+            Purpose::Preferences => "preferences",
         }
     }
+}
+
+/// What a genuine token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub email: String,
+    /// When it was issued (unix seconds); `None` for tokens made before tokens carried it
+    /// (unsubscribe links of old mails, which keep working).
+    pub issued: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -103,26 +114,50 @@ impl Signer {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// A token for `email`: `base64(email).base64(mac)`.
-    pub fn sign(&self, purpose: Purpose, email: &str) -> String {
+    /// A token for `email` issued at `issued` (unix seconds):
+    /// `base64(email).issued.base64(mac)`.
+    pub fn sign(&self, purpose: Purpose, email: &str, issued: i64) -> String {
         format!(
-            "{}.{}",
+            "{}.{issued}.{}",
             B64.encode(email.as_bytes()),
-            B64.encode(self.mac(purpose, email))
+            B64.encode(self.mac(purpose, &format!("{email}\0{issued}")))
         )
     }
 
-    /// The address a token was made for, if it is genuine.
-    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<String> {
-        let (email, mac) = token.trim().split_once('.')?;
+    /// What a token says, if it is genuine and for `purpose`.
+    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<Verified> {
+        let parts: Vec<&str> = token.trim().split('.').collect();
+        let (email, issued, mac) = match parts[..] {
+            [email, mac] => (email, None, mac),
+            [email, issued, mac] => (email, Some(issued.parse::<i64>().ok()?), mac),
+            _ => return None,
+        };
         let email = String::from_utf8(B64.decode(email).ok()?).ok()?;
         let given = B64.decode(mac).ok()?;
+        let payload = match issued {
+            Some(t) => format!("{email}\0{t}"),
+            None => email.clone(),
+        };
         let mut check = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
         check.update(purpose.tag().as_bytes());
         check.update(b"\0");
-        check.update(email.as_bytes());
+        check.update(payload.as_bytes());
         check.verify_slice(&given).ok()?;
-        Some(email)
+        Some(Verified { email, issued })
+    }
+
+    /// A short signed name for `id` (hex), fit for the local part of an address:
+    /// `id-mac` with 10 hex digits of MAC.
+    pub fn sign_short(&self, id: &str) -> String {
+        let mac = self.mac(Purpose::Unsubscribe, &format!("verp\0{id}"));
+        let hex: String = mac[..5].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{id}-{hex}")
+    }
+
+    /// The `id` of a [`Signer::sign_short`] token, if genuine.
+    pub fn verify_short(&self, token: &str) -> Option<String> {
+        let (id, _) = token.rsplit_once('-')?;
+        (self.sign_short(id) == token.to_ascii_lowercase()).then(|| id.to_owned())
     }
 }
 
@@ -140,21 +175,42 @@ mod tests {
     #[test]
     fn tokens_verify_only_for_their_purpose_and_secret() {
         let signer = Signer::new(b"0123456789abcdef".to_vec());
-        let t = signer.sign(Purpose::Unsubscribe, "dan@example.vn");
-        assert_eq!(
-            signer.verify(Purpose::Unsubscribe, &t).as_deref(),
-            Some("dan@example.vn")
-        );
+        let t = signer.sign(Purpose::Unsubscribe, "dan@example.vn", 1_700_000_000);
+        let v = signer.verify(Purpose::Unsubscribe, &t).unwrap();
+        assert_eq!(v.email, "dan@example.vn");
+        assert_eq!(v.issued, Some(1_700_000_000));
         assert_eq!(signer.verify(Purpose::Confirm, &t), None);
         let other = Signer::new(b"fedcba9876543210".to_vec());
         assert_eq!(other.verify(Purpose::Unsubscribe, &t), None);
-        let forged = format!(
-            "{}.{}",
-            B64.encode("x@example.vn"),
-            t.split_once('.').unwrap().1
-        );
+        // Neither the address nor the time can be changed.
+        let (_, rest) = t.split_once('.').unwrap();
+        let forged = format!("{}.{rest}", B64.encode("x@example.vn"));
         assert_eq!(signer.verify(Purpose::Unsubscribe, &forged), None);
+        let later = t.replace(".1700000000.", ".1800000000.");
+        assert_eq!(signer.verify(Purpose::Unsubscribe, &later), None);
         assert_eq!(signer.verify(Purpose::Unsubscribe, "garbage"), None);
+    }
+
+    #[test]
+    fn unsubscribe_links_of_old_mails_still_verify() {
+        // The form before tokens carried their time: base64(email).base64(mac over email).
+        let signer = Signer::new(b"0123456789abcdef".to_vec());
+        let old = format!(
+            "{}.{}",
+            B64.encode("dan@example.vn"),
+            B64.encode(signer.mac(Purpose::Unsubscribe, "dan@example.vn"))
+        );
+        let v = signer.verify(Purpose::Unsubscribe, &old).unwrap();
+        assert_eq!((v.email.as_str(), v.issued), ("dan@example.vn", None));
+    }
+
+    #[test]
+    fn short_tokens_for_addresses() {
+        let signer = Signer::new(b"0123456789abcdef".to_vec());
+        let t = signer.sign_short("0a1b2c3d4e5f6a7b");
+        assert_eq!(t.len(), 16 + 1 + 10);
+        assert_eq!(signer.verify_short(&t).as_deref(), Some("0a1b2c3d4e5f6a7b"));
+        assert_eq!(signer.verify_short(&t.replace("0a1b", "0a1c")), None);
     }
 
     #[test]

@@ -471,3 +471,43 @@ fn a_backfilled_archive_is_published_but_not_mailed() {
     // Nor in a digest: they are known with no time of appearance.
     drop(daemon);
 }
+
+#[test]
+fn a_confirmation_link_expires_and_the_pending_address_goes() {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "confirm_days = 7");
+    let daemon = InProc::start(&site, &clock);
+    let r = common::http::request(
+        daemon.addr,
+        "POST",
+        "/subscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"email=muon%40x.vn&schedule=daily",
+    );
+    assert_eq!(r.status, 200);
+    let mail = wait_mails(&smtp, 1).remove(0);
+    let url = common::mail::link(&mail.data, "/confirm?token=");
+    let path = common::mail::path_of(&url);
+    assert_eq!(daemon.get(&path).status, 200, "fresh: a page with a button");
+    daemon.advance(Days::days(8));
+    let page = daemon.get(&path);
+    assert_eq!(page.status, 400);
+    assert!(
+        page.text().contains("Liên kết đã hết hạn"),
+        "{}",
+        page.text()
+    );
+    let token = url.split("token=").nth(1).unwrap();
+    let r = common::http::request(
+        daemon.addr,
+        "POST",
+        "/confirm",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={token}").as_bytes(),
+    );
+    assert_eq!(r.status, 400, "an expired link confirms nothing");
+    // The daily pruning deletes the address that never confirmed.
+    wait_for("the pending address deleted", PATIENCE, || {
+        !stdout(&site.bantin(&["subscribers", "list"])).contains("muon@x.vn")
+    });
+}

@@ -42,6 +42,18 @@ fn subscribe(daemon: &Daemon, form: &str) -> common::http::Response {
     )
 }
 
+/// Presses the button of a confirmation page: POST with the link's token.
+fn confirm_by_post(daemon: &Daemon, url: &str) -> common::http::Response {
+    let token = url.split("token=").nth(1).unwrap();
+    request(
+        daemon.addr,
+        "POST",
+        "/confirm",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={token}").as_bytes(),
+    )
+}
+
 fn add_confirmed(site: &Site, email: &str, schedule: &str) {
     let out = site.bantin(&[
         "subscribers",
@@ -78,7 +90,16 @@ fn subscribe_confirm_alert_unsubscribe() {
             .starts_with("Xác nhận đăng ký")
     );
     let url = link(&confirm.data, "/confirm?token=");
-    assert_eq!(get(daemon.addr, &path_of(&url)).status, 200);
+    // A link scanner's GET shows a page with a button and changes nothing.
+    let page = get(daemon.addr, &path_of(&url));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Xác nhận đăng ký"), "{}", page.text());
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(
+        list.contains("dan@example.vn\timmediate\tpending"),
+        "{list}"
+    );
+    assert_eq!(confirm_by_post(&daemon, &url).status, 200);
     let list = stdout(&site.bantin(&["subscribers", "list"]));
     assert!(list.contains("dan@example.vn\timmediate\tactive"), "{list}");
 
@@ -274,11 +295,7 @@ fn the_subscribe_form_resists_abuse() {
     assert_eq!(first.text(), third.text());
     let confirm = wait_mails(&smtp, 1).remove(0);
     assert_eq!(
-        get(
-            daemon.addr,
-            &path_of(&link(&confirm.data, "/confirm?token="))
-        )
-        .status,
+        confirm_by_post(&daemon, &link(&confirm.data, "/confirm?token=")).status,
         200
     );
     // Known or not, the same answer; a confirmed subscriber stays confirmed.
@@ -749,4 +766,99 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     let accepted = (0..20).filter(|&i| post(&daemon, i) == 200).count();
     assert_eq!(accepted, 20);
     assert_eq!(confirmations(&site), 20);
+}
+
+#[test]
+fn an_old_confirmation_link_cannot_bring_back_an_address_that_left() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    subscribe(&daemon, "email=roi%40x.vn&schedule=immediate");
+    let confirm = link(&wait_mails(&smtp, 1)[0].data, "/confirm?token=");
+    assert_eq!(confirm_by_post(&daemon, &confirm).status, 200);
+    // A confirmation token does not unsubscribe.
+    let token = confirm.split("token=").nth(1).unwrap();
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/unsubscribe",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={token}").as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    // The address leaves with the one-click link of an alert.
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let alert = wait_mails(&smtp, 2).remove(1);
+    let url = header(&alert.data, "List-Unsubscribe").unwrap();
+    let r = request(
+        daemon.addr,
+        "POST",
+        &path_of(url.trim_matches(['<', '>'])),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"List-Unsubscribe=One-Click",
+    );
+    assert_eq!(r.status, 200);
+    // The confirmation link from before is replayed: a clear page, nothing changes.
+    let replay = confirm_by_post(&daemon, &confirm);
+    assert_eq!(replay.status, 400);
+    assert!(
+        replay.text().contains("Liên kết không còn dùng được"),
+        "{}",
+        replay.text()
+    );
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("roi@x.vn\timmediate\tunsubscribed"), "{list}");
+}
+
+#[test]
+fn the_preferences_page_changes_schedule_and_categories() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    site.put(
+        "tb.txt",
+        &article(CAT_B, "Một thông báo", "20/11/2026 | 08:00"),
+    );
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "21/11/2026 | 08:00"));
+    let alert = wait_mails(&smtp, 1).remove(0);
+    let url = link(&alert.data, "/preferences?token=");
+    let page = get(daemon.addr, &path_of(&url));
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(
+        html.contains("Đổi cách nhận tin") && html.contains("dan@x.vn"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<option value=\"immediate\" selected>"),
+        "{html}"
+    );
+    let token = url.split("token=").nth(1).unwrap();
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/preferences",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!("token={token}&schedule=weekly&categories=TH%C3%94NG+B%C3%81O").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("Đã lưu"));
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(
+        list.contains("dan@x.vn\tweekly\tactive\tTHÔNG BÁO"),
+        "{list}"
+    );
+    // A forged token changes nothing.
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/preferences",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"token=ZGFuQHgudm4.1.AAAA&schedule=daily",
+    );
+    assert_eq!(r.status, 400);
+    assert!(stdout(&site.bantin(&["subscribers", "list"])).contains("dan@x.vn\tweekly"));
 }

@@ -185,6 +185,7 @@ pub async fn serve(
             store.clone(),
             clock.clone(),
             config.mail.keep_days,
+            config.mail.confirm_days,
         )),
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
@@ -214,6 +215,7 @@ pub async fn serve(
         config.mail.subscribe_per_hour,
     );
     subscribe.trusted = config.http.trusted();
+    subscribe.confirm_secs = (config.mail.confirm_days as i64).saturating_mul(24 * 3600);
     let router = crate::http::router(
         app.clone(),
         crate::subscribe::router(Arc::new(subscribe)),

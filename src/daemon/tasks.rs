@@ -164,9 +164,19 @@ pub async fn digests(outbox: Outbox, schedule: Schedule, cron: cron::Schedule, t
     }
 }
 
-/// Once a day (and at start), removes finished deliveries older than `keep_days`.
-pub async fn prune(store: Store, clock: Clock, keep_days: u64) {
+/// Once a day (and at start), removes finished deliveries older than `keep_days`, and
+/// subscribers who did not confirm within `confirm_days`.
+pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64) {
     loop {
+        let before = clock.now_s() - (confirm_days as i64).saturating_mul(24 * 3600);
+        match store.prune_pending(before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "deleted subscribers who did not confirm within {confirm_days} days"
+            ),
+            Err(e) => tracing::error!("cannot prune pending subscribers: {e}"),
+        }
         let before =
             clock.now_ms() - (keep_days as i64).saturating_mul(PRUNE_EVERY.as_millis() as i64);
         let s = store.clone();

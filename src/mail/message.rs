@@ -38,24 +38,29 @@ impl Links {
         }
     }
 
-    pub fn unsubscribe_url(&self, email: &str) -> String {
+    /// The link that unsubscribes `email`, issued at `issued` (unix seconds).
+    pub fn unsubscribe_url(&self, email: &str, issued: i64) -> String {
+        self.url("unsubscribe", Purpose::Unsubscribe, email, issued)
+    }
+
+    pub fn confirm_url(&self, email: &str, issued: i64) -> String {
+        self.url("confirm", Purpose::Confirm, email, issued)
+    }
+
+    pub fn preferences_url(&self, email: &str, issued: i64) -> String {
+        self.url("preferences", Purpose::Preferences, email, issued)
+    }
+
+    fn url(&self, route: &str, purpose: Purpose, email: &str, issued: i64) -> String {
         format!(
-            "{}/unsubscribe?token={}",
+            "{}/{route}?token={}",
             self.base_url,
-            self.signer.sign(Purpose::Unsubscribe, email)
+            self.signer.sign(purpose, email, issued)
         )
     }
 
-    pub fn confirm_url(&self, email: &str) -> String {
-        format!(
-            "{}/confirm?token={}",
-            self.base_url,
-            self.signer.sign(Purpose::Confirm, email)
-        )
-    }
-
-    /// The address a token was signed for, if it is genuine and for `purpose`.
-    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<String> {
+    /// What a token says, if it is genuine and for `purpose`.
+    pub fn verify(&self, purpose: Purpose, token: &str) -> Option<crate::token::Verified> {
         self.signer.verify(purpose, token)
     }
 }
@@ -169,7 +174,10 @@ impl Composer {
             let html = templates.render(&format!("email/{name}.html"), ctx.clone())?;
             Ok((text, html))
         };
-        let unsubscribe_url = self.links.unsubscribe_url(&delivery.email);
+        // Links carry the time the delivery was made: a retry renders the same links.
+        let issued = delivery.created_ms.div_euclid(1000);
+        let unsubscribe_url = self.links.unsubscribe_url(&delivery.email, issued);
+        let preferences_url = self.links.preferences_url(&delivery.email, issued);
         let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
             (Kind::Alert { .. }, Content::Alert(a)) => (
                 format!("[{}] {}", self.site.title, a.title),
@@ -177,6 +185,7 @@ impl Composer {
                 context! {
                     article => article_ctx(&self.site, a),
                     unsubscribe_url => unsubscribe_url,
+                    preferences_url => preferences_url,
                 },
                 true,
             ),
@@ -204,12 +213,13 @@ impl Composer {
                         count => count,
                         groups => minijinja::Value::from(minijinja::value::Serde(groups)),
                         unsubscribe_url => unsubscribe_url,
+                        preferences_url => preferences_url,
                     },
                     true,
                 )
             }
             (
-                Kind::Confirm { .. },
+                Kind::Confirm { at },
                 Content::Confirm {
                     schedule,
                     categories,
@@ -219,7 +229,7 @@ impl Composer {
                 "confirm",
                 context! {
                     email => delivery.email.clone(),
-                    confirm_url => self.links.confirm_url(&delivery.email),
+                    confirm_url => self.links.confirm_url(&delivery.email, *at),
                     schedule_label => schedule_label(schedule),
                     categories => categories.to_vec(),
                 },
@@ -278,7 +288,11 @@ impl Composer {
             builder = builder
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                    format!("<{}>", self.links.unsubscribe_url(&delivery.email)),
+                    format!(
+                        "<{}>",
+                        self.links
+                            .unsubscribe_url(&delivery.email, delivery.created_ms.div_euclid(1000))
+                    ),
                 ))
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),

@@ -511,9 +511,8 @@ impl Worker {
         };
         let bounced = sub.soft_bounce(why, self.outbox.clock.now_ms());
         if bounced {
-            sub.state = SubState::Bounced;
+            sub.end(SubState::Bounced, self.outbox.clock.now_s());
             sub.bounce = Some(format!("mailbox full for days: {why}"));
-            sub.updated = self.outbox.clock.now_s();
             tracing::warn!(email, "address marked bounced after repeated soft bounces");
         }
         let _ = self.store().put_subscriber(&sub);
@@ -538,9 +537,8 @@ impl Worker {
         if let Ok(Some(mut sub)) = self.store().subscriber(email)
             && sub.state != SubState::Bounced
         {
-            sub.state = SubState::Bounced;
+            sub.end(SubState::Bounced, self.outbox.clock.now_s());
             sub.bounce = Some(why.to_owned());
-            sub.updated = self.outbox.clock.now_s();
             if self.store().put_subscriber(&sub).is_ok() {
                 tracing::warn!(email, "address marked bounced");
             }
