@@ -52,6 +52,10 @@ pub enum Request {
     Status {
         json: bool,
     },
+    /// Messages for the inbox: (name, base64 of the raw message).
+    Inbox {
+        mails: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -87,6 +91,10 @@ pub struct Context<'a> {
     pub pause: Option<crate::mail::Pause>,
     /// The categories subscribers may follow (from the daemon, or read from the store).
     pub categories: &'a dyn Fn() -> Vec<String>,
+    /// Checks the tokens of inbox messages (none: the secret cannot be read).
+    pub signer: Option<crate::token::Signer>,
+    /// `mail.return_path`, whose local part names the bounce addresses.
+    pub return_path: &'a str,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
@@ -253,6 +261,7 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             Ok(Reply::ok(String::from_utf8_lossy(&bytes).into_owned()))
         }
         Request::Import { csv, confirmed } => import(ctx, &csv, confirmed),
+        Request::Inbox { mails } => inbox(ctx, mails),
         Request::Status { json } => status(ctx, json),
     }
 }
@@ -400,6 +409,47 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
             " (confirmation mails queued)"
         }
     ));
+    if !problems.is_empty() {
+        reply.stderr = problems;
+        reply.code = 1;
+    }
+    Ok(reply)
+}
+
+/// `bantin inbox process`: each message acts once, as in the daemon's inbox.
+fn inbox(ctx: &Context<'_>, mails: Vec<(String, String)>) -> Result<Reply, AdminError> {
+    use base64::Engine as _;
+    let Some(signer) = &ctx.signer else {
+        return Ok(Reply::fail(
+            "error: the token secret cannot be read; run this as the daemon's user\n".into(),
+        ));
+    };
+    let local = ctx
+        .return_path
+        .split('@')
+        .next()
+        .filter(|l| !l.is_empty())
+        .unwrap_or("bounces");
+    let mut out = String::new();
+    let mut problems = String::new();
+    for (name, b64) in mails {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            problems.push_str(&format!("{name}: not sent whole\n"));
+            continue;
+        };
+        let finding = crate::mail::inbox::process(&raw, ctx.store, ctx.clock, signer, local)?;
+        let about = match &finding {
+            crate::mail::inbox::Finding::HardBounce { email, status }
+            | crate::mail::inbox::Finding::SoftBounce { email, status } => {
+                format!(" ({email}, {status})")
+            }
+            crate::mail::inbox::Finding::Complaint { email }
+            | crate::mail::inbox::Finding::Unsubscribe { email } => format!(" ({email})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("{name}: {}{about}\n", finding.kind()));
+    }
+    let mut reply = Reply::ok(out);
     if !problems.is_empty() {
         reply.stderr = problems;
         reply.code = 1;
@@ -601,6 +651,8 @@ mod tests {
             clock: &clock,
             pause: None,
             categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
+            signer: None,
+            return_path: "",
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };
@@ -658,6 +710,8 @@ mod tests {
             clock: &clock,
             pause: None,
             categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
+            signer: None,
+            return_path: "",
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };

@@ -269,6 +269,11 @@ pub struct Mail {
     /// archive) are published but neither alerted nor put in a digest.
     pub alert_max_age_days: u64,
     pub smtp: Smtp,
+    /// The envelope sender, e.g. `bounces@hdnd.example.vn`: every mail then goes out from
+    /// `bounces+<token>@…` (VERP), so a bounce names the delivery it is about. Empty: the From
+    /// address.
+    pub return_path: String,
+    pub inbox: Inbox,
     /// DKIM keys; each signs every mail (`[mail.dkim]` for one, `[[mail.dkim]]` for several:
     /// an RSA key for Gmail and Outlook, an Ed25519 one beside it).
     #[serde(deserialize_with = "one_or_many")]
@@ -312,7 +317,28 @@ impl Default for Mail {
             confirm_days: 7,
             alert_max_age_days: 7,
             smtp: Smtp::default(),
+            return_path: String::new(),
+            inbox: Inbox::default(),
             dkim: Vec::new(),
+        }
+    }
+}
+
+/// The Maildir that the MTA delivers bounces, complaints and mailto unsubscribes into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Inbox {
+    /// The Maildir (with `new/` and `cur/`); none: nothing is read.
+    pub dir: Option<PathBuf>,
+    /// Seconds between two looks at `new/`.
+    pub poll_secs: u64,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox {
+            dir: None,
+            poll_secs: 10,
         }
     }
 }
@@ -450,6 +476,7 @@ impl Config {
         .chain(self.mail.token_secret_file.as_mut())
         .chain(self.mail.smtp.password_file.as_mut())
         .chain(self.mail.dkim.iter_mut().map(|d| &mut d.key_file))
+        .chain(self.mail.inbox.dir.as_mut())
         {
             if dir.is_relative() && !base.as_os_str().is_empty() {
                 *dir = base.join(&*dir);
@@ -504,6 +531,13 @@ impl Config {
         }
         if self.store.max_bytes == 0 {
             return Err(invalid("store.max_bytes must be above 0".into()));
+        }
+        let rp = self.mail.return_path.trim();
+        if !rp.is_empty() && (rp.parse::<lettre::Address>().is_err() || rp.contains('+')) {
+            return Err(invalid(format!(
+                "mail.return_path '{rp}' is not a plain address such as \
+                 'bounces@hdnd.example.vn' (no '+': bantin adds '+<token>' itself)"
+            )));
         }
         let metrics = self.http.metrics_listen.trim();
         if !metrics.is_empty() && metrics.parse::<SocketAddr>().is_err() {

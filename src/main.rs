@@ -43,6 +43,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bounces, complaints and unsubscribe mails.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+#[derive(Subcommand)]
+enum InboxCommand {
+    /// Read messages given by hand (a bounce forwarded by the relay's admin) as the daemon
+    /// reads its inbox: each acts once.
+    Process {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +129,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(&config),
         Command::Build { out } => build(config, out),
         Command::Status { json } => admin(&config, Request::Status { json }),
+        Command::Inbox(InboxCommand::Process { files }) => {
+            use base64::Engine as _;
+            let mut mails = Vec::new();
+            for file in &files {
+                let raw = std::fs::read(file)
+                    .with_context(|| format!("cannot read '{}'", file.display()))?;
+                mails.push((
+                    file.display().to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(raw),
+                ));
+            }
+            admin(&config, Request::Inbox { mails })
+        }
         Command::Subscribers(cmd) => {
             let request = match cmd {
                 SubscribersCommand::Add {
@@ -182,6 +208,12 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                     clock: &bantin::clock::Clock::system(),
                     pause: None,
                     categories: &|| bantin::publish::read_known_categories(config),
+                    signer: bantin::token::Signer::load(
+                        &config.state.dir,
+                        config.mail.token_secret_file.as_deref(),
+                    )
+                    .ok(),
+                    return_path: &config.mail.return_path,
                     store_dir: &config.store.dir,
                     on_queued: &|| {},
                 };

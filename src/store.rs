@@ -232,6 +232,18 @@ struct Trees {
     articles: sled::Tree,
     outbox: sled::Tree,
     queue: sled::Tree,
+    /// Delivery id (see [`delivery_id`]) to delivery key, for the VERP addresses.
+    ids: sled::Tree,
+    /// Digests of the messages the inbox has acted on.
+    inbox: sled::Tree,
+}
+
+/// The short id of a delivery (16 hex digits), named in its VERP address; the first half of
+/// its Message-ID.
+pub fn delivery_id(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Store {
@@ -267,6 +279,8 @@ impl Store {
             articles: db.open_tree("articles")?,
             outbox: db.open_tree("outbox")?,
             queue: db.open_tree("queue")?,
+            ids: db.open_tree("ids")?,
+            inbox: db.open_tree("inbox")?,
             db,
         };
         match trees.meta.get("schema")? {
@@ -449,6 +463,31 @@ impl Store {
         })())
     }
 
+    /// The delivery named by a VERP id, with its key.
+    pub fn delivery_by_id(&self, id: &str) -> Result<Option<(String, Delivery)>, StoreError> {
+        let t = self.t()?;
+        let Some(key) = t.ids.get(id)? else {
+            return Ok(None);
+        };
+        let key = String::from_utf8_lossy(&key).into_owned();
+        Ok(self.delivery(&key)?.map(|d| (key, d)))
+    }
+
+    /// Whether the inbox already acted on the message with this digest.
+    pub fn inbox_seen(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self.t()?.inbox.contains_key(digest)?)
+    }
+
+    /// Records that the inbox acted on a message (what it found), at `now_ms`.
+    pub fn inbox_done(&self, digest: &str, found: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            t.inbox
+                .insert(digest, format!("{now_ms} {found}").as_bytes())?;
+            Ok(())
+        })())
+    }
+
     /// Deletes subscribers still pending whose last request came before `before` (unix
     /// seconds); returns how many.
     pub fn prune_pending(&self, before: i64) -> Result<usize, StoreError> {
@@ -536,6 +575,7 @@ impl Store {
             if added {
                 t.queue
                     .insert(queue_key(LANE_FRESH, delivery.next_ms, &key), &[])?;
+                t.ids.insert(delivery_id(&key), key.as_bytes())?;
             }
             Ok(added)
         })())
@@ -665,6 +705,7 @@ impl Store {
                 let d: Delivery = decode(&k, &v)?;
                 if d.state != DeliveryState::Pending && d.updated_ms < before_ms {
                     t.outbox.remove(&k)?;
+                    t.ids.remove(delivery_id(&String::from_utf8_lossy(&k)))?;
                     removed += 1;
                 }
             }

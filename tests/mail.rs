@@ -862,3 +862,176 @@ fn the_preferences_page_changes_schedule_and_categories() {
     assert_eq!(r.status, 400);
     assert!(stdout(&site.bantin(&["subscribers", "list"])).contains("dan@x.vn\tweekly"));
 }
+
+/// A fixture of `tests/fixtures/inbox` with the delivery's addresses filled in.
+fn inbox_fixture(name: &str, mail: &common::smtp::Received) -> String {
+    let text =
+        std::fs::read_to_string(common::repo().join("tests/fixtures/inbox").join(name)).unwrap();
+    let unsubscribe = header(&mail.data, "List-Unsubscribe").unwrap();
+    let unsub = unsubscribe
+        .split("mailto:")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    text.replace("{VERP}", &mail.from)
+        .replace("{UNSUB}", &unsub)
+        .replace("{EMAIL}", &mail.to[0])
+        .replace("{MSGID}", &header(&mail.data, "Message-ID").unwrap())
+        .replace('\n', "\r\n")
+}
+
+#[test]
+fn bounces_complaints_and_unsubscribes_come_back_in() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(
+        smtp.addr,
+        "return_path = \"bounces@hdnd.test\"\n[mail.inbox]\ndir = \"inbox\"\npoll_secs = 1\n",
+    );
+    let people = [
+        ("postfix@x.vn", "postfix-5.1.1.eml"),
+        ("exim@x.vn", "exim-5.0.0.eml"),
+        ("day@x.vn", "mailbox-full-4.2.2.eml"),
+        ("gmail@x.vn", "gmail-5.1.1.eml"),
+        ("spam@x.vn", "arf-complaint.eml"),
+        ("thoi@x.vn", "mailto-unsubscribe.eml"),
+        ("nghi@x.vn", "out-of-office.eml"),
+    ];
+    for (email, _) in &people {
+        add_confirmed(&site, email, "immediate");
+    }
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let mails = wait_mails(&smtp, people.len());
+    for m in &mails {
+        // The envelope sender names the delivery; List-Unsubscribe offers https and mailto.
+        assert!(
+            m.from.starts_with("bounces+") && m.from.ends_with("@hdnd.test"),
+            "{}",
+            m.from
+        );
+        let lu = header(&m.data, "List-Unsubscribe").unwrap();
+        assert!(
+            lu.contains("<http://bantin.test/unsubscribe?token="),
+            "{lu}"
+        );
+        assert!(
+            lu.contains("<mailto:unsubscribe+") && lu.contains("@hdnd.test?subject=unsubscribe>"),
+            "{lu}"
+        );
+    }
+    let new = site.path("inbox/new");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::create_dir_all(site.path("inbox/cur")).unwrap();
+    let drop_in = |name: &str, text: &str| {
+        common::write_bytes(&site.path(&format!("inbox/tmp/{name}")), text.as_bytes());
+        std::fs::rename(site.path(&format!("inbox/tmp/{name}")), new.join(name)).unwrap();
+    };
+    for (email, fixture) in &people {
+        let mail = mails.iter().find(|m| m.to[0] == *email).unwrap();
+        drop_in(
+            &format!("1763700000.{email}.mx"),
+            &inbox_fixture(fixture, mail),
+        );
+    }
+    // A bounce whose token bantin did not sign.
+    let victim = mails.iter().find(|m| m.to[0] == "nghi@x.vn").unwrap();
+    let forged = inbox_fixture("postfix-5.1.1.eml", victim).replace(
+        &victim.from,
+        &victim
+            .from
+            .replacen("bounces+", "bounces+0", 1)
+            .replacen("-", "0-", 1),
+    );
+    drop_in("1763700001.forged.mx", &forged);
+
+    let read_all = |daemon: &Daemon| {
+        wait_for("the inbox read", PATIENCE, || {
+            std::fs::read_dir(&new).unwrap().count() == 0
+                && daemon
+                    .metrics()
+                    .contains("bantin_inbox_messages_total{kind=\"forged\"} 1")
+        });
+    };
+    read_all(&daemon);
+    let states = || -> std::collections::HashMap<String, serde_json::Value> {
+        let json: serde_json::Value =
+            serde_json::from_str(&stdout(&site.bantin(&["subscribers", "list", "--json"])))
+                .unwrap();
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["email"].as_str().unwrap().to_string(), s.clone()))
+            .collect()
+    };
+    let check = |states: &std::collections::HashMap<String, serde_json::Value>| {
+        for (email, state) in [
+            ("postfix@x.vn", "bounced"),
+            ("exim@x.vn", "bounced"),
+            ("day@x.vn", "active"),
+            ("gmail@x.vn", "bounced"),
+            ("spam@x.vn", "complained"),
+            ("thoi@x.vn", "unsubscribed"),
+            ("nghi@x.vn", "active"),
+        ] {
+            assert_eq!(
+                states[email]["state"], state,
+                "{email}: {:?}",
+                states[email]
+            );
+        }
+        assert_eq!(
+            states["day@x.vn"]["soft_bounces"]["count"], 1,
+            "soft-counted once"
+        );
+        assert!(states["nghi@x.vn"]["soft_bounces"].is_null());
+    };
+    check(&states());
+    let metrics = daemon.metrics();
+    for (kind, n) in [
+        ("bounce", 3),
+        ("soft_bounce", 1),
+        ("complaint", 1),
+        ("unsubscribe", 1),
+        ("auto_reply", 1),
+        ("forged", 1),
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "bantin_inbox_messages_total{{kind=\"{kind}\"}} {n}"
+            )),
+            "{kind} {n}:\n{metrics}"
+        );
+    }
+    // A crash that left every message in new/: read again, nothing changes.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    for entry in std::fs::read_dir(site.path("inbox/cur")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(":2,S", "");
+        std::fs::rename(&path, new.join(name)).unwrap();
+    }
+    drop(daemon);
+    let daemon = Daemon::start(&site);
+    read_all(&daemon);
+    check(&states());
+    // The same by hand: `bantin inbox process` acts once too.
+    let again = site.path("again.eml");
+    let mail = mails.iter().find(|m| m.to[0] == "day@x.vn").unwrap();
+    std::fs::write(&again, inbox_fixture("mailbox-full-4.2.2.eml", mail)).unwrap();
+    let out = site.bantin(&["inbox", "process", again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        stdout(&out).contains("soft_bounce (day@x.vn, 4.2.2)"),
+        "{}",
+        stdout(&out)
+    );
+    check(&states());
+}

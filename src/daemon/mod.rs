@@ -190,7 +190,12 @@ pub async fn serve(
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
         tokio::spawn(tasks::state_guard(mail.outbox.clone())),
-        tasks::admin_socket(&config, mail.outbox.clone(), categories.clone())?,
+        tasks::admin_socket(
+            &config,
+            mail.outbox.clone(),
+            categories.clone(),
+            mail.links.signer.clone(),
+        )?,
         tokio::spawn(tasks::reloads(
             config.clone(),
             reload,
@@ -198,6 +203,24 @@ pub async fn serve(
             tx.clone(),
         )),
     ];
+    if let Some(dir) = &config.mail.inbox.dir {
+        let local = config
+            .mail
+            .return_path
+            .split('@')
+            .next()
+            .filter(|l| !l.is_empty())
+            .unwrap_or("bounces")
+            .to_owned();
+        background.push(tokio::spawn(tasks::inbox(
+            mail.outbox.clone(),
+            mail.links.signer.clone(),
+            dir.clone(),
+            local,
+            Duration::from_secs(config.mail.inbox.poll_secs.max(1)),
+        )));
+        tracing::info!(inbox = %dir.display(), "reading bounces and complaints");
+    }
     for (schedule, cron) in tasks::digest_schedules(&config)? {
         background.push(tokio::spawn(tasks::digests(
             mail.outbox.clone(),

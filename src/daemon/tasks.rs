@@ -64,6 +64,58 @@ pub async fn settled_alerts(outbox: Outbox) {
     }
 }
 
+/// Reads the Maildir the MTA delivers bounces, complaints and mailto unsubscribes into:
+/// each message acts once, and leaves `new/` only once its effect is on disk.
+pub async fn inbox(
+    outbox: Outbox,
+    signer: crate::token::Signer,
+    dir: std::path::PathBuf,
+    local: String,
+    every: std::time::Duration,
+) {
+    use crate::mail::inbox;
+    let counts = outbox.metrics.inbox.clone();
+    loop {
+        let files = match inbox::waiting(&dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!("cannot read the inbox '{}': {e}", dir.display());
+                Vec::new()
+            }
+        };
+        for path in files {
+            let Ok(raw) = std::fs::read(&path) else {
+                continue; // taken away meanwhile
+            };
+            let (o, s, l) = (outbox.clone(), signer.clone(), local.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                inbox::process(&raw, &o.store, &o.clock, &s, &l)
+            })
+            .await;
+            match done {
+                Ok(Ok(finding)) => {
+                    counts
+                        .get_or_create(&inbox::KindLabel {
+                            kind: finding.kind(),
+                        })
+                        .inc();
+                    tracing::info!(file = %path.display(), kind = finding.kind(), "inbox message read");
+                    if let Err(e) = inbox::file_away(&dir, &path) {
+                        tracing::error!("cannot move '{}' to cur/: {e}", path.display());
+                    }
+                }
+                // The state cannot be written: left in new/, read again later.
+                Ok(Err(e)) => {
+                    tracing::error!("inbox: {e}");
+                    break;
+                }
+                Err(e) => tracing::error!("inbox: {e}"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// How often a state that failed a write is tried again.
 const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -244,6 +296,7 @@ pub fn admin_socket(
     config: &Config,
     outbox: Outbox,
     categories: Arc<std::sync::RwLock<Vec<String>>>,
+    signer: crate::token::Signer,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -253,6 +306,7 @@ pub fn admin_socket(
         .with_context(|| format!("cannot create the admin socket '{}'", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let store_dir = config.store.dir.clone();
+    let return_path = config.mail.return_path.clone();
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -260,6 +314,7 @@ pub fn admin_socket(
             };
             let (outbox, store_dir) = (outbox.clone(), store_dir.clone());
             let categories = categories.clone();
+            let (signer, return_path) = (signer.clone(), return_path.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -278,6 +333,8 @@ pub fn admin_socket(
                             clock: &outbox.clock,
                             pause: outbox.paused(),
                             categories: &|| categories.read().expect("categories").clone(),
+                            signer: Some(signer),
+                            return_path: &return_path,
                             store_dir: &store_dir,
                             on_queued: &wake,
                         };

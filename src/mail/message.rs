@@ -125,6 +125,8 @@ pub struct Composer {
     /// Every key signs every mail.
     dkim: Vec<lettre::message::dkim::DkimConfig>,
     pub links: Links,
+    /// `mail.return_path` split in (local part, domain): the VERP envelope sender.
+    return_path: Option<(String, String)>,
 }
 
 impl Composer {
@@ -150,7 +152,14 @@ impl Composer {
             .iter()
             .map(dkim_config)
             .collect::<Result<_, _>>()?;
+        let return_path = config
+            .mail
+            .return_path
+            .trim()
+            .rsplit_once('@')
+            .map(|(local, domain)| (local.to_owned(), domain.to_owned()));
         Ok(Composer {
+            return_path,
             templates,
             site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
             tz: config.timezone().map_err(MailError::Config)?,
@@ -269,9 +278,21 @@ impl Composer {
                 address: delivery.email.clone(),
                 message: e.to_string(),
             })?;
+        // VERP: the envelope sender names this delivery, so a bounce says whom it is about;
+        // the same token lets a mail to unsubscribe+<token>@ end the subscription.
+        let verp = self.return_path.as_ref().map(|(local, domain)| {
+            let token = self
+                .links
+                .signer
+                .sign_short(&crate::store::delivery_id(key));
+            (
+                format!("{local}+{token}@{domain}"),
+                format!("unsubscribe+{token}@{domain}"),
+            )
+        });
         let mut builder = Message::builder()
             .from(self.from.clone())
-            .to(to)
+            .to(to.clone())
             .subject(rendered.subject)
             .message_id(Some(self.message_id(key)))
             .date(date.into())
@@ -284,15 +305,28 @@ impl Composer {
                 HeaderName::new_from_ascii_str("Auto-Submitted"),
                 "auto-generated".into(),
             ));
+        if let Some((sender, _)) = &verp {
+            let sender: Address = sender
+                .parse()
+                .map_err(|e| ComposeError::Build(format!("return path '{sender}': {e}")))?;
+            let envelope = lettre::address::Envelope::new(Some(sender), vec![to.email.clone()])
+                .map_err(|e| ComposeError::Build(e.to_string()))?;
+            builder = builder.envelope(envelope);
+        }
         if rendered.bulk {
+            let https = self
+                .links
+                .unsubscribe_url(&delivery.email, delivery.created_ms.div_euclid(1000));
+            let value = match &verp {
+                Some((_, mailto)) => {
+                    format!("<{https}>, <mailto:{mailto}?subject=unsubscribe>")
+                }
+                None => format!("<{https}>"),
+            };
             builder = builder
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                    format!(
-                        "<{}>",
-                        self.links
-                            .unsubscribe_url(&delivery.email, delivery.created_ms.div_euclid(1000))
-                    ),
+                    value,
                 ))
                 .raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
@@ -507,6 +541,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         domain: "example.vn".into(),
         dkim: Vec::new(),
         links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
+        return_path: None,
     };
     let sample = Arc::new(sample_article());
     let deliveries = [
@@ -567,6 +602,7 @@ mod tests {
             domain: "hdnd.example.vn".into(),
             dkim: Vec::new(),
             links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
+            return_path: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! - [`transport`]: SMTP (own connection pool), `.eml` files, sendmail; a typed
 //!   [`SendError`].
 //! - [`worker`]: sending with a concurrency bound and a rate, retries, group commit.
+//! - [`inbox`]: bounces, complaints and mailto unsubscribes read back from a Maildir.
 
+pub mod inbox;
 pub mod message;
 pub mod outbox;
 pub mod transport;
@@ -48,6 +50,8 @@ pub enum MailError {
 /// Mail counters, registered with the daemon's other metrics.
 #[derive(Debug, Clone, Default)]
 pub struct MailMetrics {
+    /// Messages the inbox read, by what they were.
+    pub inbox: inbox::InboxCounts,
     /// Notices of published articles the outbox has handled (new ones and edits).
     pub notices: Counter,
     pub sent: Counter,
@@ -64,6 +68,12 @@ impl MailMetrics {
         store: Store,
         pause: &Arc<std::sync::Mutex<Option<Pause>>>,
     ) {
+        registry.register(
+            "bantin_inbox_messages",
+            "Messages read from the inbox, by kind (bounce, soft_bounce, complaint, \
+             unsubscribe, forged, auto_reply, other…)",
+            self.inbox.clone(),
+        );
         registry.register(
             "bantin_mail_article_notices",
             "Articles the mail side was told were published or edited, handled",

@@ -42,6 +42,8 @@ pub struct Replies {
 /// One message as the server received it, with what it answered.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The envelope sender (MAIL FROM).
+    pub from: String,
     pub to: Vec<String>,
     pub data: String,
     pub action: Action,
@@ -195,6 +197,7 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 test.local ESMTP scripted\r\n")?;
     let mut to = Vec::new();
+    let mut from = String::new();
     let mut line = String::new();
     loop {
         let idle_close = peer.replies.lock().unwrap().idle_close;
@@ -229,6 +232,12 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
             )?;
         } else if cmd.starts_with("MAIL FROM") {
             to.clear();
+            from = line.trim_end()[10..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches(['<', '>'])
+                .to_string();
             reply(&mut out, replies.mail_from.as_deref().unwrap_or("250 ok"))?;
         } else if cmd.starts_with("RCPT TO") {
             let addr = line.trim_end()[8..]
@@ -269,6 +278,7 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
                 None => script(n, &data),
             };
             received.lock().unwrap().push(Received {
+                from: from.clone(),
                 to: to.clone(),
                 data,
                 action,
