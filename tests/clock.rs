@@ -10,7 +10,9 @@ use common::daemon::PATIENCE;
 use common::inproc::InProc;
 use common::mail::{header, part};
 use common::smtp::{Action, SmtpServer};
-use common::{CAT_A, CAT_B, Site, article, stdout, wait_for};
+use common::{
+    CAT_A, CAT_B, Site, add_confirmed, article, deliveries, status, stdout, wait_for, wait_mails,
+};
 
 /// A site whose daemon listens on port 0, mails through `smtp` and retries after a minute.
 fn mail_site(smtp: std::net::SocketAddr, daily: &str) -> Site {
@@ -26,34 +28,10 @@ fn mail_site(smtp: std::net::SocketAddr, daily: &str) -> Site {
     site
 }
 
-fn add_confirmed(site: &Site, email: &str, schedule: &str) {
-    let out = site.bantin(&[
-        "subscribers",
-        "add",
-        email,
-        "--schedule",
-        schedule,
-        "--confirmed",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-}
-
-fn wait_mails(smtp: &SmtpServer, n: usize) -> Vec<common::smtp::Received> {
-    wait_for(&format!("{n} accepted mails"), PATIENCE, || {
-        smtp.accepted().len() >= n
-    });
-    smtp.accepted()
-}
-
 /// The next whole second (the clock the test moves starts there, after anything the CLI
 /// recorded on the system clock).
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(Utc::now().timestamp() + 1, 0).unwrap()
-}
-
-/// The status as JSON, through the daemon's admin socket.
-fn status(site: &Site) -> serde_json::Value {
-    serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap()
 }
 
 #[test]
@@ -286,15 +264,6 @@ fn notices(daemon: &InProc, n: usize) {
             .metric("bantin_mail_article_notices_total")
             .is_some_and(|v| v >= n as f64)
     });
-}
-
-/// Deliveries in the outbox, in any state.
-fn deliveries(site: &Site) -> u64 {
-    let json = status(site);
-    ["pending", "sent", "failed", "cancelled"]
-        .iter()
-        .map(|k| json["outbox"][k].as_u64().unwrap())
-        .sum()
 }
 
 #[test]

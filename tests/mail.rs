@@ -9,7 +9,9 @@ use common::daemon::{Daemon, PATIENCE};
 use common::http::{get, request};
 use common::mail::{header, link, part, path_of};
 use common::smtp::{Action, SmtpServer};
-use common::{CAT_A, CAT_B, Site, article, stdout, wait_for};
+use common::{
+    CAT_A, CAT_B, Site, add_confirmed, article, deliveries, stdout, wait_for, wait_mails,
+};
 
 /// Digests that never tick during a test.
 const NEVER: &str = "0 0 0 1 1 * 2099";
@@ -52,25 +54,6 @@ fn confirm_by_post(daemon: &Daemon, url: &str) -> common::http::Response {
         &[("Content-Type", "application/x-www-form-urlencoded")],
         format!("token={token}").as_bytes(),
     )
-}
-
-fn add_confirmed(site: &Site, email: &str, schedule: &str) {
-    let out = site.bantin(&[
-        "subscribers",
-        "add",
-        email,
-        "--schedule",
-        schedule,
-        "--confirmed",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-}
-
-fn wait_mails(smtp: &SmtpServer, n: usize) -> Vec<common::smtp::Received> {
-    wait_for(&format!("{n} accepted mails"), PATIENCE, || {
-        smtp.accepted().len() >= n
-    });
-    smtp.accepted()
 }
 
 #[test]
@@ -309,13 +292,7 @@ fn the_subscribe_form_resists_abuse() {
     assert_eq!(r.status, 429);
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
     // The refused post queued nothing: the outbox holds the one confirmation only.
-    let status = stdout(&site.bantin(&["status", "--json"]));
-    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let total: u64 = ["pending", "sent", "failed", "cancelled"]
-        .iter()
-        .map(|k| json["outbox"][k].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 1, "no more confirmation mails: {status}");
+    assert_eq!(deliveries(&site), 1, "no more confirmation mails");
     // A forged confirmation does nothing.
     assert_eq!(get(daemon.addr, "/confirm?token=YkB4LnZu.AAAA").status, 400);
 }
@@ -722,14 +699,6 @@ fn the_sendmail_transport_pipes_each_mail_to_the_command() {
 
 #[test]
 fn forwarded_for_is_honoured_only_from_trusted_proxies() {
-    let confirmations = |site: &Site| -> u64 {
-        let json: serde_json::Value =
-            serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap();
-        ["pending", "sent", "failed", "cancelled"]
-            .iter()
-            .map(|k| json["outbox"][k].as_u64().unwrap())
-            .sum()
-    };
     let post = |daemon: &Daemon, i: usize| {
         let xff = format!("198.51.{}.{}", i / 250, i % 250 + 1);
         request(
@@ -753,7 +722,7 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
         accepted, 5,
         "the per-address limit, whatever the header says"
     );
-    assert_eq!(confirmations(&site), 5);
+    assert_eq!(deliveries(&site), 5);
     drop(daemon);
     // The proxy in front is trusted: each forwarded address has its own limit.
     let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
@@ -765,7 +734,7 @@ fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     let daemon = Daemon::start(&site);
     let accepted = (0..20).filter(|&i| post(&daemon, i) == 200).count();
     assert_eq!(accepted, 20);
-    assert_eq!(confirmations(&site), 20);
+    assert_eq!(deliveries(&site), 20);
 }
 
 #[test]

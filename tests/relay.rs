@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration as Span, Utc};
 use common::daemon::PATIENCE;
 use common::inproc::InProc;
 use common::smtp::SmtpServer;
-use common::{CAT_A, Site, article, stdout, wait_for};
+use common::{CAT_A, Site, article, status, stdout, wait_for};
 
 const NEVER: &str = "0 0 0 1 1 * 2099";
 
@@ -38,10 +38,6 @@ fn add(site: &Site, emails: &[&str]) {
         let out = site.bantin(&["subscribers", "add", email, "--confirmed"]);
         assert!(out.status.success(), "{}", common::stderr(&out));
     }
-}
-
-fn status(site: &Site) -> serde_json::Value {
-    serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap()
 }
 
 fn start(site: &Site) -> InProc {

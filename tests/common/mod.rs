@@ -164,3 +164,38 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Adds an active subscriber with the command line.
+pub fn add_confirmed(site: &Site, email: &str, schedule: &str) {
+    let out = site.bantin(&[
+        "subscribers",
+        "add",
+        email,
+        "--schedule",
+        schedule,
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Waits until `smtp` accepted at least `n` mails; returns the accepted ones.
+pub fn wait_mails(smtp: &smtp::SmtpServer, n: usize) -> Vec<smtp::Received> {
+    wait_for(&format!("{n} accepted mails"), daemon::PATIENCE, || {
+        smtp.accepted().len() >= n
+    });
+    smtp.accepted()
+}
+
+/// `bantin status --json`.
+pub fn status(site: &Site) -> serde_json::Value {
+    serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap()
+}
+
+/// Deliveries in the outbox, in any state.
+pub fn deliveries(site: &Site) -> u64 {
+    let json = status(site);
+    ["pending", "sent", "failed", "cancelled"]
+        .iter()
+        .map(|k| json["outbox"][k].as_u64().unwrap())
+        .sum()
+}

@@ -310,16 +310,14 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
     }
 }
 
-/// Like [`next_line`], but gives up (`false`, `line` empty) when nothing came for `idle`.
+/// Reads the next whole line into `line`, waiting through read timeouts (a partial line is
+/// kept); `false` when the peer closed, the server is stopping, or nothing came for `idle`.
 fn next_line_within(
     reader: &mut BufReader<TcpStream>,
     line: &mut String,
     stop: &AtomicBool,
     idle: Option<Duration>,
 ) -> std::io::Result<bool> {
-    let Some(idle) = idle else {
-        return next_line(reader, line, stop);
-    };
     line.clear();
     let started = std::time::Instant::now();
     loop {
@@ -336,7 +334,7 @@ fn next_line_within(
                 if stop.load(Ordering::Relaxed) {
                     return Ok(false);
                 }
-                if line.is_empty() && started.elapsed() >= idle {
+                if line.is_empty() && idle.is_some_and(|idle| started.elapsed() >= idle) {
                     return Ok(false);
                 }
             }
@@ -345,30 +343,10 @@ fn next_line_within(
     }
 }
 
-/// Reads the next whole line into `line`, waiting through read timeouts (a partial line is
-/// kept); `false` when the peer closed or the server is stopping.
 fn next_line(
     reader: &mut BufReader<TcpStream>,
     line: &mut String,
     stop: &AtomicBool,
 ) -> std::io::Result<bool> {
-    line.clear();
-    loop {
-        match reader.read_line(line) {
-            Ok(0) => return Ok(false),
-            Ok(_) if line.ends_with('\n') => return Ok(true),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(false);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    next_line_within(reader, line, stop, None)
 }
