@@ -644,7 +644,8 @@ mod tests {
         (dir, store)
     }
 
-    fn run_import(store: &Store, csv: &str) -> Reply {
+    /// Runs one command on `store`, with three known categories.
+    fn run(store: &Store, request: Request) -> Reply {
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 20, 1, 0, 0).unwrap());
         let ctx = Context {
             store,
@@ -656,8 +657,12 @@ mod tests {
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };
-        execute(
-            &ctx,
+        execute(&ctx, request)
+    }
+
+    fn run_import(store: &Store, csv: &str) -> Reply {
+        run(
+            store,
             Request::Import {
                 csv: csv.into(),
                 confirmed: true,
@@ -704,18 +709,7 @@ mod tests {
             &store,
             "email,schedule,categories\na@x.vn,daily,\"B, C;A\"\n",
         );
-        let clock = Clock::system();
-        let ctx = Context {
-            store: &store,
-            clock: &clock,
-            pause: None,
-            categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
-            signer: None,
-            return_path: "",
-            store_dir: Path::new("/nonexistent"),
-            on_queued: &|| {},
-        };
-        let reply = execute(&ctx, Request::Export);
+        let reply = run(&store, Request::Export);
         assert_eq!(
             reply.stdout,
             "email,schedule,categories,state\na@x.vn,daily,\"A;B, C\",active\n"
