@@ -58,6 +58,16 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether it only reads (it must then never create a state).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::List { .. } | Request::Export | Request::Status { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub code: i32,

@@ -121,6 +121,17 @@ fn init_logging() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::locate(cli.config.as_deref())?;
+    if config.source.is_none() {
+        eprintln!(
+            "note: no configuration file (looked at --config, ${}, ./{}): running on built-in \
+             defaults, with paths relative to {}",
+            bantin::config::ENV_VAR,
+            bantin::config::DEFAULT_FILE,
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| ".".into())
+        );
+    }
     match cli.command {
         Command::Run => {
             bantin::daemon::run(config)?;
@@ -193,6 +204,19 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
     Ok(
         match bantin::admin::ask_daemon(&config.state.dir, &request) {
             Some(reply) => reply.context("the daemon's admin socket did not answer")?,
+            // Reading must not create a state where there is none (a command run in the
+            // wrong folder would otherwise make an empty one and report zero subscribers).
+            None if request.is_read_only() && !config.state.dir.join("db").exists() => {
+                bantin::admin::Reply {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!(
+                        "error: no state in '{}': nothing has been subscribed there yet, or \
+                         this is not the right configuration (pass --config PATH)\n",
+                        config.state.dir.display()
+                    ),
+                }
+            }
             None => {
                 std::fs::create_dir_all(&config.state.dir).with_context(|| {
                     format!("cannot create state.dir '{}'", config.state.dir.display())

@@ -373,3 +373,25 @@ fn check_refuses_what_cannot_work_in_public() {
     let out = site.bantin(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
+
+#[test]
+fn read_only_commands_away_from_the_site_create_nothing() {
+    let away = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["subscribers", "list"], &["subscribers", "export"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
+            .args(args)
+            .current_dir(away.path())
+            .env_remove("BANTIN_CONFIG")
+            .output()
+            .unwrap();
+        let err = common::stderr(&out);
+        assert!(err.contains("running on built-in defaults"), "{err}");
+        assert!(err.contains("no state in 'var/state'"), "{err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(away.path()).unwrap().count(),
+        0,
+        "nothing was created"
+    );
+}
