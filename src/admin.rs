@@ -138,6 +138,16 @@ pub fn orphan_line(o: &Orphan) -> String {
     )
 }
 
+/// A CSV cell a spreadsheet will not run as a formula: one starting with `=`, `+`, `-` or
+/// `@` gets a leading `'`.
+fn safe_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}").into()
+    } else {
+        text.into()
+    }
+}
+
 /// Names the categories that match nothing, and the ones that exist.
 fn unknown_message(unknown: &[String], known: &[String]) -> String {
     let quoted = |list: &[String]| {
@@ -259,9 +269,9 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             for s in store.subscribers() {
                 let s = s?;
                 out.write_record([
-                    s.email.as_str(),
+                    safe_cell(&s.email).as_ref(),
                     s.schedule.as_str(),
-                    &s.categories.join(";"),
+                    safe_cell(&s.categories.join(";")).as_ref(),
                     s.state.as_str(),
                 ])?;
             }
@@ -710,6 +720,13 @@ mod tests {
             "{}",
             reply.stderr
         );
+    }
+
+    #[test]
+    fn export_cells_never_start_a_formula() {
+        assert_eq!(safe_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(safe_cell("-1+1"), "'-1+1");
+        assert_eq!(safe_cell("THÔNG BÁO"), "THÔNG BÁO");
     }
 
     #[test]

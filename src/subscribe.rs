@@ -80,6 +80,35 @@ impl SubscribeState {
         self.render(status, |pages| pages.message(heading, message, form))
     }
 
+    /// A form posted from another site (its `Origin`, or else its `Referer`, is not ours):
+    /// refused, so no page elsewhere can subscribe or change someone. Requests without
+    /// either (not from a browser) pass. One-click unsubscribe is not checked: mail
+    /// providers post it from their own servers (RFC 8058).
+    fn cross_site(&self, headers: &HeaderMap) -> Option<Response> {
+        let ours = origin_of(&self.site.base_url)?;
+        let theirs = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| *v != "null")
+            .map(str::to_owned)
+            .or_else(|| {
+                headers
+                    .get(header::REFERER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(origin_of)
+            })?;
+        if theirs.eq_ignore_ascii_case(&ours) {
+            return None;
+        }
+        Some(self.page(
+            StatusCode::FORBIDDEN,
+            "Không thực hiện được",
+            "Biểu mẫu này chỉ dùng được trên trang của Hội đồng nhân dân. Hãy mở trang chủ và \
+             đăng ký từ đó.",
+            None,
+        ))
+    }
+
     /// The state cannot be written right now (a full disk): nothing was recorded; the
     /// person is asked to come back, and a client may retry (503, not 500: it passes).
     fn unavailable(&self) -> Response {
@@ -124,6 +153,13 @@ impl SubscribeState {
             }
         }
     }
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty()).then(|| format!("{scheme}://{host}"))
 }
 
 /// Posts per client address per hour, in bounded memory.
@@ -222,6 +258,9 @@ async fn subscribe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = state.cross_site(&headers) {
+        return refused;
+    }
     let ip = client_ip(peer.map(|p| p.0), &headers, &state.trusted);
     if let Err(wait) = state.limiter.allow(ip) {
         let mut r = state.page(
@@ -411,8 +450,12 @@ async fn confirm_page(
 async fn confirm(
     State(state): State<Arc<SubscribeState>>,
     Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = state.cross_site(&headers) {
+        return refused;
+    }
     let token = token_of(q, &body);
     let (email, issued) = match state.confirm_token(token.as_deref()) {
         Ok(v) => v,
@@ -571,7 +614,14 @@ async fn preferences_page(
 }
 
 /// `POST /preferences`: saves schedule and categories.
-async fn preferences(State(state): State<Arc<SubscribeState>>, body: Bytes) -> Response {
+async fn preferences(
+    State(state): State<Arc<SubscribeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = state.cross_site(&headers) {
+        return refused;
+    }
     let mut token = None;
     let mut schedule = None;
     let mut categories = Vec::new();

@@ -377,7 +377,11 @@ fn check_refuses_what_cannot_work_in_public() {
 #[test]
 fn read_only_commands_away_from_the_site_create_nothing() {
     let away = tempfile::tempdir().unwrap();
-    for args in [&["status"][..], &["subscribers", "list"], &["subscribers", "export"]] {
+    for args in [
+        &["status"][..],
+        &["subscribers", "list"],
+        &["subscribers", "export"],
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
             .args(args)
             .current_dir(away.path())

@@ -1004,3 +1004,41 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
     );
     check(&states());
 }
+
+#[test]
+fn pages_carry_security_headers_and_forms_refuse_other_sites() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    let daemon = Daemon::start(&site);
+    let index = get(daemon.addr, "/");
+    let csp = index.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("form-action 'self'"),
+        "{csp}"
+    );
+    assert_eq!(index.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(index.header("referrer-policy"), Some("no-referrer"));
+    let feed = get(daemon.addr, "/feeds/tat-ca.atom");
+    assert_eq!(feed.header("x-content-type-options"), Some("nosniff"));
+    let post = |origin: &str| {
+        request(
+            daemon.addr,
+            "POST",
+            "/subscribe",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Origin", origin),
+            ],
+            b"email=nan-nhan%40x.vn&schedule=daily",
+        )
+    };
+    let r = post("http://evil.example");
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("chỉ dùng được trên trang"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(deliveries(&site), 0, "nothing queued for a cross-site post");
+    assert_eq!(post("http://bantin.test").status, 200);
+}

@@ -179,10 +179,19 @@ impl Mail {
     }
 }
 
-/// Whether `text` looks like one mail address (what the subscribe form accepts).
+/// Whether `text` looks like one mail address that can be mailed (what the subscribe form
+/// and the commands accept), lowercased. Refused: quoted local parts, IP literals, invisible
+/// or bidirectional control characters, and non-ASCII addresses (the relay would need
+/// SMTPUTF8, which bantin does not rely on).
 pub fn normalize_email(text: &str) -> Option<String> {
     let email = text.trim().to_lowercase();
     if email.len() > 254 || email.contains(char::is_whitespace) {
+        return None;
+    }
+    if !email.is_ascii()
+        || email.contains(['"', '[', ']', '\\'])
+        || email.chars().any(char::is_control)
+    {
         return None;
     }
     let (local, domain) = email.rsplit_once('@')?;
@@ -192,4 +201,29 @@ pub fn normalize_email(text: &str) -> Option<String> {
     }
     email.parse::<Address>().ok()?;
     Some(email)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_email;
+
+    #[test]
+    fn only_addresses_that_can_be_mailed() {
+        assert_eq!(
+            normalize_email(" Dan@Example.VN ").as_deref(),
+            Some("dan@example.vn")
+        );
+        for bad in [
+            "\"a b\"@x.vn",
+            "dan@[192.0.2.1]",
+            "dan@x.vn\u{200b}",
+            "d\u{202e}an@x.vn",
+            "dân@x.vn",
+            "dan@xn--, x.vn",
+            "dan@localhost",
+            "@x.vn",
+        ] {
+            assert_eq!(normalize_email(bad), None, "{bad:?}");
+        }
+    }
 }
