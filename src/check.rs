@@ -23,8 +23,23 @@ pub struct Report {
 /// Checks everything `bantin run` would use.
 pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
     let (mut problems, articles, drafts) = problems(config, progress);
-    let (errors, warnings) = public(config);
+    let (errors, mut warnings) = public(config);
     problems.extend(errors);
+    if let Ok(tz) = config.timezone() {
+        let reader = crate::scan::StoreReader {
+            root: config.store.dir.clone(),
+            tz,
+            max_bytes: config.store.max_bytes,
+        };
+        for (link, target) in reader.links_leaving() {
+            warnings.push(format!(
+                "{}: a link to '{}', outside the store: ignored (not published, not watched); \
+                 copy what should be published into the store instead",
+                config.store.dir.join(link).display(),
+                target.display()
+            ));
+        }
+    }
     Report {
         problems,
         warnings,

@@ -39,6 +39,36 @@ impl StoreReader {
         self.walk_kind(false)
     }
 
+    /// Links in the store that lead outside it (to files or folders): never followed,
+    /// watched or published; `check` names them. Paths relative to the store.
+    pub fn links_leaving(&self) -> Vec<(String, PathBuf)> {
+        let Ok(root) = self.root.canonicalize() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(root.join(&rel_dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let rel = rel_dir.join(entry.file_name());
+                let Ok(kind) = entry.file_type() else { continue };
+                if kind.is_dir() {
+                    stack.push(rel);
+                } else if kind.is_symlink() {
+                    match root.join(&rel).canonicalize() {
+                        Ok(target) if target.starts_with(&root) => {}
+                        Ok(target) => out.push((rel_string(&rel), target)),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Every draft of the store (a file or folder named `_…`), for `check`.
     pub fn walk_drafts(&self) -> std::io::Result<Vec<Found>> {
         self.walk_kind(true)
@@ -121,6 +151,13 @@ impl StoreReader {
             .components()
             .any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.')))
         {
+            return None;
+        }
+        // A folder of the path may be a link that leaves the store: the walk never enters
+        // one, and an event from inside it must not publish what is there either.
+        let folder = root.join(rel).parent()?.canonicalize().ok()?;
+        if !folder.starts_with(&root) {
+            tracing::debug!(file = %rel.display(), "inside a link that leaves the store; ignored");
             return None;
         }
         self.found(&root, rel, false)

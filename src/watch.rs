@@ -116,7 +116,10 @@ impl StoreWatch {
     where
         F: Fn(notify::Result<Event>) + Send + 'static,
     {
-        let mut watcher = notify::recommended_watcher(sink)?;
+        // Links are not followed: one to a folder outside the store (to /usr, say) would
+        // add a watch for every folder there, and publish what it holds.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = RecommendedWatcher::new(sink, config)?;
         watcher.watch(root, RecursiveMode::Recursive)?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Errors here only lose the fast path for a replaced store; the rescan remains.

@@ -549,3 +549,34 @@ fn sighup_reloads_the_templates_of_every_page() {
     assert!(daemon.get("/").text().contains("MẪU MỚI"), "index");
     assert!(form(&daemon).contains("MẪU MỚI"), "subscription pages");
 }
+
+#[test]
+fn links_that_leave_the_store_are_never_followed() {
+    let site = site();
+    let outside = site.path("ngoai-kho");
+    std::fs::create_dir_all(&outside).unwrap();
+    common::write_bytes(
+        &outside.join("cu.txt"),
+        article(CAT_A, "Tệp bên ngoài cũ", "01/11/2026 | 09:00").as_bytes(),
+    );
+    std::os::unix::fs::symlink(&outside, site.store().join("ngoai")).unwrap();
+    let daemon = Daemon::start(&site);
+    // A file written out there after the start, through the link's folder.
+    common::write_bytes(
+        &outside.join("moi.txt"),
+        article(CAT_A, "Tệp bên ngoài mới", "02/11/2026 | 09:00").as_bytes(),
+    );
+    site.publish("that.txt", &article(CAT_A, "Bài thật", "03/11/2026 | 09:00"));
+    let feed = daemon.get_until("/feeds/tat-ca.atom", "the real article", |r| {
+        r.text().contains("Bài thật")
+    });
+    assert!(!feed.text().contains("bên ngoài"), "{}", feed.text());
+    assert_eq!(daemon.get("/articles/ngoai/moi.html").status, 404);
+    assert_eq!(daemon.get("/articles/ngoai/cu.html").status, 404);
+    let check = site.bantin(&["check"]);
+    assert!(
+        common::stderr(&check).contains("a link to") && common::stderr(&check).contains("outside the store"),
+        "{}",
+        common::stderr(&check)
+    );
+}
