@@ -53,7 +53,9 @@ impl StoreReader {
             };
             for entry in entries.flatten() {
                 let rel = rel_dir.join(entry.file_name());
-                let Ok(kind) = entry.file_type() else { continue };
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
                 if kind.is_dir() {
                     stack.push(rel);
                 } else if kind.is_symlink() {
@@ -235,8 +237,27 @@ pub fn from_file(path: &Path, id: &str, tz: Tz, max_bytes: u64) -> Result<Articl
 /// Reads a file, refusing one over `max_bytes`.
 pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
     use std::io::Read;
-    let file = std::fs::File::open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_a_file = || {
+        LineError::new(
+            1,
+            "not a regular file (a pipe, a device or a folder): an article is a plain text file",
+        )
+    };
+    // A pipe or a device must never block the daemon: look first, open without blocking,
+    // and look again at what was opened.
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(not_a_file()),
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(not_a_file());
+    }
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)

@@ -480,3 +480,49 @@ fn a_confirmation_link_expires_and_the_pending_address_goes() {
         !stdout(&site.bantin(&["subscribers", "list"])).contains("muon@x.vn")
     });
 }
+
+#[test]
+fn a_pipe_in_place_of_an_article_blocks_nothing() {
+    let smtp = SmtpServer::start();
+    let (site, _) = news_site(&smtp, "alert_delay_secs = 0\nalert_max_age_days = 3650");
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    site.write(
+        "bantin.toml",
+        &text.replace("daily = \"0 0 0 1 1 * 2099\"", "daily = \"0 0 7 * * *\""),
+    );
+    add_confirmed(&site, "ngay@x.vn", "daily");
+    // After the command line's own clock, which marked when the subscriber's digests begin.
+    let clock = bantin::clock::Clock::manual(now());
+    let daemon = InProc::start(&site, &clock);
+    site.publish(
+        "ong.txt",
+        &article(CAT_A, "Bài sẽ thành ống", "20/11/2026 | 09:00"),
+    );
+    wait_mails(&smtp, 1); // dan's alert: the article is known to the mail side
+    // The file becomes a FIFO with no writer: opening it the usual way waits for ever.
+    let path = site.store().join("ong.txt");
+    std::fs::remove_file(&path).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    site.publish(
+        "khac.txt",
+        &article(CAT_A, "Bài khác", "20/11/2026 | 09:30"),
+    );
+    wait_mails(&smtp, 2);
+    // The daily digest lists both; rendering it must not hang on the pipe.
+    daemon.advance(Days::days(1));
+    let mails = wait_mails(&smtp, 3);
+    let digest = mails.iter().find(|m| m.to == ["ngay@x.vn"]).unwrap();
+    assert!(
+        part(&digest.data, "text/plain")
+            .unwrap()
+            .contains("Bài khác")
+    );
+    assert_eq!(daemon.get("/healthz").status, 200);
+    wait_for("the pipe's page gone", PATIENCE, || {
+        daemon.get("/articles/ong.html").status == 404
+    });
+}

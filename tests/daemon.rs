@@ -566,7 +566,10 @@ fn links_that_leave_the_store_are_never_followed() {
         &outside.join("moi.txt"),
         article(CAT_A, "Tệp bên ngoài mới", "02/11/2026 | 09:00").as_bytes(),
     );
-    site.publish("that.txt", &article(CAT_A, "Bài thật", "03/11/2026 | 09:00"));
+    site.publish(
+        "that.txt",
+        &article(CAT_A, "Bài thật", "03/11/2026 | 09:00"),
+    );
     let feed = daemon.get_until("/feeds/tat-ca.atom", "the real article", |r| {
         r.text().contains("Bài thật")
     });
@@ -575,7 +578,8 @@ fn links_that_leave_the_store_are_never_followed() {
     assert_eq!(daemon.get("/articles/ngoai/cu.html").status, 404);
     let check = site.bantin(&["check"]);
     assert!(
-        common::stderr(&check).contains("a link to") && common::stderr(&check).contains("outside the store"),
+        common::stderr(&check).contains("a link to")
+            && common::stderr(&check).contains("outside the store"),
         "{}",
         common::stderr(&check)
     );

@@ -341,10 +341,12 @@ impl Worker {
             return;
         }
         // Subscribers who left in the meantime get nothing more (confirmations excepted).
+        // Reading files and the state is blocking work: off the async workers.
+        let load = |d: &Delivery| tokio::task::block_in_place(|| self.load(d));
         let outcome = match &d.kind {
-            Kind::Confirm { .. } => self.load(&d),
+            Kind::Confirm { .. } => load(&d),
             _ => match self.store().subscriber(&d.email) {
-                Ok(Some(s)) if s.state == SubState::Active => self.load(&d),
+                Ok(Some(s)) if s.state == SubState::Active => load(&d),
                 _ => {
                     d.state = DeliveryState::Cancelled;
                     d.error = Some("subscriber no longer active".into());
