@@ -118,6 +118,7 @@ dir = "{work}/state"
 [http]
 listen = "127.0.0.1:{port}"
 metrics_listen = ""
+max_connections_per_client = 100000
 """)
     log_path = os.path.join(work, "bantin.log")
     started = time.time()

@@ -146,6 +146,14 @@ pub struct Http {
     pub header_timeout_secs: u64,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections one client address may hold at once (trusted proxies excepted): one
+    /// address cannot take every slot.
+    pub max_connections_per_client: usize,
+    /// Seconds a request may take from its headers to its answer, body included (a body sent
+    /// a byte at a time is cut off).
+    pub request_timeout_secs: u64,
+    /// Seconds a client may leave an answer unread before the connection is closed.
+    pub write_timeout_secs: u64,
     /// Largest request body accepted (form posts are small).
     pub max_body_bytes: usize,
     /// Seconds given to open requests to finish when the daemon stops.
@@ -221,6 +229,9 @@ impl Default for Http {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             header_timeout_secs: 10,
             max_connections: 1024,
+            max_connections_per_client: 32,
+            request_timeout_secs: 10,
+            write_timeout_secs: 20,
             max_body_bytes: 16 * 1024,
             drain_secs: 10,
             metrics_listen: "127.0.0.1:9464".into(),

@@ -160,6 +160,14 @@ impl AppState {
 pub struct Limits {
     pub header_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one address may hold at once.
+    pub max_per_client: usize,
+    /// Addresses exempt from `max_per_client` (trusted proxies carry everyone).
+    pub trusted: Vec<crate::config::Cidr>,
+    /// From headers to answer, body included.
+    pub request_timeout: Duration,
+    /// How long an answer may wait for the client to read it.
+    pub write_timeout: Duration,
     pub max_body_bytes: usize,
     pub drain: Duration,
 }
@@ -179,6 +187,10 @@ pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_deadline,
+        ))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let metrics = metrics.clone();
@@ -226,6 +238,181 @@ async fn security_headers(req: Request, next: Next) -> Response {
         );
     }
     response
+}
+
+/// A request (its body included: handlers read it) must be answered within `limit`; a body
+/// sent a byte at a time is cut off with 408 and the connection closed.
+async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut r = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "quá thời gian (request timeout)\n",
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            r
+        }
+    }
+}
+
+/// A stream whose writes fail once they have waited `limit` for the client to read: a
+/// client that stops reading gives its connection back.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> WriteDeadline<S> {
+    /// Maps a pending write to an error once it has waited too long.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match polled {
+            Poll::Pending => {
+                let limit = self.limit;
+                let sleep = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client does not read its answer",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Connections held now, by client address, oldest first, with the means to close them.
+/// When every slot is taken, a newcomer may take one from the address that holds the most
+/// (if it holds more than the newcomer): many slow clients from a few addresses cannot lock
+/// everyone else out.
+#[derive(Default)]
+struct Clients {
+    held: std::sync::Mutex<
+        std::collections::HashMap<
+            std::net::IpAddr,
+            std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+        >,
+    >,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Clients {
+    fn count(&self, ip: std::net::IpAddr) -> usize {
+        self.held
+            .lock()
+            .expect("clients")
+            .get(&ip)
+            .map_or(0, |q| q.len())
+    }
+
+    /// Closes the oldest connection of the address holding the most, if it holds at least
+    /// two more than `ip`. Returns whether one was closed.
+    fn evict_for(&self, ip: std::net::IpAddr) -> bool {
+        let mut held = self.held.lock().expect("clients");
+        let mine = held.get(&ip).map_or(0, |q| q.len());
+        let Some((_, queue)) = held
+            .iter_mut()
+            .filter(|(other, _)| **other != ip)
+            .max_by_key(|(_, q)| q.len())
+        else {
+            return false;
+        };
+        if queue.len() < mine + 2 {
+            return false;
+        }
+        match queue.pop_front() {
+            Some((_, handle)) => {
+                handle.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add(&self, ip: std::net::IpAddr, id: u64, handle: tokio::task::AbortHandle) {
+        self.held
+            .lock()
+            .expect("clients")
+            .entry(ip)
+            .or_default()
+            .push_back((id, handle));
+    }
+
+    fn remove(&self, ip: std::net::IpAddr, id: u64) {
+        let mut held = self.held.lock().expect("clients");
+        if let Some(queue) = held.get_mut(&ip) {
+            queue.retain(|(i, _)| *i != id);
+            if queue.is_empty() {
+                held.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Gives a connection's slot back however the connection ends (closed, or evicted).
+struct Held {
+    clients: Option<(Arc<Clients>, std::net::IpAddr, u64)>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((clients, ip, id)) = self.clients.take() {
+            clients.remove(ip, id);
+        }
+    }
 }
 
 async fn not_found() -> Response {
@@ -424,16 +611,13 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let clients = Arc::new(Clients::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -447,6 +631,28 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let ip = peer.ip();
+        let limited = !limits.trusted.iter().any(|c| c.contains(ip));
+        if limited && clients.count(ip) >= limits.max_per_client {
+            // This address holds its share of the slots already: the rest are for others.
+            continue;
+        }
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: the address holding the most gives one back, if that is fair;
+                // otherwise the newcomer is turned away at once rather than left to hold up
+                // every connection behind it.
+                // (A trusted proxy carries everyone: it waits for a slot.)
+                if limited && !clients.evict_for(ip) {
+                    continue;
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("semaphore never closes"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         // The client address, for the subscribe form's rate limit.
         let service = tower::ServiceExt::map_request(
             router.clone(),
@@ -456,12 +662,31 @@ pub async fn serve(
             },
         );
         let service = hyper_util::service::TowerToHyperService::new(service);
+        let stream = WriteDeadline {
+            inner: stream,
+            limit: limits.write_timeout,
+            waiting: None,
+        };
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
-        tokio::spawn(async move {
+        let id = clients
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let held = Held {
+            clients: limited.then(|| (clients.clone(), ip, id)),
+            _permit: permit,
+        };
+        // The task waits until it is registered, so its end always finds its entry.
+        let (registered, ready) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _held = held;
+            let _ = ready.await;
             let _ = watched.await;
-            drop(permit);
         });
+        if limited {
+            clients.add(ip, id, task.abort_handle());
+        }
+        let _ = registered.send(());
     }
     drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown())

@@ -368,11 +368,11 @@ fn health_metrics_and_limits() {
 fn idle_connections_do_not_block_readers() {
     let site = site_with("header_timeout_secs = 2\n");
     let daemon = Daemon::start(&site);
+    // From another address than the reader's: one address may hold only its share.
     let idle: Vec<TcpStream> = (0..200)
         .map(|_| {
-            let mut s = TcpStream::connect(daemon.addr).unwrap();
-            s.write_all(b"GET /feeds/tin-tuc.rss HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
+            let mut s = connect_from("127.0.0.2".parse().unwrap(), daemon.addr).unwrap();
+            let _ = s.write_all(b"GET /feeds/tin-tuc.rss HTTP/1.1\r\nHost: x\r\n");
             s
         })
         .collect();
@@ -582,5 +582,84 @@ fn links_that_leave_the_store_are_never_followed() {
             && common::stderr(&check).contains("outside the store"),
         "{}",
         common::stderr(&check)
+    );
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: std::net::IpAddr, to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stream = runtime.block_on(socket.connect(to))?.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// A client at `from` that sends a POST body one byte every 100 ms, for at most 30 s (longer
+/// than a test waits for an answer); returns what the server answered, if anything.
+fn slow_body(
+    daemon: &Daemon,
+    from: std::net::IpAddr,
+    connected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::thread::JoinHandle<String> {
+    let addr = daemon.addr;
+    std::thread::spawn(move || {
+        let stream = connect_from(from, addr);
+        connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let Ok(mut stream) = stream else {
+            return String::new();
+        };
+        let _ = stream.write_all(
+            b"POST /subscribe HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+        );
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        while started.elapsed() < Duration::from_secs(30) {
+            if stream.write_all(b"e").is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+}
+
+#[test]
+fn slow_bodies_from_one_address_do_not_lock_others_out() {
+    let site = site_with(
+        "max_connections = 20\nmax_connections_per_client = 5\nrequest_timeout_secs = 2\n",
+    );
+    let daemon = Daemon::start(&site);
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow: Vec<_> = (0..30)
+        .map(|_| slow_body(&daemon, "127.0.0.2".parse().unwrap(), connected.clone()))
+        .collect();
+    common::wait_for("the slow clients connected", PATIENCE, || {
+        connected.load(std::sync::atomic::Ordering::SeqCst) == 30
+    });
+    // More slow clients than slots: without a share per address, nobody else gets in.
+    for _ in 0..5 {
+        assert_eq!(daemon.get("/healthz").status, 200);
+    }
+    let answers: Vec<String> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    // The admitted ones were cut off (408) instead of holding their slot for ever; the
+    // rest were refused at once.
+    assert!(
+        answers.iter().any(|a| a.starts_with("HTTP/1.1 408")),
+        "{answers:?}"
     );
 }

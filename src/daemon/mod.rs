@@ -173,6 +173,10 @@ pub async fn serve(
     let limits = Limits {
         header_timeout: Duration::from_secs(config.http.header_timeout_secs),
         max_connections: config.http.max_connections,
+        max_per_client: config.http.max_connections_per_client.max(1),
+        trusted: config.http.trusted(),
+        request_timeout: Duration::from_secs(config.http.request_timeout_secs.max(1)),
+        write_timeout: Duration::from_secs(config.http.write_timeout_secs.max(1)),
         max_body_bytes: config.http.max_body_bytes,
         drain: Duration::from_secs(config.http.drain_secs),
     };
