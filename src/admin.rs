@@ -56,6 +56,8 @@ pub enum Request {
     Inbox {
         mails: Vec<(String, String)>,
     },
+    /// Every record of the state, as JSON Lines.
+    StateExport,
 }
 
 impl Request {
@@ -63,7 +65,7 @@ impl Request {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Request::List { .. } | Request::Export | Request::Status { .. }
+            Request::List { .. } | Request::Export | Request::Status { .. } | Request::StateExport
         )
     }
 }
@@ -282,6 +284,11 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
         }
         Request::Import { csv, confirmed } => import(ctx, &csv, confirmed),
         Request::Inbox { mails } => inbox(ctx, mails),
+        Request::StateExport => {
+            let mut out = Vec::new();
+            store.export(&mut out)?;
+            Ok(Reply::ok(String::from_utf8_lossy(&out).into_owned()))
+        }
         Request::Status { json } => status(ctx, json),
     }
 }

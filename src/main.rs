@@ -46,6 +46,17 @@ enum Command {
     /// Bounces, complaints and unsubscribe mails.
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Backup and restore of the whole state, as JSON Lines.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Write every record of the state to FILE (works while the daemon runs).
+    Export { file: PathBuf },
+    /// Read an export into a new, empty state (the daemon stopped).
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +151,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(&config),
         Command::Build { out } => build(config, out),
         Command::Status { json } => admin(&config, Request::Status { json }),
+        Command::State(StateCommand::Export { file }) => {
+            let reply = admin_reply(&config, Request::StateExport)?;
+            if reply.code != 0 {
+                eprint!("{}", reply.stderr);
+                return Ok(ExitCode::from(reply.code.clamp(0, 255) as u8));
+            }
+            bantin::output::write_atomic(&file, reply.stdout.as_bytes())
+                .with_context(|| format!("cannot write '{}'", file.display()))?;
+            eprintln!(
+                "exported {} records to {}",
+                reply.stdout.lines().count(),
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Import { file }) => {
+            if bantin::admin::ask_daemon(&config.state.dir, &Request::Status { json: true })
+                .is_some()
+            {
+                anyhow::bail!(
+                    "the daemon runs on this state: stop it first ('systemctl stop bantin')"
+                );
+            }
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("cannot read '{}'", file.display()))?;
+            std::fs::create_dir_all(&config.state.dir).with_context(|| {
+                format!("cannot create state.dir '{}'", config.state.dir.display())
+            })?;
+            let store = bantin::store::Store::open(&config.state.dir)?;
+            let n = store.import(std::io::BufReader::new(input))?;
+            eprintln!("imported {n} records into {}", config.state.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inbox(InboxCommand::Process { files }) => {
             use base64::Engine as _;
             let mut mails = Vec::new();
@@ -206,7 +250,10 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
             Some(reply) => reply.context("the daemon's admin socket did not answer")?,
             // Reading must not create a state where there is none (a command run in the
             // wrong folder would otherwise make an empty one and report zero subscribers).
-            None if request.is_read_only() && !config.state.dir.join("db").exists() => {
+            None if request.is_read_only()
+                && !config.state.dir.join("db").exists()
+                && !config.state.dir.join(bantin::store::MARKER).exists() =>
+            {
                 bantin::admin::Reply {
                     code: 1,
                     stdout: String::new(),

@@ -24,6 +24,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use crate::subscriber::{Schedule, SubState, Subscriber};
 
+/// The file beside the database that names it (see [`Store::open`]).
+pub const MARKER: &str = "state.id";
+
+fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
+    crate::output::write_atomic(path, format!("{id}\n").as_bytes())
+        .map(|_| ())
+        .map_err(|source| StoreError::Marker {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// The schema this program writes.
 pub const SCHEMA: u32 = 1;
 /// The version byte in front of every value.
@@ -49,6 +61,27 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("state database: closed while it is opened again after a write failure")]
     Closed,
+    #[error(
+        "the state database in '{path}' is damaged and cannot be opened; restore a backup: \
+         move the folder away, then 'bantin state import FILE'"
+    )]
+    Damaged { path: String },
+    #[error(
+        "the state database in '{path}' does not hold the state it held (its files were \
+         removed or damaged); bantin will not start empty on it: restore a backup (move the \
+         folder away, then 'bantin state import FILE'), or move the folder away to start anew"
+    )]
+    Lost { path: String },
+    #[error(
+        "the state already holds subscribers or deliveries: import into a new state folder \
+         (move the old one away first)"
+    )]
+    NotEmpty,
+    #[error("cannot write '{path}': {source}")]
+    Marker {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// What the mail side knows of an article.
@@ -238,6 +271,32 @@ struct Trees {
     inbox: sled::Tree,
 }
 
+impl Trees {
+    /// Every tree with its name, in a fixed order.
+    fn named(&self) -> Vec<(&'static str, &sled::Tree)> {
+        vec![
+            ("meta", &self.meta),
+            ("subscribers", &self.subscribers),
+            ("articles", &self.articles),
+            ("outbox", &self.outbox),
+            ("queue", &self.queue),
+            ("ids", &self.ids),
+            ("inbox", &self.inbox),
+        ]
+    }
+}
+
+/// One record of an export.
+#[derive(Debug, Serialize, Deserialize)]
+struct ExportLine {
+    tree: String,
+    key: String,
+    /// The key is binary, in base64.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    key_b64: bool,
+    value: serde_json::Value,
+}
+
 /// The short id of a delivery (16 hex digits), named in its VERP address; the first half of
 /// its Message-ID.
 pub fn delivery_id(key: &str) -> String {
@@ -265,14 +324,23 @@ impl Store {
     fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
         let path = dir.join("db");
         let shown = path.display().to_string();
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: shown.clone(),
-                source,
-            })?;
+        // sled panics on some damaged files (a truncated one): a clear error instead.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(&path)
+                .mode(sled::Mode::LowSpace)
+                .open()
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(source)) => {
+                return Err(StoreError::Open {
+                    path: shown.clone(),
+                    source,
+                });
+            }
+            Err(_) => return Err(StoreError::Damaged { path: shown }),
+        };
         let trees = Trees {
             meta: db.open_tree("meta")?,
             subscribers: db.open_tree("subscribers")?,
@@ -283,6 +351,33 @@ impl Store {
             inbox: db.open_tree("inbox")?,
             db,
         };
+        // A marker beside the database names it: a database that opens without it (its
+        // files deleted or damaged, which sled opens as an empty one) is refused, never
+        // taken for a first start.
+        let marker = dir.join(MARKER);
+        let expected = std::fs::read_to_string(&marker).ok();
+        let found = trees
+            .meta
+            .get("id")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        match (expected.as_deref().map(str::trim), found.as_deref()) {
+            (Some(want), Some(have)) if want == have => {}
+            (Some(_), _) => return Err(StoreError::Lost { path: shown }),
+            (None, Some(have)) => write_marker(&marker, have)?,
+            (None, None) => {
+                let id: String = crate::token::random_bytes(16)
+                    .map_err(|e| StoreError::Marker {
+                        path: marker.display().to_string(),
+                        source: e,
+                    })?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                trees.meta.insert("id", id.as_bytes())?;
+                trees.db.flush()?;
+                write_marker(&marker, &id)?;
+            }
+        }
         match trees.meta.get("schema")? {
             None => {
                 trees.meta.insert("schema", SCHEMA.to_string().as_bytes())?;
@@ -486,6 +581,96 @@ impl Store {
                 .insert(digest, format!("{now_ms} {found}").as_bytes())?;
             Ok(())
         })())
+    }
+
+    /// Writes every record as JSON Lines, tree by tree, in key order: the backup and the
+    /// upgrade path across sled's formats. Returns how many records.
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<usize, StoreError> {
+        use base64::Engine as _;
+        let t = self.t()?;
+        let mut n = 0;
+        for (name, tree) in t.named() {
+            for r in tree.iter() {
+                let (k, v) = r?;
+                let (key, key_b64) = match (name, std::str::from_utf8(&k)) {
+                    ("queue", _) | (_, Err(_)) => {
+                        (base64::engine::general_purpose::STANDARD.encode(&k), true)
+                    }
+                    (_, Ok(text)) => (text.to_owned(), false),
+                };
+                let value = match name {
+                    "subscribers" | "articles" | "outbox" => {
+                        let json = v.get(1..).unwrap_or_default();
+                        serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
+                            key: format!("{name}/{key}"),
+                            message: e.to_string(),
+                        })?
+                    }
+                    _ => serde_json::Value::String(String::from_utf8_lossy(&v).into_owned()),
+                };
+                let line = ExportLine {
+                    tree: name.to_owned(),
+                    key,
+                    key_b64,
+                    value,
+                };
+                serde_json::to_writer(&mut *out, &line).expect("serializable");
+                out.write_all(b"\n").map_err(|e| StoreError::Corrupt {
+                    key: "export".into(),
+                    message: e.to_string(),
+                })?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reads an [`Store::export`] into this state, which must hold no subscribers and no
+    /// deliveries. Returns how many records. The state's own identity is kept.
+    pub fn import(&self, input: impl std::io::BufRead) -> Result<usize, StoreError> {
+        use base64::Engine as _;
+        let t = self.t()?;
+        if !t.subscribers.is_empty() || !t.outbox.is_empty() {
+            return Err(StoreError::NotEmpty);
+        }
+        let trees: std::collections::HashMap<&str, &sled::Tree> = t.named().into_iter().collect();
+        let mut n = 0;
+        for (i, line) in input.lines().enumerate() {
+            let bad = |message: String| StoreError::Corrupt {
+                key: format!("line {}", i + 1),
+                message,
+            };
+            let line = line.map_err(|e| bad(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec: ExportLine = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            let tree = trees
+                .get(rec.tree.as_str())
+                .ok_or_else(|| bad(format!("unknown tree '{}'", rec.tree)))?;
+            let key = if rec.key_b64 {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&rec.key)
+                    .map_err(|e| bad(e.to_string()))?
+            } else {
+                rec.key.clone().into_bytes()
+            };
+            if rec.tree == "meta" && matches!(rec.key.as_str(), "id" | "schema") {
+                continue; // this state's own
+            }
+            let value = match rec.tree.as_str() {
+                "subscribers" | "articles" | "outbox" => {
+                    let mut v = vec![VALUE_VERSION];
+                    serde_json::to_writer(&mut v, &rec.value).expect("serializable");
+                    v
+                }
+                _ => rec.value.as_str().unwrap_or_default().as_bytes().to_vec(),
+            };
+            tree.insert(key, value)?;
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
     }
 
     /// Deletes subscribers still pending whose last request came before `before` (unix

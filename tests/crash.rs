@@ -208,3 +208,134 @@ fn a_full_state_disk_pauses_delivery_and_loses_nothing() {
         ARTICLES * PEOPLE
     );
 }
+
+/// sled opens a database whose snapshot was deleted as an empty one; a truncated one
+/// panicked. Either way bantin must refuse, clearly, and never start empty.
+#[test]
+fn a_damaged_or_missing_state_is_refused_not_taken_for_a_first_start() {
+    let site =
+        Site::with_config("[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n");
+    let out = site.bantin(&["subscribers", "add", "dan@x.vn", "--confirmed"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let db = site.path("var/state/db");
+    let kept = site.path("kept-db");
+    common::copy_dir(&db, &kept);
+    let refused = |what: &str| {
+        for args in [&["status"][..], &["run"]] {
+            let out = site.bantin(args);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what} {args:?}: {}",
+                common::stderr(&out)
+            );
+            let err = common::stderr(&out);
+            assert!(
+                err.contains("does not hold the state it held") || err.contains("is damaged"),
+                "{what} {args:?}: {err}"
+            );
+            assert!(
+                err.contains("bantin state import"),
+                "says how to restore: {err}"
+            );
+            assert!(!err.contains("another bantin"), "{err}");
+        }
+    };
+    // The database's files gone (sled would open an empty one)…
+    std::fs::remove_dir_all(&db).unwrap();
+    refused("files removed");
+    // …or its log cut short.
+    std::fs::remove_dir_all(&db).unwrap();
+    common::copy_dir(&kept, &db);
+    let log = std::fs::read(db.join("db")).unwrap();
+    std::fs::write(db.join("db"), &log[..log.len() / 2]).unwrap();
+    for snap in std::fs::read_dir(&db).unwrap().map(|e| e.unwrap().path()) {
+        if snap
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("snap.")
+        {
+            std::fs::remove_file(snap).unwrap();
+        }
+    }
+    refused("log truncated");
+    // Restored from the copy, it opens with its subscriber.
+    std::fs::remove_dir_all(&db).unwrap();
+    common::copy_dir(&kept, &db);
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dan@x.vn"), "{list}");
+}
+
+/// The export is the backup and the upgrade path across sled's formats: a populated state
+/// goes out and comes back the same.
+#[test]
+fn state_export_and_import_round_trip() {
+    let smtp = SmtpServer::start();
+    let config = |state: &str| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [state]\ndir = \"{state}\"\n\
+             [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\n\
+             from = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+             return_path = \"bounces@hdnd.test\"\n\
+             [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+            smtp.addr.port()
+        )
+    };
+    let site = Site::with_config(&config("cu"));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    for who in ["a", "b", "c"] {
+        let out = site.bantin(&["subscribers", "add", &format!("{who}@x.vn"), "--confirmed"]);
+        assert!(out.status.success());
+    }
+    let out = site.bantin(&["subscribers", "add", "cho@x.vn", "--schedule", "weekly"]);
+    assert!(out.status.success());
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_for(
+        "the alerts and the confirmation",
+        Duration::from_secs(20),
+        || smtp.accepted().len() >= 4,
+    );
+    // Exported while the daemon runs, through its socket.
+    let first = site.path("sao-luu.jsonl");
+    let out = site.bantin(&["state", "export", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    drop(daemon);
+    // Into a new state folder, then out again.
+    site.set_config(&config("moi"));
+    let out = site.bantin(&["state", "import", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let second = site.path("lan-hai.jsonl");
+    let out = site.bantin(&["state", "export", second.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let records = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            // Each state keeps its own identity.
+            .filter(|l| !l.contains(r#""tree":"meta","key":"id""#))
+            .map(String::from)
+            .collect()
+    };
+    let (a, b) = (records(&first), records(&second));
+    assert!(a.len() > 15, "a populated state: {} records", a.len());
+    assert!(a.iter().any(|l| l.contains(r#""tree":"outbox""#)));
+    assert!(a.iter().any(|l| l.contains(r#""tree":"ids""#)));
+    assert_eq!(a, b);
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(
+        list.contains("a@x.vn") && list.contains("cho@x.vn\tweekly\tpending"),
+        "{list}"
+    );
+    // Importing again over it is refused: nothing is mixed.
+    let out = site.bantin(&["state", "import", first.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("already holds"),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -300,8 +300,13 @@ fn open(config: &Config) -> anyhow::Result<(Publisher, Store)> {
         .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
     std::fs::create_dir_all(&config.state.dir)
         .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
-    let store = Store::open(&config.state.dir)
-        .map_err(|e| anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)"))?;
+    let store = Store::open(&config.state.dir).map_err(|e| {
+        if e.to_string().contains("lock") {
+            anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)")
+        } else {
+            anyhow::anyhow!("{e}")
+        }
+    })?;
     Ok((publisher, store))
 }
 
