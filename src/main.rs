@@ -102,6 +102,12 @@ enum SubscribersCommand {
 }
 
 fn main() -> ExitCode {
+    // Whatever bantin creates is private (the state, the outbox, the admin socket) unless
+    // made public on purpose (the site: see `output`). Before any thread starts.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -176,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot read '{}'", file.display()))?;
-            std::fs::create_dir_all(&config.state.dir).with_context(|| {
+            bantin::output::create_private_dir(&config.state.dir).with_context(|| {
                 format!("cannot create state.dir '{}'", config.state.dir.display())
             })?;
             let store = bantin::store::Store::open(&config.state.dir)?;
@@ -265,7 +271,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                 }
             }
             None => {
-                std::fs::create_dir_all(&config.state.dir).with_context(|| {
+                bantin::output::create_private_dir(&config.state.dir).with_context(|| {
                     format!("cannot create state.dir '{}'", config.state.dir.display())
                 })?;
                 let store = bantin::store::Store::open(&config.state.dir).map_err(|e| {

@@ -16,10 +16,54 @@ pub enum Written {
     Replaced,
 }
 
+/// Mode of what the site is made of: readable by any web server.
+const PUBLIC_FILE: u32 = 0o644;
+const PUBLIC_DIR: u32 = 0o755;
+
+/// Creates `dir` and the folders above it that are missing, readable by everyone whatever
+/// the umask (the daemon runs with a private one, for its state).
+pub fn create_public_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_public_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PUBLIC_DIR)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `dir` (and what is missing above it) and makes it private: 0700, whatever the
+/// umask or the mode it had (the state, the outbox).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+fn make_public(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename. A file
 /// that already holds the same bytes is left untouched (its mtime stays, static servers keep
 /// their caches).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
+    write_atomic_as(path, bytes, true)
+}
+
+/// [`write_atomic`] for a private file (the outbox's mails, the state's marker): its mode
+/// comes from the process's umask (0600 in the daemon).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
+    write_atomic_as(path, bytes, false)
+}
+
+fn write_atomic_as(path: &Path, bytes: &[u8], public: bool) -> std::io::Result<Written> {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.len() == bytes.len() as u64
         && std::fs::read(path).is_ok_and(|old| old == bytes)
@@ -32,11 +76,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
         let mut file = match std::fs::File::create(&temp) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
+                if public {
+                    create_public_dir(dir)?;
+                } else {
+                    std::fs::create_dir_all(dir)?;
+                }
                 std::fs::File::create(&temp)?
             }
             Err(e) => return Err(e),
         };
+        if public {
+            make_public(&file)?;
+        }
         file.write_all(bytes)?;
         drop(file);
         std::fs::rename(&temp, path)
@@ -50,10 +101,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
 /// Writes a new file in a folder that is not served yet (no temporary file needed), creating
 /// its folders.
 pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    match std::fs::write(path, bytes) {
+    let create = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(path)?;
+        make_public(&file)?;
+        file.write_all(bytes)
+    };
+    match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            std::fs::write(path, bytes)
+            create_public_dir(path.parent().unwrap_or(Path::new(".")))?;
+            create()
         }
         other => other,
     }

@@ -321,7 +321,7 @@ impl Publisher {
         });
         progress.fetch_add(errors.len(), Ordering::Relaxed);
         if let Some(staging) = &staging {
-            std::fs::create_dir_all(staging)?;
+            output::create_public_dir(staging)?;
             std::fs::rename(staging, &pages_dir)?;
         }
         let library = Library::from_entries(entries);

@@ -28,7 +28,7 @@ pub use crate::subscriber::{Schedule, SubState, Subscriber};
 pub const MARKER: &str = "state.id";
 
 fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
-    crate::output::write_atomic(path, format!("{id}\n").as_bytes())
+    crate::output::write_atomic_private(path, format!("{id}\n").as_bytes())
         .map(|_| ())
         .map_err(|source| StoreError::Marker {
             path: path.display().to_string(),

@@ -663,3 +663,34 @@ fn slow_bodies_from_one_address_do_not_lock_others_out() {
         "{answers:?}"
     );
 }
+
+#[test]
+fn the_state_is_private_and_the_site_public_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let mode = |rel: &str| {
+        std::fs::metadata(site.path(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("var/state"), 0o700);
+    assert_eq!(mode("var/state/token.key"), 0o600);
+    assert_eq!(mode("var/state/state.id"), 0o600);
+    assert_eq!(mode("var/state/admin.sock"), 0o600);
+    assert_eq!(mode("var/state/db/conf"), 0o600);
+    assert_eq!(mode("public"), 0o755);
+    assert_eq!(mode("public/index.html"), 0o644);
+    assert_eq!(mode("public/feeds/tat-ca.atom"), 0o644);
+    assert_eq!(mode("public/articles/cu.html"), 0o644);
+    // An admin request that is not one gets a clear answer, and the daemon goes on.
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(site.path("var/state/admin.sock")).unwrap();
+    sock.write_all(b"{not json}\n").unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("bad request"), "{answer}");
+    assert_eq!(daemon.get("/healthz").status, 200);
+}

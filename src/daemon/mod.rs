@@ -296,9 +296,9 @@ fn open(config: &Config) -> anyhow::Result<(Publisher, Store)> {
             config.store.dir.display()
         );
     }
-    std::fs::create_dir_all(&config.output.dir)
+    crate::output::create_public_dir(&config.output.dir)
         .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
-    std::fs::create_dir_all(&config.state.dir)
+    crate::output::create_private_dir(&config.state.dir)
         .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
     let store = Store::open(&config.state.dir).map_err(|e| {
         if e.to_string().contains("lock") {

@@ -116,6 +116,11 @@ pub async fn inbox(
     }
 }
 
+/// The largest admin request (mails given to `inbox process` travel in it).
+const ADMIN_MAX_REQUEST: u64 = 64 * 1024 * 1024;
+/// How long an admin connection may take to send its request.
+const ADMIN_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a state that failed a write is tried again.
 const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -299,7 +304,7 @@ pub fn admin_socket(
     signer: crate::token::Signer,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let path = config.state.dir.join(crate::admin::SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
@@ -318,12 +323,11 @@ pub fn admin_socket(
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                if tokio::io::BufReader::new(read)
-                    .read_line(&mut line)
-                    .await
-                    .is_err()
-                {
-                    return;
+                // One request line, of bounded size, within a bounded time.
+                let mut reader = tokio::io::BufReader::new(read.take(ADMIN_MAX_REQUEST));
+                match tokio::time::timeout(ADMIN_IDLE, reader.read_line(&mut line)).await {
+                    Ok(Ok(_)) if line.ends_with('\n') => {}
+                    _ => return,
                 }
                 let reply = match serde_json::from_str::<crate::admin::Request>(&line) {
                     Ok(request) => tokio::task::spawn_blocking(move || {

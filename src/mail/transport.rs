@@ -147,7 +147,7 @@ impl Transport {
                 let bytes = bytes.to_vec();
                 tokio::task::spawn_blocking(move || {
                     std::fs::create_dir_all(&dir)?;
-                    crate::output::write_atomic(&path, &bytes)
+                    crate::output::write_atomic_private(&path, &bytes)
                 })
                 .await
                 .map_err(|e| SendError::Temporary(e.to_string()))?
