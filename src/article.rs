@@ -236,6 +236,10 @@ fn is_signature(paragraph: &str) -> bool {
 }
 
 /// Reads `Ngày đăng[:] D/M/YYYY [| H:MM]`.
+/// Years an article may be dated in.
+pub const MIN_YEAR: u32 = 1945;
+pub const MAX_YEAR: u32 = 2100;
+
 fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
     let Some(rest) = line.strip_prefix(DATE_MARKER) else {
         return Err(format!(
@@ -259,6 +263,12 @@ fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
     let day = number(d, 1, 2).ok_or_else(bad_form)?;
     let month = number(m, 1, 2).ok_or_else(bad_form)?;
     let year = number(y, 4, 4).ok_or_else(bad_form)?;
+    if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+        return Err(format!(
+            "the year {year} of '{date_text}' is out of range; a council article is dated \
+             between {MIN_YEAR} and {MAX_YEAR}"
+        ));
+    }
     let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
         format!(
             "'{date_text}' is not a real date (day {day}, month {month}, year {year}); \
@@ -501,6 +511,15 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn years_out_of_range_are_errors_on_their_line() {
+        for date in ["01/01/0001", "14/02/1900", "01/01/2101", "31/12/9999"] {
+            let e = err(&format!("TIN\n\nTiêu đề\nNgày đăng {date}\n\nĐoạn.\n"));
+            assert_eq!(e.line, 4, "{date}");
+            assert!(e.message.contains("out of range"), "{date}: {}", e.message);
+        }
     }
 
     #[test]

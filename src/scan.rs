@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 use crate::article::{self, Article, ArticleError, LineError, parse_bytes};
 use crate::library::{Entry, Stamp};
 
+/// Bounds of a believable file modification time (unix seconds): 1970 to the end of 2100.
+const MIN_MTIME_SECS: i64 = 0;
+const MAX_MTIME_SECS: i64 = 4_133_980_799;
+
 /// One article file found in the store.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -172,7 +176,10 @@ impl StoreReader {
 
     /// The library entry for a parsed article.
     pub fn entry(&self, found: &Found, article: &Article) -> Entry {
-        let secs = found.stamp.mtime_ns.div_euclid(1_000_000_000) as i64;
+        // A modification time no clock could have set (year 10000, 1970 on a broken RTC
+        // is fine) is held within the years articles may be dated in.
+        let secs = (found.stamp.mtime_ns.div_euclid(1_000_000_000) as i64)
+            .clamp(MIN_MTIME_SECS, MAX_MTIME_SECS);
         let modified = self
             .tz
             .timestamp_opt(secs, 0)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::daemon::{Daemon, PATIENCE};
 use common::http::request;
-use common::{CAT_A, CAT_B, Site, article, set_mtime};
+use common::{CAT_A, CAT_B, Site, article, set_mtime, stdout};
 
 /// A site whose daemon listens on a free port.
 /// Held by the tests that must not run beside each other.
@@ -693,4 +693,61 @@ fn the_state_is_private_and_the_site_public_whatever_the_umask() {
     sock.read_to_string(&mut answer).unwrap();
     assert!(answer.contains("bad request"), "{answer}");
     assert_eq!(daemon.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_file_dated_year_10000_breaks_nothing_and_fixing_it_helps() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    site.publish(
+        "tuong-lai.txt",
+        &article(CAT_A, "Tệp lạ", "01/11/2026 | 09:00"),
+    );
+    daemon.get_until("/feeds/tin-tuc.rss", "the article", |r| {
+        r.text().contains("Tệp lạ")
+    });
+    // The file's modification time jumps to the year 10000.
+    let path = site.store().join("tuong-lai.txt");
+    common::set_mtime(&path, 253_402_300_800);
+    std::fs::write(&path, article(CAT_A, "Tệp lạ, sửa", "01/11/2026 | 09:00")).unwrap();
+    common::set_mtime(&path, 253_402_300_800);
+    let feed = daemon.get_until("/feeds/tin-tuc.rss", "the edit", |r| {
+        r.text().contains("Tệp lạ, sửa")
+    });
+    assert_eq!(feed.status, 200);
+    let year = |r: &common::http::Response| {
+        let lm = r.header("last-modified").unwrap().to_string();
+        lm.split_whitespace()
+            .nth(3)
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert!(
+        year(&feed) <= 2100,
+        "clamped: {:?}",
+        feed.header("last-modified")
+    );
+    // Fixed: Last-Modified comes down again, without a restart.
+    std::fs::write(
+        &path,
+        article(CAT_A, "Tệp lạ, đã sửa", "01/11/2026 | 09:00"),
+    )
+    .unwrap();
+    common::set_mtime(&path, 1_764_000_000);
+    let feed = daemon.get_until("/feeds/tin-tuc.rss", "the fix", |r| {
+        r.text().contains("Tệp lạ, đã sửa")
+    });
+    assert_eq!(
+        year(&feed),
+        2026,
+        "from the items: {:?}",
+        feed.header("last-modified")
+    );
+    // An article dated in year 1 is an error on its line.
+    site.put("co.txt", &article(CAT_A, "Cổ", "01/01/0001"));
+    assert!(
+        stdout(&site.bantin(&["check"]))
+            .contains("co.txt:4: the year 1 of '01/01/0001' is out of range")
+    );
 }

@@ -71,8 +71,6 @@ pub struct Engine {
     app: Arc<AppState>,
     /// Articles published up to this time; later ones are scheduled.
     pub horizon: DateTime<FixedOffset>,
-    /// Last-Modified of each feed file, never going back.
-    feed_times: HashMap<String, SystemTime>,
     /// The articles each feed lists: the bodies worth keeping in memory.
     feed_ids: HashMap<String, Vec<String>>,
     index_time: SystemTime,
@@ -107,7 +105,6 @@ impl Engine {
             categories,
             errors: HashMap::new(),
             app,
-            feed_times: HashMap::new(),
             feed_ids: HashMap::new(),
             index_time: SystemTime::UNIX_EPOCH,
             watch: None,
@@ -171,10 +168,7 @@ impl Engine {
         let mut snapshot = Snapshot::default();
         self.feed_ids.clear();
         for feed in &built.feeds {
-            let time = feed
-                .last_modified
-                .map_or(SystemTime::UNIX_EPOCH, system_time);
-            self.insert_feed(&mut snapshot, feed, time);
+            self.insert_feed(&mut snapshot, feed);
             self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
         self.index_time = self
@@ -199,14 +193,14 @@ impl Engine {
         Duration::from_secs(self.publisher.rescan_secs.max(1))
     }
 
-    fn insert_feed(&mut self, snapshot: &mut Snapshot, feed: &RenderedFeed, time: SystemTime) {
+    /// Serves a feed; its `Last-Modified` comes from its content (its newest item), so it
+    /// is the same after a restart and goes down again when a wrong date is fixed.
+    fn insert_feed(&mut self, snapshot: &mut Snapshot, feed: &RenderedFeed) {
+        let time = feed
+            .last_modified
+            .map_or(SystemTime::UNIX_EPOCH, system_time);
         for ((ext, media), body) in FORMATS.iter().zip(&feed.bodies) {
             let file = format!("{}.{ext}", feed.name);
-            let time = match self.feed_times.get(&file) {
-                Some(old) if *old > time => *old,
-                _ => time,
-            };
-            self.feed_times.insert(file.clone(), time);
             snapshot.feeds.insert(
                 file,
                 Arc::new(Served::feed(body.clone().into_bytes(), media, time)),
@@ -577,10 +571,7 @@ impl Engine {
         let mut snapshot = (*self.app.snapshot()).clone();
         let wall = system_time(self.clock.now_fixed());
         for feed in &rendered {
-            let time = feed
-                .last_modified
-                .map_or(wall, |t| system_time(t).max(wall));
-            self.insert_feed(&mut snapshot, feed, time);
+            self.insert_feed(&mut snapshot, feed);
         }
         let index = match self.publisher.render_index(&self.library, now) {
             Ok(html) => {
