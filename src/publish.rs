@@ -411,6 +411,36 @@ pub fn unknown_categories<'a>(
         .collect()
 }
 
+/// Renders every page and mail template once with sample data: what a reload checks
+/// before it takes new templates (a template can parse and still fail to render). One
+/// message per problem.
+pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> {
+    let pages = Pages { site, templates };
+    let sample = crate::mail::message::sample_article();
+    let entry = Entry::new(
+        &sample,
+        "mau/bai-mau.txt".into(),
+        Stamp::default(),
+        sample.published,
+    );
+    let mut problems = Vec::new();
+    if let Err(e) = pages.index(&[(&entry, sample.excerpt())], &[sample.category.as_str()]) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = pages.article(&sample) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút"))) {
+        problems.push(e.to_string());
+    }
+    let refill = crate::site::Refill::new("mau@example.vn", None, &[], &[sample.category.clone()]);
+    if let Err(e) = pages.subscribe_again("Tiêu đề", "Nội dung", &refill) {
+        problems.push(e.to_string());
+    }
+    problems.extend(crate::mail::check_templates(templates, site));
+    problems
+}
+
 /// The categories a subscriber may follow: those the store's articles use and those the
 /// feed definitions name, sorted.
 pub fn known_categories(library: &Library, feeds: &[FeedDef]) -> Vec<String> {

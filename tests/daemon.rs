@@ -751,3 +751,30 @@ fn a_file_dated_year_10000_breaks_nothing_and_fixing_it_helps() {
             .contains("co.txt:4: the year 1 of '01/01/0001' is out of range")
     );
 }
+
+#[test]
+fn a_reload_renders_the_templates_before_taking_them() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    let path = site.path("templates/web/article.html");
+    let good = std::fs::read_to_string(&path).unwrap();
+    // Parses, and fails on every page it renders.
+    std::fs::write(
+        &path,
+        good.replacen("{% block content %}", "{% block content %}{{ 1/0 }}", 1),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&path).unwrap().contains("1/0"),
+        "the template has a block"
+    );
+    daemon.signal("HUP");
+    daemon.wait_log("reload failed, keeping the running configuration");
+    // New pages still come out, with the templates that work.
+    site.publish(
+        "sau.txt",
+        &article(CAT_A, "Bài sau tải lại", "02/11/2026 | 09:00"),
+    );
+    let page = daemon.get_until("/articles/sau.html", "the new page", |r| r.status == 200);
+    assert!(page.text().contains("Bài sau tải lại"));
+}

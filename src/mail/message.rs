@@ -513,8 +513,8 @@ fn dkim_config(d: &crate::config::Dkim) -> Result<lettre::message::dkim::DkimCon
     ))
 }
 
-/// The sample article the template check and the snapshots render.
-fn sample_article() -> Article {
+/// The sample article the template checks and the snapshots render.
+pub fn sample_article() -> Article {
     Article {
         id: "mau/bai-mau".into(),
         category: "THÔNG BÁO".into(),
