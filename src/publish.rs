@@ -433,7 +433,12 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
     if let Err(e) = pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút"))) {
         problems.push(e.to_string());
     }
-    let refill = crate::site::Refill::new("mau@example.vn", None, &[], &[sample.category.clone()]);
+    let refill = crate::site::Refill::new(
+        "mau@example.vn",
+        None,
+        &[],
+        std::slice::from_ref(&sample.category),
+    );
     if let Err(e) = pages.subscribe_again("Tiêu đề", "Nội dung", &refill) {
         problems.push(e.to_string());
     }
