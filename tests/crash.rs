@@ -339,3 +339,38 @@ fn state_export_and_import_round_trip() {
         common::stderr(&out)
     );
 }
+
+/// The site's disk fills up: pages that could not be written are written once there is
+/// room, without an edit or a restart. Needs a tmpfs, so root; skipped otherwise.
+#[test]
+fn pages_that_could_not_be_written_are_written_once_there_is_room() {
+    let site = Site::with_config(
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [output]\ndir = \"public\"\n",
+    );
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    let Some(_tmpfs) = Tmpfs::mount(&site.path("public"), "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let daemon = Daemon::start(&site);
+    let filler = fill(&site.path("public"));
+    site.publish(
+        "moi.txt",
+        &article(CAT_A, "Bài khi đĩa đầy", "20/11/2026 | 08:00"),
+    );
+    daemon.wait_log("trying again later");
+    assert_eq!(daemon.get("/articles/moi.html").status, 404);
+    // The feed is served from memory all along.
+    assert!(
+        daemon
+            .get("/feeds/tin-tuc.rss")
+            .text()
+            .contains("Bài khi đĩa đầy")
+    );
+    std::fs::remove_file(filler).unwrap();
+    wait_for("the page written", Duration::from_secs(20), || {
+        daemon.get("/articles/moi.html").status == 200
+    });
+    daemon.wait_log("the site's files are all written again");
+}

@@ -83,6 +83,8 @@ pub struct Engine {
     rescan_every: Duration,
     next_rescan: Instant,
     watchdog: Option<(Duration, Instant)>,
+    /// Files of the site that could not be written (a full disk), tried again with backoff.
+    unwritten: Unwritten,
 }
 
 impl Engine {
@@ -114,6 +116,7 @@ impl Engine {
             rescan_every: Duration::from_secs(60),
             next_rescan: Instant::now(),
             watchdog: sd_notify::watchdog_enabled().map(|d| (d / 2, Instant::now())),
+            unwritten: Unwritten::default(),
         };
         engine.full_build()?;
         engine.start_watch();
@@ -268,6 +271,7 @@ impl Engine {
                 }),
                 Some(self.next_rescan),
                 self.watchdog.map(|(_, at)| at),
+                (!self.unwritten.is_empty()).then_some(self.unwritten.next),
             ]
             .into_iter()
             .flatten()
@@ -332,6 +336,7 @@ impl Engine {
             {
                 self.publish_changes(Vec::new(), Instant::now());
             }
+            self.write_unwritten();
             self.ping_watchdog();
         }
     }
@@ -599,20 +604,23 @@ impl Engine {
         index: Option<&str>,
     ) {
         for id in &plan.gone {
+            self.unwritten.pages.remove(id);
             if let Err(e) = self.publisher.remove_page(id) {
                 tracing::error!(id, "cannot remove the page: {e}");
             }
         }
         for entry in &plan.pages {
-            if let Some(article) = self.read_body(entry)
-                && let Err(e) = self.publisher.write_page(&article)
-            {
-                tracing::error!("{e}");
-            }
+            self.write_page(entry);
         }
         for feed in rendered {
             if let Err(e) = self.publisher.write_feed(feed) {
-                tracing::error!(feed = feed.name, "cannot write the feed: {e}");
+                tracing::error!(
+                    feed = feed.name,
+                    "cannot write the feed: {e}; trying again later"
+                );
+                self.unwritten.note_feed(feed.clone());
+            } else {
+                self.unwritten.feeds.remove(&feed.name);
             }
             self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
@@ -625,10 +633,71 @@ impl Engine {
             .map(String::as_str)
             .collect();
         self.publisher.trim_cache(&listed);
+        if let Some(html) = index {
+            match self.publisher.write_index(html) {
+                Ok(()) => self.unwritten.index = None,
+                Err(e) => {
+                    tracing::error!("cannot write index.html: {e}; trying again later");
+                    self.unwritten.index = Some(html.to_owned());
+                    self.unwritten.schedule();
+                }
+            }
+        }
+    }
+
+    /// Writes the page of `entry`; one that cannot be written is tried again later.
+    fn write_page(&mut self, entry: &Arc<Entry>) {
+        let Some(article) = self.read_body(entry) else {
+            return;
+        };
+        match self.publisher.write_page(&article) {
+            Ok(_) => {
+                self.unwritten.pages.remove(&entry.id);
+            }
+            Err(e) => {
+                tracing::error!("{e}; trying again later");
+                self.unwritten.pages.insert(entry.id.clone(), entry.clone());
+                self.unwritten.schedule();
+            }
+        }
+    }
+
+    /// Tries again what could not be written, when its time has come.
+    fn write_unwritten(&mut self) {
+        if self.unwritten.is_empty() || Instant::now() < self.unwritten.next {
+            return;
+        }
+        let (pages, feeds, index) = (
+            std::mem::take(&mut self.unwritten.pages),
+            std::mem::take(&mut self.unwritten.feeds),
+            self.unwritten.index.take(),
+        );
+        self.unwritten.failing = false;
+        for entry in pages.into_values() {
+            // Only what is still published.
+            if self
+                .library
+                .get(&entry.id)
+                .is_some_and(|e| e.stamp == entry.stamp)
+            {
+                self.write_page(&entry);
+            }
+        }
+        for feed in feeds.into_values() {
+            if let Err(e) = self.publisher.write_feed(&feed) {
+                tracing::debug!(feed = feed.name, "still cannot write the feed: {e}");
+                self.unwritten.note_feed(feed);
+            }
+        }
         if let Some(html) = index
-            && let Err(e) = self.publisher.write_index(html)
+            && self.publisher.write_index(&html).is_err()
         {
-            tracing::error!("cannot write index.html: {e}");
+            self.unwritten.index = Some(html);
+            self.unwritten.schedule();
+        }
+        if self.unwritten.is_empty() {
+            tracing::info!("the site's files are all written again");
+            self.unwritten = Unwritten::default();
         }
     }
 
@@ -656,6 +725,55 @@ impl Engine {
         }
     }
 }
+
+/// Files of the site that could not be written, and when to try again.
+struct Unwritten {
+    pages: HashMap<String, Arc<Entry>>,
+    feeds: HashMap<String, RenderedFeed>,
+    index: Option<String>,
+    next: Instant,
+    /// The wait before the next try; doubles while writes keep failing.
+    backoff: Duration,
+    /// Whether a failure was seen since the last try (the backoff then grows).
+    failing: bool,
+}
+
+impl Default for Unwritten {
+    fn default() -> Self {
+        Unwritten {
+            pages: HashMap::new(),
+            feeds: HashMap::new(),
+            index: None,
+            next: Instant::now(),
+            backoff: UNWRITTEN_FIRST,
+            failing: false,
+        }
+    }
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.pages.is_empty() && self.feeds.is_empty() && self.index.is_none()
+    }
+
+    fn note_feed(&mut self, feed: RenderedFeed) {
+        self.feeds.insert(feed.name.clone(), feed);
+        self.schedule();
+    }
+
+    /// Plans the next try: a failure in this round makes the wait longer.
+    fn schedule(&mut self) {
+        if !self.failing {
+            self.failing = true;
+            self.next = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(UNWRITTEN_MAX);
+        }
+    }
+}
+
+/// The first and the longest wait before writing the site's files again.
+const UNWRITTEN_FIRST: Duration = Duration::from_secs(1);
+const UNWRITTEN_MAX: Duration = Duration::from_secs(60);
 
 /// (device, inode) of a folder.
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
