@@ -189,8 +189,17 @@ fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec
         tz,
         max_bytes: config.store.max_bytes,
     };
-    let files = match reader.walk() {
-        Ok(f) => f,
+    let files = match reader.walk_with_twins() {
+        Ok((f, twins)) => {
+            for (keep, drop) in twins {
+                problems.push(format!(
+                    "{}:1: '{drop}' and '{keep}' are one name written two ways (NFC and NFD); \
+                     only '{keep}' is published: rename or remove one",
+                    config.store.dir.join(&drop).display()
+                ));
+            }
+            f
+        }
         Err(e) => {
             problems.push(format!(
                 "{}: cannot read the store: {e}",

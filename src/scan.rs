@@ -13,6 +13,60 @@ use std::sync::{Arc, Mutex};
 use crate::article::{self, Article, ArticleError, LineError, parse_bytes};
 use crate::library::{Entry, Stamp};
 
+/// The longest file name a page can have (NAME_MAX, less `.html`).
+const MAX_NAME_BYTES: usize = 255 - 5;
+
+/// What is wrong with the name of an article file (relative to the store) for the site.
+fn name_problem(file: &str) -> Option<String> {
+    if file.contains('\\') {
+        return Some(
+            "the name holds a '\\': it cannot be part of a page's address; rename the file".into(),
+        );
+    }
+    let longest = file.split('/').map(str::len).max().unwrap_or(0);
+    if longest > MAX_NAME_BYTES {
+        return Some(format!(
+            "a part of the name is {longest} bytes long; a page's file name may have at most \
+             {MAX_NAME_BYTES} (Vietnamese letters take 2 or 3 bytes each): shorten it"
+        ));
+    }
+    None
+}
+
+/// Of files whose ids are equal (one name typed in NFC and in NFD), keeps the one written in
+/// NFC (else the first by name) and names the others: (kept files, (kept, left out) pairs).
+fn keep_one_of_each_twin(found: Vec<Found>) -> (Vec<Found>, Vec<(String, String)>) {
+    use std::collections::hash_map::Entry as Slot;
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut kept: Vec<Found> = Vec::with_capacity(found.len());
+    let mut twins = Vec::new();
+    for f in found {
+        let is_nfc = |f: &Found| f.file.strip_suffix(".txt") == Some(f.id.as_str());
+        match by_id.entry(f.id.clone()) {
+            Slot::Vacant(slot) => {
+                slot.insert(kept.len());
+                kept.push(f);
+            }
+            Slot::Occupied(slot) => {
+                let old = &mut kept[*slot.get()];
+                if is_nfc(&f) && !is_nfc(old) {
+                    twins.push((f.file.clone(), old.file.clone()));
+                    *old = f;
+                } else {
+                    twins.push((old.file.clone(), f.file.clone()));
+                }
+            }
+        }
+    }
+    for (keep, drop) in &twins {
+        tracing::warn!(
+            "'{keep}' and '{drop}' are one name written two ways (NFC and NFD): only \
+             '{keep}' is published; rename or remove one"
+        );
+    }
+    (kept, twins)
+}
+
 /// Bounds of a believable file modification time (unix seconds): 1970 to the end of 2100.
 const MIN_MTIME_SECS: i64 = 0;
 const MAX_MTIME_SECS: i64 = 4_133_980_799;
@@ -81,6 +135,12 @@ impl StoreReader {
     }
 
     fn walk_kind(&self, drafts: bool) -> std::io::Result<Vec<Found>> {
+        let mut found = self.walk_kind_all(drafts)?;
+        found.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(keep_one_of_each_twin(found).0)
+    }
+
+    fn walk_kind_all(&self, drafts: bool) -> std::io::Result<Vec<Found>> {
         let root = self.root.canonicalize()?;
         let mut found = Vec::new();
         let mut stack = vec![PathBuf::new()];
@@ -112,8 +172,15 @@ impl StoreReader {
                 }
             }
         }
-        found.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(found)
+    }
+
+    /// The store's articles, and the pairs of files that are one name written two ways
+    /// (NFC and NFD): (kept, left out).
+    pub fn walk_with_twins(&self) -> std::io::Result<(Vec<Found>, Vec<(String, String)>)> {
+        let mut found = self.walk_kind_all(false)?;
+        found.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(keep_one_of_each_twin(found))
     }
 
     /// The article at `rel` (relative to the canonical `root`), when it is one (a draft
@@ -171,6 +238,9 @@ impl StoreReader {
 
     /// Reads and parses one found file.
     pub fn read(&self, found: &Found) -> Result<Article, ArticleError> {
+        if let Some(problem) = name_problem(&found.file) {
+            return Err(ArticleError::at(&found.path, LineError::new(1, problem)));
+        }
         from_file(&found.path, &found.id, self.tz, self.max_bytes)
     }
 

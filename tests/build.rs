@@ -399,3 +399,52 @@ fn read_only_commands_away_from_the_site_create_nothing() {
         "nothing was created"
     );
 }
+
+#[test]
+fn names_that_break_ids_are_errors_and_twins_publish_one() {
+    let site = Site::with_config(LOCAL);
+    site.put(
+        "thông-báo.txt",
+        &article(CAT_A, "Bản NFC", "14/02/2020 | 08:16"),
+    );
+    site.put(
+        "tho\u{302}ng-ba\u{301}o.txt",
+        &article(CAT_A, "Bản NFD", "15/02/2020 | 08:16"),
+    );
+    site.put("a\\b.txt", &article(CAT_A, "Gạch ngược", "14/02/2020"));
+    // 255 bytes: a file may have that name, its page (`.html` for `.txt`) may not.
+    let long = format!("{}a.txt", "đ".repeat(125));
+    site.put(&long, &article(CAT_A, "Tên dài", "14/02/2020"));
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let problems = stdout(&out);
+    assert!(
+        problems.contains("are one name written two ways (NFC and NFD)")
+            && problems.contains("only 'thông-báo.txt' is published"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("a\\b.txt:1: the name holds a '\\'"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("bytes long; a page's file name may have at most 250"),
+        "{problems}"
+    );
+    // build publishes the NFC one, and every item of a feed has its page.
+    let out = site.bantin(&["build"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let page = site.read_public("articles/thông-báo.html");
+    assert!(page.contains("Bản NFC"), "{page}");
+    let feed = site.read_public("feeds/tat-ca.json");
+    let json: serde_json::Value = serde_json::from_str(&feed).unwrap();
+    for item in json["items"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        let rel = url.split("/articles/").nth(1).unwrap();
+        let rel = rel.replace("%C3%B4", "ô").replace("%C3%A1", "á");
+        assert!(
+            site.public().join("articles").join(&rel).exists(),
+            "{url} has no page"
+        );
+    }
+}
