@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use crate::article::{self, Article, ArticleError, LineError, parse_bytes};
 use crate::library::{Entry, Stamp};
 
+/// Two files that are one name: (the one published, the one left out).
+pub type Twin = (String, String);
+
 /// The longest file name a page can have (NAME_MAX, less `.html`).
 const MAX_NAME_BYTES: usize = 255 - 5;
 
@@ -35,7 +38,7 @@ fn name_problem(file: &str) -> Option<String> {
 
 /// Of files whose ids are equal (one name typed in NFC and in NFD), keeps the one written in
 /// NFC (else the first by name) and names the others: (kept files, (kept, left out) pairs).
-fn keep_one_of_each_twin(found: Vec<Found>) -> (Vec<Found>, Vec<(String, String)>) {
+fn keep_one_of_each_twin(found: Vec<Found>) -> (Vec<Found>, Vec<Twin>) {
     use std::collections::hash_map::Entry as Slot;
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut kept: Vec<Found> = Vec::with_capacity(found.len());
@@ -177,7 +180,7 @@ impl StoreReader {
 
     /// The store's articles, and the pairs of files that are one name written two ways
     /// (NFC and NFD): (kept, left out).
-    pub fn walk_with_twins(&self) -> std::io::Result<(Vec<Found>, Vec<(String, String)>)> {
+    pub fn walk_with_twins(&self) -> std::io::Result<(Vec<Found>, Vec<Twin>)> {
         let mut found = self.walk_kind_all(false)?;
         found.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(keep_one_of_each_twin(found))
