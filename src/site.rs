@@ -43,6 +43,14 @@ pub enum TemplateError {
     Render { name: String, message: String },
 }
 
+/// The site's name and address, which a reload can change for mails and forms too.
+pub type SharedSite = std::sync::Arc<std::sync::RwLock<std::sync::Arc<SiteInfo>>>;
+
+/// A [`SharedSite`] holding `site`.
+pub fn share_site(site: SiteInfo) -> SharedSite {
+    std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(site)))
+}
+
 /// Templates that a reload can replace while requests and mails use them.
 pub type SharedTemplates = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Templates>>>;
 

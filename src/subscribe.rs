@@ -45,7 +45,8 @@ pub struct SubscribeState {
     /// How long a confirmation link works (seconds).
     pub confirm_secs: i64,
     pub templates: crate::site::SharedTemplates,
-    pub site: SiteInfo,
+    /// The site's name and address (a reload may change them).
+    pub site: crate::site::SharedSite,
     limiter: Limiter,
 }
 
@@ -55,7 +56,7 @@ impl SubscribeState {
         links: Links,
         categories: Arc<std::sync::RwLock<Vec<String>>>,
         templates: crate::site::SharedTemplates,
-        site: SiteInfo,
+        site: crate::site::SharedSite,
         per_hour: u32,
     ) -> Self {
         SubscribeState {
@@ -80,12 +81,17 @@ impl SubscribeState {
         self.render(status, |pages| pages.message(heading, message, form))
     }
 
+    /// The site as it is now.
+    fn site(&self) -> std::sync::Arc<SiteInfo> {
+        self.site.read().expect("site").clone()
+    }
+
     /// A form posted from another site (its `Origin`, or else its `Referer`, is not ours):
     /// refused, so no page elsewhere can subscribe or change someone. Requests without
     /// either (not from a browser) pass. One-click unsubscribe is not checked: mail
     /// providers post it from their own servers (RFC 8058).
     fn cross_site(&self, headers: &HeaderMap) -> Option<Response> {
-        let ours = origin_of(&self.site.base_url)?;
+        let ours = origin_of(&self.site().base_url)?;
         let theirs = headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
@@ -137,8 +143,9 @@ impl SubscribeState {
         page: impl FnOnce(&Pages<'_>) -> Result<String, crate::site::TemplateError>,
     ) -> Response {
         let templates = crate::site::current(&self.templates);
+        let site = self.site();
         let pages = Pages {
-            site: &self.site,
+            site: &site,
             templates: &templates,
         };
         match page(&pages) {
@@ -437,7 +444,7 @@ async fn confirm_page(
     if let Err(problem) = state.confirm_token(Some(&token)) {
         return state.link_problem(problem);
     }
-    let action = format!("{}/confirm", state.site.base_url);
+    let action = format!("{}/confirm", state.site().base_url);
     state.page(
         StatusCode::OK,
         "Xác nhận đăng ký nhận tin",
@@ -509,7 +516,7 @@ async fn unsubscribe_page(
     else {
         return state.link_problem(LinkProblem::Invalid);
     };
-    let action = format!("{}/unsubscribe", state.site.base_url);
+    let action = format!("{}/unsubscribe", state.site().base_url);
     state.page(
         StatusCode::OK,
         "Hủy đăng ký nhận tin",

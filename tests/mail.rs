@@ -1042,3 +1042,45 @@ fn pages_carry_security_headers_and_forms_refuse_other_sites() {
     assert_eq!(deliveries(&site), 0, "nothing queued for a cross-site post");
     assert_eq!(post("http://bantin.test").status, 200);
 }
+
+#[test]
+fn a_new_base_url_reaches_mail_links_and_forms_on_reload() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    site.write(
+        "bantin.toml",
+        &text.replace(
+            "http://bantin.test",
+            "https://hdnd.example.vn/phuong-cau-giay",
+        ),
+    );
+    daemon.signal("HUP");
+    daemon.wait_log("reloaded");
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let alert = wait_mails(&smtp, 1).remove(0);
+    let lu = header(&alert.data, "List-Unsubscribe").unwrap();
+    assert!(
+        lu.starts_with("<https://hdnd.example.vn/phuong-cau-giay/unsubscribe?token="),
+        "{lu}"
+    );
+    let body = part(&alert.data, "text/plain").unwrap();
+    assert!(
+        body.contains("https://hdnd.example.vn/phuong-cau-giay/articles/moi.html"),
+        "{body}"
+    );
+    // The forms of the subscription pages post to the new address too.
+    let r = subscribe(
+        &daemon,
+        "email=x%40x.vn&schedule=weekly&categories=KHONG+CO",
+    );
+    // (minijinja writes '/' in attributes as '&#x2f;': valid HTML.)
+    let html = r.text().replace("&#x2f;", "/");
+    assert!(
+        html.contains("action=\"https://hdnd.example.vn/phuong-cau-giay/subscribe\""),
+        "{html}"
+    );
+}

@@ -118,10 +118,12 @@ pub async fn serve(
     // swaps them for all) and its article cache.
     let templates: crate::site::SharedTemplates =
         Arc::new(std::sync::RwLock::new(publisher.templates.clone()));
+    let site = crate::site::share_site(publisher.site.clone());
     let mail = Mail::setup(
         &config,
         store.clone(),
         templates.clone(),
+        site.clone(),
         publisher.articles.clone(),
         clock.clone(),
     )
@@ -204,6 +206,7 @@ pub async fn serve(
             config.clone(),
             reload,
             templates.clone(),
+            (site.clone(), mail.links.clone()),
             tx.clone(),
         )),
     ];
@@ -238,7 +241,7 @@ pub async fn serve(
         mail.links.clone(),
         categories,
         templates,
-        crate::feed::SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+        site.clone(),
         config.mail.subscribe_per_hour,
     );
     subscribe.trusted = config.http.trusted();

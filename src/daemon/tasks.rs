@@ -256,6 +256,7 @@ pub async fn reloads(
     original: Config,
     reload: Arc<tokio::sync::Notify>,
     shared: crate::site::SharedTemplates,
+    (site, links): (crate::site::SharedSite, crate::mail::Links),
     engine: Sender<Msg>,
 ) {
     loop {
@@ -263,8 +264,11 @@ pub async fn reloads(
         notify(&[NotifyState::Reloading]);
         match reload_publisher(&original) {
             Ok(publisher) => {
-                // Pages of the subscription routes and mails use the new ones too.
+                // Pages of the subscription routes and mails use the new ones too, and the
+                // new site.title and site.base_url.
                 *shared.write().expect("templates lock") = publisher.templates.clone();
+                *site.write().expect("site lock") = Arc::new(publisher.site.clone());
+                links.set_base_url(&publisher.site.base_url);
                 let _ = engine.send(Msg::Reload(Box::new(publisher)));
             }
             Err(e) => {

@@ -27,15 +27,21 @@ use crate::token::{Purpose, Signer};
 #[derive(Clone)]
 pub struct Links {
     pub signer: Signer,
-    base_url: String,
+    /// `site.base_url`, shared by every clone: a reload changes it for all.
+    base_url: std::sync::Arc<std::sync::RwLock<String>>,
 }
 
 impl Links {
     pub fn new(signer: Signer, base_url: &str) -> Links {
         Links {
             signer,
-            base_url: base_url.to_owned(),
+            base_url: std::sync::Arc::new(std::sync::RwLock::new(base_url.to_owned())),
         }
+    }
+
+    /// A new `site.base_url` (a reload).
+    pub fn set_base_url(&self, base_url: &str) {
+        *self.base_url.write().expect("base url") = base_url.to_owned();
     }
 
     /// The link that unsubscribes `email`, issued at `issued` (unix seconds).
@@ -54,7 +60,7 @@ impl Links {
     fn url(&self, route: &str, purpose: Purpose, email: &str, issued: i64) -> String {
         format!(
             "{}/{route}?token={}",
-            self.base_url,
+            self.base_url.read().expect("base url"),
             self.signer.sign(purpose, email, issued)
         )
     }
@@ -116,7 +122,7 @@ pub struct Composed {
 /// Turns deliveries into messages.
 pub struct Composer {
     templates: SharedTemplates,
-    site: SiteInfo,
+    site: crate::site::SharedSite,
     tz: Tz,
     from: Mailbox,
     list_id: String,
@@ -133,6 +139,7 @@ impl Composer {
     pub fn from_config(
         config: &Config,
         templates: SharedTemplates,
+        site: crate::site::SharedSite,
         links: Links,
     ) -> Result<Composer, MailError> {
         let from: Mailbox = config
@@ -161,7 +168,7 @@ impl Composer {
         Ok(Composer {
             return_path,
             templates,
-            site: SiteInfo::new(&config.site.title, config.base_url(), &config.site.language),
+            site,
             tz: config.timezone().map_err(MailError::Config)?,
             from,
             list_id,
@@ -178,6 +185,7 @@ impl Composer {
         content: Content<'_>,
     ) -> Result<Rendered, ComposeError> {
         let templates = crate::site::current(&self.templates);
+        let site = self.site.read().expect("site").clone();
         let render = |name: &str, ctx: &minijinja::Value| -> Result<_, ComposeError> {
             let text = templates.render(&format!("email/{name}.txt"), ctx.clone())?;
             let html = templates.render(&format!("email/{name}.html"), ctx.clone())?;
@@ -189,17 +197,17 @@ impl Composer {
         let preferences_url = self.links.preferences_url(&delivery.email, issued);
         let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
             (Kind::Alert { .. }, Content::Alert(a)) => (
-                format!("[{}] {}", self.site.title, a.title),
+                format!("[{}] {}", site.title, a.title),
                 "alert",
                 context! {
-                    article => article_ctx(&self.site, a),
+                    article => article_ctx(&site, a),
                     unsubscribe_url => unsubscribe_url,
                     preferences_url => preferences_url,
                 },
                 true,
             ),
             (Kind::Digest { schedule, run, .. }, Content::Digest(articles)) => {
-                let groups = group_by_category(&self.site, articles);
+                let groups = group_by_category(&site, articles);
                 if groups.is_empty() {
                     return Err(ComposeError::NothingLeft);
                 }
@@ -215,7 +223,7 @@ impl Composer {
                     _ => format!("Bản tin ngày {day}"),
                 };
                 (
-                    format!("[{}] {heading}: {count} tin mới", self.site.title),
+                    format!("[{}] {heading}: {count} tin mới", site.title),
                     "digest",
                     context! {
                         heading => heading,
@@ -234,7 +242,7 @@ impl Composer {
                     categories,
                 },
             ) => (
-                format!("Xác nhận đăng ký nhận tin – {}", self.site.title),
+                format!("Xác nhận đăng ký nhận tin – {}", site.title),
                 "confirm",
                 context! {
                     email => delivery.email.clone(),
@@ -298,7 +306,11 @@ impl Composer {
             .date(date.into())
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Id"),
-                format!("{} <{}>", self.site.title, self.list_id),
+                format!(
+                    "{} <{}>",
+                    self.site.read().expect("site").title,
+                    self.list_id
+                ),
             ))
             // Out-of-office and other robots do not answer (RFC 3834).
             .raw_header(HeaderValue::new(
@@ -534,7 +546,7 @@ pub fn sample_article() -> Article {
 pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
     let composer = Composer {
         templates: Arc::new(std::sync::RwLock::new(Arc::new(templates.clone()))),
-        site: site.clone(),
+        site: crate::site::share_site(site.clone()),
         tz: chrono_tz::Asia::Ho_Chi_Minh,
         from: "mau@example.vn".parse().expect("valid address"),
         list_id: "mau.example.vn".into(),
@@ -593,7 +605,7 @@ mod tests {
         templates.set_site(&site, &[]);
         Composer {
             templates: Arc::new(std::sync::RwLock::new(Arc::new(templates))),
-            site: site.clone(),
+            site: crate::site::share_site(site.clone()),
             tz: chrono_tz::Asia::Ho_Chi_Minh,
             from: "HĐND quận Cầu Giấy <bantin@hdnd.example.vn>"
                 .parse()

@@ -155,6 +155,7 @@ impl Mail {
         config: &Config,
         store: Store,
         templates: SharedTemplates,
+        site: crate::site::SharedSite,
         articles: Arc<ArticleCache>,
         clock: Clock,
     ) -> Result<Mail, MailError> {
@@ -167,7 +168,7 @@ impl Mail {
             metrics.clone(),
             NewsPolicy::from_config(config),
         );
-        let composer = Composer::from_config(config, templates, links.clone())?;
+        let composer = Composer::from_config(config, templates, site, links.clone())?;
         let transport = Transport::from_config(config)?;
         let worker = Worker::new(config, outbox.clone(), composer, transport, articles)?;
         Ok(Mail {
