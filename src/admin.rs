@@ -107,6 +107,8 @@ pub struct Context<'a> {
     pub signer: Option<crate::token::Signer>,
     /// `mail.return_path`, whose local part names the bounce addresses.
     pub return_path: &'a str,
+    /// Whether the relay takes non-ASCII addresses, as it last said (only the daemon knows).
+    pub relay_utf8: Option<bool>,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
@@ -123,6 +125,25 @@ fn parse_categories(text: &str, sep: char) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// Why an address is refused, for the command line.
+fn address_message(email: &str, problem: crate::mail::AddressProblem) -> String {
+    match problem {
+        crate::mail::AddressProblem::Invalid => format!("'{email}' is not a mail address"),
+        crate::mail::AddressProblem::NeedsUtf8 {
+            relay_said_no: true,
+        } => format!(
+            "'{email}' has non-ASCII letters and the relay does not take them (it does not \
+             advertise SMTPUTF8)"
+        ),
+        crate::mail::AddressProblem::NeedsUtf8 {
+            relay_said_no: false,
+        } => format!(
+            "'{email}' has non-ASCII letters: the daemon takes it only once the relay has said \
+             it accepts them (SMTPUTF8); add it while the daemon runs, after it has sent mail"
+        ),
+    }
 }
 
 /// One line about a subscriber following categories that match nothing.
@@ -188,12 +209,15 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             categories,
             confirmed,
         } => {
-            let Some(email) = crate::mail::normalize_email(&email) else {
-                return Ok(Reply {
-                    code: 2,
-                    stdout: String::new(),
-                    stderr: format!("error: '{email}' is not a mail address\n"),
-                });
+            let email = match crate::mail::check_address(&email, ctx.relay_utf8) {
+                Ok(email) => email,
+                Err(problem) => {
+                    return Ok(Reply {
+                        code: 2,
+                        stdout: String::new(),
+                        stderr: format!("error: {}\n", address_message(&email, problem)),
+                    });
+                }
             };
             let Some(schedule) = Schedule::parse(&schedule) else {
                 return Ok(Reply {
@@ -386,12 +410,15 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
             continue;
         }
         let field = |c: Option<usize>| c.and_then(|c| row.get(c)).map(|s| s.trim()).unwrap_or("");
-        let Some(email) = crate::mail::normalize_email(field(Some(c_email))) else {
-            problems.push_str(&format!(
-                "line {line}: '{}' is not a mail address\n",
-                field(Some(c_email))
-            ));
-            continue;
+        let email = match crate::mail::check_address(field(Some(c_email)), ctx.relay_utf8) {
+            Ok(email) => email,
+            Err(problem) => {
+                problems.push_str(&format!(
+                    "line {line}: {}\n",
+                    address_message(field(Some(c_email)), problem)
+                ));
+                continue;
+            }
         };
         let schedule_text = field(c_schedule);
         let schedule = if schedule_text.is_empty() {
@@ -681,6 +708,7 @@ mod tests {
             categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
             signer: None,
             return_path: "",
+            relay_utf8: None,
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
         };

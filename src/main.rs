@@ -291,6 +291,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                     )
                     .ok(),
                     return_path: &config.mail.return_path,
+                    relay_utf8: None,
                     store_dir: &config.store.dir,
                     on_queued: &|| {},
                 };

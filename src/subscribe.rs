@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Cidr;
 use crate::feed::SiteInfo;
-use crate::mail::{Links, MailError, Outbox, normalize_email};
+use crate::mail::{AddressProblem, Links, MailError, Outbox, check_address};
 use crate::site::Pages;
 use crate::site::Refill;
 use crate::subscriber::{Schedule, SubState, Subscriber, canonical_categories};
@@ -298,13 +298,22 @@ async fn subscribe(
         &categories,
         &known,
     );
-    let (Some(email), Some(schedule)) = (email.as_deref().and_then(normalize_email), schedule)
-    else {
-        return state.refill(
-            "Thông tin chưa hợp lệ",
-            "Vui lòng nhập một địa chỉ thư điện tử hợp lệ (ví dụ ten@vidu.vn) và chọn cách nhận tin.",
-            &refill,
-        );
+    let checked = email
+        .as_deref()
+        .map(|e| check_address(e, state.outbox.relay_utf8.get()));
+    let (Some(Ok(email)), Some(schedule)) = (checked.clone(), schedule) else {
+        let message = match checked {
+            Some(Err(AddressProblem::NeedsUtf8 { .. })) => {
+                "Địa chỉ này có chữ có dấu hoặc ký tự không thuộc bảng ASCII; máy chủ gửi thư của \
+                 chúng tôi chưa nhận loại địa chỉ này (SMTPUTF8). Vui lòng dùng một địa chỉ chỉ \
+                 gồm chữ không dấu (ví dụ ten@vidu.vn)."
+            }
+            _ => {
+                "Vui lòng nhập một địa chỉ thư điện tử hợp lệ (ví dụ ten@vidu.vn) và chọn cách \
+                 nhận tin."
+            }
+        };
+        return state.refill("Thông tin chưa hợp lệ", message, &refill);
     };
     let categories = match canonical_categories(&categories, &known) {
         Ok(c) => c,

@@ -1084,3 +1084,31 @@ fn a_new_base_url_reaches_mail_links_and_forms_on_reload() {
         "{html}"
     );
 }
+
+#[test]
+fn a_non_ascii_address_waits_for_a_relay_that_takes_it() {
+    // The scripted relay advertises SMTPUTF8.
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    // Before bantin has spoken to the relay, it cannot know.
+    let r = subscribe(&daemon, "email=d%C3%A2n%40x.vn&schedule=daily");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("SMTPUTF8"), "{}", r.text());
+    let out = site.bantin(&["subscribers", "add", "dân@x.vn"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("SMTPUTF8"),
+        "{}",
+        common::stderr(&out)
+    );
+    // Once it has: accepted.
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_mails(&smtp, 1);
+    let r = subscribe(&daemon, "email=d%C3%A2n%40x.vn&schedule=daily");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dân@x.vn\tdaily\tpending"), "{list}");
+}

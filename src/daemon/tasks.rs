@@ -348,6 +348,7 @@ pub fn admin_socket(
                             categories: &|| categories.read().expect("categories").clone(),
                             signer: Some(signer),
                             return_path: &return_path,
+                            relay_utf8: outbox.relay_utf8.get(),
                             store_dir: &store_dir,
                             on_queued: &wake,
                         };

@@ -169,7 +169,7 @@ impl Mail {
             NewsPolicy::from_config(config),
         );
         let composer = Composer::from_config(config, templates, site, links.clone())?;
-        let transport = Transport::from_config(config)?;
+        let transport = Transport::from_config(config, outbox.relay_utf8.clone())?;
         let worker = Worker::new(config, outbox.clone(), composer, transport, articles)?;
         Ok(Mail {
             outbox,
@@ -180,28 +180,78 @@ impl Mail {
     }
 }
 
-/// Whether `text` looks like one mail address that can be mailed (what the subscribe form
-/// and the commands accept), lowercased. Refused: quoted local parts, IP literals, invisible
-/// or bidirectional control characters, and non-ASCII addresses (the relay would need
-/// SMTPUTF8, which bantin does not rely on).
+/// Whether the relay takes addresses with non-ASCII letters (SMTPUTF8), as its last EHLO
+/// said: unknown until bantin has connected to it.
+#[derive(Debug, Clone, Default)]
+pub struct RelayUtf8(Arc<std::sync::atomic::AtomicU8>);
+
+impl RelayUtf8 {
+    const UNKNOWN: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+
+    pub fn set(&self, supported: bool) {
+        let v = if supported { Self::YES } else { Self::NO };
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Some(true)` when the relay advertised SMTPUTF8, `Some(false)` when it did not,
+    /// `None` before any connection.
+    pub fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::UNKNOWN => None,
+            v => Some(v == Self::YES),
+        }
+    }
+}
+
+/// Why an address is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressProblem {
+    /// Not one address, or one that cannot be mailed: quoted, an IP literal, control or
+    /// invisible or bidirectional characters.
+    Invalid,
+    /// Non-ASCII letters, and the relay has not said it takes them (SMTPUTF8).
+    NeedsUtf8 { relay_said_no: bool },
+}
+
+/// Whether `text` is one mail address that can be mailed, lowercased; non-ASCII refused.
 pub fn normalize_email(text: &str) -> Option<String> {
+    check_address(text, Some(false)).ok()
+}
+
+/// Whether `text` is one mail address that can be mailed (what the subscribe form and the
+/// commands accept), lowercased. Non-ASCII letters pass only when the relay takes them
+/// (`utf8`: what it said of SMTPUTF8).
+pub fn check_address(text: &str, utf8: Option<bool>) -> Result<String, AddressProblem> {
     let email = text.trim().to_lowercase();
-    if email.len() > 254 || email.contains(char::is_whitespace) {
-        return None;
-    }
-    if !email.is_ascii()
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c,
+                '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if email.len() > 254
+        || email.contains(char::is_whitespace)
         || email.contains(['"', '[', ']', '\\'])
-        || email.chars().any(char::is_control)
+        || email.chars().any(invisible)
     {
-        return None;
+        return Err(AddressProblem::Invalid);
     }
-    let (local, domain) = email.rsplit_once('@')?;
+    let (local, domain) = email.rsplit_once('@').ok_or(AddressProblem::Invalid)?;
     if local.is_empty() || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.')
     {
-        return None;
+        return Err(AddressProblem::Invalid);
     }
-    email.parse::<Address>().ok()?;
-    Some(email)
+    if !email.is_ascii() && utf8 != Some(true) {
+        return Err(AddressProblem::NeedsUtf8 {
+            relay_said_no: utf8 == Some(false),
+        });
+    }
+    email
+        .parse::<Address>()
+        .map_err(|_| AddressProblem::Invalid)?;
+    Ok(email)
 }
 
 #[cfg(test)]
@@ -226,5 +276,26 @@ mod tests {
         ] {
             assert_eq!(normalize_email(bad), None, "{bad:?}");
         }
+        use super::{AddressProblem, check_address};
+        assert_eq!(
+            check_address("dân@x.vn", None),
+            Err(AddressProblem::NeedsUtf8 {
+                relay_said_no: false
+            })
+        );
+        assert_eq!(
+            check_address("dân@x.vn", Some(false)),
+            Err(AddressProblem::NeedsUtf8 {
+                relay_said_no: true
+            })
+        );
+        assert_eq!(
+            check_address("dân@x.vn", Some(true)).as_deref(),
+            Ok("dân@x.vn")
+        );
+        assert_eq!(
+            check_address("d\u{202e}ân@x.vn", Some(true)),
+            Err(AddressProblem::Invalid)
+        );
     }
 }

@@ -30,6 +30,8 @@ pub struct Outbox {
     /// Set while delivery as a whole is paused (the relay refuses us, the state cannot be
     /// written); read by `status` and `/metrics`.
     pub pause: Arc<Mutex<Option<Pause>>>,
+    /// Whether the relay takes non-ASCII addresses, as it last said.
+    pub relay_utf8: super::RelayUtf8,
     /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted.
     settling: Arc<Mutex<HashMap<String, Settling>>>,
     /// Told when an article starts settling.
@@ -84,6 +86,7 @@ impl Outbox {
             in_flight: Arc::default(),
             metrics,
             pause: Arc::default(),
+            relay_utf8: super::RelayUtf8::default(),
             settling: Arc::default(),
             settled: Arc::default(),
             policy,

@@ -119,14 +119,14 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn from_config(config: &Config) -> Result<Transport, MailError> {
+    pub fn from_config(config: &Config, utf8: super::RelayUtf8) -> Result<Transport, MailError> {
         let mail = &config.mail;
         match mail.transport.as_str() {
             "file" => Ok(Transport::File(mail.dir.clone())),
             "sendmail" => Ok(Transport::Sendmail(
                 AsyncSendmailTransport::<Tokio1Executor>::new_with_command(&mail.sendmail_command),
             )),
-            "smtp" => Ok(Transport::Smtp(SmtpPool::from_config(config)?)),
+            "smtp" => Ok(Transport::Smtp(SmtpPool::from_config(config, utf8)?)),
             other => Err(MailError::Config(format!(
                 "mail.transport '{other}' is not one of file, smtp, sendmail"
             ))),
@@ -190,6 +190,8 @@ pub struct SmtpPool {
     max_per_connection: usize,
     /// Open connections, when each was last used, and how many mails each carried.
     idle: Mutex<Vec<Pooled>>,
+    /// Noted at each connection: whether the relay takes non-ASCII addresses.
+    utf8: super::RelayUtf8,
 }
 
 struct Pooled {
@@ -199,7 +201,7 @@ struct Pooled {
 }
 
 impl SmtpPool {
-    fn from_config(config: &Config) -> Result<SmtpPool, MailError> {
+    fn from_config(config: &Config, utf8: super::RelayUtf8) -> Result<SmtpPool, MailError> {
         let smtp = &config.mail.smtp;
         let credentials = match &smtp.username {
             None => None,
@@ -250,6 +252,7 @@ impl SmtpPool {
             },
             max_per_connection: smtp.max_messages_per_connection.max(1),
             idle: Mutex::default(),
+            utf8,
         })
     }
 
@@ -299,7 +302,10 @@ impl SmtpPool {
             Ok(conn)
         };
         match tokio::time::timeout(self.timeouts.connect, open).await {
-            Ok(result) => result,
+            Ok(result) => result.inspect(|conn| {
+                self.utf8
+                    .set(conn.server_info().supports_feature(Extension::SmtpUtfEight));
+            }),
             Err(_) => Err(SendError::Ours(format!(
                 "smtp: {}:{} did not greet us within {:?}",
                 self.host, self.port, self.timeouts.connect
