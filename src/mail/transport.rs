@@ -114,7 +114,7 @@ fn phase_name(phase: Phase) -> &'static str {
 pub enum Transport {
     /// `.eml` files in a folder (the default: needs no server).
     File(PathBuf),
-    Smtp(SmtpPool),
+    Smtp(Box<SmtpPool>),
     Sendmail(AsyncSendmailTransport<Tokio1Executor>),
 }
 
@@ -126,7 +126,9 @@ impl Transport {
             "sendmail" => Ok(Transport::Sendmail(
                 AsyncSendmailTransport::<Tokio1Executor>::new_with_command(&mail.sendmail_command),
             )),
-            "smtp" => Ok(Transport::Smtp(SmtpPool::from_config(config, utf8)?)),
+            "smtp" => Ok(Transport::Smtp(Box::new(SmtpPool::from_config(
+                config, utf8,
+            )?))),
             other => Err(MailError::Config(format!(
                 "mail.transport '{other}' is not one of file, smtp, sendmail"
             ))),
