@@ -28,6 +28,7 @@
 //! - [`watch`]: file events, debounced, plus periodic rescans.
 //! - [`mail`]: `outbox` (who is owed what), `message` (a delivery rendered into a message),
 //!   `transport` (SMTP pool, files, sendmail), `worker` (sending, retries, group commit).
+//! - [`health`]: liveness of the daemon's parts, for the systemd watchdog.
 //! - [`http`]: the HTTP server.
 //! - [`subscribe`]: the subscribe, confirm and unsubscribe routes.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
@@ -42,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod feed;
+pub mod health;
 pub mod http;
 pub mod library;
 pub mod mail;

@@ -778,3 +778,56 @@ fn a_reload_renders_the_templates_before_taking_them() {
     let page = daemon.get_until("/articles/sau.html", "the new page", |r| r.status == 200);
     assert!(page.text().contains("Bài sau tải lại"));
 }
+
+#[test]
+fn the_watchdog_starves_while_http_does_not_answer() {
+    use std::os::unix::net::UnixDatagram;
+    // Every slot held by a trusted proxy's idle connections: nothing else gets an answer.
+    let site = site_with(
+        "max_connections = 8\ntrusted_proxies = [\"127.0.0.2/32\"]\nheader_timeout_secs = 120\n",
+    );
+    let socket_path = site.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let daemon = Daemon::start_with(
+        &site,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let last_ping = std::cell::Cell::new(std::time::Instant::now());
+    let pinged = std::cell::Cell::new(0usize);
+    let drain = || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                last_ping.set(std::time::Instant::now());
+                pinged.set(pinged.get() + 1);
+            }
+        }
+    };
+    common::wait_for("watchdog pings", PATIENCE, || {
+        drain();
+        pinged.get() >= 2
+    });
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| connect_from("127.0.0.2".parse().unwrap(), daemon.addr).unwrap())
+        .collect();
+    // The pings stop (the daemon allows a part 3 s without progress).
+    common::wait_for("the pings to stop", PATIENCE, || {
+        drain();
+        last_ping.get().elapsed() > Duration::from_secs(4)
+    });
+    daemon.wait_log("withholding the watchdog ping: the HTTP server does not answer");
+    // Answers again: fed again.
+    drop(held);
+    let before = pinged.get();
+    common::wait_for("the pings again", PATIENCE, || {
+        drain();
+        pinged.get() > before
+    });
+    daemon.wait_log("feeding the watchdog again");
+}

@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::publish::{FORMATS, Publisher, RenderedFeed};
 use crate::watch::{Debouncer, StoreWatch};
 
+/// A part may go this long without showing progress (or four watchdog intervals, if
+/// longer) before the watchdog is starved.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(3);
 /// The engine wakes at least this often, to ping the watchdog and notice a stop.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// After a new folder appears, the store is walked again this soon (inotify watches a new
@@ -85,19 +88,37 @@ pub struct Engine {
     watchdog: Option<(Duration, Instant)>,
     /// Files of the site that could not be written (a full disk), tried again with backoff.
     unwritten: Unwritten,
+    /// The other parts' liveness: the watchdog is fed only while they all make progress.
+    health: crate::health::Health,
+    /// The part last found stuck (logged once, not at every turn).
+    stuck: Option<&'static str>,
+}
+
+/// What the engine shares with the rest of the daemon.
+pub struct Shared {
+    pub app: Arc<AppState>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    /// The categories subscribers may follow, kept current by the engine.
+    pub categories: Arc<std::sync::RwLock<Vec<String>>>,
+    pub health: crate::health::Health,
 }
 
 impl Engine {
     /// Reads the whole store, publishes it, and starts watching.
     pub fn start(
         publisher: Arc<Publisher>,
-        app: Arc<AppState>,
-        clock: Clock,
-        metrics: Metrics,
-        categories: Arc<std::sync::RwLock<Vec<String>>>,
+        shared: Shared,
         tx: Sender<Msg>,
         mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
     ) -> anyhow::Result<Engine> {
+        let Shared {
+            app,
+            clock,
+            metrics,
+            categories,
+            health,
+        } = shared;
         let mut engine = Engine {
             publisher,
             library: Library::default(),
@@ -117,6 +138,8 @@ impl Engine {
             next_rescan: Instant::now(),
             watchdog: sd_notify::watchdog_enabled().map(|d| (d / 2, Instant::now())),
             unwritten: Unwritten::default(),
+            health,
+            stuck: None,
         };
         engine.full_build()?;
         engine.start_watch();
@@ -348,11 +371,27 @@ impl Engine {
         if Instant::now() < at {
             return;
         }
-        // Healthy: the store can be read and the engine is turning.
-        if std::fs::read_dir(&self.publisher.reader.root).is_ok() {
-            notify(&[NotifyState::Watchdog]);
+        // Healthy: the engine is turning (this runs on it), the store can be read, and the
+        // HTTP server, the mail worker and the state flushes make progress.
+        let limit = (every * 4).max(WATCHDOG_GRACE);
+        let stuck = if std::fs::read_dir(&self.publisher.reader.root).is_err() {
+            Some("the store cannot be read")
         } else {
-            tracing::warn!("store unreadable; withholding the watchdog ping");
+            self.health.stuck(limit)
+        };
+        match stuck {
+            None => {
+                if let Some(was) = self.stuck.take() {
+                    tracing::info!("feeding the watchdog again ({was} no longer)");
+                }
+                notify(&[NotifyState::Watchdog]);
+            }
+            Some(part) => {
+                if self.stuck != Some(part) {
+                    tracing::error!("withholding the watchdog ping: {part}");
+                    self.stuck = Some(part);
+                }
+            }
         }
         self.watchdog = Some((every, Instant::now() + every));
     }

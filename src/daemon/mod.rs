@@ -147,12 +147,18 @@ pub async fn serve(
     let engine = {
         let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
         let categories = categories.clone();
+        let health = mail.outbox.health.clone();
         let publisher = Arc::new(publisher);
-        tokio::task::spawn_blocking(move || {
-            Engine::start(publisher, app, clock, metrics, categories, tx, mail_tx)
-        })
-        .await
-        .context("the engine panicked while starting")??
+        let shared = engine::Shared {
+            app,
+            clock,
+            metrics,
+            categories,
+            health,
+        };
+        tokio::task::spawn_blocking(move || Engine::start(publisher, shared, tx, mail_tx))
+            .await
+            .context("the engine panicked while starting")??
     };
     let visible: Vec<Arc<Entry>> = engine.library.visible(engine.horizon).cloned().collect();
     mail.outbox
@@ -196,6 +202,7 @@ pub async fn serve(
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
         tokio::spawn(tasks::state_guard(mail.outbox.clone())),
+        tokio::spawn(tasks::http_probe(addr, mail.outbox.health.clone())),
         tasks::admin_socket(
             &config,
             mail.outbox.clone(),

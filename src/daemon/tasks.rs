@@ -116,6 +116,32 @@ pub async fn inbox(
     }
 }
 
+/// How often the daemon asks its own HTTP server for `/healthz`, and how long it waits.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks the daemon's own HTTP server for `/healthz`, as a client would; each answer is a
+/// beat of [`crate::health::Health::http`], which the watchdog checks.
+pub async fn http_probe(addr: std::net::SocketAddr, health: crate::health::Health) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: bantin\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.ok()?;
+            answer.starts_with(b"HTTP/1.1 200").then_some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            health.http.beat();
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
 /// The largest admin request (mails given to `inbox process` travel in it).
 const ADMIN_MAX_REQUEST: u64 = 64 * 1024 * 1024;
 /// How long an admin connection may take to send its request.

@@ -32,6 +32,8 @@ pub struct Outbox {
     pub pause: Arc<Mutex<Option<Pause>>>,
     /// Whether the relay takes non-ASCII addresses, as it last said.
     pub relay_utf8: super::RelayUtf8,
+    /// The worker's loop and the state flushes report their progress here.
+    pub health: crate::health::Health,
     /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted.
     settling: Arc<Mutex<HashMap<String, Settling>>>,
     /// Told when an article starts settling.
@@ -87,6 +89,7 @@ impl Outbox {
             metrics,
             pause: Arc::default(),
             relay_utf8: super::RelayUtf8::default(),
+            health: crate::health::Health::default(),
             settling: Arc::default(),
             settled: Arc::default(),
             policy,

@@ -21,6 +21,8 @@ use crate::subscriber::{SubState, Subscriber};
 
 /// Deliveries taken from the queue per look.
 const BATCH: usize = 256;
+/// The worker's loop shows it is alive at least this often.
+const BEAT: Duration = Duration::from_secs(1);
 /// With nothing queued, the worker looks again at least this often (it is woken on every
 /// enqueue anyway).
 const IDLE_LOOK: Duration = Duration::from_secs(60);
@@ -105,7 +107,12 @@ impl Worker {
     pub async fn run(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let flusher = {
             let worker = self.clone();
-            tokio::spawn(async move { worker.commit.run(worker.store()).await })
+            tokio::spawn(async move {
+                worker
+                    .commit
+                    .run(worker.store(), &worker.outbox.health)
+                    .await
+            })
         };
         self.send_loop(stop).await;
         // Anything recorded by the senders is flushed before the flusher goes.
@@ -138,6 +145,7 @@ impl Worker {
         let stopped = stop.notified();
         tokio::pin!(stopped);
         loop {
+            self.outbox.health.worker.beat();
             let now = clock.now_ms();
             let mut probe = false;
             if self.store().is_broken() {
@@ -153,6 +161,7 @@ impl Worker {
                         () = &mut stopped => break,
                         () = clock.sleep_until(until) => {},
                         () = self.outbox.wake.notified() => {},
+                        () = tokio::time::sleep(BEAT) => {},
                     }
                     continue;
                 }
@@ -189,6 +198,8 @@ impl Worker {
                     () = &mut stopped => break,
                     () = self.outbox.wake.notified() => {},
                     () = wait => {},
+                    // Turn now and then, to show the loop is alive.
+                    () = tokio::time::sleep(BEAT) => {},
                 }
                 continue;
             }
@@ -220,9 +231,13 @@ impl Worker {
                 if self.outbox.paused().is_some() {
                     break; // what is left waits for the pause to end
                 }
-                let permit = tokio::select! {
-                    () = &mut stopped => return self.drain(slots).await,
-                    p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+                let permit = loop {
+                    tokio::select! {
+                        () = &mut stopped => return self.drain(slots).await,
+                        p = slots.clone().acquire_owned() => break p.expect("semaphore never closes"),
+                        // Waiting for a slow relay is not being stuck.
+                        () = tokio::time::sleep(BEAT) => self.outbox.health.worker.beat(),
+                    }
                 };
                 if let Some(interval) = interval {
                     let now = tokio::time::Instant::now();
@@ -584,7 +599,7 @@ impl Committer {
     }
 
     /// Flushes whenever asked, until the process ends.
-    async fn run(&self, store: &Store) {
+    async fn run(&self, store: &Store, health: &crate::health::Health) {
         if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -595,7 +610,9 @@ impl Committer {
                 continue;
             }
             let started = std::time::Instant::now();
+            health.flush_started();
             let error = store.flush_async().await.err().map(|e| e.to_string());
+            health.flush_done();
             tracing::trace!(
                 covered = target - self.done.borrow().0,
                 "flush took {:?}",
