@@ -1112,3 +1112,28 @@ fn a_non_ascii_address_waits_for_a_relay_that_takes_it() {
     let list = stdout(&site.bantin(&["subscribers", "list"]));
     assert!(list.contains("dân@x.vn\tdaily\tpending"), "{list}");
 }
+
+#[test]
+fn a_sendmail_that_hangs_is_given_up_and_retried() {
+    let site = Site::new();
+    let script = site.path("sendmail");
+    // Never answers (until the test ends).
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    site.set_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\n\
+         transport = \"sendmail\"\nsendmail_command = \"{}\"\n[mail.smtp]\ntimeout_secs = 1\n",
+        script.display()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish(
+        "moi.txt",
+        &article(CAT_A, "Qua sendmail", "20/11/2026 | 08:00"),
+    );
+    daemon.wait_log("sendmail: no answer within 1s");
+    daemon.wait_log("temporary failure, retry in");
+}

@@ -115,7 +115,8 @@ pub enum Transport {
     /// `.eml` files in a folder (the default: needs no server).
     File(PathBuf),
     Smtp(Box<SmtpPool>),
-    Sendmail(AsyncSendmailTransport<Tokio1Executor>),
+    /// The local sendmail program, and how long it may take for one mail.
+    Sendmail(AsyncSendmailTransport<Tokio1Executor>, Duration),
 }
 
 impl Transport {
@@ -125,6 +126,12 @@ impl Transport {
             "file" => Ok(Transport::File(mail.dir.clone())),
             "sendmail" => Ok(Transport::Sendmail(
                 AsyncSendmailTransport::<Tokio1Executor>::new_with_command(&mail.sendmail_command),
+                Duration::from_secs(
+                    mail.smtp
+                        .timeout_secs
+                        .unwrap_or(mail.smtp.data_timeout_secs)
+                        .max(1),
+                ),
             )),
             "smtp" => Ok(Transport::Smtp(Box::new(SmtpPool::from_config(
                 config, utf8,
@@ -157,11 +164,17 @@ impl Transport {
                 .map_err(|e| SendError::Temporary(format!("cannot write to mail.dir: {e}")))
             }
             Transport::Smtp(pool) => pool.send(envelope, bytes).await,
-            Transport::Sendmail(sendmail) => sendmail
-                .send_raw(envelope, bytes)
-                .await
-                .map(|_| ())
-                .map_err(|e| SendError::Temporary(format!("sendmail: {e}"))),
+            // A sendmail that hangs must not hold its slot for ever.
+            Transport::Sendmail(sendmail, limit) => {
+                match tokio::time::timeout(*limit, sendmail.send_raw(envelope, bytes)).await {
+                    Ok(sent) => sent
+                        .map(|_| ())
+                        .map_err(|e| SendError::Temporary(format!("sendmail: {e}"))),
+                    Err(_) => Err(SendError::Temporary(format!(
+                        "sendmail: no answer within {limit:?}"
+                    ))),
+                }
+            }
         }
     }
 }
