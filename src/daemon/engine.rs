@@ -379,6 +379,13 @@ impl Engine {
         } else {
             self.health.stuck(limit)
         };
+        // While a part is stuck, look again soon: a ping withheld for one whole interval
+        // already puts the service at the edge of its watchdog timeout.
+        let next = if stuck.is_some() {
+            every.min(MAX_SLEEP)
+        } else {
+            every
+        };
         match stuck {
             None => {
                 if let Some(was) = self.stuck.take() {
@@ -393,7 +400,7 @@ impl Engine {
                 }
             }
         }
-        self.watchdog = Some((every, Instant::now() + every));
+        self.watchdog = Some((every, Instant::now() + next));
     }
 
     fn reload(&mut self, mut publisher: Publisher) {

@@ -173,6 +173,10 @@ pub async fn serve(
         started.elapsed()
     );
     let status = engine.status();
+    // The parts the watchdog waits on start now: a long first build or mail startup is not
+    // a hang of theirs.
+    mail.outbox.health.http.beat();
+    mail.outbox.health.worker.beat();
     let engine_thread = std::thread::Builder::new()
         .name("bantin-engine".into())
         .spawn(move || engine.run(rx))
