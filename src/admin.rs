@@ -478,12 +478,7 @@ fn inbox(ctx: &Context<'_>, mails: Vec<(String, String)>) -> Result<Reply, Admin
             "error: the token secret cannot be read; run this as the daemon's user\n".into(),
         ));
     };
-    let local = ctx
-        .return_path
-        .split('@')
-        .next()
-        .filter(|l| !l.is_empty())
-        .unwrap_or("bounces");
+    let local = crate::mail::bounce_local(ctx.return_path);
     let mut out = String::new();
     let mut problems = String::new();
     for (name, b64) in mails {

@@ -126,11 +126,6 @@ impl Clock {
             }
         }
     }
-
-    /// Whether this is a manual (test) clock.
-    pub fn is_manual(&self) -> bool {
-        self.manual.is_some()
-    }
 }
 
 #[cfg(test)]

@@ -41,14 +41,17 @@ pub struct Served {
     pub gzip: Option<Bytes>,
     /// Strong validator of `body` (quoted).
     pub etag: String,
+    /// The validator of the gzip form.
+    gzip_etag: String,
     pub last_modified: SystemTime,
     pub content_type: &'static str,
     pub cache_control: &'static str,
 }
 
 impl Served {
-    /// A file with its validators; `compress` prepares the gzip form (worth it for what is
-    /// served many times from memory, not for a page read from disk for one request).
+    /// A file with its validators; `compress` prepares the gzip form now (worth it for what
+    /// is served many times from memory; a page read from disk is compressed only when its
+    /// body is sent).
     pub fn new(
         body: Vec<u8>,
         content_type: &'static str,
@@ -57,18 +60,42 @@ impl Served {
         compress: bool,
     ) -> Served {
         let etag = format!("\"{:016x}\"", fnv1a(&body));
-        let gzip = (compress && body.len() >= GZIP_MIN_BYTES)
-            .then(|| gzip(&body))
-            .filter(|z| z.len() < body.len())
-            .map(Bytes::from);
-        Served {
+        let mut served = Served {
+            gzip_etag: format!("{}-gz\"", etag.trim_end_matches('"')),
             body: Bytes::from(body),
-            gzip,
+            gzip: None,
             etag,
             // HTTP dates have whole seconds.
             last_modified: truncate_secs(last_modified),
             content_type,
             cache_control,
+        };
+        if compress {
+            served.compress();
+        }
+        served
+    }
+
+    /// Prepares the gzip form, when it saves bytes.
+    fn compress(&mut self) {
+        self.gzip = (self.body.len() >= GZIP_MIN_BYTES)
+            .then(|| gzip(&self.body))
+            .filter(|z| z.len() < self.body.len())
+            .map(Bytes::from);
+    }
+
+    /// Whether the client's copy is current (RFC 9110 §13.2.2: If-None-Match first,
+    /// If-Modified-Since only without it).
+    fn not_modified(&self, headers: &HeaderMap) -> bool {
+        match headers.get(header::IF_NONE_MATCH) {
+            Some(value) => value
+                .to_str()
+                .is_ok_and(|v| etag_matches(v, &[&self.etag, &self.gzip_etag])),
+            None => headers
+                .get(header::IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+                .is_some_and(|since| self.last_modified <= since),
         }
     }
 
@@ -84,10 +111,6 @@ impl Served {
             last_modified,
             true,
         )
-    }
-
-    fn gzip_etag(&self) -> String {
-        format!("{}-gz\"", self.etag.trim_end_matches('"'))
     }
 }
 
@@ -502,43 +525,45 @@ async fn article(
         return not_found().await;
     };
     let full = state.pages.join(rel);
-    let (bytes, modified) = match tokio::fs::read(&full).await {
-        Ok(bytes) => {
-            let modified = tokio::fs::metadata(&full)
-                .await
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            (bytes, modified)
-        }
-        Err(_) => return not_found().await,
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(&full).await?;
+        let modified = file
+            .metadata()
+            .await?
+            .modified()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).await?;
+        std::io::Result::Ok((bytes, modified))
     };
-    let compress = accepts_gzip(&headers) && method == Method::GET;
-    let served = Served::new(
+    let Ok((bytes, modified)) = read.await else {
+        return not_found().await;
+    };
+    let mut served = Served::new(
         bytes,
         "text/html; charset=utf-8",
         CACHE_FEED,
         modified,
-        compress,
+        false,
     );
+    // Compressed only for a client that gets the body.
+    if method == Method::GET && accepts_gzip(&headers) && !served.not_modified(&headers) {
+        served.compress();
+    }
     respond(&served, &method, &headers)
 }
 
 /// Answers GET or HEAD for a file with validators: 304 when the client's copy is current
 /// (RFC 9110 §13.2.2: If-None-Match first, If-Modified-Since only without it), gzip when asked.
 pub fn respond(served: &Served, method: &Method, headers: &HeaderMap) -> Response {
-    let gzip_etag = served.gzip_etag();
-    let not_modified = match headers.get(header::IF_NONE_MATCH) {
-        Some(value) => value
-            .to_str()
-            .is_ok_and(|v| etag_matches(v, &[&served.etag, &gzip_etag])),
-        None => headers
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| served.last_modified <= since),
-    };
+    let not_modified = served.not_modified(headers);
     let use_gzip = served.gzip.is_some() && accepts_gzip(headers);
-    let etag = if use_gzip { &gzip_etag } else { &served.etag };
+    let etag = if use_gzip {
+        &served.gzip_etag
+    } else {
+        &served.etag
+    };
     let mut builder = Response::builder()
         .header(header::ETAG, etag.as_str())
         .header(

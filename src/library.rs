@@ -216,18 +216,14 @@ impl Library {
         }
     }
 
-    /// Ids whose files lie under `prefix` (a relative folder, `""` for all).
-    pub fn ids_under(&self, prefix: &str) -> Vec<String> {
-        self.by_id
-            .values()
-            .filter(|e| {
-                prefix.is_empty()
-                    || e.file
-                        .strip_prefix(prefix)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
-            .map(|e| e.id.clone())
-            .collect()
+    /// Whether any article's file lies under `prefix` (a relative folder, `""` for all).
+    pub fn has_under(&self, prefix: &str) -> bool {
+        self.by_id.values().any(|e| {
+            prefix.is_empty()
+                || e.file
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 }
 

@@ -15,13 +15,26 @@ use prometheus_client::registry::Registry;
 pub const REBUILD_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 /// Statuses counted by their number; any other is counted as `other` (bounds the labels).
-const STATUSES: [u16; 12] = [200, 204, 303, 304, 400, 403, 404, 405, 413, 429, 500, 503];
+const STATUSES: [(u16, &str); 12] = [
+    (200, "200"),
+    (204, "204"),
+    (303, "303"),
+    (304, "304"),
+    (400, "400"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (413, "413"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
+];
 
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// The engine's and the web server's metrics.
@@ -106,11 +119,10 @@ impl Metrics {
     }
 
     pub fn request(&self, route: &'static str, status: u16) {
-        let status = if STATUSES.contains(&status) {
-            status.to_string()
-        } else {
-            "other".to_string()
-        };
+        let status = STATUSES
+            .iter()
+            .find(|(code, _)| *code == status)
+            .map_or("other", |(_, label)| label);
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();

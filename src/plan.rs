@@ -194,7 +194,12 @@ mod tests {
         assert_eq!(r.due, ["den-gio"]);
         assert_eq!(r.gone, ["xoa"]);
         assert_eq!(r.forget, ["xoa"]);
-        assert!(republish(&[], &library, now, now).is_empty());
+        // A second pass from the moment 'den-gio' came due finds nothing new; from just
+        // before it, it finds 'den-gio' again.
+        let its_time = library.get("den-gio").unwrap().published;
+        assert!(republish(&[], &library, its_time, now).is_empty());
+        let just_before = its_time - chrono::Duration::seconds(1);
+        assert_eq!(republish(&[], &library, just_before, now).due, ["den-gio"]);
     }
 
     #[test]

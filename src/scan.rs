@@ -444,12 +444,4 @@ impl ArticleCache {
     pub fn clear(&self) {
         self.inner.lock().expect("article cache").bodies.clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("article cache").bodies.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -302,7 +302,7 @@ struct ExportLine {
 pub fn delivery_id(key: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::token::hex(&digest[..8])
 }
 
 impl std::fmt::Debug for Store {
@@ -365,14 +365,12 @@ impl Store {
             (Some(_), _) => return Err(StoreError::Lost { path: shown }),
             (None, Some(have)) => write_marker(&marker, have)?,
             (None, None) => {
-                let id: String = crate::token::random_bytes(16)
-                    .map_err(|e| StoreError::Marker {
+                let id = crate::token::hex(&crate::token::random_bytes(16).map_err(|e| {
+                    StoreError::Marker {
                         path: marker.display().to_string(),
                         source: e,
-                    })?
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                    }
+                })?);
                 trees.meta.insert("id", id.as_bytes())?;
                 trees.db.flush()?;
                 write_marker(&marker, &id)?;

@@ -14,6 +14,17 @@ const SECRET_BYTES: usize = 32;
 /// File name of the generated secret inside the state folder.
 pub const SECRET_FILE: &str = "token.key";
 
+/// Lowercase hexadecimal digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -150,8 +161,7 @@ impl Signer {
     /// `id-mac` with 10 hex digits of MAC.
     pub fn sign_short(&self, id: &str) -> String {
         let mac = self.mac(Purpose::Unsubscribe, &format!("verp\0{id}"));
-        let hex: String = mac[..5].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{id}-{hex}")
+        format!("{id}-{}", hex(&mac[..5]))
     }
 
     /// The `id` of a [`Signer::sign_short`] token, if genuine.

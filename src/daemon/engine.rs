@@ -83,7 +83,6 @@ pub struct Engine {
     tx: Sender<Msg>,
     /// Tells the mail side what was published or removed.
     mail: tokio::sync::mpsc::UnboundedSender<MailEvent>,
-    rescan_every: Duration,
     next_rescan: Instant,
     watchdog: Option<(Duration, Instant)>,
     /// Files of the site that could not be written (a full disk), tried again with backoff.
@@ -134,7 +133,6 @@ impl Engine {
             watched_root: None,
             tx,
             mail,
-            rescan_every: Duration::from_secs(60),
             next_rescan: Instant::now(),
             watchdog: sd_notify::watchdog_enabled().map(|d| (d / 2, Instant::now())),
             unwritten: Unwritten::default(),
@@ -209,8 +207,7 @@ impl Engine {
         self.app.replace(snapshot);
         self.update_metrics();
         self.metrics.rebuild(started.elapsed(), built.feeds.len());
-        self.rescan_every = self.rescan_interval();
-        self.next_rescan = Instant::now() + self.rescan_every;
+        self.next_rescan = Instant::now() + self.rescan_interval();
         Ok(())
     }
 
@@ -268,9 +265,8 @@ impl Engine {
     /// Publishes the categories subscribers may follow, when they changed.
     fn update_categories(&self) {
         let known = crate::publish::known_categories(&self.library, &self.publisher.feeds);
-        let mut shared = self.categories.write().expect("categories");
-        if *shared != known {
-            *shared = known;
+        if *self.categories.read().expect("categories") != known {
+            *self.categories.write().expect("categories") = known;
         }
     }
 
@@ -458,11 +454,7 @@ impl Engine {
                 return;
             }
             let Some(id) = crate::article::id_for(&rel) else {
-                if !self
-                    .library
-                    .ids_under(&crate::scan::rel_string(&rel))
-                    .is_empty()
-                {
+                if self.library.has_under(&crate::scan::rel_string(&rel)) {
                     return self.rescan(); // a folder of articles went
                 }
                 continue;
@@ -513,7 +505,6 @@ impl Engine {
                 // The last good version, if any, stays published.
                 tracing::warn!("{e}");
                 self.errors.insert(key, found.stamp);
-                self.update_metrics();
             }
         }
     }
@@ -521,7 +512,7 @@ impl Engine {
     /// Walks the whole store again and applies what differs.
     fn rescan(&mut self) {
         let seen = Instant::now();
-        self.next_rescan = seen + self.rescan_every;
+        self.next_rescan = seen + self.rescan_interval();
         self.metrics.rescans.inc();
         let root = self.publisher.reader.root.clone();
         if dir_identity(&root) != self.watched_root {

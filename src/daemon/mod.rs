@@ -222,14 +222,7 @@ pub async fn serve(
         )),
     ];
     if let Some(dir) = &config.mail.inbox.dir {
-        let local = config
-            .mail
-            .return_path
-            .split('@')
-            .next()
-            .filter(|l| !l.is_empty())
-            .unwrap_or("bounces")
-            .to_owned();
+        let local = crate::mail::bounce_local(&config.mail.return_path).to_owned();
         background.push(tokio::spawn(tasks::inbox(
             mail.outbox.clone(),
             mail.links.signer.clone(),

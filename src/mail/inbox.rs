@@ -236,10 +236,7 @@ pub fn process(
     signer: &Signer,
     local: &str,
 ) -> Result<Finding, MailError> {
-    let digest: String = Sha256::digest(raw)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = crate::token::hex(&Sha256::digest(raw)[..16]);
     let finding = classify(raw, store, signer, local)?;
     if store.inbox_seen(&digest)? {
         return Ok(finding); // acted on before a crash: nothing more

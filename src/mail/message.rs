@@ -159,11 +159,7 @@ impl Composer {
             .iter()
             .map(dkim_config)
             .collect::<Result<_, _>>()?;
-        let return_path = config
-            .mail
-            .return_path
-            .trim()
-            .rsplit_once('@')
+        let return_path = super::return_path_parts(&config.mail.return_path)
             .map(|(local, domain)| (local.to_owned(), domain.to_owned()));
         Ok(Composer {
             return_path,
@@ -266,7 +262,7 @@ impl Composer {
     /// The Message-ID of a delivery: derived from its key, so a retry reuses it.
     pub fn message_id(&self, key: &str) -> String {
         let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::token::hex(&digest[..16]);
         format!("<{hex}.bantin@{}>", self.domain)
     }
 
@@ -401,7 +397,7 @@ impl Composer {
 /// A file-system-safe name for a delivery (the `file` transport).
 pub fn key_file_name(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::token::hex(&digest[..12]);
     let kind = key.split('\0').next().unwrap_or("m");
     format!("{kind}-{hex}")
 }

@@ -215,9 +215,18 @@ pub enum AddressProblem {
     NeedsUtf8 { relay_said_no: bool },
 }
 
-/// Whether `text` is one mail address that can be mailed, lowercased; non-ASCII refused.
-pub fn normalize_email(text: &str) -> Option<String> {
-    check_address(text, Some(false)).ok()
+/// The local part and domain of `mail.return_path`, when one is set.
+pub fn return_path_parts(return_path: &str) -> Option<(&str, &str)> {
+    return_path.trim().rsplit_once('@')
+}
+
+/// The local part bounces come back to (`bounces+<token>@…`): the return path's, else
+/// `bounces`.
+pub fn bounce_local(return_path: &str) -> &str {
+    return_path_parts(return_path)
+        .map(|(local, _)| local)
+        .filter(|l| !l.is_empty())
+        .unwrap_or("bounces")
 }
 
 /// Whether `text` is one mail address that can be mailed (what the subscribe form and the
@@ -256,7 +265,12 @@ pub fn check_address(text: &str, utf8: Option<bool>) -> Result<String, AddressPr
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_email;
+    use super::{AddressProblem, check_address};
+
+    /// Without a relay that takes non-ASCII addresses.
+    fn normalize_email(text: &str) -> Option<String> {
+        check_address(text, Some(false)).ok()
+    }
 
     #[test]
     fn only_addresses_that_can_be_mailed() {
@@ -276,7 +290,6 @@ mod tests {
         ] {
             assert_eq!(normalize_email(bad), None, "{bad:?}");
         }
-        use super::{AddressProblem, check_address};
         assert_eq!(
             check_address("dân@x.vn", None),
             Err(AddressProblem::NeedsUtf8 {

@@ -112,11 +112,6 @@ impl Outbox {
         self.pause.lock().expect("pause").clone()
     }
 
-    /// Deliveries waiting to be sent.
-    pub fn queued(&self) -> usize {
-        self.store.queue_len()
-    }
-
     /// The articles the daemon found at start (or after a reload): on the very first start
     /// they are the baseline (nobody is mailed); later, any not yet known were published while
     /// the daemon was down and are alerted now, and known ones that are gone are forgotten.
