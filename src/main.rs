@@ -163,7 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprint!("{}", reply.stderr);
                 return Ok(ExitCode::from(reply.code.clamp(0, 255) as u8));
             }
-            bantin::output::write_atomic(&file, reply.stdout.as_bytes())
+            // Every subscriber's address is in it: for the daemon's user only.
+            bantin::output::write_atomic_private(&file, reply.stdout.as_bytes())
                 .with_context(|| format!("cannot write '{}'", file.display()))?;
             eprintln!(
                 "exported {} records to {}",

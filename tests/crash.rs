@@ -303,6 +303,10 @@ fn state_export_and_import_round_trip() {
     let first = site.path("sao-luu.jsonl");
     let out = site.bantin(&["state", "export", first.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    // It holds every subscriber's address: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&first).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     drop(daemon);
     // Into a new state folder, then out again.
     site.set_config(&config("moi"));
