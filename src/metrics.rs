@@ -72,6 +72,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/subscribe" => "subscribe",
         "/confirm" => "confirm",
         "/unsubscribe" => "unsubscribe",
+        "/preferences" => "preferences",
         p if p.starts_with("/feeds/") => "feed",
         p if p.starts_with("/articles/") => "article",
         _ => "other",
@@ -155,6 +156,7 @@ mod tests {
         m.request(route_of("/feeds/a.rss"), 304);
         m.request(route_of("/feeds/a.rss"), 304);
         m.request(route_of("/nope"), 418);
+        m.request(route_of("/preferences"), 200);
         m.rebuild(Duration::from_millis(3), 2);
         let text = render(&registry);
         assert!(
@@ -162,6 +164,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bantin_http_requests_total{route=\"other\",status=\"other\"} 1"));
+        assert!(
+            text.contains("bantin_http_requests_total{route=\"preferences\",status=\"200\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("bantin_rebuild_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"
