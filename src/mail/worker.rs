@@ -552,7 +552,7 @@ impl Worker {
 
     fn bounce(&self, email: &str, why: &str) {
         if let Ok(Some(mut sub)) = self.store().subscriber(email)
-            && sub.state != SubState::Bounced
+            && !matches!(sub.state, SubState::Bounced | SubState::Complained)
         {
             sub.end(SubState::Bounced, self.outbox.clock.now_s());
             sub.bounce = Some(why.to_owned());
