@@ -176,6 +176,10 @@ fn a_451_is_retried_after_the_delay_with_the_same_message_id() {
         header(&all[0].data, "Message-ID"),
         header(&all[1].data, "Message-ID")
     );
+    // The relay holds the mail before the daemon has its answer: wait for the record.
+    wait_for("the delivery recorded", PATIENCE, || {
+        status(&site)["outbox"]["sent"] == 1
+    });
     let json = status(&site);
     assert_eq!(json["outbox"]["sent"], 1, "{json}");
     assert_eq!(json["outbox"]["pending"], 0, "{json}");

@@ -117,6 +117,10 @@ fn pauses_then_resumes(
     wait_for("resumed", PATIENCE, || !paused(&daemon));
     daemon.advance(Span::seconds(80));
     each_once(&smtp, &emails);
+    // The relay holds the mails before the daemon has its answers: wait for the records.
+    wait_for("the deliveries recorded", PATIENCE, || {
+        status(&site)["outbox"]["sent"] == emails.len()
+    });
     let json = status(&site);
     assert_eq!(json["outbox"]["sent"], emails.len(), "{json}");
     assert_eq!(json["subscribers"]["active"], emails.len(), "{json}");
