@@ -100,16 +100,25 @@ fn pauses_then_resumes(
         text.contains("delivery: PAUSED") && text.contains(reason),
         "{text}"
     );
+    let metrics = daemon.metrics();
     assert!(
-        daemon.metrics().contains(reason),
-        "the reason is on /metrics"
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bantin_mail_paused{reason=\"") && l.contains(reason)),
+        "the reason is on /metrics: {metrics}"
     );
     // Still refusing at the next try: still nobody harmed, the pause grows.
     let connections = || smtp.connections.load(std::sync::atomic::Ordering::SeqCst);
     let before = connections();
+    let first_next_try = status(&site)["delivery"]["next_try"].clone();
     daemon.advance(Span::seconds(31));
     wait_for("the second try", PATIENCE, || connections() > before);
-    wait_for("the pause again", PATIENCE, || paused(&daemon));
+    // Refused again: the pause is renewed with a later next try (not merely still on).
+    wait_for("the pause renewed", PATIENCE, || {
+        let delivery = status(&site)["delivery"].clone();
+        delivery["paused"] == true && delivery["next_try"] != first_next_try
+    });
+    assert!(paused(&daemon));
     nobody_harmed(&site, emails.len());
     smtp.set(accept);
     // Past the longest wait so far (30 s, then 60 s) and any retry of a message refused once.
