@@ -193,6 +193,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_body_bytes: usize,
     pub drain: Duration,
+    /// The local port of the daemon's own `/healthz` probe while it connects: exempt from
+    /// `max_per_client` (a busy local proxy must not starve the watchdog), not from the
+    /// total.
+    pub probe_port: Arc<std::sync::atomic::AtomicU16>,
 }
 
 /// The routes of the public site and feeds; `extra` adds routes that other parts own
@@ -657,7 +661,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ip = peer.ip();
-        let limited = !limits.trusted.iter().any(|c| c.contains(ip));
+        let probe = peer.port() == limits.probe_port.load(std::sync::atomic::Ordering::Relaxed);
+        let limited = !probe && !limits.trusted.iter().any(|c| c.contains(ip));
         if limited && clients.count(ip) >= limits.max_per_client {
             // This address holds its share of the slots already: the rest are for others.
             continue;

@@ -782,55 +782,109 @@ fn a_reload_renders_the_templates_before_taking_them() {
     assert!(page.text().contains("Bài sau tải lại"));
 }
 
+/// A stand-in for systemd's notify socket: counts the daemon's watchdog pings.
+struct Watchdog {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+    pings: usize,
+    last: std::time::Instant,
+}
+
+impl Watchdog {
+    fn new(site: &Site) -> Watchdog {
+        let path = site.path("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Watchdog {
+            socket,
+            path,
+            pings: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Starts the daemon with a watchdog of 400 ms (a ping every 200 ms).
+    fn start(&self, site: &Site) -> Daemon {
+        Daemon::start_with(
+            site,
+            &[
+                ("NOTIFY_SOCKET", self.path.to_str().unwrap()),
+                ("WATCHDOG_USEC", "400000"),
+            ],
+        )
+    }
+
+    /// Takes what arrived.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                self.last = std::time::Instant::now();
+                self.pings += 1;
+            }
+        }
+    }
+
+    fn wait_pings(&mut self, what: &str, more_than: usize) {
+        common::wait_for(what, PATIENCE, || {
+            self.drain();
+            self.pings > more_than
+        });
+    }
+}
+
 #[test]
 fn the_watchdog_starves_while_http_does_not_answer() {
-    use std::os::unix::net::UnixDatagram;
     // Every slot held by a trusted proxy's idle connections: nothing else gets an answer.
     let site = site_with(
         "max_connections = 8\ntrusted_proxies = [\"127.0.0.2/32\"]\nheader_timeout_secs = 120\n",
     );
-    let socket_path = site.path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let daemon = Daemon::start_with(
-        &site,
-        &[
-            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
-    let last_ping = std::cell::Cell::new(std::time::Instant::now());
-    let pinged = std::cell::Cell::new(0usize);
-    let drain = || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = socket.recv(&mut buf) {
-            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
-                last_ping.set(std::time::Instant::now());
-                pinged.set(pinged.get() + 1);
-            }
-        }
-    };
-    common::wait_for("watchdog pings", PATIENCE, || {
-        drain();
-        pinged.get() >= 2
-    });
+    let mut watchdog = Watchdog::new(&site);
+    let daemon = watchdog.start(&site);
+    watchdog.wait_pings("watchdog pings", 1);
     let held: Vec<TcpStream> = (0..8)
         .map(|_| connect_from("127.0.0.2".parse().unwrap(), daemon.addr).unwrap())
         .collect();
     // The pings stop (the daemon allows a part 3 s without progress).
     common::wait_for("the pings to stop", PATIENCE, || {
-        drain();
-        last_ping.get().elapsed() > Duration::from_secs(4)
+        watchdog.drain();
+        watchdog.last.elapsed() > Duration::from_secs(4)
     });
     daemon.wait_log("withholding the watchdog ping: the HTTP server does not answer");
     // Answers again: fed again.
     drop(held);
-    let before = pinged.get();
-    common::wait_for("the pings again", PATIENCE, || {
-        drain();
-        pinged.get() > before
-    });
+    let before = watchdog.pings;
+    watchdog.wait_pings("the pings again", before);
     daemon.wait_log("feeding the watchdog again");
+}
+
+#[test]
+fn a_local_proxy_using_its_whole_share_does_not_starve_the_watchdog() {
+    // An untrusted proxy on 127.0.0.1 (the probe's own address) holds its whole share.
+    let site = site_with("max_connections_per_client = 4\nheader_timeout_secs = 120\n");
+    let mut watchdog = Watchdog::new(&site);
+    let daemon = watchdog.start(&site);
+    watchdog.wait_pings("watchdog pings", 1);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| connect_from("127.0.0.1".parse().unwrap(), daemon.addr).unwrap())
+        .collect();
+    // The share is full: another client from there is refused.
+    let mut extra = connect_from("127.0.0.1".parse().unwrap(), daemon.addr).unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    extra.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Still fed, well past the 3 s a part may go without progress.
+    let since = std::time::Instant::now();
+    common::wait_for("a ping 4 s after the share filled", PATIENCE, || {
+        watchdog.drain();
+        watchdog.last.duration_since(since) > Duration::from_secs(4)
+    });
+    assert!(!daemon.log().contains("withholding"), "{}", daemon.log());
+    drop(held);
 }

@@ -191,6 +191,7 @@ pub async fn serve(
         write_timeout: Duration::from_secs(config.http.write_timeout_secs.max(1)),
         max_body_bytes: config.http.max_body_bytes,
         drain: Duration::from_secs(config.http.drain_secs),
+        probe_port: Arc::default(),
     };
     let mail_stop = Arc::new(tokio::sync::Notify::new());
     let worker = tokio::spawn(mail.worker.clone().run(mail_stop.clone()));
@@ -206,7 +207,11 @@ pub async fn serve(
         tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
         tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
         tokio::spawn(tasks::state_guard(mail.outbox.clone())),
-        tokio::spawn(tasks::http_probe(addr, mail.outbox.health.clone())),
+        tokio::spawn(tasks::http_probe(
+            addr,
+            limits.probe_port.clone(),
+            mail.outbox.health.clone(),
+        )),
         tasks::admin_socket(
             &config,
             mail.outbox.clone(),

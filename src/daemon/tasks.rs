@@ -122,11 +122,31 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Asks the daemon's own HTTP server for `/healthz`, as a client would; each answer is a
 /// beat of [`crate::health::Health::http`], which the watchdog checks.
-pub async fn http_probe(addr: std::net::SocketAddr, health: crate::health::Health) {
+/// Its local port is announced in `port` before it connects, so the server does not count it
+/// in the share of its address.
+pub async fn http_probe(
+    addr: std::net::SocketAddr,
+    port: Arc<std::sync::atomic::AtomicU16>,
+    health: crate::health::Health,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let probe = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .ok()?;
+            let any = if addr.is_ipv4() {
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            };
+            socket.bind(any).ok()?;
+            let local = socket.local_addr().ok()?;
+            port.store(local.port(), std::sync::atomic::Ordering::Relaxed);
+            let mut stream = socket.connect(addr).await.ok()?;
             stream
                 .write_all(b"GET /healthz HTTP/1.1\r\nHost: bantin\r\nConnection: close\r\n\r\n")
                 .await
