@@ -195,7 +195,7 @@ pub struct Limits {
     pub drain: Duration,
     /// The local port of the daemon's own `/healthz` probe while it connects: exempt from
     /// `max_per_client` (a busy local proxy must not starve the watchdog), not from the
-    /// total.
+    /// total nor from the eviction when it is reached.
     pub probe_port: Arc<std::sync::atomic::AtomicU16>,
 }
 
@@ -662,8 +662,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let ip = peer.ip();
         let probe = peer.port() == limits.probe_port.load(std::sync::atomic::Ordering::Relaxed);
-        let limited = !probe && !limits.trusted.iter().any(|c| c.contains(ip));
-        if limited && clients.count(ip) >= limits.max_per_client {
+        let limited = !limits.trusted.iter().any(|c| c.contains(ip));
+        // (The probe is held to the total like anyone: were it to wait for a slot, the
+        // accept loop would wait with it.)
+        if limited && !probe && clients.count(ip) >= limits.max_per_client {
             // This address holds its share of the slots already: the rest are for others.
             continue;
         }
