@@ -448,3 +448,25 @@ fn names_that_break_ids_are_errors_and_twins_publish_one() {
         );
     }
 }
+
+/// The seed article (no event, no correction) keeps every output byte for byte: its page,
+/// and the feeds that list it.
+#[test]
+fn seed_article_outputs_snapshot() {
+    let site = Site::new();
+    let seed = std::fs::read_to_string(common::repo().join("articles/000_5a7074c8138324ae.txt"))
+        .unwrap();
+    site.put("000_5a7074c8138324ae.txt", &seed);
+    set_mtime(
+        &site.store().join("000_5a7074c8138324ae.txt"),
+        1_600_000_000,
+    );
+    assert!(site.bantin(&["build"]).status.success());
+    insta::assert_snapshot!(
+        "seed.html",
+        site.read_public("articles/000_5a7074c8138324ae.html")
+    );
+    insta::assert_snapshot!("seed.rss", site.read_public("feeds/tat-ca.rss"));
+    insta::assert_snapshot!("seed.atom", site.read_public("feeds/tat-ca.atom"));
+    insta::assert_snapshot!("seed.json", site.read_public("feeds/tat-ca.json"));
+}
