@@ -35,7 +35,36 @@ pub struct Article {
     pub paragraphs: Vec<String>,
     /// The signature line, when the article ends with one.
     pub author: Option<String>,
+    /// When the event the article announces takes place (`Thời gian:`), in council time.
+    pub event: Option<When>,
+    /// Where it takes place (`Địa điểm:`).
+    pub place: Option<String>,
+    /// Why the article was corrected (`Đính chính:`).
+    pub correction: Option<String>,
 }
+
+/// The time of an event, in the council's local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum When {
+    /// From a time of day, to a later one (same day or another) when given.
+    Timed {
+        start: NaiveDateTime,
+        end: Option<NaiveDateTime>,
+    },
+    /// Whole days, `first` to `last` included.
+    AllDay { first: NaiveDate, last: NaiveDate },
+}
+
+/// The marker of an event's time.
+pub const EVENT_MARKER: &str = "Thời gian";
+/// The marker of an event's place.
+pub const PLACE_MARKER: &str = "Địa điểm";
+/// The marker of a correction's reason.
+pub const CORRECTION_MARKER: &str = "Đính chính";
+/// The forms the clerk is told to use when an event's time is wrong.
+const EVENT_FORM: &str = "'Thời gian: DD/MM/YYYY | HH:MM', optionally followed by ' - HH:MM' \
+     (same day) or ' - DD/MM/YYYY | HH:MM'; for a whole day 'Thời gian: DD/MM/YYYY', \
+     optionally ' - DD/MM/YYYY'";
 
 /// A problem in an article's text, at a line counted from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +141,8 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
     let mut lines = text
         .split('\n')
         .enumerate()
-        .map(|(i, raw)| (i + 1, clean(raw)));
+        .map(|(i, raw)| (i + 1, clean(raw)))
+        .peekable();
 
     if text.trim().is_empty() {
         return Err(LineError::new(
@@ -153,6 +183,7 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
     };
     let naive = parse_date_line(&date).map_err(|m| LineError::new(date_line, m))?;
     let published = localize(naive, tz).map_err(|m| LineError::new(date_line, m))?;
+    let header = read_header(&mut lines, tz)?;
 
     let mut paragraphs: Vec<String> = Vec::new();
     let mut current: Vec<String> = Vec::new();
@@ -187,7 +218,177 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
         published,
         paragraphs,
         author,
+        event: header.event,
+        place: header.place,
+        correction: header.correction,
     })
+}
+
+/// The optional lines directly under the date line.
+#[derive(Default)]
+struct Header {
+    event: Option<When>,
+    place: Option<String>,
+    correction: Option<String>,
+}
+
+/// Reads `Thời gian:`, `Địa điểm:` and `Đính chính:` lines, in any order, up to the first
+/// blank line or other text (which starts the body).
+fn read_header(
+    lines: &mut std::iter::Peekable<impl Iterator<Item = (usize, String)>>,
+    tz: Tz,
+) -> Result<Header, LineError> {
+    let mut header = Header::default();
+    while let Some((n, line)) = lines.peek() {
+        let n = *n;
+        let (marker, value) = if let Some(v) = field(line, EVENT_MARKER) {
+            (EVENT_MARKER, v)
+        } else if let Some(v) = field(line, PLACE_MARKER) {
+            (PLACE_MARKER, v)
+        } else if let Some(v) = field(line, CORRECTION_MARKER) {
+            (CORRECTION_MARKER, v)
+        } else {
+            break;
+        };
+        let value = value.to_owned();
+        lines.next();
+        let twice = || {
+            LineError::new(
+                n,
+                format!(
+                    "a second '{marker}:' line; an article has at most one, keep the right one"
+                ),
+            )
+        };
+        let empty = |what: &str| {
+            LineError::new(
+                n,
+                format!("'{marker}:' is empty; write {what} after the colon, or remove the line"),
+            )
+        };
+        match marker {
+            EVENT_MARKER => {
+                if header.event.is_some() {
+                    return Err(twice());
+                }
+                header.event = Some(parse_when(&value, tz).map_err(|m| LineError::new(n, m))?);
+            }
+            PLACE_MARKER => {
+                if header.place.is_some() {
+                    return Err(twice());
+                }
+                if value.is_empty() {
+                    return Err(empty("the place of the event"));
+                }
+                header.place = Some(value);
+            }
+            _ => {
+                if header.correction.is_some() {
+                    return Err(twice());
+                }
+                if value.is_empty() {
+                    return Err(empty("the reason for the correction"));
+                }
+                header.correction = Some(value);
+            }
+        }
+    }
+    Ok(header)
+}
+
+/// The value of `line` when it is `marker`, optional spaces, a colon and the value.
+fn field<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
+    let rest = line.strip_prefix(marker)?.trim_start();
+    Some(rest.strip_prefix(':')?.trim())
+}
+
+/// Reads an event's time: `D/M/YYYY | H:MM [- H:MM | - D/M/YYYY | H:MM]` or
+/// `D/M/YYYY [- D/M/YYYY]`.
+fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
+    let bad = || {
+        format!(
+            "cannot read the time of the event '{}'; expected {EVENT_FORM}",
+            shorten(value)
+        )
+    };
+    // A dash typed by a word processor is a dash.
+    let value = &value.replace(['–', '—'], "-");
+    let (from, to) = match value.split_once(" - ").or_else(|| value.split_once('-')) {
+        Some((a, b)) => (a.trim(), Some(b.trim())),
+        None => (value.trim(), None),
+    };
+    if from.is_empty() || to.is_some_and(str::is_empty) {
+        return Err(bad());
+    }
+    let point = |text: &str| -> Result<(NaiveDate, Option<NaiveTime>), String> {
+        match text.split_once('|') {
+            Some((d, t)) => Ok((read_date(d.trim(), &bad)?, Some(read_time(t.trim())?))),
+            None => Ok((read_date(text, &bad)?, None)),
+        }
+    };
+    let (day, time) = point(from)?;
+    let when = match (time, to) {
+        (None, None) => When::AllDay {
+            first: day,
+            last: day,
+        },
+        (None, Some(to)) => {
+            let (last, t) = point(to)?;
+            if t.is_some() {
+                return Err(format!(
+                    "the event starts on a whole day but ends at a time of day; give both a \
+                     time or neither: {EVENT_FORM}"
+                ));
+            }
+            When::AllDay { first: day, last }
+        }
+        (Some(t), None) => When::Timed {
+            start: day.and_time(t),
+            end: None,
+        },
+        (Some(t), Some(to)) => {
+            let end = if to.contains('/') {
+                let (d, et) = point(to)?;
+                let Some(et) = et else {
+                    return Err(format!(
+                        "the event starts at a time of day but ends on a whole day; give the \
+                         end's time too: {EVENT_FORM}"
+                    ));
+                };
+                d.and_time(et)
+            } else {
+                day.and_time(read_time(to)?)
+            };
+            When::Timed {
+                start: day.and_time(t),
+                end: Some(end),
+            }
+        }
+    };
+    match when {
+        When::Timed { start, end } => {
+            for t in std::iter::once(start).chain(end) {
+                localize(t, tz)?;
+            }
+            if let Some(end) = end.filter(|e| *e < start) {
+                return Err(format!(
+                    "the event ends ({}) before it starts ({}); check the times",
+                    end.format("%H:%M %d/%m/%Y"),
+                    start.format("%H:%M %d/%m/%Y")
+                ));
+            }
+        }
+        When::AllDay { first, last } => {
+            if last < first {
+                return Err(format!(
+                    "the event ends ({}) before it starts ({}); check the dates",
+                    last.format("%d/%m/%Y"),
+                    first.format("%d/%m/%Y")
+                ));
+            }
+        }
+    }
+    Ok(when)
 }
 
 fn next_nonblank(lines: &mut impl Iterator<Item = (usize, String)>) -> Option<(usize, String)> {
@@ -254,39 +455,46 @@ fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
         None => (rest, None),
     };
     let bad_form = || format!("cannot read the date '{}'; expected {DATE_FORM}", rest);
+    let date = read_date(date_text, &bad_form)?;
+    let time = match time_text {
+        None => NaiveTime::MIN,
+        Some(t) => read_time(t)?,
+    };
+    Ok(date.and_time(time))
+}
+
+/// Reads `D/M/YYYY`; `bad_form` says how to write the line it is on.
+fn read_date(date_text: &str, bad_form: &dyn Fn() -> String) -> Result<NaiveDate, String> {
     let mut parts = date_text.split('/');
     let (Some(d), Some(m), Some(y), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad_form());
     };
-    let day = number(d, 1, 2).ok_or_else(bad_form)?;
-    let month = number(m, 1, 2).ok_or_else(bad_form)?;
-    let year = number(y, 4, 4).ok_or_else(bad_form)?;
+    let day = number(d.trim(), 1, 2).ok_or_else(bad_form)?;
+    let month = number(m.trim(), 1, 2).ok_or_else(bad_form)?;
+    let year = number(y.trim(), 4, 4).ok_or_else(bad_form)?;
     if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
         return Err(format!(
             "the year {year} of '{date_text}' is out of range; a council article is dated \
              between {MIN_YEAR} and {MAX_YEAR}"
         ));
     }
-    let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
+    NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
         format!(
             "'{date_text}' is not a real date (day {day}, month {month}, year {year}); \
              expected DD/MM/YYYY"
         )
-    })?;
-    let time = match time_text {
-        None => NaiveTime::MIN,
-        Some(t) => {
-            let bad_time =
-                || format!("'{t}' is not a time of day; expected HH:MM from 00:00 to 23:59");
-            let (h, m) = t.split_once(':').ok_or_else(bad_time)?;
-            let hour = number(h, 1, 2).ok_or_else(bad_time)?;
-            let minute = number(m, 2, 2).ok_or_else(bad_time)?;
-            NaiveTime::from_hms_opt(hour, minute, 0).ok_or_else(bad_time)?
-        }
-    };
-    Ok(date.and_time(time))
+    })
+}
+
+/// Reads `H:MM`.
+fn read_time(t: &str) -> Result<NaiveTime, String> {
+    let bad_time = || format!("'{t}' is not a time of day; expected HH:MM from 00:00 to 23:59");
+    let (h, m) = t.split_once(':').ok_or_else(bad_time)?;
+    let hour = number(h.trim(), 1, 2).ok_or_else(bad_time)?;
+    let minute = number(m.trim(), 2, 2).ok_or_else(bad_time)?;
+    NaiveTime::from_hms_opt(hour, minute, 0).ok_or_else(bad_time)
 }
 
 fn number(text: &str, min_digits: usize, max_digits: usize) -> Option<u32> {
@@ -570,6 +778,159 @@ mod tests {
         ] {
             let expected: String = text.nfc().collect();
             assert_eq!(clean(text), expected, "{text:?}");
+        }
+    }
+
+    fn with_header(lines: &str) -> String {
+        BASIC.replace(
+            "Ngày đăng 14/02/2020 | 08:16\n",
+            &format!("Ngày đăng 14/02/2020 | 08:16\n{lines}\n"),
+        )
+    }
+
+    fn when(line: &str) -> When {
+        ok(&with_header(line)).event.unwrap()
+    }
+
+    fn at(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap()
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn event_time_forms() {
+        let cases = [
+            (
+                "Thời gian: 16/01/2025 | 08:00",
+                When::Timed {
+                    start: at("2025-01-16 08:00"),
+                    end: None,
+                },
+            ),
+            (
+                "Thời gian: 16/01/2025 | 08:00 - 11:30",
+                When::Timed {
+                    start: at("2025-01-16 08:00"),
+                    end: Some(at("2025-01-16 11:30")),
+                },
+            ),
+            (
+                "Thời gian: 16/01/2025 | 08:00 - 17/01/2025 | 11:30",
+                When::Timed {
+                    start: at("2025-01-16 08:00"),
+                    end: Some(at("2025-01-17 11:30")),
+                },
+            ),
+            (
+                "Thời gian: 16/01/2025",
+                When::AllDay {
+                    first: day("2025-01-16"),
+                    last: day("2025-01-16"),
+                },
+            ),
+            (
+                "Thời gian: 16/01/2025 - 18/01/2025",
+                When::AllDay {
+                    first: day("2025-01-16"),
+                    last: day("2025-01-18"),
+                },
+            ),
+            // The same leniency as the date line: one digit, no space after the colon, no
+            // spaces around the bar or the dash, a typographic dash.
+            (
+                "Thời gian:6/1/2025|8:00-11:30",
+                When::Timed {
+                    start: at("2025-01-06 08:00"),
+                    end: Some(at("2025-01-06 11:30")),
+                },
+            ),
+            (
+                "Thời gian : 6/1/2025 – 7/1/2025",
+                When::AllDay {
+                    first: day("2025-01-06"),
+                    last: day("2025-01-07"),
+                },
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(when(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn place_and_correction_in_any_order() {
+        let a = ok(&with_header(
+            "Đính chính: đổi giờ họp\nĐịa điểm:Trụ sở tiếp công dân quận, số 36 đường Cầu Giấy\n\
+             Thời gian: 16/01/2025 | 08:00 - 11:30",
+        ));
+        assert_eq!(a.correction.as_deref(), Some("đổi giờ họp"));
+        assert_eq!(
+            a.place.as_deref(),
+            Some("Trụ sở tiếp công dân quận, số 36 đường Cầu Giấy")
+        );
+        assert!(a.event.is_some());
+        assert_eq!(a.paragraphs, ["Đoạn một.", "Đoạn hai."]);
+        // Without the lines, the article is as before.
+        let plain = ok(BASIC);
+        assert_eq!(
+            (plain.event, plain.place, plain.correction),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_body_line_that_only_mentions_a_marker_is_body() {
+        let a = ok(&BASIC.replace(
+            "Ngày đăng 14/02/2020 | 08:16\n\n",
+            "Ngày đăng 14/02/2020 | 08:16\nThời gian qua, HĐND đã giám sát.\n\n",
+        ));
+        assert_eq!(a.event, None);
+        assert_eq!(a.paragraphs[0], "Thời gian qua, HĐND đã giám sát.");
+    }
+
+    #[test]
+    fn broken_header_lines_are_errors_on_their_line() {
+        let cases = [
+            ("Thời gian: 16-01-2025", "cannot read the time of the event"),
+            ("Thời gian: mai", "expected 'Thời gian: DD/MM/YYYY | HH:MM'"),
+            ("Thời gian: 31/02/2025", "is not a real date"),
+            (
+                "Thời gian: 16/01/2025 | 25:00",
+                "'25:00' is not a time of day",
+            ),
+            (
+                "Thời gian: 16/01/2025 | 08:00 - 07:00",
+                "ends (07:00 16/01/2025) before it starts",
+            ),
+            (
+                "Thời gian: 18/01/2025 - 16/01/2025",
+                "ends (16/01/2025) before it starts",
+            ),
+            (
+                "Thời gian: 16/01/2025 - 17/01/2025 | 10:00",
+                "give both a time or neither",
+            ),
+            (
+                "Thời gian: 16/01/2025 | 08:00 - 17/01/2025",
+                "give the end's time too",
+            ),
+            (
+                "Thời gian: 16/01/2025 -",
+                "cannot read the time of the event",
+            ),
+            ("Thời gian:", "cannot read the time of the event"),
+            ("Địa điểm:", "'Địa điểm:' is empty"),
+            ("Đính chính:  ", "write the reason for the correction"),
+            ("Địa điểm: A\nĐịa điểm: B", "a second 'Địa điểm:' line"),
+        ];
+        for (lines, expected) in cases {
+            let e = err(&with_header(lines));
+            let line = 5 + lines.matches('\n').count();
+            assert_eq!(e.line, line, "{lines}: {}", e.message);
+            assert!(e.message.contains(expected), "{lines}: {}", e.message);
         }
     }
 

@@ -451,6 +451,9 @@ mod tests {
             published: e.published,
             paragraphs: vec!["Một ]]> hai <i>".into()],
             author: e.author.clone(),
+            event: None,
+            place: None,
+            correction: None,
         }
     }
 

@@ -454,8 +454,8 @@ fn names_that_break_ids_are_errors_and_twins_publish_one() {
 #[test]
 fn seed_article_outputs_snapshot() {
     let site = Site::new();
-    let seed = std::fs::read_to_string(common::repo().join("articles/000_5a7074c8138324ae.txt"))
-        .unwrap();
+    let seed =
+        std::fs::read_to_string(common::repo().join("articles/000_5a7074c8138324ae.txt")).unwrap();
     site.put("000_5a7074c8138324ae.txt", &seed);
     set_mtime(
         &site.store().join("000_5a7074c8138324ae.txt"),

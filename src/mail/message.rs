@@ -534,6 +534,9 @@ pub fn sample_article() -> Article {
             .expect("valid date"),
         paragraphs: vec!["Đoạn một.".into(), "Đoạn hai.".into()],
         author: Some("HĐND QUẬN CẦU GIẤY".into()),
+        event: None,
+        place: None,
+        correction: None,
     }
 }
 
