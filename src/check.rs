@@ -259,7 +259,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec
             problems.push(e.to_string());
         }
         if let Some(first) = files.first().and_then(|f| reader.read(f).ok())
-            && let Err(e) = publisher_pages.article(&first)
+            && let Err(e) = publisher_pages.article(&first, first.published)
         {
             problems.push(e.to_string());
         }

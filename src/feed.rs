@@ -440,6 +440,9 @@ mod tests {
             author: Some("HĐND QUẬN CẦU GIẤY".into()),
             file: "2020/ky hop.txt".into(),
             stamp: Stamp::default(),
+            event: None,
+            place: None,
+            correction: None,
         }
     }
 

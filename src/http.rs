@@ -143,6 +143,8 @@ pub struct Snapshot {
     /// By file name: `tin-tuc.rss`.
     pub feeds: std::collections::HashMap<String, Arc<Served>>,
     pub index: Option<Arc<Served>>,
+    /// `calendar.ics`: every event.
+    pub calendar: Option<Arc<Served>>,
 }
 
 /// State shared by every request.
@@ -207,6 +209,7 @@ pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/", get(index))
         .route("/index.html", get(index))
         .route("/feeds/{file}", get(feed))
+        .route("/calendar.ics", get(calendar))
         .route("/articles/{*path}", get(article))
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -491,6 +494,17 @@ async fn index(State(state): State<Arc<AppState>>, method: Method, headers: Head
     }
 }
 
+async fn calendar(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    match state.snapshot().calendar.clone() {
+        Some(served) => respond(&served, &method, &headers),
+        None => plain(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+    }
+}
+
 async fn feed(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(file): axum::extract::Path<String>,
@@ -504,12 +518,13 @@ async fn feed(
 }
 
 /// Whether a request path (already percent-decoded) is a safe page path: plain names only,
-/// no `..`, no hidden parts, no NUL or backslash, ending in `.html`.
+/// no `..`, no hidden parts, no NUL or backslash, ending in `.html` (or `.ics`, an event's
+/// calendar).
 pub fn safe_page_path(path: &str) -> Option<PathBuf> {
     if path.is_empty()
         || path.len() > 1024
         || path.contains(['\0', '\\'])
-        || !path.ends_with(".html")
+        || !(path.ends_with(".html") || path.ends_with(".ics"))
     {
         return None;
     }
@@ -528,7 +543,7 @@ async fn article(
     let Some(rel) = safe_page_path(&path) else {
         return not_found().await;
     };
-    let full = state.pages.join(rel);
+    let full = state.pages.join(&rel);
     let read = async {
         use tokio::io::AsyncReadExt;
         let mut file = tokio::fs::File::open(&full).await?;
@@ -544,13 +559,12 @@ async fn article(
     let Ok((bytes, modified)) = read.await else {
         return not_found().await;
     };
-    let mut served = Served::new(
-        bytes,
-        "text/html; charset=utf-8",
-        CACHE_FEED,
-        modified,
-        false,
-    );
+    let content_type = if rel.extension().is_some_and(|e| e == "ics") {
+        crate::calendar::MEDIA_TYPE
+    } else {
+        "text/html; charset=utf-8"
+    };
+    let mut served = Served::new(bytes, content_type, CACHE_FEED, modified, false);
     // Compressed only for a client that gets the body.
     if method == Method::GET && accepts_gzip(&headers) && !served.not_modified(&headers) {
         served.compress();
@@ -743,12 +757,14 @@ mod tests {
     #[test]
     fn page_paths_never_leave_the_namespace() {
         assert!(safe_page_path("2020/02/ky-ket.html").is_some());
+        assert!(safe_page_path("2025/tiep-dan.ics").is_some());
         for bad in [
             "../secret.html",
             "a/../../b.html",
             "/etc/passwd.html",
             ".hidden.html",
             "a/./b.html",
+            "../x.ics",
             "a\0b.html",
             "a\\..\\b.html",
             "a.txt",

@@ -7,6 +7,7 @@
 //! - [`article`]: one article file parsed (category, title, `Ngày đăng`, paragraphs, signature).
 //! - [`library`]: every article of the store, newest first, by id and category; what changed.
 //! - [`feed`]: feed definitions, and RSS 2.0, Atom 1.0 and JSON Feed 1.1 rendering.
+//! - [`calendar`]: events as iCalendar (RFC 5545).
 //! - [`subscriber`]: who wants which news, how often, and where they stand.
 //! - [`site`]: templates and the contexts of the web pages.
 //! - [`plan`]: what a change republishes; who gets what: alert recipients, digest contents,
@@ -38,6 +39,7 @@
 
 pub mod admin;
 pub mod article;
+pub mod calendar;
 pub mod check;
 pub mod clock;
 pub mod config;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset};
 
-use crate::article::Article;
+use crate::article::{Article, When};
 
 /// What the library keeps of one article.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,11 @@ pub struct Entry {
     /// Size and modification time of the file when it was read, to skip unchanged files
     /// on a rescan.
     pub stamp: Stamp,
+    /// The event it announces, for the calendars.
+    pub event: Option<When>,
+    pub place: Option<String>,
+    /// The reason of its correction, if it was corrected.
+    pub correction: Option<String>,
 }
 
 /// A file's size and modification time in nanoseconds.
@@ -58,6 +63,9 @@ impl Entry {
             author: article.author.clone(),
             file,
             stamp,
+            event: article.event,
+            place: article.place.clone(),
+            correction: article.correction.clone(),
         }
     }
 
@@ -80,6 +88,8 @@ pub struct Library {
     ordered: BTreeMap<Key, Arc<Entry>>,
     by_id: HashMap<String, Arc<Entry>>,
     by_category: HashMap<String, BTreeSet<Key>>,
+    /// Articles that announce an event, for the calendars.
+    events: BTreeSet<Key>,
 }
 
 /// What one change did to the library.
@@ -147,6 +157,18 @@ impl Library {
             .collect()
     }
 
+    /// Published events of one of `categories` (every category when empty), newest article
+    /// first.
+    pub fn events_in(&self, categories: &[String], now: DateTime<FixedOffset>) -> Vec<Arc<Entry>> {
+        let start: Key = (Reverse(now.timestamp()), String::new());
+        self.events
+            .range(start..)
+            .filter_map(|k| self.ordered.get(k))
+            .filter(|e| categories.is_empty() || categories.contains(&e.category))
+            .cloned()
+            .collect()
+    }
+
     /// Every category that has at least one article, sorted.
     pub fn categories(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
@@ -191,6 +213,9 @@ impl Library {
             .entry(new.category.clone())
             .or_default()
             .insert(key.clone());
+        if new.event.is_some() {
+            self.events.insert(key.clone());
+        }
         self.ordered.insert(key, new.clone());
         Some(match old {
             Some(old) => Change::Updated { old, new },
@@ -208,6 +233,7 @@ impl Library {
     fn unindex(&mut self, entry: &Entry) {
         let key = key_of(entry);
         self.ordered.remove(&key);
+        self.events.remove(&key);
         if let Some(set) = self.by_category.get_mut(&entry.category) {
             set.remove(&key);
             if set.is_empty() {
@@ -242,6 +268,9 @@ mod tests {
             author: None,
             file: format!("{id}.txt"),
             stamp: Stamp::default(),
+            event: None,
+            place: None,
+            correction: None,
         }
     }
 
@@ -269,6 +298,23 @@ mod tests {
             ["c", "a", "b"]
         );
         assert_eq!(lib.categories(), ["A", "B"]);
+    }
+
+    #[test]
+    fn events_are_indexed_and_follow_changes() {
+        let when = When::AllDay {
+            first: chrono::NaiveDate::from_ymd_opt(2020, 3, 1).unwrap(),
+            last: chrono::NaiveDate::from_ymd_opt(2020, 3, 1).unwrap(),
+        };
+        let mut e = entry("hop", "A", "2020-01-02T00:00:00+07:00");
+        e.event = Some(when);
+        let mut lib =
+            Library::from_entries([e.clone(), entry("tin", "A", "2020-01-03T00:00:00+07:00")]);
+        assert_eq!(ids(&lib.events_in(&[], now())), ["hop"]);
+        assert!(lib.events_in(&["B".into()], now()).is_empty());
+        e.event = None;
+        lib.upsert(e);
+        assert!(lib.events_in(&[], now()).is_empty());
     }
 
     #[test]

@@ -163,6 +163,9 @@ mod tests {
             updated: published,
             author: None,
             stamp: Default::default(),
+            event: None,
+            place: None,
+            correction: None,
         }
     }
 

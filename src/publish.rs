@@ -18,12 +18,16 @@ use crate::output::{self, Written};
 use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::site::{INDEX_LATEST, Pages, Templates};
 
-/// The three formats of every feed: (extension, media type).
-pub const FORMATS: [(&str, &str); 3] = [
+/// The formats of every feed: (extension, media type). The last is its events' calendar.
+pub const FORMATS: [(&str, &str); 4] = [
     ("rss", "application/rss+xml; charset=utf-8"),
     ("atom", "application/atom+xml; charset=utf-8"),
     ("json", "application/feed+json; charset=utf-8"),
+    ("ics", crate::calendar::MEDIA_TYPE),
 ];
+
+/// The calendar of every event: `calendar.ics` at the site's root.
+pub const CALENDAR_FILE: &str = "calendar.ics";
 
 /// Everything needed to render and write the site.
 pub struct Publisher {
@@ -44,9 +48,11 @@ pub struct Publisher {
 pub struct RenderedFeed {
     pub name: String,
     /// Bodies in the order of [`FORMATS`].
-    pub bodies: [String; 3],
+    pub bodies: [String; 4],
     /// The latest publication or edit among the items.
     pub last_modified: Option<DateTime<FixedOffset>>,
+    /// The latest edit among the events of the calendar.
+    pub calendar_modified: Option<DateTime<FixedOffset>>,
     /// Ids of the items.
     pub ids: Vec<String>,
 }
@@ -57,6 +63,8 @@ pub struct Built {
     pub report: BuildReport,
     pub feeds: Vec<RenderedFeed>,
     pub index: String,
+    /// Every event's calendar, and the time of its latest edit.
+    pub calendar: (String, Option<DateTime<FixedOffset>>),
 }
 
 /// What a full build did.
@@ -181,6 +189,7 @@ impl Publisher {
         now: DateTime<FixedOffset>,
     ) -> RenderedFeed {
         let entries = library.visible_in(&def.categories, now, def.limit);
+        let events = library.events_in(&def.categories, now);
         let bodies = self.bodies_of(&entries);
         let items: Vec<Item<'_>> = entries
             .iter()
@@ -195,10 +204,54 @@ impl Publisher {
                 feed::rss(def, &self.site, &items),
                 feed::atom(def, &self.site, &items),
                 feed::json(def, &self.site, &items),
+                self.calendar(&def.title, &events),
             ],
             last_modified: feed::last_modified(&items),
+            calendar_modified: events.iter().map(|e| e.updated).max(),
             ids: entries.iter().map(|e| e.id.clone()).collect(),
         }
+    }
+
+    /// A calendar of `events`, described by their excerpts when the bodies are cached.
+    pub fn calendar(&self, name: &str, events: &[Arc<Entry>]) -> String {
+        let cal: Vec<crate::calendar::CalEvent<'_>> = events
+            .iter()
+            .map(|e| crate::calendar::CalEvent {
+                entry: e,
+                description: self.articles.get(&e.id, e.stamp).map(|a| a.excerpt()),
+            })
+            .collect();
+        crate::calendar::ics(&self.site, self.reader.tz, name, &cal)
+    }
+
+    /// The calendar of every published event, and the time of its latest edit.
+    pub fn render_calendar(
+        &self,
+        library: &Library,
+        now: DateTime<FixedOffset>,
+    ) -> (String, Option<DateTime<FixedOffset>>) {
+        let events = library.events_in(&[], now);
+        let modified = events.iter().map(|e| e.updated).max();
+        (self.calendar(&self.site.title, &events), modified)
+    }
+
+    pub fn write_calendar(&self, ics: &str) -> std::io::Result<()> {
+        output::write_atomic(&self.out.join(CALENDAR_FILE), ics.as_bytes()).map(|_| ())
+    }
+
+    /// The calendar of one article's event.
+    pub fn article_calendar(&self, entry: &Entry, article: &Article) -> Option<String> {
+        entry.event?;
+        let event = crate::calendar::CalEvent {
+            entry,
+            description: Some(article.excerpt()),
+        };
+        Some(crate::calendar::ics(
+            &self.site,
+            self.reader.tz,
+            &article.title,
+            &[event],
+        ))
     }
 
     /// Renders the given feeds.
@@ -246,6 +299,10 @@ impl Publisher {
         self.out.join("articles").join(format!("{id}.html"))
     }
 
+    pub fn page_calendar_path(&self, id: &str) -> PathBuf {
+        self.out.join("articles").join(format!("{id}.ics"))
+    }
+
     /// Writes a rendered feed's three files.
     pub fn write_feed(&self, feed: &RenderedFeed) -> std::io::Result<()> {
         for ((ext, _), body) in FORMATS.iter().zip(&feed.bodies) {
@@ -258,26 +315,59 @@ impl Publisher {
         output::write_atomic(&self.out.join("index.html"), html.as_bytes()).map(|_| ())
     }
 
-    /// Renders and writes one article's page.
-    pub fn write_page(&self, article: &Article) -> Result<Written, String> {
-        let html = self.pages().article(article).map_err(|e| e.to_string())?;
+    /// Renders and writes one article's page, and its event's calendar.
+    pub fn write_page(&self, entry: &Entry, article: &Article) -> Result<Written, String> {
+        let html = self
+            .pages()
+            .article(article, entry.updated)
+            .map_err(|e| e.to_string())?;
         let path = self.page_path(&article.id);
-        output::write_atomic(&path, html.as_bytes())
-            .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+        let written = output::write_atomic(&path, html.as_bytes())
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        let ics_path = self.page_calendar_path(&article.id);
+        match self.article_calendar(entry, article) {
+            Some(ics) => {
+                output::write_atomic(&ics_path, ics.as_bytes())
+                    .map_err(|e| format!("{}: cannot write: {e}", ics_path.display()))?;
+            }
+            None if ics_path.exists() => {
+                output::remove(&self.out.join("articles"), &ics_path)
+                    .map_err(|e| format!("{}: cannot remove: {e}", ics_path.display()))?;
+            }
+            None => {}
+        }
+        Ok(written)
     }
 
     /// Writes a page into a staging folder that no one serves yet (a first build): no
     /// temporary file and rename per page.
-    fn write_staged_page(&self, staging: &Path, article: &Article) -> Result<Written, String> {
-        let html = self.pages().article(article).map_err(|e| e.to_string())?;
+    fn write_staged_page(
+        &self,
+        staging: &Path,
+        entry: &Entry,
+        article: &Article,
+    ) -> Result<Written, String> {
+        let html = self
+            .pages()
+            .article(article, entry.updated)
+            .map_err(|e| e.to_string())?;
         let path = staging.join(format!("{}.html", article.id));
         output::write_new(&path, html.as_bytes())
-            .map(|()| Written::Replaced)
-            .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        if let Some(ics) = self.article_calendar(entry, article) {
+            let path = staging.join(format!("{}.ics", article.id));
+            output::write_new(&path, ics.as_bytes())
+                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+        }
+        Ok(Written::Replaced)
     }
 
-    /// Removes the page of an article that is gone or no longer published.
+    /// Removes the page of an article that is gone or no longer published, and its calendar.
     pub fn remove_page(&self, id: &str) -> std::io::Result<()> {
+        let ics = self.page_calendar_path(id);
+        if ics.exists() {
+            output::remove(&self.out.join("articles"), &ics)?;
+        }
         output::remove(&self.out.join("articles"), &self.page_path(id))
     }
 
@@ -301,14 +391,15 @@ impl Publisher {
         {
             std::fs::remove_dir_all(staging)?;
         }
-        let (entries, errors) = self.reader.read_all(&files, |_, article| {
+        let (entries, errors) = self.reader.read_all(&files, |found, article| {
             progress.fetch_add(1, Ordering::Relaxed);
             if article.published > now {
                 return;
             }
+            let entry = self.reader.entry(found, article);
             let result = match &staging {
-                Some(staging) => self.write_staged_page(staging, article),
-                None => self.write_page(article),
+                Some(staging) => self.write_staged_page(staging, &entry, article),
+                None => self.write_page(&entry, article),
             };
             match result {
                 Ok(Written::Replaced) => written.fetch_add(1, Ordering::Relaxed),
@@ -350,12 +441,15 @@ impl Publisher {
             .render_index(&library, now)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.write_index(&index)?;
+        let calendar = self.render_calendar(&library, now);
+        self.write_calendar(&calendar.0)?;
         report.files_removed = self.prune(&library, now)?;
         Ok(Built {
             library,
             report,
             feeds: rendered,
             index,
+            calendar,
         })
     }
 
@@ -368,6 +462,17 @@ impl Publisher {
             let rel_str = crate::scan::rel_string(&rel);
             let id = rel_str.strip_suffix(".html").unwrap_or(&rel_str);
             let keep = library.get(id).is_some_and(|e| e.is_visible(now));
+            if !keep {
+                output::remove(&pages, &pages.join(&rel))?;
+                removed += 1;
+            }
+        }
+        for rel in output::files_under(&pages, ".ics") {
+            let rel_str = crate::scan::rel_string(&rel);
+            let id = rel_str.strip_suffix(".ics").unwrap_or(&rel_str);
+            let keep = library
+                .get(id)
+                .is_some_and(|e| e.is_visible(now) && e.event.is_some());
             if !keep {
                 output::remove(&pages, &pages.join(&rel))?;
                 removed += 1;
@@ -427,8 +532,18 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
     if let Err(e) = pages.index(&[(&entry, sample.excerpt())], &[sample.category.as_str()]) {
         problems.push(e.to_string());
     }
-    if let Err(e) = pages.article(&sample) {
-        problems.push(e.to_string());
+    // Once plain, once with every optional part (an event, its place, a correction).
+    let mut event = sample.clone();
+    event.event = Some(crate::article::When::Timed {
+        start: sample.published.naive_local(),
+        end: None,
+    });
+    event.place = Some("Hội trường".into());
+    event.correction = Some("Sửa giờ".into());
+    for article in [&sample, &event] {
+        if let Err(e) = pages.article(article, article.published) {
+            problems.push(e.to_string());
+        }
     }
     if let Err(e) = pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút"))) {
         problems.push(e.to_string());

@@ -181,6 +181,48 @@ struct ArticleCtx<'a> {
     author: Option<&'a str>,
     published_iso: String,
     published_text: String,
+    event: Option<EventCtx>,
+    correction: Option<CorrectionCtx<'a>>,
+}
+
+/// An event's time and place, as the page and the mails show them.
+#[derive(Serialize)]
+pub struct EventCtx {
+    /// `08:00 – 11:30, Thứ Năm 16/01/2025`.
+    pub when: String,
+    /// The start, machine-readable (`2025-01-16T08:00` or `2025-01-16`).
+    pub start_iso: String,
+    pub place: Option<String>,
+    /// The article's `.ics`.
+    pub ics_url: String,
+}
+
+impl EventCtx {
+    pub fn new(site: &SiteInfo, article: &Article) -> Option<EventCtx> {
+        let when = article.event?;
+        let start_iso = match when {
+            crate::article::When::Timed { start, .. } => start.format("%Y-%m-%dT%H:%M").to_string(),
+            crate::article::When::AllDay { first, .. } => first.format("%Y-%m-%d").to_string(),
+        };
+        Some(EventCtx {
+            when: crate::calendar::describe(&when),
+            start_iso,
+            place: article.place.clone(),
+            ics_url: format!(
+                "{}/articles/{}.ics",
+                site.base_url,
+                crate::feed::url_path(&article.id)
+            ),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct CorrectionCtx<'a> {
+    reason: &'a str,
+    /// When the article was last changed: `HH:MM DD/MM/YYYY`.
+    at_text: String,
+    at_iso: String,
 }
 
 /// Renders pages: the site and its templates (which carry the site and feeds as globals).
@@ -217,8 +259,12 @@ impl Pages<'_> {
         )
     }
 
-    /// One article's page.
-    pub fn article(&self, article: &Article) -> Result<String, TemplateError> {
+    /// One article's page; `updated` is its last change (the time of a correction).
+    pub fn article(
+        &self,
+        article: &Article,
+        updated: DateTime<FixedOffset>,
+    ) -> Result<String, TemplateError> {
         let ctx = ArticleCtx {
             id: &article.id,
             title: &article.title,
@@ -228,6 +274,12 @@ impl Pages<'_> {
             author: article.author.as_deref(),
             published_iso: article.published.to_rfc3339(),
             published_text: local_time(&article.published),
+            event: EventCtx::new(self.site, article),
+            correction: article.correction.as_deref().map(|reason| CorrectionCtx {
+                reason,
+                at_text: updated.format("%H:%M %d/%m/%Y").to_string(),
+                at_iso: updated.to_rfc3339(),
+            }),
         };
         self.templates.render(
             "web/article.html",

@@ -197,8 +197,8 @@ fn building_twice_gives_identical_bytes() {
     }
     assert_eq!(
         files,
-        2 * 3 + 3 + 1,
-        "two feeds in three formats, three pages, the index"
+        2 * 4 + 3 + 1 + 1,
+        "two feeds in four formats (a calendar each), three pages, the index, the calendar"
     );
 }
 

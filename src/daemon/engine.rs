@@ -204,6 +204,7 @@ impl Engine {
             built.index.into_bytes(),
             self.index_time,
         )));
+        snapshot.calendar = Some(calendar_served(built.calendar));
         self.app.replace(snapshot);
         self.update_metrics();
         self.metrics.rebuild(started.elapsed(), built.feeds.len());
@@ -219,10 +220,13 @@ impl Engine {
     /// Serves a feed; its `Last-Modified` comes from its content (its newest item), so it
     /// is the same after a restart and goes down again when a wrong date is fixed.
     fn insert_feed(&mut self, snapshot: &mut Snapshot, feed: &RenderedFeed) {
-        let time = feed
-            .last_modified
-            .map_or(SystemTime::UNIX_EPOCH, system_time);
         for ((ext, media), body) in FORMATS.iter().zip(&feed.bodies) {
+            let modified = if *ext == "ics" {
+                feed.calendar_modified
+            } else {
+                feed.last_modified
+            };
+            let time = modified.map_or(SystemTime::UNIX_EPOCH, system_time);
             let file = format!("{}.{ext}", feed.name);
             snapshot.feeds.insert(
                 file,
@@ -574,8 +578,14 @@ impl Engine {
             self.update_metrics();
             return;
         }
-        let (rendered, index) = self.publish_memory(&plan, now);
+        let (rendered, index, calendar) = self.publish_memory(&plan, now);
         self.write_files(&plan, &rendered, index.as_deref());
+        if let Some(ics) = calendar
+            && let Err(e) = self.publisher.write_calendar(&ics)
+        {
+            // Served from memory meanwhile; the next change writes it again.
+            tracing::error!("cannot write {}: {e}", crate::publish::CALENDAR_FILE);
+        }
         // The mail side decides what is news (an edit is not) and cancels what went.
         if !plan.pages.is_empty() {
             let _ = self.mail.send(MailEvent::Published(plan.pages.clone()));
@@ -601,7 +611,7 @@ impl Engine {
         &mut self,
         plan: &crate::plan::Republish,
         now: DateTime<FixedOffset>,
-    ) -> (Vec<RenderedFeed>, Option<String>) {
+    ) -> (Vec<RenderedFeed>, Option<String>, Option<String>) {
         let defs: Vec<_> = self
             .publisher
             .feeds
@@ -629,8 +639,17 @@ impl Engine {
                 None
             }
         };
+        let calendar = self.publisher.render_calendar(&self.library, now);
+        let changed = snapshot
+            .calendar
+            .as_ref()
+            .is_none_or(|c| c.body != calendar.0.as_bytes());
+        let calendar = changed.then(|| {
+            snapshot.calendar = Some(calendar_served(calendar.clone()));
+            calendar.0
+        });
         self.app.replace(snapshot);
-        (rendered, index)
+        (rendered, index, calendar)
     }
 
     /// Writes what `plan` changed to `output.dir`: pages, feeds, the index.
@@ -687,7 +706,7 @@ impl Engine {
         let Some(article) = self.read_body(entry) else {
             return;
         };
-        match self.publisher.write_page(&article) {
+        match self.publisher.write_page(entry, &article) {
             Ok(_) => {
                 self.unwritten.pages.remove(&entry.id);
             }
@@ -811,6 +830,15 @@ impl Unwritten {
 /// The first and the longest wait before writing the site's files again.
 const UNWRITTEN_FIRST: Duration = Duration::from_secs(1);
 const UNWRITTEN_MAX: Duration = Duration::from_secs(60);
+
+/// The served form of the site's calendar; `Last-Modified` from its latest event edit.
+fn calendar_served((ics, modified): (String, Option<DateTime<FixedOffset>>)) -> Arc<Served> {
+    Arc::new(Served::feed(
+        ics.into_bytes(),
+        crate::calendar::MEDIA_TYPE,
+        modified.map_or(SystemTime::UNIX_EPOCH, system_time),
+    ))
+}
 
 /// (device, inode) of a folder.
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
