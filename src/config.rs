@@ -268,7 +268,8 @@ pub struct Mail {
     pub sendmail_command: PathBuf,
     /// Subscribe form posts accepted per client address per hour.
     pub subscribe_per_hour: u32,
-    /// Finished deliveries (sent, failed, cancelled) are kept this many days, then pruned.
+    /// Finished deliveries (sent, failed, cancelled), and the record of who received which
+    /// article (what corrections and delivery reports use), are kept this many days.
     pub keep_days: u64,
     /// An alert goes out only once its article has been unchanged this long: a file saved
     /// in several steps is mailed once, finished; a deletion in that time mails nothing.

@@ -152,6 +152,8 @@ pub struct AppState {
     pub snapshot: RwLock<Arc<Snapshot>>,
     /// `output.dir/articles`: pages are read from there.
     pub pages: PathBuf,
+    /// `output.dir/bulletins`.
+    pub bulletins: PathBuf,
     /// Counts requests.
     pub metrics: Metrics,
     /// Every part's metrics, rendered for `/metrics`.
@@ -161,10 +163,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pages: PathBuf, metrics: Metrics, registry: Arc<Registry>) -> AppState {
+    /// `out` is `output.dir`: article pages and bulletins are read from there.
+    pub fn new(out: &std::path::Path, metrics: Metrics, registry: Arc<Registry>) -> AppState {
         AppState {
             snapshot: RwLock::default(),
-            pages,
+            pages: out.join("articles"),
+            bulletins: out.join("bulletins"),
             metrics,
             registry,
             healthy: std::sync::atomic::AtomicBool::new(false),
@@ -211,6 +215,8 @@ pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/feeds/{file}", get(feed))
         .route("/calendar.ics", get(calendar))
         .route("/articles/{*path}", get(article))
+        .route("/bulletins/", get(bulletin))
+        .route("/bulletins/{*path}", get(bulletin))
         .route("/healthz", get(healthz))
         .with_state(state)
         .merge(extra)
@@ -540,10 +546,29 @@ async fn article(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let Some(rel) = safe_page_path(&path) else {
-        return not_found().await;
-    };
-    let full = state.pages.join(&rel);
+    match safe_page_path(&path) {
+        Some(rel) => serve_file(state.pages.join(&rel), &method, &headers).await,
+        None => not_found().await,
+    }
+}
+
+/// `GET /bulletins/` and `/bulletins/{daily|weekly}/{date}.html`: written by the daemon
+/// when a digest is sent.
+async fn bulletin(
+    State(state): State<Arc<AppState>>,
+    path: Option<axum::extract::Path<String>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = path.map_or_else(|| "index.html".to_owned(), |p| p.0);
+    match safe_page_path(&path).filter(|p| p.extension().is_some_and(|e| e == "html")) {
+        Some(rel) => serve_file(state.bulletins.join(&rel), &method, &headers).await,
+        None => not_found().await,
+    }
+}
+
+/// Serves a file of the site from disk, with validators.
+async fn serve_file(full: PathBuf, method: &Method, headers: &HeaderMap) -> Response {
     let read = async {
         use tokio::io::AsyncReadExt;
         let mut file = tokio::fs::File::open(&full).await?;
@@ -559,17 +584,17 @@ async fn article(
     let Ok((bytes, modified)) = read.await else {
         return not_found().await;
     };
-    let content_type = if rel.extension().is_some_and(|e| e == "ics") {
+    let content_type = if full.extension().is_some_and(|e| e == "ics") {
         crate::calendar::MEDIA_TYPE
     } else {
         "text/html; charset=utf-8"
     };
     let mut served = Served::new(bytes, content_type, CACHE_FEED, modified, false);
     // Compressed only for a client that gets the body.
-    if method == Method::GET && accepts_gzip(&headers) && !served.not_modified(&headers) {
+    if method == Method::GET && accepts_gzip(headers) && !served.not_modified(headers) {
         served.compress();
     }
-    respond(&served, &method, &headers)
+    respond(&served, method, headers)
 }
 
 /// Answers GET or HEAD for a file with validators: 304 when the client's copy is current

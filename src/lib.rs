@@ -8,6 +8,7 @@
 //! - [`library`]: every article of the store, newest first, by id and category; what changed.
 //! - [`feed`]: feed definitions, and RSS 2.0, Atom 1.0 and JSON Feed 1.1 rendering.
 //! - [`calendar`]: events as iCalendar (RFC 5545).
+//! - [`correction`]: what a correction changed, word by word.
 //! - [`subscriber`]: who wants which news, how often, and where they stand.
 //! - [`site`]: templates and the contexts of the web pages.
 //! - [`plan`]: what a change republishes; who gets what: alert recipients, digest contents,
@@ -43,6 +44,7 @@ pub mod calendar;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod correction;
 pub mod daemon;
 pub mod feed;
 pub mod health;

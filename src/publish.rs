@@ -641,10 +641,15 @@ pub fn load_feed_defs(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::
 pub fn load_templates(dir: &Path) -> Result<Templates, Vec<crate::site::TemplateError>> {
     Templates::compile(crate::site::TEMPLATE_NAMES.iter().map(|name| {
         let path = dir.join(name);
-        (
-            *name,
-            path.display().to_string(),
-            std::fs::read_to_string(&path),
-        )
+        let text = match std::fs::read_to_string(&path) {
+            // A templates folder made before a template existed gets the built-in one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::site::BUILT_IN
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, text)| text.to_string())
+                .ok_or(e),
+            other => other,
+        };
+        (*name, path.display().to_string(), text)
     }))
 }

@@ -23,6 +23,31 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "email/digest.html",
     "email/confirm.txt",
     "email/confirm.html",
+    "email/correction.txt",
+    "email/correction.html",
+    "web/bulletin.html",
+    "web/bulletins.html",
+];
+
+/// Templates added after the first release, built in: a templates folder copied before they
+/// existed still works (its own copy, when present, wins).
+pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "email/correction.txt",
+        include_str!("../templates/email/correction.txt"),
+    ),
+    (
+        "email/correction.html",
+        include_str!("../templates/email/correction.html"),
+    ),
+    (
+        "web/bulletin.html",
+        include_str!("../templates/web/bulletin.html"),
+    ),
+    (
+        "web/bulletins.html",
+        include_str!("../templates/web/bulletins.html"),
+    ),
 ];
 
 /// A problem loading or rendering a template.

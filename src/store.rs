@@ -97,6 +97,55 @@ pub struct KnownArticle {
     /// The file in the store, relative (its name may differ from the id, e.g. in NFD).
     #[serde(default)]
     pub file: String,
+    /// The `Đính chính:` reason last acted on (or the one it had when first seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<String>,
+    /// How many corrections were mailed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrections: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// That a person was told of an article: the first mail that carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Told {
+    /// The delivery key of that mail (its Message-ID derives from it).
+    pub key: String,
+    /// When the relay accepted it (unix milliseconds).
+    pub at_ms: i64,
+    /// `alert` or `digest`.
+    pub by: String,
+}
+
+/// One correction of an article, as it was planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub n: u32,
+    pub reason: String,
+    /// When it was planned (unix milliseconds).
+    pub at_ms: i64,
+    /// The version people had been told, and the corrected one.
+    pub before: crate::correction::Version,
+    pub after: crate::correction::Version,
+    /// Mails queued for it.
+    pub planned: usize,
+}
+
+/// A digest published as a page: every article its mails carried on one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bulletin {
+    pub schedule: Schedule,
+    /// `YYYY-MM-DD`, in the council's time zone.
+    pub date: String,
+    /// The digest runs of that day (unix seconds of their ticks).
+    pub runs: Vec<i64>,
+    /// Article ids, newest first.
+    pub articles: Vec<String>,
+    /// Mails queued for it.
+    pub mails: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +161,13 @@ pub enum Kind {
     },
     Confirm {
         at: i64,
+    },
+    /// Correction `n` of an article to someone who was told of it by the mail `reply_to`
+    /// (a delivery key).
+    Correction {
+        article: String,
+        n: u32,
+        reply_to: String,
     },
 }
 
@@ -192,6 +248,9 @@ impl Delivery {
                 format!("d\0{}\0{run}\0{}", schedule.as_str(), self.email)
             }
             Kind::Confirm { at } => format!("c\0{}\0{at}", self.email),
+            Kind::Correction { article, n, .. } => {
+                format!("x\0{article}\0{n}\0{}", self.email)
+            }
         }
     }
 }
@@ -214,6 +273,14 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
         Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
         None => Err(corrupt("empty record".into())),
     }
+}
+
+fn told_key(article: &str, email: &str) -> Vec<u8> {
+    format!("{article}\0{email}").into_bytes()
+}
+
+fn correction_key(article: &str, n: u32) -> Vec<u8> {
+    format!("{article}\0{n:010}").into_bytes()
 }
 
 fn queue_key(lane: u8, next_ms: i64, key: &str) -> Vec<u8> {
@@ -269,7 +336,26 @@ struct Trees {
     ids: sled::Tree,
     /// Digests of the messages the inbox has acted on.
     inbox: sled::Tree,
+    /// `article \0 email` to [`Told`]: who received which article, for its corrections.
+    told: sled::Tree,
+    /// `article \0 n` to [`Correction`].
+    corrections: sled::Tree,
+    /// Article id to the [`crate::correction::Version`] people were last told.
+    versions: sled::Tree,
+    /// `schedule \0 date` to [`Bulletin`].
+    bulletins: sled::Tree,
 }
+
+/// Trees whose values are versioned JSON records (exported as JSON).
+const JSON_TREES: [&str; 7] = [
+    "subscribers",
+    "articles",
+    "outbox",
+    "told",
+    "corrections",
+    "versions",
+    "bulletins",
+];
 
 impl Trees {
     /// Every tree with its name, in a fixed order.
@@ -282,6 +368,10 @@ impl Trees {
             ("queue", &self.queue),
             ("ids", &self.ids),
             ("inbox", &self.inbox),
+            ("told", &self.told),
+            ("corrections", &self.corrections),
+            ("versions", &self.versions),
+            ("bulletins", &self.bulletins),
         ]
     }
 }
@@ -349,6 +439,10 @@ impl Store {
             queue: db.open_tree("queue")?,
             ids: db.open_tree("ids")?,
             inbox: db.open_tree("inbox")?,
+            told: db.open_tree("told")?,
+            corrections: db.open_tree("corrections")?,
+            versions: db.open_tree("versions")?,
+            bulletins: db.open_tree("bulletins")?,
             db,
         };
         // A marker beside the database names it: a database that opens without it (its
@@ -597,7 +691,7 @@ impl Store {
                     (_, Ok(text)) => (text.to_owned(), false),
                 };
                 let value = match name {
-                    "subscribers" | "articles" | "outbox" => {
+                    name if JSON_TREES.contains(&name) => {
                         let json = v.get(1..).unwrap_or_default();
                         serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
                             key: format!("{name}/{key}"),
@@ -657,7 +751,7 @@ impl Store {
                 continue; // this state's own
             }
             let value = match rec.tree.as_str() {
-                "subscribers" | "articles" | "outbox" => {
+                name if JSON_TREES.contains(&name) => {
                     let mut v = vec![VALUE_VERSION];
                     serde_json::to_writer(&mut v, &rec.value).expect("serializable");
                     v
@@ -775,6 +869,26 @@ impl Store {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
             t.outbox.insert(key.as_bytes(), encode(delivery))?;
+            if delivery.state == DeliveryState::Sent {
+                let (articles, by): (&[String], &str) = match &delivery.kind {
+                    Kind::Alert { article } => (std::slice::from_ref(article), "alert"),
+                    Kind::Digest { articles, .. } => (articles, "digest"),
+                    _ => (&[], ""),
+                };
+                let told = Told {
+                    key: key.to_owned(),
+                    at_ms: delivery.updated_ms,
+                    by: by.to_owned(),
+                };
+                for article in articles {
+                    // The first mail that told of it is the one corrections answer.
+                    let _ = t.told.compare_and_swap(
+                        told_key(article, &delivery.email),
+                        None as Option<&[u8]>,
+                        Some(encode(&told)),
+                    )?;
+                }
+            }
             if let Some(q) = queued {
                 t.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
             }
@@ -877,6 +991,112 @@ impl Store {
         })
     }
 
+    /// Who was told of `article`, by address.
+    pub fn told_of(&self, article: &str) -> Result<Vec<(String, Told)>, StoreError> {
+        let t = self.t()?;
+        let prefix = told_key(article, "");
+        let mut out = Vec::new();
+        for r in t.told.scan_prefix(&prefix) {
+            let (k, v) = r?;
+            let email = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((email, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The version of an article people were last told.
+    pub fn version(&self, article: &str) -> Result<Option<crate::correction::Version>, StoreError> {
+        let t = self.t()?;
+        t.versions
+            .get(article)?
+            .map(|v| decode(article.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_version(
+        &self,
+        article: &str,
+        version: &crate::correction::Version,
+    ) -> Result<(), StoreError> {
+        self.written((|| -> Result<(), StoreError> {
+            self.t()?.versions.insert(article, encode(version))?;
+            Ok(())
+        })())
+    }
+
+    pub fn correction(&self, article: &str, n: u32) -> Result<Option<Correction>, StoreError> {
+        let key = correction_key(article, n);
+        let t = self.t()?;
+        t.corrections
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    pub fn put_correction(&self, article: &str, c: &Correction) -> Result<(), StoreError> {
+        self.written((|| -> Result<(), StoreError> {
+            self.t()?
+                .corrections
+                .insert(correction_key(article, c.n), encode(c))?;
+            Ok(())
+        })())
+    }
+
+    /// The corrections of an article, oldest first.
+    pub fn corrections_of(&self, article: &str) -> Result<Vec<Correction>, StoreError> {
+        let t = self.t()?;
+        let mut prefix = article.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for r in t.corrections.scan_prefix(prefix) {
+            let (k, v) = r?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn bulletin(&self, schedule: Schedule, date: &str) -> Result<Option<Bulletin>, StoreError> {
+        let key = format!("{}\0{date}", schedule.as_str());
+        let t = self.t()?;
+        t.bulletins
+            .get(&key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn put_bulletin(&self, b: &Bulletin) -> Result<(), StoreError> {
+        self.written((|| -> Result<(), StoreError> {
+            let key = format!("{}\0{}", b.schedule.as_str(), b.date);
+            self.t()?.bulletins.insert(key, encode(b))?;
+            Ok(())
+        })())
+    }
+
+    /// Every bulletin, by schedule then date.
+    pub fn bulletins(&self) -> Result<Vec<Bulletin>, StoreError> {
+        let t = self.t()?;
+        let mut out = Vec::new();
+        for r in t.bulletins.iter() {
+            let (k, v) = r?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Deliveries whose key starts with `prefix`, in any state.
+    pub fn deliveries_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Delivery)>, StoreError> {
+        let t = self.t()?;
+        let mut out = Vec::new();
+        for r in t.outbox.scan_prefix(prefix) {
+            let (k, v) = r?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
     /// Removes finished deliveries (sent, failed, cancelled) last updated before
     /// `before_ms`, so the outbox does not grow for ever. Returns how many went.
     pub fn prune_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -890,6 +1110,15 @@ impl Store {
                     t.outbox.remove(&k)?;
                     t.ids.remove(delivery_id(&String::from_utf8_lossy(&k)))?;
                     removed += 1;
+                }
+            }
+            // Who was told goes with the deliveries: a correction reaches those told within
+            // the same horizon.
+            for r in t.told.iter() {
+                let (k, v) = r?;
+                let told: Told = decode(&k, &v)?;
+                if told.at_ms < before_ms {
+                    t.told.remove(&k)?;
                 }
             }
             Ok(removed)

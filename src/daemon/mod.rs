@@ -135,7 +135,7 @@ pub async fn serve(
     mail.metrics
         .register(&mut registry, store.clone(), &mail.outbox.pause);
     let app = Arc::new(AppState::new(
-        config.output.dir.join("articles"),
+        &config.output.dir,
         metrics.clone(),
         Arc::new(registry),
     ));

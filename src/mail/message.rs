@@ -18,6 +18,7 @@ use super::MailError;
 use crate::article::Article;
 use crate::config::Config;
 use crate::feed::SiteInfo;
+use crate::library::Entry;
 use crate::site::{SharedTemplates, Templates, local_time};
 use crate::store::{Delivery, Kind};
 use crate::subscriber::Schedule;
@@ -92,7 +93,10 @@ pub enum ComposeError {
 
 /// What a delivery is about, read by the caller.
 pub enum Content<'a> {
-    Alert(&'a Article),
+    /// The article, and its entry (its last change, for the event's calendar).
+    Alert(&'a Article, &'a Entry),
+    /// A correction of the article, as planned.
+    Correction(&'a Article, &'a Entry, &'a crate::store::Correction),
     /// The articles of a digest still readable, newest first.
     Digest(&'a [Arc<Article>]),
     /// The choices of the subscriber being asked to confirm.
@@ -110,6 +114,10 @@ pub struct Rendered {
     pub html: String,
     /// A bulk mail (alert, digest) carries the unsubscribe headers; a confirmation does not.
     pub bulk: bool,
+    /// An event's calendar, attached: (file name, iCalendar text).
+    pub calendar: Option<(String, String)>,
+    /// The delivery key of the mail this one answers (a correction), for threading.
+    pub answers: Option<String>,
 }
 
 /// A message ready for the transport.
@@ -191,33 +199,68 @@ impl Composer {
         let issued = delivery.created_ms.div_euclid(1000);
         let unsubscribe_url = self.links.unsubscribe_url(&delivery.email, issued);
         let preferences_url = self.links.preferences_url(&delivery.email, issued);
+        let calendar = |a: &Article, entry: &Entry| {
+            entry.event.map(|_| {
+                let event = crate::calendar::CalEvent {
+                    entry,
+                    description: Some(a.excerpt()),
+                };
+                (
+                    "su-kien.ics".to_owned(),
+                    crate::calendar::ics(&site, self.tz, &a.title, &[event]),
+                )
+            })
+        };
+        let mut attached = None;
+        let mut answers = None;
         let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
-            (Kind::Alert { .. }, Content::Alert(a)) => (
-                format!("[{}] {}", site.title, a.title),
-                "alert",
-                context! {
-                    article => article_ctx(&site, a),
-                    unsubscribe_url => unsubscribe_url,
-                    preferences_url => preferences_url,
-                },
-                true,
-            ),
+            (Kind::Alert { .. }, Content::Alert(a, entry)) => {
+                attached = calendar(a, entry);
+                (
+                    format!("[{}] {}", site.title, a.title),
+                    "alert",
+                    context! {
+                        article => article_ctx(&site, a),
+                        unsubscribe_url => unsubscribe_url,
+                        preferences_url => preferences_url,
+                    },
+                    true,
+                )
+            }
+            (Kind::Correction { reply_to, .. }, Content::Correction(a, entry, record)) => {
+                attached = calendar(a, entry);
+                answers = Some(reply_to.clone());
+                let changes = crate::correction::changes(&record.before, &record.after);
+                let at = self
+                    .tz
+                    .timestamp_millis_opt(record.at_ms)
+                    .single()
+                    .map(|t| t.format("%H:%M %d/%m/%Y").to_string())
+                    .unwrap_or_default();
+                (
+                    format!("Đính chính: {}", a.title),
+                    "correction",
+                    context! {
+                        article => article_ctx(&site, a),
+                        reason => record.reason.clone(),
+                        at_text => at,
+                        changes_text => crate::correction::as_text(&changes),
+                        changes => minijinja::Value::from(minijinja::value::Serde(changes)),
+                        unsubscribe_url => unsubscribe_url,
+                        preferences_url => preferences_url,
+                    },
+                    true,
+                )
+            }
             (Kind::Digest { schedule, run, .. }, Content::Digest(articles)) => {
                 let groups = group_by_category(&site, articles);
                 if groups.is_empty() {
                     return Err(ComposeError::NothingLeft);
                 }
                 let count = articles.len();
-                let day = self
-                    .tz
-                    .timestamp_opt(*run, 0)
-                    .single()
-                    .map(|t| t.format("%d/%m/%Y").to_string())
-                    .unwrap_or_default();
-                let heading = match schedule {
-                    Schedule::Weekly => format!("Bản tin tuần {day}"),
-                    _ => format!("Bản tin ngày {day}"),
-                };
+                let date = bulletin_date(self.tz, *run);
+                let heading = bulletin_heading(*schedule, date);
+                let bulletin_url = format!("{}/{}", site.base_url, bulletin_path(*schedule, date));
                 (
                     format!("[{}] {heading}: {count} tin mới", site.title),
                     "digest",
@@ -225,6 +268,7 @@ impl Composer {
                         heading => heading,
                         count => count,
                         groups => minijinja::Value::from(minijinja::value::Serde(groups)),
+                        bulletin_url => bulletin_url,
                         unsubscribe_url => unsubscribe_url,
                         preferences_url => preferences_url,
                     },
@@ -256,6 +300,8 @@ impl Composer {
             text,
             html,
             bulk,
+            calendar: attached,
+            answers,
         })
     }
 
@@ -321,6 +367,11 @@ impl Composer {
                 .map_err(|e| ComposeError::Build(e.to_string()))?;
             builder = builder.envelope(envelope);
         }
+        if let Some(answered) = &rendered.answers {
+            // Threaded under the mail the person received (RFC 5322 §3.6.4).
+            let id = self.message_id(answered);
+            builder = builder.in_reply_to(id.clone()).references(id);
+        }
         if rendered.bulk {
             let https = self
                 .links
@@ -345,6 +396,19 @@ impl Composer {
         // covers it (lettre signs only the message's headers, and writes a multipart's
         // Content-Type with the body).
         let alternative = MultiPart::alternative_plain_html(rendered.text, rendered.html);
+        let alternative = match rendered.calendar {
+            // The event travels as a file the mail program offers to add to a calendar.
+            Some((file_name, ics)) => MultiPart::mixed().multipart(alternative).singlepart(
+                lettre::message::Attachment::new(file_name).body(
+                    ics.into_bytes(),
+                    lettre::message::header::ContentType::parse(
+                        "text/calendar; charset=utf-8; method=PUBLISH",
+                    )
+                    .map_err(|e| ComposeError::Build(e.to_string()))?,
+                ),
+            ),
+            None => alternative,
+        };
         let content_type = alternative
             .headers()
             .get_raw("Content-Type")
@@ -411,21 +475,48 @@ pub fn schedule_label(schedule: Schedule) -> &'static str {
 }
 
 #[derive(Serialize)]
-struct ListedCtx {
+pub struct ListedCtx {
     title: String,
     url: String,
     excerpt: String,
     published_text: String,
+    event: Option<crate::site::EventCtx>,
 }
 
 #[derive(Serialize)]
-struct GroupCtx {
+pub struct GroupCtx {
     category: String,
     articles: Vec<ListedCtx>,
 }
 
+/// The day of a digest run (its tick), in the council's time zone.
+pub fn bulletin_date(tz: Tz, run: i64) -> chrono::NaiveDate {
+    tz.timestamp_opt(run, 0)
+        .single()
+        .map(|t| t.date_naive())
+        .unwrap_or_default()
+}
+
+/// `Bản tin ngày 29/11/2026`, `Bản tin tuần 30/11/2026`.
+pub fn bulletin_heading(schedule: Schedule, date: chrono::NaiveDate) -> String {
+    let day = date.format("%d/%m/%Y");
+    match schedule {
+        Schedule::Weekly => format!("Bản tin tuần {day}"),
+        _ => format!("Bản tin ngày {day}"),
+    }
+}
+
+/// The bulletin page of a digest, relative to the site: `bulletins/daily/2026-11-29.html`.
+pub fn bulletin_path(schedule: Schedule, date: chrono::NaiveDate) -> String {
+    format!(
+        "bulletins/{}/{}.html",
+        schedule.as_str(),
+        date.format("%Y-%m-%d")
+    )
+}
+
 /// Articles grouped by category, the groups in order of their first article.
-fn group_by_category(site: &SiteInfo, articles: &[Arc<Article>]) -> Vec<GroupCtx> {
+pub fn group_by_category(site: &SiteInfo, articles: &[Arc<Article>]) -> Vec<GroupCtx> {
     let mut groups: Vec<GroupCtx> = Vec::new();
     for a in articles {
         let item = ListedCtx {
@@ -433,6 +524,7 @@ fn group_by_category(site: &SiteInfo, articles: &[Arc<Article>]) -> Vec<GroupCtx
             url: site.article_url(&a.id),
             excerpt: a.excerpt(),
             published_text: local_time(&a.published),
+            event: crate::site::EventCtx::new(site, a),
         };
         match groups.iter_mut().find(|g| g.category == a.category) {
             Some(g) => g.articles.push(item),
@@ -455,8 +547,10 @@ fn article_ctx(site: &SiteInfo, a: &Article) -> minijinja::Value {
         author: Option<&'a str>,
         published_text: String,
         excerpt: String,
+        event: Option<crate::site::EventCtx>,
     }
     minijinja::Value::from(minijinja::value::Serde(Ctx {
+        event: crate::site::EventCtx::new(site, a),
         title: &a.title,
         category: &a.category,
         url: site.article_url(&a.id),
@@ -540,6 +634,47 @@ pub fn sample_article() -> Article {
     }
 }
 
+/// The entry of the sample article.
+fn sample_entry(a: &Article) -> Entry {
+    sample_entry_of(a)
+}
+
+fn sample_entry_of(a: &Article) -> Entry {
+    Entry::new(a, format!("{}.txt", a.id), Default::default(), a.published)
+}
+
+/// A sample event article, with a place and a correction.
+pub fn sample_event() -> Article {
+    let mut a = sample_article();
+    a.id = "mau/ky-hop".into();
+    a.title = "Kỳ họp thứ mười".into();
+    a.event = Some(crate::article::When::Timed {
+        start: a.published.naive_local() + chrono::Duration::days(14),
+        end: Some(
+            a.published.naive_local() + chrono::Duration::days(14) + chrono::Duration::hours(3),
+        ),
+    });
+    a.place = Some("Hội trường tầng 3, số 36 đường Cầu Giấy".into());
+    a.correction = Some("Đổi giờ khai mạc".into());
+    a
+}
+
+/// A sample correction of `a`: the time and a paragraph changed.
+pub fn sample_correction(a: &Article) -> crate::store::Correction {
+    let after = crate::correction::Version::of(a);
+    let mut before = after.clone();
+    before.when = Some("08:00 – 11:00, Thứ Sáu 28/02/2020".into());
+    before.paragraphs[0] = "Đoạn đầu, bản cũ.".into();
+    crate::store::Correction {
+        n: 1,
+        reason: a.correction.clone().unwrap_or_default(),
+        at_ms: a.published.timestamp_millis() + 3_600_000,
+        before,
+        after,
+        planned: 1,
+    }
+}
+
 /// Renders every mail template with sample data, as `bantin check` does; one message per
 /// problem.
 pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
@@ -555,6 +690,10 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         return_path: None,
     };
     let sample = Arc::new(sample_article());
+    let sample_entry = sample_entry(&sample);
+    let event = sample_event();
+    let event_entry = sample_entry_of(&event);
+    let correction = sample_correction(&event);
     let deliveries = [
         (
             Delivery::new(
@@ -564,7 +703,29 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
                 "mau@example.vn",
                 0,
             ),
-            Content::Alert(&sample),
+            Content::Alert(&sample, &sample_entry),
+        ),
+        (
+            Delivery::new(
+                Kind::Alert {
+                    article: event.id.clone(),
+                },
+                "mau@example.vn",
+                0,
+            ),
+            Content::Alert(&event, &event_entry),
+        ),
+        (
+            Delivery::new(
+                Kind::Correction {
+                    article: event.id.clone(),
+                    n: 1,
+                    reply_to: "a\0mau\0mau@example.vn".into(),
+                },
+                "mau@example.vn",
+                0,
+            ),
+            Content::Correction(&event, &event_entry, &correction),
         ),
         (
             Delivery::new(
@@ -633,9 +794,89 @@ mod tests {
             "dan@x.vn",
             0,
         );
-        let r = composer().render(&d, Content::Alert(&a)).unwrap();
+        let r = composer()
+            .render(&d, Content::Alert(&a, &sample_entry(&a)))
+            .unwrap();
         assert!(r.bulk);
+        assert!(r.calendar.is_none(), "no event, no calendar");
         snapshot("alert", &r);
+    }
+
+    #[test]
+    fn an_event_alert_shows_time_and_place_first_and_carries_its_calendar() {
+        let c = composer();
+        let a = sample_event();
+        let d = Delivery::new(
+            Kind::Alert {
+                article: a.id.clone(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let r = c
+            .render(&d, Content::Alert(&a, &sample_entry_of(&a)))
+            .unwrap();
+        snapshot("alert-event", &r);
+        let text_event = r
+            .text
+            .find("Thời gian: 08:16 – 11:16, Thứ Sáu 28/02/2020")
+            .unwrap();
+        assert!(text_event < r.text.find("Đoạn một.").unwrap(), "{}", r.text);
+        let (name, ics) = r.calendar.clone().unwrap();
+        assert_eq!(name, "su-kien.ics");
+        assert!(
+            ics.contains("DTSTART;TZID=Asia/Ho_Chi_Minh:20200228T081600"),
+            "{ics}"
+        );
+        let m = c
+            .message(&d.key(), &d, r, DateTime::from_timestamp(0, 0).unwrap())
+            .unwrap();
+        let text = String::from_utf8(m.bytes).unwrap();
+        assert!(text.contains("Content-Type: multipart/mixed"), "{text}");
+        assert!(
+            text.contains("Content-Type: text/calendar; charset=utf-8; method=PUBLISH"),
+            "{text}"
+        );
+        assert!(text.contains("filename=\"su-kien.ics\""), "{text}");
+    }
+
+    #[test]
+    fn a_correction_answers_the_mail_received_and_shows_what_changed() {
+        let c = composer();
+        let a = sample_event();
+        let record = sample_correction(&a);
+        let first = Delivery::new(
+            Kind::Alert {
+                article: a.id.clone(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let d = Delivery::new(
+            Kind::Correction {
+                article: a.id.clone(),
+                n: 1,
+                reply_to: first.key(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let r = c
+            .render(&d, Content::Correction(&a, &sample_entry_of(&a), &record))
+            .unwrap();
+        snapshot("correction", &r);
+        assert_eq!(r.subject, "Đính chính: Kỳ họp thứ mười");
+        assert!(r.text.contains("Đổi giờ khai mạc"), "{}", r.text);
+        assert!(r.html.contains("<del"), "{}", r.html);
+        assert!(r.html.contains("<ins"), "{}", r.html);
+        let m = c
+            .message(&d.key(), &d, r, DateTime::from_timestamp(0, 0).unwrap())
+            .unwrap();
+        let text = String::from_utf8(m.bytes).unwrap();
+        let original = c.message_id(&first.key());
+        assert!(text.contains(&format!("In-Reply-To: {original}")), "{text}");
+        assert!(text.contains(&format!("References: {original}")), "{text}");
+        assert!(text.contains(&c.message_id(&d.key())), "its own Message-ID");
     }
 
     #[test]
@@ -701,7 +942,7 @@ mod tests {
             "dan@x.vn",
             0,
         );
-        let r = c.render(&d, Content::Alert(&a)).unwrap();
+        let r = c.render(&d, Content::Alert(&a, &sample_entry(&a))).unwrap();
         let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let m = c.message(&d.key(), &d, r, date).unwrap();
         let text = String::from_utf8(m.bytes).unwrap();

@@ -8,6 +8,7 @@
 //! - [`worker`]: sending with a concurrency bound and a rate, retries, group commit.
 //! - [`inbox`]: bounces, complaints and mailto unsubscribes read back from a Maildir.
 
+pub mod bulletin;
 pub mod inbox;
 pub mod message;
 pub mod outbox;
@@ -30,7 +31,7 @@ pub use worker::Worker;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::scan::ArticleCache;
+use crate::scan::{ArticleCache, StoreReader};
 use crate::site::SharedTemplates;
 use crate::store::{Store, StoreError};
 use crate::token::Signer;
@@ -167,10 +168,22 @@ impl Mail {
             clock,
             metrics.clone(),
             NewsPolicy::from_config(config),
+            articles,
+            StoreReader {
+                root: config.store.dir.clone(),
+                tz: config.timezone().map_err(MailError::Config)?,
+                max_bytes: config.store.max_bytes,
+            },
         );
+        let mut outbox = outbox;
+        outbox.bulletins = Some(bulletin::BulletinPages {
+            templates: templates.clone(),
+            site: site.clone(),
+            out: config.output.dir.clone(),
+        });
         let composer = Composer::from_config(config, templates, site, links.clone())?;
         let transport = Transport::from_config(config, outbox.relay_utf8.clone())?;
-        let worker = Worker::new(config, outbox.clone(), composer, transport, articles)?;
+        let worker = Worker::new(config, outbox.clone(), composer, transport)?;
         Ok(Mail {
             outbox,
             worker: Arc::new(worker),

@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, FixedOffset};
 
 use super::{MailError, MailMetrics};
+use crate::article::Article;
 use crate::clock::Clock;
+use crate::correction::Version;
 use crate::library::Entry;
 use crate::plan;
-use crate::store::{Delivery, DeliveryState, Kind, KnownArticle, Queued, Store};
+use crate::scan::{ArticleCache, Found, StoreReader};
+use crate::store::{Correction, Delivery, DeliveryState, Kind, KnownArticle, Queued, Store};
 use crate::subscriber::{Schedule, SubState, Subscriber};
 
 /// A confirmation mail is queued at most this often per address (seconds).
@@ -39,6 +42,11 @@ pub struct Outbox {
     /// Told when an article starts settling.
     pub settled: Arc<tokio::sync::Notify>,
     policy: NewsPolicy,
+    /// Writes the page of every digest run (none in tests that plan only).
+    pub bulletins: Option<super::bulletin::BulletinPages>,
+    /// Bodies shared with publishing, and the store to read them from when not cached.
+    articles: Arc<ArticleCache>,
+    reader: StoreReader,
 }
 
 /// What counts as news, and when it may be mailed.
@@ -80,7 +88,14 @@ pub struct Pause {
 }
 
 impl Outbox {
-    pub fn new(store: Store, clock: Clock, metrics: MailMetrics, policy: NewsPolicy) -> Outbox {
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        metrics: MailMetrics,
+        policy: NewsPolicy,
+        articles: Arc<ArticleCache>,
+        reader: StoreReader,
+    ) -> Outbox {
         Outbox {
             store,
             clock,
@@ -93,7 +108,40 @@ impl Outbox {
             settling: Arc::default(),
             settled: Arc::default(),
             policy,
+            bulletins: None,
+            articles,
+            reader,
         }
+    }
+
+    /// An article's text and its entry (with the file's modification time), from the shared
+    /// cache or the store. `None` when it cannot be read (it went, or broke).
+    pub fn article(&self, id: &str) -> Option<(Arc<Article>, Entry)> {
+        // The file's own name: it may differ from the id (a name typed in NFD).
+        let file = match self.store.known_article(id) {
+            Ok(Some(known)) if !known.file.is_empty() => known.file,
+            _ => format!("{id}.txt"),
+        };
+        let path = self.reader.root.join(&file);
+        let stamp = std::fs::metadata(&path)
+            .map(|m| crate::scan::stamp_of(&m))
+            .ok()?;
+        let found = Found {
+            path,
+            file,
+            id: id.to_owned(),
+            stamp,
+        };
+        let article = match self.articles.get(id, stamp) {
+            Some(a) => a,
+            None => {
+                let a = Arc::new(self.reader.read(&found).ok()?);
+                self.articles.insert(stamp, a.clone());
+                a
+            }
+        };
+        let entry = self.reader.entry(&found, &article);
+        Some((article, entry))
     }
 
     /// Ends a pause caused by the state now that it can be written again: sending resumes
@@ -144,6 +192,7 @@ impl Outbox {
         if repaired > 0 {
             tracing::info!(repaired, "requeued deliveries interrupted by a crash");
         }
+        self.republish_bulletins(false);
         self.published(visible).await
     }
 
@@ -164,7 +213,11 @@ impl Outbox {
         let mut fresh = Vec::new();
         let mut old = Vec::new();
         for entry in entries {
-            if self.store.known_article(&entry.id)?.is_some() {
+            if let Some(known) = self.store.known_article(&entry.id)? {
+                // Known: an edit mails nobody, unless it carries a new correction.
+                if entry.correction.is_some() && entry.correction != known.correction {
+                    self.correct(&entry, known).await?;
+                }
                 continue;
             }
             if now - entry.published.timestamp_millis() > self.policy.max_age_ms {
@@ -256,8 +309,11 @@ impl Outbox {
             }
         }
         // Known only once every alert is queued: a crash in between plans again, and the
-        // outbox keys make that idempotent.
+        // outbox keys make that idempotent. The text as announced is kept, for corrections.
         for a in &fresh {
+            if let Some((article, _)) = self.article(&a.id) {
+                self.store.put_version(&a.id, &Version::of(&article))?;
+            }
             self.store.put_known_article(&a.id, &known(a, now))?;
         }
         self.store.flush_async().await?;
@@ -265,6 +321,55 @@ impl Outbox {
             tracing::info!(id = a.id, "alerts queued");
         }
         tracing::info!(articles = fresh.len(), mails = queued, "alerts planned");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// A known article now carries a new `Đính chính:` reason: everyone who was told of it
+    /// (by an alert or a digest) gets one correction, answering the mail they received.
+    /// Those still to be told (a pending alert, a digest to come) get the corrected text
+    /// only. Planned durably before anything is sent; planning twice is harmless (the
+    /// correction's number is in every key).
+    async fn correct(&self, entry: &Entry, mut known: KnownArticle) -> Result<(), MailError> {
+        let reason = entry.correction.clone().unwrap_or_default();
+        let Some((article, _)) = self.article(&entry.id) else {
+            return Ok(()); // unreadable now: the next notice tries again
+        };
+        let after = Version::of(&article);
+        let before = self
+            .store
+            .version(&entry.id)?
+            .unwrap_or_else(|| after.clone());
+        let n = known.corrections + 1;
+        let now = self.clock.now_ms();
+        let mut planned = 0;
+        if known.seen > 0 {
+            for (email, told) in self.store.told_of(&entry.id)? {
+                let kind = Kind::Correction {
+                    article: entry.id.clone(),
+                    n,
+                    reply_to: told.key,
+                };
+                self.store.enqueue(&Delivery::new(kind, &email, now))?;
+                planned += 1;
+            }
+        }
+        let record = Correction {
+            n,
+            reason: reason.clone(),
+            at_ms: now,
+            before,
+            after: after.clone(),
+            planned,
+        };
+        self.store.put_correction(&entry.id, &record)?;
+        self.store.put_version(&entry.id, &after)?;
+        // Last: once the article says this reason was acted on, nothing plans it again.
+        known.correction = Some(reason);
+        known.corrections = n;
+        self.store.put_known_article(&entry.id, &known)?;
+        self.store.flush_async().await?;
+        tracing::info!(id = entry.id, n, mails = planned, "correction planned");
         self.wake.notify_one();
         Ok(())
     }
@@ -341,6 +446,7 @@ impl Outbox {
             .filter(|s| s.state == SubState::Active && s.schedule == schedule)
             .collect();
         let mut mails = 0;
+        let mut carried: HashSet<&str> = HashSet::new();
         for mut sub in subs {
             if sub.digest_until.is_some_and(|t| t >= tick_ms) {
                 continue; // this run already covered it (a catch-up after a crash)
@@ -358,12 +464,49 @@ impl Outbox {
                 {
                     mails += 1;
                 }
+                carried.extend(ids);
             }
             sub.digest_until = Some(cutoff);
             self.store.put_subscriber(&sub)?;
         }
+        // The run's public record: every article its mails carried, on the run's day.
+        let bulletin = (!carried.is_empty()).then(|| {
+            let date = super::message::bulletin_date(self.reader.tz, tick_s);
+            let date = date.format("%Y-%m-%d").to_string();
+            let mut b = self
+                .store
+                .bulletin(schedule, &date)
+                .ok()
+                .flatten()
+                .unwrap_or(crate::store::Bulletin {
+                    schedule,
+                    date,
+                    runs: Vec::new(),
+                    articles: Vec::new(),
+                    mails: 0,
+                });
+            if !b.runs.contains(&tick_s) {
+                b.runs.push(tick_s);
+                b.mails += mails;
+            }
+            // Newest first, as the digests list them; a second run that day adds its own.
+            let mut articles: Vec<&str> = known
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .filter(|id| carried.contains(id) || b.articles.iter().any(|a| a == id))
+                .collect();
+            articles.dedup();
+            b.articles = articles.into_iter().map(str::to_owned).collect();
+            b
+        });
+        if let Some(b) = &bulletin {
+            self.store.put_bulletin(b)?;
+        }
         self.store.set_last_digest(schedule, tick_s)?;
         self.store.flush_async().await?;
+        if let Some(b) = &bulletin {
+            self.publish_bulletin(b, true);
+        }
         tracing::info!(
             schedule = schedule.as_str(),
             mails,
@@ -375,12 +518,60 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Writes the page of bulletin `b` (and the list of bulletins when `index`). A page that
+    /// cannot be written is logged: the mails go out all the same, and the next start
+    /// writes it again.
+    pub fn publish_bulletin(&self, b: &crate::store::Bulletin, index: bool) {
+        let Some(pages) = &self.bulletins else { return };
+        let articles: Vec<Arc<Article>> = b
+            .articles
+            .iter()
+            .filter_map(|id| self.article(id).map(|(a, _)| a))
+            .collect();
+        if let Err(e) = pages.write(b, &articles) {
+            tracing::error!("cannot publish the bulletin page: {e}");
+        }
+        if index {
+            match self.store.bulletins() {
+                Ok(all) => {
+                    if let Err(e) = pages.write_index(&all) {
+                        tracing::error!("cannot publish the list of bulletins: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
+
+    /// Writes the bulletin pages missing from `output.dir`, and the list (a start after the
+    /// site's folder was emptied, or after a reload of the templates).
+    pub fn republish_bulletins(&self, all: bool) {
+        let Some(pages) = &self.bulletins else { return };
+        let Ok(bulletins) = self.store.bulletins() else {
+            return;
+        };
+        for b in &bulletins {
+            let missing =
+                super::bulletin::page_of(b).is_some_and(|rel| !pages.out.join(rel).exists());
+            if all || missing {
+                self.publish_bulletin(b, false);
+            }
+        }
+        if let Err(e) = pages.write_index(&bulletins) {
+            tracing::error!("cannot publish the list of bulletins: {e}");
+        }
+    }
+}
+
 fn known(entry: &Entry, seen: i64) -> KnownArticle {
     KnownArticle {
         published: entry.published.timestamp(),
         category: entry.category.clone(),
         seen,
         file: entry.file.clone(),
+        correction: entry.correction.clone(),
+        corrections: 0,
     }
 }
 

@@ -14,8 +14,8 @@ use super::outbox::{Outbox, Pause};
 use super::transport::{SendError, Transport};
 use crate::article::Article;
 use crate::config::Config;
+use crate::library::Entry;
 use crate::plan;
-use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::store::{Delivery, DeliveryState, Kind, LANE_FRESH, LANE_RETRY, Queued, Store};
 use crate::subscriber::{SubState, Subscriber};
 
@@ -50,9 +50,6 @@ pub struct Worker {
     outbox: Outbox,
     composer: Composer,
     transport: Transport,
-    /// Bodies shared with publishing; a miss is read from the store.
-    articles: Arc<ArticleCache>,
-    reader: StoreReader,
     concurrency: usize,
     rate_per_second: f64,
     retry: RetryPolicy,
@@ -63,9 +60,10 @@ pub struct Worker {
 
 /// What one delivery needs besides itself, read once before rendering.
 enum Loaded {
-    Alert(Arc<Article>),
+    Alert(Arc<Article>, Entry),
     Digest(Vec<Arc<Article>>),
     Confirm(Option<Subscriber>),
+    Correction(Arc<Article>, Entry, crate::store::Correction),
 }
 
 impl Worker {
@@ -74,18 +72,11 @@ impl Worker {
         outbox: Outbox,
         composer: Composer,
         transport: Transport,
-        articles: Arc<ArticleCache>,
     ) -> Result<Worker, super::MailError> {
         Ok(Worker {
             outbox,
             composer,
             transport,
-            articles,
-            reader: StoreReader {
-                root: config.store.dir.clone(),
-                tz: config.timezone().map_err(super::MailError::Config)?,
-                max_bytes: config.store.max_bytes,
-            },
             concurrency: config.mail.concurrency.max(1),
             rate_per_second: config.mail.rate_per_second,
             retry: RetryPolicy {
@@ -278,45 +269,42 @@ impl Worker {
         let _ = slots.acquire_many(self.concurrency as u32).await;
     }
 
-    /// An article by id, from the shared cache or the store.
-    fn article(&self, id: &str) -> Option<Arc<Article>> {
-        if let Some(a) = self.articles.get_any(id) {
-            return Some(a);
-        }
-        // The file's own name: it may differ from the id (a name typed in NFD).
-        let file = match self.store().known_article(id) {
-            Ok(Some(known)) if !known.file.is_empty() => known.file,
-            _ => format!("{id}.txt"),
-        };
-        let found = Found {
-            path: self.reader.root.join(&file),
-            file,
-            id: id.to_owned(),
-            stamp: Default::default(),
-        };
-        let article = Arc::new(self.reader.read(&found).ok()?);
-        self.articles.insert(found.stamp, article.clone());
-        Some(article)
-    }
-
     /// Reads what `d` is about. `Err` when our side cannot (the article went).
     fn load(&self, d: &Delivery) -> Result<Loaded, ComposeError> {
         Ok(match &d.kind {
-            Kind::Alert { article } => Loaded::Alert(
-                self.article(article)
-                    .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?,
-            ),
-            Kind::Digest { articles, .. } => {
-                Loaded::Digest(articles.iter().filter_map(|id| self.article(id)).collect())
+            Kind::Alert { article } => {
+                let (a, entry) = self
+                    .outbox
+                    .article(article)
+                    .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?;
+                Loaded::Alert(a, entry)
             }
+            Kind::Digest { articles, .. } => Loaded::Digest(
+                articles
+                    .iter()
+                    .filter_map(|id| self.outbox.article(id).map(|(a, _)| a))
+                    .collect(),
+            ),
             Kind::Confirm { .. } => Loaded::Confirm(self.store().subscriber(&d.email)?),
+            Kind::Correction { article, n, .. } => {
+                let (a, entry) = self
+                    .outbox
+                    .article(article)
+                    .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?;
+                let record = self
+                    .store()
+                    .correction(article, *n)?
+                    .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?;
+                Loaded::Correction(a, entry, record)
+            }
         })
     }
 
     /// Renders `d` and hands it to the transport.
     async fn send(&self, key: &str, d: &Delivery, loaded: Loaded) -> Result<(), SendError> {
         let content = match &loaded {
-            Loaded::Alert(a) => Content::Alert(a),
+            Loaded::Alert(a, entry) => Content::Alert(a, entry),
+            Loaded::Correction(a, entry, record) => Content::Correction(a, entry, record),
             Loaded::Digest(list) => Content::Digest(list),
             Loaded::Confirm(sub) => Content::Confirm {
                 schedule: sub
