@@ -63,7 +63,7 @@ enum Loaded {
     Alert(Arc<Article>, Entry),
     Digest(Vec<Arc<Article>>),
     Confirm(Option<Subscriber>),
-    Correction(Arc<Article>, Entry, crate::store::Correction),
+    Correction(Box<(Arc<Article>, Entry, crate::store::Correction)>),
 }
 
 impl Worker {
@@ -295,7 +295,7 @@ impl Worker {
                     .store()
                     .correction(article, *n)?
                     .ok_or_else(|| ComposeError::ArticleGone(article.clone()))?;
-                Loaded::Correction(a, entry, record)
+                Loaded::Correction(Box::new((a, entry, record)))
             }
         })
     }
@@ -304,7 +304,7 @@ impl Worker {
     async fn send(&self, key: &str, d: &Delivery, loaded: Loaded) -> Result<(), SendError> {
         let content = match &loaded {
             Loaded::Alert(a, entry) => Content::Alert(a, entry),
-            Loaded::Correction(a, entry, record) => Content::Correction(a, entry, record),
+            Loaded::Correction(c) => Content::Correction(&c.0, &c.1, &c.2),
             Loaded::Digest(list) => Content::Digest(list),
             Loaded::Confirm(sub) => Content::Confirm {
                 schedule: sub
