@@ -58,6 +58,17 @@ pub enum Request {
     },
     /// Every record of the state, as JSON Lines.
     StateExport,
+    /// The delivery report of one article.
+    ArticleReport {
+        id: String,
+        json: bool,
+    },
+    /// The delivery report of one bulletin (a day's digest).
+    BulletinReport {
+        schedule: String,
+        date: String,
+        json: bool,
+    },
 }
 
 impl Request {
@@ -65,7 +76,12 @@ impl Request {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Request::List { .. } | Request::Export | Request::Status { .. } | Request::StateExport
+            Request::List { .. }
+                | Request::Export
+                | Request::Status { .. }
+                | Request::StateExport
+                | Request::ArticleReport { .. }
+                | Request::BulletinReport { .. }
         )
     }
 }
@@ -314,6 +330,12 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             Ok(Reply::ok(String::from_utf8_lossy(&out).into_owned()))
         }
         Request::Status { json } => status(ctx, json),
+        Request::ArticleReport { id, json } => article_report(ctx, &id, json),
+        Request::BulletinReport {
+            schedule,
+            date,
+            json,
+        } => bulletin_report(ctx, &schedule, &date, json),
     }
 }
 
@@ -533,6 +555,221 @@ struct Delivery {
     reason: Option<String>,
     since: Option<String>,
     next_try: Option<String>,
+}
+
+/// Deliveries counted by state, with the first and last time the relay accepted one.
+#[derive(Debug, Default, Serialize)]
+struct Tally {
+    planned: usize,
+    sent: usize,
+    pending: usize,
+    failed: usize,
+    cancelled: usize,
+    first_accepted: Option<String>,
+    last_accepted: Option<String>,
+}
+
+impl Tally {
+    fn of<'d>(deliveries: impl IntoIterator<Item = &'d crate::store::Delivery>) -> Tally {
+        let mut t = Tally::default();
+        let (mut first, mut last): (Option<i64>, Option<i64>) = (None, None);
+        for d in deliveries {
+            t.planned += 1;
+            match d.state {
+                DeliveryState::Pending => t.pending += 1,
+                DeliveryState::Failed => t.failed += 1,
+                DeliveryState::Cancelled => t.cancelled += 1,
+                DeliveryState::Sent => {
+                    t.sent += 1;
+                    first = Some(first.map_or(d.updated_ms, |f| f.min(d.updated_ms)));
+                    last = Some(last.map_or(d.updated_ms, |l| l.max(d.updated_ms)));
+                }
+            }
+        }
+        t.first_accepted = first.and_then(rfc3339_ms);
+        t.last_accepted = last.and_then(rfc3339_ms);
+        t
+    }
+
+    fn line(&self) -> String {
+        let mut out = format!(
+            "planned {}, sent {}, pending {}, failed {}, cancelled {}",
+            self.planned, self.sent, self.pending, self.failed, self.cancelled
+        );
+        if let (Some(first), Some(last)) = (&self.first_accepted, &self.last_accepted) {
+            out.push_str(&format!("; accepted from {first} to {last}"));
+        }
+        out
+    }
+}
+
+fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, AdminError> {
+    #[derive(Serialize)]
+    struct CorrectionReport {
+        n: u32,
+        reason: String,
+        planned_at: Option<String>,
+        #[serde(flatten)]
+        tally: Tally,
+    }
+    #[derive(Serialize)]
+    struct Digested {
+        told: usize,
+        first_accepted: Option<String>,
+        last_accepted: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Report {
+        article: String,
+        /// When the mail side learned of it; `null` for the first start's baseline.
+        first_seen: Option<String>,
+        alerts: Tally,
+        digests: Digested,
+        /// Addresses told of it, by an alert or a digest.
+        told: usize,
+        corrections: Vec<CorrectionReport>,
+    }
+    let store = ctx.store;
+    let Some(known) = store.known_article(id)? else {
+        return Ok(Reply::fail(format!(
+            "no article '{id}' is known to the mail side; give its id as in its page's \
+             address (articles/<id>.html), e.g. 2025/01/ky-hop\n"
+        )));
+    };
+    let alerts: Vec<crate::store::Delivery> = store
+        .alerts_of(id)
+        .map(|r| r.map(|(_, d)| d))
+        .collect::<Result<_, _>>()?;
+    let told = store.told_of(id)?;
+    let digest_times: Vec<i64> = told
+        .iter()
+        .filter(|(_, t)| t.by == "digest")
+        .map(|(_, t)| t.at_ms)
+        .collect();
+    let mut corrections = Vec::new();
+    for c in store.corrections_of(id)? {
+        let deliveries = store.deliveries_with_prefix(&format!("x\0{id}\0{}\0", c.n))?;
+        corrections.push(CorrectionReport {
+            n: c.n,
+            reason: c.reason,
+            planned_at: rfc3339_ms(c.at_ms),
+            tally: Tally::of(deliveries.iter().map(|(_, d)| d)),
+        });
+    }
+    let report = Report {
+        article: id.to_owned(),
+        first_seen: (known.seen > 0).then(|| rfc3339_ms(known.seen)).flatten(),
+        alerts: Tally::of(&alerts),
+        digests: Digested {
+            told: digest_times.len(),
+            first_accepted: digest_times.iter().min().copied().and_then(rfc3339_ms),
+            last_accepted: digest_times.iter().max().copied().and_then(rfc3339_ms),
+        },
+        told: told.len(),
+        corrections,
+    };
+    if json {
+        let mut out = serde_json::to_string_pretty(&report).expect("serializable");
+        out.push('\n');
+        return Ok(Reply::ok(out));
+    }
+    let mut out = format!(
+        "article: {}\nfirst seen: {}\nalerts: {}\n",
+        report.article,
+        report
+            .first_seen
+            .as_deref()
+            .unwrap_or("at the first start (the baseline: never mailed)"),
+        report.alerts.line()
+    );
+    out.push_str(&format!("digests: told {}", report.digests.told));
+    if let (Some(first), Some(last)) = (
+        &report.digests.first_accepted,
+        &report.digests.last_accepted,
+    ) {
+        out.push_str(&format!("; accepted from {first} to {last}"));
+    }
+    out.push_str(&format!("\ntold: {} addresses\n", report.told));
+    for c in &report.corrections {
+        out.push_str(&format!(
+            "correction {} ({}): {}: {}\n",
+            c.n,
+            c.planned_at.as_deref().unwrap_or("?"),
+            c.reason,
+            c.tally.line()
+        ));
+    }
+    Ok(Reply::ok(out))
+}
+
+fn bulletin_report(
+    ctx: &Context<'_>,
+    schedule: &str,
+    date: &str,
+    json: bool,
+) -> Result<Reply, AdminError> {
+    #[derive(Serialize)]
+    struct Report {
+        schedule: &'static str,
+        date: String,
+        runs: Vec<Option<String>>,
+        articles: Vec<String>,
+        mails: Tally,
+    }
+    let schedule = match schedule {
+        "daily" => Schedule::Daily,
+        "weekly" => Schedule::Weekly,
+        other => {
+            return Ok(Reply::fail(format!(
+                "unknown bulletin '{other}'; use daily or weekly\n"
+            )));
+        }
+    };
+    let parsed = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .or_else(|_| chrono::NaiveDate::parse_from_str(date, "%d/%m/%Y"));
+    let Ok(day) = parsed else {
+        return Ok(Reply::fail(format!(
+            "cannot read the date '{date}'; write it YYYY-MM-DD (or DD/MM/YYYY)\n"
+        )));
+    };
+    let date = day.format("%Y-%m-%d").to_string();
+    let Some(b) = ctx.store.bulletin(schedule, &date)? else {
+        return Ok(Reply::fail(format!(
+            "no {} bulletin was sent on {date}\n",
+            schedule.as_str()
+        )));
+    };
+    let mut deliveries = Vec::new();
+    for run in &b.runs {
+        deliveries.extend(
+            ctx.store
+                .deliveries_with_prefix(&format!("d\0{}\0{run}\0", schedule.as_str()))?
+                .into_iter()
+                .map(|(_, d)| d),
+        );
+    }
+    let report = Report {
+        schedule: schedule.as_str(),
+        date,
+        runs: b.runs.iter().map(|r| rfc3339_ms(r * 1000)).collect(),
+        articles: b.articles.clone(),
+        mails: Tally::of(&deliveries),
+    };
+    if json {
+        let mut out = serde_json::to_string_pretty(&report).expect("serializable");
+        out.push('\n');
+        return Ok(Reply::ok(out));
+    }
+    let runs: Vec<&str> = report.runs.iter().filter_map(|r| r.as_deref()).collect();
+    Ok(Reply::ok(format!(
+        "bulletin: {} {}\nruns: {}\narticles: {} ({})\nmails: {}\n",
+        report.schedule,
+        report.date,
+        runs.join(", "),
+        report.articles.len(),
+        report.articles.join(", "),
+        report.mails.line()
+    )))
 }
 
 fn rfc3339_ms(ms: i64) -> Option<String> {

@@ -38,10 +38,17 @@ enum Command {
     /// Manage mail subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
-    /// Articles, subscribers by state, outbox by state, last digests.
+    /// Articles, subscribers by state, outbox by state, last digests; or the delivery
+    /// report of one article or bulletin.
     Status {
         #[arg(long)]
         json: bool,
+        /// The delivery report of one article (its id, e.g. 2025/01/ky-hop).
+        #[arg(long, value_name = "ID", conflicts_with = "bulletin")]
+        article: Option<String>,
+        /// The delivery report of one bulletin: `daily|weekly` and its date (YYYY-MM-DD).
+        #[arg(long, num_args = 2, value_names = ["daily|weekly", "DATE"])]
+        bulletin: Option<Vec<String>>,
     },
     /// Bounces, complaints and unsubscribe mails.
     #[command(subcommand)]
@@ -156,7 +163,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check => check(&config),
         Command::Build { out } => build(config, out),
-        Command::Status { json } => admin(&config, Request::Status { json }),
+        Command::Status {
+            json,
+            article,
+            bulletin,
+        } => {
+            let request = match (article, bulletin) {
+                (Some(id), _) => Request::ArticleReport { id, json },
+                (None, Some(b)) => Request::BulletinReport {
+                    schedule: b[0].clone(),
+                    date: b[1].clone(),
+                    json,
+                },
+                (None, None) => Request::Status { json },
+            };
+            admin(&config, request)
+        }
         Command::State(StateCommand::Export { file }) => {
             let reply = admin_reply(&config, Request::StateExport)?;
             if reply.code != 0 {

@@ -175,3 +175,200 @@ fn build_writes_every_calendar() {
     assert!(site.public().join("articles/hop.ics").exists());
     assert!(!site.public().join("articles/tin.ics").exists());
 }
+
+mod by_mail {
+    use std::collections::HashMap;
+
+    use chrono::{DateTime, Duration as Days, Utc};
+
+    use super::{event, property};
+    use crate::common::daemon::PATIENCE;
+    use crate::common::inproc::InProc;
+    use crate::common::mail::{header, link, part, path_of};
+    use crate::common::smtp::{Received, SmtpServer};
+    use crate::common::{CAT_A, CAT_B, Site, add_confirmed, article, stdout, wait_for, wait_mails};
+
+    const ALERTED: [&str; 5] = ["a1@x.vn", "a2@x.vn", "a3@x.vn", "a4@x.vn", "a5@x.vn"];
+    const DIGESTED: [&str; 3] = ["d1@x.vn", "d2@x.vn", "d3@x.vn"];
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(Utc::now().timestamp() + 1, 0).unwrap()
+    }
+
+    fn to(m: &Received) -> String {
+        m.to.join(",")
+    }
+
+    fn json(site: &Site, args: &[&str]) -> serde_json::Value {
+        let out = site.bantin(args);
+        assert!(out.status.success(), "{}", crate::common::stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    }
+
+    /// The whole story over SMTP: an event is alerted (with its calendar) and digested (with
+    /// its bulletin page); a correction reaches exactly the eight who were told, each
+    /// threaded on the mail they received; an edit without a new reason mails nobody; the
+    /// delivery report matches what the server received.
+    #[test]
+    fn an_event_is_told_corrected_and_reported() {
+        let smtp = SmtpServer::start();
+        let site = Site::with_config(&format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\n\
+             from = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
+             concurrency = 2\n\
+             [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n\
+             [digest]\ndaily = \"0 0 7 * * *\"\nweekly = \"0 0 0 1 1 * 2099\"\n",
+            smtp.addr.port()
+        ));
+        site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+        for who in ALERTED {
+            add_confirmed(&site, who, "immediate");
+        }
+        for who in DIGESTED {
+            add_confirmed(&site, who, "daily");
+        }
+        let clock = bantin::clock::Clock::manual(now());
+        let daemon = InProc::start(&site, &clock);
+
+        // The event: five alerts, each with the time and place first and the calendar.
+        let original = event(CAT_B, "Kỳ họp thứ mười", "16/01/2027 | 08:00 - 11:30");
+        site.publish("2027/ky-hop.txt", &original);
+        let alerts = wait_mails(&smtp, 5);
+        for m in &alerts {
+            let text = part(&m.data, "text/plain").unwrap();
+            let at = text
+                .find("Thời gian: 08:00 – 11:30, Thứ Bảy 16/01/2027")
+                .unwrap();
+            assert!(at < text.find("Đoạn thứ nhất").unwrap(), "{text}");
+            assert!(
+                text.contains("Địa điểm: Trụ sở tiếp công dân quận"),
+                "{text}"
+            );
+            let ics = part(&m.data, "text/calendar").expect("the calendar attached");
+            assert_eq!(
+                property(&ics, "DTSTART").as_deref(),
+                Some("DTSTART;TZID=Asia/Ho_Chi_Minh:20270116T080000")
+            );
+        }
+
+        // The digest: three mails, linking to the bulletin page.
+        daemon.advance(Days::days(1));
+        let mails = wait_mails(&smtp, 8);
+        let digests: Vec<&Received> = mails
+            .iter()
+            .filter(|m| DIGESTED.contains(&to(m).as_str()))
+            .collect();
+        assert_eq!(digests.len(), 3);
+        let bulletin = link(&digests[0].data, "/bulletins/daily/");
+        let page = daemon.get(&path_of(&bulletin));
+        assert_eq!(page.status, 200, "{bulletin}");
+        assert!(page.text().contains("Kỳ họp thứ mười"));
+        assert!(!page.text().contains("d1@x.vn"), "no personal data");
+        let list = daemon.get("/bulletins/");
+        assert_eq!(list.status, 200);
+        assert!(
+            list.text()
+                .replace("&#x2f;", "/")
+                .contains(&path_of(&bulletin))
+        );
+        let received: HashMap<String, String> = mails
+            .iter()
+            .map(|m| (to(m), header(&m.data, "Message-ID").unwrap()))
+            .collect();
+        assert_eq!(received.len(), 8);
+
+        // The correction: a new time and a reason. Exactly the eight get one each, threaded.
+        let corrected = event(CAT_B, "Kỳ họp thứ mười", "17/01/2027 | 14:00 - 16:00").replace(
+            "Thời gian:",
+            "Đính chính: Đổi thời gian họp sang chiều 17/01\nThời gian:",
+        );
+        site.publish("2027/ky-hop.txt", &corrected);
+        let mails = wait_mails(&smtp, 16);
+        let corrections: Vec<&Received> = mails[8..].iter().collect();
+        let mut seen = HashMap::new();
+        for m in &corrections {
+            let subject = header(&m.data, "Subject").unwrap();
+            assert_eq!(subject, "Đính chính: Kỳ họp thứ mười");
+            let who = to(m);
+            let answered = header(&m.data, "In-Reply-To").unwrap();
+            assert_eq!(Some(&answered), received.get(&who), "{who} threaded");
+            assert_eq!(header(&m.data, "References"), Some(answered));
+            let text = part(&m.data, "text/plain").unwrap();
+            assert!(
+                text.contains("Đổi thời gian họp sang chiều 17/01"),
+                "{text}"
+            );
+            assert!(text.contains("[-08:00-]{+14:00+}"), "{text}");
+            let ics = part(&m.data, "text/calendar").expect("the new time attached");
+            assert!(ics.contains("20270117T140000"), "{ics}");
+            *seen.entry(who).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 8, "{seen:?}");
+        assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+        // The page says it was corrected.
+        wait_for("the corrected page", PATIENCE, || {
+            daemon
+                .get("/articles/2027/ky-hop.html")
+                .text()
+                .replace("&#x2f;", "/")
+                .contains("Đổi thời gian họp sang chiều 17/01")
+        });
+        assert!(
+            daemon
+                .get("/articles/2027/ky-hop.html")
+                .text()
+                .contains("Đính chính lúc")
+        );
+
+        // A second edit with the same reason mails nobody.
+        let notices = daemon.metric("bantin_mail_article_notices_total").unwrap();
+        site.publish(
+            "2027/ky-hop.txt",
+            &corrected.replace("Đoạn thứ hai.", "Đoạn thứ hai, sửa lỗi chính tả."),
+        );
+        wait_for("the edit noticed", PATIENCE, || {
+            daemon.metric("bantin_mail_article_notices_total").unwrap() > notices
+        });
+        let report = json(&site, &["status", "--article", "2027/ky-hop", "--json"]);
+        assert_eq!(
+            report["corrections"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
+        assert_eq!(smtp.accepted().len(), 16);
+
+        // The report matches the server.
+        wait_for("the corrections recorded", PATIENCE, || {
+            json(&site, &["status", "--article", "2027/ky-hop", "--json"])["corrections"][0]["sent"]
+                == 8
+        });
+        let report = json(&site, &["status", "--article", "2027/ky-hop", "--json"]);
+        assert_eq!(report["alerts"]["planned"], 5, "{report}");
+        assert_eq!(report["alerts"]["sent"], 5, "{report}");
+        assert_eq!(report["alerts"]["pending"], 0, "{report}");
+        assert_eq!(report["alerts"]["failed"], 0, "{report}");
+        assert_eq!(report["digests"]["told"], 3, "{report}");
+        assert_eq!(report["told"], 8, "{report}");
+        assert_eq!(report["corrections"][0]["planned"], 8, "{report}");
+        assert!(report["first_seen"].is_string(), "{report}");
+        assert!(report["alerts"]["first_accepted"].is_string(), "{report}");
+        let date = bulletin
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".html")
+            .to_string();
+        let b = json(&site, &["status", "--bulletin", "daily", &date, "--json"]);
+        assert_eq!(b["mails"]["sent"], 3, "{b}");
+        assert_eq!(b["articles"][0], "2027/ky-hop", "{b}");
+        let text = stdout(&site.bantin(&["status", "--article", "2027/ky-hop"]));
+        assert!(
+            text.contains("alerts: planned 5, sent 5, pending 0, failed 0, cancelled 0"),
+            "{text}"
+        );
+        let unknown = site.bantin(&["status", "--article", "khong-co"]);
+        assert_eq!(unknown.status.code(), Some(1));
+        daemon.stop();
+    }
+}

@@ -94,6 +94,13 @@ pub fn part(data: &str, media: &str) -> Option<String> {
             continue;
         };
         let ctype = raw_header(&format!("{head}\r\n\r\n"), "Content-Type").unwrap_or_default();
+        if ctype.to_ascii_lowercase().starts_with("multipart/") {
+            // A nested multipart (an alternative inside a mixed one): look inside.
+            if let Some(found) = part(&format!("{head}\r\n\r\n{body}"), media) {
+                return Some(found);
+            }
+            continue;
+        }
         if !ctype.to_ascii_lowercase().starts_with(media) {
             continue;
         }
