@@ -81,6 +81,107 @@ fn kill_9_during_a_fan_out() {
     drop(daemon);
 }
 
+/// A crash in the middle of a correction's fan-out: after the restart every recipient of the
+/// article has its one correction, and at most the mails in flight went twice.
+#[test]
+fn kill_9_during_a_correction_fan_out() {
+    const TOLD: usize = 600;
+    let smtp = SmtpServer::slow(Duration::from_millis(2));
+    let site = Site::with_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
+         retry_initial_ms = 200\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
+        smtp.addr.port()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    let mut csv = String::from("email,schedule,categories\n");
+    for i in 0..TOLD {
+        csv.push_str(&format!("dan{i:04}@x.vn,immediate,\n"));
+    }
+    site.write("ds.csv", &csv);
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        site.path("ds.csv").to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let text = article(CAT_A, "Kỳ họp", "20/11/2026 | 08:00");
+    site.publish("ky-hop.txt", &text);
+    wait_for("every alert", Duration::from_secs(120), || {
+        smtp.accepted().len() >= TOLD
+    });
+    let report = |site: &Site| -> serde_json::Value {
+        let out = site.bantin(&["status", "--article", "ky-hop", "--json"]);
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    wait_for("every alert recorded", Duration::from_secs(60), || {
+        report(&site)["alerts"]["sent"] == TOLD
+    });
+    site.publish(
+        "ky-hop.txt",
+        &text.replace(
+            "Ngày đăng 20/11/2026 | 08:00\n",
+            "Ngày đăng 20/11/2026 | 08:00\nĐính chính: sửa tên người chủ trì\n",
+        ),
+    );
+    let corrections = |smtp: &SmtpServer| -> Vec<common::smtp::Received> {
+        smtp.accepted()
+            .into_iter()
+            .filter(|m| {
+                m.header("Subject")
+                    .is_some_and(|s| s.starts_with("Đính chính"))
+            })
+            .collect()
+    };
+    wait_for(
+        "a quarter of the corrections",
+        Duration::from_secs(120),
+        || corrections(&smtp).len() >= TOLD / 4,
+    );
+    daemon.child.kill().unwrap(); // SIGKILL: no shutdown at all
+    daemon.child.wait().unwrap();
+    let at_crash = corrections(&smtp).len();
+    assert!(
+        at_crash < TOLD,
+        "the crash came in the middle ({at_crash} sent)"
+    );
+    drop(daemon);
+
+    let daemon = Daemon::start(&site);
+    wait_for("every correction", Duration::from_secs(180), || {
+        let r = report(&site);
+        r["corrections"][0]["pending"] == 0 && r["corrections"][0]["sent"] == TOLD
+    });
+    let mut per_address: HashMap<String, usize> = HashMap::new();
+    for m in corrections(&smtp) {
+        for to in m.to {
+            *per_address.entry(to).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        per_address.len(),
+        TOLD,
+        "every recipient got the correction"
+    );
+    let duplicates: usize = per_address.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= CONCURRENCY,
+        "{duplicates} duplicates, more than the {CONCURRENCY} mails in flight"
+    );
+    assert_eq!(
+        report(&site)["corrections"].as_array().unwrap().len(),
+        1,
+        "planned once, not again at the restart"
+    );
+    eprintln!("crash after {at_crash} corrections; {duplicates} duplicates after restart");
+    drop(daemon);
+}
+
 /// A tmpfs mounted for the state, unmounted at the end.
 struct Tmpfs(std::path::PathBuf);
 
