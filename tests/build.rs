@@ -470,3 +470,27 @@ fn seed_article_outputs_snapshot() {
     insta::assert_snapshot!("seed.atom", site.read_public("feeds/tat-ca.atom"));
     insta::assert_snapshot!("seed.json", site.read_public("feeds/tat-ca.json"));
 }
+
+/// A templates folder copied before the correction and bulletin templates existed still
+/// loads: the built-in ones stand in.
+#[test]
+fn templates_added_later_fall_back_to_the_built_in_ones() {
+    let site = Site::new();
+    site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
+    for name in [
+        "email/correction.txt",
+        "email/correction.html",
+        "web/bulletin.html",
+        "web/bulletins.html",
+    ] {
+        std::fs::remove_file(site.path("templates").join(name)).unwrap();
+    }
+    let out = site.bantin(&["build"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // One the first release had is still required.
+    std::fs::remove_file(site.path("templates/email/alert.txt")).unwrap();
+    let out = site.bantin(&["build"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("alert.txt: cannot read template"), "{said}");
+}
