@@ -255,7 +255,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec
             .take(3)
             .map(|e| (&**e, String::new()))
             .collect();
-        if let Err(e) = publisher_pages.index(&latest, &library.categories()) {
+        if let Err(e) = publisher_pages.index(&latest, &library.categories(), true) {
             problems.push(e.to_string());
         }
         if let Some(first) = files.first().and_then(|f| reader.read(f).ok())

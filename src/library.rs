@@ -169,6 +169,12 @@ impl Library {
             .collect()
     }
 
+    /// Whether any published article is an event.
+    pub fn has_events(&self, now: DateTime<FixedOffset>) -> bool {
+        let start: Key = (Reverse(now.timestamp()), String::new());
+        self.events.range(start..).next().is_some()
+    }
+
     /// Every category that has at least one article, sorted.
     pub fn categories(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self

@@ -288,7 +288,8 @@ impl Publisher {
                 )
             })
             .collect();
-        self.pages().index(&listed, &library.categories())
+        let events = library.has_events(now);
+        self.pages().index(&listed, &library.categories(), events)
     }
 
     pub fn feed_path(&self, name: &str, ext: &str) -> PathBuf {
@@ -529,7 +530,7 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
         sample.published,
     );
     let mut problems = Vec::new();
-    if let Err(e) = pages.index(&[(&entry, sample.excerpt())], &[sample.category.as_str()]) {
+    if let Err(e) = pages.index(&[(&entry, sample.excerpt())], &[sample.category.as_str()], true) {
         problems.push(e.to_string());
     }
     // Once plain, once with every optional part (an event, its place, a correction).

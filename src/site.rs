@@ -258,10 +258,12 @@ pub struct Pages<'a> {
 
 impl Pages<'_> {
     /// The index: latest articles (each with its excerpt), the feed list, the subscribe form.
+    /// `events`: whether any article is an event (the page then offers the calendar).
     pub fn index(
         &self,
         latest: &[(&Entry, String)],
         categories: &[&str],
+        events: bool,
     ) -> Result<String, TemplateError> {
         let latest: Vec<ListedCtx<'_>> = latest
             .iter()
@@ -280,6 +282,7 @@ impl Pages<'_> {
             context! {
                 latest => v(latest),
                 categories => v(categories),
+                calendar_url => events.then(|| format!("{}/calendar.ics", self.site.base_url)),
             },
         )
     }

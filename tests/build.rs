@@ -469,6 +469,10 @@ fn seed_article_outputs_snapshot() {
     insta::assert_snapshot!("seed.rss", site.read_public("feeds/tat-ca.rss"));
     insta::assert_snapshot!("seed.atom", site.read_public("feeds/tat-ca.atom"));
     insta::assert_snapshot!("seed.json", site.read_public("feeds/tat-ca.json"));
+    assert!(
+        !site.read_public("index.html").contains("Lịch sự kiện"),
+        "no events, no calendar on the index"
+    );
 }
 
 /// A templates folder copied before the correction and bulletin templates existed still

@@ -173,6 +173,8 @@ fn build_writes_every_calendar() {
             .contains("Kỳ họp thứ mười")
     );
     assert!(site.public().join("articles/hop.ics").exists());
+    let index = site.read_public("index.html");
+    assert!(index.contains("Lịch sự kiện") && index.contains("calendar.ics"));
     assert!(!site.public().join("articles/tin.ics").exists());
 }
 

@@ -344,11 +344,11 @@ impl Outbox {
         let now = self.clock.now_ms();
         let mut planned = 0;
         if known.seen > 0 {
-            for (email, told) in self.store.told_of(&entry.id)? {
+            for (email, reply_to) in self.recipients(&entry.id)? {
                 let kind = Kind::Correction {
                     article: entry.id.clone(),
                     n,
-                    reply_to: told.key,
+                    reply_to,
                 };
                 self.store.enqueue(&Delivery::new(kind, &email, now))?;
                 planned += 1;
@@ -372,6 +372,39 @@ impl Outbox {
         tracing::info!(id = entry.id, n, mails = planned, "correction planned");
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Who is owed a correction of `article`, with the delivery key of the mail they got:
+    /// those told of it, and those whose mail carrying it is being sent right now (it may
+    /// have been rendered before the change; one correction too many beats one missing).
+    fn recipients(&self, article: &str) -> Result<Vec<(String, String)>, MailError> {
+        let mut out: std::collections::BTreeMap<String, String> = self
+            .store
+            .told_of(article)?
+            .into_iter()
+            .map(|(email, told)| (email, told.key))
+            .collect();
+        let in_flight: Vec<String> = self
+            .in_flight
+            .lock()
+            .expect("in flight")
+            .iter()
+            .cloned()
+            .collect();
+        for key in in_flight {
+            let Some(d) = self.store.delivery(&key)? else {
+                continue;
+            };
+            let carries = match &d.kind {
+                Kind::Alert { article: a } => a == article,
+                Kind::Digest { articles, .. } => articles.iter().any(|a| a == article),
+                _ => false,
+            };
+            if carries {
+                out.entry(d.email).or_insert(key);
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// An article was deleted: its unsent alerts are cancelled (or never planned, when it
