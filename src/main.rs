@@ -398,10 +398,10 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
     }
     eprintln!(
-        "built {} feeds ({} files) and {} pages ({} unchanged) from {done} files in {:.2?}: \
+        "built {} feeds ({} files, calendars included) and {} pages ({} unchanged) from {done} files in {:.2?}: \
          {} published, {} scheduled, {} broken, {} old files removed",
         report.feeds,
-        report.feeds * 3,
+        report.feeds * bantin::publish::FORMATS.len(),
         report.pages_written,
         report.pages_unchanged,
         started.elapsed(),
