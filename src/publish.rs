@@ -530,7 +530,11 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
         sample.published,
     );
     let mut problems = Vec::new();
-    if let Err(e) = pages.index(&[(&entry, sample.excerpt())], &[sample.category.as_str()], true) {
+    if let Err(e) = pages.index(
+        &[(&entry, sample.excerpt())],
+        &[sample.category.as_str()],
+        true,
+    ) {
         problems.push(e.to_string());
     }
     // Once plain, once with every optional part (an event, its place, a correction).
