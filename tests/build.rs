@@ -25,6 +25,13 @@ fn store_with_broken_files() -> Site {
         &article(CAT_A, "Giờ sai", "14/02/2020 | 25:61"),
     );
     site.put("hong/rong.txt", "");
+    site.put(
+        "hong/su-kien.txt",
+        &article(CAT_B, "Sự kiện", "2/1/2025 | 08:00").replace(
+            "Ngày đăng 2/1/2025 | 08:00\n",
+            "Ngày đăng 2/1/2025 | 08:00\nĐịa điểm: Hội trường\nThời gian: 16/01/2025 | 11:30 - 08:00\n",
+        ),
+    );
     common::write_bytes(
         &site.store().join("hong/utf8.txt"),
         b"TIN\n\nTi\xeau \xf0\xe5\n",
@@ -33,7 +40,7 @@ fn store_with_broken_files() -> Site {
     site
 }
 
-const BROKEN: [(&str, &str); 6] = [
+const BROKEN: [(&str, &str); 7] = [
     (
         "hong/khong-ngay.txt:5:",
         "expected 'Ngày đăng DD/MM/YYYY | HH:MM'",
@@ -43,6 +50,10 @@ const BROKEN: [(&str, &str); 6] = [
     ("hong/rong.txt:1:", "the file is empty"),
     ("hong/utf8.txt:3:", "not valid UTF-8"),
     ("hong/nul.txt:4:", "NUL byte"),
+    (
+        "hong/su-kien.txt:6:",
+        "the event ends (08:00 16/01/2025) before it starts (11:30 16/01/2025)",
+    ),
 ];
 
 #[test]
