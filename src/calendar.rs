@@ -19,9 +19,9 @@ use crate::library::Entry;
 pub const MEDIA_TYPE: &str = "text/calendar; charset=utf-8";
 /// How often a calendar application should fetch a subscribed calendar again.
 const REFRESH: &str = "PT1H";
-/// Step of the search for the time zone's offset changes (every real zone changes on a
-/// quarter hour).
-const ZONE_STEP_MINUTES: i64 = 15;
+/// Offset changes are looked for day by day, then found to the minute (no zone changes its
+/// offset twice in a day).
+const ZONE_STEP: Duration = Duration::days(1);
 
 /// One event: the library's entry, and a description when the article's text is at hand.
 pub struct CalEvent<'a> {
@@ -34,10 +34,13 @@ pub fn ics(site: &SiteInfo, tz: Tz, name: &str, events: &[CalEvent<'_>]) -> Stri
     let mut calendar = Calendar::empty();
     for (key, value) in [
         ("VERSION", "2.0"),
-        ("PRODID", &format!("-//bantin//{}//VI", site.title)),
+        (
+            "PRODID",
+            &format!("-//bantin//{}//VI", escape_text(&site.title)),
+        ),
         ("CALSCALE", "GREGORIAN"),
         ("METHOD", "PUBLISH"),
-        ("X-WR-CALNAME", name),
+        ("X-WR-CALNAME", &escape_text(name)),
         ("X-WR-TIMEZONE", tz.name()),
         ("X-PUBLISHED-TTL", REFRESH),
     ] {
@@ -61,17 +64,37 @@ pub fn ics(site: &SiteInfo, tz: Tz, name: &str, events: &[CalEvent<'_>]) -> Stri
     let text = calendar.to_string();
     match years {
         // The zone's definition goes before the events that refer to it.
-        Some((first, last)) => match text.find("BEGIN:VEVENT") {
-            Some(at) => format!(
-                "{}{}{}",
-                &text[..at],
-                vtimezone(tz, first, last),
-                &text[at..]
-            ),
+        Some((first, last)) => match text.find("\r\nBEGIN:VEVENT\r\n") {
+            Some(at) => {
+                let at = at + 2;
+                format!(
+                    "{}{}{}",
+                    &text[..at],
+                    vtimezone(tz, first, last),
+                    &text[at..]
+                )
+            }
             None => text,
         },
         None => text,
     }
+}
+
+/// TEXT as RFC 5545 §3.3.11 writes it, for the properties the crate passes through as they
+/// are (it escapes those it knows).
+fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | ';' | ',' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The first and last day an event touches.
@@ -142,20 +165,18 @@ pub fn sequence(entry: &Entry) -> u32 {
     u32::try_from(minutes.max(0)).unwrap_or(u32::MAX)
 }
 
-/// `VTIMEZONE` for `tz` over the years `first..=last`: the offset in force on 1 January of
-/// `first`, then every change until the end of `last`, as single observances.
+/// `VTIMEZONE` for `tz` over the years `first..=last`: the offset in force on the last day
+/// before `first` (so an event in the first hours of 1 January is covered whatever the
+/// offset), then every change until the end of `last`, as single observances.
 pub fn vtimezone(tz: Tz, first: i32, last: i32) -> String {
     let mut out = String::new();
     let crlf = "\r\n";
     let _ = write!(out, "BEGIN:VTIMEZONE{crlf}TZID:{}{crlf}", tz.name());
-    let start = Utc
-        .from_utc_datetime(
-            &NaiveDate::from_ymd_opt(first, 1, 1)
-                .unwrap_or_default()
-                .and_hms_opt(0, 0, 0)
-                .unwrap_or_default(),
-        )
-        .naive_utc();
+    let start = NaiveDate::from_ymd_opt(first, 1, 1)
+        .unwrap_or_default()
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        - Duration::days(1);
     let end = NaiveDate::from_ymd_opt(last + 1, 1, 1)
         .unwrap_or_default()
         .and_hms_opt(0, 0, 0)
@@ -187,15 +208,31 @@ pub fn vtimezone(tz: Tz, first: i32, last: i32) -> String {
         t + Duration::seconds(o.fix().local_minus_utc() as i64)
     };
     observance(&mut out, &offset, &offset, local(start, &offset));
+    let same = |a: &chrono_tz::TzOffset, b: &chrono_tz::TzOffset| {
+        a.fix() == b.fix() && a.abbreviation() == b.abbreviation()
+    };
     let mut t = start;
     while t < end {
-        let next = t + Duration::minutes(ZONE_STEP_MINUTES);
+        let next = t + ZONE_STEP;
         let o = tz.offset_from_utc_datetime(&next);
-        if o.fix() != offset.fix() || o.abbreviation() != offset.abbreviation() {
-            observance(&mut out, &offset, &o, local(next, &offset));
-            offset = o;
+        if same(&o, &offset) {
+            t = next;
+            continue;
         }
-        t = next;
+        // The change lies in (t, next]: halve the span down to the second.
+        let (mut lo, mut hi) = (t, next);
+        while hi - lo > Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            if same(&tz.offset_from_utc_datetime(&mid), &offset) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let at = tz.offset_from_utc_datetime(&hi);
+        observance(&mut out, &offset, &at, local(hi, &offset));
+        offset = at;
+        t = hi;
     }
     let _ = write!(out, "END:VTIMEZONE{crlf}");
     out
@@ -347,6 +384,31 @@ mod tests {
             }],
         );
         assert_eq!(unfolded(&again), text);
+    }
+
+    #[test]
+    fn the_calendar_name_is_escaped_and_a_title_cannot_misplace_the_zone() {
+        let mut e = entry(When::Timed {
+            start: at("2025-01-16 08:00"),
+            end: None,
+        });
+        e.title = "BEGIN:VEVENT".into();
+        let text = ics(
+            &site(),
+            TZ,
+            "Lịch, họp; tổ\\",
+            &[CalEvent {
+                entry: &e,
+                description: None,
+            }],
+        );
+        assert!(
+            text.contains("X-WR-CALNAME:Lịch\\, họp\\; tổ\\\\\r\n"),
+            "{text}"
+        );
+        let zone = text.find("BEGIN:VTIMEZONE").unwrap();
+        assert!(text[..zone].ends_with("\r\n"), "the zone starts a line");
+        assert!(zone < text.find("\r\nBEGIN:VEVENT\r\n").unwrap());
     }
 
     #[test]

@@ -22,8 +22,9 @@ pub struct Report {
 
 /// Checks everything `bantin run` would use.
 pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
-    let (mut problems, articles, drafts) = problems(config, progress);
+    let (mut problems, articles, drafts, body_markers) = problems(config, progress);
     let (errors, mut warnings) = public(config);
+    warnings.extend(body_markers);
     problems.extend(errors);
     if let Ok(tz) = config.timezone() {
         let reader = crate::scan::StoreReader {
@@ -152,11 +153,14 @@ fn public(config: &Config) -> (Vec<String>, Vec<String>) {
     (errors, warnings)
 }
 
-fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec<String>) {
+/// Problems, how many articles were read, the drafts, and warnings about the articles.
+type Found = (Vec<String>, usize, Vec<String>, Vec<String>);
+
+fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     let mut problems = Vec::new();
     let tz = match config.timezone() {
         Ok(tz) => tz,
-        Err(e) => return (vec![e], 0, Vec::new()),
+        Err(e) => return (vec![e], 0, Vec::new(), Vec::new()),
     };
     let (feeds, feed_source) = match crate::publish::load_feed_defs(&config.feeds.dir) {
         Ok((defs, errors)) => {
@@ -205,14 +209,27 @@ fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec
                 "{}: cannot read the store: {e}",
                 config.store.dir.display()
             ));
-            return (problems, 0, Vec::new());
+            return (problems, 0, Vec::new(), Vec::new());
         }
     };
     let drafts = reader.walk_drafts().unwrap_or_default();
     let read = files.len() + drafts.len();
-    let (entries, errors) = reader.read_all(&files, |_, _| {
+    // A correction written as a paragraph is text only: nobody is mailed.
+    let body_markers = std::sync::Mutex::new(Vec::new());
+    let (entries, errors) = reader.read_all(&files, |found, article| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("{}:", crate::article::CORRECTION_MARKER);
+        if article.paragraphs.iter().any(|p| p.starts_with(&marker)) {
+            body_markers.lock().expect("warnings").push(format!(
+                "{}: a paragraph starts with '{marker}' but is body text, so nobody is told of \
+                 the correction; to mail it to everyone who received the article, put the line \
+                 directly under the 'Ngày đăng' line, with no blank line between",
+                found.path.display()
+            ));
+        }
     });
+    let mut body_markers = body_markers.into_inner().expect("warnings");
+    body_markers.sort();
     problems.extend(errors.iter().map(ToString::to_string));
     // Drafts are held to the same rules, so a draft made public later is already right.
     let (_, draft_errors) = reader.read_all(&drafts, |_, _| {
@@ -269,5 +286,5 @@ fn problems(config: &Config, progress: &AtomicUsize) -> (Vec<String>, usize, Vec
             problems.push(e.to_string());
         }
     }
-    (problems, read, drafts)
+    (problems, read, drafts, body_markers)
 }

@@ -212,13 +212,14 @@ impl Publisher {
         }
     }
 
-    /// A calendar of `events`, described by their excerpts when the bodies are cached.
+    /// A calendar of `events` (each described by its link: reading every body would make a
+    /// calendar cost O(events) reads at each change).
     pub fn calendar(&self, name: &str, events: &[Arc<Entry>]) -> String {
         let cal: Vec<crate::calendar::CalEvent<'_>> = events
             .iter()
             .map(|e| crate::calendar::CalEvent {
                 entry: e,
-                description: self.articles.get(&e.id, e.stamp).map(|a| a.excerpt()),
+                description: None,
             })
             .collect();
         crate::calendar::ics(&self.site, self.reader.tz, name, &cal)

@@ -807,10 +807,17 @@ impl Store {
         })())
     }
 
+    /// Forgets an article that went: a new one with its id is news again, told anew. Its
+    /// corrections stay (the delivery report, and the numbers of later ones).
     pub fn forget_article(&self, id: &str) -> Result<(), StoreError> {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
             t.articles.remove(id)?;
+            t.versions.remove(id)?;
+            for r in t.told.scan_prefix(told_key(id, "")) {
+                let (k, _) = r?;
+                t.told.remove(k)?;
+            }
             Ok(())
         })())
     }
@@ -868,7 +875,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
-            t.outbox.insert(key.as_bytes(), encode(delivery))?;
+            // Who was told is written before the delivery says sent: a crash in between
+            // leaves it pending (sent once more), never sent and untold.
             if delivery.state == DeliveryState::Sent {
                 let (articles, by): (&[String], &str) = match &delivery.kind {
                     Kind::Alert { article } => (std::slice::from_ref(article), "alert"),
@@ -889,6 +897,7 @@ impl Store {
                     )?;
                 }
             }
+            t.outbox.insert(key.as_bytes(), encode(delivery))?;
             if let Some(q) = queued {
                 t.queue.remove(queue_key(q.lane, q.next_ms, &q.key))?;
             }
@@ -1193,6 +1202,50 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn forgetting_an_article_forgets_who_was_told_but_keeps_its_corrections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (article, email) in [("a", "x@x.vn"), ("ab", "y@x.vn")] {
+            let mut d = Delivery::new(
+                Kind::Alert {
+                    article: article.into(),
+                },
+                email,
+                1000,
+            );
+            store.enqueue(&d).unwrap();
+            d.state = DeliveryState::Sent;
+            store.update(&d.key(), &d, None).unwrap();
+        }
+        assert_eq!(store.told_of("a").unwrap().len(), 1, "'a' is not 'ab'");
+        let v = crate::correction::Version {
+            title: "T".into(),
+            when: None,
+            place: None,
+            paragraphs: vec![],
+        };
+        store.put_version("a", &v).unwrap();
+        store
+            .put_correction(
+                "a",
+                &Correction {
+                    n: 1,
+                    reason: "r".into(),
+                    at_ms: 1,
+                    before: v.clone(),
+                    after: v.clone(),
+                    planned: 1,
+                },
+            )
+            .unwrap();
+        store.forget_article("a").unwrap();
+        assert!(store.told_of("a").unwrap().is_empty());
+        assert_eq!(store.version("a").unwrap(), None);
+        assert_eq!(store.corrections_of("a").unwrap().len(), 1);
+        assert_eq!(store.told_of("ab").unwrap().len(), 1, "others untouched");
     }
 
     #[test]

@@ -509,3 +509,21 @@ fn templates_added_later_fall_back_to_the_built_in_ones() {
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(said.contains("alert.txt: cannot read template"), "{said}");
 }
+
+/// A correction typed as a paragraph mails nobody: `check` says so, and where to put it.
+#[test]
+fn check_warns_of_a_correction_written_in_the_body() {
+    let site = Site::with_config(LOCAL);
+    site.put(
+        "dc.txt",
+        &article(CAT_A, "Bài", "14/02/2020 | 08:16")
+            .replace("Đoạn thứ hai.", "Đính chính: sửa tên người chủ trì."),
+    );
+    let out = site.bantin(&["check"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("dc.txt: a paragraph starts with 'Đính chính:' but is body text"),
+        "{said}"
+    );
+}

@@ -336,33 +336,44 @@ impl Outbox {
             return Ok(()); // unreadable now: the next notice tries again
         };
         let after = Version::of(&article);
-        let before = self
-            .store
-            .version(&entry.id)?
-            .unwrap_or_else(|| after.clone());
-        let n = known.corrections + 1;
+        // The number of this correction: after every one ever recorded (an article deleted
+        // and written again keeps its history), or the one a crash left half planned, whose
+        // "before" is still what people were told.
+        let last = self.store.corrections_of(&entry.id)?.pop();
+        let (n, before) = match last {
+            Some(c) if c.n > known.corrections => (c.n, c.before),
+            last => (
+                last.map_or(0, |c| c.n).max(known.corrections) + 1,
+                self.store
+                    .version(&entry.id)?
+                    .unwrap_or_else(|| after.clone()),
+            ),
+        };
         let now = self.clock.now_ms();
-        let mut planned = 0;
-        if known.seen > 0 {
-            for (email, reply_to) in self.recipients(&entry.id)? {
-                let kind = Kind::Correction {
-                    article: entry.id.clone(),
-                    n,
-                    reply_to,
-                };
-                self.store.enqueue(&Delivery::new(kind, &email, now))?;
-                planned += 1;
-            }
-        }
+        let recipients = if known.seen > 0 {
+            self.recipients(&entry.id)?
+        } else {
+            Vec::new()
+        };
+        // The record first: a mail that goes out at once finds what it is to say.
         let record = Correction {
             n,
             reason: reason.clone(),
             at_ms: now,
             before,
             after: after.clone(),
-            planned,
+            planned: recipients.len(),
         };
         self.store.put_correction(&entry.id, &record)?;
+        for (email, reply_to) in recipients {
+            let kind = Kind::Correction {
+                article: entry.id.clone(),
+                n,
+                reply_to,
+            };
+            self.store.enqueue(&Delivery::new(kind, &email, now))?;
+        }
+        let planned = record.planned;
         self.store.put_version(&entry.id, &after)?;
         // Last: once the article says this reason was acted on, nothing plans it again.
         known.correction = Some(reason);
@@ -378,18 +389,19 @@ impl Outbox {
     /// those told of it, and those whose mail carrying it is being sent right now (it may
     /// have been rendered before the change; one correction too many beats one missing).
     fn recipients(&self, article: &str) -> Result<Vec<(String, String)>, MailError> {
-        let mut out: std::collections::BTreeMap<String, String> = self
-            .store
-            .told_of(article)?
-            .into_iter()
-            .map(|(email, told)| (email, told.key))
-            .collect();
+        // In flight first: a mail that finishes meanwhile is then told (or still in flight).
         let in_flight: Vec<String> = self
             .in_flight
             .lock()
             .expect("in flight")
             .iter()
             .cloned()
+            .collect();
+        let mut out: std::collections::BTreeMap<String, String> = self
+            .store
+            .told_of(article)?
+            .into_iter()
+            .map(|(email, told)| (email, told.key))
             .collect();
         for key in in_flight {
             let Some(d) = self.store.delivery(&key)? else {
@@ -479,7 +491,6 @@ impl Outbox {
             .filter(|s| s.state == SubState::Active && s.schedule == schedule)
             .collect();
         let mut mails = 0;
-        let mut carried: HashSet<&str> = HashSet::new();
         for mut sub in subs {
             if sub.digest_until.is_some_and(|t| t >= tick_ms) {
                 continue; // this run already covered it (a catch-up after a crash)
@@ -497,20 +508,29 @@ impl Outbox {
                 {
                     mails += 1;
                 }
-                carried.extend(ids);
             }
             sub.digest_until = Some(cutoff);
             self.store.put_subscriber(&sub)?;
         }
-        // The run's public record: every article its mails carried, on the run's day.
-        let bulletin = (!carried.is_empty()).then(|| {
+        // The run's public record: every article its mails carried (all of them, also those
+        // queued before a crash cut the run short), on the run's day.
+        let run = self
+            .store
+            .deliveries_with_prefix(&format!("d\0{}\0{tick_s}\0", schedule.as_str()))?;
+        let mut carried: HashSet<&str> = HashSet::new();
+        for (_, d) in &run {
+            if let Kind::Digest { articles, .. } = &d.kind {
+                carried.extend(articles.iter().map(String::as_str));
+            }
+        }
+        let bulletin = if carried.is_empty() {
+            None
+        } else {
             let date = super::message::bulletin_date(self.reader.tz, tick_s);
             let date = date.format("%Y-%m-%d").to_string();
             let mut b = self
                 .store
-                .bulletin(schedule, &date)
-                .ok()
-                .flatten()
+                .bulletin(schedule, &date)?
                 .unwrap_or(crate::store::Bulletin {
                     schedule,
                     date,
@@ -518,20 +538,30 @@ impl Outbox {
                     articles: Vec::new(),
                     mails: 0,
                 });
+            let earlier: usize = b
+                .runs
+                .iter()
+                .filter(|r| **r != tick_s)
+                .map(|r| {
+                    self.store
+                        .deliveries_with_prefix(&format!("d\0{}\0{r}\0", schedule.as_str()))
+                        .map_or(0, |d| d.len())
+                })
+                .sum();
             if !b.runs.contains(&tick_s) {
                 b.runs.push(tick_s);
-                b.mails += mails;
             }
+            b.mails = earlier + run.len();
             // Newest first, as the digests list them; a second run that day adds its own.
-            let mut articles: Vec<&str> = known
+            let articles: Vec<String> = known
                 .iter()
                 .map(|(id, _)| id.as_str())
                 .filter(|id| carried.contains(id) || b.articles.iter().any(|a| a == id))
+                .map(str::to_owned)
                 .collect();
-            articles.dedup();
-            b.articles = articles.into_iter().map(str::to_owned).collect();
-            b
-        });
+            b.articles = articles;
+            Some(b)
+        };
         if let Some(b) = &bulletin {
             self.store.put_bulletin(b)?;
         }
