@@ -60,6 +60,11 @@ pub struct Site {
     pub language: String,
     /// IANA time zone of the `Ngày đăng` lines and of the digest schedule.
     pub timezone: String,
+    /// The council's postal address, shown in every mail's footer when set.
+    pub address: Option<String>,
+    /// Whom a citizen can ask (a phone number, an address), shown in every mail's footer
+    /// when set.
+    pub contact: Option<String>,
 }
 
 impl Default for Site {
@@ -69,6 +74,8 @@ impl Default for Site {
             base_url: "http://127.0.0.1:8080".into(),
             language: "vi".into(),
             timezone: "Asia/Ho_Chi_Minh".into(),
+            address: None,
+            contact: None,
         }
     }
 }

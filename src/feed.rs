@@ -92,6 +92,9 @@ pub struct SiteInfo {
     pub language: String,
     /// The `tag:` URI authority and date, e.g. `example.org,2020`.
     pub tag_prefix: String,
+    /// The council's address and contact, for mail footers.
+    pub address: Option<String>,
+    pub contact: Option<String>,
 }
 
 impl SiteInfo {
@@ -109,6 +112,8 @@ impl SiteInfo {
             base_url,
             language: language.to_owned(),
             tag_prefix: format!("{host},2020"),
+            address: None,
+            contact: None,
         }
     }
 

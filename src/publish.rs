@@ -111,7 +111,9 @@ impl Publisher {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let site = SiteInfo::new(&config.site.title, config.base_url(), &config.site.language);
+        let mut site = SiteInfo::new(&config.site.title, config.base_url(), &config.site.language);
+        site.address = config.site.address.clone().filter(|a| !a.trim().is_empty());
+        site.contact = config.site.contact.clone().filter(|c| !c.trim().is_empty());
         let mut templates = templates.expect("no problems");
         templates.set_site(&site, &feeds);
         Ok(Publisher {

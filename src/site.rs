@@ -17,6 +17,8 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "web/index.html",
     "web/article.html",
     "web/message.html",
+    "email/base.txt",
+    "email/base.html",
     "email/alert.txt",
     "email/alert.html",
     "email/digest.txt",
@@ -32,6 +34,14 @@ pub const TEMPLATE_NAMES: &[&str] = &[
 /// Templates added after the first release, built in: a templates folder copied before they
 /// existed still works (its own copy, when present, wins).
 pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "email/base.txt",
+        include_str!("../templates/email/base.txt"),
+    ),
+    (
+        "email/base.html",
+        include_str!("../templates/email/base.html"),
+    ),
     (
         "email/correction.txt",
         include_str!("../templates/email/correction.txt"),
@@ -49,6 +59,62 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../templates/web/bulletins.html"),
     ),
 ];
+
+/// `{{ link|url }}`: a URL for an HTML attribute, escaped where HTML needs it (`&`, `<`, `>`,
+/// quotes) but with its `/` kept as it is (the default escaping writes `&#x2f;`, which link
+/// scanners and spam filters read badly).
+fn url_filter(value: String) -> minijinja::Value {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            _ => out.push(c),
+        }
+    }
+    minijinja::Value::from_safe_string(out)
+}
+
+/// `{{ text|wrap(72) }}`, `{{ text|wrap(72, "  ") }}`: plain text folded at `width`
+/// characters between words, each line after the first starting with `indent`; a word
+/// longer than a line (a URL) stands alone, never broken.
+fn wrap_filter(text: String, width: Option<usize>, indent: Option<String>) -> String {
+    wrap(&text, width.unwrap_or(72), indent.as_deref().unwrap_or(""))
+}
+
+/// Folds `text` at `width` characters between words; its lines (`\n`) are kept. Every line
+/// after the first starts with `indent`; the first is taken to start after it too (the
+/// template writes it).
+pub fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let indent_len = indent.chars().count();
+    let mut out = String::with_capacity(text.len() + text.len() / width.max(1) * 3);
+    for (n, line) in text.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+            out.push_str(indent);
+        }
+        let mut column = indent_len;
+        let mut first = true;
+        for word in line.split_whitespace() {
+            let len = word.chars().count();
+            if !first && column + 1 + len > width {
+                out.push('\n');
+                out.push_str(indent);
+                column = indent_len;
+            } else if !first {
+                out.push(' ');
+                column += 1;
+            }
+            out.push_str(word);
+            column += len;
+            first = false;
+        }
+    }
+    out
+}
 
 /// A problem loading or rendering a template.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +164,8 @@ impl Templates {
     ) -> Result<Templates, Vec<TemplateError>> {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        env.add_filter("url", url_filter);
+        env.add_filter("wrap", wrap_filter);
         let mut errors = Vec::new();
         for (name, shown, source) in sources {
             match source {
@@ -130,6 +198,8 @@ impl Templates {
             title: &site.title,
             base_url: &site.base_url,
             language: &site.language,
+            address: site.address.as_deref(),
+            contact: site.contact.as_deref(),
         };
         let feeds_ctx: Vec<FeedCtx<'_>> = feeds
             .iter()
@@ -173,6 +243,8 @@ struct SiteCtx<'a> {
     title: &'a str,
     base_url: &'a str,
     language: &'a str,
+    address: Option<&'a str>,
+    contact: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -401,4 +473,22 @@ impl Refill {
 /// A serde value as a template value.
 fn v<T: Serialize>(value: T) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wraps_between_words_and_never_breaks_a_url() {
+        let url = format!("https://hdnd.example.vn/{}", "a".repeat(90));
+        let text = format!("Một hai ba bốn năm sáu bảy tám chín mười {url} cuối.");
+        let w = wrap(&text, 20, "  ");
+        for line in w.lines() {
+            assert!(line.chars().count() <= 20 || line.trim() == url, "{line:?}");
+        }
+        assert!(w.lines().any(|l| l.trim() == url), "{w}");
+        assert!(w.lines().skip(1).all(|l| l.starts_with("  ")), "{w}");
+        assert_eq!(wrap("ngắn", 72, ""), "ngắn");
+    }
 }

@@ -98,7 +98,7 @@ fn digests_once_nothing_when_nothing_new_and_one_catch_up() {
     let digest = &mails[0].data;
     let subject = header(digest, "Subject").unwrap();
     assert!(
-        subject.contains("Bản tin ngày") && subject.contains("2 tin mới"),
+        subject.starts_with("Bản tin hằng ngày ") && subject.ends_with(" – 2 tin mới"),
         "{subject}"
     );
     let text = part(digest, "text/plain").unwrap();

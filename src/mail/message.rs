@@ -182,11 +182,13 @@ impl Composer {
         })
     }
 
-    /// Renders the subject and bodies of `delivery` about `content`.
+    /// Renders the subject and bodies of `delivery` about `content`, for `subscriber` (whose
+    /// choices the footer recalls; `None` for a confirmation).
     pub fn render(
         &self,
         delivery: &Delivery,
         content: Content<'_>,
+        subscriber: Option<&crate::subscriber::Subscriber>,
     ) -> Result<Rendered, ComposeError> {
         let templates = crate::site::current(&self.templates);
         let site = self.site.read().expect("site").clone();
@@ -213,14 +215,31 @@ impl Composer {
         };
         let mut attached = None;
         let mut answers = None;
+        // Why this mail came: the subscriber's schedule and categories, in words.
+        let why = |schedule: Schedule| {
+            let categories = subscriber
+                .map(|s| s.categories.join(", "))
+                .filter(|c| !c.is_empty())
+                .map_or("mọi chuyên mục".to_owned(), |c| {
+                    format!("chuyên mục {c}")
+                });
+            format!(
+                "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
+                schedule_label(schedule),
+                site.title
+            )
+        };
         let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
             (Kind::Alert { .. }, Content::Alert(a, entry)) => {
                 attached = calendar(a, entry);
                 (
-                    format!("[{}] {}", site.title, a.title),
+                    alert_subject(a),
                     "alert",
                     context! {
                         article => article_ctx(&site, a),
+                        preheader => first_sentence(a),
+                        why => why(Schedule::Immediate),
+                        web_url => site.article_url(&a.id),
                         unsubscribe_url => unsubscribe_url,
                         preferences_url => preferences_url,
                     },
@@ -242,6 +261,13 @@ impl Composer {
                     "correction",
                     context! {
                         article => article_ctx(&site, a),
+                        preheader => record.reason.clone(),
+                        why => format!(
+                            "Bạn nhận thư này vì {} đã gửi bài trên tới bạn; lời đính chính được \
+                             gửi tới mọi người đã nhận bài.",
+                            site.title
+                        ),
+                        web_url => site.article_url(&a.id),
                         reason => record.reason.clone(),
                         at_text => at,
                         changes_text => crate::correction::as_text(&changes),
@@ -261,13 +287,17 @@ impl Composer {
                 let date = bulletin_date(self.tz, *run);
                 let heading = bulletin_heading(*schedule, date);
                 let bulletin_url = format!("{}/{}", site.base_url, bulletin_path(*schedule, date));
+                let titles: Vec<&str> = articles.iter().map(|a| a.title.as_str()).collect();
                 (
-                    format!("[{}] {heading}: {count} tin mới", site.title),
+                    format!("{heading} – {count} tin mới"),
                     "digest",
                     context! {
                         heading => heading,
                         count => count,
                         groups => minijinja::Value::from(minijinja::value::Serde(groups)),
+                        preheader => titles.join(" · "),
+                        why => why(*schedule),
+                        web_url => bulletin_url.clone(),
                         bulletin_url => bulletin_url,
                         unsubscribe_url => unsubscribe_url,
                         preferences_url => preferences_url,
@@ -285,6 +315,7 @@ impl Composer {
                 format!("Xác nhận đăng ký nhận tin – {}", site.title),
                 "confirm",
                 context! {
+                    preheader => "Bấm nút trong thư để bắt đầu nhận tin; nếu không phải bạn, hãy bỏ qua thư này.",
                     email => delivery.email.clone(),
                     confirm_url => self.links.confirm_url(&delivery.email, *at),
                     schedule_label => schedule_label(schedule),
@@ -497,14 +528,48 @@ pub fn bulletin_date(tz: Tz, run: i64) -> chrono::NaiveDate {
         .unwrap_or_default()
 }
 
-/// `Bản tin ngày 29/11/2026`, `Bản tin tuần 30/11/2026`.
+/// `Bản tin hằng ngày 29/11/2026`, `Bản tin hằng tuần 30/11/2026`.
 pub fn bulletin_heading(schedule: Schedule, date: chrono::NaiveDate) -> String {
     let day = date.format("%d/%m/%Y");
     match schedule {
-        Schedule::Weekly => format!("Bản tin tuần {day}"),
-        _ => format!("Bản tin ngày {day}"),
+        Schedule::Weekly => format!("Bản tin hằng tuần {day}"),
+        _ => format!("Bản tin hằng ngày {day}"),
     }
 }
+
+/// An alert's subject: the title, after the event's day when it announces one
+/// (`[16/01] Kỳ họp thứ mười`), so the day shows on a phone's first line.
+pub fn alert_subject(a: &Article) -> String {
+    let day = a.event.map(|when| match when {
+        crate::article::When::Timed { start, .. } => start.date(),
+        crate::article::When::AllDay { first, .. } => first,
+    });
+    match day {
+        Some(day) => format!("[{}] {}", day.format("%d/%m"), a.title),
+        None => a.title.clone(),
+    }
+}
+
+/// The first sentence of an article (at most [`PREHEADER_CHARS`] characters): the line a
+/// mail program shows under the subject.
+fn first_sentence(a: &Article) -> String {
+    let first = a.paragraphs.first().map(String::as_str).unwrap_or_default();
+    let end = first
+        .char_indices()
+        .find(|&(i, c)| matches!(c, '.' | '!' | '?') && first[i + c.len_utf8()..].starts_with(' '))
+        .map_or(first.len(), |(i, c)| i + c.len_utf8());
+    let sentence = &first[..end];
+    if sentence.chars().count() <= PREHEADER_CHARS {
+        sentence.to_owned()
+    } else {
+        let cut: String = sentence.chars().take(PREHEADER_CHARS).collect();
+        let cut = cut.rsplit_once(' ').map_or(cut.as_str(), |(head, _)| head);
+        format!("{cut}…")
+    }
+}
+
+/// Characters of preheader text at most.
+const PREHEADER_CHARS: usize = 140;
 
 /// The bulletin page of a digest, relative to the site: `bulletins/daily/2026-11-29.html`.
 pub fn bulletin_path(schedule: Schedule, date: chrono::NaiveDate) -> String {
@@ -749,7 +814,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
     ];
     deliveries
         .into_iter()
-        .filter_map(|(d, content)| composer.render(&d, content).err())
+        .filter_map(|(d, content)| composer.render(&d, content, None).err())
         .map(|e| e.to_string())
         .collect()
 }
@@ -778,6 +843,24 @@ mod tests {
         }
     }
 
+    /// A subscriber following two categories.
+    fn reader() -> crate::subscriber::Subscriber {
+        crate::subscriber::Subscriber {
+            email: "dan@x.vn".into(),
+            schedule: Schedule::Daily,
+            categories: vec!["THÔNG BÁO".into(), "KỲ HỌP HĐND".into()],
+            state: crate::subscriber::SubState::Active,
+            created: 0,
+            updated: 0,
+            confirmed: Some(0),
+            confirm_sent: None,
+            digest_until: None,
+            bounce: None,
+            soft_bounces: None,
+            tokens_after: None,
+        }
+    }
+
     fn snapshot(name: &str, r: &Rendered) {
         insta::assert_snapshot!(format!("{name}.subject"), r.subject);
         insta::assert_snapshot!(format!("{name}.txt"), r.text);
@@ -795,7 +878,7 @@ mod tests {
             0,
         );
         let r = composer()
-            .render(&d, Content::Alert(&a, &sample_entry(&a)))
+            .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();
         assert!(r.bulk);
         assert!(r.calendar.is_none(), "no event, no calendar");
@@ -814,7 +897,11 @@ mod tests {
             0,
         );
         let r = c
-            .render(&d, Content::Alert(&a, &sample_entry_of(&a)))
+            .render(
+                &d,
+                Content::Alert(&a, &sample_entry_of(&a)),
+                Some(&reader()),
+            )
             .unwrap();
         snapshot("alert-event", &r);
         let text_event = r
@@ -862,7 +949,11 @@ mod tests {
             0,
         );
         let r = c
-            .render(&d, Content::Correction(&a, &sample_entry_of(&a), &record))
+            .render(
+                &d,
+                Content::Correction(&a, &sample_entry_of(&a), &record),
+                Some(&reader()),
+            )
             .unwrap();
         snapshot("correction", &r);
         assert_eq!(r.subject, "Đính chính: Kỳ họp thứ mười");
@@ -896,7 +987,9 @@ mod tests {
             "dan@x.vn",
             0,
         );
-        let r = composer().render(&d, Content::Digest(&articles)).unwrap();
+        let r = composer()
+            .render(&d, Content::Digest(&articles), Some(&reader()))
+            .unwrap();
         snapshot("digest", &r);
     }
 
@@ -911,6 +1004,7 @@ mod tests {
                     schedule: Schedule::Daily,
                     categories: &categories,
                 },
+                None,
             )
             .unwrap();
         assert!(!r.bulk);
@@ -928,7 +1022,11 @@ mod tests {
             "dan@x.vn",
             0,
         );
-        assert!(composer().render(&d, Content::Digest(&[])).is_err());
+        assert!(
+            composer()
+                .render(&d, Content::Digest(&[]), Some(&reader()))
+                .is_err()
+        );
     }
 
     #[test]
@@ -942,7 +1040,9 @@ mod tests {
             "dan@x.vn",
             0,
         );
-        let r = c.render(&d, Content::Alert(&a, &sample_entry(&a))).unwrap();
+        let r = c
+            .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
+            .unwrap();
         let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let m = c.message(&d.key(), &d, r, date).unwrap();
         let text = String::from_utf8(m.bytes).unwrap();

@@ -301,7 +301,13 @@ impl Worker {
     }
 
     /// Renders `d` and hands it to the transport.
-    async fn send(&self, key: &str, d: &Delivery, loaded: Loaded) -> Result<(), SendError> {
+    async fn send(
+        &self,
+        key: &str,
+        d: &Delivery,
+        loaded: Loaded,
+        subscriber: Option<&Subscriber>,
+    ) -> Result<(), SendError> {
         let content = match &loaded {
             Loaded::Alert(a, entry) => Content::Alert(a, entry),
             Loaded::Correction(c) => Content::Correction(&c.0, &c.1, &c.2),
@@ -315,7 +321,7 @@ impl Worker {
         };
         let message = self
             .composer
-            .render(d, content)
+            .render(d, content, subscriber)
             .and_then(|r| self.composer.message(key, d, r, self.outbox.clock.now()))
             // Our side failed (a template error): the address is not at fault.
             .map_err(|e| SendError::Failed(e.to_string()))?;
@@ -346,10 +352,14 @@ impl Worker {
         // Subscribers who left in the meantime get nothing more (confirmations excepted).
         // Reading files and the state is blocking work: off the async workers.
         let load = |d: &Delivery| tokio::task::block_in_place(|| self.load(d));
+        let mut subscriber = None;
         let outcome = match &d.kind {
             Kind::Confirm { .. } => load(&d),
             _ => match self.store().subscriber(&d.email) {
-                Ok(Some(s)) if s.state == SubState::Active => load(&d),
+                Ok(Some(s)) if s.state == SubState::Active => {
+                    subscriber = Some(s);
+                    load(&d)
+                }
                 _ => {
                     d.state = DeliveryState::Cancelled;
                     d.error = Some("subscriber no longer active".into());
@@ -361,7 +371,7 @@ impl Worker {
             },
         };
         let outcome = match outcome {
-            Ok(loaded) => self.send(key, &d, loaded).await,
+            Ok(loaded) => self.send(key, &d, loaded, subscriber.as_ref()).await,
             Err(e) => Err(SendError::Failed(e.to_string())),
         };
         let now = clock.now_ms();
