@@ -208,7 +208,7 @@ impl Composer {
                     description: Some(a.excerpt()),
                 };
                 (
-                    "su-kien.ics".to_owned(),
+                    "lich.ics".to_owned(),
                     crate::calendar::ics(&site, self.tz, &a.title, &[event]),
                 )
             })
@@ -263,7 +263,7 @@ impl Composer {
                         article => article_ctx(&site, a),
                         preheader => record.reason.clone(),
                         why => format!(
-                            "Bạn nhận thư này vì {} đã gửi bài trên tới bạn; lời đính chính được \
+                            "Bạn nhận thư này vì {} đã gửi bài này tới bạn; lời đính chính được \
                              gửi tới mọi người đã nhận bài.",
                             site.title
                         ),
@@ -910,7 +910,7 @@ mod tests {
             .unwrap();
         assert!(text_event < r.text.find("Đoạn một.").unwrap(), "{}", r.text);
         let (name, ics) = r.calendar.clone().unwrap();
-        assert_eq!(name, "su-kien.ics");
+        assert_eq!(name, "lich.ics");
         assert!(
             ics.contains("DTSTART;TZID=Asia/Ho_Chi_Minh:20200228T081600"),
             "{ics}"
@@ -924,7 +924,7 @@ mod tests {
             text.contains("Content-Type: text/calendar; charset=utf-8; method=PUBLISH"),
             "{text}"
         );
-        assert!(text.contains("filename=\"su-kien.ics\""), "{text}");
+        assert!(text.contains("filename=\"lich.ics\""), "{text}");
     }
 
     #[test]
