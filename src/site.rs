@@ -60,10 +60,26 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
-/// `{{ link|url }}`: a URL for an HTML attribute, escaped where HTML needs it (`&`, `<`, `>`,
-/// quotes) but with its `/` kept as it is (the default escaping writes `&#x2f;`, which link
-/// scanners and spam filters read badly).
-fn url_filter(value: String) -> minijinja::Value {
+/// Writes values into the mail templates' HTML escaped for HTML but with `/` kept (the
+/// default escaping writes `&#x2f;`, which link scanners and spam filters read badly);
+/// every other template keeps the default escaping.
+fn mail_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    let mail_html = state.name().starts_with("email/")
+        && matches!(state.auto_escape(), minijinja::AutoEscape::Html);
+    match value.as_str() {
+        Some(text) if mail_html && !value.is_safe() => out
+            .write_str(&html_text(text))
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())),
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// HTML-escapes `&`, `<`, `>` and quotes.
+fn html_text(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -75,7 +91,14 @@ fn url_filter(value: String) -> minijinja::Value {
             _ => out.push(c),
         }
     }
-    minijinja::Value::from_safe_string(out)
+    out
+}
+
+/// `{{ link|url }}`: a URL for an HTML attribute, escaped where HTML needs it (`&`, `<`, `>`,
+/// quotes) but with its `/` kept as it is (the default escaping writes `&#x2f;`, which link
+/// scanners and spam filters read badly).
+fn url_filter(value: String) -> minijinja::Value {
+    minijinja::Value::from_safe_string(html_text(&value))
 }
 
 /// `{{ text|wrap(72) }}`, `{{ text|wrap(72, "  ") }}`: plain text folded at `width`
@@ -165,6 +188,7 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
         env.add_filter("url", url_filter);
+        env.set_formatter(mail_formatter);
         env.add_filter("wrap", wrap_filter);
         let mut errors = Vec::new();
         for (name, shown, source) in sources {

@@ -991,6 +991,123 @@ mod tests {
             .render(&d, Content::Digest(&articles), Some(&reader()))
             .unwrap();
         snapshot("digest", &r);
+        for a in &articles {
+            assert_eq!(r.text.matches(&a.title).count(), 1, "{}: once", a.title);
+        }
+        assert_eq!(r.subject, "Bản tin hằng tuần 14/02/2020 – 2 tin mới");
+    }
+
+    /// Every kind: links written plainly, a preheader, the footer's why and whereabouts, and a
+    /// text part folded at 72 columns with its URLs whole.
+    #[test]
+    fn every_kind_reads_well_on_a_phone() {
+        let mut c = composer();
+        let mut site = SiteInfo::new("HĐND quận Cầu Giấy", "https://hdnd.example.vn", "vi");
+        site.address = Some("Số 36 đường Cầu Giấy, Hà Nội".into());
+        site.contact = Some("Văn phòng HĐND, điện thoại 024 3767 0000".into());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let mut templates = crate::publish::load_templates(&dir).expect("templates load");
+        templates.set_site(&site, &[]);
+        c.templates = Arc::new(std::sync::RwLock::new(Arc::new(templates)));
+        c.site = crate::site::share_site(site);
+        let event = sample_event();
+        let plain = sample_article();
+        let record = sample_correction(&event);
+        let alert = |a: &Article| {
+            Delivery::new(
+                Kind::Alert {
+                    article: a.id.clone(),
+                },
+                "dan@x.vn",
+                0,
+            )
+        };
+        let digest = Delivery::new(
+            Kind::Digest {
+                schedule: Schedule::Daily,
+                run: 1_581_645_600,
+                articles: vec![plain.id.clone()],
+            },
+            "dan@x.vn",
+            0,
+        );
+        let correction = Delivery::new(
+            Kind::Correction {
+                article: event.id.clone(),
+                n: 1,
+                reply_to: alert(&event).key(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let list = [Arc::new(plain.clone())];
+        let rendered = [
+            c.render(
+                &alert(&plain),
+                Content::Alert(&plain, &sample_entry(&plain)),
+                Some(&reader()),
+            ),
+            c.render(
+                &alert(&event),
+                Content::Alert(&event, &sample_entry_of(&event)),
+                Some(&reader()),
+            ),
+            c.render(&digest, Content::Digest(&list), Some(&reader())),
+            c.render(
+                &correction,
+                Content::Correction(&event, &sample_entry_of(&event), &record),
+                Some(&reader()),
+            ),
+        ];
+        for r in rendered {
+            let r = r.unwrap();
+            assert!(
+                !r.html.contains("&#x2f;"),
+                "{}: '/' written plainly",
+                r.subject
+            );
+            assert!(
+                r.html.contains("href=\"https://hdnd.example.vn/"),
+                "{}",
+                r.subject
+            );
+            assert!(
+                r.html.contains("mso-hide:all;\">Đoạn")
+                    || r.html.contains("mso-hide:all;\">Bài")
+                    || r.html.contains("mso-hide:all;\">Đổi"),
+                "{}: a preheader\n{}",
+                r.subject,
+                r.html
+            );
+            assert!(r.html.contains("color-scheme"), "{}", r.subject);
+            for part in [&r.text, &r.html] {
+                assert!(
+                    part.contains("Số 36 đường Cầu Giấy, Hà Nội"),
+                    "{}",
+                    r.subject
+                );
+                assert!(
+                    part.contains("Văn phòng HĐND, điện thoại 024 3767 0000"),
+                    "{}",
+                    r.subject
+                );
+                assert!(part.contains("Bạn nhận thư này vì"), "{}", r.subject);
+                assert!(part.contains("preferences?token="), "{}", r.subject);
+                assert!(part.contains("unsubscribe?token="), "{}", r.subject);
+            }
+            for line in r.text.lines() {
+                assert!(
+                    line.chars().count() <= 72 || !line.trim().contains(' '),
+                    "{}: a line over 72 columns: {line:?}",
+                    r.subject
+                );
+            }
+            assert!(
+                !r.subject.contains("[HĐND"),
+                "no council prefix: {}",
+                r.subject
+            );
+        }
     }
 
     #[test]
