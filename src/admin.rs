@@ -603,7 +603,23 @@ impl Tally {
     }
 }
 
+/// The article id in what an admin may paste: the id itself, its page's address or path, or
+/// its file's name in the store.
+fn article_id(given: &str) -> &str {
+    let given = given.trim();
+    let path = given
+        .split_once("/articles/")
+        .map_or(given, |(_, rest)| rest)
+        .trim_start_matches("articles/")
+        .trim_start_matches('/');
+    [".html", ".ics", ".txt"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext))
+        .unwrap_or(path)
+}
+
 fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, AdminError> {
+    let id = article_id(id);
     #[derive(Serialize)]
     struct CorrectionReport {
         n: u32,
@@ -955,6 +971,19 @@ mod tests {
                 confirmed: true,
             },
         )
+    }
+
+    #[test]
+    fn an_article_is_found_by_its_id_page_or_file() {
+        for given in [
+            "2025/ky-hop",
+            "https://hdnd.example.vn/articles/2025/ky-hop.html",
+            "/articles/2025/ky-hop.ics",
+            "articles/2025/ky-hop.txt",
+            " 2025/ky-hop.html ",
+        ] {
+            assert_eq!(article_id(given), "2025/ky-hop", "{given}");
+        }
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/feeds/{file}", get(feed))
         .route("/calendar.ics", get(calendar))
         .route("/articles/{*path}", get(article))
+        .route("/bulletins", get(bulletin))
         .route("/bulletins/", get(bulletin))
         .route("/bulletins/{*path}", get(bulletin))
         .route("/healthz", get(healthz))

@@ -379,6 +379,15 @@ impl Pages<'_> {
                 latest => v(latest),
                 categories => v(categories),
                 calendar_url => events.then(|| format!("{}/calendar.ics", self.site.base_url)),
+                // webcal:// makes calendar programs subscribe (and follow changes) instead of
+                // importing a copy once.
+                webcal_url => events.then(|| {
+                    let url = format!("{}/calendar.ics", self.site.base_url);
+                    match url.split_once("://") {
+                        Some((_, rest)) => format!("webcal://{rest}"),
+                        None => url,
+                    }
+                }),
             },
         )
     }
