@@ -570,25 +570,29 @@ struct Tally {
 }
 
 impl Tally {
-    fn of<'d>(deliveries: impl IntoIterator<Item = &'d crate::store::Delivery>) -> Tally {
-        let mut t = Tally::default();
-        let (mut first, mut last): (Option<i64>, Option<i64>) = (None, None);
+    /// The deliveries still on record, and those already compacted into `compacted`.
+    fn with<'d>(
+        deliveries: impl IntoIterator<Item = &'d crate::store::Delivery>,
+        compacted: &crate::store::Counts,
+    ) -> Tally {
+        let mut counts = compacted.clone();
+        let mut pending = 0;
         for d in deliveries {
-            t.planned += 1;
-            match d.state {
-                DeliveryState::Pending => t.pending += 1,
-                DeliveryState::Failed => t.failed += 1,
-                DeliveryState::Cancelled => t.cancelled += 1,
-                DeliveryState::Sent => {
-                    t.sent += 1;
-                    first = Some(first.map_or(d.updated_ms, |f| f.min(d.updated_ms)));
-                    last = Some(last.map_or(d.updated_ms, |l| l.max(d.updated_ms)));
-                }
+            if d.state == DeliveryState::Pending {
+                pending += 1;
+            } else {
+                counts.add(d);
             }
         }
-        t.first_accepted = first.and_then(rfc3339_ms);
-        t.last_accepted = last.and_then(rfc3339_ms);
-        t
+        Tally {
+            planned: counts.sent + counts.failed + counts.cancelled + pending,
+            sent: counts.sent,
+            pending,
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+            first_accepted: counts.first_ms.and_then(rfc3339_ms),
+            last_accepted: counts.last_ms.and_then(rfc3339_ms),
+        }
     }
 
     fn line(&self) -> String {
@@ -657,11 +661,16 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         .map(|r| r.map(|(_, d)| d))
         .collect::<Result<_, _>>()?;
     let told = store.told_of(id)?;
-    let digest_times: Vec<i64> = told
+    let compacted = store.compacted(id)?.unwrap_or_default();
+    // Digests still on record, then those compacted (their count and times kept).
+    let mut digest_times: Vec<i64> = told
         .iter()
-        .filter(|(_, t)| t.by == "digest")
+        .filter(|(_, t)| t.by == "digest" && t.at_ms > 0)
         .map(|(_, t)| t.at_ms)
         .collect();
+    let digests_told = digest_times.len() + compacted.digests.sent;
+    digest_times.extend(compacted.digests.first_ms);
+    digest_times.extend(compacted.digests.last_ms);
     let mut corrections = Vec::new();
     for c in store.corrections_of(id)? {
         let deliveries = store.deliveries_with_prefix(&format!("x\0{id}\0{}\0", c.n))?;
@@ -669,15 +678,15 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
             n: c.n,
             reason: c.reason,
             planned_at: rfc3339_ms(c.at_ms),
-            tally: Tally::of(deliveries.iter().map(|(_, d)| d)),
+            tally: Tally::with(deliveries.iter().map(|(_, d)| d), &c.compacted),
         });
     }
     let report = Report {
         article: id.to_owned(),
         first_seen: (known.seen > 0).then(|| rfc3339_ms(known.seen)).flatten(),
-        alerts: Tally::of(&alerts),
+        alerts: Tally::with(&alerts, &compacted.alerts),
         digests: Digested {
-            told: digest_times.len(),
+            told: digests_told,
             first_accepted: digest_times.iter().min().copied().and_then(rfc3339_ms),
             last_accepted: digest_times.iter().max().copied().and_then(rfc3339_ms),
         },
@@ -756,7 +765,9 @@ fn bulletin_report(
         )));
     };
     let mut deliveries = Vec::new();
+    let mut compacted = crate::store::Counts::default();
     for run in &b.runs {
+        compacted.merge(&ctx.store.run_counts(schedule, *run)?);
         deliveries.extend(
             ctx.store
                 .deliveries_with_prefix(&format!("d\0{}\0{run}\0", schedule.as_str()))?
@@ -769,7 +780,7 @@ fn bulletin_report(
         date,
         runs: b.runs.iter().map(|r| rfc3339_ms(r * 1000)).collect(),
         articles: b.articles.clone(),
-        mails: Tally::of(&deliveries),
+        mails: Tally::with(&deliveries, &compacted),
     };
     if json {
         let mut out = serde_json::to_string_pretty(&report).expect("serializable");

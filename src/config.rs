@@ -40,7 +40,7 @@ pub struct Config {
     pub feeds: Dir<FeedsDir>,
     pub templates: Dir<TemplatesDir>,
     pub output: Dir<OutputDir>,
-    pub state: Dir<StateDir>,
+    pub state: State,
     pub http: Http,
     pub mail: Mail,
     pub digest: Digest,
@@ -124,6 +124,25 @@ impl DirDefault for OutputDir {
 pub struct StateDir;
 impl DirDefault for StateDir {
     const DEFAULT: &'static str = "var/state";
+}
+
+/// `[state]`: where the database lives, and how much of it is cached in memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    pub dir: PathBuf,
+    /// Megabytes of the database sled keeps in memory: the daemon's memory stays about this
+    /// much above its base however large the state grows (sled's own default is 1 GiB).
+    pub cache_mb: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: StateDir::DEFAULT.into(),
+            cache_mb: 32,
+        }
+    }
 }
 
 /// A section with a single `dir` key.
@@ -275,8 +294,9 @@ pub struct Mail {
     pub sendmail_command: PathBuf,
     /// Subscribe form posts accepted per client address per hour.
     pub subscribe_per_hour: u32,
-    /// Finished deliveries (sent, failed, cancelled), and the record of who received which
-    /// article (what corrections and delivery reports use), are kept this many days.
+    /// Finished deliveries (sent, failed, cancelled) keep their full record this many days;
+    /// then they are compacted: per-article totals (the delivery report) and who was told
+    /// (corrections) stay, in a few bits per mail.
     pub keep_days: u64,
     /// An alert goes out only once its article has been unchanged this long: a file saved
     /// in several steps is mailed once, finished; a deletion in that time mails nothing.
@@ -331,7 +351,7 @@ impl Default for Mail {
             token_secret_file: None,
             sendmail_command: "/usr/sbin/sendmail".into(),
             subscribe_per_hour: 10,
-            keep_days: 90,
+            keep_days: 7,
             alert_delay_secs: 60,
             confirm_days: 7,
             alert_max_age_days: 7,

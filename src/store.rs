@@ -132,6 +132,66 @@ pub struct Correction {
     pub after: crate::correction::Version,
     /// Mails queued for it.
     pub planned: usize,
+    /// Its mails whose full records were compacted.
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    pub compacted: Counts,
+}
+
+/// Finished deliveries, counted: what stays of them once compacted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    #[serde(default)]
+    pub sent: usize,
+    #[serde(default)]
+    pub failed: usize,
+    #[serde(default)]
+    pub cancelled: usize,
+    /// When the relay accepted the first and the last (unix milliseconds).
+    #[serde(default)]
+    pub first_ms: Option<i64>,
+    #[serde(default)]
+    pub last_ms: Option<i64>,
+}
+
+impl Counts {
+    pub fn is_empty(&self) -> bool {
+        self.sent + self.failed + self.cancelled == 0
+    }
+
+    /// Adds `more` to these.
+    pub fn merge(&mut self, more: &Counts) {
+        merge_counts(self, more);
+    }
+
+    /// Counts one finished delivery.
+    pub fn add(&mut self, d: &Delivery) {
+        match d.state {
+            DeliveryState::Sent => {
+                self.sent += 1;
+                self.first_ms = Some(self.first_ms.map_or(d.updated_ms, |t| t.min(d.updated_ms)));
+                self.last_ms = Some(self.last_ms.map_or(d.updated_ms, |t| t.max(d.updated_ms)));
+            }
+            DeliveryState::Failed => self.failed += 1,
+            DeliveryState::Cancelled => self.cancelled += 1,
+            DeliveryState::Pending => {}
+        }
+    }
+}
+
+/// What stays of an article's deliveries once their full records are compacted: totals, and
+/// who was told by which mail (a bit per subscriber number), so a correction still reaches
+/// them and answers the right Message-ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compacted {
+    #[serde(default)]
+    pub alerts: Counts,
+    /// Digests that carried it.
+    #[serde(default)]
+    pub digests: Counts,
+    /// The key of the mail without its address (`a\0{article}\0`, `d\0{schedule}\0{run}\0`) to
+    /// the numbers of those it told, as a bitmap in base64.
+    #[serde(default)]
+    pub told: std::collections::BTreeMap<String, String>,
 }
 
 /// A digest published as a page: every article its mails carried on one day.
@@ -275,6 +335,232 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     }
 }
 
+/// Deliveries compacted in one transaction: the totals, the bits and the removal of the full
+/// records land together or not at all (a crash counts nothing twice, loses no bit).
+const COMPACT_CHUNK: usize = 1000;
+
+/// An article's compacted record being built, its bitmaps decoded.
+type Building = (Compacted, std::collections::HashMap<String, Vec<u8>>);
+
+type Abort = sled::transaction::ConflictableTransactionError<StoreError>;
+
+fn tx_decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Abort> {
+    decode(key, bytes).map_err(Abort::Abort)
+}
+
+/// Compacts `chunk` (finished deliveries with their keys) in one transaction.
+fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, StoreError> {
+    use sled::Transactional;
+    use std::collections::HashMap;
+    let trees = (
+        &t.outbox,
+        &t.ids,
+        &t.told,
+        &t.compact,
+        &t.corrections,
+        &t.runs,
+        &t.numbers,
+        &t.number_of,
+        &t.meta,
+    );
+    let result = trees.transaction(
+        |(outbox, ids, told, compact, corrections, runs, numbers, number_of, meta)| {
+            let mut articles: HashMap<String, Building> = HashMap::new();
+            let mut fixes: HashMap<(String, u32), Counts> = HashMap::new();
+            let mut run_counts: HashMap<String, Counts> = HashMap::new();
+            let mut assigned: HashMap<String, u32> = HashMap::new();
+            let mut next: Option<u32> = None;
+            let entry = |id: &str, articles: &mut HashMap<String, Building>| -> Result<(), Abort> {
+                if !articles.contains_key(id) {
+                    let c: Compacted = match compact.get(id)? {
+                        Some(v) => tx_decode(id.as_bytes(), &v)?,
+                        None => Compacted::default(),
+                    };
+                    let bits = c
+                        .told
+                        .iter()
+                        .map(|(group, b64)| (group.clone(), bitmap_decode(b64)))
+                        .collect();
+                    articles.insert(id.to_owned(), (c, bits));
+                }
+                Ok(())
+            };
+            for (k, d) in chunk {
+                let key = String::from_utf8_lossy(k).into_owned();
+                let (carried, group): (Vec<String>, Option<String>) = match &d.kind {
+                    Kind::Alert { article: id } => {
+                        entry(id, &mut articles)?;
+                        articles
+                            .get_mut(id.as_str())
+                            .expect("loaded")
+                            .0
+                            .alerts
+                            .add(d);
+                        (vec![id.clone()], Some(format!("a\0{id}\0")))
+                    }
+                    Kind::Digest {
+                        schedule,
+                        run,
+                        articles: list,
+                    } => {
+                        run_counts
+                            .entry(format!("{}\0{run}", schedule.as_str()))
+                            .or_default()
+                            .add(d);
+                        for id in list {
+                            entry(id, &mut articles)?;
+                            articles
+                                .get_mut(id.as_str())
+                                .expect("loaded")
+                                .0
+                                .digests
+                                .add(d);
+                        }
+                        (
+                            list.clone(),
+                            Some(format!("d\0{}\0{run}\0", schedule.as_str())),
+                        )
+                    }
+                    Kind::Correction { article: id, n, .. } => {
+                        fixes.entry((id.clone(), *n)).or_default().add(d);
+                        (Vec::new(), None)
+                    }
+                    Kind::Confirm { .. } => (Vec::new(), None),
+                };
+                if d.state == DeliveryState::Sent
+                    && let Some(group) = group
+                {
+                    for id in &carried {
+                        let told_at = told_key(id, &d.email);
+                        // The first mail that told of it is the one to answer: its record
+                        // goes into the bitmap; another mail's waits for that one.
+                        let first = match told.get(&told_at)? {
+                            Some(v) => tx_decode::<Told>(&told_at, &v)?.key == key,
+                            None => true,
+                        };
+                        if !first {
+                            continue;
+                        }
+                        let n = match assigned.get(&d.email) {
+                            Some(n) => *n,
+                            None => {
+                                let known = number_of
+                                    .get(d.email.as_bytes())?
+                                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+                                let n = match known {
+                                    Some(n) => n,
+                                    None => {
+                                        let n = match next {
+                                            Some(n) => n,
+                                            None => meta
+                                                .get("next_number")?
+                                                .and_then(|v| {
+                                                    std::str::from_utf8(&v).ok()?.parse().ok()
+                                                })
+                                                .unwrap_or(0),
+                                        };
+                                        next = Some(n + 1);
+                                        numbers.insert(&n.to_be_bytes(), d.email.as_bytes())?;
+                                        number_of
+                                            .insert(d.email.as_bytes(), n.to_string().as_bytes())?;
+                                        n
+                                    }
+                                };
+                                assigned.insert(d.email.clone(), n);
+                                n
+                            }
+                        };
+                        let bits = articles
+                            .get_mut(id.as_str())
+                            .expect("loaded")
+                            .1
+                            .entry(group.clone())
+                            .or_default();
+                        bitmap_set(bits, n);
+                        told.remove(told_at)?;
+                    }
+                }
+                outbox.remove(k)?;
+                ids.remove(delivery_id(&key).as_bytes())?;
+            }
+            if let Some(n) = next {
+                meta.insert("next_number", n.to_string().as_bytes())?;
+            }
+            for (id, (mut c, bits)) in articles {
+                c.told = bits
+                    .into_iter()
+                    .map(|(group, b)| (group, bitmap_encode(&b)))
+                    .collect();
+                compact.insert(id.as_bytes(), encode(&c))?;
+            }
+            for ((id, n), counts) in fixes {
+                let key = correction_key(&id, n);
+                if let Some(v) = corrections.get(&key)? {
+                    let mut c: Correction = tx_decode(&key, &v)?;
+                    merge_counts(&mut c.compacted, &counts);
+                    corrections.insert(key, encode(&c))?;
+                }
+            }
+            for (run, counts) in run_counts {
+                let mut total: Counts = match runs.get(run.as_bytes())? {
+                    Some(v) => tx_decode(run.as_bytes(), &v)?,
+                    None => Counts::default(),
+                };
+                merge_counts(&mut total, &counts);
+                runs.insert(run.as_bytes(), encode(&total))?;
+            }
+            Ok(())
+        },
+    );
+    match result {
+        Ok(()) => Ok(chunk.len()),
+        Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+        Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
+    }
+}
+
+fn merge_counts(into: &mut Counts, more: &Counts) {
+    into.sent += more.sent;
+    into.failed += more.failed;
+    into.cancelled += more.cancelled;
+    into.first_ms = match (into.first_ms, more.first_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    into.last_ms = match (into.last_ms, more.last_ms) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+}
+
+fn bitmap_set(bits: &mut Vec<u8>, n: u32) {
+    let byte = (n / 8) as usize;
+    if bits.len() <= byte {
+        bits.resize(byte + 1, 0);
+    }
+    bits[byte] |= 1 << (n % 8);
+}
+
+fn bitmap_numbers(bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bits.iter().enumerate().flat_map(|(i, b)| {
+        (0..8u32)
+            .filter(move |bit| b & (1 << bit) != 0)
+            .map(move |bit| i as u32 * 8 + bit)
+    })
+}
+
+fn bitmap_encode(bits: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bits)
+}
+
+fn bitmap_decode(b64: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap_or_default()
+}
+
 fn told_key(article: &str, email: &str) -> Vec<u8> {
     format!("{article}\0{email}").into_bytes()
 }
@@ -319,6 +605,8 @@ pub struct Store {
     trees: std::sync::Arc<std::sync::RwLock<Option<Trees>>>,
     /// Where the database lives, to reopen it.
     path: std::path::PathBuf,
+    /// Bytes of the database sled keeps in memory.
+    cache_bytes: u64,
     /// Set by whoever met an error writing; cleared by a successful [`Store::recover`].
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -344,10 +632,18 @@ struct Trees {
     versions: sled::Tree,
     /// `schedule \0 date` to [`Bulletin`].
     bulletins: sled::Tree,
+    /// A number (4 bytes, big-endian) to the address it stands for, in compacted records.
+    numbers: sled::Tree,
+    /// An address to its number (decimal).
+    number_of: sled::Tree,
+    /// Article id to its [`Compacted`] deliveries.
+    compact: sled::Tree,
+    /// `schedule \0 run` to the [`Counts`] of a digest run's compacted mails.
+    runs: sled::Tree,
 }
 
 /// Trees whose values are versioned JSON records (exported as JSON).
-const JSON_TREES: [&str; 7] = [
+const JSON_TREES: [&str; 9] = [
     "subscribers",
     "articles",
     "outbox",
@@ -355,7 +651,12 @@ const JSON_TREES: [&str; 7] = [
     "corrections",
     "versions",
     "bulletins",
+    "compact",
+    "runs",
 ];
+
+/// The cache of a database opened without a configuration (commands, tests).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Trees {
     /// Every tree with its name, in a fixed order.
@@ -372,6 +673,10 @@ impl Trees {
             ("corrections", &self.corrections),
             ("versions", &self.versions),
             ("bulletins", &self.bulletins),
+            ("numbers", &self.numbers),
+            ("number_of", &self.number_of),
+            ("compact", &self.compact),
+            ("runs", &self.runs),
         ]
     }
 }
@@ -402,16 +707,25 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`, checking its schema.
+    /// Opens (or creates) the database in `dir`, checking its schema, with the default cache.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database in `dir`, keeping at most `cache_bytes` of it in memory.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         Ok(Store {
-            trees: std::sync::Arc::new(std::sync::RwLock::new(Some(Store::open_trees(dir)?))),
+            trees: std::sync::Arc::new(std::sync::RwLock::new(Some(Store::open_trees(
+                dir,
+                cache_bytes,
+            )?))),
+            cache_bytes,
             path: dir.join("db"),
             broken: std::sync::Arc::default(),
         })
     }
 
-    fn open_trees(dir: &Path) -> Result<Trees, StoreError> {
+    fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees, StoreError> {
         let path = dir.join("db");
         let shown = path.display().to_string();
         // sled panics on some damaged files (a truncated one): a clear error instead.
@@ -419,6 +733,7 @@ impl Store {
             sled::Config::new()
                 .path(&path)
                 .mode(sled::Mode::LowSpace)
+                .cache_capacity(cache_bytes)
                 .open()
         });
         let db = match opened {
@@ -443,6 +758,10 @@ impl Store {
             corrections: db.open_tree("corrections")?,
             versions: db.open_tree("versions")?,
             bulletins: db.open_tree("bulletins")?,
+            numbers: db.open_tree("numbers")?,
+            number_of: db.open_tree("number_of")?,
+            compact: db.open_tree("compact")?,
+            runs: db.open_tree("runs")?,
             db,
         };
         // A marker beside the database names it: a database that opens without it (its
@@ -522,7 +841,7 @@ impl Store {
                 drop(old);
             }
             let dir = self.path.parent().unwrap_or(&self.path);
-            *trees = Some(Store::open_trees(dir)?);
+            *trees = Some(Store::open_trees(dir, self.cache_bytes)?);
         }
         self.probe_write(now_ms)?;
         self.broken
@@ -643,9 +962,17 @@ impl Store {
         })())
     }
 
+    /// Removes a subscriber, and its address from the compacted records' numbers.
     pub fn remove_subscriber(&self, email: &str) -> Result<bool, StoreError> {
         self.written((|| -> Result<bool, StoreError> {
             let t = self.t()?;
+            if let Some(n) = t.number_of.remove(email)?
+                && let Some(n) = std::str::from_utf8(&n)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+            {
+                t.numbers.remove(n.to_be_bytes())?;
+            }
             Ok(t.subscribers.remove(email)?.is_some())
         })())
     }
@@ -814,6 +1141,7 @@ impl Store {
             let t = self.t()?;
             t.articles.remove(id)?;
             t.versions.remove(id)?;
+            t.compact.remove(id)?;
             for r in t.told.scan_prefix(told_key(id, "")) {
                 let (k, _) = r?;
                 t.told.remove(k)?;
@@ -1000,15 +1328,49 @@ impl Store {
         })
     }
 
-    /// Who was told of `article`, by address.
+    /// Who was told of `article`, by address, each with the mail that told them: the recent
+    /// ones from their records, the older ones from the compacted bitmaps (their time is
+    /// then 0: only the totals keep times).
     pub fn told_of(&self, article: &str) -> Result<Vec<(String, Told)>, StoreError> {
         let t = self.t()?;
         let prefix = told_key(article, "");
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in t.told.scan_prefix(&prefix) {
             let (k, v) = r?;
             let email = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            seen.insert(email.clone());
             out.push((email, decode(&k, &v)?));
+        }
+        if let Some(v) = t.compact.get(article)? {
+            let c: Compacted = decode(article.as_bytes(), &v)?;
+            // Alerts first: of two mails that told someone, the alert came first.
+            let mut groups: Vec<(&String, &String)> = c.told.iter().collect();
+            groups.sort_by_key(|(group, _)| !group.starts_with("a\0"));
+            for (group, b64) in groups {
+                let by = if group.starts_with("a\0") {
+                    "alert"
+                } else {
+                    "digest"
+                };
+                for n in bitmap_numbers(&bitmap_decode(b64)) {
+                    let Some(email) = t.numbers.get(n.to_be_bytes())? else {
+                        continue; // the address was removed since
+                    };
+                    let email = String::from_utf8_lossy(&email).into_owned();
+                    if seen.insert(email.clone()) {
+                        let key = format!("{group}{email}");
+                        out.push((
+                            email,
+                            Told {
+                                key,
+                                at_ms: 0,
+                                by: by.to_owned(),
+                            },
+                        ));
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -1106,32 +1468,53 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes finished deliveries (sent, failed, cancelled) last updated before
-    /// `before_ms`, so the outbox does not grow for ever. Returns how many went.
-    pub fn prune_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
+    /// Compacts finished deliveries (sent, failed, cancelled) last updated before
+    /// `before_ms`: their full records go; what later work needs stays, in a few bits each —
+    /// per-article, per-correction and per-digest-run totals (the delivery reports), and for
+    /// every mail that told someone of an article, that person's number in a bitmap of the
+    /// article (a correction reaches them and answers the Message-ID, which the key gives).
+    /// Returns how many deliveries were compacted.
+    pub fn compact_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.written((|| -> Result<usize, StoreError> {
             let t = self.t()?;
-            let mut removed = 0;
+            let mut done = 0;
+            let mut chunk: Vec<(sled::IVec, Delivery)> = Vec::new();
             for r in t.outbox.iter() {
                 let (k, v) = r?;
                 let d: Delivery = decode(&k, &v)?;
-                if d.state != DeliveryState::Pending && d.updated_ms < before_ms {
-                    t.outbox.remove(&k)?;
-                    t.ids.remove(delivery_id(&String::from_utf8_lossy(&k)))?;
-                    removed += 1;
+                if d.state == DeliveryState::Pending || d.updated_ms >= before_ms {
+                    continue;
+                }
+                chunk.push((k, d));
+                if chunk.len() >= COMPACT_CHUNK {
+                    done += compact_chunk(&t, &chunk)?;
+                    chunk.clear();
                 }
             }
-            // Who was told goes with the deliveries: a correction reaches those told within
-            // the same horizon.
-            for r in t.told.iter() {
-                let (k, v) = r?;
-                let told: Told = decode(&k, &v)?;
-                if told.at_ms < before_ms {
-                    t.told.remove(&k)?;
-                }
+            if !chunk.is_empty() {
+                done += compact_chunk(&t, &chunk)?;
             }
-            Ok(removed)
+            Ok(done)
         })())
+    }
+
+    /// What was compacted of an article's deliveries.
+    pub fn compacted(&self, article: &str) -> Result<Option<Compacted>, StoreError> {
+        let t = self.t()?;
+        t.compact
+            .get(article)?
+            .map(|v| decode(article.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// The compacted mails of one digest run.
+    pub fn run_counts(&self, schedule: Schedule, run: i64) -> Result<Counts, StoreError> {
+        let key = format!("{}\0{run}", schedule.as_str());
+        let t = self.t()?;
+        Ok(match t.runs.get(&key)? {
+            Some(v) => decode(key.as_bytes(), &v)?,
+            None => Counts::default(),
+        })
     }
 
     /// Counts of deliveries by state.
@@ -1238,6 +1621,7 @@ mod tests {
                     before: v.clone(),
                     after: v.clone(),
                     planned: 1,
+                    compacted: Counts::default(),
                 },
             )
             .unwrap();
@@ -1306,8 +1690,154 @@ mod tests {
         let mut recent = Delivery::new(Kind::Confirm { at: 3 }, "new@x.vn", 5000);
         recent.state = DeliveryState::Failed;
         store.update(&recent.key(), &recent, None).unwrap();
-        assert_eq!(store.prune_finished(1000).unwrap(), 1);
+        assert_eq!(store.compact_finished(1000).unwrap(), 1);
         assert_eq!(store.outbox_counts().unwrap(), [1, 0, 1, 0]);
+    }
+
+    /// Sends `kind` to `email` at `at_ms` and records it sent.
+    fn sent(store: &Store, kind: Kind, email: &str, at_ms: i64) -> String {
+        let mut d = Delivery::new(kind, email, at_ms);
+        store.enqueue(&d).unwrap();
+        d.state = DeliveryState::Sent;
+        d.attempts = 1;
+        d.updated_ms = at_ms;
+        store.update(&d.key(), &d, None).unwrap();
+        d.key()
+    }
+
+    #[test]
+    fn compacted_deliveries_keep_who_was_told_and_the_totals_in_a_few_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alert = |a: &str| Kind::Alert { article: a.into() };
+        let mut keys = std::collections::BTreeMap::new();
+        for (i, email) in ["a@x.vn", "b@x.vn", "c@x.vn"].iter().enumerate() {
+            keys.insert(
+                email.to_string(),
+                sent(&store, alert("ky-hop"), email, 100 + i as i64),
+            );
+        }
+        let digest = Kind::Digest {
+            schedule: Schedule::Daily,
+            run: 7,
+            articles: vec!["ky-hop".into(), "tin".into()],
+        };
+        keys.insert("d@x.vn".into(), sent(&store, digest.clone(), "d@x.vn", 200));
+        // Told by an alert first, then by a digest: the alert is the mail to answer.
+        sent(&store, digest, "a@x.vn", 210);
+        let mut failed = Delivery::new(alert("ky-hop"), "e@x.vn", 100);
+        failed.state = DeliveryState::Failed;
+        failed.updated_ms = 150;
+        store.update(&failed.key(), &failed, None).unwrap();
+        let fix = Kind::Correction {
+            article: "ky-hop".into(),
+            n: 1,
+            reply_to: keys["a@x.vn"].clone(),
+        };
+        let v = crate::correction::Version {
+            title: "T".into(),
+            when: None,
+            place: None,
+            paragraphs: vec![],
+        };
+        store
+            .put_correction(
+                "ky-hop",
+                &Correction {
+                    n: 1,
+                    reason: "r".into(),
+                    at_ms: 300,
+                    before: v.clone(),
+                    after: v,
+                    planned: 1,
+                    compacted: Counts::default(),
+                },
+            )
+            .unwrap();
+        sent(&store, fix, "a@x.vn", 310);
+        let mut before: Vec<(String, String)> = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|(e, t)| (e, t.key))
+            .collect();
+        before.sort();
+
+        assert_eq!(store.compact_finished(1000).unwrap(), 7);
+        assert_eq!(
+            store.outbox_counts().unwrap(),
+            [0, 0, 0, 0],
+            "no full record left"
+        );
+        let mut after: Vec<(String, String)> = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|(e, t)| (e, t.key))
+            .collect();
+        after.sort();
+        assert_eq!(after, before, "the same people, answered on the same mails");
+        assert_eq!(
+            after
+                .iter()
+                .map(|(e, k)| (e.as_str(), k == &keys[e]))
+                .collect::<Vec<_>>(),
+            [
+                ("a@x.vn", true),
+                ("b@x.vn", true),
+                ("c@x.vn", true),
+                ("d@x.vn", true)
+            ]
+        );
+        assert_eq!(
+            store.told_of("tin").unwrap().len(),
+            2,
+            "a digest tells of each article"
+        );
+        let c = store.compacted("ky-hop").unwrap().unwrap();
+        assert_eq!((c.alerts.sent, c.alerts.failed), (3, 1));
+        assert_eq!(
+            (c.alerts.first_ms, c.alerts.last_ms),
+            (Some(100), Some(102))
+        );
+        assert_eq!(c.digests.sent, 2);
+        assert_eq!(store.run_counts(Schedule::Daily, 7).unwrap().sent, 2);
+        assert_eq!(
+            store
+                .correction("ky-hop", 1)
+                .unwrap()
+                .unwrap()
+                .compacted
+                .sent,
+            1
+        );
+
+        // Compacting again changes nothing; a backup carries the compacted form.
+        assert_eq!(store.compact_finished(1000).unwrap(), 0);
+        let mut backup = Vec::new();
+        store.export(&mut backup).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let restored = Store::open(other.path()).unwrap();
+        restored.import(&backup[..]).unwrap();
+        let mut again: Vec<(String, String)> = restored
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|(e, t)| (e, t.key))
+            .collect();
+        again.sort();
+        assert_eq!(again, before);
+        assert_eq!(restored.compacted("ky-hop").unwrap(), Some(c));
+
+        // A removed subscriber's address leaves the numbers: no correction for it.
+        store.remove_subscriber("b@x.vn").unwrap();
+        assert!(
+            store
+                .told_of("ky-hop")
+                .unwrap()
+                .iter()
+                .all(|(e, _)| e != "b@x.vn")
+        );
     }
 
     #[test]

@@ -312,7 +312,8 @@ fn open(config: &Config) -> anyhow::Result<(Publisher, Store)> {
         .with_context(|| format!("cannot create output.dir '{}'", config.output.dir.display()))?;
     crate::output::create_private_dir(&config.state.dir)
         .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
-    let store = Store::open(&config.state.dir).map_err(|e| {
+    let cache = config.state.cache_mb.saturating_mul(1024 * 1024);
+    let store = Store::open_with_cache(&config.state.dir, cache).map_err(|e| {
         if e.to_string().contains("lock") {
             anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)")
         } else {

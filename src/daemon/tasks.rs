@@ -267,8 +267,8 @@ pub async fn digests(outbox: Outbox, schedule: Schedule, cron: cron::Schedule, t
     }
 }
 
-/// Once a day (and at start), removes finished deliveries older than `keep_days`, and
-/// subscribers who did not confirm within `confirm_days`.
+/// Once a day (and at start), compacts finished deliveries older than `keep_days`, and
+/// removes subscribers who did not confirm within `confirm_days`.
 pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64) {
     loop {
         let before = clock.now_s() - (confirm_days as i64).saturating_mul(24 * 3600);
@@ -283,14 +283,14 @@ pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64
         let before =
             clock.now_ms() - (keep_days as i64).saturating_mul(PRUNE_EVERY.as_millis() as i64);
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.prune_finished(before)).await {
+        match tokio::task::spawn_blocking(move || s.compact_finished(before)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(
-                removed = n,
-                "pruned finished deliveries older than {keep_days} days"
+                compacted = n,
+                "compacted finished deliveries older than {keep_days} days"
             ),
-            Ok(Err(e)) => tracing::error!("cannot prune the outbox: {e}"),
-            Err(e) => tracing::error!("cannot prune the outbox: {e}"),
+            Ok(Err(e)) => tracing::error!("cannot compact the outbox: {e}"),
+            Err(e) => tracing::error!("cannot compact the outbox: {e}"),
         }
         clock.sleep(PRUNE_EVERY).await;
     }

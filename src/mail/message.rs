@@ -737,6 +737,7 @@ pub fn sample_correction(a: &Article) -> crate::store::Correction {
         before,
         after,
         planned: 1,
+        compacted: Default::default(),
     }
 }
 

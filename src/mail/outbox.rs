@@ -363,6 +363,7 @@ impl Outbox {
             before,
             after: after.clone(),
             planned: recipients.len(),
+            compacted: Default::default(),
         };
         self.store.put_correction(&entry.id, &record)?;
         for (email, reply_to) in recipients {
