@@ -376,6 +376,51 @@ mod by_mail {
         );
         let unknown = site.bantin(&["status", "--article", "khong-co"]);
         assert_eq!(unknown.status.code(), Some(1));
+
+        // Eight days on, the full records are compacted: the report says the same, and a
+        // second correction still reaches the eight, each on the mail they first received.
+        daemon.advance(Days::days(8));
+        wait_for("the deliveries compacted", PATIENCE, || {
+            crate::common::status(&site)["outbox"]["sent"] == 0
+        });
+        let compacted = json(&site, &["status", "--article", "2027/ky-hop", "--json"]);
+        for field in ["alerts", "digests", "told"] {
+            assert_eq!(
+                compacted[field]
+                    .to_string()
+                    .replace("\"first_accepted\":null,", ""),
+                report[field]
+                    .to_string()
+                    .replace("\"first_accepted\":null,", ""),
+                "{field}: {compacted}"
+            );
+        }
+        assert_eq!(compacted["corrections"][0]["sent"], 8, "{compacted}");
+        assert_eq!(
+            json(&site, &["status", "--bulletin", "daily", &date, "--json"])["mails"]["sent"],
+            3
+        );
+        site.publish(
+            "2027/ky-hop.txt",
+            &corrected.replace("Đổi thời gian họp sang chiều 17/01", "Đổi phòng họp"),
+        );
+        let mails = wait_mails(&smtp, 24);
+        let second: Vec<&Received> = mails[16..].iter().collect();
+        let mut seen = HashMap::new();
+        for m in &second {
+            assert_eq!(
+                header(&m.data, "Subject").unwrap(),
+                "Đính chính: Kỳ họp thứ mười"
+            );
+            let who = to(m);
+            assert_eq!(
+                header(&m.data, "In-Reply-To").as_ref(),
+                received.get(&who),
+                "{who} threaded after compaction"
+            );
+            *seen.entry(who).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 8, "{seen:?}");
         daemon.stop();
     }
 }
