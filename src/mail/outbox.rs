@@ -17,6 +17,10 @@ use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::store::{Correction, Delivery, DeliveryState, Kind, KnownArticle, Queued, Store};
 use crate::subscriber::{Schedule, SubState, Subscriber};
 
+/// Deliveries planned between two flushes of the state, so that a large plan does not pile up
+/// in sled's memory.
+const FLUSH_EVERY: usize = 10_000;
+
 /// A confirmation mail is queued at most this often per address (seconds).
 const CONFIRM_EVERY_SECS: i64 = 24 * 3600;
 
@@ -304,6 +308,11 @@ impl Outbox {
                     };
                     if self.store.enqueue(&Delivery::new(kind, &sub.email, now))? {
                         queued += 1;
+                        if queued % FLUSH_EVERY == 0 {
+                            // sled holds unflushed writes in memory: a fan-out to many
+                            // subscribers must not hold them all.
+                            tokio::task::block_in_place(|| self.store.flush())?;
+                        }
                     }
                 }
             }
@@ -508,6 +517,9 @@ impl Outbox {
                     .enqueue(&Delivery::new(kind, &sub.email, self.clock.now_ms()))?
                 {
                     mails += 1;
+                    if mails % FLUSH_EVERY == 0 {
+                        self.store.flush_async().await?;
+                    }
                 }
             }
             sub.digest_until = Some(cutoff);

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Benchmarks the state's size and the daemon's memory over many deliveries: N subscribers,
+M articles, every alert sent over SMTP into Postfix's smtp-sink (N x M deliveries).
+
+    state.py [--subscribers N] [--articles M] [--sessions S] [--bin PATH] [--work DIR]
+
+Reports the time to send them all, the daemon's peak memory, the state's size on disk with
+every full record, then after compaction (a restart with `mail.keep_days = 0`), in place and
+as a fresh database (`state export` into `state import`), in bytes per delivery; and the
+projection for 30,000 subscribers and 5 articles a day over a year (7 days of full records,
+the rest compacted). Needs smtp-sink (Debian: postfix).
+"""
+
+import argparse
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+print = functools.partial(print, flush=True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(port, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    m = re.search(rf"^{name} (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port):
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def config(work, http_port, metrics_port, sink_port, sessions, keep_days, cache_mb=None):
+    path = os.path.join(work, "bantin.toml")
+    with open(path, "w") as f:
+        f.write(f"""[site]
+base_url = "https://hdnd.caugiay.hanoi.gov.vn"
+[feeds]
+dir = "{REPO}/feeds"
+[templates]
+dir = "{REPO}/templates"
+[http]
+listen = "127.0.0.1:{http_port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+[mail]
+alert_delay_secs = 0
+alert_max_age_days = 3650
+keep_days = {keep_days}
+from = "HĐND quận Cầu Giấy <bantin@hdnd.caugiay.hanoi.gov.vn>"
+transport = "smtp"
+concurrency = {sessions}
+[mail.smtp]
+host = "127.0.0.1"
+port = {sink_port}
+[digest]
+daily = "0 0 0 1 1 * 2099"
+weekly = "0 0 0 1 1 * 2099"
+""")
+        if cache_mb is not None:
+            f.write(f"[state]\ncache_mb = {cache_mb}\n")
+    return path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--subscribers", type=int, default=10_000)
+    p.add_argument("--articles", type=int, default=100)
+    p.add_argument("--sessions", type=int, default=16)
+    p.add_argument("--cache-mb", type=int, default=None, help="state.cache_mb (default: bantin's)")
+    p.add_argument("--bin", default=os.path.join(REPO, "target/release/bantin"))
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bantin-state-bench"))
+    args = p.parse_args()
+    if not shutil.which("smtp-sink"):
+        sys.exit("smtp-sink not found (Debian: apt-get install postfix)")
+    work = os.path.abspath(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "articles"))
+    n, m = args.subscribers, args.articles
+    total = n * m
+    state = os.path.join(work, "var", "state")
+
+    sink_port = free_port()
+    dump = os.path.join(work, "sink")
+    os.makedirs(dump)
+    user = []
+    if os.geteuid() == 0:
+        shutil.chown(dump, "nobody")
+        user = ["-u", "nobody"]
+    sink = subprocess.Popen(["smtp-sink", *user, f"127.0.0.1:{sink_port}", "1024"], cwd=dump)
+    try:
+        wait_port(sink_port)
+        http_port, metrics_port = free_port(), free_port()
+        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 90, args.cache_mb)
+        with open(os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt"), encoding="utf-8") as f:
+            seed = f.read()
+        with open(os.path.join(work, "articles", "cu.txt"), "w", encoding="utf-8") as f:
+            f.write(seed)
+        csv = os.path.join(work, "subscribers.csv")
+        with open(csv, "w") as f:
+            f.write("email,schedule,categories\n")
+            for i in range(n):
+                f.write(f"nguoi.dan.{i:06d}@gmail.com,immediate,\n")
+        subprocess.run([args.bin, "--config", cfg, "subscribers", "import", csv, "--confirmed"],
+                       check=True, stdout=subprocess.DEVNULL)
+        before = du(state)
+
+        log = open(os.path.join(work, "bantin.log"), "w")
+        env = {**os.environ, "BANTIN_LOG": os.environ.get("BANTIN_LOG", "warn")}
+        daemon = subprocess.Popen([args.bin, "--config", cfg, "run"], stderr=log, env=env)
+        try:
+            wait_port(http_port)
+            t0 = time.time()
+            # M articles, each moved into the store as the clerk would.
+            for a in range(m):
+                text = seed.replace("14/02/2020", "20/11/2026").replace(
+                    "Thường trực HĐND, UBND", f"Tin {a + 1}: Thường trực HĐND, UBND", 1)
+                temp = os.path.join(work, f"tin-{a}.tmp")
+                with open(temp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.rename(temp, os.path.join(work, "articles", f"tin-{a:03d}.txt"))
+            last = -1
+            while (sent := metric(metrics_port, "bantin_mail_sent_total")) < total:
+                if daemon.poll() is not None:
+                    sys.exit("bantin exited")
+                if sent // 100_000 != last // 100_000:
+                    print(f"  {sent:,} sent after {time.time() - t0:.0f} s, "
+                          f"peak memory {peak_kib(daemon.pid) / 1024:.0f} MiB")
+                last = sent
+                time.sleep(1)
+            took = time.time() - t0
+            peak = peak_kib(daemon.pid) / 1024
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=120)
+        full = du(state)
+
+        # Compaction: the daemon compacts at start what is older than keep_days.
+        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 0, args.cache_mb)
+        daemon = subprocess.Popen([args.bin, "--config", cfg, "run"], stderr=log, env=env)
+        try:
+            wait_port(http_port)
+            t1 = time.time()
+            while True:
+                out = subprocess.run([args.bin, "--config", cfg, "status", "--json"],
+                                     capture_output=True, text=True).stdout
+                if '"sent": 0' in out or time.time() - t1 > 600:
+                    break
+                time.sleep(2)
+            compact_took = time.time() - t1
+            peak = max(peak, peak_kib(daemon.pid) / 1024)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=120)
+        compacted = du(state)
+        backup = os.path.join(work, "backup.jsonl")
+        subprocess.run([args.bin, "--config", cfg, "state", "export", backup], check=True,
+                       stderr=subprocess.DEVNULL)
+        fresh_cfg = cfg.replace("bantin.toml", "fresh.toml")
+        with open(cfg) as f, open(fresh_cfg, "w") as g:
+            g.write(f.read() + f'\n[state]\ndir = "{work}/fresh-state"\n')
+        subprocess.run([args.bin, "--config", fresh_cfg, "state", "import", backup], check=True,
+                       stderr=subprocess.DEVNULL)
+        fresh = du(os.path.join(work, "fresh-state"))
+    finally:
+        sink.terminate()
+        sink.wait()
+
+    per_full = (full - before) / total
+    per_compact = (compacted - before) / total
+    per_fresh = max(fresh - before, 0) / total
+    year = 30_000 * 5 * 365
+    window = 30_000 * 5 * 7
+    projection = window * per_full + (year - window) * per_fresh
+    print(f"| deliveries | {total:,} ({n:,} subscribers x {m} articles) |")
+    print(f"| sent in | {took:.0f} s ({total / took:,.0f} mails/s) |")
+    print(f"| daemon peak memory | {peak:.0f} MiB |")
+    print(f"| state with every full record | {full / 1e6:.1f} MB = {per_full:.0f} bytes per delivery |")
+    print(f"| compacted in | {compact_took:.0f} s |")
+    print(f"| state compacted, in place | {compacted / 1e6:.1f} MB = {per_compact:.1f} bytes per delivery |")
+    print(f"| state compacted, exported into a fresh database | {fresh / 1e6:.1f} MB = "
+          f"{per_fresh:.2f} bytes per delivery |")
+    print(f"| a year of 30,000 subscribers x 5 articles a day ({year:,} deliveries; 7 days full) | "
+          f"{projection / 1e9:.2f} GB |")
+
+
+if __name__ == "__main__":
+    main()
