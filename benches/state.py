@@ -68,7 +68,8 @@ def du(path):
     return total
 
 
-def config(work, http_port, metrics_port, sink_port, sessions, keep_days, cache_mb=None):
+def config(work, http_port, metrics_port, sink_port, sessions, keep_days, cache_mb=None,
+           templates=os.path.join(REPO, "templates")):
     path = os.path.join(work, "bantin.toml")
     with open(path, "w") as f:
         f.write(f"""[site]
@@ -76,7 +77,7 @@ base_url = "https://hdnd.caugiay.hanoi.gov.vn"
 [feeds]
 dir = "{REPO}/feeds"
 [templates]
-dir = "{REPO}/templates"
+dir = "{templates}"
 [http]
 listen = "127.0.0.1:{http_port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
@@ -105,6 +106,8 @@ def main():
     p.add_argument("--articles", type=int, default=100)
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--cache-mb", type=int, default=None, help="state.cache_mb (default: bantin's)")
+    p.add_argument("--templates", default=os.path.join(REPO, "templates"),
+                   help="the templates of the binary's own version")
     p.add_argument("--bin", default=os.path.join(REPO, "target/release/bantin"))
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bantin-state-bench"))
     args = p.parse_args()
@@ -128,7 +131,7 @@ def main():
     try:
         wait_port(sink_port)
         http_port, metrics_port = free_port(), free_port()
-        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 90, args.cache_mb)
+        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 90, args.cache_mb, args.templates)
         with open(os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt"), encoding="utf-8") as f:
             seed = f.read()
         with open(os.path.join(work, "articles", "cu.txt"), "w", encoding="utf-8") as f:
@@ -173,7 +176,7 @@ def main():
         full = du(state)
 
         # Compaction: the daemon compacts at start what is older than keep_days.
-        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 0, args.cache_mb)
+        cfg = config(work, http_port, metrics_port, sink_port, args.sessions, 0, args.cache_mb, args.templates)
         daemon = subprocess.Popen([args.bin, "--config", cfg, "run"], stderr=log, env=env)
         try:
             wait_port(http_port)

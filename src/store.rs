@@ -432,12 +432,14 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                 {
                     for id in &carried {
                         let told_at = told_key(id, &d.email);
-                        // The first mail that told of it is the one to answer: its record
-                        // goes into the bitmap; another mail's waits for that one.
-                        let first = match told.get(&told_at)? {
-                            Some(v) => tx_decode::<Told>(&told_at, &v)?.key == key,
-                            None => true,
-                        };
+                        // An alert told whom it was sent to. Of the digests, the first that
+                        // told of it is the one to answer: its record goes into the bitmap;
+                        // another digest's waits for that one.
+                        let first = matches!(d.kind, Kind::Alert { .. })
+                            || match told.get(&told_at)? {
+                                Some(v) => tx_decode::<Told>(&told_at, &v)?.key == key,
+                                None => true,
+                            };
                         if !first {
                             continue;
                         }
@@ -477,7 +479,9 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                             .entry(group.clone())
                             .or_default();
                         bitmap_set(bits, n);
-                        told.remove(told_at)?;
+                        if matches!(d.kind, Kind::Digest { .. }) {
+                            told.remove(told_at)?;
+                        }
                     }
                 }
                 outbox.remove(k)?;
@@ -1203,18 +1207,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
-            // Who was told is written before the delivery says sent: a crash in between
-            // leaves it pending (sent once more), never sent and untold.
-            if delivery.state == DeliveryState::Sent {
-                let (articles, by): (&[String], &str) = match &delivery.kind {
-                    Kind::Alert { article } => (std::slice::from_ref(article), "alert"),
-                    Kind::Digest { articles, .. } => (articles, "digest"),
-                    _ => (&[], ""),
-                };
+            // Who a digest told is written before the delivery says sent: a crash in
+            // between leaves it pending (sent once more), never sent and untold. (An alert's
+            // own record says whom it told: no second record.)
+            if delivery.state == DeliveryState::Sent
+                && let Kind::Digest { articles, .. } = &delivery.kind
+            {
                 let told = Told {
                     key: key.to_owned(),
                     at_ms: delivery.updated_ms,
-                    by: by.to_owned(),
+                    by: "digest".to_owned(),
                 };
                 for article in articles {
                     // The first mail that told of it is the one corrections answer.
@@ -1336,11 +1338,24 @@ impl Store {
         let prefix = told_key(article, "");
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        // Alerts first: of two mails that told someone, the alert came first.
+        for r in self.alerts_of(article) {
+            let (key, d) = r?;
+            if d.state == DeliveryState::Sent && seen.insert(d.email.clone()) {
+                let told = Told {
+                    key,
+                    at_ms: d.updated_ms,
+                    by: "alert".to_owned(),
+                };
+                out.push((d.email, told));
+            }
+        }
         for r in t.told.scan_prefix(&prefix) {
             let (k, v) = r?;
             let email = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            seen.insert(email.clone());
-            out.push((email, decode(&k, &v)?));
+            if seen.insert(email.clone()) {
+                out.push((email, decode(&k, &v)?));
+            }
         }
         if let Some(v) = t.compact.get(article)? {
             let c: Compacted = decode(article.as_bytes(), &v)?;
@@ -1592,13 +1607,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for (article, email) in [("a", "x@x.vn"), ("ab", "y@x.vn")] {
-            let mut d = Delivery::new(
-                Kind::Alert {
-                    article: article.into(),
-                },
-                email,
-                1000,
-            );
+            let digest = Kind::Digest {
+                schedule: Schedule::Daily,
+                run: 1,
+                articles: vec![article.into()],
+            };
+            let mut d = Delivery::new(digest, email, 1000);
             store.enqueue(&d).unwrap();
             d.state = DeliveryState::Sent;
             store.update(&d.key(), &d, None).unwrap();
@@ -1625,8 +1639,30 @@ mod tests {
                 },
             )
             .unwrap();
+        // An alert stays on record: its key keeps the article, if it comes back under its
+        // id, from being alerted to them twice, so a correction answers the mail they got.
+        let mut alert = Delivery::new(
+            Kind::Alert {
+                article: "a".into(),
+            },
+            "z@x.vn",
+            1000,
+        );
+        store.enqueue(&alert).unwrap();
+        alert.state = DeliveryState::Sent;
+        store.update(&alert.key(), &alert, None).unwrap();
         store.forget_article("a").unwrap();
-        assert!(store.told_of("a").unwrap().is_empty());
+        let told: Vec<String> = store
+            .told_of("a")
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(
+            told,
+            ["z@x.vn"],
+            "a digest's told is forgotten, an alert's stays"
+        );
         assert_eq!(store.version("a").unwrap(), None);
         assert_eq!(store.corrections_of("a").unwrap().len(), 1);
         assert_eq!(store.told_of("ab").unwrap().len(), 1, "others untouched");
