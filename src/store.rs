@@ -339,6 +339,9 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 /// records land together or not at all (a crash counts nothing twice, loses no bit).
 const COMPACT_CHUNK: usize = 1000;
 
+/// Subscriber numbers above this are corrupt data (a bitmap of them would take 128 MB).
+const MAX_NUMBER: u32 = 1 << 30;
+
 /// An article's compacted record being built, its bitmaps decoded.
 type Building = (Compacted, std::collections::HashMap<String, Vec<u8>>);
 
@@ -362,9 +365,10 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
         &t.numbers,
         &t.number_of,
         &t.meta,
+        &t.articles,
     );
     let result = trees.transaction(
-        |(outbox, ids, told, compact, corrections, runs, numbers, number_of, meta)| {
+        |(outbox, ids, told, compact, corrections, runs, numbers, number_of, meta, known)| {
             let mut articles: HashMap<String, Building> = HashMap::new();
             let mut fixes: HashMap<(String, u32), Counts> = HashMap::new();
             let mut run_counts: HashMap<String, Counts> = HashMap::new();
@@ -376,11 +380,16 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                         Some(v) => tx_decode(id.as_bytes(), &v)?,
                         None => Compacted::default(),
                     };
-                    let bits = c
-                        .told
-                        .iter()
-                        .map(|(group, b64)| (group.clone(), bitmap_decode(b64)))
-                        .collect();
+                    let mut bits = HashMap::new();
+                    for (group, b64) in &c.told {
+                        let decoded = try_bitmap_decode(b64).ok_or_else(|| {
+                            Abort::Abort(StoreError::Corrupt {
+                                key: format!("compact/{id}"),
+                                message: format!("the bitmap of '{group}' is not base64"),
+                            })
+                        })?;
+                        bits.insert(group.clone(), decoded);
+                    }
                     articles.insert(id.to_owned(), (c, bits));
                 }
                 Ok(())
@@ -438,7 +447,16 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                         let first = matches!(d.kind, Kind::Alert { .. })
                             || match told.get(&told_at)? {
                                 Some(v) => tx_decode::<Told>(&told_at, &v)?.key == key,
-                                None => true,
+                                // No record: a digest from before records were kept, of the
+                                // article as it is known now (not of one deleted since and
+                                // written again, whose readers were forgotten).
+                                None => match known.get(id.as_bytes())? {
+                                    Some(v) => {
+                                        tx_decode::<KnownArticle>(id.as_bytes(), &v)?.seen
+                                            <= d.created_ms
+                                    }
+                                    None => false,
+                                },
                             };
                         if !first {
                             continue;
@@ -452,7 +470,7 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                                 let n = match known {
                                     Some(n) => n,
                                     None => {
-                                        let n = match next {
+                                        let mut n = match next {
                                             Some(n) => n,
                                             None => meta
                                                 .get("next_number")?
@@ -461,7 +479,22 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                                                 })
                                                 .unwrap_or(0),
                                         };
-                                        next = Some(n + 1);
+                                        // A number in use (a state restored from a backup
+                                        // taken while compacting) is never given twice.
+                                        while numbers.get(n.to_be_bytes())?.is_some() {
+                                            n = n.checked_add(1).ok_or_else(|| {
+                                                Abort::Abort(StoreError::Corrupt {
+                                                    key: "meta/next_number".into(),
+                                                    message: "no subscriber number left".into(),
+                                                })
+                                            })?;
+                                        }
+                                        next = Some(n.checked_add(1).ok_or_else(|| {
+                                            Abort::Abort(StoreError::Corrupt {
+                                                key: "meta/next_number".into(),
+                                                message: "no subscriber number left".into(),
+                                            })
+                                        })?);
                                         numbers.insert(&n.to_be_bytes(), d.email.as_bytes())?;
                                         number_of
                                             .insert(d.email.as_bytes(), n.to_string().as_bytes())?;
@@ -472,6 +505,12 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                                 n
                             }
                         };
+                        if n > MAX_NUMBER {
+                            return Err(Abort::Abort(StoreError::Corrupt {
+                                key: format!("number_of/{}", d.email),
+                                message: format!("subscriber number {n} is out of range"),
+                            }));
+                        }
                         let bits = articles
                             .get_mut(id.as_str())
                             .expect("loaded")
@@ -556,6 +595,11 @@ fn bitmap_numbers(bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
 fn bitmap_encode(bits: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bits)
+}
+
+fn try_bitmap_decode(b64: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 fn bitmap_decode(b64: &str) -> Vec<u8> {
@@ -1335,33 +1379,31 @@ impl Store {
     /// then 0: only the totals keep times).
     pub fn told_of(&self, article: &str) -> Result<Vec<(String, Told)>, StoreError> {
         let t = self.t()?;
-        let prefix = told_key(article, "");
+        // Each source in the order its mails went: compacted alerts, alerts on record,
+        // compacted digests (older runs first), digests on record. The first that told
+        // someone is the mail their correction answers.
+        let compacted: Compacted = match t.compact.get(article)? {
+            Some(v) => decode(article.as_bytes(), &v)?,
+            None => Compacted::default(),
+        };
+        let mut groups: Vec<(&String, &String)> = compacted.told.iter().collect();
+        groups.sort_by_key(|(group, _)| {
+            let run: i64 = group
+                .trim_end_matches('\0')
+                .rsplit('\0')
+                .next()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            (!group.starts_with("a\0"), run)
+        });
+        let (alert_groups, digest_groups): (Vec<_>, Vec<_>) =
+            groups.into_iter().partition(|(g, _)| g.starts_with("a\0"));
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        // Alerts first: of two mails that told someone, the alert came first.
-        for r in self.alerts_of(article) {
-            let (key, d) = r?;
-            if d.state == DeliveryState::Sent && seen.insert(d.email.clone()) {
-                let told = Told {
-                    key,
-                    at_ms: d.updated_ms,
-                    by: "alert".to_owned(),
-                };
-                out.push((d.email, told));
-            }
-        }
-        for r in t.told.scan_prefix(&prefix) {
-            let (k, v) = r?;
-            let email = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if seen.insert(email.clone()) {
-                out.push((email, decode(&k, &v)?));
-            }
-        }
-        if let Some(v) = t.compact.get(article)? {
-            let c: Compacted = decode(article.as_bytes(), &v)?;
-            // Alerts first: of two mails that told someone, the alert came first.
-            let mut groups: Vec<(&String, &String)> = c.told.iter().collect();
-            groups.sort_by_key(|(group, _)| !group.starts_with("a\0"));
+        let from_bits = |groups: Vec<(&String, &String)>,
+                         out: &mut Vec<(String, Told)>,
+                         seen: &mut std::collections::HashSet<String>|
+         -> Result<(), StoreError> {
             for (group, b64) in groups {
                 let by = if group.starts_with("a\0") {
                     "alert"
@@ -1374,17 +1416,36 @@ impl Store {
                     };
                     let email = String::from_utf8_lossy(&email).into_owned();
                     if seen.insert(email.clone()) {
-                        let key = format!("{group}{email}");
-                        out.push((
-                            email,
-                            Told {
-                                key,
-                                at_ms: 0,
-                                by: by.to_owned(),
-                            },
-                        ));
+                        let told = Told {
+                            key: format!("{group}{email}"),
+                            at_ms: 0,
+                            by: by.to_owned(),
+                        };
+                        out.push((email, told));
                     }
                 }
+            }
+            Ok(())
+        };
+        from_bits(alert_groups, &mut out, &mut seen)?;
+        for r in self.alerts_of(article) {
+            let (key, d) = r?;
+            if d.state == DeliveryState::Sent && seen.insert(d.email.clone()) {
+                let told = Told {
+                    key,
+                    at_ms: d.updated_ms,
+                    by: "alert".to_owned(),
+                };
+                out.push((d.email, told));
+            }
+        }
+        from_bits(digest_groups, &mut out, &mut seen)?;
+        let prefix = told_key(article, "");
+        for r in t.told.scan_prefix(&prefix) {
+            let (k, v) = r?;
+            let email = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if seen.insert(email.clone()) {
+                out.push((email, decode(&k, &v)?));
             }
         }
         Ok(out)
@@ -1742,6 +1803,35 @@ mod tests {
     }
 
     #[test]
+    fn an_article_deleted_and_written_again_does_not_inherit_its_readers_at_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let known = |seen| KnownArticle {
+            published: 0,
+            category: "A".into(),
+            seen,
+            file: "x.txt".into(),
+            correction: None,
+            corrections: 0,
+        };
+        store.put_known_article("x", &known(100)).unwrap();
+        let digest = Kind::Digest {
+            schedule: Schedule::Daily,
+            run: 1,
+            articles: vec!["x".into()],
+        };
+        sent(&store, digest, "p@x.vn", 200);
+        assert_eq!(store.told_of("x").unwrap().len(), 1);
+        store.forget_article("x").unwrap();
+        store.put_known_article("x", &known(1000)).unwrap();
+        assert_eq!(store.compact_finished(5000).unwrap(), 1);
+        assert!(
+            store.told_of("x").unwrap().is_empty(),
+            "told of the old one only"
+        );
+    }
+
+    #[test]
     fn compacted_deliveries_keep_who_was_told_and_the_totals_in_a_few_bits() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1848,6 +1938,28 @@ mod tests {
             1
         );
 
+        // A later digest on record does not take the place of the compacted alert.
+        sent(
+            &store,
+            Kind::Digest {
+                schedule: Schedule::Weekly,
+                run: 9,
+                articles: vec!["ky-hop".into()],
+            },
+            "b@x.vn",
+            5000,
+        );
+        let b = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .find(|(e, _)| e == "b@x.vn");
+        assert_eq!(
+            b.unwrap().1.key,
+            keys["b@x.vn"],
+            "the alert, first to tell b"
+        );
+
         // Compacting again changes nothing; a backup carries the compacted form.
         assert_eq!(store.compact_finished(1000).unwrap(), 0);
         let mut backup = Vec::new();
@@ -1866,13 +1978,13 @@ mod tests {
         assert_eq!(restored.compacted("ky-hop").unwrap(), Some(c));
 
         // A removed subscriber's address leaves the numbers: no correction for it.
-        store.remove_subscriber("b@x.vn").unwrap();
+        store.remove_subscriber("c@x.vn").unwrap();
         assert!(
             store
                 .told_of("ky-hop")
                 .unwrap()
                 .iter()
-                .all(|(e, _)| e != "b@x.vn")
+                .all(|(e, _)| e != "c@x.vn")
         );
     }
 
