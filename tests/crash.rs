@@ -12,9 +12,9 @@ use common::{CAT_A, Site, article, stdout, wait_for};
 const SUBSCRIBERS: usize = 2000;
 const CONCURRENCY: usize = 4;
 
-#[test]
-fn kill_9_during_a_fan_out() {
-    let smtp = SmtpServer::slow(Duration::from_millis(1));
+/// A site mailing through `smtp` with `CONCURRENCY` sessions, and `n` active `immediate`
+/// subscribers imported (dan0000@x.vn …).
+fn fan_out_site(smtp: &SmtpServer, n: usize) -> Site {
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
@@ -24,7 +24,7 @@ fn kill_9_during_a_fan_out() {
     ));
     site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
     let mut csv = String::from("email,schedule,categories\n");
-    for i in 0..SUBSCRIBERS {
+    for i in 0..n {
         csv.push_str(&format!("dan{i:04}@x.vn,immediate,\n"));
     }
     site.write("ds.csv", &csv);
@@ -35,7 +35,14 @@ fn kill_9_during_a_fan_out() {
         "--confirmed",
     ]);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(stdout(&out).contains(&format!("imported {SUBSCRIBERS} subscribers")));
+    assert!(stdout(&out).contains(&format!("imported {n} subscribers")));
+    site
+}
+
+#[test]
+fn kill_9_during_a_fan_out() {
+    let smtp = SmtpServer::slow(Duration::from_millis(1));
+    let site = fan_out_site(&smtp, SUBSCRIBERS);
 
     let mut daemon = Daemon::start(&site);
     daemon.wait_log("baseline");
@@ -87,26 +94,7 @@ fn kill_9_during_a_fan_out() {
 fn kill_9_during_a_correction_fan_out() {
     const TOLD: usize = 600;
     let smtp = SmtpServer::slow(Duration::from_millis(2));
-    let site = Site::with_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND <bantin@hdnd.test>\"\ntransport = \"smtp\"\nconcurrency = {CONCURRENCY}\n\
-         retry_initial_ms = 200\n\
-         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 5\n",
-        smtp.addr.port()
-    ));
-    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
-    let mut csv = String::from("email,schedule,categories\n");
-    for i in 0..TOLD {
-        csv.push_str(&format!("dan{i:04}@x.vn,immediate,\n"));
-    }
-    site.write("ds.csv", &csv);
-    let out = site.bantin(&[
-        "subscribers",
-        "import",
-        site.path("ds.csv").to_str().unwrap(),
-        "--confirmed",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    let site = fan_out_site(&smtp, TOLD);
 
     let mut daemon = Daemon::start(&site);
     daemon.wait_log("baseline");

@@ -699,12 +699,8 @@ pub fn sample_article() -> Article {
     }
 }
 
-/// The entry of the sample article.
+/// The entry of a sample article (published and last changed at its publication time).
 fn sample_entry(a: &Article) -> Entry {
-    sample_entry_of(a)
-}
-
-fn sample_entry_of(a: &Article) -> Entry {
     Entry::new(a, format!("{}.txt", a.id), Default::default(), a.published)
 }
 
@@ -756,9 +752,9 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         return_path: None,
     };
     let sample = Arc::new(sample_article());
-    let sample_entry = sample_entry(&sample);
+    let plain_entry = sample_entry(&sample);
     let event = sample_event();
-    let event_entry = sample_entry_of(&event);
+    let event_entry = sample_entry(&event);
     let correction = sample_correction(&event);
     let deliveries = [
         (
@@ -769,7 +765,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
                 "mau@example.vn",
                 0,
             ),
-            Content::Alert(&sample, &sample_entry),
+            Content::Alert(&sample, &plain_entry),
         ),
         (
             Delivery::new(
@@ -898,11 +894,7 @@ mod tests {
             0,
         );
         let r = c
-            .render(
-                &d,
-                Content::Alert(&a, &sample_entry_of(&a)),
-                Some(&reader()),
-            )
+            .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();
         snapshot("alert-event", &r);
         let text_event = r
@@ -952,7 +944,7 @@ mod tests {
         let r = c
             .render(
                 &d,
-                Content::Correction(&a, &sample_entry_of(&a), &record),
+                Content::Correction(&a, &sample_entry(&a), &record),
                 Some(&reader()),
             )
             .unwrap();
@@ -1050,13 +1042,13 @@ mod tests {
             ),
             c.render(
                 &alert(&event),
-                Content::Alert(&event, &sample_entry_of(&event)),
+                Content::Alert(&event, &sample_entry(&event)),
                 Some(&reader()),
             ),
             c.render(&digest, Content::Digest(&list), Some(&reader())),
             c.render(
                 &correction,
-                Content::Correction(&event, &sample_entry_of(&event), &record),
+                Content::Correction(&event, &sample_entry(&event), &record),
                 Some(&reader()),
             ),
         ];
