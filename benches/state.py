@@ -14,50 +14,21 @@ the rest compacted). Needs smtp-sink (Debian: postfix).
 import argparse
 import functools
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+# The fan-out benchmark's helpers: ports, the sink, /metrics, /proc.
+from mail import REPO, free_port, metric, start_sink, vm, wait_port
 
 print = functools.partial(print, flush=True)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(port, name):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    m = re.search(rf"^{name} (\d+)", text, re.M)
-    return int(m.group(1)) if m else 0
-
 
 def peak_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def wait_port(port):
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
+    return vm(pid, "VmHWM")
 
 
 def du(path):
@@ -121,13 +92,7 @@ def main():
     state = os.path.join(work, "var", "state")
 
     sink_port = free_port()
-    dump = os.path.join(work, "sink")
-    os.makedirs(dump)
-    user = []
-    if os.geteuid() == 0:
-        shutil.chown(dump, "nobody")
-        user = ["-u", "nobody"]
-    sink = subprocess.Popen(["smtp-sink", *user, f"127.0.0.1:{sink_port}", "1024"], cwd=dump)
+    sink = start_sink(sink_port, work)
     try:
         wait_port(sink_port)
         http_port, metrics_port = free_port(), free_port()

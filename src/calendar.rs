@@ -331,6 +331,19 @@ mod tests {
         SiteInfo::new("HĐND quận Cầu Giấy", "https://hdnd.example.vn", "vi")
     }
 
+    /// The calendar of one event.
+    fn calendar_of(e: &Entry) -> String {
+        ics(
+            &site(),
+            TZ,
+            "Lịch",
+            &[CalEvent {
+                entry: e,
+                description: None,
+            }],
+        )
+    }
+
     fn unfolded(text: &str) -> String {
         text.replace("\r\n ", "")
     }
@@ -341,15 +354,7 @@ mod tests {
             start: at("2025-01-16 08:00"),
             end: Some(at("2025-01-16 11:30")),
         });
-        let text = ics(
-            &site(),
-            TZ,
-            "Lịch",
-            &[CalEvent {
-                entry: &e,
-                description: None,
-            }],
-        );
+        let text = calendar_of(&e);
         assert!(text.contains("\r\n"), "lines end in CRLF");
         assert!(text.lines().all(|l| l.len() <= 76), "lines are folded");
         let text = unfolded(&text);
@@ -374,15 +379,7 @@ mod tests {
             "the zone comes before the events"
         );
         // Same input, same bytes.
-        let again = ics(
-            &site(),
-            TZ,
-            "Lịch",
-            &[CalEvent {
-                entry: &e,
-                description: None,
-            }],
-        );
+        let again = calendar_of(&e);
         assert_eq!(unfolded(&again), text);
     }
 
@@ -417,15 +414,7 @@ mod tests {
             first: NaiveDate::from_ymd_opt(2025, 1, 16).unwrap(),
             last: NaiveDate::from_ymd_opt(2025, 1, 17).unwrap(),
         });
-        let text = unfolded(&ics(
-            &site(),
-            TZ,
-            "Lịch",
-            &[CalEvent {
-                entry: &e,
-                description: None,
-            }],
-        ));
+        let text = unfolded(&calendar_of(&e));
         assert!(text.contains("DTSTART;VALUE=DATE:20250116"), "{text}");
         assert!(text.contains("DTEND;VALUE=DATE:20250118"), "{text}");
     }

@@ -399,14 +399,14 @@ impl ArticleCache {
         }
     }
 
-    /// The body of `id` as last read, whatever its stamp.
-    pub fn get_any(&self, id: &str) -> Option<Arc<Article>> {
+    /// The body of `id` as last read, whatever its stamp, with that stamp.
+    pub fn get_any(&self, id: &str) -> Option<(Stamp, Arc<Article>)> {
         let mut inner = self.inner.lock().expect("article cache");
         inner.uses += 1;
         let uses = inner.uses;
-        inner.bodies.get_mut(id).map(|(_, a, used)| {
+        inner.bodies.get_mut(id).map(|(stamp, a, used)| {
             *used = uses;
-            a.clone()
+            (*stamp, a.clone())
         })
     }
 

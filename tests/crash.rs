@@ -12,6 +12,24 @@ use common::{CAT_A, Site, article, stdout, wait_for};
 const SUBSCRIBERS: usize = 2000;
 const CONCURRENCY: usize = 4;
 
+/// Checks that `mails` reached `n` addresses, none more than once beyond the mails in flight
+/// at the crash; returns how many went twice.
+fn each_once_at_most_in_flight(mails: Vec<common::smtp::Received>, n: usize, what: &str) -> usize {
+    let mut per_address: HashMap<String, usize> = HashMap::new();
+    for m in mails {
+        for to in m.to {
+            *per_address.entry(to).or_default() += 1;
+        }
+    }
+    assert_eq!(per_address.len(), n, "every recipient got {what}");
+    let duplicates: usize = per_address.values().map(|n| n - 1).sum();
+    assert!(
+        duplicates <= CONCURRENCY,
+        "{duplicates} duplicates, more than the {CONCURRENCY} mails in flight"
+    );
+    duplicates
+}
+
 /// A site mailing through `smtp` with `CONCURRENCY` sessions, and `n` active `immediate`
 /// subscribers imported (dan0000@x.vn …).
 fn fan_out_site(smtp: &SmtpServer, n: usize) -> Site {
@@ -68,22 +86,7 @@ fn kill_9_during_a_fan_out() {
         let json: serde_json::Value = serde_json::from_str(&status).unwrap();
         json["outbox"]["pending"] == 0 && json["outbox"]["sent"] == SUBSCRIBERS
     });
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for m in smtp.accepted() {
-        for to in m.to {
-            *per_address.entry(to).or_default() += 1;
-        }
-    }
-    assert_eq!(
-        per_address.len(),
-        SUBSCRIBERS,
-        "every subscriber got the alert"
-    );
-    let duplicates: usize = per_address.values().map(|n| n - 1).sum();
-    assert!(
-        duplicates <= CONCURRENCY,
-        "{duplicates} duplicates, more than the {CONCURRENCY} mails in flight"
-    );
+    let duplicates = each_once_at_most_in_flight(smtp.accepted(), SUBSCRIBERS, "the alert");
     eprintln!("crash after {at_crash} mails; {duplicates} duplicates after restart");
     drop(daemon);
 }
@@ -145,22 +148,7 @@ fn kill_9_during_a_correction_fan_out() {
         let r = report(&site);
         r["corrections"][0]["pending"] == 0 && r["corrections"][0]["sent"] == TOLD
     });
-    let mut per_address: HashMap<String, usize> = HashMap::new();
-    for m in corrections(&smtp) {
-        for to in m.to {
-            *per_address.entry(to).or_default() += 1;
-        }
-    }
-    assert_eq!(
-        per_address.len(),
-        TOLD,
-        "every recipient got the correction"
-    );
-    let duplicates: usize = per_address.values().map(|n| n - 1).sum();
-    assert!(
-        duplicates <= CONCURRENCY,
-        "{duplicates} duplicates, more than the {CONCURRENCY} mails in flight"
-    );
+    let duplicates = each_once_at_most_in_flight(corrections(&smtp), TOLD, "the correction");
     assert_eq!(
         report(&site)["corrections"].as_array().unwrap().len(),
         1,

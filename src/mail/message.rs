@@ -842,20 +842,22 @@ mod tests {
 
     /// A subscriber following two categories.
     fn reader() -> crate::subscriber::Subscriber {
-        crate::subscriber::Subscriber {
-            email: "dan@x.vn".into(),
-            schedule: Schedule::Daily,
-            categories: vec!["THÔNG BÁO".into(), "KỲ HỌP HĐND".into()],
-            state: crate::subscriber::SubState::Active,
-            created: 0,
-            updated: 0,
-            confirmed: Some(0),
-            confirm_sent: None,
-            digest_until: None,
-            bounce: None,
-            soft_bounces: None,
-            tokens_after: None,
-        }
+        let categories = vec!["THÔNG BÁO".into(), "KỲ HỌP HĐND".into()];
+        let mut s = crate::subscriber::Subscriber::new("dan@x.vn", Schedule::Daily, categories, 0);
+        s.state = crate::subscriber::SubState::Active;
+        s.confirmed = Some(0);
+        s
+    }
+
+    /// The alert of `a` to dan@x.vn.
+    fn alert_of(a: &Article) -> Delivery {
+        Delivery::new(
+            Kind::Alert {
+                article: a.id.clone(),
+            },
+            "dan@x.vn",
+            0,
+        )
     }
 
     fn snapshot(name: &str, r: &Rendered) {
@@ -867,13 +869,7 @@ mod tests {
     #[test]
     fn alert_bodies() {
         let a = sample_article();
-        let d = Delivery::new(
-            Kind::Alert {
-                article: a.id.clone(),
-            },
-            "dan@x.vn",
-            0,
-        );
+        let d = alert_of(&a);
         let r = composer()
             .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();
@@ -886,13 +882,7 @@ mod tests {
     fn an_event_alert_shows_time_and_place_first_and_carries_its_calendar() {
         let c = composer();
         let a = sample_event();
-        let d = Delivery::new(
-            Kind::Alert {
-                article: a.id.clone(),
-            },
-            "dan@x.vn",
-            0,
-        );
+        let d = alert_of(&a);
         let r = c
             .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();
@@ -1006,15 +996,7 @@ mod tests {
         let event = sample_event();
         let plain = sample_article();
         let record = sample_correction(&event);
-        let alert = |a: &Article| {
-            Delivery::new(
-                Kind::Alert {
-                    article: a.id.clone(),
-                },
-                "dan@x.vn",
-                0,
-            )
-        };
+        let alert = alert_of;
         let digest = Delivery::new(
             Kind::Digest {
                 schedule: Schedule::Daily,
@@ -1143,13 +1125,7 @@ mod tests {
     fn the_message_id_and_date_come_from_the_delivery_and_the_clock() {
         let c = composer();
         let a = sample_article();
-        let d = Delivery::new(
-            Kind::Alert {
-                article: a.id.clone(),
-            },
-            "dan@x.vn",
-            0,
-        );
+        let d = alert_of(&a);
         let r = c
             .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();

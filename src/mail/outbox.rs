@@ -119,7 +119,8 @@ impl Outbox {
     }
 
     /// An article's text and its entry (with the file's modification time), from the shared
-    /// cache or the store. `None` when it cannot be read (it went, or broke).
+    /// cache (publishing replaces what changed there: a fan-out reads no file) or the store.
+    /// `None` when it cannot be read (it went, or broke).
     pub fn article(&self, id: &str) -> Option<(Arc<Article>, Entry)> {
         // The file's own name: it may differ from the id (a name typed in NFD).
         let file = match self.store.known_article(id) {
@@ -127,22 +128,28 @@ impl Outbox {
             _ => format!("{id}.txt"),
         };
         let path = self.reader.root.join(&file);
-        let stamp = std::fs::metadata(&path)
-            .map(|m| crate::scan::stamp_of(&m))
-            .ok()?;
+        let (stamp, article) = match self.articles.get_any(id) {
+            Some(cached) => cached,
+            None => {
+                let stamp = std::fs::metadata(&path)
+                    .map(|m| crate::scan::stamp_of(&m))
+                    .ok()?;
+                let found = Found {
+                    path: path.clone(),
+                    file: file.clone(),
+                    id: id.to_owned(),
+                    stamp,
+                };
+                let a = Arc::new(self.reader.read(&found).ok()?);
+                self.articles.insert(stamp, a.clone());
+                (stamp, a)
+            }
+        };
         let found = Found {
             path,
             file,
             id: id.to_owned(),
             stamp,
-        };
-        let article = match self.articles.get(id, stamp) {
-            Some(a) => a,
-            None => {
-                let a = Arc::new(self.reader.read(&found).ok()?);
-                self.articles.insert(stamp, a.clone());
-                a
-            }
         };
         let entry = self.reader.entry(&found, &article);
         Some((article, entry))
