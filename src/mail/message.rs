@@ -220,9 +220,7 @@ impl Composer {
             let categories = subscriber
                 .map(|s| s.categories.join(", "))
                 .filter(|c| !c.is_empty())
-                .map_or("mọi chuyên mục".to_owned(), |c| {
-                    format!("chuyên mục {c}")
-                });
+                .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
             format!(
                 "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
                 schedule_label(schedule),
