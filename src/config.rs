@@ -536,6 +536,15 @@ impl Config {
                 self.site.base_url
             )));
         }
+        let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+        if base.contains(['?', '#', ' ']) || after_scheme.contains("//") {
+            return Err(invalid(format!(
+                "site.base_url '{}' must be a plain URL such as \
+                 'https://hdnd.example.vn/phuong-cau-giay/': no query, fragment, space or empty \
+                 path segment",
+                self.site.base_url
+            )));
+        }
         if !matches!(self.mail.transport.as_str(), "file" | "smtp" | "sendmail") {
             return Err(invalid(format!(
                 "mail.transport '{}' is not one of file, smtp, sendmail",
@@ -689,5 +698,30 @@ mod tests {
         std::fs::write(&path, "[site]\ntimezone = \"Mars/Olympus\"\n").unwrap();
         let error = Config::from_file(&path).unwrap_err().to_string();
         assert!(error.contains("Mars/Olympus"), "{error}");
+    }
+
+    #[test]
+    fn a_base_url_may_carry_a_path_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bantin.toml");
+        for good in [
+            "https://hdnd.example.vn",
+            "https://hdnd.example.vn/phuong-cau-giay/",
+            "http://127.0.0.1:8080/a/b",
+        ] {
+            std::fs::write(&path, format!("[site]\nbase_url = \"{good}\"\n")).unwrap();
+            let config = Config::from_file(&path).unwrap();
+            assert_eq!(config.base_url(), good.trim_end_matches('/'));
+        }
+        for bad in [
+            "https://hdnd.example.vn/?x=1",
+            "https://hdnd.example.vn/#tin",
+            "https://hdnd.example.vn//phuong",
+            "https://hdnd.example.vn/phuong cau giay",
+        ] {
+            std::fs::write(&path, format!("[site]\nbase_url = \"{bad}\"\n")).unwrap();
+            let error = Config::from_file(&path).unwrap_err().to_string();
+            assert!(error.contains("no query, fragment"), "{bad}: {error}");
+        }
     }
 }

@@ -90,7 +90,8 @@ pub struct SiteInfo {
     /// Without a trailing slash.
     pub base_url: String,
     pub language: String,
-    /// The `tag:` URI authority and date, e.g. `example.org,2020`.
+    /// The `tag:` URI authority and date, e.g. `example.org,2020:`, then the base URL's path
+    /// when it has one (`example.org,2020:phuong-cau-giay/`).
     pub tag_prefix: String,
     /// The council's address and contact, for mail footers.
     pub address: Option<String>,
@@ -107,11 +108,17 @@ impl SiteInfo {
             .next()
             .unwrap_or("localhost")
             .to_owned();
+        // Councils sharing one host keep their ids apart by their path:
+        // `tag:hdnd.example.vn,2020:phuong-cau-giay/2025/01/ky-hop`.
+        let tag_prefix = match base_path(&base_url).trim_start_matches('/') {
+            "" => format!("{host},2020:"),
+            path => format!("{host},2020:{path}/"),
+        };
         SiteInfo {
             title: title.to_owned(),
-            base_url,
             language: language.to_owned(),
-            tag_prefix: format!("{host},2020"),
+            tag_prefix,
+            base_url,
             address: None,
             contact: None,
         }
@@ -119,7 +126,7 @@ impl SiteInfo {
 
     /// The article's permanent id, a `tag:` URI (RFC 4151).
     pub fn tag(&self, id: &str) -> String {
-        format!("tag:{}:{}", self.tag_prefix, url_path(id))
+        format!("tag:{}{}", self.tag_prefix, url_path(id))
     }
 
     pub fn article_url(&self, id: &str) -> String {
@@ -129,6 +136,16 @@ impl SiteInfo {
     pub fn feed_url(&self, name: &str, ext: &str) -> String {
         format!("{}/feeds/{name}.{ext}", self.base_url)
     }
+}
+
+/// The path of a base URL without its trailing slash: `/phuong-cau-giay` for
+/// `https://hdnd.example.vn/phuong-cau-giay/`, empty for `https://hdnd.example.vn`.
+pub fn base_path(base_url: &str) -> &str {
+    let rest = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    rest.find('/')
+        .map_or("", |at| rest[at..].trim_end_matches('/'))
 }
 
 /// Percent-encodes a `/`-separated path for a URL, keeping unreserved characters and `/`.
@@ -326,7 +343,7 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
         .collect();
     let feed = Feed {
         title: Text::plain(xml_safe(&def.title)),
-        id: format!("tag:{}:feeds/{}", site.tag_prefix, def.name),
+        id: format!("tag:{}feeds/{}", site.tag_prefix, def.name),
         updated: last_modified(items).unwrap_or_else(epoch),
         authors: vec![Person {
             name: xml_safe(&site.title),
@@ -538,5 +555,37 @@ mod tests {
     #[test]
     fn xml_safe_drops_forbidden_characters() {
         assert_eq!(xml_safe("a\u{1}b\u{fffe}c\td"), "abc\td");
+    }
+}
+
+#[cfg(test)]
+mod base_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_path_of_a_base_url_keeps_councils_apart() {
+        assert_eq!(base_path("https://hdnd.example.vn"), "");
+        assert_eq!(base_path("https://hdnd.example.vn/"), "");
+        assert_eq!(
+            base_path("https://hdnd.example.vn/phuong-cau-giay/"),
+            "/phuong-cau-giay"
+        );
+        assert_eq!(base_path("http://127.0.0.1:8080/a/b"), "/a/b");
+        let one = SiteInfo::new("A", "https://hdnd.example.vn/phuong-a/", "vi");
+        let two = SiteInfo::new("B", "https://hdnd.example.vn/phuong-b", "vi");
+        let alone = SiteInfo::new("C", "https://hdnd.example.vn", "vi");
+        assert_eq!(
+            one.tag("2025/x"),
+            "tag:hdnd.example.vn,2020:phuong-a/2025/x"
+        );
+        assert_eq!(
+            two.tag("2025/x"),
+            "tag:hdnd.example.vn,2020:phuong-b/2025/x"
+        );
+        assert_eq!(alone.tag("2025/x"), "tag:hdnd.example.vn,2020:2025/x");
+        assert_eq!(
+            one.article_url("2025/x"),
+            "https://hdnd.example.vn/phuong-a/articles/2025/x.html"
+        );
     }
 }

@@ -207,7 +207,46 @@ pub struct Limits {
 
 /// The routes of the public site and feeds; `extra` adds routes that other parts own
 /// (subscriptions).
-pub fn router(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
+///
+/// Behind a proxy that serves the council under a path (`site.base_url` =
+/// `https://hdnd.example.vn/phuong-cau-giay/`), requests come either with that path stripped
+/// (`proxy_pass http://127.0.0.1:8081/;`) or with it (`proxy_pass http://127.0.0.1:8081;`):
+/// both are served.
+pub fn router(
+    state: Arc<AppState>,
+    extra: Router,
+    limits: &Limits,
+    site: crate::site::SharedSite,
+) -> Router {
+    let inner = routes(state, extra, limits);
+    let strip = tower::ServiceBuilder::new()
+        .map_request(move |req: Request| {
+            let site = site.read().expect("site lock").clone();
+            without_base_path(req, crate::feed::base_path(&site.base_url))
+        })
+        .service(inner);
+    Router::new().fallback_service(strip)
+}
+
+/// `req` with the base URL's path taken off the front of its own, when it starts with it.
+fn without_base_path(mut req: Request, base: &str) -> Request {
+    let path = req.uri().path();
+    let rest = match path.strip_prefix(base) {
+        Some(rest) if !base.is_empty() && rest.is_empty() => "/",
+        Some(rest) if !base.is_empty() && rest.starts_with('/') => rest,
+        _ => return req,
+    };
+    let rewritten = match req.uri().query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    if let Ok(uri) = rewritten.parse() {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/", get(index))

@@ -12,9 +12,12 @@ use bantin::config::Config;
 use bantin::progress::Progress;
 use bantin::publish::Publisher;
 
-/// Feeds and email bulletins for the People's Council of Cầu Giấy district.
+/// Feeds and mail bulletins of a People's Council (Hội đồng nhân dân, HĐND).
+///
+/// bantin watches a folder of plain-text articles, publishes RSS, Atom and JSON feeds,
+/// calendars and a small web site, and mails the news to the citizens who subscribe.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Configuration file (default: $BANTIN_CONFIG, else ./bantin.toml, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -56,6 +59,17 @@ enum Command {
     /// Backup and restore of the whole state, as JSON Lines.
     #[command(subcommand)]
     State(StateCommand),
+    /// Manual pages and shell completions, from this command line's own definition.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// Write bantin(1) and one page per subcommand (bantin-run(1), …) into DIR.
+    Man { dir: PathBuf },
+    /// Print the completion script of SHELL.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -126,6 +140,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Manual pages or a completion script, from the command line's own definition, so they
+/// never fall out of step with it.
+fn generate(what: GenerateCommand) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match what {
+        GenerateCommand::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create '{}'", dir.display()))?;
+            clap_mangen::generate_to(command, &dir).with_context(|| {
+                format!("cannot write the manual pages into '{}'", dir.display())
+            })?;
+        }
+        GenerateCommand::Completions { shell } => {
+            let mut command = command;
+            clap_complete::generate(shell, &mut command, "bantin", &mut std::io::stdout());
+        }
+    }
+    Ok(())
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BANTIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -144,6 +179,10 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Generate(what) = cli.command {
+        generate(what)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = Config::locate(cli.config.as_deref())?;
     if config.source.is_none() {
         eprintln!(
@@ -157,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     match cli.command {
+        Command::Generate(_) => unreachable!("answered before the configuration is read"),
         Command::Run => {
             bantin::daemon::run(config)?;
             Ok(ExitCode::SUCCESS)

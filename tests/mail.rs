@@ -1159,3 +1159,139 @@ fn a_sendmail_that_hangs_is_given_up_and_retried() {
         common::status(&site)["outbox"]["sent"] == 1
     });
 }
+
+/// Every `href`, `src` and `action` of an HTML page or `href` of a feed, and every URL in a
+/// mail's text.
+fn links_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attr in [
+        "href=\"",
+        "src=\"",
+        "action=\"",
+        "\"url\": \"",
+        "\"feed_url\": \"",
+    ] {
+        for piece in text.split(attr).skip(1) {
+            let value = piece.split('"').next().unwrap();
+            found.push(value.replace("&amp;", "&").replace("&#x2f;", "/"));
+        }
+    }
+    for word in text.split_whitespace() {
+        if word.starts_with("http://") || word.starts_with("https://") {
+            found.push(word.trim_end_matches(['>', ')', '.', ',']).to_string());
+        }
+    }
+    found
+}
+
+/// One council of several on a host: `site.base_url` carries its path. Every link of the
+/// pages, feeds and mails keeps the path; the daemon answers with the path stripped by the
+/// proxy or kept; a subscription goes through under the path.
+#[test]
+fn a_council_under_a_path_keeps_it_in_every_link() {
+    let smtp = SmtpServer::start();
+    let base = "https://hdnd.example.vn/phuong-cau-giay";
+    let site = Site::with_config(&format!(
+        "[site]\nbase_url = \"{base}/\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\n\
+         from = \"HĐND phường Cầu Giấy <bantin@hdnd.example.vn>\"\ntransport = \"smtp\"\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntimeout_secs = 1\n\
+         [digest]\ndaily = \"{NEVER}\"\nweekly = \"{NEVER}\"\n",
+        smtp.addr.port()
+    ));
+    site.put("cu.txt", &article(CAT_A, "Bài cũ", "14/02/2020 | 08:16"));
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("first start: the store's articles are the baseline");
+
+    let check = |what: &str, text: &str| {
+        let links = links_in(text);
+        assert!(!links.is_empty(), "{what}: no links");
+        for l in links {
+            assert!(!l.contains("&#"), "{what}: {l} is not decoded");
+            let ours = l.starts_with("https://hdnd.example.vn") || l.starts_with('/');
+            assert!(
+                !ours || l == base || l.starts_with(&format!("{base}/")),
+                "{what}: {l} is outside {base}/"
+            );
+            assert!(!l.starts_with('/'), "{what}: {l} is relative to the host");
+        }
+    };
+    // Stripped by the proxy, or not: the same site.
+    for prefix in ["", "/phuong-cau-giay"] {
+        for path in [
+            "/",
+            "/articles/cu.html",
+            "/feeds/tin-tuc.atom",
+            "/feeds/tin-tuc.rss",
+            "/feeds/tin-tuc.json",
+        ] {
+            let r = get(daemon.addr, &format!("{prefix}{path}"));
+            assert_eq!(r.status, 200, "{prefix}{path}");
+            check(&format!("{prefix}{path}"), &r.text());
+        }
+    }
+    assert_eq!(get(daemon.addr, "/phuong-cau-giay").status, 200);
+    assert_eq!(get(daemon.addr, "/phuong-cau-giay-khac/").status, 404);
+    // The ids of two councils on one host differ by the path.
+    let atom = get(daemon.addr, "/feeds/tin-tuc.atom").text();
+    assert!(
+        atom.contains("<id>tag:hdnd.example.vn,2020:phuong-cau-giay/cu</id>"),
+        "{atom}"
+    );
+
+    // The form posts to the path; the browser sends the host's origin.
+    let page = get(daemon.addr, "/").text();
+    let subscribe = format!("{base}/subscribe");
+    assert!(links_in(&page).contains(&subscribe), "{page}");
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/phuong-cau-giay/subscribe",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "https://hdnd.example.vn"),
+        ],
+        b"email=dan%40example.vn&schedule=immediate",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    check("the subscription's answer", &r.text());
+    let confirm = wait_mails(&smtp, 1).remove(0);
+    check(
+        "the confirmation mail",
+        &part(&confirm.data, "text/plain").unwrap(),
+    );
+    check(
+        "the confirmation mail",
+        &part(&confirm.data, "text/html").unwrap(),
+    );
+    let url = link(&confirm.data, "/confirm?token=");
+    assert!(url.starts_with(&format!("{base}/confirm?token=")), "{url}");
+    let page = get(daemon.addr, &path_of(&url));
+    assert_eq!(page.status, 200);
+    check("the confirmation page", &page.text());
+    let token = url.split("token=").nth(1).unwrap();
+    let r = request(
+        daemon.addr,
+        "POST",
+        "/phuong-cau-giay/confirm",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "https://hdnd.example.vn"),
+        ],
+        format!("token={token}").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dan@example.vn\timmediate\tactive"), "{list}");
+
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    let alert = wait_mails(&smtp, 2).remove(1);
+    check("the alert", &part(&alert.data, "text/plain").unwrap());
+    check("the alert", &part(&alert.data, "text/html").unwrap());
+    let unsubscribe = common::mail::header(&alert.data, "List-Unsubscribe").unwrap();
+    assert!(
+        unsubscribe.contains(&format!("<{base}/unsubscribe?")),
+        "{unsubscribe}"
+    );
+}

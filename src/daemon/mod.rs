@@ -259,6 +259,7 @@ pub async fn serve(
         app.clone(),
         crate::subscribe::router(Arc::new(subscribe)),
         &limits,
+        site.clone(),
     );
     if let Some(metrics) = metrics_listener {
         let metrics_addr = metrics.local_addr().context("no local address")?;
