@@ -241,7 +241,16 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         .map(|d| config.store.dir.join(&d.file).display().to_string())
         .collect();
     let library = Library::from_entries(entries);
-    for (def, category) in unknown_categories(&feeds, &library) {
+    let unknown = unknown_categories(&feeds, &library);
+    if library.is_empty() && !unknown.is_empty() {
+        // A new installation: nothing to check the feeds' categories against yet.
+        body_markers.push(format!(
+            "{}: the store has no articles yet, so the categories the feeds name cannot be \
+             checked; run 'bantin check' again once the first articles are in",
+            config.store.dir.display()
+        ));
+    }
+    for (def, category) in unknown.into_iter().filter(|_| !library.is_empty()) {
         let path = config.feeds.dir.join(format!("{}.toml", def.name));
         let line = std::fs::read_to_string(&path)
             .ok()

@@ -276,6 +276,30 @@ fn unknown_feed_keys_and_categories_are_reported() {
     );
 }
 
+/// A new installation has feeds but no articles yet: its check passes, and says the feeds'
+/// categories wait for the first articles.
+#[test]
+fn an_empty_store_checks_with_a_warning_about_categories() {
+    // A trial setup on this machine (the package's own configuration).
+    let site = Site::with_config("[site]\nbase_url = \"http://127.0.0.1:8080\"\n");
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("warning: ") && err.contains("the store has no articles yet"),
+        "{err}"
+    );
+    // The first article makes the category a problem again.
+    site.put("a.txt", &article(CAT_B, "A", "14/02/2020"));
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("feeds/tin-tuc.toml:2: unknown category"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn a_broken_config_is_a_clear_error() {
     let site = Site::new();
