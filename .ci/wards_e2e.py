@@ -58,7 +58,7 @@ nginx_port = free_port()
 origin = f"http://127.0.0.1:{nginx_port}"
 
 # The council's file as the README gives it, moved into the temporary folder.
-council_toml = readme_block("toml", "/etc/bantin/phuong-cau-giay.toml` (the second ward")
+council_toml = readme_block("toml", "Replace the contents of `/etc/bantin/phuong-cau-giay.toml`")
 ports = {}
 configs = {}
 for ward, name in WARDS.items():
@@ -77,7 +77,7 @@ for ward, name in WARDS.items():
             .replace("/usr/share/bantin", SHARE)
             .replace(f"127.0.0.1:{default_port}", f"127.0.0.1:{port}")
             .replace(f"127.0.0.1:{default_metrics}", f"127.0.0.1:{metrics}")
-            .replace('transport = "smtp"', 'transport = "file"'))
+            .replace('transport = "smtp"', 'transport = "file"\nalert_delay_secs = 0'))
     assert f"{origin}/{ward}/" in text, text
     path = f"{work}/{ward}.toml"
     open(path, "w", encoding="utf-8").write(text)
@@ -102,6 +102,13 @@ server = readme_block("nginx", "one `location` per council")
 server = server.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
 server = server.replace("127.0.0.1:8081/", f"127.0.0.1:{ports['phuong-cau-giay']}/")
 server = server.replace("127.0.0.1:8082/", f"127.0.0.1:{ports['phuong-nghia-do']}/")
+# The same councils behind a proxy that keeps the path (`proxy_pass` without a trailing /),
+# which the README says bantin also answers.
+keep_port = free_port()
+keep = server.replace(f"listen 127.0.0.1:{nginx_port};", f"listen 127.0.0.1:{keep_port};")
+for port in ports.values():
+    keep = keep.replace(f"proxy_pass http://127.0.0.1:{port}/;", f"proxy_pass http://127.0.0.1:{port};")
+assert keep.count("proxy_pass") == 2 and "/;" not in keep.split("proxy_pass", 1)[1].split("\n")[0]
 ngx = f"{work}/nginx"
 os.makedirs(ngx)
 temps = "".join(f"    {kind}_temp_path {ngx}/{kind};\n"
@@ -111,9 +118,18 @@ for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]:
     os.chmod(f"{ngx}/{kind}", 0o777)
 open(f"{ngx}/nginx.conf", "w").write(
     f"worker_processes 1;\npid {ngx}/nginx.pid;\nerror_log {ngx}/error.log;\n"
-    f"events {{}}\nhttp {{\n    access_log off;\n{temps}{server}}}\n")
+    f"events {{}}\nhttp {{\n    access_log off;\n{temps}{server}{keep}}}\n")
 
 procs = []
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+# A redirect is an answer to look at, not to follow without noticing.
+urllib.request.install_opener(urllib.request.build_opener(NoRedirect))
 
 
 def stop_all():
@@ -204,6 +220,7 @@ try:
             fail(f"{ward}: {source} links '{link}' relatively, not from site.base_url")
             return None
         if parsed.netloc != f"127.0.0.1:{nginx_port}":
+            fail(f"{ward}: {source} links to another host: {link}")
             return None
         if any(url.startswith(o) for o in other):
             fail(f"{ward}: {source} links into another council: {link}")
@@ -213,9 +230,13 @@ try:
             return None
         return urllib.parse.urldefrag(url)[0]
 
+    def through_keep(url):
+        return url.replace(origin, f"http://127.0.0.1:{keep_port}", 1)
+
     for ward in WARDS:
         base = f"{origin}/{ward}/"
         queue, seen, fetched, forms = [base], {base}, 0, 0
+        kept = 0
         while queue and fetched < 3000:
             url = queue.pop()
             try:
@@ -226,6 +247,11 @@ try:
             except urllib.error.HTTPError as e:
                 fail(f"{ward}: {url} answered {e.code}")
                 continue
+            # The same answer through the proxy that keeps the path.
+            with urllib.request.urlopen(through_keep(url), timeout=10) as r:
+                if r.read().decode("utf-8") != body and "/healthz" not in url:
+                    fail(f"{ward}: {url} differs when the proxy keeps the path")
+                kept += 1
             links, actions = links_of(body, ctype)
             for action in actions:
                 forms += 1
@@ -235,7 +261,8 @@ try:
                 if target and target not in seen:
                     seen.add(target)
                     queue.append(target)
-        print(f"{ward}: crawled {fetched} URLs through nginx, {forms} form actions checked")
+        print(f"{ward}: crawled {fetched} URLs through nginx, {forms} form actions checked, "
+              f"{kept} the same through the proxy that keeps the path")
         if fetched < 20:
             fail(f"{ward}: only {fetched} URLs reached from {base}")
 
@@ -293,6 +320,45 @@ try:
         if has != (w == ward):
             fail(f"{w}: subscribers list is {listed!r}")
     print(f"{ward}: dan@example.vn active; the other council has no such subscriber")
+
+    # An alert: every link of both parts and List-Unsubscribe keep the path and answer;
+    # the one-click unsubscribe (RFC 8058) goes through the proxy.
+    before = set(os.listdir(outbox))
+    open(f"{work}/srv/{ward}/tin-moi.txt", "w", encoding="utf-8").write(
+        "THÔNG BÁO\n\nThông báo lịch họp của Thường trực HĐND\n"
+        f"Ngày đăng {time.strftime('%d/%m/%Y', time.gmtime(time.time() - 86400))} | 08:00\n\n"
+        "Thường trực HĐND phường họp vào sáng thứ Hai.\n\nHĐND PHƯỜNG CẦU GIẤY\n")
+    deadline = time.monotonic() + 30
+    new = []
+    while time.monotonic() < deadline and not new:
+        new = [f for f in os.listdir(outbox) if f.endswith(".eml") and f not in before]
+        time.sleep(0.1)
+    if not new:
+        raise SystemExit("no alert in " + outbox)
+    alert = email.message_from_binary_file(open(os.path.join(outbox, new[0]), "rb"),
+                                           policy=email.policy.default)
+    mail_links = re.findall(r"https?://[^\s<>\"]+",
+                            alert.get_body(preferencelist=("plain",)).get_content())
+    p = Links()
+    p.feed(alert.get_body(preferencelist=("html",)).get_content())
+    mail_links += p.links
+    unsubscribe = re.findall(r"<(https?://[^>]+)>", str(alert["List-Unsubscribe"]))
+    mail_links += unsubscribe
+    checked = 0
+    for link in mail_links:
+        target = check_link(ward, "the alert", link)
+        if target:
+            with urllib.request.urlopen(target, timeout=10) as r:
+                checked += r.status == 200
+    print(f"alert: {len(mail_links)} links, {checked} answered 200 through nginx")
+    req = urllib.request.Request(unsubscribe[0], data=b"List-Unsubscribe=One-Click",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(req) as r:
+        print(f"one-click unsubscribe through nginx: {r.status}")
+    listed = subprocess.run([BIN, "--config", configs[ward], "subscribers", "list"],
+                            capture_output=True, text=True, check=True).stdout
+    if "dan@example.vn\timmediate\tactive" in listed:
+        fail(f"{ward}: still active after the one-click unsubscribe: {listed!r}")
 finally:
     stop_all()
 

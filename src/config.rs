@@ -537,11 +537,15 @@ impl Config {
             )));
         }
         let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
-        if base.contains(['?', '#', ' ']) || after_scheme.contains("//") {
+        let path = crate::feed::base_path(base);
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '/');
+        if base.contains(['?', '#', ' ']) || after_scheme.contains("//") || !path.chars().all(plain)
+        {
             return Err(invalid(format!(
                 "site.base_url '{}' must be a plain URL such as \
                  'https://hdnd.example.vn/phuong-cau-giay/': no query, fragment, space or empty \
-                 path segment",
+                 path segment, and a path of letters without diacritics, digits, '-', '.', '_' \
+                 and '~'",
                 self.site.base_url
             )));
         }
@@ -718,6 +722,7 @@ mod tests {
             "https://hdnd.example.vn/#tin",
             "https://hdnd.example.vn//phuong",
             "https://hdnd.example.vn/phuong cau giay",
+            "https://hdnd.example.vn/phường-cầu-giấy/",
         ] {
             std::fs::write(&path, format!("[site]\nbase_url = \"{bad}\"\n")).unwrap();
             let error = Config::from_file(&path).unwrap_err().to_string();

@@ -77,6 +77,12 @@ pub enum StoreError {
          (move the old one away first)"
     )]
     NotEmpty,
+    #[error(
+        "the state in '{path}' belongs to the user '{owner}': run this as that user \
+         (e.g. 'runuser -u {owner} -- bantin ...'), so that what it writes stays readable \
+         by the daemon"
+    )]
+    Foreign { path: String, owner: String },
     #[error("cannot write '{path}': {source}")]
     Marker {
         path: String,
@@ -333,6 +339,35 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
         Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
         None => Err(corrupt("empty record".into())),
     }
+}
+
+/// Another user's state is not opened: files written by, say, root in the daemon's state
+/// folder would be unreadable to the daemon at its next start.
+fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me {
+        return Ok(());
+    }
+    let owner = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let uid: u32 = fields.nth(1)?.parse().ok()?;
+                (uid == meta.uid()).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| meta.uid().to_string());
+    Err(StoreError::Foreign {
+        path: dir.display().to_string(),
+        owner,
+    })
 }
 
 /// Deliveries compacted in one transaction: the totals, the bits and the removal of the full
@@ -762,6 +797,7 @@ impl Store {
 
     /// Opens (or creates) the database in `dir`, keeping at most `cache_bytes` of it in memory.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        refuse_foreign(dir)?;
         Ok(Store {
             trees: std::sync::Arc::new(std::sync::RwLock::new(Some(Store::open_trees(
                 dir,
@@ -1628,6 +1664,23 @@ mod tests {
             soft_bounces: None,
             tokens_after: None,
         }
+    }
+
+    #[test]
+    fn another_users_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let foreign = if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+            dir.path()
+        } else {
+            // Owned by root, not by whoever runs the tests.
+            Path::new("/")
+        };
+        let error = Store::open(foreign).unwrap_err().to_string();
+        assert!(error.contains("belongs to the user"), "{error}");
+        assert!(error.contains("runuser -u "), "{error}");
+        assert!(!foreign.join("db").exists(), "nothing written");
     }
 
     #[test]

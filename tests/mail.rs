@@ -1289,6 +1289,11 @@ fn a_council_under_a_path_keeps_it_in_every_link() {
     let alert = wait_mails(&smtp, 2).remove(1);
     check("the alert", &part(&alert.data, "text/plain").unwrap());
     check("the alert", &part(&alert.data, "text/html").unwrap());
+    let list = common::mail::header(&alert.data, "List-Id").unwrap();
+    assert!(
+        list.contains("<phuong-cau-giay.bantin.hdnd.example.vn>"),
+        "{list}"
+    );
     let unsubscribe = common::mail::header(&alert.data, "List-Unsubscribe").unwrap();
     assert!(
         unsubscribe.contains(&format!("<{base}/unsubscribe?")),

@@ -134,6 +134,9 @@ pub struct Composer {
     tz: Tz,
     from: Mailbox,
     list_id: String,
+    /// The path of `site.base_url` without slashes at its ends (empty for a site at the
+    /// root of its host).
+    scope: String,
     /// Domain of Message-IDs.
     domain: String,
     /// Every key signs every mail.
@@ -156,11 +159,20 @@ impl Composer {
             .parse()
             .map_err(|e| MailError::Config(format!("mail.from '{}': {e}", config.mail.from)))?;
         let domain = from.email.domain().to_string();
-        let list_id = config
-            .mail
-            .list_id
-            .clone()
-            .unwrap_or_else(|| format!("bantin.{domain}"));
+        // Councils sharing a host and a sender domain are told apart by their path: their
+        // lists and Message-IDs must differ (a digest's key is the same tick for both).
+        let scope = crate::feed::base_path(config.base_url())
+            .trim_start_matches('/')
+            .to_owned();
+        let list_id =
+            config
+                .mail
+                .list_id
+                .clone()
+                .unwrap_or_else(|| match scope.replace('/', ".") {
+                    path if path.is_empty() => format!("bantin.{domain}"),
+                    path => format!("{path}.bantin.{domain}"),
+                });
         let dkim = config
             .mail
             .dkim
@@ -177,6 +189,7 @@ impl Composer {
             from,
             list_id,
             domain,
+            scope,
             dkim,
             links,
         })
@@ -334,9 +347,14 @@ impl Composer {
         })
     }
 
-    /// The Message-ID of a delivery: derived from its key, so a retry reuses it.
+    /// The Message-ID of a delivery: derived from its key, so a retry reuses it, and from
+    /// the council's path when it has one.
     pub fn message_id(&self, key: &str) -> String {
-        let digest = Sha256::digest(key.as_bytes());
+        let digest = if self.scope.is_empty() {
+            Sha256::digest(key.as_bytes())
+        } else {
+            Sha256::digest(format!("{}\0{key}", self.scope).as_bytes())
+        };
         let hex = crate::token::hex(&digest[..16]);
         format!("<{hex}.bantin@{}>", self.domain)
     }
@@ -744,6 +762,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         tz: chrono_tz::Asia::Ho_Chi_Minh,
         from: "mau@example.vn".parse().expect("valid address"),
         list_id: "mau.example.vn".into(),
+        scope: String::new(),
         domain: "example.vn".into(),
         dkim: Vec::new(),
         links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
@@ -831,6 +850,7 @@ mod tests {
                 .parse()
                 .unwrap(),
             list_id: "bantin.hdnd.example.vn".into(),
+            scope: String::new(),
             domain: "hdnd.example.vn".into(),
             dkim: Vec::new(),
             links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
@@ -862,6 +882,24 @@ mod tests {
         insta::assert_snapshot!(format!("{name}.subject"), r.subject);
         insta::assert_snapshot!(format!("{name}.txt"), r.text);
         insta::assert_snapshot!(format!("{name}.html"), r.html);
+    }
+
+    #[test]
+    fn councils_under_paths_of_one_host_have_their_own_message_ids() {
+        let root = composer();
+        let mut one = composer();
+        one.scope = "phuong-cau-giay".into();
+        let mut two = composer();
+        two.scope = "phuong-nghia-do".into();
+        let key = "d\0daily\x001700000000\0dan@example.vn";
+        let ids = [
+            root.message_id(key),
+            one.message_id(key),
+            two.message_id(key),
+        ];
+        assert_ne!(ids[0], ids[1]);
+        assert_ne!(ids[1], ids[2]);
+        assert_eq!(one.message_id(key), ids[1], "a retry reuses it");
     }
 
     #[test]
