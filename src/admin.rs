@@ -644,6 +644,8 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         /// When the mail side learned of it; `null` for the first start's baseline.
         first_seen: Option<String>,
         alerts: Tally,
+        /// While its alerts are still being queued (a window at a time): true.
+        alerts_fanning_out: bool,
         digests: Digested,
         /// Addresses told of it, by an alert or a digest.
         told: usize,
@@ -685,6 +687,7 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         article: id.to_owned(),
         first_seen: (known.seen > 0).then(|| rfc3339_ms(known.seen)).flatten(),
         alerts: Tally::with(&alerts, &compacted.alerts),
+        alerts_fanning_out: store.fanouts()?.iter().any(|(a, _)| a == id),
         digests: Digested {
             told: digests_told,
             first_accepted: digest_times.iter().min().copied().and_then(rfc3339_ms),
@@ -699,13 +702,18 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         return Ok(Reply::ok(out));
     }
     let mut out = format!(
-        "article: {}\nfirst seen: {}\nalerts: {}\n",
+        "article: {}\nfirst seen: {}\nalerts: {}{}\n",
         report.article,
         report
             .first_seen
             .as_deref()
             .unwrap_or("at the first start (the baseline: never mailed)"),
-        report.alerts.line()
+        report.alerts.line(),
+        if report.alerts_fanning_out {
+            " (still queuing: more subscribers to come)"
+        } else {
+            ""
+        }
     );
     out.push_str(&format!("digests: told {}", report.digests.told));
     if let (Some(first), Some(last)) = (

@@ -264,6 +264,21 @@ impl DeliveryState {
     }
 }
 
+/// An alert fan-out being planned: the article's matching subscribers are queued a window
+/// at a time, in address order after `after` (empty: from the first), so the outbox holds a
+/// window of its mails however many subscribers there are. The window and the new `after`
+/// are written in one transaction: a crash plans no address twice and skips none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fanout {
+    pub created_ms: i64,
+    pub category: String,
+    #[serde(default)]
+    pub after: String,
+    /// Mails queued so far.
+    #[serde(default)]
+    pub planned: u64,
+}
+
 /// One mail to one address. Times are unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -723,10 +738,13 @@ struct Trees {
     compact: sled::Tree,
     /// `schedule \0 run` to the [`Counts`] of a digest run's compacted mails.
     runs: sled::Tree,
+    /// Article id to its [`Fanout`] still being planned.
+    fanout: sled::Tree,
 }
 
 /// Trees whose values are versioned JSON records (exported as JSON).
-const JSON_TREES: [&str; 9] = [
+const JSON_TREES: [&str; 10] = [
+    "fanout",
     "subscribers",
     "articles",
     "outbox",
@@ -760,6 +778,7 @@ impl Trees {
             ("number_of", &self.number_of),
             ("compact", &self.compact),
             ("runs", &self.runs),
+            ("fanout", &self.fanout),
         ]
     }
 }
@@ -846,6 +865,7 @@ impl Store {
             number_of: db.open_tree("number_of")?,
             compact: db.open_tree("compact")?,
             runs: db.open_tree("runs")?,
+            fanout: db.open_tree("fanout")?,
             db,
         };
         // A marker beside the database names it: a database that opens without it (its
@@ -1226,6 +1246,7 @@ impl Store {
             t.articles.remove(id)?;
             t.versions.remove(id)?;
             t.compact.remove(id)?;
+            t.fanout.remove(id)?;
             for r in t.told.scan_prefix(told_key(id, "")) {
                 let (k, _) = r?;
                 t.told.remove(k)?;
@@ -1275,6 +1296,106 @@ impl Store {
             }
             Ok(added)
         })())
+    }
+
+    /// Starts the alert fan-out of `article`, unless it has one. Returns whether it started.
+    pub fn start_fanout(&self, article: &str, fanout: &Fanout) -> Result<bool, StoreError> {
+        self.written((|| -> Result<bool, StoreError> {
+            let t = self.t()?;
+            Ok(t.fanout
+                .compare_and_swap(
+                    article.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(encode(fanout)),
+                )?
+                .is_ok())
+        })())
+    }
+
+    /// The fan-outs being planned, oldest first.
+    pub fn fanouts(&self) -> Result<Vec<(String, Fanout)>, StoreError> {
+        let t = self.t()?;
+        let mut out = Vec::new();
+        for r in t.fanout.iter() {
+            let (k, v) = r?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode::<Fanout>(&k, &v)?,
+            ));
+        }
+        out.sort_by_key(|(id, f)| (f.created_ms, id.clone()));
+        Ok(out)
+    }
+
+    /// Fresh deliveries waiting in the queue, counted up to `up_to`.
+    pub fn fresh_queued(&self, up_to: usize) -> usize {
+        self.t()
+            .map_or(0, |t| t.queue.scan_prefix([LANE_FRESH]).take(up_to).count())
+    }
+
+    /// Subscribers whose address sorts after `after`, in address order.
+    pub fn subscribers_after(
+        &self,
+        after: &str,
+    ) -> impl Iterator<Item = Result<Subscriber, StoreError>> + '_ {
+        let range = self.t().ok().map(|t| {
+            t.subscribers.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            ))
+        });
+        range.into_iter().flatten().map(|r| {
+            let (k, v) = r?;
+            decode(&k, &v)
+        })
+    }
+
+    /// Queues one window of `article`'s fan-out and records where it stands (`next`), or
+    /// that it is done (`None`), in one transaction. A delivery whose key exists is not
+    /// queued again. Returns how many were queued.
+    pub fn plan_window(
+        &self,
+        article: &str,
+        window: &[Delivery],
+        next: Option<&Fanout>,
+    ) -> Result<usize, StoreError> {
+        use sled::Transactional;
+        let t = self.t()?;
+        let encoded: Vec<(String, Vec<u8>, i64)> = window
+            .iter()
+            .map(|d| (d.key(), encode(d), d.next_ms))
+            .collect();
+        let result =
+            (&t.outbox, &t.queue, &t.ids, &t.fanout).transaction(|(outbox, queue, ids, fanout)| {
+                // Still planned: a deleted article's fan-out is not brought back.
+                if fanout.get(article.as_bytes())?.is_none() {
+                    return Ok(0);
+                }
+                let mut added = 0;
+                for (key, value, next_ms) in &encoded {
+                    if outbox.get(key.as_bytes())?.is_some() {
+                        continue;
+                    }
+                    outbox.insert(key.as_bytes(), value.as_slice())?;
+                    queue.insert(queue_key(LANE_FRESH, *next_ms, key), &[])?;
+                    ids.insert(delivery_id(key).as_bytes(), key.as_bytes())?;
+                    added += 1;
+                }
+                match next {
+                    Some(f) => {
+                        fanout.insert(article.as_bytes(), encode(f))?;
+                    }
+                    None => {
+                        fanout.remove(article.as_bytes())?;
+                    }
+                }
+                Ok(added)
+            });
+        self.written(match result {
+            Ok(n) => Ok(n),
+            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
+        })
     }
 
     /// Records a delivery's new state; `queued` is its current queue entry, replaced by the

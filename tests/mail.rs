@@ -156,7 +156,7 @@ fn subscribe_confirm_alert_unsubscribe() {
         "2026/sau.txt",
         &article(CAT_A, "Tin sau khi hủy", "21/11/2026 | 08:00"),
     );
-    daemon.wait_log("alerts planned articles=1 mails=0");
+    daemon.wait_log("alerts queued id=\"2026/sau\" mails=0");
     assert_eq!(smtp.messages().len(), 2, "nothing after unsubscribing");
 }
 

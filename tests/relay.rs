@@ -238,3 +238,61 @@ fn connections_carry_a_bounded_number_of_mails_and_say_our_name() {
     );
     drop(daemon);
 }
+
+/// A fan-out to more subscribers than its window: while the relay refuses us, the outbox
+/// holds one window of the alert's mails, not one per subscriber; once the relay accepts,
+/// every subscriber gets the alert exactly once.
+#[test]
+fn a_large_fan_out_is_queued_a_window_at_a_time() {
+    const SUBSCRIBERS: usize = 4_500;
+    let smtp = SmtpServer::start();
+    smtp.set(|r| r.mail_from = Some("530 5.7.0 authentication required".into()));
+    let site = site(&smtp, false);
+    let emails: Vec<String> = (0..SUBSCRIBERS)
+        .map(|i| format!("dan{i:05}@x.vn"))
+        .collect();
+    let csv: String = std::iter::once("email,schedule,categories".to_string())
+        .chain(emails.iter().map(|e| format!("{e},immediate,")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    site.write("subscribers.csv", &csv);
+    let csv_path = site.path("subscribers.csv");
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        csv_path.to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_for("the pause", PATIENCE, || paused(&daemon));
+    let json = status(&site);
+    let pending = json["outbox"]["pending"].as_u64().unwrap() as usize;
+    assert!(
+        (1..SUBSCRIBERS / 2).contains(&pending),
+        "one window queued, not every subscriber: {json}"
+    );
+    assert_eq!(json["outbox"]["sent"], 0, "{json}");
+    let report = stdout(&site.bantin(&["status", "--article", "moi"]));
+    assert!(
+        report.contains("(still queuing: more subscribers to come)"),
+        "{report}"
+    );
+    smtp.set(|r| r.mail_from = None);
+    let mut resumed = false;
+    wait_for("every subscriber reached", PATIENCE * 4, || {
+        if !resumed || smtp.accepted().len() < SUBSCRIBERS {
+            daemon.advance(Span::seconds(61));
+            resumed = !paused(&daemon);
+        }
+        smtp.accepted().len() >= SUBSCRIBERS
+    });
+    let mut to: Vec<String> = smtp.accepted().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, emails, "each subscriber once");
+    let report = stdout(&site.bantin(&["status", "--article", "moi", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["alerts"]["planned"], SUBSCRIBERS, "{report}");
+    assert_eq!(report["alerts_fanning_out"], false, "{report}");
+}

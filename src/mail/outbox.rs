@@ -14,12 +14,18 @@ use crate::correction::Version;
 use crate::library::Entry;
 use crate::plan;
 use crate::scan::{ArticleCache, Found, StoreReader};
-use crate::store::{Correction, Delivery, DeliveryState, Kind, KnownArticle, Queued, Store};
+use crate::store::{
+    Correction, Delivery, DeliveryState, Fanout, Kind, KnownArticle, Queued, Store,
+};
 use crate::subscriber::{Schedule, SubState, Subscriber};
 
 /// Deliveries planned between two flushes of the state, so that a large plan does not pile up
 /// in sled's memory.
 const FLUSH_EVERY: usize = 10_000;
+/// Fresh mails the fan-outs keep waiting in the queue.
+const FANOUT_WINDOW: usize = 2_000;
+/// Subscribers one step of a fan-out reads.
+const FANOUT_STEP: usize = 500;
 
 /// A confirmation mail is queued at most this often per address (seconds).
 const CONFIRM_EVERY_SECS: i64 = 24 * 3600;
@@ -302,30 +308,21 @@ impl Outbox {
         result
     }
 
-    /// One alert for each of `fresh` to every matching active `immediate` subscriber.
+    /// One alert for each of `fresh` to every matching active `immediate` subscriber:
+    /// a fan-out each, which [`Outbox::feed`] queues a window at a time.
     async fn alert(&self, fresh: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let now = self.clock.now_ms();
-        let mut queued = 0usize;
-        for r in self.store.subscribers() {
-            let sub = r?;
-            for a in &fresh {
-                if plan::wants_alert(&sub, &a.category) {
-                    let kind = Kind::Alert {
-                        article: a.id.clone(),
-                    };
-                    if self.store.enqueue(&Delivery::new(kind, &sub.email, now))? {
-                        queued += 1;
-                        if queued % FLUSH_EVERY == 0 {
-                            // sled holds unflushed writes in memory: a fan-out to many
-                            // subscribers must not hold them all.
-                            tokio::task::block_in_place(|| self.store.flush())?;
-                        }
-                    }
-                }
-            }
+        for a in &fresh {
+            let fanout = Fanout {
+                created_ms: now,
+                category: a.category.clone(),
+                after: String::new(),
+                planned: 0,
+            };
+            self.store.start_fanout(&a.id, &fanout)?;
         }
-        // Known only once every alert is queued: a crash in between plans again, and the
-        // outbox keys make that idempotent. The text as announced is kept, for corrections.
+        // Known only once its fan-out is recorded: a crash in between notices it again,
+        // and a fan-out starts once. The text as announced is kept, for corrections.
         for a in &fresh {
             if let Some((article, _)) = self.article(&a.id) {
                 self.store.put_version(&a.id, &Version::of(&article))?;
@@ -334,11 +331,55 @@ impl Outbox {
         }
         self.store.flush_async().await?;
         for a in &fresh {
-            tracing::info!(id = a.id, "alerts queued");
+            tracing::info!(id = a.id, "alert fan-out started");
         }
-        tracing::info!(articles = fresh.len(), mails = queued, "alerts planned");
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues the next windows of the alert fan-outs, oldest first, until `FANOUT_WINDOW`
+    /// fresh mails wait in the queue: the outbox holds that many of them however many
+    /// subscribers there are. Blocking (sled). Returns how many mails it queued.
+    pub fn feed(&self) -> Result<usize, MailError> {
+        let mut added = 0;
+        while self.store.fresh_queued(FANOUT_WINDOW) < FANOUT_WINDOW {
+            let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() else {
+                break;
+            };
+            let now = self.clock.now_ms();
+            let mut window = Vec::new();
+            let mut last = None;
+            let mut seen = 0;
+            for r in self.store.subscribers_after(&fanout.after) {
+                let sub = r?;
+                seen += 1;
+                if plan::wants_alert(&sub, &fanout.category) {
+                    let kind = Kind::Alert {
+                        article: id.clone(),
+                    };
+                    window.push(Delivery::new(kind, &sub.email, now));
+                }
+                last = Some(sub.email);
+                if seen == FANOUT_STEP {
+                    break;
+                }
+            }
+            let next = match last {
+                Some(after) if seen == FANOUT_STEP => Some(Fanout {
+                    after,
+                    planned: fanout.planned + window.len() as u64,
+                    ..fanout.clone()
+                }),
+                _ => None,
+            };
+            let queued = self.store.plan_window(&id, &window, next.as_ref())?;
+            added += queued;
+            if next.is_none() {
+                // Every matching subscriber has a mail in the outbox.
+                tracing::info!(id, mails = fanout.planned + queued as u64, "alerts queued");
+            }
+        }
+        Ok(added)
     }
 
     /// A known article now carries a new `Đính chính:` reason: everyone who was told of it

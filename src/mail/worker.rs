@@ -166,6 +166,9 @@ impl Worker {
                 }
                 probe = true;
             }
+            if !probe && let Err(e) = tokio::task::block_in_place(|| self.outbox.feed()) {
+                tracing::error!("cannot plan alerts: {e}");
+            }
             let mut batch = self.due(now);
             if probe {
                 batch.truncate(1);
