@@ -402,7 +402,13 @@ fn tx_decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Abort> 
 }
 
 /// Compacts `chunk` (finished deliveries with their keys) in one transaction.
-fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, StoreError> {
+/// `drop_ids`: forget the deliveries' ids too (else the VERP addresses of mails just sent
+/// still name their recipients, until the day's log of sent mails is pruned).
+fn compact_chunk(
+    t: &Trees,
+    chunk: &[(sled::IVec, Delivery)],
+    drop_ids: bool,
+) -> Result<usize, StoreError> {
     use sled::Transactional;
     use std::collections::HashMap;
     let trees = (
@@ -574,7 +580,9 @@ fn compact_chunk(t: &Trees, chunk: &[(sled::IVec, Delivery)]) -> Result<usize, S
                     }
                 }
                 outbox.remove(k)?;
-                ids.remove(delivery_id(&key).as_bytes())?;
+                if drop_ids {
+                    ids.remove(delivery_id(&key).as_bytes())?;
+                }
             }
             if let Some(n) = next {
                 meta.insert("next_number", n.to_string().as_bytes())?;
@@ -796,6 +804,16 @@ struct ExportLine {
 
 /// The short id of a delivery (16 hex digits), named in its VERP address; the first half of
 /// its Message-ID.
+/// The address in a delivery key (see [`Delivery::key`]).
+fn email_of_key(key: &str) -> Option<&str> {
+    let fields: Vec<&str> = key.split('\0').collect();
+    match fields.as_slice() {
+        ["c", email, _] => Some(email),
+        ["a", .., email] | ["d", .., email] | ["x", .., email] => Some(email),
+        _ => None,
+    }
+}
+
 pub fn delivery_id(key: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(key.as_bytes());
@@ -1082,13 +1100,18 @@ impl Store {
     }
 
     /// The delivery named by a VERP id, with its key.
-    pub fn delivery_by_id(&self, id: &str) -> Result<Option<(String, Delivery)>, StoreError> {
+    /// The address a delivery id (a VERP token) stands for: from its record, or from its
+    /// key once the record is folded into its article's totals.
+    pub fn email_by_id(&self, id: &str) -> Result<Option<String>, StoreError> {
         let t = self.t()?;
         let Some(key) = t.ids.get(id)? else {
             return Ok(None);
         };
         let key = String::from_utf8_lossy(&key).into_owned();
-        Ok(self.delivery(&key)?.map(|d| (key, d)))
+        Ok(match self.delivery(&key)? {
+            Some(d) => Some(d.email),
+            None => email_of_key(&key).map(str::to_owned),
+        })
     }
 
     /// Whether the inbox already acted on the message with this digest.
@@ -1720,15 +1743,140 @@ impl Store {
                 }
                 chunk.push((k, d));
                 if chunk.len() >= COMPACT_CHUNK {
-                    done += compact_chunk(&t, &chunk)?;
+                    done += compact_chunk(&t, &chunk, true)?;
                     chunk.clear();
                 }
             }
             if !chunk.is_empty() {
-                done += compact_chunk(&t, &chunk)?;
+                done += compact_chunk(&t, &chunk, true)?;
             }
             Ok(done)
         })())
+    }
+
+    /// Folds sent alerts and digests into their articles' compacted records at once: the
+    /// outbox keeps what is pending, failed or cancelled, and sled's memory does not grow
+    /// with every mail sent. Each full record is first appended to the day's log of sent
+    /// mails (`sent/YYYY-MM-DD.jsonl` in the state folder, kept `mail.keep_days`). Keys that
+    /// are not such records are skipped. Returns how many were folded.
+    pub fn fold_sent(&self, keys: &[String]) -> Result<usize, StoreError> {
+        self.written((|| -> Result<usize, StoreError> {
+            let t = self.t()?;
+            let mut chunk: Vec<(sled::IVec, Delivery)> = Vec::new();
+            // A key given twice (a mail sent again after a lost write) is folded once.
+            let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
+            for key in keys {
+                let Some(v) = t.outbox.get(key.as_bytes())? else {
+                    continue;
+                };
+                let d: Delivery = decode(key.as_bytes(), &v)?;
+                if d.state == DeliveryState::Sent
+                    && matches!(d.kind, Kind::Alert { .. } | Kind::Digest { .. })
+                {
+                    chunk.push((sled::IVec::from(key.as_bytes()), d));
+                }
+            }
+            self.log_sent(&chunk)?;
+            let mut done = 0;
+            for part in chunk.chunks(COMPACT_CHUNK) {
+                done += compact_chunk(&t, part, false)?;
+            }
+            Ok(done)
+        })())
+    }
+
+    /// Folds every sent alert and digest still on record (left by a crash between sending
+    /// and folding).
+    pub fn fold_all_sent(&self) -> Result<usize, StoreError> {
+        let keys: Vec<String> = {
+            let t = self.t()?;
+            let mut keys = Vec::new();
+            for r in t.outbox.iter() {
+                let (k, _) = r?;
+                if k.starts_with(b"a\0") || k.starts_with(b"d\0") {
+                    keys.push(String::from_utf8_lossy(&k).into_owned());
+                }
+            }
+            keys
+        };
+        self.fold_sent(&keys)
+    }
+
+    fn sent_logs(&self) -> std::path::PathBuf {
+        self.path.with_file_name("sent")
+    }
+
+    /// Appends full records to the logs of sent mails, one file per day (UTC).
+    fn log_sent(&self, records: &[(sled::IVec, Delivery)]) -> Result<(), StoreError> {
+        use std::io::Write;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let dir = self.sent_logs();
+        let failed = |e: std::io::Error| StoreError::Marker {
+            path: dir.display().to_string(),
+            source: e,
+        };
+        crate::output::create_private_dir(&dir).map_err(failed)?;
+        let mut by_day: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        for (k, d) in records {
+            let day = chrono::DateTime::from_timestamp_millis(d.updated_ms)
+                .unwrap_or_default()
+                .format("%Y-%m-%d")
+                .to_string();
+            let line = by_day.entry(day).or_default();
+            let record = serde_json::json!({ "key": String::from_utf8_lossy(k), "delivery": d });
+            serde_json::to_writer(&mut *line, &record).expect("serializable");
+            line.push(b'\n');
+        }
+        for (day, lines) in by_day {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{day}.jsonl")))
+                .map_err(failed)?;
+            file.write_all(&lines).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the logs of sent mails of the days before `before_ms`, and the ids of their
+    /// deliveries (a bounce that late is not attributed). Returns how many days it removed.
+    pub fn prune_sent_logs(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let cutoff = chrono::DateTime::from_timestamp_millis(before_ms)
+            .unwrap_or_default()
+            .format("%Y-%m-%d")
+            .to_string();
+        let Ok(files) = std::fs::read_dir(self.sent_logs()) else {
+            return Ok(0);
+        };
+        let mut days: Vec<std::path::PathBuf> = files
+            .filter_map(|f| f.ok().map(|f| f.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "jsonl")
+                    && p.file_stem()
+                        .is_some_and(|d| *d.to_string_lossy() < *cutoff)
+            })
+            .collect();
+        days.sort();
+        let t = self.t()?;
+        for day in &days {
+            let text = std::fs::read_to_string(day).unwrap_or_default();
+            for line in text.lines() {
+                let key = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["key"].as_str().map(str::to_owned));
+                if let Some(key) = key {
+                    self.written(
+                        t.ids
+                            .remove(delivery_id(&key).as_bytes())
+                            .map_err(Into::into),
+                    )?;
+                }
+            }
+            let _ = std::fs::remove_file(day);
+        }
+        Ok(days.len())
     }
 
     /// What was compacted of an article's deliveries.
@@ -1751,6 +1899,8 @@ impl Store {
     }
 
     /// Counts of deliveries by state.
+    /// Mails by state: those on record, and those folded into totals (alerts, digest runs
+    /// and corrections; a confirmation is not counted once compacted).
     pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
         let t = self.t()?;
         let mut counts = [0; 4];
@@ -1761,6 +1911,23 @@ impl Store {
                 .iter()
                 .position(|s| *s == d.state)
                 .unwrap_or(0)] += 1;
+        }
+        let mut add = |c: &Counts| {
+            counts[1] += c.sent;
+            counts[2] += c.failed;
+            counts[3] += c.cancelled;
+        };
+        for r in t.compact.iter() {
+            let (k, v) = r?;
+            add(&decode::<Compacted>(&k, &v)?.alerts);
+        }
+        for r in t.runs.iter() {
+            let (k, v) = r?;
+            add(&decode::<Counts>(&k, &v)?);
+        }
+        for r in t.corrections.iter() {
+            let (k, v) = r?;
+            add(&decode::<Correction>(&k, &v)?.compacted);
         }
         Ok(counts)
     }
@@ -1977,6 +2144,59 @@ mod tests {
     }
 
     #[test]
+    fn sent_alerts_fold_at_once_and_their_ids_last_as_long_as_their_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alert = || Kind::Alert {
+            article: "ky-hop".into(),
+        };
+        let day = 1_700_000_000_000; // 2023-11-14 UTC
+        let a = sent(&store, alert(), "a@x.vn", day);
+        let b = sent(&store, alert(), "b@x.vn", day + 1);
+        let waiting = Delivery::new(alert(), "c@x.vn", day);
+        store.enqueue(&waiting).unwrap();
+        // A key given twice, and one that is still pending: each counted once, the pending
+        // one left alone.
+        let keys = [a.clone(), b.clone(), a.clone(), waiting.key()];
+        assert_eq!(store.fold_sent(&keys).unwrap(), 2);
+        assert!(
+            store.delivery(&a).unwrap().is_none(),
+            "the full record is folded"
+        );
+        assert!(store.delivery(&waiting.key()).unwrap().is_some());
+        assert_eq!(store.outbox_counts().unwrap(), [1, 2, 0, 0]);
+        let mut told: Vec<String> = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|(email, t)| {
+                assert_eq!(t.key, format!("a\0ky-hop\0{email}"), "the mail to answer");
+                email
+            })
+            .collect();
+        told.sort();
+        assert_eq!(told, ["a@x.vn", "b@x.vn"]);
+        // The day's log holds the full records; a bounce still finds its address.
+        let log = std::fs::read_to_string(dir.path().join("sent/2023-11-14.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(log.contains("b@x.vn"), "{log}");
+        assert_eq!(
+            store.email_by_id(&delivery_id(&a)).unwrap().as_deref(),
+            Some("a@x.vn")
+        );
+        // Once the log is older than kept, it goes, and the ids with it.
+        assert_eq!(store.prune_sent_logs(day).unwrap(), 0, "not older yet");
+        assert_eq!(store.prune_sent_logs(day + 86_400_000).unwrap(), 1);
+        assert!(!dir.path().join("sent/2023-11-14.jsonl").exists());
+        assert_eq!(store.email_by_id(&delivery_id(&a)).unwrap(), None);
+        assert_eq!(
+            store.outbox_counts().unwrap(),
+            [1, 2, 0, 0],
+            "the totals stay"
+        );
+    }
+
+    #[test]
     fn an_article_deleted_and_written_again_does_not_inherit_its_readers_at_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -2064,10 +2284,11 @@ mod tests {
         before.sort();
 
         assert_eq!(store.compact_finished(1000).unwrap(), 7);
+        assert_eq!(store.t().unwrap().outbox.len(), 0, "no full record left");
         assert_eq!(
             store.outbox_counts().unwrap(),
-            [0, 0, 0, 0],
-            "no full record left"
+            [0, 6, 1, 0],
+            "the totals stay: 3 alerts, 2 digests and a correction sent, an alert failed"
         );
         let mut after: Vec<(String, String)> = store
             .told_of("ky-hop")

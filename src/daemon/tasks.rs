@@ -267,8 +267,9 @@ pub async fn digests(outbox: Outbox, schedule: Schedule, cron: cron::Schedule, t
     }
 }
 
-/// Once a day (and at start), compacts finished deliveries older than `keep_days`, and
-/// removes subscribers who did not confirm within `confirm_days`.
+/// Once a day (and at start), compacts finished deliveries older than `keep_days`, removes
+/// the logs of mails sent before then, and removes subscribers who did not confirm within
+/// `confirm_days`.
 pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64) {
     loop {
         let before = clock.now_s() - (confirm_days as i64).saturating_mul(24 * 3600);
@@ -291,6 +292,16 @@ pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64
             ),
             Ok(Err(e)) => tracing::error!("cannot compact the outbox: {e}"),
             Err(e) => tracing::error!("cannot compact the outbox: {e}"),
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.prune_sent_logs(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                days = n,
+                "removed the logs of mails sent over {keep_days} days ago"
+            ),
+            Ok(Err(e)) => tracing::error!("cannot prune the logs of sent mails: {e}"),
+            Err(e) => tracing::error!("cannot prune the logs of sent mails: {e}"),
         }
         clock.sleep(PRUNE_EVERY).await;
     }

@@ -85,7 +85,7 @@ fn address_of(store: &Store, signer: &Signer, token: &str) -> Result<Option<Stri
     let Some(id) = signer.verify_short(token) else {
         return Ok(None);
     };
-    Ok(store.delivery_by_id(&id)?.map(|(_, d)| d.email))
+    Ok(store.email_by_id(&id)?)
 }
 
 /// The fields of a delivery-status report (RFC 3464), per recipient: (action, status).

@@ -21,6 +21,8 @@ use crate::subscriber::{SubState, Subscriber};
 
 /// Deliveries taken from the queue per look.
 const BATCH: usize = 256;
+/// Sent alerts and digests folded into their articles' totals together.
+const FOLD_EVERY: usize = 1_000;
 /// The worker's loop shows it is alive at least this often.
 const BEAT: Duration = Duration::from_secs(1);
 /// With nothing queued, the worker looks again at least this often (it is woken on every
@@ -56,6 +58,8 @@ pub struct Worker {
     commit: Committer,
     /// The last run of identical refusals: the refusal and the recipients it hit.
     rejections: Mutex<Option<(String, HashSet<String>)>>,
+    /// Sent alerts and digests not yet folded into their articles' totals.
+    sent: Mutex<Vec<String>>,
 }
 
 /// What one delivery needs besides itself, read once before rendering.
@@ -86,6 +90,7 @@ impl Worker {
             },
             commit: Committer::new(),
             rejections: Mutex::default(),
+            sent: Mutex::default(),
         })
     }
 
@@ -96,6 +101,12 @@ impl Worker {
     /// Sends queued mail until `stop` is notified; then waits for the mails in flight and
     /// for their outcomes to be on disk.
     pub async fn run(self: Arc<Self>, stop: Arc<tokio::sync::Notify>) {
+        // What a crash left sent but not folded.
+        match tokio::task::block_in_place(|| self.store().fold_all_sent()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(folded = n, "sent mails folded into their articles' totals"),
+            Err(e) => tracing::error!("cannot fold sent mails: {e}"),
+        }
         let flusher = {
             let worker = self.clone();
             tokio::spawn(async move {
@@ -166,6 +177,7 @@ impl Worker {
                 }
                 probe = true;
             }
+            self.fold(FOLD_EVERY);
             if !probe && let Err(e) = tokio::task::block_in_place(|| self.outbox.feed()) {
                 tracing::error!("cannot plan alerts: {e}");
             }
@@ -177,6 +189,7 @@ impl Worker {
                 }
             }
             if batch.is_empty() {
+                self.fold(1);
                 let next = self.store().next_queued_ms().ok().flatten();
                 let wait = async {
                     match next {
@@ -433,6 +446,27 @@ impl Worker {
             }
         }
         self.finish(key, &d, queued).await;
+        if d.state == DeliveryState::Sent
+            && matches!(d.kind, Kind::Alert { .. } | Kind::Digest { .. })
+        {
+            self.sent.lock().expect("sent").push(key.to_owned());
+        }
+    }
+
+    /// Folds the sent alerts and digests into their articles' totals once at least `least`
+    /// wait (the outbox then holds only what is pending or went wrong).
+    fn fold(&self, least: usize) {
+        let keys = {
+            let mut sent = self.sent.lock().expect("sent");
+            if sent.len() < least.max(1) {
+                return;
+            }
+            std::mem::take(&mut *sent)
+        };
+        if let Err(e) = tokio::task::block_in_place(|| self.store().fold_sent(&keys)) {
+            // Left on record: folded at the next start.
+            tracing::error!("cannot fold sent mails: {e}");
+        }
     }
 
     /// Plans the next try of `d` after a jittered, growing delay.
