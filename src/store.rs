@@ -385,6 +385,9 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// The logs of sent mails: `YYYY-MM-DD.jsonl.gz` in `state.dir/sent`.
+const LOG_SUFFIX: &str = ".jsonl.gz";
+
 /// Deliveries compacted in one transaction: the totals, the bits and the removal of the full
 /// records land together or not at all (a crash counts nothing twice, loses no bit).
 const COMPACT_CHUNK: usize = 1000;
@@ -715,6 +718,10 @@ pub struct Store {
     cache_bytes: u64,
     /// Set by whoever met an error writing; cleared by a successful [`Store::recover`].
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether deliveries are indexed by id: only VERP return paths and mailto unsubscribe
+    /// addresses name a delivery by its id. Without them the index is not written, and
+    /// sled does not hold an entry per mail sent.
+    ids: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The database and its trees (cheap handles onto the same data).
@@ -843,6 +850,7 @@ impl Store {
             cache_bytes,
             path: dir.join("db"),
             broken: std::sync::Arc::default(),
+            ids: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
@@ -1315,10 +1323,23 @@ impl Store {
             if added {
                 t.queue
                     .insert(queue_key(LANE_FRESH, delivery.next_ms, &key), &[])?;
-                t.ids.insert(delivery_id(&key), key.as_bytes())?;
+                if self.indexes_ids() {
+                    t.ids.insert(delivery_id(&key), key.as_bytes())?;
+                }
             }
             Ok(added)
         })())
+    }
+
+    /// Whether new deliveries are indexed by id (see [`Store::set_ids`]; on by default).
+    fn indexes_ids(&self) -> bool {
+        self.ids.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Index new deliveries by id, for the VERP return path and mailto unsubscribe
+    /// addresses (`mail.return_path`), or not.
+    pub fn set_ids(&self, on: bool) {
+        self.ids.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Starts the alert fan-out of `article`, unless it has one. Returns whether it started.
@@ -1384,6 +1405,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         use sled::Transactional;
         let t = self.t()?;
+        let index = self.indexes_ids();
         let encoded: Vec<(String, Vec<u8>, i64)> = window
             .iter()
             .map(|d| (d.key(), encode(d), d.next_ms))
@@ -1401,7 +1423,9 @@ impl Store {
                     }
                     outbox.insert(key.as_bytes(), value.as_slice())?;
                     queue.insert(queue_key(LANE_FRESH, *next_ms, key), &[])?;
-                    ids.insert(delivery_id(key).as_bytes(), key.as_bytes())?;
+                    if index {
+                        ids.insert(delivery_id(key).as_bytes(), key.as_bytes())?;
+                    }
                     added += 1;
                 }
                 match next {
@@ -1757,7 +1781,7 @@ impl Store {
     /// Folds sent alerts and digests into their articles' compacted records at once: the
     /// outbox keeps what is pending, failed or cancelled, and sled's memory does not grow
     /// with every mail sent. Each full record is first appended to the day's log of sent
-    /// mails (`sent/YYYY-MM-DD.jsonl` in the state folder, kept `mail.keep_days`). Keys that
+    /// mails (`sent/YYYY-MM-DD.jsonl.gz` in the state folder, kept `mail.keep_days`). Keys that
     /// are not such records are skipped. Returns how many were folded.
     pub fn fold_sent(&self, keys: &[String]) -> Result<usize, StoreError> {
         self.written((|| -> Result<usize, StoreError> {
@@ -1830,12 +1854,15 @@ impl Store {
             line.push(b'\n');
         }
         for (day, lines) in by_day {
-            let mut file = std::fs::OpenOptions::new()
+            // One gzip member per fold, appended: the day's file reads as one stream.
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join(format!("{day}.jsonl")))
+                .open(dir.join(format!("{day}{LOG_SUFFIX}")))
                 .map_err(failed)?;
-            file.write_all(&lines).map_err(failed)?;
+            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            gz.write_all(&lines).map_err(failed)?;
+            gz.finish().map_err(failed)?;
         }
         Ok(())
     }
@@ -1853,15 +1880,20 @@ impl Store {
         let mut days: Vec<std::path::PathBuf> = files
             .filter_map(|f| f.ok().map(|f| f.path()))
             .filter(|p| {
-                p.extension().is_some_and(|e| e == "jsonl")
-                    && p.file_stem()
-                        .is_some_and(|d| *d.to_string_lossy() < *cutoff)
+                p.file_name()
+                    .and_then(|n| n.to_str()?.strip_suffix(LOG_SUFFIX).map(str::to_owned))
+                    .is_some_and(|day| *day < *cutoff)
             })
             .collect();
         days.sort();
         let t = self.t()?;
         for day in &days {
-            let text = std::fs::read_to_string(day).unwrap_or_default();
+            let mut text = String::new();
+            if let Ok(file) = std::fs::File::open(day) {
+                use std::io::Read;
+                // A day cut short by a crash still gives what it holds.
+                let _ = flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text);
+            }
             for line in text.lines() {
                 let key = serde_json::from_str::<serde_json::Value>(line)
                     .ok()
@@ -2177,7 +2209,14 @@ mod tests {
         told.sort();
         assert_eq!(told, ["a@x.vn", "b@x.vn"]);
         // The day's log holds the full records; a bounce still finds its address.
-        let log = std::fs::read_to_string(dir.path().join("sent/2023-11-14.jsonl")).unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(
+                std::fs::File::open(dir.path().join("sent/2023-11-14.jsonl.gz")).unwrap(),
+            ),
+            &mut log,
+        )
+        .unwrap();
         assert_eq!(log.lines().count(), 2, "{log}");
         assert!(log.contains("b@x.vn"), "{log}");
         assert_eq!(
@@ -2187,7 +2226,7 @@ mod tests {
         // Once the log is older than kept, it goes, and the ids with it.
         assert_eq!(store.prune_sent_logs(day).unwrap(), 0, "not older yet");
         assert_eq!(store.prune_sent_logs(day + 86_400_000).unwrap(), 1);
-        assert!(!dir.path().join("sent/2023-11-14.jsonl").exists());
+        assert!(!dir.path().join("sent/2023-11-14.jsonl.gz").exists());
         assert_eq!(store.email_by_id(&delivery_id(&a)).unwrap(), None);
         assert_eq!(
             store.outbox_counts().unwrap(),
@@ -2355,8 +2394,20 @@ mod tests {
             "the alert, first to tell b"
         );
 
-        // Compacting again changes nothing; a backup carries the compacted form.
+        // Compacting again changes nothing; a backup carries the compacted form, and a
+        // fan-out being planned.
         assert_eq!(store.compact_finished(1000).unwrap(), 0);
+        let fanout = Fanout {
+            created_ms: 400,
+            category: "THÔNG BÁO".into(),
+            after: "b@x.vn".into(),
+            planned: 2,
+        };
+        assert!(store.start_fanout("tin", &fanout).unwrap());
+        assert!(
+            !store.start_fanout("tin", &fanout).unwrap(),
+            "one fan-out per article"
+        );
         let mut backup = Vec::new();
         store.export(&mut backup).unwrap();
         let other = tempfile::tempdir().unwrap();
@@ -2371,6 +2422,7 @@ mod tests {
         again.sort();
         assert_eq!(again, before);
         assert_eq!(restored.compacted("ky-hop").unwrap(), Some(c));
+        assert_eq!(restored.fanouts().unwrap(), [("tin".to_string(), fanout)]);
 
         // A removed subscriber's address leaves the numbers: no correction for it.
         store.remove_subscriber("c@x.vn").unwrap();

@@ -162,6 +162,8 @@ impl Mail {
     ) -> Result<Mail, MailError> {
         let signer = Signer::load(&config.state.dir, config.mail.token_secret_file.as_deref())?;
         let links = Links::new(signer, config.base_url());
+        // Deliveries are named by id only in VERP and mailto unsubscribe addresses.
+        store.set_ids(return_path_parts(&config.mail.return_path).is_some());
         let metrics = MailMetrics::default();
         let outbox = Outbox::new(
             store,
