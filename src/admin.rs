@@ -662,7 +662,10 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         .alerts_of(id)
         .map(|r| r.map(|(_, d)| d))
         .collect::<Result<_, _>>()?;
-    let told = store.told_of(id)?;
+    let told = {
+        let _books = store.hold_books();
+        store.told_of(id)?
+    };
     let compacted = store.compacted(id)?.unwrap_or_default();
     // Digests still on record, then those compacted (their count and times kept).
     let mut digest_times: Vec<i64> = told

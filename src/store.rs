@@ -83,6 +83,11 @@ pub enum StoreError {
          by the daemon"
     )]
     Foreign { path: String, owner: String },
+    #[error("cannot write the log of sent mails '{path}': {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write '{path}': {source}")]
     Marker {
         path: String,
@@ -277,6 +282,10 @@ pub struct Fanout {
     /// Mails queued so far.
     #[serde(default)]
     pub planned: u64,
+    /// Every subscriber was reached (or the article deleted): kept a while, so that the
+    /// article noticed again (a retry, a restore) does not mail them all once more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// One mail to one address. Times are unix milliseconds.
@@ -454,6 +463,10 @@ fn compact_chunk(
                 Ok(())
             };
             for (k, d) in chunk {
+                // Folded meanwhile by someone else: not counted twice.
+                if outbox.get(k)?.is_none() {
+                    continue;
+                }
                 let key = String::from_utf8_lossy(k).into_owned();
                 let (carried, group): (Vec<String>, Option<String>) = match &d.kind {
                     Kind::Alert { article: id } => {
@@ -722,6 +735,10 @@ pub struct Store {
     /// addresses name a delivery by its id. Without them the index is not written, and
     /// sled does not hold an entry per mail sent.
     ids: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Held while mails move between the outbox and the folded totals (folding, compacting,
+    /// planning a window), and by readers that need both sides at one moment (who was told
+    /// of an article, an export): none sees a mail in neither place, or in both.
+    books: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// The database and its trees (cheap handles onto the same data).
@@ -851,6 +868,7 @@ impl Store {
             path: dir.join("db"),
             broken: std::sync::Arc::default(),
             ids: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            books: std::sync::Arc::default(),
         })
     }
 
@@ -1141,6 +1159,9 @@ impl Store {
     /// upgrade path across sled's formats. Returns how many records.
     pub fn export(&self, out: &mut dyn std::io::Write) -> Result<usize, StoreError> {
         use base64::Engine as _;
+        // Nothing is folded or planned meanwhile: no mail in both the outbox and the
+        // totals, no fan-out cursor past mails the outbox lacks.
+        let _books = self.hold_books();
         let t = self.t()?;
         let mut n = 0;
         for (name, tree) in t.named() {
@@ -1277,7 +1298,13 @@ impl Store {
             t.articles.remove(id)?;
             t.versions.remove(id)?;
             t.compact.remove(id)?;
-            t.fanout.remove(id)?;
+            // Its planning stops; the record stays, so that the article written again soon
+            // after does not mail everyone once more.
+            if let Some(v) = t.fanout.get(id)? {
+                let mut f: Fanout = decode(id.as_bytes(), &v)?;
+                f.done = true;
+                t.fanout.insert(id, encode(&f))?;
+            }
             for r in t.told.scan_prefix(told_key(id, "")) {
                 let (k, _) = r?;
                 t.told.remove(k)?;
@@ -1331,6 +1358,13 @@ impl Store {
         })())
     }
 
+    /// Holds the books (see the field): mails are neither folded nor planned meanwhile.
+    pub fn hold_books(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.books
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether new deliveries are indexed by id (see [`Store::set_ids`]; on by default).
     fn indexes_ids(&self) -> bool {
         self.ids.load(std::sync::atomic::Ordering::Relaxed)
@@ -1342,39 +1376,68 @@ impl Store {
         self.ids.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Starts the alert fan-out of `article`, unless it has one. Returns whether it started.
-    pub fn start_fanout(&self, article: &str, fanout: &Fanout) -> Result<bool, StoreError> {
+    /// Starts the alert fan-out of `article`, unless it has one, or had one that began at
+    /// `since_ms` or later (one done long ago is started anew: the article was deleted and
+    /// written again). Returns whether it started.
+    pub fn start_fanout(
+        &self,
+        article: &str,
+        fanout: &Fanout,
+        since_ms: i64,
+    ) -> Result<bool, StoreError> {
         self.written((|| -> Result<bool, StoreError> {
             let t = self.t()?;
+            let old = t.fanout.get(article.as_bytes())?;
+            if let Some(v) = &old {
+                let f: Fanout = decode(article.as_bytes(), v)?;
+                if !f.done || f.created_ms >= since_ms {
+                    return Ok(false);
+                }
+            }
             Ok(t.fanout
-                .compare_and_swap(
-                    article.as_bytes(),
-                    None as Option<&[u8]>,
-                    Some(encode(fanout)),
-                )?
+                .compare_and_swap(article.as_bytes(), old, Some(encode(fanout)))?
                 .is_ok())
         })())
     }
 
-    /// The fan-outs being planned, oldest first.
+    /// Forgets the fan-outs done that began before `before_ms`.
+    pub fn prune_fanouts(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.written((|| -> Result<usize, StoreError> {
+            let t = self.t()?;
+            let mut removed = 0;
+            for r in t.fanout.iter() {
+                let (k, v) = r?;
+                let f: Fanout = decode(&k, &v)?;
+                if f.done && f.created_ms < before_ms {
+                    t.fanout.remove(k)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })())
+    }
+
+    /// The fan-outs still being planned, oldest first.
     pub fn fanouts(&self) -> Result<Vec<(String, Fanout)>, StoreError> {
         let t = self.t()?;
         let mut out = Vec::new();
         for r in t.fanout.iter() {
             let (k, v) = r?;
-            out.push((
-                String::from_utf8_lossy(&k).into_owned(),
-                decode::<Fanout>(&k, &v)?,
-            ));
+            let f: Fanout = decode(&k, &v)?;
+            if !f.done {
+                out.push((String::from_utf8_lossy(&k).into_owned(), f));
+            }
         }
         out.sort_by_key(|(id, f)| (f.created_ms, id.clone()));
         Ok(out)
     }
 
-    /// Fresh deliveries waiting in the queue, counted up to `up_to`.
-    pub fn fresh_queued(&self, up_to: usize) -> usize {
-        self.t()
-            .map_or(0, |t| t.queue.scan_prefix([LANE_FRESH]).take(up_to).count())
+    /// Deliveries waiting in the queue's `lane` (`None`: any), counted up to `up_to`.
+    pub fn queued(&self, lane: Option<u8>, up_to: usize) -> usize {
+        self.t().map_or(0, |t| match lane {
+            Some(lane) => t.queue.scan_prefix([lane]).take(up_to).count(),
+            None => t.queue.iter().take(up_to).count(),
+        })
     }
 
     /// Subscribers whose address sorts after `after`, in address order.
@@ -1394,16 +1457,17 @@ impl Store {
         })
     }
 
-    /// Queues one window of `article`'s fan-out and records where it stands (`next`), or
-    /// that it is done (`None`), in one transaction. A delivery whose key exists is not
-    /// queued again. Returns how many were queued.
+    /// Queues one window of `article`'s fan-out and records where it stands (`next`, done
+    /// or not), in one transaction. A delivery whose key exists is not queued again.
+    /// Returns how many were queued.
     pub fn plan_window(
         &self,
         article: &str,
         window: &[Delivery],
-        next: Option<&Fanout>,
+        next: &Fanout,
     ) -> Result<usize, StoreError> {
         use sled::Transactional;
+        let _books = self.hold_books();
         let t = self.t()?;
         let index = self.indexes_ids();
         let encoded: Vec<(String, Vec<u8>, i64)> = window
@@ -1413,8 +1477,9 @@ impl Store {
         let result =
             (&t.outbox, &t.queue, &t.ids, &t.fanout).transaction(|(outbox, queue, ids, fanout)| {
                 // Still planned: a deleted article's fan-out is not brought back.
-                if fanout.get(article.as_bytes())?.is_none() {
-                    return Ok(0);
+                match fanout.get(article.as_bytes())? {
+                    Some(v) if !tx_decode::<Fanout>(article.as_bytes(), &v)?.done => {}
+                    _ => return Ok(0),
                 }
                 let mut added = 0;
                 for (key, value, next_ms) in &encoded {
@@ -1428,14 +1493,7 @@ impl Store {
                     }
                     added += 1;
                 }
-                match next {
-                    Some(f) => {
-                        fanout.insert(article.as_bytes(), encode(f))?;
-                    }
-                    None => {
-                        fanout.remove(article.as_bytes())?;
-                    }
-                }
+                fanout.insert(article.as_bytes(), encode(next))?;
                 Ok(added)
             });
         self.written(match result {
@@ -1755,6 +1813,7 @@ impl Store {
     /// article (a correction reaches them and answers the Message-ID, which the key gives).
     /// Returns how many deliveries were compacted.
     pub fn compact_finished(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let _books = self.hold_books();
         self.written((|| -> Result<usize, StoreError> {
             let t = self.t()?;
             let mut done = 0;
@@ -1784,7 +1843,8 @@ impl Store {
     /// mails (`sent/YYYY-MM-DD.jsonl.gz` in the state folder, kept `mail.keep_days`). Keys that
     /// are not such records are skipped. Returns how many were folded.
     pub fn fold_sent(&self, keys: &[String]) -> Result<usize, StoreError> {
-        self.written((|| -> Result<usize, StoreError> {
+        let _books = self.hold_books();
+        let chunk = {
             let t = self.t()?;
             let mut chunk: Vec<(sled::IVec, Delivery)> = Vec::new();
             // A key given twice (a mail sent again after a lost write) is folded once.
@@ -1800,7 +1860,12 @@ impl Store {
                     chunk.push((sled::IVec::from(key.as_bytes()), d));
                 }
             }
-            self.log_sent(&chunk)?;
+            chunk
+        };
+        // Not written to the log (a full disk): not folded either, the records stay.
+        self.log_sent(&chunk)?;
+        self.written((|| -> Result<usize, StoreError> {
+            let t = self.t()?;
             let mut done = 0;
             for part in chunk.chunks(COMPACT_CHUNK) {
                 done += compact_chunk(&t, part, false)?;
@@ -1837,7 +1902,7 @@ impl Store {
             return Ok(());
         }
         let dir = self.sent_logs();
-        let failed = |e: std::io::Error| StoreError::Marker {
+        let failed = |e: std::io::Error| StoreError::Log {
             path: dir.display().to_string(),
             source: e,
         };
@@ -1888,13 +1953,15 @@ impl Store {
         days.sort();
         let t = self.t()?;
         for day in &days {
-            let mut text = String::new();
-            if let Ok(file) = std::fs::File::open(day) {
-                use std::io::Read;
-                // A day cut short by a crash still gives what it holds.
-                let _ = flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text);
-            }
-            for line in text.lines() {
+            let Ok(file) = std::fs::File::open(day) else {
+                continue;
+            };
+            // Line by line; a day cut short by a crash gives what it holds up to the cut.
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(
+                flate2::read::MultiGzDecoder::new(file),
+            ));
+            for line in lines.map_while(Result::ok) {
+                let line = line.as_str();
                 let key = serde_json::from_str::<serde_json::Value>(line)
                     .ok()
                     .and_then(|v| v["key"].as_str().map(str::to_owned));
@@ -2176,6 +2243,53 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_done_is_not_started_again_until_it_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fanout = |at: i64| Fanout {
+            created_ms: at,
+            category: "THÔNG BÁO".into(),
+            after: String::new(),
+            planned: 0,
+            done: false,
+        };
+        assert!(store.start_fanout("tin", &fanout(1_000), 0).unwrap());
+        let window = [Delivery::new(
+            Kind::Alert {
+                article: "tin".into(),
+            },
+            "a@x.vn",
+            1_000,
+        )];
+        let done = Fanout {
+            after: "a@x.vn".into(),
+            planned: 1,
+            done: true,
+            ..fanout(1_000)
+        };
+        assert_eq!(store.plan_window("tin", &window, &done).unwrap(), 1);
+        assert!(store.fanouts().unwrap().is_empty(), "nothing left to plan");
+        // The alert is sent and folded: the outbox no longer knows the key.
+        let key = window[0].key();
+        let mut d = window[0].clone();
+        d.state = DeliveryState::Sent;
+        store.update(&key, &d, None).unwrap();
+        assert_eq!(store.fold_sent(&[key]).unwrap(), 1);
+        // Noticed again (a retry, the file deleted and put back): not mailed again while
+        // the fan-out is recent; a deleted article's fan-out is kept as done.
+        assert!(!store.start_fanout("tin", &fanout(2_000), 500).unwrap());
+        store.forget_article("tin").unwrap();
+        assert!(!store.start_fanout("tin", &fanout(2_000), 500).unwrap());
+        // Long after (keep_days), the same id is a new article.
+        assert!(store.start_fanout("tin", &fanout(9_000), 5_000).unwrap());
+        assert_eq!(
+            store.prune_fanouts(5_000).unwrap(),
+            0,
+            "a running one stays"
+        );
+    }
+
+    #[test]
     fn sent_alerts_fold_at_once_and_their_ids_last_as_long_as_their_log() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -2402,10 +2516,11 @@ mod tests {
             category: "THÔNG BÁO".into(),
             after: "b@x.vn".into(),
             planned: 2,
+            done: false,
         };
-        assert!(store.start_fanout("tin", &fanout).unwrap());
+        assert!(store.start_fanout("tin", &fanout, 0).unwrap());
         assert!(
-            !store.start_fanout("tin", &fanout).unwrap(),
+            !store.start_fanout("tin", &fanout, 0).unwrap(),
             "one fan-out per article"
         );
         let mut backup = Vec::new();

@@ -296,3 +296,46 @@ fn a_large_fan_out_is_queued_a_window_at_a_time() {
     assert_eq!(report["alerts"]["planned"], SUBSCRIBERS, "{report}");
     assert_eq!(report["alerts_fanning_out"], false, "{report}");
 }
+
+/// A relay that answers every recipient with "try again later" does not pause delivery
+/// (it is each mail's fault, not ours): each goes to the retry lane. The fan-out still stops
+/// planning once a few windows wait in all, instead of queuing every subscriber.
+#[test]
+fn a_relay_deferring_every_mail_does_not_make_a_fan_out_queue_everyone() {
+    const SUBSCRIBERS: u64 = 9_000;
+    let smtp = SmtpServer::start();
+    let emails: Vec<String> = (0..SUBSCRIBERS)
+        .map(|i| format!("dan{i:05}@x.vn"))
+        .collect();
+    smtp.set(|r| {
+        for e in &emails {
+            r.rcpt.insert(e.clone(), "451 4.3.0 try again later".into());
+        }
+    });
+    let site = site(&smtp, false);
+    let csv: String = std::iter::once("email,schedule,categories".to_string())
+        .chain(emails.iter().map(|e| format!("{e},immediate,")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    site.write("subscribers.csv", &csv);
+    let csv_path = site.path("subscribers.csv");
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        csv_path.to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    // Every mail planned so far was tried once and deferred.
+    wait_for("most mails deferred once", PATIENCE * 4, || {
+        daemon.metric("bantin_mail_retries_total").unwrap_or(0.0) >= 7_500.0
+    });
+    let report = stdout(&site.bantin(&["status", "--article", "moi", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let planned = report["alerts"]["planned"].as_u64().unwrap();
+    assert!(planned < SUBSCRIBERS, "planning stopped: {report}");
+    assert_eq!(report["alerts_fanning_out"], true, "{report}");
+    assert!(!paused(&daemon), "a deferral per mail is not a pause");
+}

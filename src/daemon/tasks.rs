@@ -293,6 +293,9 @@ pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64
             Ok(Err(e)) => tracing::error!("cannot compact the outbox: {e}"),
             Err(e) => tracing::error!("cannot compact the outbox: {e}"),
         }
+        if let Err(e) = store.prune_fanouts(before) {
+            tracing::error!("cannot prune finished fan-outs: {e}");
+        }
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.prune_sent_logs(before)).await {
             Ok(Ok(0)) => {}

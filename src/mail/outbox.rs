@@ -15,7 +15,7 @@ use crate::library::Entry;
 use crate::plan;
 use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::store::{
-    Correction, Delivery, DeliveryState, Fanout, Kind, KnownArticle, Queued, Store,
+    Correction, Delivery, DeliveryState, Fanout, Kind, KnownArticle, LANE_FRESH, Queued, Store,
 };
 use crate::subscriber::{Schedule, SubState, Subscriber};
 
@@ -24,6 +24,8 @@ use crate::subscriber::{Schedule, SubState, Subscriber};
 const FLUSH_EVERY: usize = 10_000;
 /// Fresh mails the fan-outs keep waiting in the queue.
 const FANOUT_WINDOW: usize = 2_000;
+/// Mails of every lane the fan-outs let wait in the queue.
+const FANOUT_BACKLOG: usize = 4 * FANOUT_WINDOW;
 /// Subscribers one step of a fan-out reads.
 const FANOUT_STEP: usize = 500;
 
@@ -66,6 +68,9 @@ pub struct NewsPolicy {
     pub delay_ms: i64,
     /// Older articles seen for the first time are not mailed (milliseconds).
     pub max_age_ms: i64,
+    /// A fan-out done within this long is not started again for the same article
+    /// (`mail.keep_days`, milliseconds).
+    pub keep_ms: i64,
 }
 
 impl NewsPolicy {
@@ -73,6 +78,7 @@ impl NewsPolicy {
         NewsPolicy {
             delay_ms: (config.mail.alert_delay_secs as i64).saturating_mul(1000),
             max_age_ms: (config.mail.alert_max_age_days as i64).saturating_mul(24 * 3600 * 1000),
+            keep_ms: (config.mail.keep_days.max(1) as i64).saturating_mul(24 * 3600 * 1000),
         }
     }
 }
@@ -318,8 +324,17 @@ impl Outbox {
                 category: a.category.clone(),
                 after: String::new(),
                 planned: 0,
+                done: false,
             };
-            self.store.start_fanout(&a.id, &fanout)?;
+            if !self
+                .store
+                .start_fanout(&a.id, &fanout, now - self.policy.keep_ms)?
+            {
+                tracing::info!(
+                    id = a.id,
+                    "alerts already sent to every subscriber: not again"
+                );
+            }
         }
         // Known only once its fan-out is recorded: a crash in between notices it again,
         // and a fan-out starts once. The text as announced is kept, for corrections.
@@ -342,7 +357,11 @@ impl Outbox {
     /// subscribers there are. Blocking (sled). Returns how many mails it queued.
     pub fn feed(&self) -> Result<usize, MailError> {
         let mut added = 0;
-        while self.store.fresh_queued(FANOUT_WINDOW) < FANOUT_WINDOW {
+        // Fresh mails up to the window; and while a relay refuses mail by mail (each goes
+        // to the retry lane), no more than a few windows in all.
+        while self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW) < FANOUT_WINDOW
+            && self.store.queued(None, FANOUT_BACKLOG) < FANOUT_BACKLOG
+        {
             let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() else {
                 break;
             };
@@ -364,17 +383,16 @@ impl Outbox {
                     break;
                 }
             }
-            let next = match last {
-                Some(after) if seen == FANOUT_STEP => Some(Fanout {
-                    after,
-                    planned: fanout.planned + window.len() as u64,
-                    ..fanout.clone()
-                }),
-                _ => None,
+            let done = !(seen == FANOUT_STEP && last.is_some());
+            let next = Fanout {
+                after: last.unwrap_or_else(|| fanout.after.clone()),
+                planned: fanout.planned + window.len() as u64,
+                done,
+                ..fanout.clone()
             };
-            let queued = self.store.plan_window(&id, &window, next.as_ref())?;
+            let queued = self.store.plan_window(&id, &window, &next)?;
             added += queued;
-            if next.is_none() {
+            if done {
                 // Every matching subscriber has a mail in the outbox.
                 tracing::info!(id, mails = fanout.planned + queued as u64, "alerts queued");
             }
@@ -447,6 +465,8 @@ impl Outbox {
     /// those told of it, and those whose mail carrying it is being sent right now (it may
     /// have been rendered before the change; one correction too many beats one missing).
     fn recipients(&self, article: &str) -> Result<Vec<(String, String)>, MailError> {
+        // Nothing is folded meanwhile: a mail is on record or in the totals, not in between.
+        let _books = self.store.hold_books();
         // In flight first: a mail that finishes meanwhile is then told (or still in flight).
         let in_flight: Vec<String> = self
             .in_flight
