@@ -1300,3 +1300,95 @@ fn a_council_under_a_path_keeps_it_in_every_link() {
         "{unsubscribe}"
     );
 }
+
+/// A correction made while the alert is still fanning out (mails being sent and folded into
+/// their article's totals as they go): everyone whose alert went out before the edit gets
+/// one correction, answering that alert; nobody gets two; everyone gets the alert once.
+#[test]
+fn a_correction_during_a_fan_out_reaches_everyone_already_told() {
+    const SUBSCRIBERS: usize = 2_500;
+    let smtp = SmtpServer::slow(Duration::from_millis(2));
+    let site = mail_site(smtp.addr, "");
+    let emails: Vec<String> = (0..SUBSCRIBERS)
+        .map(|i| format!("dan{i:05}@x.vn"))
+        .collect();
+    common::import_immediate(&site, &emails);
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let text = article(CAT_A, "Họp tổ đại biểu", "20/11/2026 | 08:00");
+    site.publish("to-dai-bieu.txt", &text);
+    wait_mails(&smtp, 1_200);
+    // Told before the edit: their alerts were accepted (and, many of them, folded).
+    let told_before: std::collections::HashSet<String> =
+        smtp.accepted().iter().flat_map(|m| m.to.clone()).collect();
+    let corrected = text.replace(
+        "Ngày đăng 20/11/2026 | 08:00",
+        "Ngày đăng 20/11/2026 | 08:00\nĐính chính: Đổi giờ họp",
+    );
+    site.publish("to-dai-bieu.txt", &corrected);
+    daemon.wait_log("correction planned");
+    wait_for("every alert", PATIENCE * 2, || {
+        smtp.accepted()
+            .iter()
+            .filter(|m| {
+                !header(&m.data, "Subject")
+                    .unwrap()
+                    .starts_with("Đính chính")
+            })
+            .count()
+            >= SUBSCRIBERS
+    });
+    let mut alerts: std::collections::HashMap<String, String> = Default::default();
+    let mut corrections: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let settled = || {
+        let mails = smtp.accepted();
+        let fixes = mails
+            .iter()
+            .filter(|m| {
+                header(&m.data, "Subject")
+                    .unwrap()
+                    .starts_with("Đính chính")
+            })
+            .count();
+        fixes >= told_before.len()
+    };
+    wait_for("the corrections", PATIENCE * 2, settled);
+    for m in smtp.accepted() {
+        let to = m.to[0].clone();
+        if header(&m.data, "Subject")
+            .unwrap()
+            .starts_with("Đính chính")
+        {
+            corrections
+                .entry(to)
+                .or_default()
+                .push(header(&m.data, "In-Reply-To").unwrap());
+        } else {
+            let id = header(&m.data, "Message-ID").unwrap();
+            assert!(alerts.insert(to.clone(), id).is_none(), "{to}: two alerts");
+        }
+    }
+    assert_eq!(alerts.len(), SUBSCRIBERS, "everyone got the alert once");
+    for who in &told_before {
+        let fixes = corrections.get(who).map_or(&[][..], Vec::as_slice);
+        assert_eq!(
+            fixes.len(),
+            1,
+            "{who} was told before the edit: one correction"
+        );
+        assert_eq!(
+            Some(&fixes[0]),
+            alerts.get(who),
+            "{who}: it answers their alert"
+        );
+    }
+    for (who, fixes) in &corrections {
+        assert_eq!(fixes.len(), 1, "{who}: one correction at most");
+    }
+    eprintln!(
+        "{} told before the edit, {} corrections, {} alerts",
+        told_before.len(),
+        corrections.len(),
+        alerts.len()
+    );
+}

@@ -40,23 +40,6 @@ fn add(site: &Site, emails: &[&str]) {
     }
 }
 
-/// Many confirmed `immediate` subscribers at once, as an admin imports them.
-fn import(site: &Site, emails: &[String]) {
-    let csv: String = std::iter::once("email,schedule,categories".to_string())
-        .chain(emails.iter().map(|e| format!("{e},immediate,")))
-        .collect::<Vec<_>>()
-        .join("\n");
-    site.write("subscribers.csv", &csv);
-    let csv_path = site.path("subscribers.csv");
-    let out = site.bantin(&[
-        "subscribers",
-        "import",
-        csv_path.to_str().unwrap(),
-        "--confirmed",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-}
-
 fn start(site: &Site) -> InProc {
     let now = DateTime::from_timestamp(Utc::now().timestamp() + 1, 0).unwrap();
     InProc::start(site, &bantin::clock::Clock::manual(now))
@@ -268,7 +251,7 @@ fn a_large_fan_out_is_queued_a_window_at_a_time() {
     let emails: Vec<String> = (0..SUBSCRIBERS)
         .map(|i| format!("dan{i:05}@x.vn"))
         .collect();
-    import(&site, &emails);
+    common::import_immediate(&site, &emails);
     let daemon = start(&site);
     site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
     wait_for("the pause", PATIENCE, || paused(&daemon));
@@ -318,7 +301,7 @@ fn a_relay_deferring_every_mail_does_not_make_a_fan_out_queue_everyone() {
         }
     });
     let site = site(&smtp, false);
-    import(&site, &emails);
+    common::import_immediate(&site, &emails);
     let daemon = start(&site);
     site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
     // Every mail planned so far was tried once and deferred.

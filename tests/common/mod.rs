@@ -178,6 +178,23 @@ pub fn add_confirmed(site: &Site, email: &str, schedule: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Many confirmed `immediate` subscribers at once, as an admin imports them.
+pub fn import_immediate(site: &Site, emails: &[String]) {
+    let csv: String = std::iter::once("email,schedule,categories".to_string())
+        .chain(emails.iter().map(|e| format!("{e},immediate,")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    site.write("subscribers.csv", &csv);
+    let csv_path = site.path("subscribers.csv");
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        csv_path.to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Waits until `smtp` accepted at least `n` mails; returns the accepted ones.
 pub fn wait_mails(smtp: &smtp::SmtpServer, n: usize) -> Vec<smtp::Received> {
     wait_for(&format!("{n} accepted mails"), daemon::PATIENCE, || {
