@@ -1854,9 +1854,16 @@ impl Store {
                     continue;
                 };
                 let d: Delivery = decode(key.as_bytes(), &v)?;
-                if d.state == DeliveryState::Sent
-                    && matches!(d.kind, Kind::Alert { .. } | Kind::Digest { .. })
-                {
+                let foldable = match &d.kind {
+                    Kind::Alert { .. } => true,
+                    // A digest run not yet recorded as done (a crash while planning it) plans
+                    // again by the keys on record: its mails stay until it is.
+                    Kind::Digest { schedule, run, .. } => self
+                        .last_digest(*schedule)?
+                        .is_some_and(|done| *run <= done),
+                    _ => false,
+                };
+                if d.state == DeliveryState::Sent && foldable {
                     chunk.push((sled::IVec::from(key.as_bytes()), d));
                 }
             }
@@ -2240,6 +2247,24 @@ mod tests {
         d.updated_ms = at_ms;
         store.update(&d.key(), &d, None).unwrap();
         d.key()
+    }
+
+    #[test]
+    fn a_digest_run_is_folded_only_once_it_is_recorded_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = Kind::Digest {
+            schedule: Schedule::Daily,
+            run: 86_400,
+            articles: vec!["tin".into()],
+        };
+        let key = sent(&store, digest, "a@x.vn", 1_000);
+        // A crash while the run was planned: it plans again by the keys on record.
+        assert_eq!(store.fold_sent(std::slice::from_ref(&key)).unwrap(), 0);
+        assert!(store.delivery(&key).unwrap().is_some());
+        store.set_last_digest(Schedule::Daily, 86_400).unwrap();
+        assert_eq!(store.fold_sent(&[key]).unwrap(), 1);
+        assert_eq!(store.run_counts(Schedule::Daily, 86_400).unwrap().sent, 1);
     }
 
     #[test]

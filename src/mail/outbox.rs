@@ -623,16 +623,12 @@ impl Outbox {
                 .runs
                 .iter()
                 .filter(|r| **r != tick_s)
-                .map(|r| {
-                    self.store
-                        .deliveries_with_prefix(&format!("d\0{}\0{r}\0", schedule.as_str()))
-                        .map_or(0, |d| d.len())
-                })
+                .map(|r| self.run_mails(schedule, *r))
                 .sum();
             if !b.runs.contains(&tick_s) {
                 b.runs.push(tick_s);
             }
-            b.mails = earlier + run.len();
+            b.mails = earlier + self.run_mails(schedule, tick_s);
             // Newest first, as the digests list them; a second run that day adds its own.
             let articles: Vec<String> = known
                 .iter()
@@ -666,6 +662,19 @@ impl Outbox {
     /// Writes the page of bulletin `b` (and the list of bulletins when `index`). A page that
     /// cannot be written is logged: the mails go out all the same, and the next start
     /// writes it again.
+    /// The mails of one digest run: on record, and folded into the run's totals.
+    fn run_mails(&self, schedule: Schedule, run: i64) -> usize {
+        let on_record = self
+            .store
+            .deliveries_with_prefix(&format!("d\0{}\0{run}\0", schedule.as_str()))
+            .map_or(0, |d| d.len());
+        let folded = self
+            .store
+            .run_counts(schedule, run)
+            .map_or(0, |c| c.sent + c.failed + c.cancelled);
+        on_record + folded
+    }
+
     pub fn publish_bulletin(&self, b: &crate::store::Bulletin, index: bool) {
         let Some(pages) = &self.bulletins else { return };
         let articles: Vec<Arc<Article>> = b
