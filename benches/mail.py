@@ -67,6 +67,37 @@ def wait_port(port):
     sys.exit(f"nothing listens on {port}")
 
 
+def write_config(work, http_port, metrics_port, sink_port, sessions, base_url,
+                 mail="", templates=os.path.join(REPO, "templates"), extra=""):
+    """bantin.toml for a benchmark: the repository's feeds, alerts at once into smtp-sink
+    with `sessions` connections, digests never; `mail` adds keys to [mail], `extra` tables."""
+    path = os.path.join(work, "bantin.toml")
+    with open(path, "w") as f:
+        f.write(f"""[site]
+base_url = "{base_url}"
+[feeds]
+dir = "{REPO}/feeds"
+[templates]
+dir = "{templates}"
+[http]
+listen = "127.0.0.1:{http_port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+[mail]
+alert_delay_secs = 0
+alert_max_age_days = 3650
+from = "HĐND quận Cầu Giấy <bantin@hdnd.test>"
+transport = "smtp"
+concurrency = {sessions}
+{mail}[mail.smtp]
+host = "127.0.0.1"
+port = {sink_port}
+[digest]
+daily = "0 0 0 1 1 * 2099"
+weekly = "0 0 0 1 1 * 2099"
+{extra}""")
+    return path
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subscribers", type=int, default=100_000)
@@ -87,30 +118,8 @@ def main():
     try:
         wait_port(sink_port)
         http_port, metrics_port = free_port(), free_port()
-        config = os.path.join(work, "bantin.toml")
-        with open(config, "w") as f:
-            f.write(f"""[site]
-base_url = "http://127.0.0.1:{http_port}"
-[feeds]
-dir = "{REPO}/feeds"
-[templates]
-dir = "{REPO}/templates"
-[http]
-listen = "127.0.0.1:{http_port}"
-metrics_listen = "127.0.0.1:{metrics_port}"
-[mail]
-alert_delay_secs = 0
-alert_max_age_days = 3650
-from = "HĐND quận Cầu Giấy <bantin@hdnd.test>"
-transport = "smtp"
-concurrency = {args.sessions}
-[mail.smtp]
-host = "127.0.0.1"
-port = {sink_port}
-[digest]
-daily = "0 0 0 1 1 * 2099"
-weekly = "0 0 0 1 1 * 2099"
-""")
+        config = write_config(work, http_port, metrics_port, sink_port, args.sessions,
+                              f"http://127.0.0.1:{http_port}")
         shutil.copy(os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt"), os.path.join(work, "articles"))
         csv = os.path.join(work, "subscribers.csv")
         with open(csv, "w") as f:

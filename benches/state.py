@@ -25,7 +25,7 @@ import tempfile
 import time
 
 # The fan-out benchmark's helpers: ports, the sink, /metrics, /proc.
-from mail import REPO, free_port, metric, start_sink, vm, wait_port
+from mail import REPO, free_port, metric, start_sink, vm, wait_port, write_config
 
 print = functools.partial(print, flush=True)
 
@@ -46,34 +46,10 @@ def du(path, skip=None):
 
 def config(work, http_port, metrics_port, sink_port, sessions, keep_days, cache_mb=None,
            templates=os.path.join(REPO, "templates")):
-    path = os.path.join(work, "bantin.toml")
-    with open(path, "w") as f:
-        f.write(f"""[site]
-base_url = "https://hdnd.caugiay.hanoi.gov.vn"
-[feeds]
-dir = "{REPO}/feeds"
-[templates]
-dir = "{templates}"
-[http]
-listen = "127.0.0.1:{http_port}"
-metrics_listen = "127.0.0.1:{metrics_port}"
-[mail]
-alert_delay_secs = 0
-alert_max_age_days = 3650
-keep_days = {keep_days}
-from = "HĐND quận Cầu Giấy <bantin@hdnd.caugiay.hanoi.gov.vn>"
-transport = "smtp"
-concurrency = {sessions}
-[mail.smtp]
-host = "127.0.0.1"
-port = {sink_port}
-[digest]
-daily = "0 0 0 1 1 * 2099"
-weekly = "0 0 0 1 1 * 2099"
-""")
-        if cache_mb is not None:
-            f.write(f"[state]\ncache_mb = {cache_mb}\n")
-    return path
+    extra = f"[state]\ncache_mb = {cache_mb}\n" if cache_mb is not None else ""
+    return write_config(work, http_port, metrics_port, sink_port, sessions,
+                        "https://hdnd.caugiay.hanoi.gov.vn", f"keep_days = {keep_days}\n",
+                        templates, extra)
 
 
 def main():

@@ -171,7 +171,17 @@ impl Counts {
 
     /// Adds `more` to these.
     pub fn merge(&mut self, more: &Counts) {
-        merge_counts(self, more);
+        self.sent += more.sent;
+        self.failed += more.failed;
+        self.cancelled += more.cancelled;
+        self.first_ms = match (self.first_ms, more.first_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_ms = match (self.last_ms, more.last_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     /// Counts one finished delivery.
@@ -553,20 +563,18 @@ fn compact_chunk(
                                         };
                                         // A number in use (a state restored from a backup
                                         // taken while compacting) is never given twice.
-                                        while numbers.get(n.to_be_bytes())?.is_some() {
-                                            n = n.checked_add(1).ok_or_else(|| {
+                                        let after = |n: u32| {
+                                            n.checked_add(1).ok_or_else(|| {
                                                 Abort::Abort(StoreError::Corrupt {
                                                     key: "meta/next_number".into(),
                                                     message: "no subscriber number left".into(),
                                                 })
-                                            })?;
-                                        }
-                                        next = Some(n.checked_add(1).ok_or_else(|| {
-                                            Abort::Abort(StoreError::Corrupt {
-                                                key: "meta/next_number".into(),
-                                                message: "no subscriber number left".into(),
                                             })
-                                        })?);
+                                        };
+                                        while numbers.get(n.to_be_bytes())?.is_some() {
+                                            n = after(n)?;
+                                        }
+                                        next = Some(after(n)?);
                                         numbers.insert(&n.to_be_bytes(), d.email.as_bytes())?;
                                         number_of
                                             .insert(d.email.as_bytes(), n.to_string().as_bytes())?;
@@ -614,7 +622,7 @@ fn compact_chunk(
                 let key = correction_key(&id, n);
                 if let Some(v) = corrections.get(&key)? {
                     let mut c: Correction = tx_decode(&key, &v)?;
-                    merge_counts(&mut c.compacted, &counts);
+                    c.compacted.merge(&counts);
                     corrections.insert(key, encode(&c))?;
                 }
             }
@@ -623,7 +631,7 @@ fn compact_chunk(
                     Some(v) => tx_decode(run.as_bytes(), &v)?,
                     None => Counts::default(),
                 };
-                merge_counts(&mut total, &counts);
+                total.merge(&counts);
                 runs.insert(run.as_bytes(), encode(&total))?;
             }
             Ok(())
@@ -634,20 +642,6 @@ fn compact_chunk(
         Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
         Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
     }
-}
-
-fn merge_counts(into: &mut Counts, more: &Counts) {
-    into.sent += more.sent;
-    into.failed += more.failed;
-    into.cancelled += more.cancelled;
-    into.first_ms = match (into.first_ms, more.first_ms) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    into.last_ms = match (into.last_ms, more.last_ms) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
 }
 
 fn bitmap_set(bits: &mut Vec<u8>, n: u32) {
@@ -826,8 +820,6 @@ struct ExportLine {
     value: serde_json::Value,
 }
 
-/// The short id of a delivery (16 hex digits), named in its VERP address; the first half of
-/// its Message-ID.
 /// The address in a delivery key (see [`Delivery::key`]).
 fn email_of_key(key: &str) -> Option<&str> {
     let fields: Vec<&str> = key.split('\0').collect();
@@ -838,6 +830,8 @@ fn email_of_key(key: &str) -> Option<&str> {
     }
 }
 
+/// The short id of a delivery (16 hex digits), named in its VERP address; the first half of
+/// its Message-ID.
 pub fn delivery_id(key: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(key.as_bytes());
@@ -1125,7 +1119,6 @@ impl Store {
         })())
     }
 
-    /// The delivery named by a VERP id, with its key.
     /// The address a delivery id (a VERP token) stands for: from its record, or from its
     /// key once the record is folded into its article's totals.
     pub fn email_by_id(&self, id: &str) -> Result<Option<String>, StoreError> {
@@ -1960,8 +1953,13 @@ impl Store {
         days.sort();
         let t = self.t()?;
         for day in &days {
-            let Ok(file) = std::fs::File::open(day) else {
-                continue;
+            // Without VERP no delivery was indexed by id: nothing to read, the day goes.
+            let file = match std::fs::File::open(day) {
+                Ok(file) if !t.ids.is_empty() => file,
+                _ => {
+                    let _ = std::fs::remove_file(day);
+                    continue;
+                }
             };
             // Line by line; a day cut short by a crash gives what it holds up to the cut.
             let lines = std::io::BufRead::lines(std::io::BufReader::new(

@@ -283,28 +283,39 @@ pub async fn prune(store: Store, clock: Clock, keep_days: u64, confirm_days: u64
         }
         let before =
             clock.now_ms() - (keep_days as i64).saturating_mul(PRUNE_EVERY.as_millis() as i64);
+        // Blocking work on the state, off the async workers.
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.compact_finished(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                compacted = n,
-                "compacted finished deliveries older than {keep_days} days"
-            ),
-            Ok(Err(e)) => tracing::error!("cannot compact the outbox: {e}"),
+        let upkeep = tokio::task::spawn_blocking(move || {
+            (
+                s.compact_finished(before),
+                s.prune_fanouts(before),
+                s.prune_sent_logs(before),
+            )
+        })
+        .await;
+        match upkeep {
+            Ok((compacted, fanouts, logs)) => {
+                match compacted {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        compacted = n,
+                        "compacted finished deliveries older than {keep_days} days"
+                    ),
+                    Err(e) => tracing::error!("cannot compact the outbox: {e}"),
+                }
+                if let Err(e) = fanouts {
+                    tracing::error!("cannot prune finished fan-outs: {e}");
+                }
+                match logs {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        days = n,
+                        "removed the logs of mails sent over {keep_days} days ago"
+                    ),
+                    Err(e) => tracing::error!("cannot prune the logs of sent mails: {e}"),
+                }
+            }
             Err(e) => tracing::error!("cannot compact the outbox: {e}"),
-        }
-        if let Err(e) = store.prune_fanouts(before) {
-            tracing::error!("cannot prune finished fan-outs: {e}");
-        }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.prune_sent_logs(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(
-                days = n,
-                "removed the logs of mails sent over {keep_days} days ago"
-            ),
-            Ok(Err(e)) => tracing::error!("cannot prune the logs of sent mails: {e}"),
-            Err(e) => tracing::error!("cannot prune the logs of sent mails: {e}"),
         }
         clock.sleep(PRUNE_EVERY).await;
     }

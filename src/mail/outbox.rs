@@ -359,12 +359,13 @@ impl Outbox {
         let mut added = 0;
         // Fresh mails up to the window; and while a relay refuses mail by mail (each goes
         // to the retry lane), no more than a few windows in all.
-        while self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW) < FANOUT_WINDOW
-            && self.store.queued(None, FANOUT_BACKLOG) < FANOUT_BACKLOG
-        {
-            let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() else {
+        // The worker asks before every batch: with no fan-out running, the queue is not read.
+        while let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() {
+            if self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW) >= FANOUT_WINDOW
+                || self.store.queued(None, FANOUT_BACKLOG) >= FANOUT_BACKLOG
+            {
                 break;
-            };
+            }
             let now = self.clock.now_ms();
             let mut window = Vec::new();
             let mut last = None;
@@ -383,7 +384,7 @@ impl Outbox {
                     break;
                 }
             }
-            let done = !(seen == FANOUT_STEP && last.is_some());
+            let done = seen < FANOUT_STEP;
             let next = Fanout {
                 after: last.unwrap_or_else(|| fanout.after.clone()),
                 planned: fanout.planned + window.len() as u64,
