@@ -34,8 +34,8 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
         };
         for (link, target) in reader.links_leaving() {
             warnings.push(format!(
-                "{}: a link to '{}', outside the store: ignored (not published, not watched); \
-                 copy what should be published into the store instead",
+                "{}: liên kết tới \"{}\", nằm ngoài thư mục bài viết: bị bỏ qua (không được đăng, \
+                 không được theo dõi); hãy chép những gì cần đăng vào trong thư mục bài viết",
                 config.store.dir.join(link).display(),
                 target.display()
             ));
@@ -169,7 +169,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         }
         Err(e) => {
             problems.push(format!(
-                "{}: cannot read the feed definitions folder: {e}",
+                "{}: không đọc được thư mục khai báo nguồn tin: {e}",
                 config.feeds.dir.display()
             ));
             (Vec::new(), false)
@@ -177,7 +177,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     };
     if feed_source && feeds.is_empty() && problems.is_empty() {
         problems.push(format!(
-            "{}: no feed definitions; add at least one '*.toml' file",
+            "{}: chưa có tệp khai báo nguồn tin nào; hãy thêm ít nhất một tệp \"*.toml\"",
             config.feeds.dir.display()
         ));
     }
@@ -197,8 +197,8 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         Ok((f, twins)) => {
             for (keep, drop) in twins {
                 problems.push(format!(
-                    "{}:1: '{drop}' and '{keep}' are one name written two ways (NFC and NFD); \
-                     only '{keep}' is published: rename or remove one",
+                    "{}:1: \"{drop}\" và \"{keep}\" là cùng một tên nhưng gõ dấu theo hai cách \
+                     (NFC và NFD); chỉ \"{keep}\" được đăng: hãy đổi tên hoặc xóa một tệp",
                     config.store.dir.join(&drop).display()
                 ));
             }
@@ -206,7 +206,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         }
         Err(e) => {
             problems.push(format!(
-                "{}: cannot read the store: {e}",
+                "{}: không đọc được thư mục bài viết: {e}",
                 config.store.dir.display()
             ));
             return (problems, 0, Vec::new(), Vec::new());
@@ -221,9 +221,10 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         let marker = format!("{}:", crate::article::CORRECTION_MARKER);
         if article.paragraphs.iter().any(|p| p.starts_with(&marker)) {
             body_markers.lock().expect("warnings").push(format!(
-                "{}: a paragraph starts with '{marker}' but is body text, so nobody is told of \
-                 the correction; to mail it to everyone who received the article, put the line \
-                 directly under the 'Ngày đăng' line, with no blank line between",
+                "{}: có đoạn văn bắt đầu bằng \"{marker}\" nhưng nằm trong phần nội dung, nên \
+                 không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi người \
+                 đã nhận bài này, hãy đặt dòng đó ngay dưới dòng \"Ngày đăng\", không để dòng \
+                 trống ở giữa",
                 found.path.display()
             ));
         }
@@ -245,8 +246,9 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     if library.is_empty() && !unknown.is_empty() {
         // A new installation: nothing to check the feeds' categories against yet.
         body_markers.push(format!(
-            "{}: the store has no articles yet, so the categories the feeds name cannot be \
-             checked; run 'bantin check' again once the first articles are in",
+            "{}: thư mục bài viết chưa có bài nào, nên chưa kiểm tra được các chuyên mục ghi \
+             trong tệp khai báo nguồn tin; hãy chạy lại \"bantin check\" khi đã có những bài \
+             viết đầu tiên",
             config.store.dir.display()
         ));
     }
@@ -260,7 +262,8 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
             })
             .unwrap_or(1);
         problems.push(format!(
-            "{}:{line}: unknown category '{category}'; the store has: {}",
+            "{}:{line}: không có bài viết nào thuộc chuyên mục \"{category}\"; hãy ghi đúng \
+             tên một chuyên mục đang có (giống hệt, kể cả chữ hoa và dấu): {}",
             path.display(),
             library.categories().join(", ")
         ));
@@ -272,28 +275,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
             &config.site.language,
         );
         templates.set_site(&site, &feeds);
-        let publisher_pages = crate::site::Pages {
-            site: &site,
-            templates: &templates,
-        };
-        let latest: Vec<_> = library
-            .iter()
-            .take(3)
-            .map(|e| (&**e, String::new()))
-            .collect();
-        if let Err(e) = publisher_pages.index(&latest, &library.categories(), true) {
-            problems.push(e.to_string());
-        }
-        if let Some(first) = files.first().and_then(|f| reader.read(f).ok())
-            && let Err(e) = publisher_pages.article(&first, first.published)
-        {
-            problems.push(e.to_string());
-        }
-        problems.extend(crate::mail::check_templates(&templates, &site));
-        if let Err(e) = publisher_pages.message("Tiêu đề", "Nội dung", Some(("/x", "t", "Nút")))
-        {
-            problems.push(e.to_string());
-        }
+        problems.extend(crate::publish::template_problems(&templates, &site));
     }
     (problems, read, drafts, body_markers)
 }

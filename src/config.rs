@@ -37,7 +37,7 @@ pub enum ConfigError {
 pub struct Config {
     pub site: Site,
     pub store: Store,
-    pub feeds: Dir<FeedsDir>,
+    pub feeds: Feeds,
     pub templates: Dir<TemplatesDir>,
     pub output: Dir<OutputDir>,
     pub state: State,
@@ -141,6 +141,25 @@ impl Default for State {
         State {
             dir: StateDir::DEFAULT.into(),
             cache_mb: 32,
+        }
+    }
+}
+
+/// `[feeds]`: where the definitions are, and the WebSub hub told of every change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Feeds {
+    pub dir: PathBuf,
+    /// A WebSub hub (`https://…`): feeds name it, and the daemon asks it to fetch every feed
+    /// that changed. Off when unset.
+    pub websub_hub: Option<String>,
+}
+
+impl Default for Feeds {
+    fn default() -> Self {
+        Feeds {
+            dir: FeedsDir::DEFAULT.into(),
+            websub_hub: None,
         }
     }
 }
@@ -547,6 +566,15 @@ impl Config {
                  path segment, and a path of letters without diacritics, digits, '-', '.', '_' \
                  and '~'",
                 self.site.base_url
+            )));
+        }
+        if let Some(hub) = &self.feeds.websub_hub
+            && !((hub.starts_with("http://") || hub.starts_with("https://"))
+                && hub.len() > 8
+                && !hub.contains([' ', '#']))
+        {
+            return Err(invalid(format!(
+                "feeds.websub_hub '{hub}' must be an absolute http:// or https:// URL"
             )));
         }
         if !matches!(self.mail.transport.as_str(), "file" | "smtp" | "sendmail") {

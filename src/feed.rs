@@ -53,19 +53,30 @@ impl FeedDef {
             return Err((
                 1,
                 format!(
-                    "'{name}' is not a usable feed name: use lowercase letters, digits and '-' \
-                     in the file name"
+                    "\"{name}\" không dùng được làm tên nguồn tin: hãy đặt tên tệp chỉ gồm \
+                     chữ thường không dấu (a-z), chữ số và dấu \"-\""
                 ),
             ));
         }
-        let mut def: FeedDef =
-            toml::from_str(text).map_err(|e| crate::config::toml_error(text, &e))?;
+        let mut def: FeedDef = toml::from_str(text).map_err(|e| {
+            let (line, message) = crate::config::toml_error(text, &e);
+            (
+                line,
+                format!(
+                    "tệp khai báo nguồn tin viết chưa đúng (lỗi TOML: {message}); \
+                     các khóa được dùng là title, description, categories và limit"
+                ),
+            )
+        })?;
         def.name = name.to_owned();
         if def.limit == 0 || def.limit > MAX_LIMIT {
             let line = text
                 .find("limit")
                 .map_or(1, |pos| crate::config::line_of(text, pos));
-            return Err((line, format!("limit must be between 1 and {MAX_LIMIT}")));
+            return Err((
+                line,
+                format!("\"limit\" phải là một số từ 1 đến {MAX_LIMIT}"),
+            ));
         }
         Ok(def)
     }
@@ -235,15 +246,95 @@ fn epoch() -> DateTime<FixedOffset> {
     Utc.timestamp_opt(0, 0).unwrap().fixed_offset()
 }
 
+/// The namespace of RFC 5005 (feed paging and archiving).
+pub const HISTORY_NS: &str = "http://purl.org/syndication/history/1.0";
+
+/// Where a feed document stands among its feed's documents (RFC 5005) and its WebSub hub.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// The document's own address; the feed's when `None`.
+    pub self_url: Option<String>,
+    /// The archive document just before this one (older articles).
+    pub prev_archive: Option<String>,
+    /// The archive document just after this one (an archive document only).
+    pub next_archive: Option<String>,
+    /// The feed itself (an archive document only).
+    pub current: Option<String>,
+    /// The number of an archive document (`fh:archive`), counted from the oldest.
+    pub archive: Option<usize>,
+    /// The WebSub hub (`feeds.websub_hub`).
+    pub hub: Option<String>,
+}
+
+impl Links {
+    /// The extra links, as (rel, href).
+    fn extra(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        for (rel, href) in [
+            ("prev-archive", &self.prev_archive),
+            ("next-archive", &self.next_archive),
+            ("current", &self.current),
+            ("hub", &self.hub),
+        ] {
+            if let Some(href) = href {
+                out.push((rel, href.as_str()));
+            }
+        }
+        out
+    }
+
+    /// `<fh:archive/>` as an extension of an Atom document, when it is an archive.
+    fn history_extension(&self) -> atom_syndication::extension::ExtensionMap {
+        let mut map = atom_syndication::extension::ExtensionMap::default();
+        if self.archive.is_some() {
+            let ext = atom_syndication::extension::Extension {
+                name: "fh:archive".into(),
+                ..Default::default()
+            };
+            map.entry("fh".into())
+                .or_default()
+                .insert("archive".into(), vec![ext]);
+        }
+        map
+    }
+
+    /// The same for RSS.
+    fn rss_history_extension(&self) -> rss::extension::ExtensionMap {
+        let mut map = rss::extension::ExtensionMap::default();
+        if self.archive.is_some() {
+            let ext = rss::extension::Extension {
+                name: "fh:archive".into(),
+                ..Default::default()
+            };
+            map.entry("fh".into())
+                .or_default()
+                .insert("archive".into(), vec![ext]);
+        }
+        map
+    }
+}
+
 /// RSS 2.0 with the content, Dublin Core and Atom extensions.
-pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) -> String {
     use rss::extension::dublincore::DublinCoreExtension;
-    let self_link = atom_syndication::Link {
-        href: site.feed_url(&def.name, "rss"),
-        rel: "self".into(),
-        mime_type: Some("application/rss+xml".into()),
+    let atom_link = |href: String, rel: &str, mime: Option<&str>| atom_syndication::Link {
+        href,
+        rel: rel.into(),
+        mime_type: mime.map(Into::into),
         ..Default::default()
     };
+    let mut atom_links = vec![atom_link(
+        links
+            .self_url
+            .clone()
+            .unwrap_or_else(|| site.feed_url(&def.name, "rss")),
+        "self",
+        Some("application/rss+xml"),
+    )];
+    for (rel, href) in links.extra() {
+        let mime = (rel != "hub").then_some("application/rss+xml");
+        atom_links.push(atom_link(href.to_owned(), rel, mime));
+    }
     let rss_items = items
         .iter()
         .map(|item| {
@@ -252,7 +343,7 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
                 title: Some(xml_safe(&e.title)),
                 link: Some(site.article_url(&e.id)),
                 // Readers take the description as HTML: escape the plain text.
-                description: Some({
+                description: item.body.map(|_| {
                     let mut html = String::new();
                     escape_into(&mut html, &item.excerpt());
                     html
@@ -266,7 +357,7 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
                     name: e.category.clone(),
                     domain: None,
                 }],
-                content: Some(item.content_html()),
+                content: item.body.map(|_| item.content_html()),
                 dublin_core_ext: Some(DublinCoreExtension {
                     creators: vec![item.author(site).to_owned()],
                     ..Default::default()
@@ -280,6 +371,9 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
         "atom".to_string(),
         "http://www.w3.org/2005/Atom".to_string(),
     );
+    if links.archive.is_some() {
+        namespaces.insert("fh".to_string(), HISTORY_NS.to_string());
+    }
     let channel = rss::Channel {
         title: xml_safe(&def.title),
         link: format!("{}/", site.base_url),
@@ -292,9 +386,8 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
         last_build_date: last_published(items).map(|t| t.to_rfc2822()),
         generator: Some("bantin".into()),
         items: rss_items,
-        atom_ext: Some(rss::extension::atom::AtomExtension {
-            links: vec![self_link],
-        }),
+        atom_ext: Some(rss::extension::atom::AtomExtension { links: atom_links }),
+        extensions: links.rss_history_extension(),
         namespaces,
         ..Default::default()
     };
@@ -305,7 +398,7 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
 }
 
 /// Atom 1.0 (RFC 4287).
-pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) -> String {
     use atom_syndication::{Category, Content, Entry as AtomEntry, Feed, Link, Person, Text};
     let link = |href: String, rel: &str, mime: &str| Link {
         href,
@@ -331,8 +424,8 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
                     ..Default::default()
                 }],
                 links: vec![link(site.article_url(&e.id), "alternate", "text/html")],
-                summary: Some(Text::plain(item.excerpt())),
-                content: Some(Content {
+                summary: item.body.map(|_| Text::plain(item.excerpt())),
+                content: item.body.map(|_| Content {
                     value: Some(item.content_html()),
                     content_type: Some("html".into()),
                     ..Default::default()
@@ -341,22 +434,42 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
             }
         })
         .collect();
+    let mut feed_links = vec![
+        link(format!("{}/", site.base_url), "alternate", "text/html"),
+        link(
+            links
+                .self_url
+                .clone()
+                .unwrap_or_else(|| site.feed_url(&def.name, "atom")),
+            "self",
+            "application/atom+xml",
+        ),
+    ];
+    for (rel, href) in links.extra() {
+        let mut l = link(href.to_owned(), rel, "application/atom+xml");
+        if rel == "hub" {
+            l.mime_type = None;
+        }
+        feed_links.push(l);
+    }
+    let mut namespaces = BTreeMap::new();
+    if links.archive.is_some() {
+        namespaces.insert("fh".to_string(), HISTORY_NS.to_string());
+    }
     let feed = Feed {
         title: Text::plain(xml_safe(&def.title)),
-        id: format!("tag:{}feeds/{}", site.tag_prefix, def.name),
+        id: match links.archive {
+            Some(n) => format!("tag:{}feeds/{}/archive/{n}", site.tag_prefix, def.name),
+            None => format!("tag:{}feeds/{}", site.tag_prefix, def.name),
+        },
         updated: last_modified(items).unwrap_or_else(epoch),
         authors: vec![Person {
             name: xml_safe(&site.title),
             ..Default::default()
         }],
-        links: vec![
-            link(format!("{}/", site.base_url), "alternate", "text/html"),
-            link(
-                site.feed_url(&def.name, "atom"),
-                "self",
-                "application/atom+xml",
-            ),
-        ],
+        links: feed_links,
+        extensions: links.history_extension(),
+        namespaces,
         subtitle: (!def.description.is_empty()).then(|| Text::plain(xml_safe(&def.description))),
         generator: Some(atom_syndication::Generator {
             value: "bantin".into(),
@@ -490,7 +603,7 @@ mod tests {
             entry: &e,
             body: Some(&body),
         }];
-        let xml = rss(&def(), &site(), &items);
+        let xml = rss(&def(), &site(), &items, &Links::default());
         for needle in [
             "<guid isPermaLink=\"false\">tag:hdnd.example.vn,2020:2020/ky%20hop</guid>",
             "<pubDate>Fri, 14 Feb 2020 08:16:00 +0700</pubDate>",
@@ -510,11 +623,12 @@ mod tests {
     #[test]
     fn atom_dates_are_whole_seconds_with_offset() {
         let e = entry();
+        let article = body(&e);
         let items = [Item {
             entry: &e,
-            body: None,
+            body: Some(&article),
         }];
-        let xml = atom(&def(), &site(), &items);
+        let xml = atom(&def(), &site(), &items, &Links::default());
         assert!(
             xml.contains("<published>2020-02-14T08:16:00+07:00</published>"),
             "{xml}"
@@ -529,12 +643,12 @@ mod tests {
 
     #[test]
     fn empty_feed_renders() {
-        let xml = atom(&def(), &site(), &[]);
+        let xml = atom(&def(), &site(), &[], &Links::default());
         assert!(
             xml.contains("<updated>1970-01-01T00:00:00+00:00</updated>"),
             "{xml}"
         );
-        let xml = rss(&def(), &site(), &[]);
+        let xml = rss(&def(), &site(), &[], &Links::default());
         assert!(!xml.contains("lastBuildDate"));
     }
 

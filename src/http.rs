@@ -145,6 +145,8 @@ pub struct Snapshot {
     pub index: Option<Arc<Served>>,
     /// `calendar.ics`: every event.
     pub calendar: Option<Arc<Served>>,
+    /// Files that change only with the configuration: `404.html`, `feeds.opml`, `site.js`.
+    pub fixed: std::collections::HashMap<&'static str, Arc<Served>>,
 }
 
 /// State shared by every request.
@@ -154,6 +156,8 @@ pub struct AppState {
     pub pages: PathBuf,
     /// `output.dir/bulletins`.
     pub bulletins: PathBuf,
+    /// `output.dir`: navigation pages and archive documents are read from there.
+    pub out: PathBuf,
     /// Counts requests.
     pub metrics: Metrics,
     /// Every part's metrics, rendered for `/metrics`.
@@ -169,6 +173,7 @@ impl AppState {
             snapshot: RwLock::default(),
             pages: out.join("articles"),
             bulletins: out.join("bulletins"),
+            out: out.to_owned(),
             metrics,
             registry,
             healthy: std::sync::atomic::AtomicBool::new(false),
@@ -254,13 +259,21 @@ fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/feeds/{file}", get(feed))
         .route("/calendar.ics", get(calendar))
         .route("/articles/{*path}", get(article))
+        .route("/feeds.opml", get(fixed_file))
+        .route("/site.js", get(fixed_file))
+        .route("/feeds/{name}/archive/{file}", get(feed_archive))
+        .route("/categories/{*path}", get(nav_page))
+        .route("/pages/{*path}", get(nav_page))
+        .route("/archive", get(nav_page))
+        .route("/archive/", get(nav_page))
+        .route("/archive/{*path}", get(nav_page))
         .route("/bulletins", get(bulletin))
         .route("/bulletins/", get(bulletin))
         .route("/bulletins/{*path}", get(bulletin))
         .route("/healthz", get(healthz))
+        .fallback(not_found_route)
         .with_state(state)
         .merge(extra)
-        .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn_with_state(
@@ -283,7 +296,8 @@ fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
 /// The policy of every HTML page: the pages' own inline style, forms that post only here,
 /// nothing else loaded, never framed.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
-     img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+     script-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
 
 /// Headers every response carries: no type sniffing, no referrer (links hold tokens), and on
 /// HTML the content security policy.
@@ -491,8 +505,92 @@ impl Drop for Held {
     }
 }
 
-async fn not_found() -> Response {
-    plain(StatusCode::NOT_FOUND, "không tìm thấy (not found)\n")
+async fn not_found_route(State(state): State<Arc<AppState>>) -> Response {
+    not_found(&state)
+}
+
+/// The 404 page (in the site's look), or a line of text before it is rendered.
+fn not_found(state: &AppState) -> Response {
+    match state.snapshot().fixed.get(crate::render::NOT_FOUND_FILE) {
+        Some(page) => (
+            StatusCode::NOT_FOUND,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            page.body.clone(),
+        )
+            .into_response(),
+        None => plain(StatusCode::NOT_FOUND, "không tìm thấy trang\n"),
+    }
+}
+
+/// `/feeds.opml`, `/site.js`.
+async fn fixed_file(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let name = uri.path().trim_start_matches('/');
+    match state.snapshot().fixed.get(name).cloned() {
+        Some(served) => respond(&served, &method, &headers),
+        None => not_found(&state),
+    }
+}
+
+/// `/feeds/{name}/archive/{n}.atom` and `.rss`: RFC 5005 archive documents.
+async fn feed_archive(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path((name, file)): axum::extract::Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let number = file
+        .strip_suffix(".atom")
+        .or_else(|| file.strip_suffix(".rss"))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if number.is_none() || !name_ok {
+        return not_found(&state);
+    }
+    let full = state
+        .out
+        .join("feeds")
+        .join(&name)
+        .join("archive")
+        .join(&file);
+    serve_file(&state, full, &method, &headers).await
+}
+
+/// `/categories/…`, `/pages/…`, `/archive/…`: the navigation pages.
+async fn nav_page(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = match path {
+        "archive" | "archive/" => "archive/index.html".to_owned(),
+        p => percent_decode(p),
+    };
+    match safe_page_path(&path).filter(|p| p.extension().is_some_and(|e| e == "html")) {
+        Some(rel) => serve_file(&state, state.out.join(rel), &method, &headers).await,
+        None => not_found(&state),
+    }
+}
+
+/// A percent-encoded path, decoded (invalid sequences kept as they are).
+fn percent_decode(path: &str) -> String {
+    let bytes: Vec<u8> = form_urlencoded::parse(path.replace('+', "%2B").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned().into_bytes())
+        .unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_else(|_| path.to_owned())
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -559,7 +657,7 @@ async fn feed(
 ) -> Response {
     match state.snapshot().feeds.get(&file).cloned() {
         Some(served) => respond(&served, &method, &headers),
-        None => not_found().await,
+        None => not_found(&state),
     }
 }
 
@@ -587,8 +685,8 @@ async fn article(
     headers: HeaderMap,
 ) -> Response {
     match safe_page_path(&path) {
-        Some(rel) => serve_file(state.pages.join(&rel), &method, &headers).await,
-        None => not_found().await,
+        Some(rel) => serve_file(&state, state.pages.join(&rel), &method, &headers).await,
+        None => not_found(&state),
     }
 }
 
@@ -602,13 +700,18 @@ async fn bulletin(
 ) -> Response {
     let path = path.map_or_else(|| "index.html".to_owned(), |p| p.0);
     match safe_page_path(&path).filter(|p| p.extension().is_some_and(|e| e == "html")) {
-        Some(rel) => serve_file(state.bulletins.join(&rel), &method, &headers).await,
-        None => not_found().await,
+        Some(rel) => serve_file(&state, state.bulletins.join(&rel), &method, &headers).await,
+        None => not_found(&state),
     }
 }
 
 /// Serves a file of the site from disk, with validators.
-async fn serve_file(full: PathBuf, method: &Method, headers: &HeaderMap) -> Response {
+async fn serve_file(
+    state: &AppState,
+    full: PathBuf,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
     let read = async {
         use tokio::io::AsyncReadExt;
         let mut file = tokio::fs::File::open(&full).await?;
@@ -622,12 +725,13 @@ async fn serve_file(full: PathBuf, method: &Method, headers: &HeaderMap) -> Resp
         std::io::Result::Ok((bytes, modified))
     };
     let Ok((bytes, modified)) = read.await else {
-        return not_found().await;
+        return not_found(state);
     };
-    let content_type = if full.extension().is_some_and(|e| e == "ics") {
-        crate::calendar::MEDIA_TYPE
-    } else {
-        "text/html; charset=utf-8"
+    let content_type = match full.extension().and_then(|e| e.to_str()) {
+        Some("ics") => crate::calendar::MEDIA_TYPE,
+        Some("atom") => "application/atom+xml; charset=utf-8",
+        Some("rss") => "application/rss+xml; charset=utf-8",
+        _ => "text/html; charset=utf-8",
     };
     let mut served = Served::new(bytes, content_type, CACHE_FEED, modified, false);
     // Compressed only for a client that gets the body.

@@ -25,6 +25,10 @@
 //! - [`output`]: atomic writes to `output.dir`.
 //! - [`publish`]: loading feed definitions and templates; rendering and writing feeds and
 //!   pages, for `build` and the daemon.
+//! - [`nav`]: how the site's lists are cut into pages, months and categories, and what each
+//!   page shows (its fingerprint, so that only what changed is written again).
+//! - [`render`]: category and month pages, feed pages, OPML, RFC 5005 archive documents.
+//! - [`search`]: the search index that ignores diacritics.
 //! - [`check`]: `bantin check`.
 //! - [`admin`]: `subscribers` and `status`, in the CLI or behind the daemon's admin socket.
 //! - [`watch`]: file events, debounced, plus periodic rescans.
@@ -33,6 +37,8 @@
 //! - [`health`]: liveness of the daemon's parts, for the systemd watchdog.
 //! - [`http`]: the HTTP server.
 //! - [`subscribe`]: the subscribe, confirm and unsubscribe routes.
+//! - [`find`]: the search page.
+//! - [`websub`]: telling a WebSub hub which feeds changed.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`daemon`]: `bantin run`: wiring and shutdown (`mod`), the engine thread that
 //!   republishes (`engine`), the background tasks (`tasks`).
@@ -47,19 +53,24 @@ pub mod config;
 pub mod correction;
 pub mod daemon;
 pub mod feed;
+pub mod find;
 pub mod health;
 pub mod http;
 pub mod library;
 pub mod mail;
 pub mod metrics;
+pub mod nav;
 pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod publish;
+pub mod render;
 pub mod scan;
+pub mod search;
 pub mod site;
 pub mod store;
 pub mod subscribe;
 pub mod subscriber;
 pub mod token;
 pub mod watch;
+pub mod websub;

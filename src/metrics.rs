@@ -47,6 +47,10 @@ pub struct Metrics {
     pub rescans: Counter,
     rebuild_seconds: Histogram,
     requests: Family<RequestLabels, Counter>,
+    pub search_documents: Gauge,
+    pub search_index_bytes: Gauge,
+    pub websub_notified: Counter,
+    pub websub_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +63,10 @@ impl Default for Metrics {
             rescans: Counter::default(),
             rebuild_seconds: Histogram::new(REBUILD_BUCKETS),
             requests: Family::default(),
+            search_documents: Gauge::default(),
+            search_index_bytes: Gauge::default(),
+            websub_notified: Counter::default(),
+            websub_failures: Counter::default(),
         }
     }
 }
@@ -75,6 +83,9 @@ pub fn route_of(path: &str) -> &'static str {
         "/preferences" => "preferences",
         p if p.starts_with("/feeds/") => "feed",
         p if p.starts_with("/articles/") => "article",
+        "/search" => "search",
+        p if p.starts_with("/categories/") || p.starts_with("/pages/") => "list",
+        p if p.starts_with("/archive/") => "archive",
         _ => "other",
     }
 }
@@ -113,6 +124,26 @@ impl Metrics {
             self.rebuild_seconds.clone(),
         );
         registry.register(
+            "bantin_search_documents",
+            "Articles in the search index (0 until its first build ends)",
+            self.search_documents.clone(),
+        );
+        registry.register(
+            "bantin_search_index_bytes",
+            "Memory the search index holds",
+            self.search_index_bytes.clone(),
+        );
+        registry.register(
+            "bantin_websub_notified",
+            "Feeds a WebSub hub accepted a publish notice for",
+            self.websub_notified.clone(),
+        );
+        registry.register(
+            "bantin_websub_failures",
+            "Publish notices a WebSub hub failed (each tried again later)",
+            self.websub_failures.clone(),
+        );
+        registry.register(
             "bantin_http_requests",
             "HTTP requests by route and status",
             self.requests.clone(),
@@ -127,6 +158,11 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();
+    }
+
+    pub fn search_index(&self, documents: usize, bytes: usize) {
+        self.search_documents.set(documents as i64);
+        self.search_index_bytes.set(bytes as i64);
     }
 
     pub fn rebuild(&self, took: Duration, feeds: usize) {

@@ -14,16 +14,19 @@ use crate::article::{Article, ArticleError};
 use crate::config::Config;
 use crate::feed::{self, DefError, FeedDef, Item, SiteInfo};
 use crate::library::{Entry, Library, Stamp};
+use crate::nav::{Ext, Model};
 use crate::output::{self, Written};
 use crate::scan::{ArticleCache, Found, StoreReader};
-use crate::site::{INDEX_LATEST, Pages, Templates};
+use crate::site::{ArticleNav, INDEX_LATEST, NeighbourCtx, Pages, Templates};
 
-/// The formats of every feed: (extension, media type). The last is its events' calendar.
-pub const FORMATS: [(&str, &str); 4] = [
+/// The formats of every feed: (extension, media type): three for readers, its events'
+/// calendar, and its page for people.
+pub const FORMATS: [(&str, &str); 5] = [
     ("rss", "application/rss+xml; charset=utf-8"),
     ("atom", "application/atom+xml; charset=utf-8"),
     ("json", "application/feed+json; charset=utf-8"),
     ("ics", crate::calendar::MEDIA_TYPE),
+    ("html", "text/html; charset=utf-8"),
 ];
 
 /// The calendar of every event: `calendar.ics` at the site's root.
@@ -41,14 +44,16 @@ pub struct Publisher {
     /// Bodies of the articles currently in feeds, so a rebuild reads few files; shared with
     /// the mail side.
     pub articles: Arc<ArticleCache>,
+    /// `feeds.websub_hub`.
+    pub websub_hub: Option<String>,
 }
 
-/// One feed rendered in its three formats.
+/// One feed rendered in its formats.
 #[derive(Debug, Clone)]
 pub struct RenderedFeed {
     pub name: String,
     /// Bodies in the order of [`FORMATS`].
-    pub bodies: [String; 4],
+    pub bodies: [String; 5],
     /// The latest publication or edit among the items.
     pub last_modified: Option<DateTime<FixedOffset>>,
     /// The latest edit among the events of the calendar.
@@ -65,6 +70,8 @@ pub struct Built {
     pub index: String,
     /// Every event's calendar, and the time of its latest edit.
     pub calendar: (String, Option<DateTime<FixedOffset>>),
+    /// The navigation and archive documents written: fingerprint and path.
+    pub docs: HashMap<crate::nav::Doc, (u64, String)>,
 }
 
 /// What a full build did.
@@ -128,6 +135,7 @@ impl Publisher {
             out: config.output.dir.clone(),
             rescan_secs: config.store.rescan_secs,
             articles: Arc::default(),
+            websub_hub: config.feeds.websub_hub.clone(),
         })
     }
 
@@ -183,12 +191,13 @@ impl Publisher {
         self.articles.insert(stamp, article);
     }
 
-    /// Renders one feed from the library as it is at `now`.
+    /// Renders one feed from the library as it is at `now` (`model`: the same library).
     pub fn render_feed(
         &self,
         def: &FeedDef,
         library: &Library,
         now: DateTime<FixedOffset>,
+        model: &Model<'_>,
     ) -> RenderedFeed {
         let entries = library.visible_in(&def.categories, now, def.limit);
         let events = library.events_in(&def.categories, now);
@@ -203,10 +212,25 @@ impl Publisher {
         RenderedFeed {
             name: def.name.clone(),
             bodies: [
-                feed::rss(def, &self.site, &items),
-                feed::atom(def, &self.site, &items),
+                feed::rss(
+                    def,
+                    &self.site,
+                    &items,
+                    &self.feed_links(model, def, Ext::Rss),
+                ),
+                feed::atom(
+                    def,
+                    &self.site,
+                    &items,
+                    &self.feed_links(model, def, Ext::Atom),
+                ),
                 feed::json(def, &self.site, &items),
                 self.calendar(&def.title, &events),
+                self.render_feed_page(model, def, &entries, !events.is_empty())
+                    .unwrap_or_else(|e| {
+                        tracing::error!("{e}");
+                        String::new()
+                    }),
             ],
             last_modified: feed::last_modified(&items),
             calendar_modified: events.iter().map(|e| e.updated).max(),
@@ -263,9 +287,10 @@ impl Publisher {
         defs: impl IntoIterator<Item = &'d FeedDef>,
         library: &Library,
         now: DateTime<FixedOffset>,
+        model: &Model<'_>,
     ) -> Vec<RenderedFeed> {
         defs.into_iter()
-            .map(|def| self.render_feed(def, library, now))
+            .map(|def| self.render_feed(def, library, now, model))
             .collect()
     }
 
@@ -278,21 +303,43 @@ impl Publisher {
     pub fn render_index(
         &self,
         library: &Library,
-        now: DateTime<FixedOffset>,
+        model: &Model<'_>,
     ) -> Result<String, crate::site::TemplateError> {
-        let latest: Vec<Arc<Entry>> = library.visible(now).take(INDEX_LATEST).cloned().collect();
+        let latest: Vec<Arc<Entry>> = library
+            .visible(model.now)
+            .take(INDEX_LATEST)
+            .cloned()
+            .collect();
         let bodies = self.bodies_of(&latest);
-        let listed: Vec<(&Entry, String)> = latest
+        let listed: Vec<crate::render::Listed> = latest
             .iter()
             .map(|e| {
-                (
-                    &**e,
-                    bodies.get(&e.id).map(|a| a.excerpt()).unwrap_or_default(),
-                )
+                let excerpt = bodies.get(&e.id).map(|a| a.excerpt()).unwrap_or_default();
+                self.listed(model, e, Some(excerpt))
             })
             .collect();
-        let events = library.has_events(now);
-        self.pages().index(&listed, &library.categories(), events)
+        let events = library.has_events(model.now);
+        let categories: Vec<(&str, String)> = library
+            .categories()
+            .into_iter()
+            .map(|c| (c, self.category_url(model, c)))
+            .collect();
+        self.pages()
+            .index(&listed, &categories, &self.all_url(model), events)
+    }
+
+    /// What an article page links to: its category, its neighbours there.
+    pub fn article_nav(&self, model: &Model<'_>, entry: &Entry) -> ArticleNav {
+        let (older, newer) = model.neighbours(entry);
+        let neighbour = |e: &Entry| NeighbourCtx {
+            title: e.title.clone(),
+            url: self.site.article_url(&e.id),
+        };
+        ArticleNav {
+            category_url: self.category_url(model, &entry.category),
+            older: older.map(|e| neighbour(e)),
+            newer: newer.map(|e| neighbour(e)),
+        }
     }
 
     pub fn feed_path(&self, name: &str, ext: &str) -> PathBuf {
@@ -320,10 +367,25 @@ impl Publisher {
     }
 
     /// Renders and writes one article's page, and its event's calendar.
-    pub fn write_page(&self, entry: &Entry, article: &Article) -> Result<Written, String> {
+    pub fn write_page(
+        &self,
+        entry: &Entry,
+        article: &Article,
+        model: &Model<'_>,
+    ) -> Result<Written, String> {
+        self.write_page_with(entry, article, &self.article_nav(model, entry))
+    }
+
+    /// [`Publisher::write_page`] with the page's navigation given.
+    pub fn write_page_with(
+        &self,
+        entry: &Entry,
+        article: &Article,
+        nav: &ArticleNav,
+    ) -> Result<Written, String> {
         let html = self
             .pages()
-            .article(article, entry.updated)
+            .article(article, entry.updated, nav)
             .map_err(|e| e.to_string())?;
         let path = self.page_path(&article.id);
         let written = output::write_atomic(&path, html.as_bytes())
@@ -350,10 +412,11 @@ impl Publisher {
         staging: &Path,
         entry: &Entry,
         article: &Article,
+        model: &Model<'_>,
     ) -> Result<Written, String> {
         let html = self
             .pages()
-            .article(article, entry.updated)
+            .article(article, entry.updated, &self.article_nav(model, entry))
             .map_err(|e| e.to_string())?;
         let path = staging.join(format!("{}.html", article.id));
         output::write_new(&path, html.as_bytes())
@@ -375,14 +438,34 @@ impl Publisher {
         output::remove(&self.out.join("articles"), &self.page_path(id))
     }
 
+    /// Where `entry` is read from again.
+    pub fn found_of(&self, entry: &Entry) -> Found {
+        Found {
+            file: entry.file.clone(),
+            path: self.reader.root.join(&entry.file),
+            id: entry.id.clone(),
+            stamp: entry.stamp,
+        }
+    }
+
     /// Reads every file of `files` (a walk of the store) and publishes everything once:
-    /// pages, feeds, the index, and removes what is stale. `progress` counts files read.
+    /// pages, feeds, the navigation, the index, and removes what is stale. `progress` counts
+    /// files read.
     pub fn build_from(
         &self,
         files: Vec<Found>,
         now: DateTime<FixedOffset>,
         progress: &AtomicUsize,
     ) -> std::io::Result<Built> {
+        // First every article is read for the library: a page links to its neighbours,
+        // known only once all are read.
+        let (entries, errors) = self.reader.read_all(&files, |_, _| {
+            progress.fetch_add(1, Ordering::Relaxed);
+        });
+        progress.fetch_add(errors.len(), Ordering::Relaxed);
+        let library = Library::from_entries(entries);
+        let model = Model::new(&library, now);
+
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
         let write_errors = Mutex::new(Vec::new());
@@ -395,15 +478,20 @@ impl Publisher {
         {
             std::fs::remove_dir_all(staging)?;
         }
-        let (entries, errors) = self.reader.read_all(&files, |found, article| {
-            progress.fetch_add(1, Ordering::Relaxed);
-            if article.published > now {
-                return;
-            }
-            let entry = self.reader.entry(found, article);
+        model.all.par_iter().for_each(|entry| {
+            let article = match self.articles.get(&entry.id, entry.stamp) {
+                Some(a) => a,
+                None => match self.reader.read(&self.found_of(entry)) {
+                    Ok(a) => Arc::new(a),
+                    Err(e) => {
+                        write_errors.lock().expect("errors").push(e.to_string());
+                        return;
+                    }
+                },
+            };
             let result = match &staging {
-                Some(staging) => self.write_staged_page(staging, &entry, article),
-                None => self.write_page(&entry, article),
+                Some(staging) => self.write_staged_page(staging, entry, &article, &model),
+                None => self.write_page(entry, &article, &model),
             };
             match result {
                 Ok(Written::Replaced) => written.fetch_add(1, Ordering::Relaxed),
@@ -414,12 +502,10 @@ impl Publisher {
                 }
             };
         });
-        progress.fetch_add(errors.len(), Ordering::Relaxed);
         if let Some(staging) = &staging {
             output::create_public_dir(staging)?;
             std::fs::rename(staging, &pages_dir)?;
         }
-        let library = Library::from_entries(entries);
         let mut report = BuildReport {
             articles: library.len(),
             published: library.len() - library.scheduled(now),
@@ -432,7 +518,7 @@ impl Publisher {
         };
         report.scheduled = report.articles - report.published;
 
-        let rendered = self.render_feeds(&self.feeds, &library, now);
+        let rendered = self.render_feeds(&self.feeds, &library, now, &model);
         for feed in &rendered {
             self.write_feed(feed)?;
         }
@@ -441,19 +527,37 @@ impl Publisher {
             .flat_map(|f| f.ids.iter().map(String::as_str))
             .collect();
         self.trim_cache(&listed);
+        let docs = model.docs(&self.feeds);
+        let problems: Vec<String> = docs
+            .par_iter()
+            .flat_map_iter(|(doc, _)| self.write_docs(&model, [doc]))
+            .collect();
+        report.write_errors.extend(problems);
+        if let Err(e) = self.write_fixed() {
+            report.write_errors.push(e);
+        }
         let index = self
-            .render_index(&library, now)
+            .render_index(&library, &model)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.write_index(&index)?;
         let calendar = self.render_calendar(&library, now);
         self.write_calendar(&calendar.0)?;
-        report.files_removed = self.prune(&library, now)?;
+        report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
+        let docs = docs
+            .into_iter()
+            .map(|(doc, print)| {
+                let path = doc.path(&model);
+                (doc, (print, path))
+            })
+            .collect();
+        drop(model);
         Ok(Built {
             library,
             report,
             feeds: rendered,
             index,
             calendar,
+            docs,
         })
     }
 
@@ -494,6 +598,10 @@ impl Publisher {
         let feeds_dir = self.out.join("feeds");
         for rel in output::files_under(&feeds_dir, "") {
             let name = crate::scan::rel_string(&rel);
+            // Archive documents live below, pruned with the navigation.
+            if name.contains('/') {
+                continue;
+            }
             let ours = FORMATS
                 .iter()
                 .any(|(ext, _)| name.ends_with(&format!(".{ext}")));
@@ -533,13 +641,26 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
         sample.published,
     );
     let mut problems = Vec::new();
+    let listed = crate::render::Listed {
+        id: entry.id.clone(),
+        title: entry.title.clone(),
+        category: entry.category.clone(),
+        category_url: format!("{}/categories/mau.html", site.base_url),
+        url: site.article_url(&entry.id),
+        published_iso: entry.published.to_rfc3339(),
+        published_text: crate::site::local_time(&entry.published),
+        excerpt: Some(sample.excerpt()),
+    };
+    let category_url = format!("{}/categories/mau.html", site.base_url);
     if let Err(e) = pages.index(
-        &[(&entry, sample.excerpt())],
-        &[sample.category.as_str()],
+        std::slice::from_ref(&listed),
+        &[(sample.category.as_str(), category_url.clone())],
+        &format!("{}/pages/1.html", site.base_url),
         true,
     ) {
         problems.push(e.to_string());
     }
+    problems.extend(crate::render::sample_problems(templates, site, &listed));
     // Once plain, once with every optional part (an event, its place, a correction).
     let mut event = sample.clone();
     event.event = Some(crate::article::When::Timed {
@@ -548,8 +669,16 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
     });
     event.place = Some("Hội trường".into());
     event.correction = Some("Sửa giờ".into());
+    let nav = ArticleNav {
+        category_url,
+        older: Some(NeighbourCtx {
+            title: "Bài trước".into(),
+            url: site.article_url("mau/truoc"),
+        }),
+        newer: None,
+    };
     for article in [&sample, &event] {
-        if let Err(e) = pages.article(article, article.published) {
+        if let Err(e) = pages.article(article, article.published, &nav) {
             problems.push(e.to_string());
         }
     }
@@ -630,7 +759,7 @@ pub fn load_feed_defs(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::
             Err(e) => errors.push(DefError {
                 path: shown,
                 line: 1,
-                message: format!("cannot read: {e}"),
+                message: format!("không đọc được tệp: {e}"),
             }),
             Ok(text) => match FeedDef::parse(&name, &text) {
                 Ok(def) => defs.push(def),

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::article::Article;
 use crate::feed::{FeedDef, SiteInfo};
-use crate::library::Entry;
 
 /// Articles listed on the index page.
 pub const INDEX_LATEST: usize = 30;
@@ -29,6 +28,11 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "email/correction.html",
     "web/bulletin.html",
     "web/bulletins.html",
+    "web/list.html",
+    "web/archive.html",
+    "web/feed.html",
+    "web/search.html",
+    "web/404.html",
 ];
 
 /// Templates added after the first release, built in: a templates folder copied before they
@@ -58,20 +62,29 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "web/bulletins.html",
         include_str!("../templates/web/bulletins.html"),
     ),
+    ("web/list.html", include_str!("../templates/web/list.html")),
+    (
+        "web/archive.html",
+        include_str!("../templates/web/archive.html"),
+    ),
+    ("web/feed.html", include_str!("../templates/web/feed.html")),
+    (
+        "web/search.html",
+        include_str!("../templates/web/search.html"),
+    ),
+    ("web/404.html", include_str!("../templates/web/404.html")),
 ];
 
-/// Writes values into the mail templates' HTML escaped for HTML but with `/` kept (the
-/// default escaping writes `&#x2f;`, which link scanners and spam filters read badly);
-/// every other template keeps the default escaping.
+/// Writes values into HTML templates escaped for HTML but with `/` kept (the default
+/// escaping writes `&#x2f;`, which link scanners, spam filters and crawlers read badly).
 fn mail_formatter(
     out: &mut minijinja::Output,
     state: &mut minijinja::State,
     value: &minijinja::Value,
 ) -> Result<(), minijinja::Error> {
-    let mail_html = state.name().starts_with("email/")
-        && matches!(state.auto_escape(), minijinja::AutoEscape::Html);
+    let html = matches!(state.auto_escape(), minijinja::AutoEscape::Html);
     match value.as_str() {
-        Some(text) if mail_html && !value.is_safe() => out
+        Some(text) if html && !value.is_safe() => out
             .write_str(&html_text(text))
             .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())),
         _ => minijinja::escape_formatter(out, state, value),
@@ -225,8 +238,11 @@ impl Templates {
             address: site.address.as_deref(),
             contact: site.contact.as_deref(),
         };
-        let feeds_ctx: Vec<FeedCtx<'_>> = feeds
-            .iter()
+        // The feed of all news first: browsers and readers offer the first one found.
+        let mut ordered: Vec<&FeedDef> = feeds.iter().collect();
+        ordered.sort_by_key(|d| (!d.categories.is_empty(), d.name.clone()));
+        let feeds_ctx: Vec<FeedCtx<'_>> = ordered
+            .into_iter()
             .map(|f| FeedCtx {
                 name: &f.name,
                 title: &f.title,
@@ -234,6 +250,7 @@ impl Templates {
                 rss_url: site.feed_url(&f.name, "rss"),
                 atom_url: site.feed_url(&f.name, "atom"),
                 json_url: site.feed_url(&f.name, "json"),
+                page_url: site.feed_url(&f.name, "html"),
             })
             .collect();
         self.env.add_global("site", v(site_ctx));
@@ -279,17 +296,7 @@ struct FeedCtx<'a> {
     rss_url: String,
     atom_url: String,
     json_url: String,
-}
-
-#[derive(Serialize)]
-struct ListedCtx<'a> {
-    id: &'a str,
-    title: &'a str,
-    category: &'a str,
-    url: String,
-    excerpt: &'a str,
-    published_iso: String,
-    published_text: String,
+    page_url: String,
 }
 
 #[derive(Serialize)]
@@ -304,6 +311,25 @@ struct ArticleCtx<'a> {
     published_text: String,
     event: Option<EventCtx>,
     correction: Option<CorrectionCtx<'a>>,
+    category_url: String,
+    older: Option<NeighbourCtx>,
+    newer: Option<NeighbourCtx>,
+}
+
+/// An article's place in its category: the address of the category's page and the
+/// articles before and after it.
+#[derive(Debug, Clone, Default)]
+pub struct ArticleNav {
+    pub category_url: String,
+    pub older: Option<NeighbourCtx>,
+    pub newer: Option<NeighbourCtx>,
+}
+
+/// A neighbouring article.
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighbourCtx {
+    pub title: String,
+    pub url: String,
 }
 
 /// An event's time and place, as the page and the mails show them.
@@ -355,29 +381,31 @@ pub struct Pages<'a> {
 impl Pages<'_> {
     /// The index: latest articles (each with its excerpt), the feed list, the subscribe form.
     /// `events`: whether any article is an event (the page then offers the calendar).
+    /// `category_links`: (category, its page); `all_url`: the newest page of all articles.
     pub fn index(
         &self,
-        latest: &[(&Entry, String)],
-        categories: &[&str],
+        latest: &[crate::render::Listed],
+        category_links: &[(&str, String)],
+        all_url: &str,
         events: bool,
     ) -> Result<String, TemplateError> {
-        let latest: Vec<ListedCtx<'_>> = latest
+        #[derive(Serialize)]
+        struct CategoryLink<'a> {
+            name: &'a str,
+            url: &'a str,
+        }
+        let links: Vec<CategoryLink<'_>> = category_links
             .iter()
-            .map(|(e, excerpt)| ListedCtx {
-                id: &e.id,
-                title: &e.title,
-                category: &e.category,
-                url: self.site.article_url(&e.id),
-                excerpt,
-                published_iso: e.published.to_rfc3339(),
-                published_text: local_time(&e.published),
-            })
+            .map(|(name, url)| CategoryLink { name, url })
             .collect();
+        let categories: Vec<&str> = category_links.iter().map(|(c, _)| *c).collect();
         self.templates.render(
             "web/index.html",
             context! {
                 latest => v(latest),
                 categories => v(categories),
+                category_links => v(links),
+                all_url,
                 calendar_url => events.then(|| format!("{}/calendar.ics", self.site.base_url)),
                 // webcal:// makes calendar programs subscribe (and follow changes) instead of
                 // importing a copy once.
@@ -397,6 +425,7 @@ impl Pages<'_> {
         &self,
         article: &Article,
         updated: DateTime<FixedOffset>,
+        nav: &ArticleNav,
     ) -> Result<String, TemplateError> {
         let ctx = ArticleCtx {
             id: &article.id,
@@ -413,6 +442,9 @@ impl Pages<'_> {
                 at_text: updated.format("%H:%M %d/%m/%Y").to_string(),
                 at_iso: updated.to_rfc3339(),
             }),
+            category_url: nav.category_url.clone(),
+            older: nav.older.clone(),
+            newer: nav.newer.clone(),
         };
         self.templates.render(
             "web/article.html",

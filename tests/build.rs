@@ -43,16 +43,16 @@ fn store_with_broken_files() -> Site {
 const BROKEN: [(&str, &str); 7] = [
     (
         "hong/khong-ngay.txt:5:",
-        "expected 'Ngày đăng DD/MM/YYYY | HH:MM'",
+        "cần có dòng \"Ngày đăng 14/02/2020 | 08:16\"",
     ),
-    ("hong/ngay-sai.txt:4:", "'31/02/2020' is not a real date"),
-    ("hong/gio-sai.txt:4:", "'25:61' is not a time of day"),
-    ("hong/rong.txt:1:", "the file is empty"),
-    ("hong/utf8.txt:3:", "not valid UTF-8"),
-    ("hong/nul.txt:4:", "NUL byte"),
+    ("hong/ngay-sai.txt:4:", "\"31/02/2020\" không có trên lịch"),
+    ("hong/gio-sai.txt:4:", "giờ \"25:61\" không hợp lệ"),
+    ("hong/rong.txt:1:", "tệp trống"),
+    ("hong/utf8.txt:3:", "không phải văn bản mã UTF-8"),
+    ("hong/nul.txt:4:", "byte NUL"),
     (
         "hong/su-kien.txt:6:",
-        "the event ends (08:00 16/01/2025) before it starts (11:30 16/01/2025)",
+        "sự kiện kết thúc (08:00 16/01/2025) trước khi bắt đầu (11:30 16/01/2025)",
     ),
 ];
 
@@ -160,7 +160,7 @@ fn ignored_files_future_articles_and_limits() {
         "only the large file is a problem:\n{text}"
     );
     assert!(
-        text.contains("lon.txt:1: the file is larger than the 2000 bytes limit"),
+        text.contains("lon.txt:1: tệp lớn hơn giới hạn 2000 byte"),
         "{text}"
     );
 
@@ -208,8 +208,10 @@ fn building_twice_gives_identical_bytes() {
     }
     assert_eq!(
         files,
-        2 * 4 + 3 + 1 + 1,
-        "two feeds in four formats (a calendar each), three pages, the index, the calendar"
+        2 * 5 + 3 + 1 + 1 + 4 + 1 + 2 + 2 * 2 + 3,
+        "two feeds in five formats (a calendar and a page each), three pages, the index, the \
+         calendar, two categories (a front and a page each), one page of all, the archive and \
+         its month, one archive document per feed in two formats, 404, OPML, the script"
     );
 }
 
@@ -267,11 +269,12 @@ fn unknown_feed_keys_and_categories_are_reported() {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(
-        text.contains("feeds/loi.toml:2: unknown field `limt`"),
+        text.contains("feeds/loi.toml:2: tệp khai báo nguồn tin viết chưa đúng")
+            && text.contains("unknown field `limt`"),
         "{text}"
     );
     assert!(
-        text.contains("feeds/sai.toml:2: unknown category 'KHÔNG CÓ'"),
+        text.contains("feeds/sai.toml:2: không có bài viết nào thuộc chuyên mục \"KHÔNG CÓ\""),
         "{text}"
     );
 }
@@ -286,7 +289,7 @@ fn an_empty_store_checks_with_a_warning_about_categories() {
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     let err = common::stderr(&out);
     assert!(
-        err.contains("warning: ") && err.contains("the store has no articles yet"),
+        err.contains("warning: ") && err.contains("thư mục bài viết chưa có bài nào"),
         "{err}"
     );
     // The first article makes the category a problem again.
@@ -294,7 +297,7 @@ fn an_empty_store_checks_with_a_warning_about_categories() {
     let out = site.bantin(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stdout(&out).contains("feeds/tin-tuc.toml:2: unknown category"),
+        stdout(&out).contains("feeds/tin-tuc.toml:2: không có bài viết nào thuộc chuyên mục"),
         "{}",
         stdout(&out)
     );
@@ -454,16 +457,16 @@ fn names_that_break_ids_are_errors_and_twins_publish_one() {
     assert_eq!(out.status.code(), Some(1));
     let problems = stdout(&out);
     assert!(
-        problems.contains("are one name written two ways (NFC and NFD)")
-            && problems.contains("only 'thông-báo.txt' is published"),
+        problems.contains("là cùng một tên nhưng gõ dấu theo hai cách (NFC và NFD)")
+            && problems.contains("chỉ \"thông-báo.txt\" được đăng"),
         "{problems}"
     );
     assert!(
-        problems.contains("a\\b.txt:1: the name holds a '\\'"),
+        problems.contains("a\\b.txt:1: tên tệp có dấu \"\\\""),
         "{problems}"
     );
     assert!(
-        problems.contains("bytes long; a page's file name may have at most 250"),
+        problems.contains("quá dài để làm tên trang web (tối đa 250 byte"),
         "{problems}"
     );
     // build publishes the NFC one, and every item of a feed has its page.
@@ -547,7 +550,8 @@ fn check_warns_of_a_correction_written_in_the_body() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let said = stderr(&out);
     assert!(
-        said.contains("dc.txt: a paragraph starts with 'Đính chính:' but is body text"),
+        said.contains("dc.txt: có đoạn văn bắt đầu bằng \"Đính chính:\"")
+            && said.contains("nằm trong phần nội dung"),
         "{said}"
     );
 }

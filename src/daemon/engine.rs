@@ -23,7 +23,9 @@ use crate::clock::Clock;
 use crate::http::{AppState, Served, Snapshot};
 use crate::library::{Change, Entry, Library};
 use crate::metrics::Metrics;
+use crate::nav::{Doc, Model};
 use crate::publish::{FORMATS, Publisher, RenderedFeed};
+use crate::site::ArticleNav;
 use crate::watch::{Debouncer, StoreWatch};
 
 /// A part may go this long without showing progress (or four watchdog intervals, if
@@ -91,6 +93,12 @@ pub struct Engine {
     health: crate::health::Health,
     /// The part last found stuck (logged once, not at every turn).
     stuck: Option<&'static str>,
+    /// The navigation and archive documents on disk: fingerprint and path.
+    docs: HashMap<Doc, (u64, String)>,
+    /// The search index, fed with every change.
+    search: Arc<crate::search::Search>,
+    /// Feeds changed since the hub was last told (WebSub).
+    websub: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
 }
 
 /// What the engine shares with the rest of the daemon.
@@ -101,6 +109,9 @@ pub struct Shared {
     /// The categories subscribers may follow, kept current by the engine.
     pub categories: Arc<std::sync::RwLock<Vec<String>>>,
     pub health: crate::health::Health,
+    pub search: Arc<crate::search::Search>,
+    /// Where changed feeds' names go, for the WebSub hub.
+    pub websub: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
 }
 
 impl Engine {
@@ -117,6 +128,8 @@ impl Engine {
             metrics,
             categories,
             health,
+            search,
+            websub,
         } = shared;
         let mut engine = Engine {
             publisher,
@@ -138,6 +151,9 @@ impl Engine {
             unwritten: Unwritten::default(),
             health,
             stuck: None,
+            docs: HashMap::new(),
+            search,
+            websub,
         };
         engine.full_build()?;
         engine.start_watch();
@@ -205,11 +221,90 @@ impl Engine {
             self.index_time,
         )));
         snapshot.calendar = Some(calendar_served(built.calendar));
+        self.fixed_files(&mut snapshot);
         self.app.replace(snapshot);
+        self.docs = built.docs;
+        self.build_search(now);
         self.update_metrics();
         self.metrics.rebuild(started.elapsed(), built.feeds.len());
         self.next_rescan = Instant::now() + self.rescan_interval();
         Ok(())
+    }
+
+    /// The 404 page, the OPML list and the script, served from memory.
+    fn fixed_files(&self, snapshot: &mut Snapshot) {
+        let at = system_time(self.clock.now_fixed());
+        let opml = self.publisher.render_opml();
+        snapshot.fixed.insert(
+            crate::render::OPML_FILE,
+            Arc::new(Served::feed(
+                opml.into_bytes(),
+                "text/x-opml; charset=utf-8",
+                at,
+            )),
+        );
+        snapshot.fixed.insert(
+            crate::render::SCRIPT_FILE,
+            Arc::new(Served::feed(
+                crate::render::SITE_JS.as_bytes().to_vec(),
+                "text/javascript; charset=utf-8",
+                at,
+            )),
+        );
+        match self.publisher.render_not_found() {
+            Ok(html) => {
+                snapshot.fixed.insert(
+                    crate::render::NOT_FOUND_FILE,
+                    Arc::new(Served::feed(
+                        html.into_bytes(),
+                        "text/html; charset=utf-8",
+                        at,
+                    )),
+                );
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+
+    /// Builds the search index from every published article on a thread of its own: the
+    /// site is served meanwhile, and changes made while it runs are applied after it.
+    fn build_search(&self, now: DateTime<FixedOffset>) {
+        let entries: Vec<Arc<Entry>> = self.library.visible(now).cloned().collect();
+        let publisher = self.publisher.clone();
+        let search = self.search.clone();
+        let metrics = self.metrics.clone();
+        search.begin_build();
+        let spawned = std::thread::Builder::new()
+            .name("search-index".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut index = crate::search::Index::default();
+                for entry in entries {
+                    let article = match publisher.articles.get(&entry.id, entry.stamp) {
+                        Some(a) => a,
+                        None => match publisher.reader.read(&publisher.found_of(&entry)) {
+                            Ok(a) => Arc::new(a),
+                            Err(e) => {
+                                tracing::warn!("{e}");
+                                continue;
+                            }
+                        },
+                    };
+                    index.add(entry, &article);
+                }
+                let (docs, bytes) = (index.len(), index.heap_bytes());
+                search.finish_build(index);
+                metrics.search_index(docs, bytes);
+                tracing::info!(
+                    articles = docs,
+                    mib = bytes / (1 << 20),
+                    "search index built in {:.1?}",
+                    started.elapsed()
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start building the search index: {e}");
+        }
     }
 
     fn rescan_interval(&self) -> Duration {
@@ -578,13 +673,18 @@ impl Engine {
             self.update_metrics();
             return;
         }
-        let (rendered, index, calendar) = self.publish_memory(&plan, now);
-        self.write_files(&plan, &rendered, index.as_deref());
+        let work = self.render_changes(&plan, &changes, now);
+        let (index, calendar) = self.publish_memory(&work, now);
+        self.write_files(&plan, &work, index.as_deref());
         if let Some(ics) = calendar
             && let Err(e) = self.publisher.write_calendar(&ics)
         {
             // Served from memory meanwhile; the next change writes it again.
             tracing::error!("cannot write {}: {e}", crate::publish::CALENDAR_FILE);
+        }
+        for id in &plan.gone {
+            self.search
+                .update(crate::search::Update::Remove(id.clone()));
         }
         // The mail side decides what is news (an edit is not) and cancels what went.
         if !plan.pages.is_empty() {
@@ -593,25 +693,34 @@ impl Engine {
         if !plan.gone.is_empty() {
             let _ = self.mail.send(MailEvent::Removed(plan.gone.clone()));
         }
+        if let Some(websub) = &self.websub
+            && !work.feeds.is_empty()
+        {
+            let _ = websub.send(work.feeds.iter().map(|f| f.name.clone()).collect());
+        }
         // Last: once /metrics counts an article, its page and feeds are on disk.
         self.update_metrics();
-        self.metrics.rebuild(seen.elapsed(), rendered.len());
+        self.metrics.rebuild(seen.elapsed(), work.feeds.len());
         tracing::debug!(
-            feeds = rendered.len(),
-            pages = plan.pages.len(),
+            feeds = work.feeds.len(),
+            pages = work.pages.len(),
+            docs = work.docs.len(),
             "republished in {:.2?}",
             seen.elapsed()
         );
         notify(&[NotifyState::Status(&self.status())]);
     }
 
-    /// Renders the feeds `plan` touches and the index into the served snapshot: readers see
-    /// the change at once. Returns the rendered feeds and index, for the files.
-    fn publish_memory(
-        &mut self,
+    /// Renders what `plan` changes: the feeds it touches, the index, the pages of the
+    /// articles it names and of their neighbours, and the navigation documents whose
+    /// fingerprint changed.
+    fn render_changes(
+        &self,
         plan: &crate::plan::Republish,
+        changes: &[Change],
         now: DateTime<FixedOffset>,
-    ) -> (Vec<RenderedFeed>, Option<String>, Option<String>) {
+    ) -> Rendered {
+        let model = Model::new(&self.library, now);
         let defs: Vec<_> = self
             .publisher
             .feeds
@@ -619,20 +728,86 @@ impl Engine {
             .filter(|d| plan.touched.iter().any(|c| d.includes(c)))
             .cloned()
             .collect();
-        let rendered = self.publisher.render_feeds(&defs, &self.library, now);
+        let feeds = self
+            .publisher
+            .render_feeds(&defs, &self.library, now, &model);
+        let index = self
+            .publisher
+            .render_index(&self.library, &model)
+            .map_err(|e| e.to_string());
+        // The pages of changed articles, and of the articles next to them before and after
+        // the change (their "older"/"newer" links).
+        let mut pages: Vec<Arc<Entry>> = plan.pages.clone();
+        let add = |e: &Arc<Entry>, pages: &mut Vec<Arc<Entry>>| {
+            if e.is_visible(now) && !pages.iter().any(|p| p.id == e.id) {
+                pages.push(e.clone());
+            }
+        };
+        for change in changes {
+            let (old, new) = match change {
+                Change::Added(new) => (None, Some(new)),
+                Change::Updated { old, new } => (Some(old), Some(new)),
+                Change::Removed(old) => (Some(old), None),
+            };
+            for e in old.into_iter().chain(new) {
+                let (older, newer) = model.neighbours(e);
+                for n in older.into_iter().chain(newer) {
+                    add(n, &mut pages);
+                }
+            }
+        }
+        let pages = pages
+            .into_iter()
+            .map(|e| {
+                let nav = self.publisher.article_nav(&model, &e);
+                (e, nav)
+            })
+            .collect();
+        let all = model.docs(&self.publisher.feeds);
+        let mut docs = Vec::new();
+        for (doc, print) in &all {
+            if self.docs.get(doc).map(|(p, _)| *p) != Some(*print) {
+                let path = doc.path(&model);
+                let body = self.publisher.render_doc(&model, doc);
+                docs.push((doc.clone(), *print, path, body));
+            }
+        }
+        let keep: HashSet<&Doc> = all.iter().map(|(d, _)| d).collect();
+        let gone = self
+            .docs
+            .iter()
+            .filter(|(d, _)| !keep.contains(d))
+            .map(|(d, (_, path))| (d.clone(), path.clone()))
+            .collect();
+        Rendered {
+            feeds,
+            index,
+            pages,
+            docs,
+            gone,
+        }
+    }
+
+    /// Puts the rendered feeds and index into the served snapshot: readers see the change
+    /// at once. Returns the index and the calendar when it changed, for the files.
+    fn publish_memory(
+        &mut self,
+        work: &Rendered,
+        now: DateTime<FixedOffset>,
+    ) -> (Option<String>, Option<String>) {
         let mut snapshot = (*self.app.snapshot()).clone();
         let wall = system_time(self.clock.now_fixed());
-        for feed in &rendered {
+        for feed in &work.feeds {
             self.insert_feed(&mut snapshot, feed);
         }
-        let index = match self.publisher.render_index(&self.library, now) {
+        let index = match &work.index {
             Ok(html) => {
                 self.index_time = self.index_time.max(wall);
                 snapshot.index = Some(Arc::new(Served::index(
                     html.clone().into_bytes(),
                     self.index_time,
                 )));
-                Some(html)
+                Some(html.clone())
             }
             Err(e) => {
                 tracing::error!("{e}");
@@ -649,26 +824,26 @@ impl Engine {
             calendar.0
         });
         self.app.replace(snapshot);
-        (rendered, index, calendar)
+        (index, calendar)
     }
 
-    /// Writes what `plan` changed to `output.dir`: pages, feeds, the index.
-    fn write_files(
-        &mut self,
-        plan: &crate::plan::Republish,
-        rendered: &[RenderedFeed],
-        index: Option<&str>,
-    ) {
+    /// Writes what `plan` changed to `output.dir`: pages, feeds, the navigation, the index.
+    fn write_files(&mut self, plan: &crate::plan::Republish, work: &Rendered, index: Option<&str>) {
         for id in &plan.gone {
             self.unwritten.pages.remove(id);
             if let Err(e) = self.publisher.remove_page(id) {
                 tracing::error!(id, "cannot remove the page: {e}");
             }
         }
-        for entry in &plan.pages {
-            self.write_page(entry);
+        for (entry, nav) in &work.pages {
+            if let Some(article) = self.write_page(entry, nav)
+                && plan.pages.iter().any(|p| p.id == entry.id)
+            {
+                self.search
+                    .update(crate::search::Update::Add(entry.clone(), article));
+            }
         }
-        for feed in rendered {
+        for feed in &work.feeds {
             if let Err(e) = self.publisher.write_feed(feed) {
                 tracing::error!(
                     feed = feed.name,
@@ -679,6 +854,31 @@ impl Engine {
                 self.unwritten.feeds.remove(&feed.name);
             }
             self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
+        }
+        for (doc, print, path, body) in &work.docs {
+            let full = self.publisher.out.join(path);
+            match body {
+                Some(Ok(body)) => match crate::output::write_atomic(&full, body.as_bytes()) {
+                    // Recorded only once written: a failed one is written at the next change.
+                    Ok(_) => {
+                        self.docs.insert(doc.clone(), (*print, path.clone()));
+                    }
+                    Err(e) => tracing::error!("cannot write {}: {e}", full.display()),
+                },
+                Some(Err(e)) => tracing::error!("{e}"),
+                None => {
+                    self.docs.remove(doc);
+                }
+            }
+        }
+        for (doc, path) in &work.gone {
+            let full = self.publisher.out.join(path);
+            match crate::output::remove(&self.publisher.out, &full) {
+                Ok(()) => {
+                    self.docs.remove(doc);
+                }
+                Err(e) => tracing::error!("cannot remove {}: {e}", full.display()),
+            }
         }
         // Keep in memory only the bodies the feeds list (a flood of new articles must not
         // pile up there).
@@ -702,20 +902,22 @@ impl Engine {
     }
 
     /// Writes the page of `entry`; one that cannot be written is tried again later.
-    fn write_page(&mut self, entry: &Arc<Entry>) {
-        let Some(article) = self.read_body(entry) else {
-            return;
-        };
-        match self.publisher.write_page(entry, &article) {
+    /// Returns its body, when it could be read.
+    fn write_page(&mut self, entry: &Arc<Entry>, nav: &ArticleNav) -> Option<Arc<Article>> {
+        let article = self.read_body(entry)?;
+        match self.publisher.write_page_with(entry, &article, nav) {
             Ok(_) => {
                 self.unwritten.pages.remove(&entry.id);
             }
             Err(e) => {
                 tracing::error!("{e}; trying again later");
-                self.unwritten.pages.insert(entry.id.clone(), entry.clone());
+                self.unwritten
+                    .pages
+                    .insert(entry.id.clone(), (entry.clone(), nav.clone()));
                 self.unwritten.schedule();
             }
         }
+        Some(article)
     }
 
     /// Tries again what could not be written, when its time has come.
@@ -729,14 +931,14 @@ impl Engine {
             self.unwritten.index.take(),
         );
         self.unwritten.failing = false;
-        for entry in pages.into_values() {
+        for (entry, nav) in pages.into_values() {
             // Only what is still published.
             if self
                 .library
                 .get(&entry.id)
                 .is_some_and(|e| e.stamp == entry.stamp)
             {
-                self.write_page(&entry);
+                self.write_page(&entry, &nav);
             }
         }
         for feed in feeds.into_values() {
@@ -782,9 +984,25 @@ impl Engine {
     }
 }
 
+/// What a change renders, before it is served and written.
+struct Rendered {
+    feeds: Vec<RenderedFeed>,
+    index: Result<String, String>,
+    /// Article pages to write, with their navigation.
+    pages: Vec<(Arc<Entry>, ArticleNav)>,
+    /// Navigation and archive documents whose fingerprint changed.
+    docs: Vec<ChangedDoc>,
+    /// Documents that are no more: (doc, path).
+    gone: Vec<(Doc, String)>,
+}
+
+/// A document to write again: (doc, fingerprint, path, body; `None` when it no longer
+/// exists).
+type ChangedDoc = (Doc, u64, String, Option<Result<String, String>>);
+
 /// Files of the site that could not be written, and when to try again.
 struct Unwritten {
-    pages: HashMap<String, Arc<Entry>>,
+    pages: HashMap<String, (Arc<Entry>, ArticleNav)>,
     feeds: HashMap<String, RenderedFeed>,
     index: Option<String>,
     next: Instant,

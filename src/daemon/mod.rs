@@ -144,6 +144,21 @@ pub async fn serve(
     let (mail_tx, mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
     let started = Instant::now();
     let categories: Arc<std::sync::RwLock<Vec<String>>> = Arc::default();
+    let search: Arc<crate::search::Search> = Arc::default();
+    let find = crate::find::FindState {
+        search: search.clone(),
+        templates: templates.clone(),
+        site: site.clone(),
+        articles: publisher.articles.clone(),
+        reader: publisher.reader.clone(),
+    };
+    let (websub_tx, websub_rx) = match &config.feeds.websub_hub {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let engine = {
         let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
         let categories = categories.clone();
@@ -152,9 +167,11 @@ pub async fn serve(
         let shared = engine::Shared {
             app,
             clock,
-            metrics,
+            metrics: metrics.clone(),
             categories,
             health,
+            search: search.clone(),
+            websub: websub_tx,
         };
         tokio::task::spawn_blocking(move || Engine::start(publisher, shared, tx, mail_tx))
             .await
@@ -226,6 +243,15 @@ pub async fn serve(
             tx.clone(),
         )),
     ];
+    if let (Some(hub), Some(rx)) = (&config.feeds.websub_hub, websub_rx) {
+        background.push(tokio::spawn(crate::websub::notifier(
+            hub.clone(),
+            site.clone(),
+            rx,
+            metrics.clone(),
+        )));
+        tracing::info!(hub, "telling a WebSub hub of feed changes");
+    }
     if let Some(dir) = &config.mail.inbox.dir {
         let local = crate::mail::bounce_local(&config.mail.return_path).to_owned();
         background.push(tokio::spawn(tasks::inbox(
@@ -257,7 +283,7 @@ pub async fn serve(
     subscribe.confirm_secs = (config.mail.confirm_days as i64).saturating_mul(24 * 3600);
     let router = crate::http::router(
         app.clone(),
-        crate::subscribe::router(Arc::new(subscribe)),
+        crate::subscribe::router(Arc::new(subscribe)).merge(crate::find::router(Arc::new(find))),
         &limits,
         site.clone(),
     );

@@ -1,0 +1,139 @@
+//! `GET /search?q=…&page=n`: the search page (daemon only).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use minijinja::context;
+use serde::Serialize;
+
+use crate::scan::{ArticleCache, StoreReader};
+use crate::search::{PER_PAGE, Piece, Search, highlight, snippet};
+use crate::site::{SharedSite, SharedTemplates, local_time};
+
+/// Words of a snippet.
+const SNIPPET_WORDS: usize = 36;
+
+/// What the search page needs.
+pub struct FindState {
+    pub search: Arc<Search>,
+    pub templates: SharedTemplates,
+    pub site: SharedSite,
+    /// Bodies for the snippets: from the cache, else read again.
+    pub articles: Arc<ArticleCache>,
+    pub reader: StoreReader,
+}
+
+pub fn router(state: Arc<FindState>) -> Router {
+    Router::new()
+        .route("/search", get(search_page))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ResultCtx {
+    title: Vec<Piece>,
+    snippet: Vec<Piece>,
+    url: String,
+    category: String,
+    published_iso: String,
+    published_text: String,
+}
+
+async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuery) -> Response {
+    let mut query = String::new();
+    let mut page = 1usize;
+    // Lossy: a malformed query string still gets a page, not an error.
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "q" => {
+                query = v
+                    .trim()
+                    .chars()
+                    .take(crate::search::MAX_QUERY_CHARS)
+                    .collect()
+            }
+            "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
+            _ => {}
+        }
+    }
+    let rendered = tokio::task::spawn_blocking(move || render(&state, &query, page)).await;
+    match rendered {
+        Ok(Ok(html)) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            html,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("{e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "lỗi máy chủ, xin thử lại sau\n",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!("search panicked: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
+    let results = state.search.search(query, page);
+    let site = state.site.read().expect("site lock").clone();
+    let hits: Vec<ResultCtx> = results
+        .hits
+        .iter()
+        .map(|found| {
+            let e = &found.entry;
+            let body = state.articles.get(&e.id, e.stamp).or_else(|| {
+                let found = crate::scan::Found {
+                    file: e.file.clone(),
+                    path: state.reader.root.join(&e.file),
+                    id: e.id.clone(),
+                    stamp: e.stamp,
+                };
+                state.reader.read(&found).ok().map(Arc::new)
+            });
+            ResultCtx {
+                title: highlight(&e.title, &results.words),
+                snippet: body.map_or_else(Vec::new, |a| {
+                    snippet(&a.paragraphs, &results.words, SNIPPET_WORDS)
+                }),
+                url: site.article_url(&e.id),
+                category: e.category.clone(),
+                published_iso: e.published.to_rfc3339(),
+                published_text: local_time(&e.published),
+            }
+        })
+        .collect();
+    let pages = results.total.div_ceil(PER_PAGE);
+    let url = |n: usize| {
+        let q: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        format!("{}/search?q={q}&page={n}", site.base_url)
+    };
+    let templates = crate::site::current(&state.templates);
+    templates
+        .render(
+            "web/search.html",
+            context! {
+                query,
+                ready => state.search.ready(),
+                total => results.total,
+                page,
+                pages,
+                first => (page - 1) * PER_PAGE + 1,
+                results => minijinja::Value::from(minijinja::value::Serde(hits)),
+                prev_url => (page > 1 && page <= pages + 1).then(|| url(page - 1)),
+                next_url => (page < pages).then(|| url(page + 1)),
+            },
+        )
+        .map_err(|e| e.to_string())
+}

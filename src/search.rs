@@ -1,0 +1,727 @@
+//! Search the way Vietnamese is typed: with or without diacritics.
+//!
+//! Every word is indexed by its folded form (lowercase, no diacritics, `đ` → `d`), so `ky
+//! hop` finds `kỳ họp`. Each occurrence keeps its position and which spelling it had, so a
+//! query typed with diacritics ranks the articles that spell it so first, and words next to
+//! each other in the query rank the articles where they stand together first.
+//!
+//! The index is a small inverted index of its own: one compact list per folded word of the
+//! articles it occurs in and where (variable-length integers, deltas), appended to as
+//! articles come, so it follows the store without a rebuild. An edited or removed article's
+//! entries are marked dead; when dead ones make up a fifth of the index it is built again.
+//! A general search library would bring its own storage, tokenizers and threads for what is
+//! here one word list per article and a few hundred lines.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::article::Article;
+use crate::library::Entry;
+
+/// Results on a page.
+pub const PER_PAGE: usize = 10;
+/// Words of a query that count; the rest are ignored.
+pub const MAX_QUERY_WORDS: usize = 8;
+/// Characters of a query that count.
+pub const MAX_QUERY_CHARS: usize = 200;
+/// Spellings of one folded word told apart; more share the last code.
+const VARIANTS: usize = 7;
+const OTHER_VARIANT: u8 = VARIANTS as u8;
+
+/// A character without its diacritics, lowercase (`Ộ` → `o`, `Đ` → `d`).
+pub fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let mut base = c;
+    unicode_normalization::char::decompose_canonical(c, |d| {
+        if base == c {
+            base = d;
+        }
+    });
+    match base {
+        'đ' | 'Đ' => 'd',
+        b => b.to_lowercase().next().unwrap_or(b),
+    }
+}
+
+/// `text` lowercase without diacritics.
+pub fn fold_text(text: &str) -> String {
+    text.chars().map(fold_char).collect()
+}
+
+/// The words of `text`: runs of letters and digits, with their byte ranges.
+pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+}
+
+/// A word's lowercase spelling and its folded form.
+fn forms(word: &str) -> (String, String) {
+    (word.to_lowercase(), fold_text(word))
+}
+
+/// One folded word's occurrences.
+#[derive(Debug, Default)]
+struct Term {
+    /// For each document (increasing): doc delta, count, then per occurrence
+    /// `(position delta << 3) | variant`, each as a variable-length integer.
+    postings: Vec<u8>,
+    last_doc: u32,
+    /// Spellings seen (lowercase), by variant code.
+    variants: Vec<Box<str>>,
+}
+
+/// What the index keeps of a document.
+#[derive(Debug, Clone)]
+struct DocInfo {
+    entry: Arc<Entry>,
+    /// Positions below this are the title's.
+    title_len: u32,
+    live: bool,
+}
+
+/// The index itself.
+#[derive(Debug, Default)]
+pub struct Index {
+    vocabulary: HashMap<Box<str>, u32>,
+    terms: Vec<Term>,
+    docs: Vec<DocInfo>,
+    by_id: HashMap<String, u32>,
+    dead: usize,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> u32 {
+    let mut v = 0u32;
+    let mut shift = 0;
+    loop {
+        let b = bytes[*at];
+        *at += 1;
+        v |= u32::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// One article's matches for a query: its document and, per query word, occurrences.
+struct Hit {
+    doc: u32,
+    /// Per query word: (position, variant) pairs, in position order.
+    occurrences: Vec<Vec<(u32, u8)>>,
+}
+
+/// A found article, ranked.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub entry: Arc<Entry>,
+    /// How well it matched (higher first), for tests and ordering.
+    pub rank: (u32, u8),
+}
+
+/// A page of results.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub total: usize,
+    pub hits: Vec<Found>,
+    /// The query's words, folded, to highlight.
+    pub words: Vec<String>,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.docs.len() - self.dead
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds an article (replacing the one with its id).
+    pub fn add(&mut self, entry: Arc<Entry>, article: &Article) {
+        self.remove(&entry.id);
+        let doc = self.docs.len() as u32;
+        let mut occurrences: HashMap<u32, Vec<(u32, u8)>> = HashMap::new();
+        let mut position = 0u32;
+        let mut add_text = |index: &mut Index, text: &str, position: &mut u32| {
+            for (_, word) in words(text) {
+                let (lower, folded) = forms(word);
+                let term = index.term_id(&folded);
+                let variant = index.variant(term, &lower);
+                occurrences
+                    .entry(term)
+                    .or_default()
+                    .push((*position, variant));
+                *position += 1;
+            }
+            // Words of different parts never make a phrase.
+            *position += 1;
+        };
+        add_text(self, &article.title, &mut position);
+        let title_len = position;
+        for p in &article.paragraphs {
+            add_text(self, p, &mut position);
+        }
+        let mut terms: Vec<(u32, Vec<(u32, u8)>)> = occurrences.into_iter().collect();
+        terms.sort_unstable_by_key(|(t, _)| *t);
+        for (term, occ) in terms {
+            let t = &mut self.terms[term as usize];
+            let delta = if t.postings.is_empty() {
+                doc
+            } else {
+                doc - t.last_doc
+            };
+            put_varint(&mut t.postings, delta);
+            put_varint(&mut t.postings, occ.len() as u32);
+            let mut last = 0;
+            for (pos, variant) in occ {
+                put_varint(&mut t.postings, ((pos - last) << 3) | u32::from(variant));
+                last = pos;
+            }
+            t.last_doc = doc;
+        }
+        self.by_id.insert(entry.id.clone(), doc);
+        self.docs.push(DocInfo {
+            entry,
+            title_len,
+            live: true,
+        });
+    }
+
+    /// Marks the article `id` as gone.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(doc) = self.by_id.remove(id) {
+            self.docs[doc as usize].live = false;
+            self.dead += 1;
+        }
+    }
+
+    /// Whether so much of the index is dead that building it again pays.
+    pub fn worth_rebuilding(&self) -> bool {
+        self.dead > 1000 && self.dead * 5 > self.docs.len()
+    }
+
+    fn term_id(&mut self, folded: &str) -> u32 {
+        if let Some(&id) = self.vocabulary.get(folded) {
+            return id;
+        }
+        let id = self.terms.len() as u32;
+        self.terms.push(Term::default());
+        self.vocabulary.insert(folded.into(), id);
+        id
+    }
+
+    fn variant(&mut self, term: u32, lower: &str) -> u8 {
+        let t = &mut self.terms[term as usize];
+        if let Some(i) = t.variants.iter().position(|v| &**v == lower) {
+            return i as u8;
+        }
+        if t.variants.len() < VARIANTS {
+            t.variants.push(lower.into());
+            return (t.variants.len() - 1) as u8;
+        }
+        OTHER_VARIANT
+    }
+
+    /// Bytes the index holds on the heap (capacities, keys, documents).
+    pub fn heap_bytes(&self) -> usize {
+        let terms: usize = self
+            .terms
+            .iter()
+            .map(|t| {
+                t.postings.capacity()
+                    + t.variants.iter().map(|v| v.len() + 16).sum::<usize>()
+                    + t.variants.capacity() * 16
+            })
+            .sum();
+        let vocabulary: usize = self.vocabulary.keys().map(|k| k.len() + 16 + 4 + 8).sum();
+        let by_id: usize = self.by_id.keys().map(|k| k.capacity() + 24 + 4 + 8).sum();
+        terms
+            + self.terms.capacity() * std::mem::size_of::<Term>()
+            + vocabulary
+            + self.docs.capacity() * std::mem::size_of::<DocInfo>()
+            + by_id
+    }
+
+    /// Decodes the occurrences of `term` in live documents: (doc, occurrences).
+    fn postings(&self, term: u32, mut each: impl FnMut(u32, &[(u32, u8)])) {
+        let bytes = &self.terms[term as usize].postings;
+        let mut at = 0;
+        let mut doc = 0u32;
+        let mut first = true;
+        let mut occ: Vec<(u32, u8)> = Vec::new();
+        while at < bytes.len() {
+            let delta = get_varint(bytes, &mut at);
+            doc = if first { delta } else { doc + delta };
+            first = false;
+            let count = get_varint(bytes, &mut at);
+            occ.clear();
+            let mut pos = 0;
+            for _ in 0..count {
+                let v = get_varint(bytes, &mut at);
+                pos += v >> 3;
+                occ.push((pos, (v & 7) as u8));
+            }
+            if self.docs[doc as usize].live {
+                each(doc, &occ);
+            }
+        }
+    }
+
+    /// The articles that hold every word of `query`, best first; page `page` (from 1).
+    pub fn search(&self, query: &str, page: usize) -> Results {
+        let query: String = query.chars().take(MAX_QUERY_CHARS).collect();
+        let mut exact: Vec<String> = Vec::new();
+        let mut folded: Vec<String> = Vec::new();
+        for (_, w) in words(&query).take(MAX_QUERY_WORDS) {
+            let (lower, fold) = forms(w);
+            exact.push(lower);
+            folded.push(fold);
+        }
+        let mut results = Results {
+            words: folded.clone(),
+            ..Results::default()
+        };
+        if folded.is_empty() {
+            return results;
+        }
+        // Each distinct word once; the query's words point at them.
+        let mut distinct: Vec<u32> = Vec::new();
+        let mut slot_of: Vec<usize> = Vec::new();
+        for f in &folded {
+            let Some(&term) = self.vocabulary.get(f.as_str()) else {
+                return results;
+            };
+            let slot = distinct.iter().position(|&t| t == term).unwrap_or_else(|| {
+                distinct.push(term);
+                distinct.len() - 1
+            });
+            slot_of.push(slot);
+        }
+        // The rarest word first: the others only narrow its documents.
+        let mut order: Vec<usize> = (0..distinct.len()).collect();
+        order.sort_by_key(|&i| self.terms[distinct[i] as usize].postings.len());
+        let mut hits: Vec<Hit> = Vec::new();
+        let mut index_of: HashMap<u32, usize> = HashMap::new();
+        for (round, &slot) in order.iter().enumerate() {
+            let term = distinct[slot];
+            if round == 0 {
+                self.postings(term, |doc, occ| {
+                    let mut occurrences = vec![Vec::new(); distinct.len()];
+                    occurrences[slot] = occ.to_vec();
+                    index_of.insert(doc, hits.len());
+                    hits.push(Hit { doc, occurrences });
+                });
+            } else {
+                self.postings(term, |doc, occ| {
+                    if let Some(&i) = index_of.get(&doc) {
+                        hits[i].occurrences[slot] = occ.to_vec();
+                    }
+                });
+                hits.retain(|h| !h.occurrences[slot].is_empty());
+                index_of.clear();
+                for (i, h) in hits.iter().enumerate() {
+                    index_of.insert(h.doc, i);
+                }
+            }
+            if hits.is_empty() {
+                return results;
+            }
+        }
+        // Which spelling each query word asks for, when it was typed with diacritics.
+        let wanted: Vec<Option<u8>> = exact
+            .iter()
+            .zip(&folded)
+            .zip(&slot_of)
+            .map(|((e, f), &slot)| {
+                (e != f).then(|| {
+                    let t = &self.terms[distinct[slot] as usize];
+                    t.variants
+                        .iter()
+                        .position(|v| **v == *e)
+                        .map_or(u8::MAX, |i| i as u8)
+                })
+            })
+            .collect();
+        let mut ranked: Vec<(u32, u8, i64, u32)> = hits
+            .iter()
+            .map(|h| {
+                let info = &self.docs[h.doc as usize];
+                let (exact, tier) = rank(h, info.title_len, &slot_of, &wanted);
+                (exact, tier, info.entry.published.timestamp(), h.doc)
+            })
+            .collect();
+        results.total = ranked.len();
+        let start = page.saturating_sub(1) * PER_PAGE;
+        if start >= ranked.len() {
+            return results;
+        }
+        let end = (start + PER_PAGE).min(ranked.len());
+        let better = |a: &(u32, u8, i64, u32), b: &(u32, u8, i64, u32)| {
+            (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3))
+        };
+        if end < ranked.len() {
+            ranked.select_nth_unstable_by(end, better);
+            ranked.truncate(end);
+        }
+        ranked.sort_unstable_by(better);
+        results.hits = ranked[start..end]
+            .iter()
+            .map(|&(exact, tier, _, doc)| Found {
+                entry: self.docs[doc as usize].entry.clone(),
+                rank: (exact, tier),
+            })
+            .collect();
+        results
+    }
+}
+
+/// (words matched in the spelling typed, tier): 4 the words together in the title, 3
+/// together in the text, 2 all in the title, 1 scattered.
+fn rank(hit: &Hit, title_len: u32, slot_of: &[usize], wanted: &[Option<u8>]) -> (u32, u8) {
+    let exact = wanted
+        .iter()
+        .zip(slot_of)
+        .filter(|(w, slot)| {
+            w.is_some_and(|v| hit.occurrences[**slot].iter().any(|&(_, got)| got == v))
+        })
+        .count() as u32;
+    let first = &hit.occurrences[slot_of[0]];
+    let mut phrase_title = false;
+    let mut phrase = false;
+    if slot_of.len() > 1 {
+        for &(p, _) in first {
+            let together = slot_of.iter().enumerate().skip(1).all(|(k, &slot)| {
+                hit.occurrences[slot]
+                    .binary_search_by_key(&(p + k as u32), |&(q, _)| q)
+                    .is_ok()
+            });
+            if together {
+                phrase = true;
+                if p + (slot_of.len() as u32) <= title_len {
+                    phrase_title = true;
+                    break;
+                }
+            }
+        }
+    }
+    let all_in_title = slot_of.iter().all(|&slot| {
+        hit.occurrences[slot]
+            .first()
+            .is_some_and(|&(p, _)| p < title_len)
+    });
+    let tier = if slot_of.len() == 1 {
+        if all_in_title { 4 } else { 3 }
+    } else if phrase_title {
+        4
+    } else if phrase {
+        3
+    } else if all_in_title {
+        2
+    } else {
+        1
+    };
+    (exact, tier)
+}
+
+/// A piece of text to show, highlighted or not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Piece {
+    pub text: String,
+    pub mark: bool,
+}
+
+/// `text` cut into pieces, the words of `folded` marked.
+pub fn highlight(text: &str, folded: &[String]) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::new();
+    let mut last = 0;
+    let push = |out: &mut Vec<Piece>, text: &str, mark: bool| {
+        if text.is_empty() {
+            return;
+        }
+        match out.last_mut() {
+            Some(p) if p.mark == mark => p.text.push_str(text),
+            _ => out.push(Piece {
+                text: text.to_owned(),
+                mark,
+            }),
+        }
+    };
+    for (at, word) in words(text) {
+        if folded.iter().any(|f| *f == fold_text(word)) {
+            push(&mut out, &text[last..at], false);
+            push(&mut out, word, true);
+            last = at + word.len();
+        }
+    }
+    push(&mut out, &text[last..], false);
+    out
+}
+
+/// About `width` words of `paragraphs` around the first place the query's words stand
+/// together (else the first of them), highlighted.
+pub fn snippet(paragraphs: &[String], folded: &[String], width: usize) -> Vec<Piece> {
+    let text = paragraphs.join(" ");
+    let all: Vec<(usize, &str)> = words(&text).collect();
+    let is = |i: usize, k: usize| {
+        all.get(i + k)
+            .is_some_and(|(_, w)| fold_text(w) == folded[k])
+    };
+    let together = (0..all.len()).find(|&i| (0..folded.len()).all(|k| is(i, k)));
+    let first = together
+        .or_else(|| (0..all.len()).find(|&i| folded.iter().any(|f| fold_text(all[i].1) == *f)));
+    let center = first.unwrap_or(0);
+    let from = center.saturating_sub(width / 3);
+    let to = (from + width).min(all.len());
+    if all.is_empty() {
+        return Vec::new();
+    }
+    let start = all[from].0;
+    let end = all.get(to).map_or(text.len(), |(at, _)| *at);
+    let mut pieces = Vec::new();
+    if from > 0 {
+        pieces.push(Piece {
+            text: "… ".into(),
+            mark: false,
+        });
+    }
+    pieces.extend(highlight(text[start..end].trim_end(), folded));
+    if to < all.len() {
+        pieces.push(Piece {
+            text: " …".into(),
+            mark: false,
+        });
+    }
+    pieces
+}
+
+/// One change for the index.
+pub enum Update {
+    Add(Arc<Entry>, Arc<Article>),
+    Remove(String),
+}
+
+/// The index shared by the engine (which feeds it) and the web (which asks it); built in
+/// the background at start while the site is already served.
+#[derive(Default)]
+pub struct Search {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    index: Index,
+    /// Set while the index is built: changes wait in `pending`.
+    building: bool,
+    ready: bool,
+    pending: Vec<Update>,
+}
+
+impl Search {
+    /// Marks the start of a build: changes from now are kept for it.
+    pub fn begin_build(&self) {
+        let mut s = self.state.write().expect("search lock");
+        s.building = true;
+        s.pending.clear();
+    }
+
+    /// Installs a built index, with the changes made while it was built.
+    pub fn finish_build(&self, mut index: Index) {
+        let mut s = self.state.write().expect("search lock");
+        for update in std::mem::take(&mut s.pending) {
+            apply(&mut index, update);
+        }
+        s.index = index;
+        s.building = false;
+        s.ready = true;
+    }
+
+    pub fn update(&self, update: Update) {
+        let mut s = self.state.write().expect("search lock");
+        if s.building {
+            s.pending.push(update);
+        } else {
+            apply(&mut s.index, update);
+        }
+    }
+
+    /// Whether the index holds the store (false while the first build runs).
+    pub fn ready(&self) -> bool {
+        self.state.read().expect("search lock").ready
+    }
+
+    /// Whether it should be built again (many dead entries) and is not being built.
+    pub fn worth_rebuilding(&self) -> bool {
+        let s = self.state.read().expect("search lock");
+        !s.building && s.index.worth_rebuilding()
+    }
+
+    pub fn search(&self, query: &str, page: usize) -> Results {
+        self.state
+            .read()
+            .expect("search lock")
+            .index
+            .search(query, page)
+    }
+
+    /// (documents, heap bytes).
+    pub fn size(&self) -> (usize, usize) {
+        let s = self.state.read().expect("search lock");
+        (s.index.len(), s.index.heap_bytes())
+    }
+}
+
+fn apply(index: &mut Index, update: Update) {
+    match update {
+        Update::Add(entry, article) => index.add(entry, &article),
+        Update::Remove(id) => index.remove(&id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::library::Stamp;
+    use chrono::DateTime;
+
+    fn article(id: &str, title: &str, body: &str, day: u32) -> (Arc<Entry>, Article) {
+        let published =
+            DateTime::parse_from_rfc3339(&format!("2024-03-{day:02}T08:00:00+07:00")).unwrap();
+        let a = Article {
+            id: id.into(),
+            category: "THÔNG BÁO".into(),
+            title: title.into(),
+            published,
+            paragraphs: vec![body.into()],
+            author: None,
+            event: None,
+            place: None,
+            correction: None,
+        };
+        let e = Entry::new(&a, format!("{id}.txt"), Stamp::default(), published);
+        (Arc::new(e), a)
+    }
+
+    fn index(docs: &[(&str, &str, &str, u32)]) -> Index {
+        let mut index = Index::default();
+        for (id, title, body, day) in docs {
+            let (e, a) = article(id, title, body, *day);
+            index.add(e, &a);
+        }
+        index
+    }
+
+    fn ids(r: &Results) -> Vec<&str> {
+        r.hits.iter().map(|f| f.entry.id.as_str()).collect()
+    }
+
+    #[test]
+    fn folds_vietnamese() {
+        assert_eq!(
+            fold_text("Kỳ họp HĐND Đại biểu ƯỚC"),
+            "ky hop hdnd dai bieu uoc"
+        );
+        assert_eq!(fold_char('ử'), 'u');
+    }
+
+    #[test]
+    fn finds_without_diacritics_and_d_for_dj() {
+        let idx = index(&[
+            ("a", "Kỳ họp thứ mười", "Các đại biểu thảo luận.", 1),
+            (
+                "b",
+                "Tiếp xúc cử tri",
+                "Đại biểu HĐND gặp cử tri phường.",
+                2,
+            ),
+            ("c", "Thông báo", "Lịch trực tiếp công dân.", 3),
+        ]);
+        assert_eq!(ids(&idx.search("ky hop", 1)), ["a"]);
+        assert_eq!(ids(&idx.search("dai bieu", 1)), ["b", "a"]);
+        assert_eq!(ids(&idx.search("ĐẠI BIỂU", 1)), ["b", "a"]);
+        assert!(idx.search("ngân sách", 1).hits.is_empty());
+        assert!(idx.search("", 1).hits.is_empty());
+        assert!(idx.search("!!! ???", 1).hits.is_empty());
+    }
+
+    #[test]
+    fn ranks_exact_spelling_phrase_title_then_recency() {
+        let idx = index(&[
+            // "ký hợp" (signing a contract): the same letters without diacritics.
+            ("ky-hop-dong", "Ký hợp đồng thuê nhà", "Văn bản.", 9),
+            ("ky-hop-than", "Thông báo", "Kỳ họp thứ hai sẽ khai mạc.", 2),
+            ("ky-hop-tieu-de", "Kỳ họp thứ ba", "Khai mạc.", 1),
+            ("rai-rac", "Họp tổ", "Kỳ này có họp.", 8),
+        ]);
+        // With diacritics: the spelling typed first, then the title, then the text.
+        assert_eq!(
+            ids(&idx.search("kỳ họp", 1)),
+            ["ky-hop-tieu-de", "ky-hop-than", "rai-rac", "ky-hop-dong"]
+        );
+        // Without: the words together in a title first (newest first), then in the text,
+        // then scattered.
+        assert_eq!(
+            ids(&idx.search("ky hop", 1)),
+            ["ky-hop-dong", "ky-hop-tieu-de", "ky-hop-than", "rai-rac"]
+        );
+    }
+
+    #[test]
+    fn follows_changes_and_pages() {
+        let mut idx = index(&[("a", "Ngân sách năm", "Dự toán.", 1)]);
+        let (e, a) = article("a", "Thông báo", "Lịch tiếp dân.", 1);
+        idx.add(e, &a);
+        assert!(idx.search("ngan sach", 1).hits.is_empty());
+        assert_eq!(ids(&idx.search("tiep dan", 1)), ["a"]);
+        idx.remove("a");
+        assert!(idx.search("tiep dan", 1).hits.is_empty());
+        assert_eq!(idx.len(), 0);
+        for i in 0..25 {
+            let (e, a) = article(&format!("n{i:02}"), "Giám sát", "Nội dung.", 1 + i % 28);
+            idx.add(e, &a);
+        }
+        let p1 = idx.search("giam sat", 1);
+        let p3 = idx.search("giam sat", 3);
+        assert_eq!((p1.total, p1.hits.len(), p3.hits.len()), (25, 10, 5));
+        assert!(idx.search("giam sat", 4).hits.is_empty());
+        let all: std::collections::HashSet<String> = (1..=3)
+            .flat_map(|p| idx.search("giam sat", p).hits)
+            .map(|f| f.entry.id.clone())
+            .collect();
+        assert_eq!(all.len(), 25);
+    }
+
+    #[test]
+    fn snippets_show_the_words_together() {
+        let paragraphs = vec![
+            "Mở đầu dài dòng về nhiều việc khác nhau trong năm.".to_owned(),
+            "Sau đó Kỳ họp thứ mười khai mạc tại hội trường.".to_owned(),
+        ];
+        let words = vec!["ky".to_owned(), "hop".to_owned()];
+        let s = snippet(&paragraphs, &words, 8);
+        let marked: Vec<&str> = s
+            .iter()
+            .filter(|p| p.mark)
+            .map(|p| p.text.as_str())
+            .collect();
+        assert_eq!(marked, ["Kỳ", "họp"]);
+        assert_eq!(s.first().unwrap().text, "… ");
+        assert_eq!(
+            highlight("Đại biểu và đại biểu", &["dai".into(), "bieu".into()])
+                .iter()
+                .filter(|p| p.mark)
+                .count(),
+            4
+        );
+    }
+}
