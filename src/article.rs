@@ -15,7 +15,7 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 /// The marker of the publication line.
 pub const DATE_MARKER: &str = "Ngày đăng";
 /// The form the clerk is told to use when a date line is wrong.
-const DATE_FORM: &str = "'Ngày đăng DD/MM/YYYY | HH:MM'";
+const DATE_FORM: &str = "\"Ngày đăng 14/02/2020 | 08:16\" (ngày/tháng/năm | giờ:phút)";
 /// A signature is a last paragraph of one line no longer than this, in capitals.
 const SIGNATURE_MAX_CHARS: usize = 80;
 /// Characters kept in a plain-text excerpt.
@@ -62,9 +62,9 @@ pub const PLACE_MARKER: &str = "Địa điểm";
 /// The marker of a correction's reason.
 pub const CORRECTION_MARKER: &str = "Đính chính";
 /// The forms the clerk is told to use when an event's time is wrong.
-const EVENT_FORM: &str = "'Thời gian: DD/MM/YYYY | HH:MM', optionally followed by ' - HH:MM' \
-     (same day) or ' - DD/MM/YYYY | HH:MM'; for a whole day 'Thời gian: DD/MM/YYYY', \
-     optionally ' - DD/MM/YYYY'";
+const EVENT_FORM: &str = "\"Thời gian: 16/01/2025 | 08:00\" (ngày/tháng/năm | giờ:phút), \
+     có thể thêm giờ kết thúc \" - 11:30\" (cùng ngày) hoặc \" - 17/01/2025 | 11:30\"; \
+     sự kiện cả ngày thì ghi \"Thời gian: 16/01/2025\", có thể thêm \" - 18/01/2025\"";
 
 /// A problem in an article's text, at a line counted from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +112,8 @@ pub fn parse_bytes(id: &str, bytes: &[u8], tz: Tz) -> Result<Article, LineError>
     if let Some(pos) = bytes.iter().position(|&b| b == 0) {
         return Err(LineError::new(
             line_at(bytes, pos),
-            "contains a NUL byte: this is a binary file, not article text; \
-             save the article as plain UTF-8 text",
+            "tệp có byte NUL: đây là tệp nhị phân (ví dụ tệp Word hay PDF), không phải văn bản \
+             bài viết; hãy lưu bài viết thành tệp .txt (văn bản thuần, mã UTF-8)",
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
@@ -121,8 +121,8 @@ pub fn parse_bytes(id: &str, bytes: &[u8], tz: Tz) -> Result<Article, LineError>
         LineError::new(
             line_at(bytes, pos),
             format!(
-                "not valid UTF-8 (byte 0x{:02X}); save the file as UTF-8 text \
-                 (it may be in a legacy encoding such as Windows-1258)",
+                "tệp không phải văn bản mã UTF-8 (gặp byte 0x{:02X}); hãy lưu lại tệp với \
+                 bảng mã UTF-8 (có thể tệp đang dùng bảng mã cũ như Windows-1258 hay TCVN3)",
                 bytes[pos]
             ),
         )
@@ -148,8 +148,8 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
         return Err(LineError::new(
             1,
             format!(
-                "the file is empty; an article starts with its category line, \
-                 then the title and {DATE_FORM}"
+                "tệp trống; một bài viết bắt đầu bằng dòng chuyên mục, tiếp theo là \
+                 dòng tiêu đề và dòng {DATE_FORM}"
             ),
         ));
     }
@@ -158,27 +158,30 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
     if category.starts_with(DATE_MARKER) {
         return Err(LineError::new(
             category_line,
-            "expected the category line (e.g. 'TIN TỨC - SỰ KIỆN TIÊU BIỂU'), \
-             then the title, before the date line",
+            "thiếu dòng chuyên mục (ví dụ \"TIN TỨC - SỰ KIỆN TIÊU BIỂU\") và dòng tiêu đề: \
+             hai dòng này phải đứng trước dòng \"Ngày đăng\"",
         ));
     }
     let Some((title_line, title)) = next_nonblank(&mut lines) else {
         return Err(LineError::new(
             category_line + 1,
-            format!("expected the title after the category line, then {DATE_FORM}"),
+            format!(
+                "thiếu tiêu đề: sau dòng chuyên mục cần có dòng tiêu đề, \
+                 rồi đến dòng {DATE_FORM}"
+            ),
         ));
     };
     if title.starts_with(DATE_MARKER) {
         return Err(LineError::new(
             title_line,
-            "expected the title before the date line; the first line is the category, \
-             the next one the title",
+            "thiếu tiêu đề trước dòng \"Ngày đăng\": dòng đầu tiên là chuyên mục, \
+             dòng tiếp theo là tiêu đề",
         ));
     }
     let Some((date_line, date)) = next_nonblank(&mut lines) else {
         return Err(LineError::new(
             title_line + 1,
-            format!("expected {DATE_FORM} after the title"),
+            format!("sau tiêu đề cần có dòng {DATE_FORM}"),
         ));
     };
     let naive = parse_date_line(&date).map_err(|m| LineError::new(date_line, m))?;
@@ -207,8 +210,8 @@ pub fn parse(id: &str, text: &str, tz: Tz) -> Result<Article, LineError> {
     if paragraphs.is_empty() {
         return Err(LineError::new(
             date_line + 1,
-            "the article has no text after the date line; add its paragraphs, \
-             separated by blank lines",
+            "bài viết chưa có nội dung sau dòng \"Ngày đăng\"; hãy thêm các đoạn văn, \
+             mỗi đoạn cách nhau một dòng trống",
         ));
     }
     Ok(Article {
@@ -256,14 +259,18 @@ fn read_header(
             LineError::new(
                 n,
                 format!(
-                    "a second '{marker}:' line; an article has at most one, keep the right one"
+                    "dòng \"{marker}:\" bị lặp lại; mỗi bài viết chỉ có một dòng này: \
+                     hãy giữ lại dòng đúng và xóa dòng kia"
                 ),
             )
         };
         let empty = |what: &str| {
             LineError::new(
                 n,
-                format!("'{marker}:' is empty; write {what} after the colon, or remove the line"),
+                format!(
+                    "dòng \"{marker}:\" còn trống; hãy ghi {what} sau dấu hai chấm, \
+                     hoặc xóa dòng này"
+                ),
             )
         };
         match marker {
@@ -278,7 +285,7 @@ fn read_header(
                     return Err(twice());
                 }
                 if value.is_empty() {
-                    return Err(empty("the place of the event"));
+                    return Err(empty("địa điểm diễn ra sự kiện"));
                 }
                 header.place = Some(value);
             }
@@ -287,7 +294,7 @@ fn read_header(
                     return Err(twice());
                 }
                 if value.is_empty() {
-                    return Err(empty("the reason for the correction"));
+                    return Err(empty("lý do đính chính"));
                 }
                 header.correction = Some(value);
             }
@@ -307,7 +314,7 @@ fn field<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
 fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
     let bad = || {
         format!(
-            "cannot read the time of the event '{}'; expected {EVENT_FORM}",
+            "không đọc được thời gian của sự kiện \"{}\"; cần viết {EVENT_FORM}",
             shorten(value)
         )
     };
@@ -336,8 +343,8 @@ fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
             let (last, t) = point(to)?;
             if t.is_some() {
                 return Err(format!(
-                    "the event starts on a whole day but ends at a time of day; give both a \
-                     time or neither: {EVENT_FORM}"
+                    "sự kiện bắt đầu cả ngày (không ghi giờ) nhưng lúc kết thúc lại có giờ; \
+                     hãy ghi giờ cho cả hai, hoặc bỏ giờ ở cả hai: {EVENT_FORM}"
                 ));
             }
             When::AllDay { first: day, last }
@@ -351,8 +358,8 @@ fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
                 let (d, et) = point(to)?;
                 let Some(et) = et else {
                     return Err(format!(
-                        "the event starts at a time of day but ends on a whole day; give the \
-                         end's time too: {EVENT_FORM}"
+                        "sự kiện bắt đầu có giờ nhưng lúc kết thúc chỉ có ngày; \
+                         hãy ghi cả giờ kết thúc: {EVENT_FORM}"
                     ));
                 };
                 d.and_time(et)
@@ -372,7 +379,7 @@ fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
             }
             if let Some(end) = end.filter(|e| *e < start) {
                 return Err(format!(
-                    "the event ends ({}) before it starts ({}); check the times",
+                    "sự kiện kết thúc ({}) trước khi bắt đầu ({}); hãy kiểm tra lại giờ",
                     end.format("%H:%M %d/%m/%Y"),
                     start.format("%H:%M %d/%m/%Y")
                 ));
@@ -381,7 +388,7 @@ fn parse_when(value: &str, tz: Tz) -> Result<When, String> {
         When::AllDay { first, last } => {
             if last < first {
                 return Err(format!(
-                    "the event ends ({}) before it starts ({}); check the dates",
+                    "sự kiện kết thúc ({}) trước khi bắt đầu ({}); hãy kiểm tra lại ngày",
                     last.format("%d/%m/%Y"),
                     first.format("%d/%m/%Y")
                 ));
@@ -444,7 +451,7 @@ pub const MAX_YEAR: u32 = 2100;
 fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
     let Some(rest) = line.strip_prefix(DATE_MARKER) else {
         return Err(format!(
-            "expected {DATE_FORM} after the title, found '{}'",
+            "sau tiêu đề cần có dòng {DATE_FORM}, nhưng dòng này là \"{}\"",
             shorten(line)
         ));
     };
@@ -454,7 +461,12 @@ fn parse_date_line(line: &str) -> Result<NaiveDateTime, String> {
         Some((d, t)) => (d.trim(), Some(t.trim())),
         None => (rest, None),
     };
-    let bad_form = || format!("cannot read the date '{}'; expected {DATE_FORM}", rest);
+    let bad_form = || {
+        format!(
+            "dòng \"Ngày đăng\" không đúng dạng: cần {DATE_FORM}, \
+             còn ở đây là \"{rest}\""
+        )
+    };
     let date = read_date(date_text, &bad_form)?;
     let time = match time_text {
         None => NaiveTime::MIN,
@@ -476,21 +488,21 @@ fn read_date(date_text: &str, bad_form: &dyn Fn() -> String) -> Result<NaiveDate
     let year = number(y.trim(), 4, 4).ok_or_else(bad_form)?;
     if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
         return Err(format!(
-            "the year {year} of '{date_text}' is out of range; a council article is dated \
-             between {MIN_YEAR} and {MAX_YEAR}"
+            "năm {year} của ngày \"{date_text}\" nằm ngoài khoảng cho phép: ngày trong \
+             bài viết phải có năm từ {MIN_YEAR} đến {MAX_YEAR}"
         ));
     }
     NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| {
         format!(
-            "'{date_text}' is not a real date (day {day}, month {month}, year {year}); \
-             expected DD/MM/YYYY"
+            "ngày \"{date_text}\" không có trên lịch (ngày {day}, tháng {month}, năm {year}); \
+             hãy ghi theo thứ tự ngày/tháng/năm, ví dụ 14/02/2020"
         )
     })
 }
 
 /// Reads `H:MM`.
 fn read_time(t: &str) -> Result<NaiveTime, String> {
-    let bad_time = || format!("'{t}' is not a time of day; expected HH:MM from 00:00 to 23:59");
+    let bad_time = || format!("giờ \"{t}\" không hợp lệ; hãy ghi giờ:phút từ 00:00 đến 23:59");
     let (h, m) = t.split_once(':').ok_or_else(bad_time)?;
     let hour = number(h.trim(), 1, 2).ok_or_else(bad_time)?;
     let minute = number(m.trim(), 2, 2).ok_or_else(bad_time)?;
@@ -507,7 +519,7 @@ fn localize(naive: NaiveDateTime, tz: Tz) -> Result<DateTime<FixedOffset>, Strin
     tz.from_local_datetime(&naive)
         .earliest()
         .map(|t| t.fixed_offset())
-        .ok_or_else(|| format!("{naive} does not exist in time zone {tz} (a clock change)"))
+        .ok_or_else(|| format!("thời điểm {naive} không có ở múi giờ {tz} (do đổi giờ)"))
 }
 
 fn shorten(text: &str) -> String {
@@ -705,7 +717,7 @@ mod tests {
     fn empty_file() {
         let e = err("");
         assert_eq!(e.line, 1);
-        assert!(e.message.contains("empty"), "{}", e.message);
+        assert!(e.message.contains("tệp trống"), "{}", e.message);
         assert_eq!(err(" \n\n").line, 1);
     }
 
@@ -715,7 +727,7 @@ mod tests {
         assert_eq!(e.line, 5);
         assert!(
             e.message
-                .contains("expected 'Ngày đăng DD/MM/YYYY | HH:MM'"),
+                .contains("cần có dòng \"Ngày đăng 14/02/2020 | 08:16\""),
             "{}",
             e.message
         );
@@ -726,7 +738,11 @@ mod tests {
         for date in ["01/01/0001", "14/02/1900", "01/01/2101", "31/12/9999"] {
             let e = err(&format!("TIN\n\nTiêu đề\nNgày đăng {date}\n\nĐoạn.\n"));
             assert_eq!(e.line, 4, "{date}");
-            assert!(e.message.contains("out of range"), "{date}: {}", e.message);
+            assert!(
+                e.message.contains("nằm ngoài khoảng cho phép"),
+                "{date}: {}",
+                e.message
+            );
         }
     }
 
@@ -735,33 +751,33 @@ mod tests {
         let e = err(&BASIC.replace("14/02/2020", "31/02/2020"));
         assert_eq!(e.line, 4);
         assert!(
-            e.message.contains("'31/02/2020' is not a real date"),
+            e.message.contains("\"31/02/2020\" không có trên lịch"),
             "{}",
             e.message
         );
         let e = err(&BASIC.replace("08:16", "25:61"));
         assert_eq!(e.line, 4);
         assert!(
-            e.message.contains("'25:61' is not a time of day"),
+            e.message.contains("giờ \"25:61\" không hợp lệ"),
             "{}",
             e.message
         );
         let e = err(&BASIC.replace("14/02/2020", "14-02-2020"));
-        assert!(e.message.contains("cannot read the date"), "{}", e.message);
+        assert!(e.message.contains("không đúng dạng"), "{}", e.message);
     }
 
     #[test]
     fn header_only_is_an_error() {
         let e = err("TIN TỨC\nTiêu đề\nNgày đăng 14/02/2020\n");
         assert_eq!(e.line, 4);
-        assert!(e.message.contains("no text"), "{}", e.message);
+        assert!(e.message.contains("chưa có nội dung"), "{}", e.message);
     }
 
     #[test]
     fn nul_bytes_and_bad_utf8() {
         let e = parse_bytes("t", b"TIN\nTitle\n\0", TZ).unwrap_err();
         assert_eq!(e.line, 3);
-        assert!(e.message.contains("NUL"), "{}", e.message);
+        assert!(e.message.contains("byte NUL"), "{}", e.message);
         let e = parse_bytes("t", b"TIN\nTi\xe0u\n", TZ).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("UTF-8"), "{}", e.message);
@@ -894,37 +910,43 @@ mod tests {
     #[test]
     fn broken_header_lines_are_errors_on_their_line() {
         let cases = [
-            ("Thời gian: 16-01-2025", "cannot read the time of the event"),
-            ("Thời gian: mai", "expected 'Thời gian: DD/MM/YYYY | HH:MM'"),
-            ("Thời gian: 31/02/2025", "is not a real date"),
+            (
+                "Thời gian: 16-01-2025",
+                "không đọc được thời gian của sự kiện",
+            ),
+            (
+                "Thời gian: mai",
+                "cần viết \"Thời gian: 16/01/2025 | 08:00\"",
+            ),
+            ("Thời gian: 31/02/2025", "không có trên lịch"),
             (
                 "Thời gian: 16/01/2025 | 25:00",
-                "'25:00' is not a time of day",
+                "giờ \"25:00\" không hợp lệ",
             ),
             (
                 "Thời gian: 16/01/2025 | 08:00 - 07:00",
-                "ends (07:00 16/01/2025) before it starts",
+                "kết thúc (07:00 16/01/2025) trước khi bắt đầu",
             ),
             (
                 "Thời gian: 18/01/2025 - 16/01/2025",
-                "ends (16/01/2025) before it starts",
+                "kết thúc (16/01/2025) trước khi bắt đầu",
             ),
             (
                 "Thời gian: 16/01/2025 - 17/01/2025 | 10:00",
-                "give both a time or neither",
+                "hãy ghi giờ cho cả hai, hoặc bỏ giờ ở cả hai",
             ),
             (
                 "Thời gian: 16/01/2025 | 08:00 - 17/01/2025",
-                "give the end's time too",
+                "hãy ghi cả giờ kết thúc",
             ),
             (
                 "Thời gian: 16/01/2025 -",
-                "cannot read the time of the event",
+                "không đọc được thời gian của sự kiện",
             ),
-            ("Thời gian:", "cannot read the time of the event"),
-            ("Địa điểm:", "'Địa điểm:' is empty"),
-            ("Đính chính:  ", "write the reason for the correction"),
-            ("Địa điểm: A\nĐịa điểm: B", "a second 'Địa điểm:' line"),
+            ("Thời gian:", "không đọc được thời gian của sự kiện"),
+            ("Địa điểm:", "dòng \"Địa điểm:\" còn trống"),
+            ("Đính chính:  ", "hãy ghi lý do đính chính"),
+            ("Địa điểm: A\nĐịa điểm: B", "dòng \"Địa điểm:\" bị lặp lại"),
         ];
         for (lines, expected) in cases {
             let e = err(&with_header(lines));

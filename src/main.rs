@@ -36,7 +36,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Validate the configuration, feeds, templates and every article.
+    /// Validate the configuration, feeds, templates and every article (kiểm tra bài viết).
+    ///
+    /// Kiểm tra cấu hình, các tệp khai báo nguồn tin, mẫu trang và mọi bài viết; mỗi lỗi
+    /// được in trên một dòng "tệp:dòng: lỗi và cách sửa".
     Check,
     /// Manage mail subscribers.
     #[command(subcommand)]
@@ -388,14 +391,14 @@ fn orphans(config: &Config) -> Vec<bantin::admin::Orphan> {
 }
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
-    let progress = Progress::start("checking articles", None);
+    let progress = Progress::start("đang kiểm tra bài viết", None);
     let report = bantin::check::run(config, &progress.count);
     progress.finish();
     for p in &report.problems {
         println!("{p}");
     }
     for d in &report.drafts {
-        eprintln!("{d}: draft, not published (remove the '_' from its name to publish it)");
+        eprintln!("{d}: bản nháp, chưa được đăng (muốn đăng thì bỏ dấu \"_\" ở đầu tên)");
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
@@ -405,17 +408,19 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     let drafts = match report.drafts.len() {
         0 => String::new(),
-        1 => " (1 draft)".into(),
-        n => format!(" ({n} drafts)"),
+        n => format!(" ({n} bản nháp)"),
     };
     if report.problems.is_empty() {
-        eprintln!("ok: {} articles{drafts}, no problems", report.articles);
+        eprintln!(
+            "đã kiểm tra {} bài viết{drafts}: không có lỗi nào",
+            report.articles
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "{} problem(s) in {} files{drafts}",
-            report.problems.len(),
-            report.articles
+            "đã kiểm tra {} bài viết{drafts}: có {} lỗi cần sửa (xem các dòng ở trên)",
+            report.articles,
+            report.problems.len()
         );
         Ok(ExitCode::from(1))
     }

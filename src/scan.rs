@@ -23,14 +23,15 @@ const MAX_NAME_BYTES: usize = 255 - 5;
 fn name_problem(file: &str) -> Option<String> {
     if file.contains('\\') {
         return Some(
-            "the name holds a '\\': it cannot be part of a page's address; rename the file".into(),
+            "tên tệp có dấu \"\\\": không dùng được trong địa chỉ web; hãy đổi tên tệp".into(),
         );
     }
     let longest = file.split('/').map(str::len).max().unwrap_or(0);
     if longest > MAX_NAME_BYTES {
         return Some(format!(
-            "a part of the name is {longest} bytes long; a page's file name may have at most \
-             {MAX_NAME_BYTES} (Vietnamese letters take 2 or 3 bytes each): shorten it"
+            "tên tệp (hoặc tên thư mục) dài {longest} byte, quá dài để làm tên trang web \
+             (tối đa {MAX_NAME_BYTES} byte; mỗi chữ có dấu chiếm 2 hoặc 3 byte): \
+             hãy đặt tên ngắn hơn"
         ));
     }
     None
@@ -321,7 +322,8 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
     let not_a_file = || {
         LineError::new(
             1,
-            "not a regular file (a pipe, a device or a folder): an article is a plain text file",
+            "đây không phải tệp thông thường (mà là thư mục, ống dẫn hay thiết bị): \
+             mỗi bài viết phải là một tệp văn bản .txt",
         )
     };
     // A pipe or a device must never block the daemon: look first, open without blocking,
@@ -334,20 +336,20 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+        .map_err(|e| LineError::new(1, format!("không đọc được tệp: {e}")))?;
     if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err(not_a_file());
     }
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| LineError::new(1, format!("cannot read the file: {e}")))?;
+        .map_err(|e| LineError::new(1, format!("không đọc được tệp: {e}")))?;
     if bytes.len() as u64 > max_bytes {
         return Err(LineError::new(
             1,
             format!(
-                "the file is larger than the {} limit (store.max_bytes); \
-                 an article is text only: leave images and attachments out",
+                "tệp lớn hơn giới hạn {} (store.max_bytes); bài viết chỉ gồm phần chữ: \
+                 hãy bỏ hình ảnh và tệp đính kèm ra khỏi tệp",
                 human_size(max_bytes)
             ),
         ));
@@ -361,7 +363,7 @@ fn human_size(bytes: u64) -> String {
     } else if bytes >= 1024 && bytes % 1024 == 0 {
         format!("{} KiB", bytes / 1024)
     } else {
-        format!("{bytes} bytes")
+        format!("{bytes} byte")
     }
 }
 

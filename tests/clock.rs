@@ -393,7 +393,7 @@ fn drafts_are_never_published_or_mailed_until_renamed() {
     let out = site.bantin(&["check"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(
-        common::stderr(&out).contains("_nhap.txt: draft, not published"),
+        common::stderr(&out).contains("_nhap.txt: bản nháp, chưa được đăng"),
         "{}",
         common::stderr(&out)
     );

@@ -127,7 +127,7 @@ fn a_broken_file_is_logged_and_the_rest_keep_working() {
         "hong.txt",
         "TIN TỨC\n\nTiêu đề\nNgày đăng 31/02/2020\n\nĐoạn.\n",
     );
-    daemon.wait_log("hong.txt:4: '31/02/2020' is not a real date");
+    daemon.wait_log("hong.txt:4: ngày \"31/02/2020\" không có trên lịch");
     site.publish(
         "tot.txt",
         &article(CAT_A, "Bài tốt sau bài hỏng", "01/11/2026 | 09:00"),
@@ -578,8 +578,8 @@ fn links_that_leave_the_store_are_never_followed() {
     assert_eq!(daemon.get("/articles/ngoai/cu.html").status, 404);
     let check = site.bantin(&["check"]);
     assert!(
-        common::stderr(&check).contains("a link to")
-            && common::stderr(&check).contains("outside the store"),
+        common::stderr(&check).contains("liên kết tới")
+            && common::stderr(&check).contains("nằm ngoài thư mục bài viết"),
         "{}",
         common::stderr(&check)
     );
@@ -751,7 +751,7 @@ fn a_file_dated_year_10000_breaks_nothing_and_fixing_it_helps() {
     site.put("co.txt", &article(CAT_A, "Cổ", "01/01/0001"));
     assert!(
         stdout(&site.bantin(&["check"]))
-            .contains("co.txt:4: the year 1 of '01/01/0001' is out of range")
+            .contains("co.txt:4: năm 1 của ngày \"01/01/0001\" nằm ngoài khoảng cho phép")
     );
 }
 
