@@ -29,7 +29,7 @@ const CATEGORIES: [&str; 5] = [
     "HOẠT ĐỘNG CỦA HĐND",
 ];
 
-/// The queries timed: with and without diacritics, one to four words, đ typed d, a word
+/// The queries timed: with and without diacritics, two to five words, đ typed d, a word
 /// that is in no article.
 const QUERIES: [&str; 12] = [
     "ky hop",
@@ -38,7 +38,7 @@ const QUERIES: [&str; 12] = [
     "đại biểu",
     "hội nghị",
     "ngan sach dau tu cong",
-    "tiếp xúc cử tri",
+    "cử tri phường",
     "giam sat",
     "thong bao",
     "vỉa hè",
@@ -139,6 +139,7 @@ fn main() {
         let (entry, a) = article(&mut rng, &words, i);
         index.add(entry, &a);
     }
+    index.shrink();
     let built = started.elapsed();
     let grown = rss().saturating_sub(before);
     println!(

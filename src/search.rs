@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use rayon::prelude::*;
+
 use crate::article::Article;
 use crate::library::Entry;
 
@@ -73,21 +75,16 @@ struct Term {
     variants: Vec<Box<str>>,
 }
 
-/// What the index keeps of a document.
-#[derive(Debug, Clone)]
-struct DocInfo {
-    entry: Arc<Entry>,
-    /// Positions below this are the title's.
-    title_len: u32,
-    live: bool,
-}
-
 /// The index itself.
 #[derive(Debug, Default)]
 pub struct Index {
     vocabulary: HashMap<Box<str>, u32>,
     terms: Vec<Term>,
-    docs: Vec<DocInfo>,
+    docs: Vec<Arc<Entry>>,
+    /// Per document: where its title ends (positions below are the title's) and its
+    /// publication time, kept apart from the entries so ranking reads them in a row.
+    meta: Vec<(u32, i64)>,
+    live: Vec<bool>,
     by_id: HashMap<String, u32>,
     dead: usize,
 }
@@ -100,7 +97,14 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     out.push(v as u8);
 }
 
+#[inline]
 fn get_varint(bytes: &[u8], at: &mut usize) -> u32 {
+    // Nearly every number fits in one byte.
+    let b = bytes[*at];
+    if b < 0x80 {
+        *at += 1;
+        return u32::from(b);
+    }
     let mut v = 0u32;
     let mut shift = 0;
     loop {
@@ -114,11 +118,20 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> u32 {
     }
 }
 
-/// One article's matches for a query: its document and, per query word, occurrences.
-struct Hit {
-    doc: u32,
-    /// Per query word: (position, variant) pairs, in position order.
-    occurrences: Vec<Vec<(u32, u8)>>,
+/// One word's occurrences in the live documents, decoded: documents in order, and for each
+/// its occurrences (`position << 3 | variant`, in position order) in one flat list.
+#[derive(Default)]
+struct Decoded {
+    docs: Vec<u32>,
+    /// `starts[i]..starts[i + 1]` are the occurrences of `docs[i]`.
+    starts: Vec<u32>,
+    occurrences: Vec<u32>,
+}
+
+impl Decoded {
+    fn of(&self, i: usize) -> &[u32] {
+        &self.occurrences[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
 }
 
 /// A found article, ranked.
@@ -191,17 +204,15 @@ impl Index {
             t.last_doc = doc;
         }
         self.by_id.insert(entry.id.clone(), doc);
-        self.docs.push(DocInfo {
-            entry,
-            title_len,
-            live: true,
-        });
+        self.meta.push((title_len, entry.published.timestamp()));
+        self.live.push(true);
+        self.docs.push(entry);
     }
 
     /// Marks the article `id` as gone.
     pub fn remove(&mut self, id: &str) {
         if let Some(doc) = self.by_id.remove(id) {
-            self.docs[doc as usize].live = false;
+            self.live[doc as usize] = false;
             self.dead += 1;
         }
     }
@@ -249,33 +260,49 @@ impl Index {
         terms
             + self.terms.capacity() * std::mem::size_of::<Term>()
             + vocabulary
-            + self.docs.capacity() * std::mem::size_of::<DocInfo>()
+            + self.docs.capacity() * std::mem::size_of::<Arc<Entry>>()
+            + self.meta.capacity() * std::mem::size_of::<(u32, i64)>()
+            + self.live.capacity()
             + by_id
     }
 
-    /// Decodes the occurrences of `term` in live documents: (doc, occurrences).
-    fn postings(&self, term: u32, mut each: impl FnMut(u32, &[(u32, u8)])) {
+    /// Decodes the occurrences of `term` in live documents.
+    fn decode(&self, term: u32) -> Decoded {
         let bytes = &self.terms[term as usize].postings;
+        let mut out = Decoded {
+            starts: vec![0],
+            ..Decoded::default()
+        };
+        // About one occurrence per byte, at most a document each: one allocation each, not
+        // a doubling series.
+        out.occurrences.reserve(bytes.len());
+        out.docs.reserve(self.docs.len().min(bytes.len()));
+        out.starts.reserve(self.docs.len().min(bytes.len()) + 1);
         let mut at = 0;
         let mut doc = 0u32;
         let mut first = true;
-        let mut occ: Vec<(u32, u8)> = Vec::new();
         while at < bytes.len() {
             let delta = get_varint(bytes, &mut at);
             doc = if first { delta } else { doc + delta };
             first = false;
             let count = get_varint(bytes, &mut at);
-            occ.clear();
-            let mut pos = 0;
-            for _ in 0..count {
-                let v = get_varint(bytes, &mut at);
-                pos += v >> 3;
-                occ.push((pos, (v & 7) as u8));
-            }
-            if self.docs[doc as usize].live {
-                each(doc, &occ);
+            if self.live[doc as usize] {
+                // `position << 3 | variant`: the deltas add up in the high bits.
+                let mut pos = 0u32;
+                for _ in 0..count {
+                    let v = get_varint(bytes, &mut at);
+                    pos = (pos & !7) + (v & !7);
+                    out.occurrences.push(pos | (v & 7));
+                }
+                out.docs.push(doc);
+                out.starts.push(out.occurrences.len() as u32);
+            } else {
+                for _ in 0..count {
+                    get_varint(bytes, &mut at);
+                }
             }
         }
+        out
     }
 
     /// The articles that hold every word of `query`, best first; page `page` (from 1).
@@ -308,38 +335,45 @@ impl Index {
             });
             slot_of.push(slot);
         }
-        // The rarest word first: the others only narrow its documents.
-        let mut order: Vec<usize> = (0..distinct.len()).collect();
-        order.sort_by_key(|&i| self.terms[distinct[i] as usize].postings.len());
-        let mut hits: Vec<Hit> = Vec::new();
-        let mut index_of: HashMap<u32, usize> = HashMap::new();
-        for (round, &slot) in order.iter().enumerate() {
-            let term = distinct[slot];
-            if round == 0 {
-                self.postings(term, |doc, occ| {
-                    let mut occurrences = vec![Vec::new(); distinct.len()];
-                    occurrences[slot] = occ.to_vec();
-                    index_of.insert(doc, hits.len());
-                    hits.push(Hit { doc, occurrences });
-                });
-            } else {
-                self.postings(term, |doc, occ| {
-                    if let Some(&i) = index_of.get(&doc) {
-                        hits[i].occurrences[slot] = occ.to_vec();
-                    }
-                });
-                hits.retain(|h| !h.occurrences[slot].is_empty());
-                index_of.clear();
-                for (i, h) in hits.iter().enumerate() {
-                    index_of.insert(h.doc, i);
+        // Each word's list decoded on its own core.
+        let decoded: Vec<Decoded> = distinct.par_iter().map(|&t| self.decode(t)).collect();
+        // The documents of the rarest word that hold the others too: per document, the
+        // index of its occurrences in each word's list (lists are in document order), flat.
+        let width = decoded.len();
+        let rarest = (0..width)
+            .min_by_key(|&i| decoded[i].docs.len())
+            .expect("one word at least");
+        let mut cursors = vec![0usize; width];
+        let mut hits: Vec<u32> = Vec::with_capacity(decoded[rarest].docs.len() * (width + 1));
+        let mut at = vec![0u32; width];
+        'docs: for (i, &doc) in decoded[rarest].docs.iter().enumerate() {
+            for (slot, d) in decoded.iter().enumerate() {
+                if slot == rarest {
+                    at[slot] = i as u32;
+                    continue;
                 }
+                let c = &mut cursors[slot];
+                // Lists are dense: step, and search only when far behind.
+                while d.docs.get(*c).is_some_and(|&x| x < doc) {
+                    if d.docs.get(*c + 8).is_some_and(|&x| x < doc) {
+                        *c += 8 + d.docs[*c + 8..].partition_point(|&x| x < doc);
+                    } else {
+                        *c += 1;
+                    }
+                }
+                if d.docs.get(*c) != Some(&doc) {
+                    continue 'docs;
+                }
+                at[slot] = *c as u32;
             }
-            if hits.is_empty() {
-                return results;
-            }
+            hits.push(doc);
+            hits.extend_from_slice(&at);
+        }
+        if hits.is_empty() {
+            return results;
         }
         // Which spelling each query word asks for, when it was typed with diacritics.
-        let wanted: Vec<Option<u8>> = exact
+        let wanted: Vec<Option<u32>> = exact
             .iter()
             .zip(&folded)
             .zip(&slot_of)
@@ -349,16 +383,21 @@ impl Index {
                     t.variants
                         .iter()
                         .position(|v| **v == *e)
-                        .map_or(u8::MAX, |i| i as u8)
+                        .map_or(u32::MAX, |i| i as u32)
                 })
             })
             .collect();
         let mut ranked: Vec<(u32, u8, i64, u32)> = hits
-            .iter()
-            .map(|h| {
-                let info = &self.docs[h.doc as usize];
-                let (exact, tier) = rank(h, info.title_len, &slot_of, &wanted);
-                (exact, tier, info.entry.published.timestamp(), h.doc)
+            .par_chunks(width + 1)
+            .map(|hit| {
+                let doc = hit[0];
+                let mut occ: [&[u32]; MAX_QUERY_WORDS] = [&[]; MAX_QUERY_WORDS];
+                for (slot, &i) in hit[1..].iter().enumerate() {
+                    occ[slot] = decoded[slot].of(i as usize);
+                }
+                let (title_len, published) = self.meta[doc as usize];
+                let (exact, tier) = rank(&occ[..width], title_len, &slot_of, &wanted);
+                (exact, tier, published, doc)
             })
             .collect();
         results.total = ranked.len();
@@ -378,32 +417,42 @@ impl Index {
         results.hits = ranked[start..end]
             .iter()
             .map(|&(exact, tier, _, doc)| Found {
-                entry: self.docs[doc as usize].entry.clone(),
+                entry: self.docs[doc as usize].clone(),
                 rank: (exact, tier),
             })
             .collect();
         results
     }
+
+    /// Gives back what building left unused (lists grow by doubling).
+    pub fn shrink(&mut self) {
+        for t in &mut self.terms {
+            t.postings.shrink_to_fit();
+        }
+        self.terms.shrink_to_fit();
+        self.docs.shrink_to_fit();
+        self.meta.shrink_to_fit();
+        self.live.shrink_to_fit();
+    }
 }
 
 /// (words matched in the spelling typed, tier): 4 the words together in the title, 3
-/// together in the text, 2 all in the title, 1 scattered.
-fn rank(hit: &Hit, title_len: u32, slot_of: &[usize], wanted: &[Option<u8>]) -> (u32, u8) {
+/// together in the text, 2 all in the title, 1 scattered. `occ`: per distinct word, its
+/// occurrences in the document (`position << 3 | variant`).
+fn rank(occ: &[&[u32]], title_len: u32, slot_of: &[usize], wanted: &[Option<u32>]) -> (u32, u8) {
     let exact = wanted
         .iter()
         .zip(slot_of)
-        .filter(|(w, slot)| {
-            w.is_some_and(|v| hit.occurrences[**slot].iter().any(|&(_, got)| got == v))
-        })
+        .filter(|(w, slot)| w.is_some_and(|v| occ[**slot].iter().any(|&o| o & 7 == v)))
         .count() as u32;
-    let first = &hit.occurrences[slot_of[0]];
     let mut phrase_title = false;
     let mut phrase = false;
     if slot_of.len() > 1 {
-        for &(p, _) in first {
+        for &o in occ[slot_of[0]] {
+            let p = o >> 3;
             let together = slot_of.iter().enumerate().skip(1).all(|(k, &slot)| {
-                hit.occurrences[slot]
-                    .binary_search_by_key(&(p + k as u32), |&(q, _)| q)
+                occ[slot]
+                    .binary_search_by_key(&(p + k as u32), |&q| q >> 3)
                     .is_ok()
             });
             if together {
@@ -415,11 +464,9 @@ fn rank(hit: &Hit, title_len: u32, slot_of: &[usize], wanted: &[Option<u8>]) -> 
             }
         }
     }
-    let all_in_title = slot_of.iter().all(|&slot| {
-        hit.occurrences[slot]
-            .first()
-            .is_some_and(|&(p, _)| p < title_len)
-    });
+    let all_in_title = slot_of
+        .iter()
+        .all(|&slot| occ[slot].first().is_some_and(|&o| o >> 3 < title_len));
     let tier = if slot_of.len() == 1 {
         if all_in_title { 4 } else { 3 }
     } else if phrase_title {
@@ -537,6 +584,7 @@ impl Search {
 
     /// Installs a built index, with the changes made while it was built.
     pub fn finish_build(&self, mut index: Index) {
+        index.shrink();
         let mut s = self.state.write().expect("search lock");
         for update in std::mem::take(&mut s.pending) {
             apply(&mut index, update);
