@@ -320,6 +320,7 @@ mod tests {
             event: Some(when),
             place: Some("Trụ sở tiếp công dân quận, số 36 đường Cầu Giấy".into()),
             correction: None,
+            sig: 0,
         }
     }
 

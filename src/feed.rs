@@ -578,6 +578,7 @@ mod tests {
             event: None,
             place: None,
             correction: None,
+            sig: 0,
         }
     }
 

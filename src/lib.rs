@@ -23,6 +23,7 @@
 //! - [`store`]: the state in sled (subscribers, deliveries); the only module that imports sled.
 //! - [`token`]: signed tokens for confirmation and unsubscribe links.
 //! - [`output`]: atomic writes to `output.dir`.
+//! - [`manifest`]: what each page was rendered from, so unchanged pages are skipped.
 //! - [`publish`]: loading feed definitions and templates; rendering and writing feeds and
 //!   pages, for `build` and the daemon.
 //! - [`nav`]: how the site's lists are cut into pages, months and categories, and what each
@@ -58,6 +59,7 @@ pub mod health;
 pub mod http;
 pub mod library;
 pub mod mail;
+pub mod manifest;
 pub mod metrics;
 pub mod nav;
 pub mod output;

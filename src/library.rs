@@ -32,6 +32,10 @@ pub struct Entry {
     pub place: Option<String>,
     /// The reason of its correction, if it was corrected.
     pub correction: Option<String>,
+    /// What the site's lists show of the article, as one number: a list page compares the
+    /// numbers of its articles to know whether it changed. Set by [`Entry::new`] and
+    /// [`Entry::with_sig`].
+    pub sig: u64,
 }
 
 /// A file's size and modification time in nanoseconds.
@@ -66,12 +70,55 @@ impl Entry {
             event: article.event,
             place: article.place.clone(),
             correction: article.correction.clone(),
+            sig: 0,
         }
+        .with_sig()
+    }
+
+    /// The entry with its [`Entry::sig`] computed from what lists show: id, title,
+    /// category, author, dates, whether it is an event.
+    pub fn with_sig(mut self) -> Self {
+        let mut h = Fnv::default();
+        for text in [&self.id, &self.title, &self.category] {
+            h.bytes(text.as_bytes());
+            h.bytes(&[0xff]);
+        }
+        h.bytes(self.author.as_deref().unwrap_or("\u{0}").as_bytes());
+        h.number(self.published.timestamp() as u64);
+        h.number(self.published.offset().local_minus_utc() as u64);
+        h.number(self.updated.timestamp() as u64);
+        h.number(u64::from(self.event.is_some()));
+        self.sig = h.0;
+        self
     }
 
     /// Whether the article is published at `now` (not scheduled for later).
     pub fn is_visible(&self, now: DateTime<FixedOffset>) -> bool {
         self.published <= now
+    }
+}
+
+/// FNV-1a: a fast, stable fingerprint (the standard hasher's SipHash guards hash tables
+/// against chosen keys, which fingerprints of our own content do not need).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Mixes in a number whole (a multiply per number, not per byte).
+    pub fn number(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x0100_0000_01b3).rotate_left(23);
     }
 }
 
@@ -277,6 +324,7 @@ mod tests {
             event: None,
             place: None,
             correction: None,
+            sig: 0,
         }
     }
 

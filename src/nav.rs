@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, FixedOffset};
 
 use crate::feed::FeedDef;
-use crate::library::{Entry, Library};
+use crate::library::{Entry, Fnv, Library};
 
 /// Articles on a list page.
 pub const PAGE_SIZE: usize = 20;
@@ -190,6 +190,13 @@ impl<'l> Model<'l> {
         if def.categories.is_empty() {
             return self.all.clone();
         }
+        if let [only] = def.categories.as_slice() {
+            return self
+                .by_category
+                .get(only.as_str())
+                .cloned()
+                .unwrap_or_default();
+        }
         let mut out: Vec<&Arc<Entry>> = def
             .categories
             .iter()
@@ -252,9 +259,6 @@ impl<'l> Model<'l> {
                     let mut h = start("archive");
                     (&def.name, &def.title, &def.description, ext).hash(&mut h);
                     (n < count).hash(&mut h);
-                    for e in chunk(&list, n, ARCHIVE_SIZE) {
-                        e.author.hash(&mut h);
-                    }
                     sign(&mut h, chunk(&list, n, ARCHIVE_SIZE));
                     let doc = Doc::FeedArchive {
                         feed: def.name.clone(),
@@ -297,23 +301,38 @@ pub fn newest<T>(list: &[T], count: usize) -> &[T] {
     &list[list.len().saturating_sub(count)..]
 }
 
-fn start(kind: &str) -> std::hash::DefaultHasher {
-    let mut h = std::hash::DefaultHasher::new();
+/// A fingerprint: a cheap mix of numbers (each article brings its own [`Entry::sig`]).
+struct Print(Fnv);
+
+impl Hasher for Print {
+    fn finish(&self) -> u64 {
+        self.0.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.bytes(bytes);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0.number(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0.number(n as u64);
+    }
+}
+
+fn start(kind: &str) -> Print {
+    let mut h = Print(Fnv::default());
     kind.hash(&mut h);
     h
 }
 
 /// Adds what a list shows of each article to a fingerprint.
-fn sign(h: &mut std::hash::DefaultHasher, list: &[&Arc<Entry>]) {
-    list.len().hash(h);
+fn sign(h: &mut Print, list: &[&Arc<Entry>]) {
+    h.0.number(list.len() as u64);
     for e in list {
-        e.id.hash(h);
-        e.title.hash(h);
-        e.category.hash(h);
-        e.published.timestamp().hash(h);
-        e.published.offset().local_minus_utc().hash(h);
-        e.updated.timestamp().hash(h);
-        e.event.is_some().hash(h);
+        h.0.number(e.sig);
     }
 }
 
@@ -337,7 +356,9 @@ mod tests {
             event: None,
             place: None,
             correction: None,
+            sig: 0,
         }
+        .with_sig()
     }
 
     fn now() -> DateTime<FixedOffset> {

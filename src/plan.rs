@@ -166,6 +166,7 @@ mod tests {
             event: None,
             place: None,
             correction: None,
+            sig: 0,
         }
     }
 

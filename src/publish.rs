@@ -72,6 +72,8 @@ pub struct Built {
     pub calendar: (String, Option<DateTime<FixedOffset>>),
     /// The navigation and archive documents written: fingerprint and path.
     pub docs: HashMap<crate::nav::Doc, (u64, String)>,
+    /// What every page was rendered from.
+    pub manifest: crate::manifest::Manifest,
 }
 
 /// What a full build did.
@@ -412,11 +414,11 @@ impl Publisher {
         staging: &Path,
         entry: &Entry,
         article: &Article,
-        model: &Model<'_>,
+        nav: &ArticleNav,
     ) -> Result<Written, String> {
         let html = self
             .pages()
-            .article(article, entry.updated, &self.article_nav(model, entry))
+            .article(article, entry.updated, nav)
             .map_err(|e| e.to_string())?;
         let path = staging.join(format!("{}.html", article.id));
         output::write_new(&path, html.as_bytes())
@@ -436,6 +438,42 @@ impl Publisher {
             output::remove(&self.out.join("articles"), &ics)?;
         }
         output::remove(&self.out.join("articles"), &self.page_path(id))
+    }
+
+    /// What every page depends on besides its article: this version of bantin, the
+    /// templates, the site's settings, the feed definitions (pages list the feeds).
+    pub fn generation(&self) -> u64 {
+        let mut h = crate::library::Fnv::default();
+        h.bytes(env!("CARGO_PKG_VERSION").as_bytes());
+        h.number(self.templates.fingerprint);
+        let site = &self.site;
+        for text in [
+            &site.title,
+            &site.base_url,
+            &site.language,
+            &site.tag_prefix,
+        ] {
+            h.bytes(text.as_bytes());
+            h.bytes(&[0xff]);
+        }
+        for text in [&site.address, &site.contact] {
+            h.bytes(text.as_deref().unwrap_or("\u{0}").as_bytes());
+            h.bytes(&[0xff]);
+        }
+        for def in &self.feeds {
+            for text in [&def.name, &def.title, &def.description] {
+                h.bytes(text.as_bytes());
+                h.bytes(&[0xff]);
+            }
+            for c in &def.categories {
+                h.bytes(c.as_bytes());
+                h.bytes(&[0xfe]);
+            }
+            h.number(def.limit as u64);
+        }
+        h.number(crate::nav::PAGE_SIZE as u64);
+        h.number(crate::nav::ARCHIVE_SIZE as u64);
+        h.0
     }
 
     /// Where `entry` is read from again.
@@ -459,6 +497,7 @@ impl Publisher {
     ) -> std::io::Result<Built> {
         // First every article is read for the library: a page links to its neighbours,
         // known only once all are read.
+        let started = std::time::Instant::now();
         let (entries, errors) = self.reader.read_all(&files, |_, _| {
             progress.fetch_add(1, Ordering::Relaxed);
         });
@@ -469,6 +508,13 @@ impl Publisher {
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
         let write_errors = Mutex::new(Vec::new());
+        // What was rendered before, from what: an unchanged page is neither read nor
+        // rendered. The file goes until the new one is written (a build stopped halfway
+        // leaves none, and the next compares every page).
+        let generation = self.generation();
+        let previous = crate::manifest::Manifest::load(&self.out, generation);
+        crate::manifest::Manifest::remove(&self.out);
+        let prints: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
         // A first build fills a staging folder and moves it into place at the end: the pages
         // appear all at once, and each needs no rename of its own.
         let pages_dir = self.out.join("articles");
@@ -479,6 +525,20 @@ impl Publisher {
             std::fs::remove_dir_all(staging)?;
         }
         model.all.par_iter().for_each(|entry| {
+            let nav = self.article_nav(&model, entry);
+            let print = crate::manifest::page_print(generation, entry, &nav);
+            if staging.is_none()
+                && previous.pages.get(&entry.id) == Some(&print)
+                && self.page_path(&entry.id).exists()
+                && (entry.event.is_none() || self.page_calendar_path(&entry.id).exists())
+            {
+                unchanged.fetch_add(1, Ordering::Relaxed);
+                prints
+                    .lock()
+                    .expect("prints")
+                    .insert(entry.id.clone(), print);
+                return;
+            }
             let article = match self.articles.get(&entry.id, entry.stamp) {
                 Some(a) => a,
                 None => match self.reader.read(&self.found_of(entry)) {
@@ -490,9 +550,15 @@ impl Publisher {
                 },
             };
             let result = match &staging {
-                Some(staging) => self.write_staged_page(staging, entry, &article, &model),
-                None => self.write_page(entry, &article, &model),
+                Some(staging) => self.write_staged_page(staging, entry, &article, &nav),
+                None => self.write_page_with(entry, &article, &nav),
             };
+            if result.is_ok() {
+                prints
+                    .lock()
+                    .expect("prints")
+                    .insert(entry.id.clone(), print);
+            }
             match result {
                 Ok(Written::Replaced) => written.fetch_add(1, Ordering::Relaxed),
                 Ok(Written::Unchanged) => unchanged.fetch_add(1, Ordering::Relaxed),
@@ -506,6 +572,7 @@ impl Publisher {
             output::create_public_dir(staging)?;
             std::fs::rename(staging, &pages_dir)?;
         }
+        let pages_done = started.elapsed();
         let mut report = BuildReport {
             articles: library.len(),
             published: library.len() - library.scheduled(now),
@@ -527,12 +594,26 @@ impl Publisher {
             .flat_map(|f| f.ids.iter().map(String::as_str))
             .collect();
         self.trim_cache(&listed);
+        let feeds_done = started.elapsed();
         let docs = model.docs(&self.feeds);
+        let doc_prints: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
         let problems: Vec<String> = docs
             .par_iter()
-            .flat_map_iter(|(doc, _)| self.write_docs(&model, [doc]))
+            .flat_map_iter(|(doc, print)| {
+                let path = doc.path(&model);
+                if previous.docs.get(&path) == Some(print) && self.out.join(&path).exists() {
+                    doc_prints.lock().expect("prints").insert(path, *print);
+                    return Vec::new();
+                }
+                let problems = self.write_docs(&model, [doc]);
+                if problems.is_empty() {
+                    doc_prints.lock().expect("prints").insert(path, *print);
+                }
+                problems
+            })
             .collect();
         report.write_errors.extend(problems);
+        let docs_done = started.elapsed();
         if let Err(e) = self.write_fixed() {
             report.write_errors.push(e);
         }
@@ -543,6 +624,24 @@ impl Publisher {
         let calendar = self.render_calendar(&library, now);
         self.write_calendar(&calendar.0)?;
         report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
+        tracing::debug!(
+            "built: articles read and their pages written by {pages_done:.2?}, feeds by \
+             {feeds_done:.2?}, {} lists and archive documents by {docs_done:.2?}, stale \
+             files removed by {:.2?}",
+            docs.len(),
+            started.elapsed()
+        );
+        let manifest = crate::manifest::Manifest {
+            generation,
+            pages: prints.into_inner().expect("prints"),
+            docs: doc_prints.into_inner().expect("prints"),
+        };
+        if let Err(e) = manifest.save(&self.out) {
+            report.write_errors.push(format!(
+                "{}: cannot write: {e}",
+                crate::manifest::Manifest::path(&self.out).display()
+            ));
+        }
         let docs = docs
             .into_iter()
             .map(|(doc, print)| {
@@ -558,6 +657,7 @@ impl Publisher {
             index,
             calendar,
             docs,
+            manifest,
         })
     }
 

@@ -190,6 +190,9 @@ pub fn current(shared: &SharedTemplates) -> std::sync::Arc<Templates> {
 #[derive(Debug, Clone)]
 pub struct Templates {
     env: Environment<'static>,
+    /// A fingerprint of every template's name and text: pages rendered with other templates
+    /// are rendered again.
+    pub fingerprint: u64,
 }
 
 impl Templates {
@@ -204,7 +207,14 @@ impl Templates {
         env.set_formatter(mail_formatter);
         env.add_filter("wrap", wrap_filter);
         let mut errors = Vec::new();
+        let mut fingerprint = crate::library::Fnv::default();
         for (name, shown, source) in sources {
+            if let Ok(text) = &source {
+                fingerprint.bytes(name.as_bytes());
+                fingerprint.bytes(&[0xff]);
+                fingerprint.bytes(text.as_bytes());
+                fingerprint.bytes(&[0xff]);
+            }
             match source {
                 Err(source) => errors.push(TemplateError::Read {
                     path: shown,
@@ -222,7 +232,10 @@ impl Templates {
             }
         }
         if errors.is_empty() {
-            Ok(Templates { env })
+            Ok(Templates {
+                env,
+                fingerprint: fingerprint.0,
+            })
         } else {
             Err(errors)
         }

@@ -208,10 +208,11 @@ fn building_twice_gives_identical_bytes() {
     }
     assert_eq!(
         files,
-        2 * 5 + 3 + 1 + 1 + 4 + 1 + 2 + 2 * 2 + 3,
+        2 * 5 + 3 + 1 + 1 + 4 + 1 + 2 + 2 * 2 + 3 + 1,
         "two feeds in five formats (a calendar and a page each), three pages, the index, the \
          calendar, two categories (a front and a page each), one page of all, the archive and \
-         its month, one archive document per feed in two formats, 404, OPML, the script"
+         its month, one archive document per feed in two formats, 404, OPML, the script, the \
+         manifest"
     );
 }
 
@@ -339,6 +340,47 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+#[test]
+fn a_second_build_skips_what_did_not_change_and_redoes_what_did() {
+    let site = Site::new();
+    for (i, cat) in [CAT_A, CAT_B, CAT_A].iter().enumerate() {
+        site.put(
+            &format!("bai-{i}.txt"),
+            &article(
+                cat,
+                &format!("Bài {i}"),
+                &format!("{}/3/2021 | 10:00", i + 1),
+            ),
+        );
+    }
+    let built = |site: &Site| stderr(&site.bantin(&["build"]));
+    assert!(built(&site).contains("and 3 pages (0 unchanged)"));
+    assert!(built(&site).contains("and 0 pages (3 unchanged)"));
+    // A page deleted by hand is written again, whatever the manifest says.
+    std::fs::remove_file(site.public().join("articles/bai-1.html")).unwrap();
+    assert!(built(&site).contains("and 1 pages (2 unchanged)"));
+    // A new article of category A: it and its neighbour in A (bai-2 links to it).
+    site.put("bai-3.txt", &article(CAT_A, "Bài 3", "9/3/2021 | 10:00"));
+    let out = built(&site);
+    assert!(out.contains("and 2 pages (2 unchanged)"), "{out}");
+    assert!(
+        site.read_public("articles/bai-2.html")
+            .contains("Tin mới hơn: Bài 3")
+    );
+    // Other templates: every page again.
+    let base = site.path("templates/web/article.html");
+    let text = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(&base, text.replace("Ngày đăng", "Đăng ngày")).unwrap();
+    assert!(built(&site).contains("and 4 pages (0 unchanged)"));
+    assert!(
+        site.read_public("articles/bai-0.html")
+            .contains("Đăng ngày")
+    );
+    // A broken manifest is no manifest.
+    std::fs::write(site.public().join(".manifest"), "không phải manifest").unwrap();
+    assert!(built(&site).contains("(4 unchanged)"));
 }
 
 #[test]

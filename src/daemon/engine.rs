@@ -99,6 +99,10 @@ pub struct Engine {
     search: Arc<crate::search::Search>,
     /// Feeds changed since the hub was last told (WebSub).
     websub: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
+    /// What the site's pages were rendered from; saved when the engine stops.
+    manifest: crate::manifest::Manifest,
+    /// Whether the site changed since the manifest file was written (the file is then gone).
+    manifest_stale: bool,
 }
 
 /// What the engine shares with the rest of the daemon.
@@ -154,6 +158,8 @@ impl Engine {
             docs: HashMap::new(),
             search,
             websub,
+            manifest: crate::manifest::Manifest::default(),
+            manifest_stale: false,
         };
         engine.full_build()?;
         engine.start_watch();
@@ -170,6 +176,11 @@ impl Engine {
             .walk()
             .with_context(|| format!("cannot read store.dir '{}'", root.display()))?;
         let now = self.clock.now_fixed();
+        tracing::debug!(
+            files = files.len(),
+            "store walked in {:.2?}",
+            started.elapsed()
+        );
         let built = self
             .publisher
             .build_from(files, now, &AtomicUsize::new(0))
@@ -224,6 +235,8 @@ impl Engine {
         self.fixed_files(&mut snapshot);
         self.app.replace(snapshot);
         self.docs = built.docs;
+        self.manifest = built.manifest;
+        self.manifest_stale = false;
         self.build_search(now);
         self.update_metrics();
         self.metrics.rebuild(started.elapsed(), built.feeds.len());
@@ -294,6 +307,12 @@ impl Engine {
                 }
                 let (docs, bytes) = (index.len(), index.heap_bytes());
                 search.finish_build(index);
+                // Building left freed memory behind (each article's words); give it back.
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only releases free memory of the allocator.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
                 metrics.search_index(docs, bytes);
                 tracing::info!(
                     articles = docs,
@@ -434,6 +453,7 @@ impl Engine {
                 });
             }
             if stop {
+                self.save_manifest();
                 break;
             }
             let (paths, rescan) = debouncer.take_ready(Instant::now());
@@ -456,6 +476,25 @@ impl Engine {
             }
             self.write_unwritten();
             self.ping_watchdog();
+        }
+    }
+
+    /// Writes what the pages were rendered from, for the next start.
+    fn save_manifest(&mut self) {
+        if !self.manifest_stale {
+            return;
+        }
+        match self.manifest.save(&self.publisher.out) {
+            Ok(()) => self.manifest_stale = false,
+            Err(e) => tracing::warn!("cannot write the site's manifest: {e}"),
+        }
+    }
+
+    /// The site is about to change: the manifest on disk no longer says what it holds.
+    fn manifest_changes(&mut self) {
+        if !self.manifest_stale {
+            crate::manifest::Manifest::remove(&self.publisher.out);
+            self.manifest_stale = true;
         }
     }
 
@@ -829,7 +868,9 @@ impl Engine {
 
     /// Writes what `plan` changed to `output.dir`: pages, feeds, the navigation, the index.
     fn write_files(&mut self, plan: &crate::plan::Republish, work: &Rendered, index: Option<&str>) {
+        self.manifest_changes();
         for id in &plan.gone {
+            self.manifest.pages.remove(id);
             self.unwritten.pages.remove(id);
             if let Err(e) = self.publisher.remove_page(id) {
                 tracing::error!(id, "cannot remove the page: {e}");
@@ -862,17 +903,20 @@ impl Engine {
                     // Recorded only once written: a failed one is written at the next change.
                     Ok(_) => {
                         self.docs.insert(doc.clone(), (*print, path.clone()));
+                        self.manifest.docs.insert(path.clone(), *print);
                     }
                     Err(e) => tracing::error!("cannot write {}: {e}", full.display()),
                 },
                 Some(Err(e)) => tracing::error!("{e}"),
                 None => {
                     self.docs.remove(doc);
+                    self.manifest.docs.remove(path);
                 }
             }
         }
         for (doc, path) in &work.gone {
             let full = self.publisher.out.join(path);
+            self.manifest.docs.remove(path);
             match crate::output::remove(&self.publisher.out, &full) {
                 Ok(()) => {
                     self.docs.remove(doc);
@@ -908,9 +952,15 @@ impl Engine {
         match self.publisher.write_page_with(entry, &article, nav) {
             Ok(_) => {
                 self.unwritten.pages.remove(&entry.id);
+                let generation = self.manifest.generation;
+                self.manifest.pages.insert(
+                    entry.id.clone(),
+                    crate::manifest::page_print(generation, entry, nav),
+                );
             }
             Err(e) => {
                 tracing::error!("{e}; trying again later");
+                self.manifest.pages.remove(&entry.id);
                 self.unwritten
                     .pages
                     .insert(entry.id.clone(), (entry.clone(), nav.clone()));
@@ -925,6 +975,7 @@ impl Engine {
         if self.unwritten.is_empty() || Instant::now() < self.unwritten.next {
             return;
         }
+        self.manifest_changes();
         let (pages, feeds, index) = (
             std::mem::take(&mut self.unwritten.pages),
             std::mem::take(&mut self.unwritten.feeds),
