@@ -169,7 +169,7 @@ try:
     class Links(html.parser.HTMLParser):
         def __init__(self):
             super().__init__()
-            self.links, self.forms = [], []
+            self.links, self.forms, self.posts = [], [], []
 
         def handle_starttag(self, tag, attrs):
             a = dict(attrs)
@@ -178,6 +178,8 @@ try:
                     self.links.append(a[key])
             if tag == "form" and a.get("action"):
                 self.forms.append(a["action"])
+                if (a.get("method") or "get").lower() == "post":
+                    self.posts.append(a["action"])
 
     def links_of(body, ctype):
         if "html" in ctype:
@@ -216,6 +218,8 @@ try:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme in ("mailto", "tel"):
             return None
+        if link.startswith("#"):
+            return None  # a place on the same page (the skip link)
         if not parsed.scheme:
             fail(f"{ward}: {source} links '{link}' relatively, not from site.base_url")
             return None
@@ -306,7 +310,7 @@ try:
     p = Links()
     p.feed(page)
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(confirm).query)["token"][0]
-    action = p.forms[0]
+    action = p.posts[0]  # the page's own form, not the header's search
     if not action.startswith(base):
         fail(f"the confirmation form posts to {action}, outside {base}")
     req = urllib.request.Request(action, data=urllib.parse.urlencode({"token": token}).encode(),
