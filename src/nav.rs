@@ -92,6 +92,9 @@ impl Doc {
     }
 }
 
+/// Articles in a list, oldest first.
+type List<'l> = Vec<&'l Arc<Entry>>;
+
 /// The published articles of a library arranged the ways the site shows them.
 pub struct Model<'l> {
     pub now: DateTime<FixedOffset>,
@@ -108,15 +111,29 @@ impl<'l> Model<'l> {
     pub fn new(library: &'l Library, now: DateTime<FixedOffset>) -> Model<'l> {
         let mut all: Vec<&Arc<Entry>> = library.visible(now).collect();
         all.reverse();
-        let mut by_category: BTreeMap<&str, Vec<&Arc<Entry>>> = BTreeMap::new();
-        let mut months: BTreeMap<(i32, u32), Vec<&Arc<Entry>>> = BTreeMap::new();
+        // A store has a handful of categories and a few hundred months: a short list
+        // searched in place beats a tree lookup (string comparisons) per article.
+        let mut categories: Vec<(&str, List<'_>)> = Vec::new();
+        let mut month_list: Vec<((i32, u32), List<'_>)> = Vec::new();
         for e in &all {
-            by_category.entry(e.category.as_str()).or_default().push(e);
-            months
-                .entry((e.published.year(), e.published.month()))
-                .or_default()
-                .push(e);
+            let c = e.category.as_str();
+            match categories
+                .iter_mut()
+                .find(|(k, _)| k.len() == c.len() && *k == c)
+            {
+                Some((_, list)) => list.push(e),
+                None => categories.push((c, vec![e])),
+            }
+            let date = e.published.date_naive();
+            let key = (date.year(), date.month());
+            // Oldest first: an article's month is its predecessor's or a later one, mostly.
+            match month_list.iter_mut().rev().find(|(k, _)| *k == key) {
+                Some((_, list)) => list.push(e),
+                None => month_list.push((key, vec![e])),
+            }
         }
+        let by_category: BTreeMap<&str, Vec<&Arc<Entry>>> = categories.into_iter().collect();
+        let months: BTreeMap<(i32, u32), Vec<&Arc<Entry>>> = month_list.into_iter().collect();
         // Two categories that read the same without diacritics get distinct addresses.
         let mut slugs = HashMap::new();
         let mut taken: HashMap<String, usize> = HashMap::new();
