@@ -570,28 +570,39 @@ struct State {
     index: Index,
     /// Set while the index is built: changes wait in `pending`.
     building: bool,
+    /// The latest build started (a reload may start one while another runs: only the
+    /// latest is installed).
+    ticket: u64,
     ready: bool,
     pending: Vec<Update>,
 }
 
 impl Search {
-    /// Marks the start of a build: changes from now are kept for it.
-    pub fn begin_build(&self) {
+    /// Marks the start of a build: changes from now are kept for it. Returns its ticket,
+    /// for [`Search::finish_build`].
+    pub fn begin_build(&self) -> u64 {
         let mut s = self.state.write().expect("search lock");
         s.building = true;
         s.pending.clear();
+        s.ticket += 1;
+        s.ticket
     }
 
-    /// Installs a built index, with the changes made while it was built.
-    pub fn finish_build(&self, mut index: Index) {
+    /// Installs a built index, with the changes made while it was built; an index whose
+    /// build was overtaken by a later one is dropped.
+    pub fn finish_build(&self, ticket: u64, mut index: Index) -> bool {
         index.shrink();
         let mut s = self.state.write().expect("search lock");
+        if s.ticket != ticket {
+            return false;
+        }
         for update in std::mem::take(&mut s.pending) {
             apply(&mut index, update);
         }
         s.index = index;
         s.building = false;
         s.ready = true;
+        true
     }
 
     pub fn update(&self, update: Update) {
@@ -747,6 +758,19 @@ mod tests {
             .map(|f| f.entry.id.clone())
             .collect();
         assert_eq!(all.len(), 25);
+    }
+
+    #[test]
+    fn a_build_overtaken_by_a_later_one_is_dropped_and_changes_wait_for_the_last() {
+        let search = Search::default();
+        let first = search.begin_build();
+        let second = search.begin_build();
+        let (e, a) = article("moi", "Kỳ họp mới", "Nội dung.", 5);
+        assert!(!search.finish_build(first, index(&[("cu", "Kỳ họp cũ", "Nội dung.", 1)])));
+        assert!(!search.ready());
+        search.update(Update::Add(e, Arc::new(a)));
+        assert!(search.finish_build(second, Index::default()));
+        assert_eq!(ids(&search.search("ky hop", 1)), ["moi"]);
     }
 
     #[test]

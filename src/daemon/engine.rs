@@ -286,7 +286,7 @@ impl Engine {
         let publisher = self.publisher.clone();
         let search = self.search.clone();
         let metrics = self.metrics.clone();
-        search.begin_build();
+        let ticket = search.begin_build();
         let spawned = std::thread::Builder::new()
             .name("search-index".into())
             .spawn(move || {
@@ -306,7 +306,9 @@ impl Engine {
                     index.add(entry, &article);
                 }
                 let (docs, bytes) = (index.len(), index.heap_bytes());
-                search.finish_build(index);
+                if !search.finish_build(ticket, index) {
+                    return; // a reload started a newer one
+                }
                 // Building left freed memory behind (each article's words); give it back.
                 #[cfg(all(target_os = "linux", target_env = "gnu"))]
                 // SAFETY: malloc_trim only releases free memory of the allocator.
