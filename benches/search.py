@@ -12,9 +12,7 @@ from `cargo bench --bench search`.
 
 import argparse
 import os
-import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,26 +21,13 @@ import time
 import urllib.parse
 import urllib.request
 
+from mail import REPO, free_port, metric, vm
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 
 QUERIES = ["ky hop", "kỳ họp", "dai bieu", "đại biểu", "hội nghị", "ngan sach dau tu cong",
            "cử tri phường", "giam sat", "thong bao", "vỉa hè", "ubnd",
            "rac thai do thi moi truong"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def get(url):
@@ -100,18 +85,13 @@ transport = "file"
                 sys.exit("the daemon stopped; see " + os.path.join(state, "log"))
         served = time.monotonic() - started
         get(base + "/")
-        rss_served = rss_mib(daemon.pid)
-        while True:
-            _, text = get(f"http://127.0.0.1:{metrics_port}/metrics")
-            m = re.search(rb"^bantin_search_documents (\d+)", text, re.M)
-            if m and int(m.group(1)) > 0:
-                docs = int(m.group(1))
-                index_bytes = int(re.search(rb"^bantin_search_index_bytes (\d+)", text, re.M).group(1))
-                break
+        rss_served = vm(daemon.pid, "VmRSS") / 1024
+        while (docs := metric(metrics_port, "bantin_search_documents")) == 0:
             time.sleep(0.05)
+        index_bytes = metric(metrics_port, "bantin_search_index_bytes")
         ready = time.monotonic() - started
         time.sleep(1)
-        rss_ready = rss_mib(daemon.pid)
+        rss_ready = vm(daemon.pid, "VmRSS") / 1024
         times = []
         for _ in range(args.rounds):
             for q in QUERIES:

@@ -91,17 +91,8 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
     let hits: Vec<ResultCtx> = results
         .hits
         .iter()
-        .map(|found| {
-            let e = &found.entry;
-            let body = state.articles.get(&e.id, e.stamp).or_else(|| {
-                let found = crate::scan::Found {
-                    file: e.file.clone(),
-                    path: state.reader.root.join(&e.file),
-                    id: e.id.clone(),
-                    stamp: e.stamp,
-                };
-                state.reader.read(&found).ok().map(Arc::new)
-            });
+        .map(|e| {
+            let body = state.reader.body(&state.articles, e).ok();
             ResultCtx {
                 title: highlight(&e.title, &results.words),
                 snippet: body.map_or_else(Vec::new, |a| {

@@ -584,13 +584,11 @@ async fn nav_page(
     }
 }
 
-/// A percent-encoded path, decoded (invalid sequences kept as they are).
+/// A percent-encoded path, decoded (kept as it is when it does not decode to UTF-8).
 fn percent_decode(path: &str) -> String {
-    let bytes: Vec<u8> = form_urlencoded::parse(path.replace('+', "%2B").as_bytes())
-        .next()
-        .map(|(k, _)| k.into_owned().into_bytes())
-        .unwrap_or_default();
-    String::from_utf8(bytes).unwrap_or_else(|_| path.to_owned())
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_or_else(|_| path.to_owned(), |p| p.into_owned())
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {

@@ -105,10 +105,18 @@ pub struct Model<'l> {
     /// By (year, month) of publication, oldest first.
     pub months: BTreeMap<(i32, u32), Vec<&'l Arc<Entry>>>,
     slugs: HashMap<&'l str, String>,
+    /// The feeds, whose lists [`Model::of_feed`] gives and whose archives are documents.
+    feeds: &'l [FeedDef],
+    /// The articles of each feed that follows several categories, by feed name.
+    merged: HashMap<String, List<'l>>,
 }
 
 impl<'l> Model<'l> {
-    pub fn new(library: &'l Library, now: DateTime<FixedOffset>) -> Model<'l> {
+    pub fn new(
+        library: &'l Library,
+        now: DateTime<FixedOffset>,
+        feeds: &'l [FeedDef],
+    ) -> Model<'l> {
         let mut all: Vec<&Arc<Entry>> = library.visible(now).collect();
         all.reverse();
         // A store has a handful of categories and a few hundred months: a short list
@@ -144,12 +152,30 @@ impl<'l> Model<'l> {
             let s = if *n == 1 { base } else { format!("{base}-{n}") };
             slugs.insert(*c, s);
         }
+        let merged = feeds
+            .iter()
+            .filter(|def| def.categories.len() > 1)
+            .map(|def| {
+                let mut list: List<'_> = def
+                    .categories
+                    .iter()
+                    .filter_map(|c| by_category.get(c.as_str()))
+                    .flatten()
+                    .copied()
+                    .collect();
+                list.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+                list.dedup_by(|a, b| a.id == b.id);
+                (def.name.clone(), list)
+            })
+            .collect();
         Model {
             now,
             all,
             by_category,
             months,
             slugs,
+            feeds,
+            merged,
         }
     }
 
@@ -186,48 +212,20 @@ impl<'l> Model<'l> {
         (older, list.get(newer_at).copied())
     }
 
-    /// How many articles a feed lists in all.
-    pub fn feed_len(&self, def: &FeedDef) -> usize {
-        if def.categories.is_empty() {
-            return self.all.len();
-        }
-        let mut seen: Vec<&str> = Vec::new();
-        let mut len = 0;
-        for c in &def.categories {
-            if !seen.contains(&c.as_str()) {
-                seen.push(c);
-                len += self.by_category.get(c.as_str()).map_or(0, Vec::len);
-            }
-        }
-        len
-    }
-
     /// The visible articles of a feed, oldest first.
-    pub fn of_feed(&self, def: &FeedDef) -> Vec<&'l Arc<Entry>> {
-        if def.categories.is_empty() {
-            return self.all.clone();
-        }
-        if let [only] = def.categories.as_slice() {
-            return self
+    pub fn of_feed(&self, def: &FeedDef) -> &[&'l Arc<Entry>] {
+        match def.categories.as_slice() {
+            [] => &self.all,
+            [only] => self
                 .by_category
                 .get(only.as_str())
-                .cloned()
-                .unwrap_or_default();
+                .map_or(&[], Vec::as_slice),
+            _ => self.merged.get(&def.name).map_or(&[], Vec::as_slice),
         }
-        let mut out: Vec<&Arc<Entry>> = def
-            .categories
-            .iter()
-            .filter_map(|c| self.by_category.get(c.as_str()))
-            .flatten()
-            .copied()
-            .collect();
-        out.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-        out.dedup_by(|a, b| a.id == b.id);
-        out
     }
 
     /// Every document with the fingerprint of what it shows.
-    pub fn docs(&self, feeds: &[FeedDef]) -> Vec<(Doc, u64)> {
+    pub fn docs(&self) -> Vec<(Doc, u64)> {
         let mut out = Vec::new();
         for (c, list) in &self.by_category {
             let pages = pages(list.len());
@@ -268,7 +266,7 @@ impl<'l> Model<'l> {
             (c, list.len(), self.slug_of(c)).hash(&mut h);
         }
         out.push((Doc::Years, h.finish()));
-        for def in feeds {
+        for def in self.feeds {
             let list = self.of_feed(def);
             let count = archives(list.len());
             for n in 1..=count {
@@ -276,7 +274,7 @@ impl<'l> Model<'l> {
                     let mut h = start("archive");
                     (&def.name, &def.title, &def.description, ext).hash(&mut h);
                     (n < count).hash(&mut h);
-                    sign(&mut h, chunk(&list, n, ARCHIVE_SIZE));
+                    sign(&mut h, chunk(list, n, ARCHIVE_SIZE));
                     let doc = Doc::FeedArchive {
                         feed: def.name.clone(),
                         n,
@@ -392,7 +390,7 @@ mod tests {
         );
         assert_eq!(slug("  "), "chuyen-muc");
         let lib = Library::from_entries([entry("a", "Thông báo", 1), entry("b", "THÔNG BÁO", 2)]);
-        let m = Model::new(&lib, now());
+        let m = Model::new(&lib, now(), &[]);
         assert_ne!(m.slug_of("Thông báo"), m.slug_of("THÔNG BÁO"));
         assert_eq!(
             m.category_of_slug(&m.slug_of("Thông báo")),
@@ -406,7 +404,7 @@ mod tests {
             .map(|d| entry(&format!("a{d:02}"), "A", d))
             .collect();
         let lib = Library::from_entries(entries.clone());
-        let m = Model::new(&lib, now());
+        let m = Model::new(&lib, now(), &[]);
         assert_eq!(m.all.first().unwrap().id, "a01");
         let list = &m.by_category["A"];
         assert_eq!(chunk(list, 1, PAGE_SIZE).len(), 20);
@@ -416,12 +414,12 @@ mod tests {
             (older.unwrap().id.as_str(), newer.unwrap().id.as_str()),
             ("a04", "a06")
         );
-        let before: HashMap<Doc, u64> = m.docs(&[]).into_iter().collect();
+        let before: HashMap<Doc, u64> = m.docs().into_iter().collect();
 
         let mut lib2 = lib.clone();
         lib2.upsert(entry("a26", "A", 26));
-        let m2 = Model::new(&lib2, now());
-        let after: HashMap<Doc, u64> = m2.docs(&[]).into_iter().collect();
+        let m2 = Model::new(&lib2, now(), &[]);
+        let after: HashMap<Doc, u64> = m2.docs().into_iter().collect();
         let mut changed: Vec<&Doc> = after
             .iter()
             .filter(|(d, p)| before.get(d) != Some(p))
@@ -463,19 +461,19 @@ mod tests {
             })
             .collect();
         let lib = Library::from_entries(entries);
-        let m = Model::new(&lib, now());
         let def = FeedDef::parse("a", "title = \"A\"\ncategories = [\"A\"]\n").unwrap();
+        let m = Model::new(&lib, now(), std::slice::from_ref(&def));
         let list = m.of_feed(&def);
         assert_eq!(list.len(), 125);
         assert!(list.windows(2).all(|w| w[0].published <= w[1].published));
-        let docs = m.docs(std::slice::from_ref(&def));
+        let docs = m.docs();
         let archived: Vec<_> = docs
             .iter()
             .filter(|(d, _)| matches!(d, Doc::FeedArchive { ext: Ext::Atom, .. }))
             .collect();
         assert_eq!(archived.len(), 2);
         let total: usize = (1..=archives(list.len()))
-            .map(|n| chunk(&list, n, ARCHIVE_SIZE).len())
+            .map(|n| chunk(list, n, ARCHIVE_SIZE).len())
             .sum();
         assert_eq!(total, 125);
     }

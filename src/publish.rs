@@ -70,10 +70,10 @@ pub struct Built {
     pub index: String,
     /// Every event's calendar, and the time of its latest edit.
     pub calendar: (String, Option<DateTime<FixedOffset>>),
-    /// The navigation and archive documents written: fingerprint and path.
-    pub docs: HashMap<crate::nav::Doc, (u64, String)>,
     /// What every page was rendered from.
     pub manifest: crate::manifest::Manifest,
+    /// The 404 page, the OPML list, the script: (name, media type, body).
+    pub fixed: Vec<(&'static str, &'static str, String)>,
 }
 
 /// What a full build did.
@@ -164,14 +164,8 @@ impl Publisher {
         let read: Vec<(Stamp, Arc<Article>)> = missing
             .par_iter()
             .filter_map(|e| {
-                let found = Found {
-                    file: e.file.clone(),
-                    path: self.reader.root.join(&e.file),
-                    id: e.id.clone(),
-                    stamp: e.stamp,
-                };
                 self.reader
-                    .read(&found)
+                    .read(&self.reader.found_of(e))
                     .ok()
                     .map(|a| (e.stamp, Arc::new(a)))
             })
@@ -368,18 +362,8 @@ impl Publisher {
         output::write_atomic(&self.out.join("index.html"), html.as_bytes()).map(|_| ())
     }
 
-    /// Renders and writes one article's page, and its event's calendar.
+    /// Renders and writes one article's page with its navigation, and its event's calendar.
     pub fn write_page(
-        &self,
-        entry: &Entry,
-        article: &Article,
-        model: &Model<'_>,
-    ) -> Result<Written, String> {
-        self.write_page_with(entry, article, &self.article_nav(model, entry))
-    }
-
-    /// [`Publisher::write_page`] with the page's navigation given.
-    pub fn write_page_with(
         &self,
         entry: &Entry,
         article: &Article,
@@ -476,16 +460,6 @@ impl Publisher {
         h.0
     }
 
-    /// Where `entry` is read from again.
-    pub fn found_of(&self, entry: &Entry) -> Found {
-        Found {
-            file: entry.file.clone(),
-            path: self.reader.root.join(&entry.file),
-            id: entry.id.clone(),
-            stamp: entry.stamp,
-        }
-    }
-
     /// Reads every file of `files` (a walk of the store) and publishes everything once:
     /// pages, feeds, the navigation, the index, and removes what is stale. `progress` counts
     /// files read.
@@ -503,7 +477,7 @@ impl Publisher {
         });
         progress.fetch_add(errors.len(), Ordering::Relaxed);
         let library = Library::from_entries(entries);
-        let model = Model::new(&library, now);
+        let model = Model::new(&library, now, &self.feeds);
 
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
@@ -539,19 +513,16 @@ impl Publisher {
                     .insert(entry.id.clone(), print);
                 return;
             }
-            let article = match self.articles.get(&entry.id, entry.stamp) {
-                Some(a) => a,
-                None => match self.reader.read(&self.found_of(entry)) {
-                    Ok(a) => Arc::new(a),
-                    Err(e) => {
-                        write_errors.lock().expect("errors").push(e.to_string());
-                        return;
-                    }
-                },
+            let article = match self.reader.body(&self.articles, entry) {
+                Ok(a) => a,
+                Err(e) => {
+                    write_errors.lock().expect("errors").push(e.to_string());
+                    return;
+                }
             };
             let result = match &staging {
                 Some(staging) => self.write_staged_page(staging, entry, &article, &nav),
-                None => self.write_page_with(entry, &article, &nav),
+                None => self.write_page(entry, &article, &nav),
             };
             if result.is_ok() {
                 prints
@@ -595,7 +566,7 @@ impl Publisher {
             .collect();
         self.trim_cache(&listed);
         let feeds_done = started.elapsed();
-        let docs = model.docs(&self.feeds);
+        let docs = model.docs();
         let doc_prints: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
         let problems: Vec<String> = docs
             .par_iter()
@@ -614,7 +585,9 @@ impl Publisher {
             .collect();
         report.write_errors.extend(problems);
         let docs_done = started.elapsed();
-        if let Err(e) = self.write_fixed() {
+        let (fixed, problem) = self.render_fixed();
+        report.write_errors.extend(problem);
+        if let Err(e) = self.write_fixed(&fixed) {
             report.write_errors.push(e);
         }
         let index = self
@@ -642,13 +615,6 @@ impl Publisher {
                 crate::manifest::Manifest::path(&self.out).display()
             ));
         }
-        let docs = docs
-            .into_iter()
-            .map(|(doc, print)| {
-                let path = doc.path(&model);
-                (doc, (print, path))
-            })
-            .collect();
         drop(model);
         Ok(Built {
             library,
@@ -656,8 +622,8 @@ impl Publisher {
             feeds: rendered,
             index,
             calendar,
-            docs,
             manifest,
+            fixed,
         })
     }
 

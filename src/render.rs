@@ -3,7 +3,6 @@
 //! RFC 5005 archive documents and the 404 page. Rendered from a [`Model`] of the library.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use minijinja::context;
@@ -162,7 +161,7 @@ impl Publisher {
 
     /// The number of archive documents of `def` (the newest may be partial).
     pub fn archive_count(&self, model: &Model<'_>, def: &FeedDef) -> usize {
-        nav::archives(model.feed_len(def))
+        nav::archives(model.of_feed(def).len())
     }
 
     /// The links of a feed's subscription document: its newest archive, its hub.
@@ -344,7 +343,7 @@ impl Publisher {
                 if *n > count {
                     return None;
                 }
-                let items: Vec<Item<'_>> = nav::chunk(&list, *n, ARCHIVE_SIZE)
+                let items: Vec<Item<'_>> = nav::chunk(list, *n, ARCHIVE_SIZE)
                     .iter()
                     .map(|e| Item {
                         entry: e,
@@ -515,26 +514,39 @@ impl Publisher {
             .map_err(|e| e.to_string())
     }
 
-    /// Writes the files that change only with the configuration: the 404 page, the OPML
-    /// list, the script.
-    pub fn write_fixed(&self) -> Result<(), String> {
-        let not_found = self.render_not_found()?;
-        for (name, body) in [
-            (NOT_FOUND_FILE, not_found.as_str()),
-            (OPML_FILE, self.render_opml().as_str()),
-            (SCRIPT_FILE, SITE_JS),
-        ] {
+    /// The files that change only with the configuration: (name under `output.dir`, media
+    /// type, body) of the OPML list, the script and the 404 page; the problem rendering the
+    /// 404 page, if any (the others are still made).
+    pub fn render_fixed(&self) -> (Vec<(&'static str, &'static str, String)>, Option<String>) {
+        let mut fixed = vec![
+            (OPML_FILE, "text/x-opml; charset=utf-8", self.render_opml()),
+            (
+                SCRIPT_FILE,
+                "text/javascript; charset=utf-8",
+                SITE_JS.to_owned(),
+            ),
+        ];
+        match self.render_not_found() {
+            Ok(html) => {
+                fixed.push((NOT_FOUND_FILE, "text/html; charset=utf-8", html));
+                (fixed, None)
+            }
+            Err(e) => (fixed, Some(e)),
+        }
+    }
+
+    /// Writes the files of [`Publisher::render_fixed`].
+    pub fn write_fixed(
+        &self,
+        fixed: &[(&'static str, &'static str, String)],
+    ) -> Result<(), String> {
+        for (name, _, body) in fixed {
             let path = self.out.join(name);
             output::write_atomic(&path, body.as_bytes())
                 .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         }
         Ok(())
     }
-}
-
-/// Whether `path` (under `output.dir`) is one of the navigation documents.
-pub fn is_nav_path(path: &Path) -> bool {
-    path.starts_with("categories") || path.starts_with("pages") || path.starts_with("archive")
 }
 
 /// Renders the navigation, feed, search and 404 templates once with sample data: the

@@ -248,6 +248,25 @@ impl StoreReader {
         from_file(&found.path, &found.id, self.tz, self.max_bytes)
     }
 
+    /// Where the article of `entry` is read from again.
+    pub fn found_of(&self, entry: &Entry) -> Found {
+        Found {
+            file: entry.file.clone(),
+            path: self.root.join(&entry.file),
+            id: entry.id.clone(),
+            stamp: entry.stamp,
+        }
+    }
+
+    /// The body of `entry`: from `cache` when it holds this version, else read again (and
+    /// not kept: the caller decides what stays in memory).
+    pub fn body(&self, cache: &ArticleCache, entry: &Entry) -> Result<Arc<Article>, ArticleError> {
+        match cache.get(&entry.id, entry.stamp) {
+            Some(a) => Ok(a),
+            None => self.read(&self.found_of(entry)).map(Arc::new),
+        }
+    }
+
     /// The library entry for a parsed article.
     pub fn entry(&self, found: &Found, article: &Article) -> Entry {
         // A modification time no clock could have set (year 10000, 1970 on a broken RTC

@@ -134,19 +134,12 @@ impl Decoded {
     }
 }
 
-/// A found article, ranked.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub entry: Arc<Entry>,
-    /// How well it matched (higher first), for tests and ordering.
-    pub rank: (u32, u8),
-}
-
 /// A page of results.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     pub total: usize,
-    pub hits: Vec<Found>,
+    /// The articles of the page, best first.
+    pub hits: Vec<Arc<Entry>>,
     /// The query's words, folded, to highlight.
     pub words: Vec<String>,
 }
@@ -416,10 +409,7 @@ impl Index {
         ranked.sort_unstable_by(better);
         results.hits = ranked[start..end]
             .iter()
-            .map(|&(exact, tier, _, doc)| Found {
-                entry: self.docs[doc as usize].clone(),
-                rank: (exact, tier),
-            })
+            .map(|&(_, _, _, doc)| self.docs[doc as usize].clone())
             .collect();
         results
     }
@@ -632,12 +622,6 @@ impl Search {
             .index
             .search(query, page)
     }
-
-    /// (documents, heap bytes).
-    pub fn size(&self) -> (usize, usize) {
-        let s = self.state.read().expect("search lock");
-        (s.index.len(), s.index.heap_bytes())
-    }
 }
 
 fn apply(index: &mut Index, update: Update) {
@@ -681,7 +665,7 @@ mod tests {
     }
 
     fn ids(r: &Results) -> Vec<&str> {
-        r.hits.iter().map(|f| f.entry.id.as_str()).collect()
+        r.hits.iter().map(|e| e.id.as_str()).collect()
     }
 
     #[test]
@@ -755,7 +739,7 @@ mod tests {
         assert!(idx.search("giam sat", 4).hits.is_empty());
         let all: std::collections::HashSet<String> = (1..=3)
             .flat_map(|p| idx.search("giam sat", p).hits)
-            .map(|f| f.entry.id.clone())
+            .map(|e| e.id.clone())
             .collect();
         assert_eq!(all.len(), 25);
     }

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::http::{AppState, Served, Snapshot};
 use crate::library::{Change, Entry, Library};
 use crate::metrics::Metrics;
-use crate::nav::{Doc, Model};
+use crate::nav::Model;
 use crate::publish::{FORMATS, Publisher, RenderedFeed};
 use crate::site::ArticleNav;
 use crate::watch::{Debouncer, StoreWatch};
@@ -93,13 +93,12 @@ pub struct Engine {
     health: crate::health::Health,
     /// The part last found stuck (logged once, not at every turn).
     stuck: Option<&'static str>,
-    /// The navigation and archive documents on disk: fingerprint and path.
-    docs: HashMap<Doc, (u64, String)>,
     /// The search index, fed with every change.
     search: Arc<crate::search::Search>,
     /// Feeds changed since the hub was last told (WebSub).
     websub: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
-    /// What the site's pages were rendered from; saved when the engine stops.
+    /// What the site's pages and lists were rendered from (a list not in it is written at
+    /// the next change); saved when the engine stops.
     manifest: crate::manifest::Manifest,
     /// Whether the site changed since the manifest file was written (the file is then gone).
     manifest_stale: bool,
@@ -155,7 +154,6 @@ impl Engine {
             unwritten: Unwritten::default(),
             health,
             stuck: None,
-            docs: HashMap::new(),
             search,
             websub,
             manifest: crate::manifest::Manifest::default(),
@@ -232,9 +230,13 @@ impl Engine {
             self.index_time,
         )));
         snapshot.calendar = Some(calendar_served(built.calendar));
-        self.fixed_files(&mut snapshot);
+        // The 404 page, the OPML list and the script, served from memory.
+        let at = system_time(now);
+        for (name, media, body) in built.fixed {
+            let served = Served::feed(body.into_bytes(), media, at);
+            snapshot.fixed.insert(name, Arc::new(served));
+        }
         self.app.replace(snapshot);
-        self.docs = built.docs;
         self.manifest = built.manifest;
         self.manifest_stale = false;
         self.build_search(now);
@@ -242,41 +244,6 @@ impl Engine {
         self.metrics.rebuild(started.elapsed(), built.feeds.len());
         self.next_rescan = Instant::now() + self.rescan_interval();
         Ok(())
-    }
-
-    /// The 404 page, the OPML list and the script, served from memory.
-    fn fixed_files(&self, snapshot: &mut Snapshot) {
-        let at = system_time(self.clock.now_fixed());
-        let opml = self.publisher.render_opml();
-        snapshot.fixed.insert(
-            crate::render::OPML_FILE,
-            Arc::new(Served::feed(
-                opml.into_bytes(),
-                "text/x-opml; charset=utf-8",
-                at,
-            )),
-        );
-        snapshot.fixed.insert(
-            crate::render::SCRIPT_FILE,
-            Arc::new(Served::feed(
-                crate::render::SITE_JS.as_bytes().to_vec(),
-                "text/javascript; charset=utf-8",
-                at,
-            )),
-        );
-        match self.publisher.render_not_found() {
-            Ok(html) => {
-                snapshot.fixed.insert(
-                    crate::render::NOT_FOUND_FILE,
-                    Arc::new(Served::feed(
-                        html.into_bytes(),
-                        "text/html; charset=utf-8",
-                        at,
-                    )),
-                );
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
     }
 
     /// Builds the search index from every published article on a thread of its own: the
@@ -293,15 +260,12 @@ impl Engine {
                 let started = Instant::now();
                 let mut index = crate::search::Index::default();
                 for entry in entries {
-                    let article = match publisher.articles.get(&entry.id, entry.stamp) {
-                        Some(a) => a,
-                        None => match publisher.reader.read(&publisher.found_of(&entry)) {
-                            Ok(a) => Arc::new(a),
-                            Err(e) => {
-                                tracing::warn!("{e}");
-                                continue;
-                            }
-                        },
+                    let article = match publisher.reader.body(&publisher.articles, &entry) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            continue;
+                        }
                     };
                     index.add(entry, &article);
                 }
@@ -761,7 +725,7 @@ impl Engine {
         changes: &[Change],
         now: DateTime<FixedOffset>,
     ) -> Rendered {
-        let model = Model::new(&self.library, now);
+        let model = Model::new(&self.library, now, &self.publisher.feeds);
         let defs: Vec<_> = self
             .publisher
             .feeds
@@ -804,21 +768,23 @@ impl Engine {
                 (e, nav)
             })
             .collect();
-        let all = model.docs(&self.publisher.feeds);
+        let all = model.docs();
         let mut docs = Vec::new();
+        let mut current = HashSet::with_capacity(all.len());
         for (doc, print) in &all {
-            if self.docs.get(doc).map(|(p, _)| *p) != Some(*print) {
-                let path = doc.path(&model);
+            let path = doc.path(&model);
+            if self.manifest.docs.get(&path) != Some(print) {
                 let body = self.publisher.render_doc(&model, doc);
-                docs.push((doc.clone(), *print, path, body));
+                docs.push((*print, path.clone(), body));
             }
+            current.insert(path);
         }
-        let keep: HashSet<&Doc> = all.iter().map(|(d, _)| d).collect();
         let gone = self
+            .manifest
             .docs
-            .iter()
-            .filter(|(d, _)| !keep.contains(d))
-            .map(|(d, (_, path))| (d.clone(), path.clone()))
+            .keys()
+            .filter(|path| !current.contains(*path))
+            .cloned()
             .collect();
         Rendered {
             feeds,
@@ -898,30 +864,28 @@ impl Engine {
             }
             self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
-        for (doc, print, path, body) in &work.docs {
+        for (print, path, body) in &work.docs {
             let full = self.publisher.out.join(path);
             match body {
                 Some(Ok(body)) => match crate::output::write_atomic(&full, body.as_bytes()) {
                     // Recorded only once written: a failed one is written at the next change.
                     Ok(_) => {
-                        self.docs.insert(doc.clone(), (*print, path.clone()));
                         self.manifest.docs.insert(path.clone(), *print);
                     }
                     Err(e) => tracing::error!("cannot write {}: {e}", full.display()),
                 },
                 Some(Err(e)) => tracing::error!("{e}"),
                 None => {
-                    self.docs.remove(doc);
                     self.manifest.docs.remove(path);
                 }
             }
         }
-        for (doc, path) in &work.gone {
+        for path in &work.gone {
             let full = self.publisher.out.join(path);
-            self.manifest.docs.remove(path);
+            // Forgotten once removed: one that could not be is tried at the next change.
             match crate::output::remove(&self.publisher.out, &full) {
                 Ok(()) => {
-                    self.docs.remove(doc);
+                    self.manifest.docs.remove(path);
                 }
                 Err(e) => tracing::error!("cannot remove {}: {e}", full.display()),
             }
@@ -951,7 +915,7 @@ impl Engine {
     /// Returns its body, when it could be read.
     fn write_page(&mut self, entry: &Arc<Entry>, nav: &ArticleNav) -> Option<Arc<Article>> {
         let article = self.read_body(entry)?;
-        match self.publisher.write_page_with(entry, &article, nav) {
+        match self.publisher.write_page(entry, &article, nav) {
             Ok(_) => {
                 self.unwritten.pages.remove(&entry.id);
                 let generation = self.manifest.generation;
@@ -1017,13 +981,11 @@ impl Engine {
         if let Some(a) = self.publisher.articles.get(&entry.id, entry.stamp) {
             return Some(a);
         }
-        let found = crate::scan::Found {
-            file: entry.file.clone(),
-            path: self.publisher.reader.root.join(&entry.file),
-            id: entry.id.clone(),
-            stamp: entry.stamp,
-        };
-        match self.publisher.reader.read(&found) {
+        match self
+            .publisher
+            .reader
+            .read(&self.publisher.reader.found_of(entry))
+        {
             Ok(a) => {
                 let a = Arc::new(a);
                 self.publisher.remember(entry.stamp, a.clone());
@@ -1045,13 +1007,12 @@ struct Rendered {
     pages: Vec<(Arc<Entry>, ArticleNav)>,
     /// Navigation and archive documents whose fingerprint changed.
     docs: Vec<ChangedDoc>,
-    /// Documents that are no more: (doc, path).
-    gone: Vec<(Doc, String)>,
+    /// Paths of documents that are no more.
+    gone: Vec<String>,
 }
 
-/// A document to write again: (doc, fingerprint, path, body; `None` when it no longer
-/// exists).
-type ChangedDoc = (Doc, u64, String, Option<Result<String, String>>);
+/// A document to write again: (fingerprint, path, body; `None` when it no longer exists).
+type ChangedDoc = (u64, String, Option<Result<String, String>>);
 
 /// Files of the site that could not be written, and when to try again.
 struct Unwritten {
