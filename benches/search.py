@@ -107,7 +107,7 @@ transport = "file"
               f"resident {rss_served:.0f} MiB")
         print(f"search index ready: {ready:.2f} s after start ({docs} articles, "
               f"{index_bytes / 1e6:.1f} MB by its own count), resident {rss_ready:.0f} MiB "
-              f"(+{rss_ready - rss_served:.0f} MiB)")
+              f"({rss_ready - rss_served:+.0f} MiB)")
         print(f"{len(times)} searches over HTTP: p50 {statistics.median(times) * 1e3:.1f} ms, "
               f"p99 {p99 * 1e3:.1f} ms")
     finally:

@@ -745,6 +745,22 @@ mod tests {
     }
 
     #[test]
+    fn an_index_is_worth_rebuilding_once_a_fifth_of_it_is_dead() {
+        let mut idx = Index::default();
+        for i in 0..1300 {
+            let (e, a) = article(&format!("a{i}"), "Tin", "Nội dung.", 1);
+            idx.add(e, &a);
+        }
+        for i in 0..1000 {
+            idx.remove(&format!("a{i}"));
+        }
+        assert!(!idx.worth_rebuilding());
+        idx.remove("a1000");
+        assert!(idx.worth_rebuilding());
+        assert_eq!(idx.len(), 299);
+    }
+
+    #[test]
     fn a_build_overtaken_by_a_later_one_is_dropped_and_changes_wait_for_the_last() {
         let search = Search::default();
         let first = search.begin_build();

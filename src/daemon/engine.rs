@@ -691,6 +691,11 @@ impl Engine {
             self.search
                 .update(crate::search::Update::Remove(id.clone()));
         }
+        // Edits leave their old entries behind, marked dead; past a fifth, start afresh.
+        if self.search.worth_rebuilding() {
+            tracing::info!("building the search index again (many edits and removals)");
+            self.build_search(now);
+        }
         // The mail side decides what is news (an edit is not) and cancels what went.
         if !plan.pages.is_empty() {
             let _ = self.mail.send(MailEvent::Published(plan.pages.clone()));
