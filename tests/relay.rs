@@ -320,3 +320,84 @@ fn a_relay_deferring_every_mail_does_not_make_a_fan_out_queue_everyone() {
     assert_eq!(report["alerts_fanning_out"], true, "{report}");
     assert!(!paused(&daemon), "a deferral per mail is not a pause");
 }
+
+/// A relay that offers PIPELINING and 8BITMIME gets each mail's commands in one write and
+/// its text as it is; one that offers neither gets the commands one at a time and the text
+/// encoded in 7 bits. Each recipient's mail carries its own links either way, though the
+/// alert is rendered once for all of them.
+#[test]
+fn pipelining_and_8bit_bodies_only_where_the_relay_offers_them() {
+    let emails = ["a@x.vn", "b@x.vn", "c@x.vn"];
+    let mut texts = Vec::new();
+    for offered in [true, false] {
+        let smtp = SmtpServer::start();
+        smtp.set(|r| {
+            r.no_eight_bit = !offered;
+            r.no_pipelining = !offered;
+        });
+        let site = site(&smtp, false);
+        add(&site, &emails);
+        let daemon = start(&site);
+        site.publish(
+            "moi.txt",
+            &article(CAT_A, "Kỳ họp thứ mười một", "20/11/2026 | 08:00"),
+        );
+        each_once(&smtp, &emails);
+        drop(daemon);
+        let mut links = std::collections::HashSet::new();
+        for m in smtp.accepted() {
+            let head = m.data.split("\r\n\r\n").next().unwrap().to_owned();
+            let body = &m.data[head.len()..];
+            if offered {
+                assert_eq!(m.from_params, "BODY=8BITMIME", "{head}");
+                assert_eq!(m.pipelined, 2, "MAIL FROM, RCPT TO and DATA in one write");
+                assert!(body.contains("Content-Transfer-Encoding: 8bit"), "{body}");
+                assert!(body.contains("Kỳ họp thứ mười một"));
+            } else {
+                assert_eq!(m.from_params, "");
+                assert_eq!(m.pipelined, 0, "one command at a time");
+                assert!(m.data.is_ascii(), "a 7-bit mail");
+            }
+            let text = common::mail::part(&m.data, "text/plain").unwrap();
+            let html = common::mail::part(&m.data, "text/html").unwrap();
+            let link = common::mail::link(&m.data, "/unsubscribe?token=");
+            let listed = common::mail::header(&m.data, "List-Unsubscribe").unwrap();
+            assert_eq!(listed, format!("<{link}>"), "the header and the text agree");
+            assert!(
+                html.contains(&link.replace('/', "&#x2f;")) || html.contains(&link),
+                "the HTML has the same link"
+            );
+            assert!(
+                links.insert(link.clone()),
+                "each recipient has their own link"
+            );
+            let token = link.split("token=").nth(1).unwrap();
+            texts.push((
+                m.to[0].clone(),
+                offered,
+                text.replace(token, "TOKEN").replace(
+                    common::mail::link(&m.data, "/preferences?token=")
+                        .split("token=")
+                        .nth(1)
+                        .unwrap(),
+                    "TOKEN",
+                ),
+            ));
+        }
+        assert_eq!(links.len(), emails.len());
+    }
+    // The same text for each recipient, whatever the relay took (the links aside: each
+    // site signs with its own key).
+    for email in emails {
+        let of = |offered: bool| {
+            texts
+                .iter()
+                .find(|(to, o, _)| to == email && *o == offered)
+                .map(|(_, _, t)| t.clone())
+                .unwrap()
+        };
+        let (eight, seven) = (of(true), of(false));
+        let host = |t: &str| t.replace(|c: char| c.is_ascii_digit(), "");
+        assert_eq!(host(&eight), host(&seven), "{email}");
+    }
+}

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use lettre::message::header::ContentTransferEncoding;
+use lettre::message::header::ContentType;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Body, Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use minijinja::context;
 use serde::Serialize;
@@ -59,10 +60,14 @@ impl Links {
     }
 
     fn url(&self, route: &str, purpose: Purpose, email: &str, issued: i64) -> String {
+        self.token_url(route, &self.signer.sign(purpose, email, issued))
+    }
+
+    /// The link to `route` carrying `token`.
+    fn token_url(&self, route: &str, token: &str) -> String {
         format!(
-            "{}/{route}?token={}",
+            "{}/{route}?token={token}",
             self.base_url.read().expect("base url"),
-            self.signer.sign(purpose, email, issued)
         )
     }
 
@@ -92,6 +97,7 @@ pub enum ComposeError {
 }
 
 /// What a delivery is about, read by the caller.
+#[derive(Clone, Copy)]
 pub enum Content<'a> {
     /// The article, and its entry (its last change, for the event's calendar).
     Alert(&'a Article, &'a Entry),
@@ -144,7 +150,61 @@ pub struct Composer {
     pub links: Links,
     /// `mail.return_path` split in (local part, domain): the VERP envelope sender.
     return_path: Option<(String, String)>,
+    /// Alerts and corrections rendered once per article, with what differs per recipient
+    /// left as markers.
+    shared: std::sync::Mutex<Vec<Arc<Shared>>>,
 }
+
+/// What differs between two recipients of one alert or correction once the line saying
+/// why the mail came is the same: the tokens of their links. A token is made of characters
+/// that no escaping changes (`A-Z a-z 0-9 - _ .`), so it can be filled into a rendering
+/// made with a marker in its place.
+struct Personal {
+    unsubscribe: String,
+    preferences: String,
+}
+
+impl Personal {
+    /// Markers in the same characters as a token, which no article is likely to hold.
+    fn markers() -> Personal {
+        Personal {
+            unsubscribe: "bantin-MARKER.unsubscribe.Qx7".into(),
+            preferences: "bantin-MARKER.preferences.Qx7".into(),
+        }
+    }
+}
+
+/// The rendering of one alert or correction for every recipient with the same 'why' line,
+/// keyed by what it was made from (the article's file as read, the templates and the site
+/// in force).
+struct Shared {
+    key: (String, crate::library::Stamp, Option<u32>, String),
+    templates: Arc<Templates>,
+    site: Arc<SiteInfo>,
+    rendered: Rendered,
+    /// Whether filling in the tokens gives what rendering for the recipient gives: decided
+    /// at the first recipient. A template that does more with the links than print them
+    /// (cuts or counts them) is rendered for each recipient instead.
+    faithful: std::sync::OnceLock<bool>,
+}
+
+impl Shared {
+    fn fill(&self, personal: &Personal) -> Rendered {
+        let markers = Personal::markers();
+        let fill = |text: &str| {
+            text.replace(&markers.unsubscribe, &personal.unsubscribe)
+                .replace(&markers.preferences, &personal.preferences)
+        };
+        Rendered {
+            text: fill(&self.rendered.text),
+            html: fill(&self.rendered.html),
+            ..self.rendered.clone()
+        }
+    }
+}
+
+/// Shared renderings kept: the articles being sent at once, with room for a reload.
+const SHARED_KEPT: usize = 64;
 
 impl Composer {
     pub fn from_config(
@@ -192,11 +252,15 @@ impl Composer {
             scope,
             dkim,
             links,
+            shared: std::sync::Mutex::default(),
         })
     }
 
     /// Renders the subject and bodies of `delivery` about `content`, for `subscriber` (whose
     /// choices the footer recalls; `None` for a confirmation).
+    ///
+    /// An alert or a correction is rendered once for all its recipients and the three
+    /// things that differ (the links and the line saying why the mail came) are filled in.
     pub fn render(
         &self,
         delivery: &Delivery,
@@ -205,15 +269,133 @@ impl Composer {
     ) -> Result<Rendered, ComposeError> {
         let templates = crate::site::current(&self.templates);
         let site = self.site.read().expect("site").clone();
+        // Links carry the time the delivery was made: a retry renders the same links.
+        let issued = delivery.created_ms.div_euclid(1000);
+        let why = |schedule: Schedule| {
+            let categories = subscriber
+                .map(|s| s.categories.join(", "))
+                .filter(|c| !c.is_empty())
+                .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
+            format!(
+                "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
+                schedule_label(schedule),
+                site.title
+            )
+        };
+        let why_line = match &delivery.kind {
+            Kind::Alert { .. } => why(Schedule::Immediate),
+            _ => String::new(),
+        };
+        let key = match (&delivery.kind, &content) {
+            (Kind::Alert { .. }, Content::Alert(_, entry)) => {
+                Some((entry.id.clone(), entry.stamp, None, why_line.clone()))
+            }
+            (Kind::Correction { .. }, Content::Correction(_, entry, record)) => Some((
+                entry.id.clone(),
+                entry.stamp,
+                Some(record.n),
+                why_line.clone(),
+            )),
+            _ => None,
+        };
+        let personal = Personal {
+            unsubscribe: self
+                .links
+                .signer
+                .sign(Purpose::Unsubscribe, &delivery.email, issued),
+            preferences: self
+                .links
+                .signer
+                .sign(Purpose::Preferences, &delivery.email, issued),
+        };
+        let Some(key) = key else {
+            return self.render_for(&templates, &site, delivery, content, subscriber, &personal);
+        };
+        let cached = {
+            let shared = self.shared.lock().expect("shared renderings");
+            shared
+                .iter()
+                .find(|s| {
+                    s.key == key
+                        && Arc::ptr_eq(&s.templates, &templates)
+                        && Arc::ptr_eq(&s.site, &site)
+                })
+                .cloned()
+        };
+        let shared = match cached {
+            Some(shared) => shared,
+            None => {
+                let rendered = self.render_for(
+                    &templates,
+                    &site,
+                    delivery,
+                    content,
+                    subscriber,
+                    &Personal::markers(),
+                )?;
+                let made = Arc::new(Shared {
+                    key,
+                    templates: templates.clone(),
+                    site: site.clone(),
+                    rendered,
+                    faithful: std::sync::OnceLock::new(),
+                });
+                let mut shared = self.shared.lock().expect("shared renderings");
+                if shared.len() >= SHARED_KEPT {
+                    shared.remove(0);
+                }
+                shared.push(made.clone());
+                made
+            }
+        };
+        // The mail a correction answers is the recipient's own.
+        let answers = match &delivery.kind {
+            Kind::Correction { reply_to, .. } => Some(reply_to.clone()),
+            _ => None,
+        };
+        let fill = |personal: &Personal| Rendered {
+            answers: answers.clone(),
+            ..shared.fill(personal)
+        };
+        match shared.faithful.get() {
+            Some(true) => Ok(fill(&personal)),
+            Some(false) => {
+                self.render_for(&templates, &site, delivery, content, subscriber, &personal)
+            }
+            None => {
+                let own =
+                    self.render_for(&templates, &site, delivery, content, subscriber, &personal)?;
+                let faithful = fill(&personal) == own;
+                if !faithful {
+                    tracing::info!(
+                        article = shared.key.0,
+                        "the mail templates do more with the links or the 'why' line than \
+                         print them: each mail of this article is rendered on its own"
+                    );
+                }
+                let _ = shared.faithful.set(faithful);
+                Ok(own)
+            }
+        }
+    }
+
+    /// Renders `delivery` with the recipient's values `personal`.
+    fn render_for(
+        &self,
+        templates: &Templates,
+        site: &SiteInfo,
+        delivery: &Delivery,
+        content: Content<'_>,
+        subscriber: Option<&crate::subscriber::Subscriber>,
+        personal: &Personal,
+    ) -> Result<Rendered, ComposeError> {
         let render = |name: &str, ctx: &minijinja::Value| -> Result<_, ComposeError> {
             let text = templates.render(&format!("email/{name}.txt"), ctx.clone())?;
             let html = templates.render(&format!("email/{name}.html"), ctx.clone())?;
             Ok((text, html))
         };
-        // Links carry the time the delivery was made: a retry renders the same links.
-        let issued = delivery.created_ms.div_euclid(1000);
-        let unsubscribe_url = self.links.unsubscribe_url(&delivery.email, issued);
-        let preferences_url = self.links.preferences_url(&delivery.email, issued);
+        let unsubscribe_url = self.links.token_url("unsubscribe", &personal.unsubscribe);
+        let preferences_url = self.links.token_url("preferences", &personal.preferences);
         let calendar = |a: &Article, entry: &Entry| {
             entry.event.map(|_| {
                 let event = crate::calendar::CalEvent {
@@ -222,7 +404,7 @@ impl Composer {
                 };
                 (
                     "lich.ics".to_owned(),
-                    crate::calendar::ics(&site, self.tz, &a.title, &[event]),
+                    crate::calendar::ics(site, self.tz, &a.title, &[event]),
                 )
             })
         };
@@ -247,7 +429,7 @@ impl Composer {
                     alert_subject(a),
                     "alert",
                     context! {
-                        article => article_ctx(&site, a),
+                        article => article_ctx(site, a),
                         preheader => first_sentence(a),
                         why => why(Schedule::Immediate),
                         web_url => site.article_url(&a.id),
@@ -271,7 +453,7 @@ impl Composer {
                     format!("Đính chính: {}", a.title),
                     "correction",
                     context! {
-                        article => article_ctx(&site, a),
+                        article => article_ctx(site, a),
                         preheader => record.reason.clone(),
                         why => format!(
                             "Bạn nhận thư này vì {} đã gửi bài này tới bạn; lời đính chính được \
@@ -290,7 +472,7 @@ impl Composer {
                 )
             }
             (Kind::Digest { schedule, run, .. }, Content::Digest(articles)) => {
-                let groups = group_by_category(&site, articles);
+                let groups = group_by_category(site, articles);
                 if groups.is_empty() {
                     return Err(ComposeError::NothingLeft);
                 }
@@ -359,13 +541,17 @@ impl Composer {
         format!("<{hex}.bantin@{}>", self.domain)
     }
 
-    /// The complete message of a delivery, dated `date`, signed by every DKIM key.
+    /// The complete message of a delivery, dated `date`, signed by every DKIM key. With
+    /// `eight_bit` (the relay advertised 8BITMIME), the text and HTML go as they are,
+    /// unless a line is too long for it; otherwise each is quoted-printable or base64,
+    /// whichever is smaller.
     pub fn message(
         &self,
         key: &str,
         delivery: &Delivery,
         rendered: Rendered,
         date: DateTime<Utc>,
+        eight_bit: bool,
     ) -> Result<Composed, ComposeError> {
         let to: Mailbox = delivery
             .email
@@ -442,7 +628,16 @@ impl Composer {
         // The multipart's own Content-Type goes into the message's headers, so that DKIM
         // covers it (lettre signs only the message's headers, and writes a multipart's
         // Content-Type with the body).
-        let alternative = MultiPart::alternative_plain_html(rendered.text, rendered.html);
+        let part = |content_type: ContentType, text: String, html: bool| {
+            let body = match eight_bit {
+                true => eight_bit_body(&text, html).unwrap_or_else(|| Body::new(text)),
+                false => Body::new(text),
+            };
+            SinglePart::builder().header(content_type).body(body)
+        };
+        let alternative = MultiPart::alternative()
+            .singlepart(part(ContentType::TEXT_PLAIN, rendered.text, false))
+            .singlepart(part(ContentType::TEXT_HTML, rendered.html, true));
         let alternative = match rendered.calendar {
             // The event travels as a file the mail program offers to add to a calendar.
             Some((file_name, ics)) => MultiPart::mixed().multipart(alternative).singlepart(
@@ -467,11 +662,14 @@ impl Composer {
             .position(|w| w == b"\r\n\r\n")
             .ok_or_else(|| ComposeError::Build("no body".into()))?
             + 4;
-        // Already encoded: the parts are quoted-printable or base64 (7-bit, lines of at most
-        // 76 characters plus the soft-break '=').
+        // Already encoded: the parts are 7-bit (quoted-printable or base64, lines of at most
+        // 76 characters plus the soft-break '='), or 8-bit text in lines of at most 998 bytes.
         let body = Body::dangerous_pre_encoded(
             formatted[body_at..].to_vec(),
-            ContentTransferEncoding::SevenBit,
+            match eight_bit && !formatted[body_at..].is_ascii() {
+                true => ContentTransferEncoding::EightBit,
+                false => ContentTransferEncoding::SevenBit,
+            },
         );
         let message = builder
             .header(lettre::message::header::MIME_VERSION_1_0)
@@ -503,6 +701,57 @@ impl Composer {
             bytes,
         })
     }
+}
+
+/// The longest line an 8-bit body may have, without its CRLF (RFC 5322 section 2.1.1).
+const LINE_MAX: usize = 998;
+
+/// `text` as an 8-bit body (RFC 6152): its lines ended by CRLF, none longer than 998
+/// bytes, no NUL and no lone CR. In `html`, a longer line (a long paragraph) is folded at
+/// a space between tags, which HTML shows alike, unless the page keeps its spaces (`<pre>`,
+/// `white-space`). `None` when it does not fit, to be encoded instead. (lettre holds 8-bit
+/// lines to the 76 characters of quoted-printable, which a Vietnamese line of 72 letters
+/// passes in bytes.)
+fn eight_bit_body(text: &str, html: bool) -> Option<Body> {
+    let foldable = html && !text.contains("<pre") && !text.contains("white-space");
+    let mut out = Vec::with_capacity(text.len() + text.len() / 32 + 2);
+    for line in text.split_inclusive('\n') {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let mut line = line.strip_suffix('\r').unwrap_or(line);
+        if line.bytes().any(|b| b == 0 || b == b'\r') {
+            return None;
+        }
+        while line.len() > LINE_MAX {
+            if !foldable {
+                return None;
+            }
+            let at = fold_point(line)?;
+            out.extend_from_slice(&line.as_bytes()[..at]);
+            out.extend_from_slice(b"\r\n");
+            line = &line[at + 1..];
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Some(Body::dangerous_pre_encoded(
+        out,
+        ContentTransferEncoding::EightBit,
+    ))
+}
+
+/// The last space of `line` within [`LINE_MAX`] bytes that is outside a tag.
+fn fold_point(line: &str) -> Option<usize> {
+    let mut in_tag = false;
+    let mut last = None;
+    for (i, b) in line.bytes().enumerate().take(LINE_MAX + 1) {
+        match b {
+            b'<' => in_tag = true,
+            b'>' => in_tag = false,
+            b' ' if !in_tag && i > 0 => last = Some(i),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// A file-system-safe name for a delivery (the `file` transport).
@@ -767,6 +1016,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         dkim: Vec::new(),
         links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
         return_path: None,
+        shared: std::sync::Mutex::default(),
     };
     let sample = Arc::new(sample_article());
     let plain_entry = sample_entry(&sample);
@@ -855,6 +1105,7 @@ mod tests {
             dkim: Vec::new(),
             links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
             return_path: None,
+            shared: std::sync::Mutex::default(),
         }
     }
 
@@ -914,6 +1165,95 @@ mod tests {
         snapshot("alert", &r);
     }
 
+    /// What the composer renders for `email` choosing `categories`, and whether it filled in
+    /// a rendering shared with earlier recipients.
+    fn alert_for(c: &Composer, a: &Article, email: &str, categories: &[&str]) -> (Rendered, bool) {
+        let mut d = alert_of(a);
+        d.email = email.into();
+        let mut s = reader();
+        s.email = email.into();
+        s.categories = categories.iter().map(|c| c.to_string()).collect();
+        let r = c
+            .render(&d, Content::Alert(a, &sample_entry(a)), Some(&s))
+            .unwrap();
+        let shared = c.shared.lock().unwrap();
+        let filled = shared.iter().any(|s| s.faithful.get() == Some(&true));
+        (r, filled)
+    }
+
+    #[test]
+    fn an_alert_rendered_once_reads_as_rendered_for_each_recipient() {
+        let a = sample_article();
+        let c = composer();
+        let (first, _) = alert_for(&c, &a, "mot@x.vn", &["THÔNG BÁO"]);
+        let (second, filled) = alert_for(&c, &a, "hai@x.vn", &["THÔNG BÁO"]);
+        let (third, _) = alert_for(&c, &a, "ba@x.vn", &["KỲ HỌP HĐND"]);
+        assert!(filled, "the second recipient's mail was filled in");
+        assert_ne!(first.text, second.text, "each has their own links");
+        // Each is what a composer that never saw the others renders.
+        for (email, cats, r) in [
+            ("hai@x.vn", "THÔNG BÁO", &second),
+            ("ba@x.vn", "KỲ HỌP HĐND", &third),
+        ] {
+            let (alone, _) = alert_for(&composer(), &a, email, &[cats]);
+            assert_eq!(r, &alone, "{email}");
+        }
+        assert!(third.text.contains("KỲ HỌP HĐND"), "{}", third.text);
+    }
+
+    #[test]
+    fn eight_bit_bodies_keep_lines_within_998_bytes() {
+        let long = "Hội nghị kỳ họp thường trực ".repeat(60); // about 2,000 bytes
+        let html = format!("<p style=\"margin:0 0 12px;\">{long}</p>\n");
+        let body = eight_bit_body(&html, true).expect("folded between words");
+        let bytes = body.into_vec();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= LINE_MAX), "{text}");
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>(),
+            html.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(
+            text.starts_with("<p style=\"margin:0 0 12px;\">Hội"),
+            "no fold inside the tag"
+        );
+        // Plain text is never folded: it is encoded instead.
+        assert!(eight_bit_body(&long, false).is_none());
+        assert!(eight_bit_body(&format!("<pre>{long}</pre>"), true).is_none());
+        assert!(eight_bit_body("một dòng\nhai dòng\n", false).is_some());
+    }
+
+    #[test]
+    fn a_template_that_cuts_a_link_is_rendered_for_each_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        for name in crate::site::TEMPLATE_NAMES {
+            let to = dir.path().join(name);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            let _ = std::fs::copy(shipped.join(name), to);
+        }
+        std::fs::write(
+            dir.path().join("email/alert.txt"),
+            "{{ article.title }}\n{{ unsubscribe_url[-12:] }}\n",
+        )
+        .unwrap();
+        let site = SiteInfo::new("HĐND quận Cầu Giấy", "https://hdnd.example.vn", "vi");
+        let mut templates = crate::publish::load_templates(dir.path()).expect("templates");
+        templates.set_site(&site, &[]);
+        let c = composer();
+        *c.templates.write().unwrap() = Arc::new(templates);
+        let a = sample_article();
+        let (_, _) = alert_for(&c, &a, "mot@x.vn", &[]);
+        let (second, filled) = alert_for(&c, &a, "hai@x.vn", &[]);
+        assert!(!filled, "not filled in: the template cuts the link");
+        let token = c.links.signer.sign(Purpose::Unsubscribe, "hai@x.vn", 0);
+        assert!(
+            second.text.trim_end().ends_with(&token[token.len() - 12..]),
+            "{}",
+            second.text
+        );
+    }
+
     #[test]
     fn an_event_alert_shows_time_and_place_first_and_carries_its_calendar() {
         let c = composer();
@@ -935,7 +1275,13 @@ mod tests {
             "{ics}"
         );
         let m = c
-            .message(&d.key(), &d, r, DateTime::from_timestamp(0, 0).unwrap())
+            .message(
+                &d.key(),
+                &d,
+                r,
+                DateTime::from_timestamp(0, 0).unwrap(),
+                false,
+            )
             .unwrap();
         let text = String::from_utf8(m.bytes).unwrap();
         assert!(text.contains("Content-Type: multipart/mixed"), "{text}");
@@ -980,7 +1326,13 @@ mod tests {
         assert!(r.html.contains("<del"), "{}", r.html);
         assert!(r.html.contains("<ins"), "{}", r.html);
         let m = c
-            .message(&d.key(), &d, r, DateTime::from_timestamp(0, 0).unwrap())
+            .message(
+                &d.key(),
+                &d,
+                r,
+                DateTime::from_timestamp(0, 0).unwrap(),
+                false,
+            )
             .unwrap();
         let text = String::from_utf8(m.bytes).unwrap();
         let original = c.message_id(&first.key());
@@ -1166,7 +1518,7 @@ mod tests {
             .render(&d, Content::Alert(&a, &sample_entry(&a)), Some(&reader()))
             .unwrap();
         let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let m = c.message(&d.key(), &d, r, date).unwrap();
+        let m = c.message(&d.key(), &d, r, date, false).unwrap();
         let text = String::from_utf8(m.bytes).unwrap();
         assert!(text.contains(&c.message_id(&d.key())), "{text}");
         assert!(

@@ -11,7 +11,7 @@ use super::{MailError, MailMetrics};
 use crate::article::Article;
 use crate::clock::Clock;
 use crate::correction::Version;
-use crate::library::Entry;
+use crate::library::{Entry, Stamp};
 use crate::plan;
 use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::store::{
@@ -59,7 +59,16 @@ pub struct Outbox {
     /// Bodies shared with publishing, and the store to read them from when not cached.
     articles: Arc<ArticleCache>,
     reader: StoreReader,
+    /// The entries last made for cached articles: a fan-out asks for the same article once
+    /// per recipient.
+    entries: Arc<Mutex<Vec<Made>>>,
 }
+
+/// An entry made for an article as read.
+type Made = (Stamp, Arc<Article>, Entry);
+
+/// Entries kept by [`Outbox::article`].
+const ENTRIES_KEPT: usize = 8;
 
 /// What counts as news, and when it may be mailed.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +136,7 @@ impl Outbox {
             bulletins: None,
             articles,
             reader,
+            entries: Arc::default(),
         }
     }
 
@@ -134,6 +144,15 @@ impl Outbox {
     /// cache (publishing replaces what changed there: a fan-out reads no file) or the store.
     /// `None` when it cannot be read (it went, or broke).
     pub fn article(&self, id: &str) -> Option<(Arc<Article>, Entry)> {
+        if let Some((stamp, article)) = self.articles.get_any(id) {
+            let entries = self.entries.lock().expect("entries");
+            if let Some((_, _, entry)) = entries
+                .iter()
+                .find(|(s, a, _)| *s == stamp && Arc::ptr_eq(a, &article))
+            {
+                return Some((article, entry.clone()));
+            }
+        }
         // The file's own name: it may differ from the id (a name typed in NFD).
         let file = match self.store.known_article(id) {
             Ok(Some(known)) if !known.file.is_empty() => known.file,
@@ -164,6 +183,11 @@ impl Outbox {
             stamp,
         };
         let entry = self.reader.entry(&found, &article);
+        let mut entries = self.entries.lock().expect("entries");
+        if entries.len() >= ENTRIES_KEPT {
+            entries.remove(0);
+        }
+        entries.push((stamp, article.clone(), entry.clone()));
         Some((article, entry))
     }
 

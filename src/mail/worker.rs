@@ -335,15 +335,31 @@ impl Worker {
                 categories: sub.as_ref().map_or(&[], |s| &s.categories),
             },
         };
-        let message = self
-            .composer
-            .render(d, content, subscriber)
-            .and_then(|r| self.composer.message(key, d, r, self.outbox.clock.now()))
-            // Our side failed (a template error): the address is not at fault.
-            .map_err(|e| SendError::Failed(e.to_string()))?;
-        self.transport
-            .send(&message.envelope, &message.bytes, &key_file_name(key))
+        let compose = |eight_bit| {
+            self.composer
+                .render(d, content, subscriber)
+                .and_then(|r| {
+                    self.composer
+                        .message(key, d, r, self.outbox.clock.now(), eight_bit)
+                })
+                // Our side failed (a template error): the address is not at fault.
+                .map_err(|e| SendError::Failed(e.to_string()))
+        };
+        let name = key_file_name(key);
+        let message = compose(self.transport.eight_bit().await)?;
+        match self
+            .transport
+            .send(&message.envelope, &message.bytes, &name)
             .await
+        {
+            Err(SendError::NeedsSevenBit) => {
+                let message = compose(false)?;
+                self.transport
+                    .send(&message.envelope, &message.bytes, &name)
+                    .await
+            }
+            sent => sent,
+        }
     }
 
     /// Sends one delivery and records the outcome durably: the delivery is read once and
@@ -366,8 +382,9 @@ impl Worker {
             return;
         }
         // Subscribers who left in the meantime get nothing more (confirmations excepted).
-        // Reading files and the state is blocking work: off the async workers.
-        let load = |d: &Delivery| tokio::task::block_in_place(|| self.load(d));
+        // The article is nearly always in the shared cache (a fan-out reads its file once):
+        // not worth handing the thread over for.
+        let load = |d: &Delivery| self.load(d);
         let mut subscriber = None;
         let outcome = match &d.kind {
             Kind::Confirm { .. } => load(&d),
@@ -413,7 +430,7 @@ impl Worker {
                 d.state = DeliveryState::Sent;
                 d.error = None;
                 metrics.sent.inc();
-                self.delivered(&d.email);
+                self.delivered(&d.email, subscriber.as_ref());
             }
             Err(SendError::Rejected(why)) if d.rejections == 0 => {
                 // Refused once: perhaps a passing fault of the relay's filter; once more later.
@@ -506,11 +523,14 @@ impl Worker {
 
     /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
     /// bounces of that address is over.
-    fn delivered(&self, email: &str) {
+    fn delivered(&self, email: &str, read: Option<&Subscriber>) {
         if !self.store().is_broken() {
             self.resume();
         }
         *self.rejections.lock().expect("rejections") = None;
+        if read.is_some_and(|s| s.soft_bounces.is_none()) {
+            return; // read just before sending: nothing to clear
+        }
         if let Ok(Some(mut sub)) = self.store().subscriber(email)
             && sub.soft_bounces.is_some()
         {

@@ -37,6 +37,10 @@ pub struct Replies {
     pub data_end: Option<String>,
     /// Close a connection idle this long (relays do).
     pub idle_close: Option<Duration>,
+    /// Leave 8BITMIME out of the EHLO reply.
+    pub no_eight_bit: bool,
+    /// Leave PIPELINING out of the EHLO reply.
+    pub no_pipelining: bool,
 }
 
 /// One message as the server received it, with what it answered.
@@ -44,6 +48,11 @@ pub struct Replies {
 pub struct Received {
     /// The envelope sender (MAIL FROM).
     pub from: String,
+    /// The parameters of MAIL FROM after the address (`BODY=8BITMIME`).
+    pub from_params: String,
+    /// Commands of this mail (MAIL FROM, RCPT TO) already followed by the next one when
+    /// read: the client did not wait for their replies (pipelining).
+    pub pipelined: usize,
     pub to: Vec<String>,
     pub data: String,
     pub action: Action,
@@ -198,6 +207,8 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
     out.write_all(b"220 test.local ESMTP scripted\r\n")?;
     let mut to = Vec::new();
     let mut from = String::new();
+    let mut from_params = String::new();
+    let mut pipelined = 0;
     let mut line = String::new();
     loop {
         let idle_close = peer.replies.lock().unwrap().idle_close;
@@ -209,6 +220,8 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
         }
         let cmd = line.trim_end().to_ascii_uppercase();
         let replies = peer.replies.lock().unwrap().clone();
+        // The next command already here: the client did not wait for this one's reply.
+        let more = usize::from(!reader.buffer().is_empty());
         if cmd.starts_with("EHLO") {
             let name = line.trim_end().get(5..).unwrap_or("").trim().to_string();
             peer.helos.lock().unwrap().push(name);
@@ -217,11 +230,19 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
             } else {
                 ""
             };
+            let eight_bit = if replies.no_eight_bit {
+                ""
+            } else {
+                "250-8BITMIME\r\n"
+            };
+            let pipelining = if replies.no_pipelining {
+                ""
+            } else {
+                "250-PIPELINING\r\n"
+            };
             out.write_all(
-                format!(
-                    "250-test.local\r\n{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"
-                )
-                .as_bytes(),
+                format!("250-test.local\r\n{auth}{eight_bit}{pipelining}250 SMTPUTF8\r\n")
+                    .as_bytes(),
             )?;
         } else if cmd.starts_with("HELO") {
             out.write_all(b"250 test.local\r\n")?;
@@ -232,14 +253,17 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
             )?;
         } else if cmd.starts_with("MAIL FROM") {
             to.clear();
-            from = line.trim_end()[10..]
-                .split_whitespace()
+            pipelined = more;
+            let mut words = line.trim_end()[10..].split_whitespace();
+            from = words
                 .next()
                 .unwrap_or("")
                 .trim_matches(['<', '>'])
                 .to_string();
+            from_params = words.collect::<Vec<_>>().join(" ");
             reply(&mut out, replies.mail_from.as_deref().unwrap_or("250 ok"))?;
         } else if cmd.starts_with("RCPT TO") {
+            pipelined += more;
             let addr = line.trim_end()[8..]
                 .trim()
                 .trim_start_matches(':')
@@ -279,6 +303,8 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
             };
             received.lock().unwrap().push(Received {
                 from: from.clone(),
+                from_params: from_params.clone(),
+                pipelined,
                 to: to.clone(),
                 data,
                 action,
