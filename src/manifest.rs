@@ -63,6 +63,18 @@ impl Manifest {
         m
     }
 
+    /// Whether `out` holds a manifest made for `generation`: the output of a clean stop with
+    /// the same templates, site settings and feeds (only the first line is read).
+    pub fn matches(out: &Path, generation: u64) -> bool {
+        use std::io::BufRead;
+        let Ok(file) = std::fs::File::open(Self::path(out)) else {
+            return false;
+        };
+        let mut first = String::new();
+        std::io::BufReader::new(file).read_line(&mut first).is_ok()
+            && first.trim_end() == format!("{HEADER} {generation:016x}")
+    }
+
     /// Writes the manifest (atomically, private to nobody: it holds only what the site shows).
     pub fn save(&self, out: &Path) -> std::io::Result<()> {
         use std::fmt::Write;

@@ -46,6 +46,13 @@ document.querySelectorAll("button[data-copy]").forEach(function (button) {
 pub const NOT_FOUND_FILE: &str = "404.html";
 pub const OPML_FILE: &str = "feeds.opml";
 pub const SCRIPT_FILE: &str = "site.js";
+/// The files served from memory that change only with the configuration, with their
+/// media types.
+pub const FIXED: [(&str, &str); 3] = [
+    (OPML_FILE, "text/x-opml; charset=utf-8"),
+    (SCRIPT_FILE, "text/javascript; charset=utf-8"),
+    (NOT_FOUND_FILE, "text/html; charset=utf-8"),
+];
 
 /// One article in a list.
 #[derive(Debug, Serialize)]
@@ -519,16 +526,12 @@ impl Publisher {
     /// 404 page, if any (the others are still made).
     pub fn render_fixed(&self) -> (Vec<(&'static str, &'static str, String)>, Option<String>) {
         let mut fixed = vec![
-            (OPML_FILE, "text/x-opml; charset=utf-8", self.render_opml()),
-            (
-                SCRIPT_FILE,
-                "text/javascript; charset=utf-8",
-                SITE_JS.to_owned(),
-            ),
+            (OPML_FILE, FIXED[0].1, self.render_opml()),
+            (SCRIPT_FILE, FIXED[1].1, SITE_JS.to_owned()),
         ];
         match self.render_not_found() {
             Ok(html) => {
-                fixed.push((NOT_FOUND_FILE, "text/html; charset=utf-8", html));
+                fixed.push((NOT_FOUND_FILE, FIXED[2].1, html));
                 (fixed, None)
             }
             Err(e) => (fixed, Some(e)),

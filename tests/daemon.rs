@@ -888,3 +888,64 @@ fn a_local_proxy_using_its_whole_share_does_not_starve_the_watchdog() {
     assert!(!daemon.log().contains("withholding"), "{}", daemon.log());
     drop(held);
 }
+
+/// A restart after a clean stop serves what the last run left at once (a feed reader keeps
+/// its copy: same validators), then what changed while the daemon was down; a restart
+/// with other templates waits for the pages made with them.
+#[test]
+fn a_restart_serves_the_last_output_at_once_then_what_changed() {
+    let site = site();
+    let mut daemon = Daemon::start(&site);
+    let before = daemon.get("/feeds/tin-tuc.rss");
+    assert!(
+        !daemon.log().contains("output of the last run"),
+        "a first start builds first"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(PATIENCE).code(), Some(0));
+
+    // Published while the daemon was down.
+    site.put(
+        "2026/trong-luc-dung.txt",
+        &article(CAT_A, "Tin đăng lúc dừng", "01/11/2026 | 09:00"),
+    );
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("published the store");
+    assert!(
+        daemon.log().contains("serving the output of the last run"),
+        "{}",
+        daemon.log()
+    );
+    let after = daemon.get_until("/feeds/tin-tuc.rss", "the new article", |r| {
+        r.text().contains("Tin đăng lúc dừng")
+    });
+    assert_ne!(after.header("etag"), before.header("etag"));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(PATIENCE).code(), Some(0));
+
+    // Nothing changed: the same feed, the same validator, so a reader's copy stays good.
+    let mut daemon = Daemon::start(&site);
+    let r = request(
+        daemon.addr,
+        "GET",
+        "/feeds/tin-tuc.rss",
+        &[("If-None-Match", after.header("etag").unwrap())],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+    assert!(daemon.log().contains("output of the last run"));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(PATIENCE).code(), Some(0));
+
+    // Other templates: nothing from the last run is served before the pages are made again.
+    let base = site.path("templates/web/base.html");
+    let text = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(&base, text.replace("</body>", "<!-- mẫu mới --></body>")).unwrap();
+    let daemon = Daemon::start(&site);
+    assert!(
+        !daemon.log().contains("output of the last run"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.get("/").text().contains("<!-- mẫu mới -->"));
+}

@@ -1069,6 +1069,46 @@ const UNWRITTEN_FIRST: Duration = Duration::from_secs(1);
 const UNWRITTEN_MAX: Duration = Duration::from_secs(60);
 
 /// The served form of the site's calendar; `Last-Modified` from its latest event edit.
+/// What the HTTP side serves from memory, read back from the output a clean stop left for
+/// the same configuration (its manifest says so): served at once on a restart while the
+/// engine checks the store. `None` when anything is missing.
+pub fn snapshot_from_disk(publisher: &Publisher) -> Option<Snapshot> {
+    let out = &publisher.out;
+    if !crate::manifest::Manifest::matches(out, publisher.generation()) {
+        return None;
+    }
+    let read = |path: &Path| -> Option<(Vec<u8>, SystemTime)> {
+        let bytes = std::fs::read(path).ok()?;
+        let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+        Some((bytes, modified))
+    };
+    let mut snapshot = Snapshot::default();
+    for feed in &publisher.feeds {
+        for (ext, media) in FORMATS {
+            let file = format!("{}.{ext}", feed.name);
+            let (body, at) = read(&out.join("feeds").join(&file))?;
+            snapshot
+                .feeds
+                .insert(file, Arc::new(Served::feed(body, media, at)));
+        }
+    }
+    let (body, at) = read(&out.join("index.html"))?;
+    snapshot.index = Some(Arc::new(Served::index(body, at)));
+    let (body, at) = read(&out.join(crate::publish::CALENDAR_FILE))?;
+    snapshot.calendar = Some(Arc::new(Served::feed(
+        body,
+        crate::calendar::MEDIA_TYPE,
+        at,
+    )));
+    for (name, media) in crate::render::FIXED {
+        let (body, at) = read(&out.join(name))?;
+        snapshot
+            .fixed
+            .insert(name, Arc::new(Served::feed(body, media, at)));
+    }
+    Some(snapshot)
+}
+
 fn calendar_served((ics, modified): (String, Option<DateTime<FixedOffset>>)) -> Arc<Served> {
     Arc::new(Served::feed(
         ics.into_bytes(),

@@ -159,46 +159,6 @@ pub async fn serve(
         }
         None => (None, None),
     };
-    let engine = {
-        let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
-        let categories = categories.clone();
-        let health = mail.outbox.health.clone();
-        let publisher = Arc::new(publisher);
-        let shared = engine::Shared {
-            app,
-            clock,
-            metrics: metrics.clone(),
-            categories,
-            health,
-            search: search.clone(),
-            websub: websub_tx,
-        };
-        tokio::task::spawn_blocking(move || Engine::start(publisher, shared, tx, mail_tx))
-            .await
-            .context("the engine panicked while starting")??
-    };
-    let visible: Vec<Arc<Entry>> = engine.library.visible(engine.horizon).cloned().collect();
-    mail.outbox
-        .startup(visible)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start mail: {e}"))?;
-    tracing::info!(
-        articles = engine.library.len(),
-        broken = engine.errors.len(),
-        feeds = engine.publisher.feeds.len(),
-        "published the store in {:.2?}",
-        started.elapsed()
-    );
-    let status = engine.status();
-    // The parts the watchdog waits on start now: a long first build or mail startup is not
-    // a hang of theirs.
-    mail.outbox.health.http.beat();
-    mail.outbox.health.worker.beat();
-    let engine_thread = std::thread::Builder::new()
-        .name("bantin-engine".into())
-        .spawn(move || engine.run(rx))
-        .context("cannot start the engine thread")?;
-
     let limits = Limits {
         header_timeout: Duration::from_secs(config.http.header_timeout_secs),
         max_connections: config.http.max_connections,
@@ -210,72 +170,11 @@ pub async fn serve(
         drain: Duration::from_secs(config.http.drain_secs),
         probe_port: Arc::default(),
     };
-    let mail_stop = Arc::new(tokio::sync::Notify::new());
-    let worker = tokio::spawn(mail.worker.clone().run(mail_stop.clone()));
-    let tz = config.timezone().map_err(|e| anyhow::anyhow!(e))?;
-    let events = tokio::spawn(tasks::mail_events(mail.outbox.clone(), mail_rx));
-    let mut background = vec![
-        tokio::spawn(tasks::prune(
-            store.clone(),
-            clock.clone(),
-            config.mail.keep_days,
-            config.mail.confirm_days,
-        )),
-        tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
-        tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
-        tokio::spawn(tasks::state_guard(mail.outbox.clone())),
-        tokio::spawn(tasks::http_probe(
-            addr,
-            limits.probe_port.clone(),
-            mail.outbox.health.clone(),
-        )),
-        tasks::admin_socket(
-            &config,
-            mail.outbox.clone(),
-            categories.clone(),
-            mail.links.signer.clone(),
-        )?,
-        tokio::spawn(tasks::reloads(
-            config.clone(),
-            reload,
-            templates.clone(),
-            (site.clone(), mail.links.clone()),
-            tx.clone(),
-        )),
-    ];
-    if let (Some(hub), Some(rx)) = (&config.feeds.websub_hub, websub_rx) {
-        background.push(tokio::spawn(crate::websub::notifier(
-            hub.clone(),
-            site.clone(),
-            rx,
-            metrics.clone(),
-        )));
-        tracing::info!(hub, "telling a WebSub hub of feed changes");
-    }
-    if let Some(dir) = &config.mail.inbox.dir {
-        let local = crate::mail::bounce_local(&config.mail.return_path).to_owned();
-        background.push(tokio::spawn(tasks::inbox(
-            mail.outbox.clone(),
-            mail.links.signer.clone(),
-            dir.clone(),
-            local,
-            Duration::from_secs(config.mail.inbox.poll_secs.max(1)),
-        )));
-        tracing::info!(inbox = %dir.display(), "reading bounces and complaints");
-    }
-    for (schedule, cron) in tasks::digest_schedules(&config)? {
-        background.push(tokio::spawn(tasks::digests(
-            mail.outbox.clone(),
-            schedule,
-            cron,
-            tz,
-        )));
-    }
     let mut subscribe = crate::subscribe::SubscribeState::new(
         mail.outbox.clone(),
         mail.links.clone(),
-        categories,
-        templates,
+        categories.clone(),
+        templates.clone(),
         site.clone(),
         config.mail.subscribe_per_hour,
     );
@@ -287,6 +186,13 @@ pub async fn serve(
         &limits,
         site.clone(),
     );
+    // The admin commands (status, subscribers) answer from the first moment.
+    let mut background = vec![tasks::admin_socket(
+        &config,
+        mail.outbox.clone(),
+        categories.clone(),
+        mail.links.signer.clone(),
+    )?];
     if let Some(metrics) = metrics_listener {
         let metrics_addr = metrics.local_addr().context("no local address")?;
         let router = crate::http::metrics_router(app.clone());
@@ -297,10 +203,141 @@ pub async fn serve(
         }));
         tracing::info!("metrics on http://{metrics_addr}/metrics");
     }
-    app.healthy.store(true, Ordering::Relaxed);
-    tracing::info!("listening on http://{addr}");
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
 
+    // A restart after a clean stop serves what that run left (each file was written whole)
+    // while the engine checks the store behind it; a first start, or one after a crash or a
+    // change of the configuration, serves once the engine has built.
+    let early = engine::snapshot_from_disk(&publisher);
+    let served_early = early.is_some();
+    if let Some(snapshot) = early {
+        app.replace(snapshot);
+        app.healthy.store(true, Ordering::Relaxed);
+        tracing::info!("serving the output of the last run while the store is checked");
+        tracing::info!("listening on http://{addr}");
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status("serving the last output; checking the store"),
+        ]);
+    }
+    let serving = crate::http::serve(listener, router, limits.clone(), shutdown);
+    tokio::pin!(serving);
+
+    let starting = async {
+        let engine = {
+            let (app, clock, tx) = (app.clone(), clock.clone(), tx.clone());
+            let categories = categories.clone();
+            let health = mail.outbox.health.clone();
+            let publisher = Arc::new(publisher);
+            let shared = engine::Shared {
+                app,
+                clock,
+                metrics: metrics.clone(),
+                categories,
+                health,
+                search: search.clone(),
+                websub: websub_tx,
+            };
+            tokio::task::spawn_blocking(move || Engine::start(publisher, shared, tx, mail_tx))
+                .await
+                .context("the engine panicked while starting")??
+        };
+        let visible: Vec<Arc<Entry>> = engine.library.visible(engine.horizon).cloned().collect();
+        mail.outbox
+            .startup(visible)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start mail: {e}"))?;
+        tracing::info!(
+            articles = engine.library.len(),
+            broken = engine.errors.len(),
+            feeds = engine.publisher.feeds.len(),
+            "published the store in {:.2?}",
+            started.elapsed()
+        );
+        let status = engine.status();
+        // The parts the watchdog waits on start now: a long first build or mail startup is
+        // not a hang of theirs.
+        mail.outbox.health.http.beat();
+        mail.outbox.health.worker.beat();
+        let engine_thread = std::thread::Builder::new()
+            .name("bantin-engine".into())
+            .spawn(move || engine.run(rx))
+            .context("cannot start the engine thread")?;
+
+        let mail_stop = Arc::new(tokio::sync::Notify::new());
+        let worker = tokio::spawn(mail.worker.clone().run(mail_stop.clone()));
+        let tz = config.timezone().map_err(|e| anyhow::anyhow!(e))?;
+        let events = tokio::spawn(tasks::mail_events(mail.outbox.clone(), mail_rx));
+        background.extend([
+            tokio::spawn(tasks::prune(
+                store.clone(),
+                clock.clone(),
+                config.mail.keep_days,
+                config.mail.confirm_days,
+            )),
+            tokio::spawn(tasks::clock_ticks(clock.clone(), tx.clone())),
+            tokio::spawn(tasks::settled_alerts(mail.outbox.clone())),
+            tokio::spawn(tasks::state_guard(mail.outbox.clone())),
+            tokio::spawn(tasks::http_probe(
+                addr,
+                limits.probe_port.clone(),
+                mail.outbox.health.clone(),
+            )),
+            tokio::spawn(tasks::reloads(
+                config.clone(),
+                reload,
+                templates.clone(),
+                (site.clone(), mail.links.clone()),
+                tx.clone(),
+            )),
+        ]);
+        if let (Some(hub), Some(rx)) = (&config.feeds.websub_hub, websub_rx) {
+            background.push(tokio::spawn(crate::websub::notifier(
+                hub.clone(),
+                site.clone(),
+                rx,
+                metrics.clone(),
+            )));
+            tracing::info!(hub, "telling a WebSub hub of feed changes");
+        }
+        if let Some(dir) = &config.mail.inbox.dir {
+            let local = crate::mail::bounce_local(&config.mail.return_path).to_owned();
+            background.push(tokio::spawn(tasks::inbox(
+                mail.outbox.clone(),
+                mail.links.signer.clone(),
+                dir.clone(),
+                local,
+                Duration::from_secs(config.mail.inbox.poll_secs.max(1)),
+            )));
+            tracing::info!(inbox = %dir.display(), "reading bounces and complaints");
+        }
+        for (schedule, cron) in tasks::digest_schedules(&config)? {
+            background.push(tokio::spawn(tasks::digests(
+                mail.outbox.clone(),
+                schedule,
+                cron,
+                tz,
+            )));
+        }
+        app.healthy.store(true, Ordering::Relaxed);
+        if !served_early {
+            tracing::info!("listening on http://{addr}");
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        anyhow::Ok((engine_thread, events, mail_stop, worker))
+    };
+    // Requests are answered while the engine starts (with what the last run left, or
+    // "starting"); a stop asked meanwhile waits for the start to finish, then stops it.
+    let mut stopped_early = false;
+    let (engine_thread, events, mail_stop, worker) = {
+        tokio::pin!(starting);
+        tokio::select! {
+            started = &mut starting => started?,
+            () = &mut serving => {
+                stopped_early = true;
+                starting.await?
+            }
+        }
+    };
     let running = Running {
         app,
         engine: tx,
@@ -313,7 +350,9 @@ pub async fn serve(
         drain: limits.drain,
         socket: config.state.dir.join(crate::admin::SOCKET),
     };
-    crate::http::serve(listener, router, limits, shutdown).await;
+    if !stopped_early {
+        serving.await;
+    }
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
