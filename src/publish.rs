@@ -29,6 +29,10 @@ pub const FORMATS: [(&str, &str); 5] = [
     ("html", "text/html; charset=utf-8"),
 ];
 
+/// A store of at most this many bytes is read once by a build: the bodies read for the
+/// library are kept for the pages (a larger one is read again, page by page).
+const KEEP_READ_BYTES: u64 = 64 << 20;
+
 /// The calendar of every event: `calendar.ics` at the site's root.
 pub const CALENDAR_FILE: &str = "calendar.ics";
 
@@ -472,9 +476,19 @@ impl Publisher {
         // First every article is read for the library: a page links to its neighbours,
         // known only once all are read.
         let started = std::time::Instant::now();
-        let (entries, errors) = self.reader.read_all(&files, |_, _| {
+        // A store that fits in memory is read once: its bodies are kept for the pages.
+        let total: u64 = files.iter().map(|f| f.stamp.len).sum();
+        let kept: Option<Mutex<HashMap<String, Arc<Article>>>> =
+            (total <= KEEP_READ_BYTES).then(|| Mutex::new(HashMap::with_capacity(files.len())));
+        let (entries, errors) = self.reader.read_all(&files, |found, article| {
             progress.fetch_add(1, Ordering::Relaxed);
+            if let Some(kept) = &kept {
+                kept.lock()
+                    .expect("kept bodies")
+                    .insert(found.id.clone(), Arc::new(article));
+            }
         });
+        let kept = kept.map(|k| k.into_inner().expect("kept bodies"));
         progress.fetch_add(errors.len(), Ordering::Relaxed);
         let library = Library::from_entries(entries);
         let model = Model::new(&library, now, &self.feeds);
@@ -513,7 +527,11 @@ impl Publisher {
                     .insert(entry.id.clone(), print);
                 return;
             }
-            let article = match self.reader.body(&self.articles, entry) {
+            let read = match kept.as_ref().and_then(|k| k.get(&entry.id)) {
+                Some(a) => Ok(a.clone()),
+                None => self.reader.body(&self.articles, entry),
+            };
+            let article = match read {
                 Ok(a) => a,
                 Err(e) => {
                     write_errors.lock().expect("errors").push(e.to_string());

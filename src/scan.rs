@@ -281,18 +281,19 @@ impl StoreReader {
         Entry::new(article, found.file.clone(), found.stamp, modified)
     }
 
-    /// Reads many files on every core; `each` is called with every good article (in any order,
-    /// from any thread). Returns the entries and the errors, each sorted by path.
+    /// Reads many files on every core; `each` is given every good article (in any order,
+    /// from any thread) to keep or drop. Returns the entries and the errors, each sorted by path.
     pub fn read_all<F>(&self, files: &[Found], each: F) -> (Vec<Entry>, Vec<ArticleError>)
     where
-        F: Fn(&Found, &Article) + Sync,
+        F: Fn(&Found, Article) + Sync,
     {
         let results: Vec<Result<Entry, ArticleError>> = files
             .par_iter()
             .map(|found| {
                 let article = self.read(found)?;
-                each(found, &article);
-                Ok(self.entry(found, &article))
+                let entry = self.entry(found, &article);
+                each(found, article);
+                Ok(entry)
             })
             .collect();
         let mut entries = Vec::with_capacity(results.len());
@@ -345,21 +346,19 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
              mỗi bài viết phải là một tệp văn bản .txt",
         )
     };
-    // A pipe or a device must never block the daemon: look first, open without blocking,
-    // and look again at what was opened.
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(not_a_file()),
-        _ => {}
-    }
+    // A pipe or a device must never block the daemon: opened without blocking, and looked
+    // at before anything is read.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| LineError::new(1, format!("không đọc được tệp: {e}")))?;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(not_a_file());
-    }
-    let mut bytes = Vec::new();
+    let size = match file.metadata() {
+        Ok(meta) if meta.is_file() => meta.len(),
+        _ => return Err(not_a_file()),
+    };
+    // Room for the whole file and one byte more: one read fills it, one more sees the end.
+    let mut bytes = Vec::with_capacity(size.min(max_bytes) as usize + 1);
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| LineError::new(1, format!("không đọc được tệp: {e}")))?;

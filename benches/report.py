@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Runs the three speed comparisons of bantin, each beside its reference in the same run,
+three times, and prints one table of medians with the ratios.
+
+    report.py --bin BIN [--before BIN] [--runs 3] [--work DIR] [--subscribers 20000]
+              [--build-articles 10000] [--run-articles 100000] [--only fanout,build,run]
+
+1. Fan-out: one alert to N subscribers over SMTP into Postfix's smtp-sink with 16 sessions,
+   from the rename of the article to the last mail recorded as sent; beside it
+   `smtp-source -d -s 16 -l 5000` sending N messages to the same sink.
+2. Build: `bantin build` of a generated store into an empty folder (wall, user and system
+   time); beside it, the same files' bytes written again into an empty folder
+   (benches/raw_write.py).
+3. Run: `bantin run` on a generated store, from the start to `/healthz` answering and the
+   all-news feed served: a first start (no output, no state) and a restart (same config);
+   the daemon's peak memory.
+
+Also reports the alert's size and the SMTP round trips it takes, read by a small SMTP server
+of this script that counts the times it answers (with 8BITMIME and PIPELINING offered, and
+without). With --before, every measure is also taken with an older binary.
+
+Needs smtp-sink and smtp-source (Debian: postfix).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mail import REPO, free_port, metric, start_sink, wait_port, write_config  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEED = os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def alert_text():
+    with open(SEED, encoding="utf-8") as f:
+        return f.read().replace("14/02/2020", "20/11/2026")
+
+
+def publish(articles_dir, name="tin-moi.txt"):
+    temp = os.path.join(os.path.dirname(articles_dir), "incoming.txt")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(alert_text())
+    t0 = time.perf_counter()
+    os.rename(temp, os.path.join(articles_dir, name))
+    return t0
+
+
+def start_daemon(binary, config, work, env_log=os.environ.get("BANTIN_LOG", "warn")):
+    logf = open(os.path.join(work, "bantin.log"), "a")
+    return subprocess.Popen([binary, "--config", config, "run"], stderr=logf, stdout=logf,
+                            env={**os.environ, "BANTIN_LOG": env_log})
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def vm_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+# -- fan-out ---------------------------------------------------------------------------------
+
+def fanout_once(binary, work, n, sessions, sink_port):
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "articles"))
+    http_port, metrics_port = free_port(), free_port()
+    config = write_config(work, http_port, metrics_port, sink_port, sessions,
+                          f"http://127.0.0.1:{http_port}",
+                          extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
+                                f'[store]\ndir = "{work}/articles"\n')
+    shutil.copy(SEED, os.path.join(work, "articles"))
+    csv = os.path.join(work, "subscribers.csv")
+    with open(csv, "w") as f:
+        f.write("email,schedule,categories\n")
+        for i in range(n):
+            f.write(f"dan{i:06d}@example.vn,immediate,\n")
+    subprocess.run([binary, "--config", config, "subscribers", "import", csv, "--confirmed"],
+                   check=True, stdout=subprocess.DEVNULL)
+    daemon = start_daemon(binary, config, work)
+    try:
+        wait_port(http_port)
+        t0 = publish(os.path.join(work, "articles"))
+        while metric(metrics_port, "bantin_mail_sent_total") < n:
+            if daemon.poll() is not None:
+                sys.exit(f"bantin exited; see {work}/bantin.log")
+            time.sleep(0.01)
+        took = time.perf_counter() - t0
+        peak = vm_kib(daemon.pid, "VmHWM") / 1024
+    finally:
+        stop(daemon)
+    return {"rate": n / took, "seconds": took, "peak_mib": peak}
+
+
+def smtp_source_once(n, sessions, sink_port):
+    t = time.perf_counter()
+    subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", "5000",
+                    "-f", "bantin@hdnd.test", "-t", "dan@example.vn", f"127.0.0.1:{sink_port}"],
+                   check=True)
+    took = time.perf_counter() - t
+    return {"rate": n / took, "seconds": took}
+
+
+# -- one mail, read by a counting SMTP server ---------------------------------------------------
+
+class CountingSmtp:
+    """Accepts mail on 127.0.0.1 and records, per message, its size and the number of times
+    the server answered while it was sent (one answer per round trip of the client)."""
+
+    def __init__(self, eight_bit=True, pipelining=True):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.ext = ["250-bench.local"] + (["250-8BITMIME"] if eight_bit else []) \
+            + (["250-PIPELINING"] if pipelining else []) + ["250 SMTPUTF8"]
+        self.messages = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        conn.sendall(b"220 bench.local ESMTP\r\n")
+        buf, data, in_data = b"", b"", False
+        answers = None  # answers sent since this mail's MAIL FROM
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+            out, done = [], []
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                line += b"\n"
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        done.append(data)
+                        out.append(b"250 queued")
+                    else:
+                        data += line[1:] if line.startswith(b"..") else line
+                    continue
+                cmd = line.strip().upper()
+                if cmd.startswith(b"EHLO"):
+                    out.append("\r\n".join(self.ext).encode())
+                elif cmd.startswith(b"MAIL"):
+                    answers = 0
+                    out.append(b"250 ok")
+                elif cmd == b"DATA":
+                    in_data, data = True, b""
+                    out.append(b"354 go ahead")
+                elif cmd == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    conn.close()
+                    return
+                else:
+                    out.append(b"250 ok")
+            if out:
+                conn.sendall(b"".join(o + b"\r\n" for o in out))
+                if answers is not None:
+                    answers += 1
+            for d in done:
+                self.messages.append({"bytes": len(d), "round_trips": answers,
+                                      "eight_bit": any(b > 127 for b in d), "data": d})
+                answers = None
+
+
+def one_mail(binary, work, eight_bit, pipelining):
+    """The alert to three subscribers through a counting server: size and round trips."""
+    server = CountingSmtp(eight_bit, pipelining)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "articles"))
+    http_port, metrics_port = free_port(), free_port()
+    config = write_config(work, http_port, metrics_port, server.port, 1,
+                          f"http://127.0.0.1:{http_port}",
+                          extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
+                                f'[store]\ndir = "{work}/articles"\n')
+    shutil.copy(SEED, os.path.join(work, "articles"))
+    csv = os.path.join(work, "subscribers.csv")
+    with open(csv, "w") as f:
+        f.write("email,schedule,categories\n" + "".join(f"dan{i}@example.vn,immediate,\n" for i in range(3)))
+    subprocess.run([binary, "--config", config, "subscribers", "import", csv, "--confirmed"],
+                   check=True, stdout=subprocess.DEVNULL)
+    daemon = start_daemon(binary, config, work)
+    try:
+        wait_port(http_port)
+        publish(os.path.join(work, "articles"))
+        deadline = time.time() + 60
+        while len(server.messages) < 3 and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop(daemon)
+    if len(server.messages) < 3:
+        sys.exit(f"the counting server got {len(server.messages)} of 3 mails; see {work}/bantin.log")
+    # The first mail of a connection also paid for the greeting; the others show the steady state.
+    last = server.messages[-1]
+    with open(os.path.join(work, "last.eml"), "wb") as f:
+        f.write(last["data"])
+    return last
+
+
+# -- build -------------------------------------------------------------------------------------
+
+def timed(cmd):
+    before, wall = os.times(), time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall, after = time.perf_counter() - wall, os.times()
+    return {"wall": wall, "user": after.children_user - before.children_user,
+            "sys": after.children_system - before.children_system}
+
+
+def store_of(work, n):
+    store, feeds = os.path.join(work, f"store-{n}"), os.path.join(work, f"feeds-{n}")
+    if not os.path.isdir(store):
+        log(f"generating {n} articles in {store}")
+        subprocess.run([sys.executable, os.path.join(HERE, "gen_store.py"), str(n), store,
+                        "--feeds", feeds], check=True, stdout=subprocess.DEVNULL)
+    return store, feeds
+
+
+def build_once(binary, work, n, tag, i):
+    """One build beside its raw write. Nothing is deleted between them: ext4 looks long for
+    free inodes right after many files were deleted (`recently_deleted`), which would load
+    whichever came first; the folders go once every run is done."""
+    store, feeds = store_of(work, n)
+    out = os.path.join(work, "builds", f"build-{tag}-{i}")
+    raw = os.path.join(work, "builds", f"raw-{tag}-{i}")
+    for d in (out, raw):
+        shutil.rmtree(d, ignore_errors=True)
+    config = os.path.join(work, f"build-{tag}.toml")
+    with open(config, "w") as f:
+        f.write(f'[store]\ndir = "{store}"\n[feeds]\ndir = "{feeds}"\n'
+                f'[templates]\ndir = "{REPO}/templates"\n[output]\ndir = "{out}"\n')
+    subprocess.run(["sync"])
+    b = timed([binary, "--config", config, "build"])
+    subprocess.run(["sync"])
+    r = json.loads(subprocess.run([sys.executable, os.path.join(HERE, "raw_write.py"), out, raw],
+                                  check=True, capture_output=True, text=True).stdout)
+    files = r["files"]
+    return {"bantin": b, "raw": r, "files": files}
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+def healthy_and_feed(port):
+    for path in ("/healthz", "/feeds/tat-ca.rss"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                if r.status != 200:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def wait_settled(base, starts):
+    """Until the daemon's log tells the `starts`-th start done: the store checked, mail
+    started (a restart serves before that)."""
+    path = os.path.join(base, "bantin.log")
+    while True:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if f.read().count("published the store") >= starts:
+                return
+        time.sleep(0.05)
+
+
+def run_once(binary, work, n, tag):
+    """First start on a fresh output and state, then a restart: seconds to serving each."""
+    store, feeds = store_of(work, n)
+    base = os.path.join(work, f"run-{tag}")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    port = free_port()
+    config = os.path.join(base, "bantin.toml")
+    with open(config, "w") as f:
+        f.write(f'[site]\nbase_url = "http://127.0.0.1:{port}"\n[store]\ndir = "{store}"\n'
+                f'[feeds]\ndir = "{feeds}"\n[templates]\ndir = "{REPO}/templates"\n'
+                f'[output]\ndir = "{base}/public"\n[state]\ndir = "{base}/state"\n'
+                f'[http]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\n')
+    result = {}
+    for starts, phase in enumerate(("first", "restart"), 1):
+        subprocess.run(["sync"])
+        t0 = time.perf_counter()
+        daemon = start_daemon(binary, config, base, "warn,bantin=info")
+        try:
+            while not healthy_and_feed(port):
+                if daemon.poll() is not None:
+                    sys.exit(f"bantin exited; see {base}/bantin.log")
+                time.sleep(0.01)
+            result[phase] = time.perf_counter() - t0
+            # What it holds once the work of a start is done, background work included.
+            wait_settled(base, starts)
+            result[f"{phase}_peak_mib"] = vm_kib(daemon.pid, "VmHWM") / 1024
+        finally:
+            stop(daemon)
+    shutil.rmtree(base, ignore_errors=True)
+    return result
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bin", required=True)
+    p.add_argument("--before", help="an older binary, measured the same way")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bantin-report"))
+    p.add_argument("--subscribers", type=int, default=20_000)
+    p.add_argument("--sessions", type=int, default=16)
+    p.add_argument("--build-articles", type=int, default=10_000)
+    p.add_argument("--run-articles", type=int, default=100_000)
+    p.add_argument("--only", default="mail,fanout,build,run")
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    for tool in ("smtp-sink", "smtp-source"):
+        if ({"fanout"} & only) and not shutil.which(tool):
+            sys.exit(f"{tool} not found (Debian: apt-get install postfix)")
+    work = os.path.abspath(args.work)
+    os.makedirs(work, exist_ok=True)
+    binaries = [("now", os.path.abspath(args.bin))]
+    if args.before:
+        binaries.append(("before", os.path.abspath(args.before)))
+    rows = []
+
+    if "mail" in only:
+        for label, binary in binaries:
+            for eight, pipe in ((True, True), (False, False)):
+                m = one_mail(binary, os.path.join(work, "one"), eight, pipe)
+                offered = ("8BITMIME" if eight else "no 8BITMIME") + ", " + \
+                    ("PIPELINING" if pipe else "no PIPELINING")
+                rows.append((f"alert mail ({label}; relay offers {offered})",
+                             f"{m['bytes']:,} bytes, {m['round_trips']} round trips, "
+                             f"{'8-bit' if m['eight_bit'] else '7-bit'} body", "", ""))
+                log(rows[-1])
+
+    if "fanout" in only:
+        sink_port = free_port()
+        sink = start_sink(sink_port, work)
+        try:
+            wait_port(sink_port)
+            for label, binary in binaries:
+                ours, ref = [], []
+                for i in range(args.runs):
+                    ours.append(fanout_once(binary, os.path.join(work, "fanout"), args.subscribers,
+                                            args.sessions, sink_port))
+                    ref.append(smtp_source_once(args.subscribers, args.sessions, sink_port))
+                    log(f"fan-out run {i + 1} ({label}): bantin {ours[-1]['rate']:,.0f}/s, "
+                        f"smtp-source {ref[-1]['rate']:,.0f}/s")
+                b, r = median([o["rate"] for o in ours]), median([x["rate"] for x in ref])
+                rows.append((f"fan-out, {args.subscribers:,} subscribers, {args.sessions} sessions ({label})",
+                             f"{b:,.0f} msg/s (peak {median([o['peak_mib'] for o in ours]):.0f} MiB)",
+                             f"smtp-source -d: {r:,.0f} msg/s", f"{b / r:.2f}x (goal >= 0.6x)"))
+        finally:
+            sink.terminate()
+            sink.wait()
+
+    if "build" in only:
+        for label, binary in binaries:
+            runs = []
+            for i in range(args.runs):
+                runs.append(build_once(binary, work, args.build_articles, label, i))
+                x = runs[-1]
+                log(f"build run {i + 1} ({label}): bantin {x['bantin']['wall']:.2f} s "
+                    f"(user {x['bantin']['user']:.2f}, sys {x['bantin']['sys']:.2f}), raw write "
+                    f"{x['raw']['wall']:.2f} s (user {x['raw']['user']:.2f}, sys {x['raw']['sys']:.2f})")
+            shutil.rmtree(os.path.join(work, "builds"), ignore_errors=True)
+            subprocess.run(["sync"])
+            bw = median([x["bantin"]["wall"] for x in runs])
+            rw = median([x["raw"]["wall"] for x in runs])
+            rows.append((f"build, {args.build_articles:,} articles, {runs[0]['files']:,} files ({label})",
+                         f"{bw:.2f} s (user {median([x['bantin']['user'] for x in runs]):.2f}, "
+                         f"sys {median([x['bantin']['sys'] for x in runs]):.2f})",
+                         f"raw write: {rw:.2f} s (user {median([x['raw']['user'] for x in runs]):.2f}, "
+                         f"sys {median([x['raw']['sys'] for x in runs]):.2f})",
+                         f"{bw / rw:.2f}x (goal <= 1.5x)"))
+
+    if "run" in only:
+        for label, binary in binaries:
+            runs = []
+            for i in range(args.runs):
+                runs.append(run_once(binary, work, args.run_articles, label))
+                log(f"run {i + 1} ({label}): first start {runs[-1]['first']:.2f} s, "
+                    f"restart {runs[-1]['restart']:.2f} s, peak {runs[-1]['restart_peak_mib']:.0f} MiB")
+            first = median([x["first"] for x in runs])
+            again = median([x["restart"] for x in runs])
+            peak = median([max(x["first_peak_mib"], x["restart_peak_mib"]) for x in runs])
+            rows.append((f"run, {args.run_articles:,} articles ({label})",
+                         f"first start {first:.2f} s, restart {again:.2f} s, peak {peak:.0f} MiB",
+                         "—", "goal: restart <= 1 s, first start <= 3 s, <= 150 MB"))
+
+    print(f"\nmedians of {args.runs} runs; references measured in the same runs\n")
+    widths = [max(len(r[i]) for r in rows + [("work", "bantin", "reference", "ratio")]) for i in range(4)]
+    line = lambda r: " | ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    print(line(("work", "bantin", "reference", "ratio")))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(line(r))
+
+
+if __name__ == "__main__":
+    main()
