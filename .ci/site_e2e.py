@@ -938,10 +938,13 @@ def wait_healthy(base, daemon, seconds=START_TIMEOUT):
     while time.time() < deadline:
         if daemon.poll() is not None:
             return f"the daemon exited with status {daemon.returncode}"
-        if fetch(base + "/healthz").status == 200:
+        # 200 "ok": everything started (the feeds are served a little before, "serving;
+        # starting", while the article pages are written).
+        r = fetch(base + "/healthz")
+        if r.status == 200 and r.body == b"ok\n":
             return None
         time.sleep(0.2)
-    return f"/healthz did not answer 200 within {seconds} s"
+    return f"/healthz did not answer 200 ok within {seconds} s"
 
 
 def run_browser(report, base, shots, outbox):

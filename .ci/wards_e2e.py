@@ -148,7 +148,8 @@ def wait_http(url, what):
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
+                # 200 "ok": started whole (the feeds come a little before the pages).
+                if r.status == 200 and r.read() == b"ok\n":
                     return
         except (urllib.error.URLError, ConnectionError, OSError):
             pass

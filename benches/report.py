@@ -283,12 +283,14 @@ def healthy_and_feed(port):
 
 def wait_settled(base, starts):
     """Until the daemon's log tells the `starts`-th start done: the store checked, mail
-    started (a restart serves before that)."""
+    started (a restart serves before that) and the search index built (after that)."""
     path = os.path.join(base, "bantin.log")
     while True:
         with open(path, encoding="utf-8", errors="replace") as f:
-            if f.read().count("published the store") >= starts:
-                return
+            text = f.read()
+        if text.count("published the store") >= starts and \
+                text.count("search index built") >= starts:
+            return
         time.sleep(0.05)
 
 

@@ -164,6 +164,11 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Set while the daemon can serve; `/healthz` answers 503 otherwise.
     pub healthy: std::sync::atomic::AtomicBool,
+    /// Set while the site is being built whole: a page not found may be one not written
+    /// yet.
+    pub building: std::sync::atomic::AtomicBool,
+    /// Set once everything runs: the store checked, mail and the schedules started.
+    pub started: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -177,6 +182,8 @@ impl AppState {
             metrics,
             registry,
             healthy: std::sync::atomic::AtomicBool::new(false),
+            building: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -511,6 +518,19 @@ async fn not_found_route(State(state): State<Arc<AppState>>) -> Response {
 
 /// The 404 page (in the site's look), or a line of text before it is rendered.
 fn not_found(state: &AppState) -> Response {
+    if state.building.load(std::sync::atomic::Ordering::Relaxed) {
+        // Perhaps a page not written yet: come back shortly rather than "no such page".
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::RETRY_AFTER, "5"),
+            ],
+            "Trang đang được dựng lại, xin thử lại sau ít giây.\n",
+        )
+            .into_response();
+    }
     match state.snapshot().fixed.get(crate::render::NOT_FOUND_FILE) {
         Some(page) => (
             StatusCode::NOT_FOUND,
@@ -602,7 +622,12 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     if state.healthy.load(std::sync::atomic::Ordering::Relaxed) {
-        plain(StatusCode::OK, "ok\n")
+        if state.started.load(std::sync::atomic::Ordering::Relaxed) {
+            plain(StatusCode::OK, "ok\n")
+        } else {
+            // Serving the site; the store is still being checked and mail is not started.
+            plain(StatusCode::OK, "serving; starting\n")
+        }
     } else {
         plain(StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n")
     }
@@ -919,6 +944,22 @@ mod tests {
 
     fn hv(s: &'static str) -> HeaderValue {
         HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn a_page_missing_while_the_site_is_built_is_come_back_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::new(dir.path(), Metrics::default(), Arc::default());
+        state
+            .building
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = not_found(&state);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER), Some(&hv("5")));
+        state
+            .building
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(not_found(&state).status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

@@ -439,7 +439,7 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let progress = Progress::start("building", Some(files.len()));
     let now = bantin::clock::Clock::system().now_fixed();
     let started = std::time::Instant::now();
-    let result = publisher.build_from(files, now, &progress.count);
+    let result = publisher.build_from(files, now, &progress.count, |_| {});
     let done = progress.count.load(Ordering::Relaxed);
     progress.finish();
     let report = result

@@ -80,6 +80,17 @@ pub struct Built {
     pub fixed: Vec<(&'static str, &'static str, String)>,
 }
 
+/// What a build shows first, before the article pages.
+pub struct Front<'a> {
+    pub library: &'a Library,
+    pub feeds: &'a [RenderedFeed],
+    pub index: &'a str,
+    /// Every event's calendar, and the time of its latest edit.
+    pub calendar: &'a (String, Option<DateTime<FixedOffset>>),
+    /// The 404 page, the OPML list, the script: (name, media type, body).
+    pub fixed: &'a [(&'static str, &'static str, String)],
+}
+
 /// What a full build did.
 #[derive(Debug, Default)]
 pub struct BuildReport {
@@ -467,11 +478,15 @@ impl Publisher {
     /// Reads every file of `files` (a walk of the store) and publishes everything once:
     /// pages, feeds, the navigation, the index, and removes what is stale. `progress` counts
     /// files read.
+    /// `front` is told as soon as the feeds, the home page, the calendar and the fixed files
+    /// are written: what readers come for first (the daemon serves them while the article
+    /// pages and lists are written).
     pub fn build_from(
         &self,
         files: Vec<Found>,
         now: DateTime<FixedOffset>,
         progress: &AtomicUsize,
+        front: impl FnOnce(&Front<'_>),
     ) -> std::io::Result<Built> {
         // First every article is read for the library: a page links to its neighbours,
         // known only once all are read.
@@ -492,6 +507,37 @@ impl Publisher {
         progress.fetch_add(errors.len(), Ordering::Relaxed);
         let library = Library::from_entries(entries);
         let model = Model::new(&library, now, &self.feeds);
+
+        // The front first: feeds, the home page, the calendar, the fixed files.
+        let rendered = self.render_feeds(&self.feeds, &library, now, &model);
+        for feed in &rendered {
+            self.write_feed(feed)?;
+        }
+        let listed: HashSet<&str> = rendered
+            .iter()
+            .flat_map(|f| f.ids.iter().map(String::as_str))
+            .collect();
+        self.trim_cache(&listed);
+        let mut front_errors = Vec::new();
+        let (fixed, problem) = self.render_fixed();
+        front_errors.extend(problem);
+        if let Err(e) = self.write_fixed(&fixed) {
+            front_errors.push(e);
+        }
+        let index = self
+            .render_index(&library, &model)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.write_index(&index)?;
+        let calendar = self.render_calendar(&library, now);
+        self.write_calendar(&calendar.0)?;
+        front(&Front {
+            library: &library,
+            feeds: &rendered,
+            index: &index,
+            calendar: &calendar,
+            fixed: &fixed,
+        });
+        let feeds_done = started.elapsed();
 
         let written = AtomicUsize::new(0);
         let unchanged = AtomicUsize::new(0);
@@ -572,18 +618,9 @@ impl Publisher {
             write_errors: write_errors.into_inner().expect("errors"),
             ..Default::default()
         };
+        report.write_errors.extend(front_errors);
         report.scheduled = report.articles - report.published;
 
-        let rendered = self.render_feeds(&self.feeds, &library, now, &model);
-        for feed in &rendered {
-            self.write_feed(feed)?;
-        }
-        let listed: HashSet<&str> = rendered
-            .iter()
-            .flat_map(|f| f.ids.iter().map(String::as_str))
-            .collect();
-        self.trim_cache(&listed);
-        let feeds_done = started.elapsed();
         let docs = model.docs();
         let doc_prints: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
         let problems: Vec<String> = docs
@@ -603,22 +640,11 @@ impl Publisher {
             .collect();
         report.write_errors.extend(problems);
         let docs_done = started.elapsed();
-        let (fixed, problem) = self.render_fixed();
-        report.write_errors.extend(problem);
-        if let Err(e) = self.write_fixed(&fixed) {
-            report.write_errors.push(e);
-        }
-        let index = self
-            .render_index(&library, &model)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.write_index(&index)?;
-        let calendar = self.render_calendar(&library, now);
-        self.write_calendar(&calendar.0)?;
         report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
         tracing::debug!(
-            "built: articles read and their pages written by {pages_done:.2?}, feeds by \
-             {feeds_done:.2?}, {} lists and archive documents by {docs_done:.2?}, stale \
-             files removed by {:.2?}",
+            "built: feeds and the home page by {feeds_done:.2?}, articles read and their pages \
+             written by {pages_done:.2?}, {} lists and archive documents by {docs_done:.2?}, \
+             stale files removed by {:.2?}",
             docs.len(),
             started.elapsed()
         );

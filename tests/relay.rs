@@ -401,3 +401,42 @@ fn pipelining_and_8bit_bodies_only_where_the_relay_offers_them() {
         assert_eq!(host(&eight), host(&seven), "{email}");
     }
 }
+
+/// A recipient the relay refuses costs a reset of the session, not the connection: a relay
+/// does not like a new connection after every unknown address.
+#[test]
+fn a_refused_recipient_keeps_the_connection() {
+    for pipelining in [true, false] {
+        let smtp = SmtpServer::start();
+        let gone = ["mat1@x.vn", "mat2@x.vn", "mat3@x.vn"];
+        smtp.set(|r| {
+            r.no_pipelining = !pipelining;
+            for e in gone {
+                r.rcpt.insert(e.into(), "550 5.1.1 no such user".into());
+            }
+        });
+        let site = site(&smtp, false);
+        let emails = [
+            "a@x.vn",
+            "mat1@x.vn",
+            "b@x.vn",
+            "mat2@x.vn",
+            "c@x.vn",
+            "mat3@x.vn",
+        ];
+        add(&site, &emails);
+        let daemon = start(&site);
+        site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+        each_once(&smtp, &["a@x.vn", "b@x.vn", "c@x.vn"]);
+        wait_for("the refusals recorded", PATIENCE, || {
+            status(&site)["subscribers"]["bounced"] == 3
+        });
+        // Two mails at a time (mail.concurrency): two connections, however many refusals.
+        let connections = smtp.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            connections <= 2,
+            "{connections} connections (pipelining {pipelining})"
+        );
+        drop(daemon);
+    }
+}

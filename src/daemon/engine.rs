@@ -159,8 +159,10 @@ impl Engine {
             manifest: crate::manifest::Manifest::default(),
             manifest_stale: false,
         };
-        engine.full_build()?;
+        // Watched before the walk: a file dropped while the site is built (the feeds are
+        // served by then) is an event waiting when the engine's loop starts.
         engine.start_watch();
+        engine.full_build()?;
         Ok(engine)
     }
 
@@ -179,15 +181,33 @@ impl Engine {
             "store walked in {:.2?}",
             started.elapsed()
         );
+        // The feeds and the home page are served as soon as they are made; a page not
+        // written yet is "come back shortly" (503), not "no such page".
+        self.app
+            .building
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let app = self.app.clone();
         let built = self
             .publisher
-            .build_from(files, now, &AtomicUsize::new(0))
-            .with_context(|| {
-                format!(
-                    "cannot write to output.dir '{}'",
-                    self.publisher.out.display()
-                )
-            })?;
+            .build_from(files, now, &AtomicUsize::new(0), |front| {
+                app.replace(front_snapshot(front, now));
+                if !app.healthy.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("feeds and the home page ready; writing the article pages");
+                    notify(&[
+                        NotifyState::Ready,
+                        NotifyState::Status("serving the feeds; writing the article pages"),
+                    ]);
+                }
+            });
+        self.app
+            .building
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let built = built.with_context(|| {
+            format!(
+                "cannot write to output.dir '{}'",
+                self.publisher.out.display()
+            )
+        })?;
         for e in &built.report.errors {
             tracing::warn!("{e}");
         }
@@ -214,29 +234,11 @@ impl Engine {
             .collect();
         self.library = built.library;
         self.horizon = now;
-        let mut snapshot = Snapshot::default();
         self.feed_ids.clear();
         for feed in &built.feeds {
-            self.insert_feed(&mut snapshot, feed);
             self.feed_ids.insert(feed.name.clone(), feed.ids.clone());
         }
-        self.index_time = self
-            .library
-            .visible(now)
-            .next()
-            .map_or(SystemTime::UNIX_EPOCH, |e| system_time(e.updated));
-        snapshot.index = Some(Arc::new(Served::index(
-            built.index.into_bytes(),
-            self.index_time,
-        )));
-        snapshot.calendar = Some(calendar_served(built.calendar));
-        // The 404 page, the OPML list and the script, served from memory.
-        let at = system_time(now);
-        for (name, media, body) in built.fixed {
-            let served = Served::feed(body.into_bytes(), media, at);
-            snapshot.fixed.insert(name, Arc::new(served));
-        }
-        self.app.replace(snapshot);
+        self.index_time = index_time(&self.library, now);
         self.manifest = built.manifest;
         self.manifest_stale = false;
         self.build_search(now);
@@ -295,24 +297,6 @@ impl Engine {
     fn rescan_interval(&self) -> Duration {
         // The interval lives in the configuration the publisher was made from.
         Duration::from_secs(self.publisher.rescan_secs.max(1))
-    }
-
-    /// Serves a feed; its `Last-Modified` comes from its content (its newest item), so it
-    /// is the same after a restart and goes down again when a wrong date is fixed.
-    fn insert_feed(&mut self, snapshot: &mut Snapshot, feed: &RenderedFeed) {
-        for ((ext, media), body) in FORMATS.iter().zip(&feed.bodies) {
-            let modified = if *ext == "ics" {
-                feed.calendar_modified
-            } else {
-                feed.last_modified
-            };
-            let time = modified.map_or(SystemTime::UNIX_EPOCH, system_time);
-            let file = format!("{}.{ext}", feed.name);
-            snapshot.feeds.insert(
-                file,
-                Arc::new(Served::feed(body.clone().into_bytes(), media, time)),
-            );
-        }
     }
 
     fn start_watch(&mut self) {
@@ -810,7 +794,7 @@ impl Engine {
         let mut snapshot = (*self.app.snapshot()).clone();
         let wall = system_time(self.clock.now_fixed());
         for feed in &work.feeds {
-            self.insert_feed(&mut snapshot, feed);
+            insert_feed(&mut snapshot, feed);
         }
         let index = match &work.index {
             Ok(html) => {
@@ -1107,6 +1091,52 @@ pub fn snapshot_from_disk(publisher: &Publisher) -> Option<Snapshot> {
             .insert(name, Arc::new(Served::feed(body, media, at)));
     }
     Some(snapshot)
+}
+
+/// Serves a feed; its `Last-Modified` comes from its content (its newest item), so it is the
+/// same after a restart and goes down again when a wrong date is fixed.
+fn insert_feed(snapshot: &mut Snapshot, feed: &RenderedFeed) {
+    for ((ext, media), body) in FORMATS.iter().zip(&feed.bodies) {
+        let modified = if *ext == "ics" {
+            feed.calendar_modified
+        } else {
+            feed.last_modified
+        };
+        let time = modified.map_or(SystemTime::UNIX_EPOCH, system_time);
+        let file = format!("{}.{ext}", feed.name);
+        snapshot.feeds.insert(
+            file,
+            Arc::new(Served::feed(body.clone().into_bytes(), media, time)),
+        );
+    }
+}
+
+/// The home page's `Last-Modified`: the latest change of an article it can show.
+fn index_time(library: &crate::library::Library, now: DateTime<FixedOffset>) -> SystemTime {
+    library
+        .visible(now)
+        .next()
+        .map_or(SystemTime::UNIX_EPOCH, |e| system_time(e.updated))
+}
+
+/// What the HTTP side serves from memory, from the front of a build.
+fn front_snapshot(front: &crate::publish::Front<'_>, now: DateTime<FixedOffset>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for feed in front.feeds {
+        insert_feed(&mut snapshot, feed);
+    }
+    snapshot.index = Some(Arc::new(Served::index(
+        front.index.as_bytes().to_vec(),
+        index_time(front.library, now),
+    )));
+    snapshot.calendar = Some(calendar_served(front.calendar.clone()));
+    // The 404 page, the OPML list and the script, served from memory.
+    let at = system_time(now);
+    for (name, media, body) in front.fixed {
+        let served = Served::feed(body.as_bytes().to_vec(), media, at);
+        snapshot.fixed.insert(name, Arc::new(served));
+    }
+    snapshot
 }
 
 fn calendar_served((ics, modified): (String, Option<DateTime<FixedOffset>>)) -> Arc<Served> {

@@ -319,6 +319,7 @@ pub async fn serve(
             )));
         }
         app.healthy.store(true, Ordering::Relaxed);
+        app.started.store(true, Ordering::Relaxed);
         if !served_early {
             tracing::info!("listening on http://{addr}");
         }

@@ -415,6 +415,20 @@ impl SmtpPool {
                 }
                 Ok(())
             }
+            // A recipient refused: the session is reset and kept (a relay does not like a
+            // new connection after every unknown address).
+            Err(Exchange::Refused(e)) => {
+                let reset = tokio::time::timeout(
+                    self.timeouts.command,
+                    pooled.conn.command(lettre::transport::smtp::commands::Rset),
+                )
+                .await;
+                if matches!(reset, Ok(Ok(_))) {
+                    pooled.since = Instant::now();
+                    self.idle.lock().expect("smtp pool").push(pooled);
+                }
+                Err(e)
+            }
             // The connection is dropped, not QUIT: a relay that hangs would not answer that
             // either.
             Err(e) => Err(e.into_send_error()),
@@ -475,18 +489,44 @@ impl SmtpPool {
             Ok(Ok(_)) => {}
         }
         if pooled.pipelining {
+            // Every reply is read, whatever came before, so that the session stays in step.
+            let mut refused = None;
             for _ in envelope.to() {
-                step(command, Phase::Rcpt, conn.read_response()).await?;
+                match step(command, Phase::Rcpt, conn.read_response()).await {
+                    Ok(()) => {}
+                    Err(Exchange::Failed(e)) if is_reply(&e) => {
+                        refused.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            step(command, Phase::Data, conn.read_response()).await?;
+            match (
+                step(command, Phase::Data, conn.read_response()).await,
+                refused,
+            ) {
+                (Ok(()), None) => {}
+                // DATA taken though a recipient was refused: the session cannot be reset.
+                (Ok(()), Some(e)) => return Err(Exchange::Failed(e)),
+                (Err(Exchange::Failed(data)), Some(e)) if is_reply(&data) => {
+                    return Err(Exchange::Refused(e));
+                }
+                (Err(_), Some(e)) => return Err(Exchange::Failed(e)),
+                (Err(e), None) => return Err(e),
+            }
         } else {
             for to in envelope.to() {
-                step(
+                match step(
                     command,
                     Phase::Rcpt,
                     conn.command(Rcpt::new(to.clone(), vec![])),
                 )
-                .await?;
+                .await
+                {
+                    Err(Exchange::Failed(e)) if is_reply(&e) => {
+                        return Err(Exchange::Refused(e));
+                    }
+                    other => other?,
+                }
             }
             step(command, Phase::Data, conn.command(Data)).await?;
         }
@@ -544,6 +584,17 @@ enum Exchange {
     /// The pooled connection was closed by the relay before this mail began.
     Stale,
     Failed(SendError),
+    /// The relay refused a recipient and said so: the session can be reset and kept.
+    Refused(SendError),
+}
+
+/// Whether `e` is a refusal the relay answered (not a timeout or a dropped connection).
+fn is_reply(e: &SendError) -> bool {
+    match e {
+        SendError::Temporary(why) => why.starts_with("smtp: 4") || why.starts_with("smtp: 5"),
+        SendError::SoftBounce(_) | SendError::Bounced(_) | SendError::Rejected(_) => true,
+        SendError::Ours(_) | SendError::Failed(_) | SendError::NeedsSevenBit => false,
+    }
 }
 use Exchange::Stale;
 
@@ -551,7 +602,7 @@ impl Exchange {
     fn into_send_error(self) -> SendError {
         match self {
             Stale => SendError::Temporary("smtp: the connection was closed".into()),
-            Exchange::Failed(e) => e,
+            Exchange::Failed(e) | Exchange::Refused(e) => e,
         }
     }
 }

@@ -59,7 +59,7 @@ impl InProc {
         wait_for("the daemon to serve", super::daemon::PATIENCE, || {
             daemon.thread.as_ref().is_some_and(|t| !t.is_finished())
                 && std::net::TcpStream::connect(addr).is_ok()
-                && super::http::get(addr, "/healthz").status == 200
+                && super::http::get(addr, "/healthz").text() == "ok\n"
         });
         daemon
     }
