@@ -109,7 +109,7 @@ def fanout_once(binary, work, n, sessions, sink_port):
         while metric(metrics_port, "bantin_mail_sent_total") < n:
             if daemon.poll() is not None:
                 sys.exit(f"bantin exited; see {work}/bantin.log")
-            time.sleep(0.01)
+            time.sleep(0.05)
         took = time.perf_counter() - t0
         peak = vm_kib(daemon.pid, "VmHWM") / 1024
     finally:

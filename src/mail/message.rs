@@ -113,7 +113,7 @@ pub enum Content<'a> {
 }
 
 /// A rendered mail before its headers are set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Rendered {
     pub subject: String,
     pub text: String,
@@ -124,7 +124,87 @@ pub struct Rendered {
     pub calendar: Option<(String, String)>,
     /// The delivery key of the mail this one answers (a correction), for threading.
     pub answers: Option<String>,
+    /// The rendering shared by every recipient this one was filled in from, if any: its
+    /// body is encoded once too.
+    filled: Option<Filled>,
 }
+
+/// A shared rendering and the tokens filled into it for one recipient.
+#[derive(Clone)]
+struct Filled {
+    shared: Arc<Shared>,
+    personal: Personal,
+}
+
+impl Filled {
+    /// The mail's 8-bit body, from the shared one (encoded once) with this recipient's
+    /// tokens; `None` when the shared one cannot take them (a part was encoded, so the
+    /// markers are not there as they are, or a line would grow too long).
+    fn body(&self) -> Result<Option<(String, Body)>, ComposeError> {
+        let shared = &self.shared;
+        let cached = shared.body.get_or_init(|| {
+            let r = &shared.rendered;
+            let (content_type, body) =
+                mime_body(r.text.clone(), r.html.clone(), r.calendar.clone(), true).ok()?;
+            let text = String::from_utf8(body.into_vec()).ok()?;
+            let markers = Personal::markers();
+            let as_is = [&markers.unsubscribe, &markers.preferences]
+                .iter()
+                .all(|m| {
+                    text.matches(m.as_str()).count()
+                        == r.text.matches(m.as_str()).count() + r.html.matches(m.as_str()).count()
+                });
+            as_is.then_some((content_type, text))
+        });
+        let Some((content_type, text)) = cached else {
+            return Ok(None);
+        };
+        let markers = Personal::markers();
+        let text = text
+            .replace(&markers.unsubscribe, &self.personal.unsubscribe)
+            .replace(&markers.preferences, &self.personal.preferences);
+        if text.split('\n').any(|line| line.len() > LINE_MAX + 1) {
+            return Ok(None);
+        }
+        let encoding = match text.is_ascii() {
+            true => ContentTransferEncoding::SevenBit,
+            false => ContentTransferEncoding::EightBit,
+        };
+        Ok(Some((
+            content_type.clone(),
+            Body::dangerous_pre_encoded(text.into_bytes(), encoding),
+        )))
+    }
+}
+
+impl std::fmt::Debug for Filled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Filled")
+    }
+}
+
+/// Two renderings are the same when they say the same, however they were made.
+impl PartialEq for Rendered {
+    fn eq(&self, other: &Rendered) -> bool {
+        (
+            &self.subject,
+            &self.text,
+            &self.html,
+            self.bulk,
+            &self.calendar,
+            &self.answers,
+        ) == (
+            &other.subject,
+            &other.text,
+            &other.html,
+            other.bulk,
+            &other.calendar,
+            &other.answers,
+        )
+    }
+}
+
+impl Eq for Rendered {}
 
 /// A message ready for the transport.
 pub struct Composed {
@@ -159,6 +239,7 @@ pub struct Composer {
 /// why the mail came is the same: the tokens of their links. A token is made of characters
 /// that no escaping changes (`A-Z a-z 0-9 - _ .`), so it can be filled into a rendering
 /// made with a marker in its place.
+#[derive(Clone)]
 struct Personal {
     unsubscribe: String,
     preferences: String,
@@ -182,6 +263,8 @@ struct Shared {
     templates: Arc<Templates>,
     site: Arc<SiteInfo>,
     rendered: Rendered,
+    /// Its 8-bit body, encoded once with the markers in it: (Content-Type, body).
+    body: std::sync::OnceLock<Option<(String, String)>>,
     /// Whether filling in the tokens gives what rendering for the recipient gives: decided
     /// at the first recipient. A template that does more with the links than print them
     /// (cuts or counts them) is rendered for each recipient instead.
@@ -338,6 +421,7 @@ impl Composer {
                     templates: templates.clone(),
                     site: site.clone(),
                     rendered,
+                    body: std::sync::OnceLock::new(),
                     faithful: std::sync::OnceLock::new(),
                 });
                 let mut shared = self.shared.lock().expect("shared renderings");
@@ -358,7 +442,13 @@ impl Composer {
             ..shared.fill(personal)
         };
         match shared.faithful.get() {
-            Some(true) => Ok(fill(&personal)),
+            Some(true) => Ok(Rendered {
+                filled: Some(Filled {
+                    shared: shared.clone(),
+                    personal: personal.clone(),
+                }),
+                ..fill(&personal)
+            }),
             Some(false) => {
                 self.render_for(&templates, &site, delivery, content, subscriber, &personal)
             }
@@ -526,6 +616,7 @@ impl Composer {
             bulk,
             calendar: attached,
             answers,
+            filled: None,
         })
     }
 
@@ -628,49 +719,13 @@ impl Composer {
         // The multipart's own Content-Type goes into the message's headers, so that DKIM
         // covers it (lettre signs only the message's headers, and writes a multipart's
         // Content-Type with the body).
-        let part = |content_type: ContentType, text: String, html: bool| {
-            let body = match eight_bit {
-                true => eight_bit_body(&text, html).unwrap_or_else(|| Body::new(text)),
-                false => Body::new(text),
-            };
-            SinglePart::builder().header(content_type).body(body)
-        };
-        let alternative = MultiPart::alternative()
-            .singlepart(part(ContentType::TEXT_PLAIN, rendered.text, false))
-            .singlepart(part(ContentType::TEXT_HTML, rendered.html, true));
-        let alternative = match rendered.calendar {
-            // The event travels as a file the mail program offers to add to a calendar.
-            Some((file_name, ics)) => MultiPart::mixed().multipart(alternative).singlepart(
-                lettre::message::Attachment::new(file_name).body(
-                    ics.into_bytes(),
-                    lettre::message::header::ContentType::parse(
-                        "text/calendar; charset=utf-8; method=PUBLISH",
-                    )
-                    .map_err(|e| ComposeError::Build(e.to_string()))?,
-                ),
-            ),
-            None => alternative,
-        };
-        let content_type = alternative
-            .headers()
-            .get_raw("Content-Type")
-            .ok_or_else(|| ComposeError::Build("no Content-Type".into()))?
-            .to_owned();
-        let formatted = alternative.formatted();
-        let body_at = formatted
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| ComposeError::Build("no body".into()))?
-            + 4;
-        // Already encoded: the parts are 7-bit (quoted-printable or base64, lines of at most
-        // 76 characters plus the soft-break '='), or 8-bit text in lines of at most 998 bytes.
-        let body = Body::dangerous_pre_encoded(
-            formatted[body_at..].to_vec(),
-            match eight_bit && !formatted[body_at..].is_ascii() {
-                true => ContentTransferEncoding::EightBit,
-                false => ContentTransferEncoding::SevenBit,
+        let (content_type, body) = match (&rendered.filled, eight_bit) {
+            (Some(filled), true) => match filled.body()? {
+                Some(body) => body,
+                None => mime_body(rendered.text, rendered.html, rendered.calendar, true)?,
             },
-        );
+            _ => mime_body(rendered.text, rendered.html, rendered.calendar, eight_bit)?,
+        };
         let message = builder
             .header(lettre::message::header::MIME_VERSION_1_0)
             .raw_header(HeaderValue::new(
@@ -701,6 +756,60 @@ impl Composer {
             bytes,
         })
     }
+}
+
+/// The body of a mail: its text and HTML as alternatives, with the event's calendar
+/// attached; and the multipart's Content-Type, for the message's headers.
+fn mime_body(
+    text: String,
+    html: String,
+    calendar: Option<(String, String)>,
+    eight_bit: bool,
+) -> Result<(String, Body), ComposeError> {
+    let part = |content_type: ContentType, text: String, html: bool| {
+        let body = match eight_bit {
+            true => eight_bit_body(&text, html).unwrap_or_else(|| Body::new(text)),
+            false => Body::new(text),
+        };
+        SinglePart::builder().header(content_type).body(body)
+    };
+    let alternative = MultiPart::alternative()
+        .singlepart(part(ContentType::TEXT_PLAIN, text, false))
+        .singlepart(part(ContentType::TEXT_HTML, html, true));
+    let alternative = match calendar {
+        // The event travels as a file the mail program offers to add to a calendar.
+        Some((file_name, ics)) => MultiPart::mixed().multipart(alternative).singlepart(
+            lettre::message::Attachment::new(file_name).body(
+                ics.into_bytes(),
+                lettre::message::header::ContentType::parse(
+                    "text/calendar; charset=utf-8; method=PUBLISH",
+                )
+                .map_err(|e| ComposeError::Build(e.to_string()))?,
+            ),
+        ),
+        None => alternative,
+    };
+    let content_type = alternative
+        .headers()
+        .get_raw("Content-Type")
+        .ok_or_else(|| ComposeError::Build("no Content-Type".into()))?
+        .to_owned();
+    let formatted = alternative.formatted();
+    let body_at = formatted
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| ComposeError::Build("no body".into()))?
+        + 4;
+    // Already encoded: the parts are 7-bit (quoted-printable or base64, lines of at most
+    // 76 characters plus the soft-break '='), or 8-bit text in lines of at most 998 bytes.
+    let body = Body::dangerous_pre_encoded(
+        formatted[body_at..].to_vec(),
+        match eight_bit && !formatted[body_at..].is_ascii() {
+            true => ContentTransferEncoding::EightBit,
+            false => ContentTransferEncoding::SevenBit,
+        },
+    );
+    Ok((content_type, body))
 }
 
 /// The longest line an 8-bit body may have, without its CRLF (RFC 5322 section 2.1.1).
@@ -1199,6 +1308,34 @@ mod tests {
             assert_eq!(r, &alone, "{email}");
         }
         assert!(third.text.contains("KỲ HỌP HĐND"), "{}", third.text);
+        // The mail itself: the body encoded once, with this recipient's tokens.
+        let mut d = alert_of(&a);
+        d.email = "hai@x.vn".into();
+        let m = c
+            .message(
+                &d.key(),
+                &d,
+                second.clone(),
+                DateTime::from_timestamp(0, 0).unwrap(),
+                true,
+            )
+            .unwrap();
+        let mail = String::from_utf8(m.bytes).unwrap();
+        let token = c.links.signer.sign(Purpose::Unsubscribe, "hai@x.vn", 0);
+        let other = c.links.signer.sign(Purpose::Unsubscribe, "mot@x.vn", 0);
+        assert_eq!(
+            mail.matches(&token).count(),
+            3,
+            "text, HTML and List-Unsubscribe"
+        );
+        assert!(!mail.contains(&other) && !mail.contains("MARKER"), "{mail}");
+        assert!(mail.contains("Content-Transfer-Encoding: 8bit"), "{mail}");
+        assert!(
+            c.shared.lock().unwrap()[0]
+                .body
+                .get()
+                .is_some_and(Option::is_some)
+        );
     }
 
     #[test]
