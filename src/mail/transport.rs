@@ -553,13 +553,18 @@ impl std::fmt::Display for Raw {
 /// `message` as DATA sends it (RFC 5321 section 4.5.2): every line ended by CRLF, a dot that
 /// starts a line doubled, and the final `.` line.
 fn stuffed(message: &[u8]) -> String {
-    let text = String::from_utf8_lossy(message);
+    let text = match std::str::from_utf8(message) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(message),
+    };
+    // What lettre formats (CRLF lines, none starting with a dot) goes as it is.
+    let bytes = text.as_bytes();
     let clean = !text.starts_with('.')
-        && !text.contains("\n.")
         && text.ends_with("\r\n")
-        && text.bytes().filter(|&b| b == b'\n').count() == text.matches("\r\n").count();
+        && text
+            .match_indices('\n')
+            .all(|(i, _)| i > 0 && bytes[i - 1] == b'\r' && bytes.get(i + 1) != Some(&b'.'));
     if clean {
-        // What lettre formats: CRLF lines, none starting with a dot.
         let mut out = String::with_capacity(text.len() + 3);
         out.push_str(&text);
         out.push_str(".\r\n");
@@ -577,6 +582,17 @@ fn stuffed(message: &[u8]) -> String {
     }
     out.push_str(".\r\n");
     out
+}
+
+#[cfg(test)]
+mod stuffing {
+    #[test]
+    fn lines_are_crlf_and_leading_dots_doubled() {
+        assert_eq!(super::stuffed(b"a\r\nb\r\n"), "a\r\nb\r\n.\r\n");
+        assert_eq!(super::stuffed(b"a\r\n.b\r\n"), "a\r\n..b\r\n.\r\n");
+        assert_eq!(super::stuffed(b".a\nb"), "..a\r\nb\r\n.\r\n");
+        assert_eq!(super::stuffed("ạ\r\n".as_bytes()), "ạ\r\n.\r\n");
+    }
 }
 
 /// How one exchange ended, when it did not deliver.
