@@ -221,6 +221,19 @@ pub async fn serve(
     }
     let serving = crate::http::serve(listener, router, limits.clone(), shutdown);
     tokio::pin!(serving);
+    // systemd runs the watchdog from READY=1 on, and the engine's loop feeds it only once it
+    // has started: while the site is served and the engine still starts, it is fed here.
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let app = app.clone();
+        background.push(tokio::spawn(async move {
+            while !app.started.load(Ordering::Relaxed) {
+                if app.healthy.load(Ordering::Relaxed) {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                tokio::time::sleep(period / 2).await;
+            }
+        }));
+    }
 
     let starting = async {
         let engine = {
