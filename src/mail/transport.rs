@@ -494,7 +494,7 @@ impl SmtpPool {
             for _ in envelope.to() {
                 match step(command, Phase::Rcpt, conn.read_response()).await {
                     Ok(()) => {}
-                    Err(Exchange::Failed(e)) if is_reply(&e) => {
+                    Err(Exchange::Answered(e)) => {
                         refused.get_or_insert(e);
                     }
                     Err(e) => return Err(e),
@@ -507,9 +507,7 @@ impl SmtpPool {
                 (Ok(()), None) => {}
                 // DATA taken though a recipient was refused: the session cannot be reset.
                 (Ok(()), Some(e)) => return Err(Exchange::Failed(e)),
-                (Err(Exchange::Failed(data)), Some(e)) if is_reply(&data) => {
-                    return Err(Exchange::Refused(e));
-                }
+                (Err(Exchange::Answered(_)), Some(e)) => return Err(Exchange::Refused(e)),
                 (Err(_), Some(e)) => return Err(Exchange::Failed(e)),
                 (Err(e), None) => return Err(e),
             }
@@ -522,9 +520,7 @@ impl SmtpPool {
                 )
                 .await
                 {
-                    Err(Exchange::Failed(e)) if is_reply(&e) => {
-                        return Err(Exchange::Refused(e));
-                    }
+                    Err(Exchange::Answered(e)) => return Err(Exchange::Refused(e)),
                     other => other?,
                 }
             }
@@ -602,23 +598,18 @@ enum Exchange {
     Failed(SendError),
     /// The relay refused a recipient and said so: the session can be reset and kept.
     Refused(SendError),
+    /// A command the relay answered with a refusal (not a timeout or a dropped connection):
+    /// the session is still in step.
+    Answered(SendError),
 }
 
-/// Whether `e` is a refusal the relay answered (not a timeout or a dropped connection).
-fn is_reply(e: &SendError) -> bool {
-    match e {
-        SendError::Temporary(why) => why.starts_with("smtp: 4") || why.starts_with("smtp: 5"),
-        SendError::SoftBounce(_) | SendError::Bounced(_) | SendError::Rejected(_) => true,
-        SendError::Ours(_) | SendError::Failed(_) | SendError::NeedsSevenBit => false,
-    }
-}
 use Exchange::Stale;
 
 impl Exchange {
     fn into_send_error(self) -> SendError {
         match self {
             Stale => SendError::Temporary("smtp: the connection was closed".into()),
-            Exchange::Failed(e) | Exchange::Refused(e) => e,
+            Exchange::Failed(e) | Exchange::Refused(e) | Exchange::Answered(e) => e,
         }
     }
 }
@@ -644,6 +635,7 @@ where
             "smtp: no answer within {limit:?} (at {})",
             phase_name(phase)
         )))),
+        Ok(Err(e)) if e.status().is_some() => Err(Exchange::Answered(reply_error(phase, &e))),
         Ok(Err(e)) => Err(Exchange::Failed(reply_error(phase, &e))),
         Ok(Ok(_)) => Ok(()),
     }
