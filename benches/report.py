@@ -87,11 +87,13 @@ def vm_kib(pid, key):
 
 # -- fan-out ---------------------------------------------------------------------------------
 
-def fanout_once(binary, work, n, sessions, sink_port):
+def mail_site(binary, work, smtp_port, sessions, emails):
+    """A fresh site in `work` with the seed article, mailing through 127.0.0.1:`smtp_port`,
+    with `emails` subscribed to alerts; returns (config, HTTP port, metrics port)."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "articles"))
     http_port, metrics_port = free_port(), free_port()
-    config = write_config(work, http_port, metrics_port, sink_port, sessions,
+    config = write_config(work, http_port, metrics_port, smtp_port, sessions,
                           f"http://127.0.0.1:{http_port}",
                           extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
                                 f'[store]\ndir = "{work}/articles"\n')
@@ -99,10 +101,16 @@ def fanout_once(binary, work, n, sessions, sink_port):
     csv = os.path.join(work, "subscribers.csv")
     with open(csv, "w") as f:
         f.write("email,schedule,categories\n")
-        for i in range(n):
-            f.write(f"dan{i:06d}@example.vn,immediate,\n")
+        for email in emails:
+            f.write(f"{email},immediate,\n")
     subprocess.run([binary, "--config", config, "subscribers", "import", csv, "--confirmed"],
                    check=True, stdout=subprocess.DEVNULL)
+    return config, http_port, metrics_port
+
+
+def fanout_once(binary, work, n, sessions, sink_port):
+    config, http_port, metrics_port = mail_site(
+        binary, work, sink_port, sessions, (f"dan{i:06d}@example.vn" for i in range(n)))
     daemon = start_daemon(binary, config, work)
     try:
         wait_port(http_port)
@@ -197,19 +205,8 @@ class CountingSmtp:
 def one_mail(binary, work, eight_bit, pipelining):
     """The alert to three subscribers through a counting server: size and round trips."""
     server = CountingSmtp(eight_bit, pipelining)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "articles"))
-    http_port, metrics_port = free_port(), free_port()
-    config = write_config(work, http_port, metrics_port, server.port, 1,
-                          f"http://127.0.0.1:{http_port}",
-                          extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
-                                f'[store]\ndir = "{work}/articles"\n')
-    shutil.copy(SEED, os.path.join(work, "articles"))
-    csv = os.path.join(work, "subscribers.csv")
-    with open(csv, "w") as f:
-        f.write("email,schedule,categories\n" + "".join(f"dan{i}@example.vn,immediate,\n" for i in range(3)))
-    subprocess.run([binary, "--config", config, "subscribers", "import", csv, "--confirmed"],
-                   check=True, stdout=subprocess.DEVNULL)
+    config, http_port, _ = mail_site(binary, work, server.port, 1,
+                                     (f"dan{i}@example.vn" for i in range(3)))
     daemon = start_daemon(binary, config, work)
     try:
         wait_port(http_port)

@@ -354,17 +354,7 @@ impl Composer {
         let site = self.site.read().expect("site").clone();
         // Links carry the time the delivery was made: a retry renders the same links.
         let issued = delivery.created_ms.div_euclid(1000);
-        let why = |schedule: Schedule| {
-            let categories = subscriber
-                .map(|s| s.categories.join(", "))
-                .filter(|c| !c.is_empty())
-                .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
-            format!(
-                "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
-                schedule_label(schedule),
-                site.title
-            )
-        };
+        let why = |schedule: Schedule| why_line(&site, subscriber, schedule);
         let why_line = match &delivery.kind {
             Kind::Alert { .. } => why(Schedule::Immediate),
             _ => String::new(),
@@ -500,18 +490,7 @@ impl Composer {
         };
         let mut attached = None;
         let mut answers = None;
-        // Why this mail came: the subscriber's schedule and categories, in words.
-        let why = |schedule: Schedule| {
-            let categories = subscriber
-                .map(|s| s.categories.join(", "))
-                .filter(|c| !c.is_empty())
-                .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
-            format!(
-                "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
-                schedule_label(schedule),
-                site.title
-            )
-        };
+        let why = |schedule: Schedule| why_line(site, subscriber, schedule);
         let (subject, name, ctx, bulk) = match (&delivery.kind, content) {
             (Kind::Alert { .. }, Content::Alert(a, entry)) => {
                 attached = calendar(a, entry);
@@ -810,6 +789,23 @@ fn mime_body(
         },
     );
     Ok((content_type, body))
+}
+
+/// Why a mail came: the subscriber's schedule and categories, in words.
+fn why_line(
+    site: &SiteInfo,
+    subscriber: Option<&crate::subscriber::Subscriber>,
+    schedule: Schedule,
+) -> String {
+    let categories = subscriber
+        .map(|s| s.categories.join(", "))
+        .filter(|c| !c.is_empty())
+        .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
+    format!(
+        "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
+        schedule_label(schedule),
+        site.title
+    )
 }
 
 /// The longest line an 8-bit body may have, without its CRLF (RFC 5322 section 2.1.1).
