@@ -663,8 +663,11 @@ impl Engine {
             return;
         }
         let work = self.render_changes(&plan, &changes, now);
-        let (index, calendar) = self.publish_memory(&work, now);
+        let (snapshot, index, calendar) = self.publish_memory(&work, now);
         self.write_files(&plan, &work, index.as_deref());
+        // Readers see the change once what it links to is on disk: a feed's new item or an
+        // event in the calendar never points at a page not written yet.
+        self.app.replace(snapshot);
         if let Some(ics) = calendar
             && let Err(e) = self.publisher.write_calendar(&ics)
         {
@@ -784,13 +787,14 @@ impl Engine {
         }
     }
 
-    /// Puts the rendered feeds and index into the served snapshot: readers see the change
-    /// at once. Returns the index and the calendar when it changed, for the files.
+    /// The served snapshot with the rendered feeds and index, to be put in place once the
+    /// pages they link to are written; and the index and the calendar when it changed, for
+    /// the files.
     fn publish_memory(
         &mut self,
         work: &Rendered,
         now: DateTime<FixedOffset>,
-    ) -> (Option<String>, Option<String>) {
+    ) -> (Snapshot, Option<String>, Option<String>) {
         let mut snapshot = (*self.app.snapshot()).clone();
         let wall = system_time(self.clock.now_fixed());
         for feed in &work.feeds {
@@ -819,8 +823,7 @@ impl Engine {
             snapshot.calendar = Some(calendar_served(calendar.clone()));
             calendar.0
         });
-        self.app.replace(snapshot);
-        (index, calendar)
+        (snapshot, index, calendar)
     }
 
     /// Writes what `plan` changed to `output.dir`: pages, feeds, the navigation, the index.
