@@ -38,7 +38,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mail import REPO, free_port, metric, start_sink, wait_port, write_config  # noqa: E402
+from mail import REPO, free_port, metric, start_sink, vm, wait_port, write_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt")
@@ -77,14 +77,6 @@ def stop(proc):
         proc.wait()
 
 
-def vm_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 # -- fan-out ---------------------------------------------------------------------------------
 
 def mail_site(binary, work, smtp_port, sessions, emails):
@@ -120,7 +112,7 @@ def fanout_once(binary, work, n, sessions, sink_port):
                 sys.exit(f"bantin exited; see {work}/bantin.log")
             time.sleep(0.05)
         took = time.perf_counter() - t0
-        peak = vm_kib(daemon.pid, "VmHWM") / 1024
+        peak = vm(daemon.pid, "VmHWM") / 1024
     finally:
         stop(daemon)
     return {"rate": n / took, "seconds": took, "peak_mib": peak}
@@ -319,7 +311,7 @@ def run_once(binary, work, n, tag, i):
             result[phase] = time.perf_counter() - t0
             # What it holds once the work of a start is done, background work included.
             wait_settled(base, starts)
-            result[f"{phase}_peak_mib"] = vm_kib(daemon.pid, "VmHWM") / 1024
+            result[f"{phase}_peak_mib"] = vm(daemon.pid, "VmHWM") / 1024
         finally:
             stop(daemon)
     return result

@@ -75,6 +75,26 @@ impl Entry {
         .with_sig()
     }
 
+    /// A plain article's entry for tests: titled with its id in capitals, no event, a
+    /// zero fingerprint.
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, category: &str, published: DateTime<FixedOffset>) -> Entry {
+        Entry {
+            id: id.into(),
+            category: category.into(),
+            title: id.to_uppercase(),
+            published,
+            updated: published,
+            author: None,
+            file: format!("{id}.txt"),
+            stamp: Stamp::default(),
+            event: None,
+            place: None,
+            correction: None,
+            sig: 0,
+        }
+    }
+
     /// The entry with its [`Entry::sig`] computed from what lists show: id, title,
     /// category, author, dates, whether it is an event.
     pub fn with_sig(mut self) -> Self {
@@ -311,21 +331,7 @@ mod tests {
     use super::*;
 
     fn entry(id: &str, category: &str, when: &str) -> Entry {
-        let published = DateTime::parse_from_rfc3339(when).unwrap();
-        Entry {
-            id: id.into(),
-            category: category.into(),
-            title: id.to_uppercase(),
-            published,
-            updated: published,
-            author: None,
-            file: format!("{id}.txt"),
-            stamp: Stamp::default(),
-            event: None,
-            place: None,
-            correction: None,
-            sig: 0,
-        }
+        Entry::sample(id, category, DateTime::parse_from_rfc3339(when).unwrap())
     }
 
     fn now() -> DateTime<FixedOffset> {

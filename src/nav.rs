@@ -354,26 +354,11 @@ fn sign(h: &mut Print, list: &[&Arc<Entry>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::library::Stamp;
 
     fn entry(id: &str, category: &str, day: u32) -> Entry {
         let published =
             DateTime::parse_from_rfc3339(&format!("2024-01-{day:02}T08:00:00+07:00")).unwrap();
-        Entry {
-            id: id.into(),
-            category: category.into(),
-            title: id.to_uppercase(),
-            published,
-            updated: published,
-            author: None,
-            file: format!("{id}.txt"),
-            stamp: Stamp::default(),
-            event: None,
-            place: None,
-            correction: None,
-            sig: 0,
-        }
-        .with_sig()
+        Entry::sample(id, category, published).with_sig()
     }
 
     fn now() -> DateTime<FixedOffset> {

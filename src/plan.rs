@@ -153,20 +153,13 @@ mod tests {
     }
 
     fn entry(id: &str, category: &str, published: &str) -> Entry {
-        let published = DateTime::parse_from_rfc3339(published).unwrap();
         Entry {
-            id: id.into(),
-            file: format!("{id}.txt"),
-            category: category.into(),
             title: id.into(),
-            published,
-            updated: published,
-            author: None,
-            stamp: Default::default(),
-            event: None,
-            place: None,
-            correction: None,
-            sig: 0,
+            ..Entry::sample(
+                id,
+                category,
+                DateTime::parse_from_rfc3339(published).unwrap(),
+            )
         }
     }
 

@@ -140,7 +140,7 @@ impl Filled {
     /// The mail's 8-bit body, from the shared one (encoded once) with this recipient's
     /// tokens; `None` when the shared one cannot take them (a part was encoded, so the
     /// markers are not there as they are, or a line would grow too long).
-    fn body(&self) -> Result<Option<(String, Body)>, ComposeError> {
+    fn body(&self) -> Option<(String, Body)> {
         let shared = &self.shared;
         let cached = shared.body.get_or_init(|| {
             let r = &shared.rendered;
@@ -156,24 +156,19 @@ impl Filled {
                 });
             as_is.then_some((content_type, text))
         });
-        let Some((content_type, text)) = cached else {
-            return Ok(None);
-        };
-        let markers = Personal::markers();
-        let text = text
-            .replace(&markers.unsubscribe, &self.personal.unsubscribe)
-            .replace(&markers.preferences, &self.personal.preferences);
+        let (content_type, text) = cached.as_ref()?;
+        let text = self.personal.put_in(text);
         if text.split('\n').any(|line| line.len() > LINE_MAX + 1) {
-            return Ok(None);
+            return None;
         }
         let encoding = match text.is_ascii() {
             true => ContentTransferEncoding::SevenBit,
             false => ContentTransferEncoding::EightBit,
         };
-        Ok(Some((
+        Some((
             content_type.clone(),
             Body::dangerous_pre_encoded(text.into_bytes(), encoding),
-        )))
+        ))
     }
 }
 
@@ -246,6 +241,13 @@ struct Personal {
 }
 
 impl Personal {
+    /// `text` (made with the markers) with these tokens in their place.
+    fn put_in(&self, text: &str) -> String {
+        let markers = Personal::markers();
+        text.replace(&markers.unsubscribe, &self.unsubscribe)
+            .replace(&markers.preferences, &self.preferences)
+    }
+
     /// Markers in the same characters as a token, which no article is likely to hold.
     fn markers() -> Personal {
         Personal {
@@ -273,14 +275,9 @@ struct Shared {
 
 impl Shared {
     fn fill(&self, personal: &Personal) -> Rendered {
-        let markers = Personal::markers();
-        let fill = |text: &str| {
-            text.replace(&markers.unsubscribe, &personal.unsubscribe)
-                .replace(&markers.preferences, &personal.preferences)
-        };
         Rendered {
-            text: fill(&self.rendered.text),
-            html: fill(&self.rendered.html),
+            text: personal.put_in(&self.rendered.text),
+            html: personal.put_in(&self.rendered.html),
             ..self.rendered.clone()
         }
     }
@@ -342,8 +339,8 @@ impl Composer {
     /// Renders the subject and bodies of `delivery` about `content`, for `subscriber` (whose
     /// choices the footer recalls; `None` for a confirmation).
     ///
-    /// An alert or a correction is rendered once for all its recipients and the three
-    /// things that differ (the links and the line saying why the mail came) are filled in.
+    /// An alert or a correction is rendered once for all its recipients with the same line
+    /// saying why the mail came, and only the tokens of their links are filled in.
     pub fn render(
         &self,
         delivery: &Delivery,
@@ -354,21 +351,17 @@ impl Composer {
         let site = self.site.read().expect("site").clone();
         // Links carry the time the delivery was made: a retry renders the same links.
         let issued = delivery.created_ms.div_euclid(1000);
-        let why = |schedule: Schedule| why_line(&site, subscriber, schedule);
-        let why_line = match &delivery.kind {
-            Kind::Alert { .. } => why(Schedule::Immediate),
+        let why = match &delivery.kind {
+            Kind::Alert { .. } => why_line(&site, subscriber, Schedule::Immediate),
             _ => String::new(),
         };
         let key = match (&delivery.kind, &content) {
             (Kind::Alert { .. }, Content::Alert(_, entry)) => {
-                Some((entry.id.clone(), entry.stamp, None, why_line.clone()))
+                Some((entry.id.clone(), entry.stamp, None, why.clone()))
             }
-            (Kind::Correction { .. }, Content::Correction(_, entry, record)) => Some((
-                entry.id.clone(),
-                entry.stamp,
-                Some(record.n),
-                why_line.clone(),
-            )),
+            (Kind::Correction { .. }, Content::Correction(_, entry, record)) => {
+                Some((entry.id.clone(), entry.stamp, Some(record.n), why.clone()))
+            }
             _ => None,
         };
         let personal = Personal {
@@ -449,8 +442,8 @@ impl Composer {
                 if !faithful {
                     tracing::info!(
                         article = shared.key.0,
-                        "the mail templates do more with the links or the 'why' line than \
-                         print them: each mail of this article is rendered on its own"
+                        "the mail templates do more with the links than print them: each \
+                         mail of this article is rendered on its own"
                     );
                 }
                 let _ = shared.faithful.set(faithful);
@@ -699,7 +692,7 @@ impl Composer {
         // covers it (lettre signs only the message's headers, and writes a multipart's
         // Content-Type with the body).
         let (content_type, body) = match (&rendered.filled, eight_bit) {
-            (Some(filled), true) => match filled.body()? {
+            (Some(filled), true) => match filled.body() {
                 Some(body) => body,
                 None => mime_body(rendered.text, rendered.html, rendered.calendar, true)?,
             },

@@ -195,12 +195,12 @@ impl Mail {
     }
 }
 
-/// Whether the relay takes addresses with non-ASCII letters (SMTPUTF8), as its last EHLO
-/// said: unknown until bantin has connected to it.
+/// Whether the relay offers an extension (SMTPUTF8: addresses with non-ASCII letters;
+/// 8BITMIME: 8-bit bodies), as its last EHLO said: unknown until bantin has connected to it.
 #[derive(Debug, Clone, Default)]
-pub struct RelayUtf8(Arc<std::sync::atomic::AtomicU8>);
+pub struct RelaySays(Arc<std::sync::atomic::AtomicU8>);
 
-impl RelayUtf8 {
+impl RelaySays {
     const UNKNOWN: u8 = 0;
     const NO: u8 = 1;
     const YES: u8 = 2;
@@ -210,8 +210,8 @@ impl RelayUtf8 {
         self.0.store(v, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// `Some(true)` when the relay advertised SMTPUTF8, `Some(false)` when it did not,
-    /// `None` before any connection.
+    /// `Some(true)` when the relay advertised it, `Some(false)` when it did not, `None`
+    /// before any connection.
     pub fn get(&self) -> Option<bool> {
         match self.0.load(std::sync::atomic::Ordering::Relaxed) {
             Self::UNKNOWN => None,

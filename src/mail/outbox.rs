@@ -46,7 +46,7 @@ pub struct Outbox {
     /// written); read by `status` and `/metrics`.
     pub pause: Arc<Mutex<Option<Pause>>>,
     /// Whether the relay takes non-ASCII addresses, as it last said.
-    pub relay_utf8: super::RelayUtf8,
+    pub relay_utf8: super::RelaySays,
     /// The worker's loop and the state flushes report their progress here.
     pub health: crate::health::Health,
     /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted.
@@ -128,7 +128,7 @@ impl Outbox {
             in_flight: Arc::default(),
             metrics,
             pause: Arc::default(),
-            relay_utf8: super::RelayUtf8::default(),
+            relay_utf8: super::RelaySays::default(),
             health: crate::health::Health::default(),
             settling: Arc::default(),
             settled: Arc::default(),

@@ -124,7 +124,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn from_config(config: &Config, utf8: super::RelayUtf8) -> Result<Transport, MailError> {
+    pub fn from_config(config: &Config, utf8: super::RelaySays) -> Result<Transport, MailError> {
         let mail = &config.mail;
         match mail.transport.as_str() {
             "file" => Ok(Transport::File(mail.dir.clone())),
@@ -223,11 +223,9 @@ pub struct SmtpPool {
     /// Open connections, when each was last used, and how many mails each carried.
     idle: Mutex<Vec<Pooled>>,
     /// Noted at each connection: whether the relay takes non-ASCII addresses.
-    utf8: super::RelayUtf8,
+    utf8: super::RelaySays,
     /// Noted at each connection: whether the relay takes 8-bit bodies.
-    eight_bit: std::sync::atomic::AtomicBool,
-    /// Whether a connection has told that yet.
-    asked: std::sync::atomic::AtomicBool,
+    eight_bit: super::RelaySays,
 }
 
 struct Pooled {
@@ -239,7 +237,7 @@ struct Pooled {
 }
 
 impl SmtpPool {
-    fn from_config(config: &Config, utf8: super::RelayUtf8) -> Result<SmtpPool, MailError> {
+    fn from_config(config: &Config, utf8: super::RelaySays) -> Result<SmtpPool, MailError> {
         let smtp = &config.mail.smtp;
         let credentials = match &smtp.username {
             None => None,
@@ -291,8 +289,7 @@ impl SmtpPool {
             max_per_connection: smtp.max_messages_per_connection.max(1),
             idle: Mutex::default(),
             utf8,
-            eight_bit: std::sync::atomic::AtomicBool::new(false),
-            asked: std::sync::atomic::AtomicBool::new(false),
+            eight_bit: super::RelaySays::default(),
         })
     }
 
@@ -300,12 +297,12 @@ impl SmtpPool {
     /// first, a connection is opened to ask (and kept for the mail). A relay that cannot be
     /// reached gets 7 bits: that mail waits anyway.
     pub async fn eight_bit(&self) -> bool {
-        if !self.asked.load(std::sync::atomic::Ordering::Relaxed)
+        if self.eight_bit.get().is_none()
             && let Ok(pooled) = self.fresh().await
         {
             self.idle.lock().expect("smtp pool").push(pooled);
         }
-        self.eight_bit.load(std::sync::atomic::Ordering::Relaxed)
+        self.eight_bit.get() == Some(true)
     }
 
     /// A new connection, greeted, secured and authenticated, and whether it pipelines.
@@ -369,11 +366,8 @@ impl SmtpPool {
                 let info = conn.server_info();
                 self.utf8
                     .set(info.supports_feature(Extension::SmtpUtfEight));
-                self.eight_bit.store(
-                    info.supports_feature(Extension::EightBitMime),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                self.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.eight_bit
+                    .set(info.supports_feature(Extension::EightBitMime));
             }),
             Err(_) => Err(SendError::Ours(format!(
                 "smtp: {}:{} did not greet us within {:?}",
@@ -549,23 +543,7 @@ impl std::fmt::Display for Raw {
 /// `message` as DATA sends it (RFC 5321 section 4.5.2): every line ended by CRLF, a dot that
 /// starts a line doubled, and the final `.` line.
 fn stuffed(message: &[u8]) -> String {
-    let text = match std::str::from_utf8(message) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(message),
-    };
-    // What lettre formats (CRLF lines, none starting with a dot) goes as it is.
-    let bytes = text.as_bytes();
-    let clean = !text.starts_with('.')
-        && text.ends_with("\r\n")
-        && text
-            .match_indices('\n')
-            .all(|(i, _)| i > 0 && bytes[i - 1] == b'\r' && bytes.get(i + 1) != Some(&b'.'));
-    if clean {
-        let mut out = String::with_capacity(text.len() + 3);
-        out.push_str(&text);
-        out.push_str(".\r\n");
-        return out;
-    }
+    let text = String::from_utf8_lossy(message);
     let mut out = String::with_capacity(text.len() + 64);
     for line in text.split_inclusive('\n') {
         let line = line.strip_suffix('\n').unwrap_or(line);
@@ -578,17 +556,6 @@ fn stuffed(message: &[u8]) -> String {
     }
     out.push_str(".\r\n");
     out
-}
-
-#[cfg(test)]
-mod stuffing {
-    #[test]
-    fn lines_are_crlf_and_leading_dots_doubled() {
-        assert_eq!(super::stuffed(b"a\r\nb\r\n"), "a\r\nb\r\n.\r\n");
-        assert_eq!(super::stuffed(b"a\r\n.b\r\n"), "a\r\n..b\r\n.\r\n");
-        assert_eq!(super::stuffed(b".a\nb"), "..a\r\nb\r\n.\r\n");
-        assert_eq!(super::stuffed("ạ\r\n".as_bytes()), "ạ\r\n.\r\n");
-    }
 }
 
 /// How one exchange ended, when it did not deliver.
@@ -674,6 +641,14 @@ mod tests {
             SendError::Failed(_) => "failed",
             SendError::NeedsSevenBit => "7bit",
         }
+    }
+
+    #[test]
+    fn lines_are_crlf_and_leading_dots_doubled() {
+        assert_eq!(stuffed(b"a\r\nb\r\n"), "a\r\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\n.b\r\n"), "a\r\n..b\r\n.\r\n");
+        assert_eq!(stuffed(b".a\nb"), "..a\r\nb\r\n.\r\n");
+        assert_eq!(stuffed("ạ\r\n".as_bytes()), "ạ\r\n.\r\n");
     }
 
     #[test]

@@ -382,16 +382,15 @@ impl Worker {
             return;
         }
         // Subscribers who left in the meantime get nothing more (confirmations excepted).
-        // The article is nearly always in the shared cache (a fan-out reads its file once):
-        // not worth handing the thread over for.
-        let load = |d: &Delivery| self.load(d);
+        // What a mail is about is read here, on the async thread: the article is nearly always
+        // in the shared cache (a fan-out reads its file once).
         let mut subscriber = None;
         let outcome = match &d.kind {
-            Kind::Confirm { .. } => load(&d),
+            Kind::Confirm { .. } => self.load(&d),
             _ => match self.store().subscriber(&d.email) {
                 Ok(Some(s)) if s.state == SubState::Active => {
                     subscriber = Some(s);
-                    load(&d)
+                    self.load(&d)
                 }
                 _ => {
                     d.state = DeliveryState::Cancelled;
