@@ -119,6 +119,15 @@ impl StoreWatch {
         // Links are not followed: one to a folder outside the store (to /usr, say) would
         // add a watch for every folder there, and publish what it holds.
         let config = notify::Config::default().with_follow_symlinks(false);
+        // The watch also reports every opening of a file, bantin's own reads of the store
+        // included: 100,000 of them at a start, queued while the store is read. They say
+        // nothing (a write is seen by its own events), so they stop here.
+        let sink = move |event: notify::Result<Event>| {
+            if !matches!(&event, Ok(e) if matches!(e.kind, EventKind::Access(AccessKind::Open(_))))
+            {
+                sink(event);
+            }
+        };
         let mut watcher = RecommendedWatcher::new(sink, config)?;
         watcher.watch(root, RecursiveMode::Recursive)?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
