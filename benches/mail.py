@@ -67,6 +67,22 @@ def wait_port(port):
     sys.exit(f"nothing listens on {port}")
 
 
+def wait_started(port):
+    """Until bantin's /healthz says `ok`: the store read and watched. (It serves earlier, and
+    says `serving; starting`: an article published then is part of the first start's
+    baseline, and is mailed to nobody.)"""
+    wait_port(port)
+    for _ in range(6000):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    sys.exit(f"bantin on {port} did not finish starting")
+
+
 def write_config(work, http_port, metrics_port, sink_port, sessions, base_url,
                  mail="", templates=os.path.join(REPO, "templates"), extra=""):
     """bantin.toml for a benchmark: the repository's feeds, alerts at once into smtp-sink
@@ -135,7 +151,7 @@ def main():
         daemon = subprocess.Popen([args.bin, "--config", config, "run"], stderr=log,
                                   env={**os.environ, "BANTIN_LOG": os.environ.get("BANTIN_LOG", "warn")})
         try:
-            wait_port(http_port)
+            wait_started(http_port)
             # The alert: the seed article again under a new name, as the clerk would publish it.
             with open(os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt"), encoding="utf-8") as f:
                 text = f.read().replace("14/02/2020", "20/11/2026")

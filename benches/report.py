@@ -38,7 +38,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mail import REPO, free_port, metric, start_sink, vm, wait_port, write_config  # noqa: E402
+from mail import REPO, free_port, metric, start_sink, vm, wait_port, wait_started, write_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt")
@@ -105,7 +105,7 @@ def fanout_once(binary, work, n, sessions, sink_port):
         binary, work, sink_port, sessions, (f"dan{i:06d}@example.vn" for i in range(n)))
     daemon = start_daemon(binary, config, work)
     try:
-        wait_port(http_port)
+        wait_started(http_port)
         t0 = publish(os.path.join(work, "articles"))
         while metric(metrics_port, "bantin_mail_sent_total") < n:
             if daemon.poll() is not None:
@@ -201,7 +201,7 @@ def one_mail(binary, work, eight_bit, pipelining):
                                      (f"dan{i}@example.vn" for i in range(3)))
     daemon = start_daemon(binary, config, work)
     try:
-        wait_port(http_port)
+        wait_started(http_port)
         publish(os.path.join(work, "articles"))
         deadline = time.time() + 60
         while len(server.messages) < 3 and time.time() < deadline:

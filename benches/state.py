@@ -25,7 +25,7 @@ import tempfile
 import time
 
 # The fan-out benchmark's helpers: ports, the sink, /metrics, /proc.
-from mail import REPO, free_port, metric, start_sink, vm, wait_port, write_config
+from mail import REPO, free_port, metric, start_sink, vm, wait_port, wait_started, write_config
 
 print = functools.partial(print, flush=True)
 
@@ -95,7 +95,7 @@ def main():
         env = {**os.environ, "BANTIN_LOG": os.environ.get("BANTIN_LOG", "warn")}
         daemon = subprocess.Popen([args.bin, "--config", cfg, "run"], stderr=log, env=env)
         try:
-            wait_port(http_port)
+            wait_started(http_port)
             t0 = time.time()
             # M articles, each moved into the store as the clerk would.
             for a in range(m):
