@@ -383,11 +383,23 @@ impl Outbox {
         let mut added = 0;
         // Fresh mails up to the window; and while a relay refuses mail by mail (each goes
         // to the retry lane), no more than a few windows in all.
-        // The worker asks before every batch: with no fan-out running, the queue is not read.
+        // The worker asks before every batch: with no fan-out running, the queue is not read;
+        // with one, it is counted (walked) only up to half the window, and refilled once
+        // half of it went. The counts are kept up to date here as windows are planned.
+        let mut counts: Option<(usize, usize)> = None;
         while let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() {
-            if self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW) >= FANOUT_WINDOW
-                || self.store.queued(None, FANOUT_BACKLOG) >= FANOUT_BACKLOG
-            {
+            let (fresh, all) = match counts {
+                Some(c) => c,
+                None => {
+                    // Below half, the count is exact.
+                    let fresh = self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW / 2);
+                    if fresh >= FANOUT_WINDOW / 2 {
+                        break;
+                    }
+                    *counts.insert((fresh, self.store.queued(None, FANOUT_BACKLOG)))
+                }
+            };
+            if fresh >= FANOUT_WINDOW || all >= FANOUT_BACKLOG {
                 break;
             }
             let now = self.clock.now_ms();
@@ -417,6 +429,7 @@ impl Outbox {
             };
             let queued = self.store.plan_window(&id, &window, &next)?;
             added += queued;
+            counts = counts.map(|(fresh, all)| (fresh + queued, all + queued));
             if done {
                 // Every matching subscriber has a mail in the outbox.
                 tracing::info!(id, mails = fanout.planned + queued as u64, "alerts queued");

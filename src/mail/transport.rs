@@ -543,7 +543,11 @@ impl std::fmt::Display for Raw {
 /// `message` as DATA sends it (RFC 5321 section 4.5.2): every line ended by CRLF, a dot that
 /// starts a line doubled, and the final `.` line.
 fn stuffed(message: &[u8]) -> String {
-    let text = String::from_utf8_lossy(message);
+    // A composed message is UTF-8; checking that is much cheaper than the lossy conversion.
+    let text = match std::str::from_utf8(message) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(message),
+    };
     let mut out = String::with_capacity(text.len() + 64);
     for line in text.split_inclusive('\n') {
         let line = line.strip_suffix('\n').unwrap_or(line);
