@@ -407,7 +407,7 @@ fn clean(raw: &str) -> String {
     let raw = raw.trim_end_matches('\r');
     let unwanted = |c: char| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}';
     // Most lines are already clean NFC: check first, copy once.
-    let kept: Cow<'_, str> = if raw.contains(unwanted) {
+    let kept: Cow<'_, str> = if has_unwanted(raw) {
         Cow::Owned(
             raw.chars()
                 .filter(|&c| c == '\t' || !unwanted(c))
@@ -424,17 +424,50 @@ fn clean(raw: &str) -> String {
     }
 }
 
+/// Whether `text` holds a control character (Unicode's Cc: U+0000–U+001F, U+007F–U+009F) or
+/// U+FFFE or U+FFFF, read from its UTF-8 bytes (decoding every character was measurable in a
+/// build).
+fn has_unwanted(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.iter().enumerate().any(|(i, &x)| match x {
+        0x00..=0x1f | 0x7f => true,
+        // U+0080–U+009F
+        0xc2 => matches!(b.get(i + 1), Some(0x80..=0x9f)),
+        // U+FFFE, U+FFFF
+        0xef => b.get(i + 1) == Some(&0xbf) && matches!(b.get(i + 2), Some(0xbe | 0xbf)),
+        _ => false,
+    })
+}
+
 /// A fast NFC test for Vietnamese text: characters below U+0300, the precomposed letters of
 /// Latin Extended Additional and common punctuation are NFC whatever surrounds them (they
 /// neither decompose nor combine with what precedes). Anything else asks the full check.
 fn is_surely_nfc(text: &str) -> bool {
-    let stable = |c: char| {
-        c < '\u{300}'
-            || ('\u{1e00}'..='\u{1eff}').contains(&c)
-            || ('\u{2010}'..='\u{2027}').contains(&c)
-            || ('\u{2030}'..='\u{205e}').contains(&c)
-    };
-    text.chars().all(stable) || is_nfc_quick(text.chars()) == IsNormalized::Yes
+    all_stable(text) || is_nfc_quick(text.chars()) == IsNormalized::Yes
+}
+
+/// Whether every character of `text` is below U+0300, in U+1E00–U+1EFF, U+2010–U+2027 or
+/// U+2030–U+205E, read from the UTF-8 bytes (the text is valid UTF-8, so a lead byte tells
+/// the length).
+fn all_stable(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let step = match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (0x00..=0x7f, _, _) => 1,
+            // U+0080–U+02FF
+            (0xc2..=0xcb, _, _) => 2,
+            // U+1E00–U+1EFF
+            (0xe1, Some(0xb8..=0xbb), _) => 3,
+            // U+2010–U+2027, U+2030–U+203F
+            (0xe2, Some(0x80), Some(0x90..=0xa7 | 0xb0..=0xbf)) => 3,
+            // U+2040–U+205E
+            (0xe2, Some(0x81), Some(0x80..=0x9e)) => 3,
+            _ => return false,
+        };
+        i += step;
+    }
+    true
 }
 
 fn is_signature(paragraph: &str) -> bool {
@@ -616,6 +649,54 @@ pub fn id_for(relative: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stable_characters_are_told_from_their_bytes_as_from_the_characters() {
+        let slow = |t: &str| {
+            t.chars().all(|c| {
+                c < '\u{300}'
+                    || ('\u{1e00}'..='\u{1eff}').contains(&c)
+                    || ('\u{2010}'..='\u{2027}').contains(&c)
+                    || ('\u{2030}'..='\u{205e}').contains(&c)
+            })
+        };
+        for c in (0..0x11_0000).filter_map(char::from_u32) {
+            let t = format!("ạ{c}đ");
+            assert_eq!(all_stable(&t), slow(&t), "{:x}", c as u32);
+        }
+        assert!(all_stable("Kỳ họp thứ 5 – “HĐND” …"));
+        assert!(all_stable(""));
+    }
+
+    #[test]
+    fn unwanted_characters_are_found_as_every_character_is_read() {
+        let slow = |t: &str| {
+            t.chars()
+                .any(|c| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}')
+        };
+        let samples = [
+            "Kỳ họp thứ 5 — “HĐND”",
+            "tab\there",
+            "nul\u{0}",
+            "del\u{7f}",
+            "c1 \u{85} next line",
+            "\u{9f}",
+            "\u{a0} no-break space is kept",
+            "\u{fffe}",
+            "x\u{ffff}",
+            "\u{fffd} replacement is kept",
+            "\u{ff3f}\u{efbf}",
+            "",
+        ];
+        for t in samples {
+            assert_eq!(has_unwanted(t), slow(t), "{t:?}");
+        }
+        // Every character of the first two planes, one at a time.
+        for c in (0..0x2_0000).filter_map(char::from_u32) {
+            let t = format!("a{c}b");
+            assert_eq!(has_unwanted(&t), slow(&t), "{:x}", c as u32);
+        }
+    }
 
     const TZ: Tz = chrono_tz::Asia::Ho_Chi_Minh;
     const SEED: &str = include_str!("../articles/000_5a7074c8138324ae.txt");

@@ -84,8 +84,7 @@ fn mail_formatter(
 ) -> Result<(), minijinja::Error> {
     let html = matches!(state.auto_escape(), minijinja::AutoEscape::Html);
     match value.as_str() {
-        Some(text) if html && !value.is_safe() => out
-            .write_str(&html_text(text))
+        Some(text) if html && !value.is_safe() => escape_html_into(out, text)
             .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())),
         _ => minijinja::escape_formatter(out, state, value),
     }
@@ -93,18 +92,29 @@ fn mail_formatter(
 
 /// HTML-escapes `&`, `<`, `>` and quotes.
 fn html_text(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            _ => out.push(c),
-        }
-    }
+    let mut out = String::with_capacity(value.len() + value.len() / 16);
+    escape_html_into(&mut out, value).expect("a String takes any text");
     out
+}
+
+/// Writes `value` HTML-escaped: the runs between the characters to escape go whole (the
+/// characters are ASCII, so every cut is a character boundary).
+fn escape_html_into(out: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
+    let mut from = 0;
+    for (i, b) in value.bytes().enumerate() {
+        let escaped = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#x27;",
+            _ => continue,
+        };
+        out.write_str(&value[from..i])?;
+        out.write_str(escaped)?;
+        from = i + 1;
+    }
+    out.write_str(&value[from..])
 }
 
 /// `{{ link|url }}`: a URL for an HTML attribute, escaped where HTML needs it (`&`, `<`, `>`,
@@ -555,7 +565,18 @@ fn v<T: Serialize>(value: T) -> minijinja::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::wrap;
+    use super::{html_text, wrap};
+
+    #[test]
+    fn escapes_what_html_needs_and_keeps_the_rest() {
+        assert_eq!(
+            html_text("Hỏi & đáp <b>\"Kỳ họp\"</b> 'số 5' / ạ"),
+            "Hỏi &amp; đáp &lt;b&gt;&quot;Kỳ họp&quot;&lt;/b&gt; &#x27;số 5&#x27; / ạ"
+        );
+        assert_eq!(html_text(""), "");
+        assert_eq!(html_text("&"), "&amp;");
+        assert_eq!(html_text("đ"), "đ");
+    }
 
     #[test]
     fn wraps_between_words_and_never_breaks_a_url() {
