@@ -24,6 +24,8 @@ use axum::routing::{get, post};
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
 /// Clients remembered by the rate limiter before old ones are dropped.
 const RATE_CLIENTS: usize = 10_000;
+/// `Retry-After` while a start reads the store.
+const STARTING_RETRY_SECS: u64 = 5;
 /// `Retry-After` when the state cannot be written.
 const UNAVAILABLE_RETRY_SECS: u64 = 60;
 /// Categories a subscriber may pick at most.
@@ -127,6 +129,22 @@ impl SubscribeState {
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_SECS.into());
+        r
+    }
+
+    /// In the first moments of a start, before the store is read: the form back as it was
+    /// filled, saved nowhere, and asked again in a few seconds.
+    fn starting(&self, refill: &Refill) -> Response {
+        let mut r = self.render(StatusCode::SERVICE_UNAVAILABLE, |pages| {
+            pages.subscribe_again(
+                "Vui lòng gửi lại sau giây lát",
+                "Trang vừa khởi động lại và đang đọc danh sách chuyên mục. Yêu cầu của bạn chưa \
+                 được lưu; vui lòng bấm gửi lại sau vài giây.",
+                refill,
+            )
+        });
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, STARTING_RETRY_SECS.into());
         r
     }
 
@@ -289,6 +307,15 @@ async fn subscribe(
     }
     categories.truncate(MAX_CATEGORIES);
     let known = state.categories.read().expect("categories").clone();
+    if !categories_known_yet(&known, &categories) {
+        let refill = Refill::new(
+            email.as_deref().unwrap_or_default(),
+            schedule,
+            &categories,
+            &categories,
+        );
+        return state.starting(&refill);
+    }
     let refill = Refill::new(
         email.as_deref().unwrap_or_default(),
         schedule,
@@ -653,10 +680,19 @@ async fn preferences(
         Err(_) => return state.unavailable(),
     };
     let known = state.categories.read().expect("categories").clone();
-    let mut form = Refill::new(&sub.email, schedule, &categories, &known);
+    let ready = categories_known_yet(&known, &categories);
+    let mut form = Refill::new(
+        &sub.email,
+        schedule,
+        &categories,
+        if ready { &known } else { &categories },
+    );
     form.action = "preferences".into();
     form.token = token;
     form.button = "Lưu".into();
+    if !ready {
+        return state.starting(&form);
+    }
     let Some(schedule) = schedule else {
         return state.refill(
             "Thông tin chưa hợp lệ",
@@ -695,9 +731,32 @@ async fn preferences(
     }
 }
 
+/// Whether the categories `wanted` can be checked against `known`. Until the engine has read
+/// the store (the first moments of a start, while the last run's pages are already served)
+/// none is known: a category then is not refused as unknown, the form is asked again.
+fn categories_known_yet(known: &[String], wanted: &[String]) -> bool {
+    !known.is_empty() || wanted.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn categories_wait_for_the_store_to_be_read() {
+        let known = vec!["THÔNG BÁO".to_owned()];
+        let wanted = vec!["THÔNG BÁO".to_owned()];
+        assert!(!categories_known_yet(&[], &wanted), "nothing read yet");
+        assert!(
+            categories_known_yet(&[], &[]),
+            "no category asked: nothing to wait for"
+        );
+        assert!(categories_known_yet(&known, &wanted));
+        assert!(
+            categories_known_yet(&known, &["KHÁC".to_owned()]),
+            "refused as unknown"
+        );
+    }
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
