@@ -271,6 +271,8 @@ impl Engine {
                     };
                     index.add(entry, &article);
                 }
+                // Measured as kept: without the room its lists grew into.
+                index.shrink();
                 let (docs, bytes) = (index.len(), index.heap_bytes());
                 if !search.finish_build(ticket, index) {
                     return; // a reload started a newer one
