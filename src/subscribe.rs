@@ -41,7 +41,7 @@ pub struct SubscribeState {
     /// Verifies the tokens of confirm and unsubscribe links.
     pub links: Links,
     /// The categories one may follow (kept current by the engine).
-    pub categories: Arc<std::sync::RwLock<Vec<String>>>,
+    pub categories: crate::subscriber::KnownCategories,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted: Vec<Cidr>,
     /// How long a confirmation link works (seconds).
@@ -56,7 +56,7 @@ impl SubscribeState {
     pub fn new(
         outbox: Outbox,
         links: Links,
-        categories: Arc<std::sync::RwLock<Vec<String>>>,
+        categories: crate::subscriber::KnownCategories,
         templates: crate::site::SharedTemplates,
         site: crate::site::SharedSite,
         per_hour: u32,
@@ -306,16 +306,20 @@ async fn subscribe(
         }
     }
     categories.truncate(MAX_CATEGORIES);
-    let known = state.categories.read().expect("categories").clone();
-    if !categories_known_yet(&known, &categories) {
-        let refill = Refill::new(
-            email.as_deref().unwrap_or_default(),
-            schedule,
-            &categories,
-            &categories,
-        );
-        return state.starting(&refill);
-    }
+    let known = match state.categories.read().expect("categories").clone() {
+        Some(known) => known,
+        // Following every category needs no list.
+        None if categories.is_empty() => Vec::new(),
+        None => {
+            let refill = Refill::new(
+                email.as_deref().unwrap_or_default(),
+                schedule,
+                &categories,
+                &categories,
+            );
+            return state.starting(&refill);
+        }
+    };
     let refill = Refill::new(
         email.as_deref().unwrap_or_default(),
         schedule,
@@ -632,7 +636,9 @@ async fn preferences_page(
     let token = q.token.unwrap_or_default();
     match preferences_subscriber(&state, Some(&token)) {
         Ok(Ok(sub)) => {
+            // Before the store is read, the subscriber's own categories are the choices.
             let known = state.categories.read().expect("categories").clone();
+            let known = known.unwrap_or_else(|| sub.categories.clone());
             let mut form = Refill::new(&sub.email, Some(sub.schedule), &sub.categories, &known);
             form.action = "preferences".into();
             form.token = Some(token);
@@ -680,19 +686,20 @@ async fn preferences(
         Err(_) => return state.unavailable(),
     };
     let known = state.categories.read().expect("categories").clone();
-    let ready = categories_known_yet(&known, &categories);
     let mut form = Refill::new(
         &sub.email,
         schedule,
         &categories,
-        if ready { &known } else { &categories },
+        known.as_ref().unwrap_or(&categories),
     );
     form.action = "preferences".into();
     form.token = token;
     form.button = "Lưu".into();
-    if !ready {
+    // Before the store is read nothing is saved, not even "every category": a form shown
+    // then may not have listed the subscriber's own.
+    let Some(known) = known else {
         return state.starting(&form);
-    }
+    };
     let Some(schedule) = schedule else {
         return state.refill(
             "Thông tin chưa hợp lệ",
@@ -731,31 +738,146 @@ async fn preferences(
     }
 }
 
-/// Whether the categories `wanted` can be checked against `known`. Until the engine has read
-/// the store (the first moments of a start, while the last run's pages are already served)
-/// none is known: a category then is not refused as unknown, the form is asked again.
-fn categories_known_yet(known: &[String], wanted: &[String]) -> bool {
-    !known.is_empty() || wanted.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn categories_wait_for_the_store_to_be_read() {
-        let known = vec!["THÔNG BÁO".to_owned()];
-        let wanted = vec!["THÔNG BÁO".to_owned()];
-        assert!(!categories_known_yet(&[], &wanted), "nothing read yet");
-        assert!(
-            categories_known_yet(&[], &[]),
-            "no category asked: nothing to wait for"
+    /// The subscription routes on a real state database, with the categories `known`.
+    fn routes(
+        dir: &std::path::Path,
+    ) -> (Router, crate::subscriber::KnownCategories, Outbox, Links) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::config::Config::parse(&format!(
+            "[site]\nbase_url = \"https://hdnd.example.vn\"\n[store]\ndir = \"{}\"\n\
+             [feeds]\ndir = \"{}\"\n[templates]\ndir = \"{}\"\n[state]\ndir = \"{}\"\n",
+            root.join("articles").display(),
+            root.join("feeds").display(),
+            root.join("templates").display(),
+            dir.display(),
+        ))
+        .expect("config");
+        let store = crate::store::Store::open(dir).expect("state");
+        let site = crate::feed::SiteInfo::new("HĐND", "https://hdnd.example.vn", "vi");
+        let mut templates = crate::publish::load_templates(&root.join("templates")).unwrap();
+        templates.set_site(&site, &[]);
+        let templates = Arc::new(std::sync::RwLock::new(Arc::new(templates)));
+        let site = crate::site::share_site(site);
+        let mail = crate::mail::Mail::setup(
+            &config,
+            store,
+            templates.clone(),
+            site.clone(),
+            Arc::default(),
+            crate::clock::Clock::system(),
+        )
+        .expect("mail");
+        let categories = crate::subscriber::KnownCategories::default();
+        let state = SubscribeState::new(
+            mail.outbox.clone(),
+            mail.links.clone(),
+            categories.clone(),
+            templates,
+            site,
+            100,
         );
-        assert!(categories_known_yet(&known, &wanted));
+        (router(Arc::new(state)), categories, mail.outbox, mail.links)
+    }
+
+    async fn post(app: &Router, path: &str, body: &str) -> (StatusCode, HeaderMap, String) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post(path)
+            .header(header::ORIGIN, "https://hdnd.example.vn")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let r = app.clone().oneshot(request).await.unwrap();
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_category_posted_before_the_store_is_read_is_asked_again_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, categories, outbox, _) = routes(dir.path());
+        let form = "email=dan%40example.vn&schedule=immediate&categories=TH%C3%94NG+B%C3%81O";
+        let (status, headers, page) = post(&app, "/subscribe", form).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+        assert_eq!(headers[header::RETRY_AFTER], "5");
+        assert!(page.contains("Vui lòng gửi lại sau giây lát"), "{page}");
+        assert!(page.contains("value=\"THÔNG BÁO\" checked"), "{page}");
         assert!(
-            categories_known_yet(&known, &["KHÁC".to_owned()]),
-            "refused as unknown"
+            page.contains("dan@example.vn"),
+            "the address is kept: {page}"
         );
+        assert!(outbox.store.subscriber("dan@example.vn").unwrap().is_none());
+        // Every category needs no list: taken at once.
+        let (status, _, page) = post(&app, "/subscribe", "email=tat%40example.vn").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(outbox.store.subscriber("tat@example.vn").unwrap().is_some());
+
+        // Once the store is read, the same form is taken, and an unknown category refused.
+        *categories.write().unwrap() = Some(vec!["THÔNG BÁO".to_owned()]);
+        let (status, _, page) = post(&app, "/subscribe", form).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let sub = outbox.store.subscriber("dan@example.vn").unwrap().unwrap();
+        assert_eq!(sub.categories, vec!["THÔNG BÁO".to_owned()]);
+        let (status, _, page) = post(
+            &app,
+            "/subscribe",
+            "email=x%40example.vn&categories=KH%C3%81C",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+        assert!(page.contains("Không có chuyên mục"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn preferences_are_shown_but_not_saved_before_the_store_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, categories, outbox, links) = routes(dir.path());
+        let mut sub = Subscriber::new(
+            "dan@example.vn",
+            Schedule::Immediate,
+            vec!["THÔNG BÁO".into()],
+            0,
+        );
+        sub.state = SubState::Active;
+        sub.confirmed = Some(0);
+        outbox.store.put_subscriber(&sub).unwrap();
+        let token = links
+            .signer
+            .sign(Purpose::Preferences, &sub.email, outbox.clock.now_s());
+        // The page lists the subscriber's own categories, checked.
+        let request = axum::http::Request::get(format!("/preferences?token={token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = tower::ServiceExt::oneshot(app.clone(), request)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let page = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let page = String::from_utf8_lossy(&page);
+        assert!(page.contains("value=\"THÔNG BÁO\" checked"), "{page}");
+        // Saved before the store is read: not even "every category" is taken.
+        let form = format!("token={token}&schedule=daily");
+        let (status, headers, page) = post(&app, "/preferences", &form).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+        assert_eq!(headers[header::RETRY_AFTER], "5");
+        let kept = outbox.store.subscriber("dan@example.vn").unwrap().unwrap();
+        assert_eq!(kept.schedule, Schedule::Immediate);
+        assert_eq!(kept.categories, vec!["THÔNG BÁO".to_owned()]);
+        // Once it is read, the same form is saved.
+        *categories.write().unwrap() = Some(vec!["THÔNG BÁO".to_owned()]);
+        let (status, _, page) = post(&app, "/preferences", &form).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let saved = outbox.store.subscriber("dan@example.vn").unwrap().unwrap();
+        assert_eq!(saved.schedule, Schedule::Daily);
+        assert!(saved.categories.is_empty());
     }
 
     fn headers(xff: &str) -> HeaderMap {

@@ -169,6 +169,11 @@ pub fn fold(text: &str) -> String {
         .to_lowercase()
 }
 
+/// The categories one may follow, shared by the engine (which keeps them current) with the
+/// routes and the admin socket: `None` until the engine has read the store once (the first
+/// moments of a start, when the last run's pages are already served).
+pub type KnownCategories = std::sync::Arc<std::sync::RwLock<Option<Vec<String>>>>;
+
 /// The categories of `wanted` in their canonical spelling from `known` (exact, else equal
 /// once folded), sorted and without duplicates; `Err` with those that match nothing.
 pub fn canonical_categories(

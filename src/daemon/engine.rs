@@ -69,7 +69,7 @@ pub struct Engine {
     clock: Clock,
     metrics: Metrics,
     /// The categories subscribers may follow, for the subscription routes and commands.
-    categories: Arc<std::sync::RwLock<Vec<String>>>,
+    categories: crate::subscriber::KnownCategories,
     /// Files of the store that are broken, by path relative to the store, with the stamp they
     /// were read at (an unchanged broken file is not read and logged again at every rescan).
     pub errors: HashMap<String, crate::library::Stamp>,
@@ -110,7 +110,7 @@ pub struct Shared {
     pub clock: Clock,
     pub metrics: Metrics,
     /// The categories subscribers may follow, kept current by the engine.
-    pub categories: Arc<std::sync::RwLock<Vec<String>>>,
+    pub categories: crate::subscriber::KnownCategories,
     pub health: crate::health::Health,
     pub search: Arc<crate::search::Search>,
     /// Where changed feeds' names go, for the WebSub hub.
@@ -335,8 +335,8 @@ impl Engine {
     /// Publishes the categories subscribers may follow, when they changed.
     fn update_categories(&self) {
         let known = crate::publish::known_categories(&self.library, &self.publisher.feeds);
-        if *self.categories.read().expect("categories") != known {
-            *self.categories.write().expect("categories") = known;
+        if self.categories.read().expect("categories").as_ref() != Some(&known) {
+            *self.categories.write().expect("categories") = Some(known);
         }
     }
 

@@ -143,7 +143,7 @@ pub async fn serve(
     let (tx, rx) = std::sync::mpsc::channel::<Msg>();
     let (mail_tx, mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
     let started = Instant::now();
-    let categories: Arc<std::sync::RwLock<Vec<String>>> = Arc::default();
+    let categories: crate::subscriber::KnownCategories = Arc::default();
     let search: Arc<crate::search::Search> = Arc::default();
     let find = crate::find::FindState {
         search: search.clone(),

@@ -380,7 +380,7 @@ fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
 pub fn admin_socket(
     config: &Config,
     outbox: Outbox,
-    categories: Arc<std::sync::RwLock<Vec<String>>>,
+    categories: crate::subscriber::KnownCategories,
     signer: crate::token::Signer,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
@@ -392,6 +392,7 @@ pub fn admin_socket(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let store_dir = config.store.dir.clone();
     let return_path = config.mail.return_path.clone();
+    let config_for_categories = Arc::new(config.clone());
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -399,6 +400,7 @@ pub fn admin_socket(
             };
             let (outbox, store_dir) = (outbox.clone(), store_dir.clone());
             let categories = categories.clone();
+            let config = config_for_categories.clone();
             let (signer, return_path) = (signer.clone(), return_path.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
@@ -416,7 +418,14 @@ pub fn admin_socket(
                             store: &outbox.store,
                             clock: &outbox.clock,
                             pause: outbox.paused(),
-                            categories: &|| categories.read().expect("categories").clone(),
+                            // Before the engine has read the store, read from disk as the
+                            // commands without the daemon do.
+                            categories: &|| {
+                                let known = categories.read().expect("categories").clone();
+                                known.unwrap_or_else(|| {
+                                    crate::publish::read_known_categories(&config)
+                                })
+                            },
                             signer: Some(signer),
                             return_path: &return_path,
                             relay_utf8: outbox.relay_utf8.get(),
