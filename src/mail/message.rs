@@ -258,18 +258,17 @@ impl Personal {
     /// (for a mail, thousands of times per article, two passes per marker were measurable).
     fn put_in_at(&self, text: &str) -> (String, Vec<usize>) {
         static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MARKER_PREFIX));
-        let markers = Personal::markers();
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MARKER_PREFIX.as_bytes()));
         let mut out = String::with_capacity(text.len() + 2 * self.unsubscribe.len());
         let mut at = Vec::new();
         let mut rest = text;
         while let Some(i) = PREFIX.find(rest.as_bytes()) {
             let (before, from) = rest.split_at(i);
             out.push_str(before);
-            let token = if from.starts_with(&markers.unsubscribe) {
-                Some((&self.unsubscribe, markers.unsubscribe.len()))
-            } else if from.starts_with(&markers.preferences) {
-                Some((&self.preferences, markers.preferences.len()))
+            let token = if from.starts_with(UNSUBSCRIBE_MARKER) {
+                Some((&self.unsubscribe, UNSUBSCRIBE_MARKER.len()))
+            } else if from.starts_with(PREFERENCES_MARKER) {
+                Some((&self.preferences, PREFERENCES_MARKER.len()))
             } else {
                 None
             };
@@ -280,7 +279,7 @@ impl Personal {
                     rest = &from[skip..];
                 }
                 None => {
-                    out.push_str(MARKER_PREFIX_STR);
+                    out.push_str(MARKER_PREFIX);
                     rest = &from[MARKER_PREFIX.len()..];
                 }
             }
@@ -292,15 +291,16 @@ impl Personal {
     /// Markers in the same characters as a token, which no article is likely to hold.
     fn markers() -> Personal {
         Personal {
-            unsubscribe: format!("{MARKER_PREFIX_STR}unsubscribe.Qx7"),
-            preferences: format!("{MARKER_PREFIX_STR}preferences.Qx7"),
+            unsubscribe: UNSUBSCRIBE_MARKER.into(),
+            preferences: PREFERENCES_MARKER.into(),
         }
     }
 }
 
-/// What every marker begins with.
-const MARKER_PREFIX_STR: &str = "bantin-MARKER.";
-const MARKER_PREFIX: &[u8] = MARKER_PREFIX_STR.as_bytes();
+/// What every marker begins with (the one-pass filling looks for it).
+const MARKER_PREFIX: &str = "bantin-MARKER.";
+const UNSUBSCRIBE_MARKER: &str = "bantin-MARKER.unsubscribe.Qx7";
+const PREFERENCES_MARKER: &str = "bantin-MARKER.preferences.Qx7";
 
 /// The rendering of one alert or correction for every recipient with the same 'why' line,
 /// keyed by what it was made from (the article's file as read, the templates and the site
@@ -1267,6 +1267,9 @@ mod tests {
         assert_eq!(out, "a U b bantin-MARKER.x PPU");
         assert_eq!(at, vec![2, 22, 24]);
         assert_eq!(p.put_in("no marker: ạ"), "no marker: ạ");
+        for marker in [UNSUBSCRIBE_MARKER, PREFERENCES_MARKER] {
+            assert!(marker.starts_with(MARKER_PREFIX));
+        }
     }
 
     /// A subscriber following two categories.
