@@ -18,11 +18,16 @@ use common::{
 /// mail the server does not answer times out after a second; connecting keeps its usual
 /// patience (a busy test machine must not look like a relay that refuses us).
 fn mail_site(smtp: std::net::SocketAddr, daily: &str) -> Site {
+    mail_site_timing_out_after(smtp, daily, 1)
+}
+
+/// [`mail_site`] with an SMTP DATA timeout of `data_secs`.
+fn mail_site_timing_out_after(smtp: std::net::SocketAddr, daily: &str, data_secs: u64) -> Site {
     let site = Site::with_config(&format!(
         "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
          [mail]\nalert_delay_secs = 0\nalert_max_age_days = 3650\nfrom = \"HĐND quận Cầu Giấy <bantin@hdnd.test>\"\ntransport = \"smtp\"\n\
          retry_initial_ms = 60000\nretry_max_ms = 600000\nconcurrency = 2\n\
-         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ndata_timeout_secs = 1\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ndata_timeout_secs = {data_secs}\n\
          [digest]\ndaily = \"{daily}\"\nweekly = \"0 0 0 1 1 * 2099\"\n",
         smtp.port()
     ));
@@ -209,12 +214,14 @@ fn a_dropped_connection_is_retried_with_the_same_message_id() {
 #[test]
 fn a_hanging_server_times_out_and_the_pool_keeps_working() {
     let smtp = SmtpServer::with_script(|n, _| if n == 0 { Action::Hang } else { Action::Accept });
-    let site = mail_site(smtp.addr, "0 0 0 1 1 * 2099");
+    // The good mails share the DATA timeout with the hung one: 1 s was once too short for
+    // them on a loaded machine (retried, so only one was accepted before the clock moved).
+    let site = mail_site_timing_out_after(smtp.addr, "0 0 0 1 1 * 2099", 5);
     for who in ["a", "b"] {
         add_confirmed(&site, &format!("{who}@x.vn"), "immediate");
     }
     let daemon = one_alert(&site);
-    // The hung mail times out (1 s of SMTP timeout) and waits for its retry; the others go.
+    // The hung mail times out (5 s of SMTP timeout) and waits for its retry; the others go.
     wait_mails(&smtp, 2);
     wait_for("the retry planned", PATIENCE, || {
         daemon.metric("bantin_mail_retries_total") == Some(1.0)
