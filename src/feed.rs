@@ -498,7 +498,17 @@ struct JsonFeed<'a> {
     description: &'a str,
     language: &'a str,
     authors: Vec<JsonAuthor<'a>>,
+    /// The WebSub hub, for readers that subscribe in real time (JSON Feed 1.1 `hubs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hubs: Vec<JsonHub<'a>>,
     items: Vec<JsonItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonHub<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    url: &'a str,
 }
 
 #[derive(Serialize)]
@@ -520,7 +530,7 @@ struct JsonItem<'a> {
 }
 
 /// JSON Feed 1.1.
-pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
+pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], hub: Option<&str>) -> String {
     let feed = JsonFeed {
         version: "https://jsonfeed.org/version/1.1",
         title: &def.title,
@@ -529,6 +539,13 @@ pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>]) -> String {
         description: &def.description,
         language: &site.language,
         authors: vec![JsonAuthor { name: &site.title }],
+        hubs: hub
+            .map(|url| JsonHub {
+                kind: "WebSub",
+                url,
+            })
+            .into_iter()
+            .collect(),
         items: items
             .iter()
             .map(|item| JsonItem {

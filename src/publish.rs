@@ -235,7 +235,7 @@ impl Publisher {
                     &items,
                     &self.feed_links(model, def, Ext::Atom),
                 ),
-                feed::json(def, &self.site, &items),
+                feed::json(def, &self.site, &items, self.websub_hub.as_deref()),
                 self.calendar(&def.title, &events),
                 self.render_feed_page(model, def, &entries, !events.is_empty())
                     .unwrap_or_else(|e| {

@@ -44,6 +44,7 @@ pub async fn notifier(
             let topics = [
                 format!("{base}/feeds/{name}.atom"),
                 format!("{base}/feeds/{name}.rss"),
+                format!("{base}/feeds/{name}.json"),
             ];
             match publish(&hub, &topics).await {
                 Ok(()) => {

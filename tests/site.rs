@@ -299,6 +299,13 @@ fn the_websub_hub_is_told_once_per_changed_feed_and_again_after_a_failure() {
     assert!(atom.contains("rel=\"self\""), "{atom}");
     let rss = daemon.get("/feeds/tat-ca.rss").text();
     assert!(rss.contains("rel=\"hub\""), "{rss}");
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.get("/feeds/tat-ca.json").text()).unwrap();
+    assert_eq!(
+        json["hubs"],
+        serde_json::json!([{ "type": "WebSub", "url": hub }]),
+        "{json}"
+    );
     // Nothing changed yet: the hub hears nothing at start.
     assert!(seen.lock().unwrap().is_empty());
 
@@ -318,7 +325,9 @@ fn the_websub_hub_is_told_once_per_changed_feed_and_again_after_a_failure() {
     for (_, body) in &got {
         assert!(body.starts_with("hub.mode=publish&"), "{body}");
         assert!(
-            body.contains(&topic("tat-ca", "atom")) && body.contains(&topic("tat-ca", "rss")),
+            ["atom", "rss", "json"]
+                .iter()
+                .all(|ext| body.contains(&topic("tat-ca", ext))),
             "{body}"
         );
         assert!(!body.contains("tin-tuc"), "{body}");
