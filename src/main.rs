@@ -136,10 +136,16 @@ fn main() -> ExitCode {
     // many small allocations from the runtime's threads left the daemon's memory at three
     // times what it used (171 MiB against 55 MiB over 200,000 mails in benches/state.py):
     // two arenas keep it near what is in use. Before any thread starts.
+    // Blocks of 128 KiB and more always come from their own mappings (glibc's default, which
+    // it otherwise raises after the first such block is freed): the search index's word
+    // lists then grow in place (mremap) instead of being copied within the heap, where the
+    // old copies stayed resident. At 100,000 articles the peak while it is built fell from
+    // 267-271 MiB to 247 MiB, the build's time unchanged.
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight.
+    // SAFETY: mallopt only sets allocator parameters; no allocation is in flight.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let cli = Cli::parse();
     init_logging();
