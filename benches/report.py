@@ -38,67 +38,17 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mail import REPO, free_port, metric, start_sink, vm, wait_port, wait_started, write_config  # noqa: E402
+from mail import (REPO, free_port, mail_site, metric, publish, start_daemon, start_sink,  # noqa: E402
+                  stop, vm, wait_port, wait_started)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SEED = os.path.join(REPO, "articles", "000_5a7074c8138324ae.txt")
 
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def alert_text():
-    with open(SEED, encoding="utf-8") as f:
-        return f.read().replace("14/02/2020", "20/11/2026")
-
-
-def publish(articles_dir, name="tin-moi.txt"):
-    temp = os.path.join(os.path.dirname(articles_dir), "incoming.txt")
-    with open(temp, "w", encoding="utf-8") as f:
-        f.write(alert_text())
-    t0 = time.perf_counter()
-    os.rename(temp, os.path.join(articles_dir, name))
-    return t0
-
-
-def start_daemon(binary, config, work, env_log=os.environ.get("BANTIN_LOG", "warn")):
-    logf = open(os.path.join(work, "bantin.log"), "a")
-    return subprocess.Popen([binary, "--config", config, "run"], stderr=logf, stdout=logf,
-                            env={**os.environ, "BANTIN_LOG": env_log})
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # -- fan-out ---------------------------------------------------------------------------------
-
-def mail_site(binary, work, smtp_port, sessions, emails):
-    """A fresh site in `work` with the seed article, mailing through 127.0.0.1:`smtp_port`,
-    with `emails` subscribed to alerts; returns (config, HTTP port, metrics port)."""
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "articles"))
-    http_port, metrics_port = free_port(), free_port()
-    config = write_config(work, http_port, metrics_port, smtp_port, sessions,
-                          f"http://127.0.0.1:{http_port}",
-                          extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
-                                f'[store]\ndir = "{work}/articles"\n')
-    shutil.copy(SEED, os.path.join(work, "articles"))
-    csv = os.path.join(work, "subscribers.csv")
-    with open(csv, "w") as f:
-        f.write("email,schedule,categories\n")
-        for email in emails:
-            f.write(f"{email},immediate,\n")
-    subprocess.run([binary, "--config", config, "subscribers", "import", csv, "--confirmed"],
-                   check=True, stdout=subprocess.DEVNULL)
-    return config, http_port, metrics_port
-
 
 def fanout_once(binary, work, n, sessions, sink_port):
     config, http_port, metrics_port = mail_site(
