@@ -16,6 +16,11 @@ use crate::library::Fnv;
 pub const FILE: &str = ".manifest";
 const HEADER: &str = "bantin-manifest 1";
 
+/// The first line of a manifest made for `generation`.
+fn header(generation: u64) -> String {
+    format!("{HEADER} {generation:016x}")
+}
+
 /// Fingerprints by article id (pages) and by path (lists, archive documents).
 #[derive(Debug, Default, Clone)]
 pub struct Manifest {
@@ -41,7 +46,7 @@ impl Manifest {
             return empty;
         };
         let mut lines = text.lines();
-        if lines.next() != Some(&format!("{HEADER} {generation:016x}")) {
+        if lines.next() != Some(&header(generation)) {
             return empty;
         }
         let mut m = empty.clone();
@@ -72,14 +77,14 @@ impl Manifest {
         };
         let mut first = String::new();
         std::io::BufReader::new(file).read_line(&mut first).is_ok()
-            && first.trim_end() == format!("{HEADER} {generation:016x}")
+            && first.trim_end() == header(generation)
     }
 
     /// Writes the manifest (atomically, private to nobody: it holds only what the site shows).
     pub fn save(&self, out: &Path) -> std::io::Result<()> {
         use std::fmt::Write;
         let mut text = String::with_capacity(40 * (self.pages.len() + self.docs.len()) + 64);
-        let _ = writeln!(text, "{HEADER} {:016x}", self.generation);
+        let _ = writeln!(text, "{}", header(self.generation));
         let mut pages: Vec<_> = self.pages.iter().collect();
         pages.sort();
         for (id, print) in pages {

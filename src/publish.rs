@@ -71,13 +71,8 @@ pub struct Built {
     pub library: Library,
     pub report: BuildReport,
     pub feeds: Vec<RenderedFeed>,
-    pub index: String,
-    /// Every event's calendar, and the time of its latest edit.
-    pub calendar: (String, Option<DateTime<FixedOffset>>),
     /// What every page was rendered from.
     pub manifest: crate::manifest::Manifest,
-    /// The 404 page, the OPML list, the script: (name, media type, body).
-    pub fixed: Vec<(&'static str, &'static str, String)>,
 }
 
 /// What a build shows first, before the article pages.
@@ -373,8 +368,12 @@ impl Publisher {
         Ok(())
     }
 
+    pub fn index_path(&self) -> PathBuf {
+        self.out.join("index.html")
+    }
+
     pub fn write_index(&self, html: &str) -> std::io::Result<()> {
-        output::write_atomic(&self.out.join("index.html"), html.as_bytes()).map(|_| ())
+        output::write_atomic(&self.index_path(), html.as_bytes()).map(|_| ())
     }
 
     /// Renders and writes one article's page with its navigation, and its event's calendar.
@@ -664,10 +663,7 @@ impl Publisher {
             library,
             report,
             feeds: rendered,
-            index,
-            calendar,
             manifest,
-            fixed,
         })
     }
 

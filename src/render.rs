@@ -54,6 +54,15 @@ pub const FIXED: [(&str, &str); 3] = [
     (NOT_FOUND_FILE, "text/html; charset=utf-8"),
 ];
 
+/// The media type of one of the [`FIXED`] files.
+fn fixed_media(name: &str) -> &'static str {
+    FIXED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, media)| *media)
+        .expect("one of the fixed files")
+}
+
 /// One article in a list.
 #[derive(Debug, Serialize)]
 pub struct Listed {
@@ -526,12 +535,12 @@ impl Publisher {
     /// 404 page, if any (the others are still made).
     pub fn render_fixed(&self) -> (Vec<(&'static str, &'static str, String)>, Option<String>) {
         let mut fixed = vec![
-            (OPML_FILE, FIXED[0].1, self.render_opml()),
-            (SCRIPT_FILE, FIXED[1].1, SITE_JS.to_owned()),
+            (OPML_FILE, fixed_media(OPML_FILE), self.render_opml()),
+            (SCRIPT_FILE, fixed_media(SCRIPT_FILE), SITE_JS.to_owned()),
         ];
         match self.render_not_found() {
             Ok(html) => {
-                fixed.push((NOT_FOUND_FILE, FIXED[2].1, html));
+                fixed.push((NOT_FOUND_FILE, fixed_media(NOT_FOUND_FILE), html));
                 (fixed, None)
             }
             Err(e) => (fixed, Some(e)),

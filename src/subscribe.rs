@@ -742,7 +742,8 @@ async fn preferences(
 mod tests {
     use super::*;
 
-    /// The subscription routes on a real state database, with the categories `known`.
+    /// The subscription routes on a real state database in `dir`, with the shared list of
+    /// categories (not read yet) to set, the outbox and the links.
     fn routes(
         dir: &std::path::Path,
     ) -> (Router, crate::subscriber::KnownCategories, Outbox, Links) {

@@ -26,10 +26,20 @@ pub enum Signal {
     Rescan,
 }
 
+/// Whether an event says nothing of the store's content: a file opened, read or closed
+/// without writing (only a close after writing settles a file).
+fn says_nothing(event: &Event) -> bool {
+    !event.need_rescan()
+        && matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+}
+
 /// Turns one `notify` event into signals.
 pub fn classify(event: &Event) -> Vec<Signal> {
     if event.need_rescan() {
         return vec![Signal::Rescan];
+    }
+    if says_nothing(event) {
+        return Vec::new();
     }
     let settled = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -39,6 +49,7 @@ pub fn classify(event: &Event) -> Vec<Signal> {
             return vec![Signal::Rescan];
         }
         EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => false,
+        // Taken by `says_nothing` above.
         EventKind::Access(_) => return Vec::new(),
         EventKind::Any | EventKind::Other => return vec![Signal::Rescan],
     };
@@ -120,11 +131,10 @@ impl StoreWatch {
         // add a watch for every folder there, and publish what it holds.
         let config = notify::Config::default().with_follow_symlinks(false);
         // The watch also reports every opening of a file, bantin's own reads of the store
-        // included: 100,000 of them at a start, queued while the store is read. They say
-        // nothing (a write is seen by its own events), so they stop here.
+        // included: 100,000 of them at a start, queued while the store is read. What says
+        // nothing stops here, by the rule `classify` follows.
         let sink = move |event: notify::Result<Event>| {
-            if !matches!(&event, Ok(e) if matches!(e.kind, EventKind::Access(AccessKind::Open(_))))
-            {
+            if !matches!(&event, Ok(e) if says_nothing(e)) {
                 sink(event);
             }
         };

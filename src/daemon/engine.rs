@@ -1057,7 +1057,6 @@ impl Unwritten {
 const UNWRITTEN_FIRST: Duration = Duration::from_secs(1);
 const UNWRITTEN_MAX: Duration = Duration::from_secs(60);
 
-/// The served form of the site's calendar; `Last-Modified` from its latest event edit.
 /// What the HTTP side serves from memory, read back from the output a clean stop left for
 /// the same configuration (its manifest says so): served at once on a restart while the
 /// engine checks the store. `None` when anything is missing.
@@ -1074,14 +1073,14 @@ pub fn snapshot_from_disk(publisher: &Publisher) -> Option<Snapshot> {
     let mut snapshot = Snapshot::default();
     for feed in &publisher.feeds {
         for (ext, media) in FORMATS {
-            let file = format!("{}.{ext}", feed.name);
-            let (body, at) = read(&out.join("feeds").join(&file))?;
-            snapshot
-                .feeds
-                .insert(file, Arc::new(Served::feed(body, media, at)));
+            let (body, at) = read(&publisher.feed_path(&feed.name, ext))?;
+            snapshot.feeds.insert(
+                format!("{}.{ext}", feed.name),
+                Arc::new(Served::feed(body, media, at)),
+            );
         }
     }
-    let (body, at) = read(&out.join("index.html"))?;
+    let (body, at) = read(&publisher.index_path())?;
     snapshot.index = Some(Arc::new(Served::index(body, at)));
     let (body, at) = read(&out.join(crate::publish::CALENDAR_FILE))?;
     snapshot.calendar = Some(Arc::new(Served::feed(
@@ -1144,6 +1143,7 @@ fn front_snapshot(front: &crate::publish::Front<'_>, now: DateTime<FixedOffset>)
     snapshot
 }
 
+/// The served form of the site's calendar; `Last-Modified` from its latest event edit.
 fn calendar_served((ics, modified): (String, Option<DateTime<FixedOffset>>)) -> Arc<Served> {
     Arc::new(Served::feed(
         ics.into_bytes(),

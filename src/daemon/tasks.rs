@@ -414,16 +414,22 @@ pub fn admin_socket(
                 let reply = match serde_json::from_str::<crate::admin::Request>(&line) {
                     Ok(request) => tokio::task::spawn_blocking(move || {
                         let wake = || outbox.wake.notify_one();
+                        let from_disk = std::sync::OnceLock::new();
                         let ctx = crate::admin::Context {
                             store: &outbox.store,
                             clock: &outbox.clock,
                             pause: outbox.paused(),
                             // Before the engine has read the store, read from disk as the
-                            // commands without the daemon do.
+                            // commands without the daemon do (once per request: it walks
+                            // the store).
                             categories: &|| {
                                 let known = categories.read().expect("categories").clone();
                                 known.unwrap_or_else(|| {
-                                    crate::publish::read_known_categories(&config)
+                                    from_disk
+                                        .get_or_init(|| {
+                                            crate::publish::read_known_categories(&config)
+                                        })
+                                        .clone()
                                 })
                             },
                             signer: Some(signer),
