@@ -144,13 +144,14 @@ impl Outbox {
     /// cache (publishing replaces what changed there: a fan-out reads no file) or the store.
     /// `None` when it cannot be read (it went, or broke).
     pub fn article(&self, id: &str) -> Option<(Arc<Article>, Entry)> {
-        if let Some((stamp, article)) = self.articles.get_any(id) {
+        let cached = self.articles.get_any(id);
+        if let Some((stamp, article)) = &cached {
             let entries = self.entries.lock().expect("entries");
             if let Some((_, _, entry)) = entries
                 .iter()
-                .find(|(s, a, _)| *s == stamp && Arc::ptr_eq(a, &article))
+                .find(|(s, a, _)| s == stamp && Arc::ptr_eq(a, article))
             {
-                return Some((article, entry.clone()));
+                return Some((article.clone(), entry.clone()));
             }
         }
         // The file's own name: it may differ from the id (a name typed in NFD).
@@ -159,7 +160,7 @@ impl Outbox {
             _ => format!("{id}.txt"),
         };
         let path = self.reader.root.join(&file);
-        let (stamp, article) = match self.articles.get_any(id) {
+        let (stamp, article) = match cached {
             Some(cached) => cached,
             None => {
                 let stamp = std::fs::metadata(&path)

@@ -524,7 +524,7 @@ impl SmtpPool {
         step(
             self.timeouts.data_end,
             Phase::DataEnd,
-            conn.command(Raw(stuffed(bytes))),
+            conn.command(Stuffed(&as_text(bytes))),
         )
         .await?;
         Ok(())
@@ -540,26 +540,33 @@ impl std::fmt::Display for Raw {
     }
 }
 
-/// `message` as DATA sends it (RFC 5321 section 4.5.2): every line ended by CRLF, a dot that
-/// starts a line doubled, and the final `.` line.
-fn stuffed(message: &[u8]) -> String {
-    // A composed message is UTF-8; checking that is much cheaper than the lossy conversion.
-    let text = match std::str::from_utf8(message) {
+/// A composed message as text: it is UTF-8, which is much cheaper to check than to convert
+/// lossily (the fallback).
+fn as_text(message: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(message) {
         Ok(text) => std::borrow::Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(message),
-    };
-    let mut out = String::with_capacity(text.len() + 64);
-    for line in text.split_inclusive('\n') {
-        let line = line.strip_suffix('\n').unwrap_or(line);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with('.') {
-            out.push('.');
-        }
-        out.push_str(line);
-        out.push_str("\r\n");
     }
-    out.push_str(".\r\n");
-    out
+}
+
+/// A message as DATA sends it (RFC 5321 section 4.5.2): every line ended by CRLF, a dot that
+/// starts a line doubled, and the final `.` line. Written straight into the command lettre
+/// sends, without a stuffed copy first.
+struct Stuffed<'a>(&'a str);
+
+impl std::fmt::Display for Stuffed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for line in self.0.split_inclusive('\n') {
+            let line = line.strip_suffix('\n').unwrap_or(line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.starts_with('.') {
+                f.write_str(".")?;
+            }
+            f.write_str(line)?;
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
 }
 
 /// How one exchange ended, when it did not deliver.
@@ -645,6 +652,10 @@ mod tests {
             SendError::Failed(_) => "failed",
             SendError::NeedsSevenBit => "7bit",
         }
+    }
+
+    fn stuffed(message: &[u8]) -> String {
+        Stuffed(&as_text(message)).to_string()
     }
 
     #[test]
