@@ -86,7 +86,10 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
 }
 
 fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
-    let results = state.search.search(query, page);
+    let results = state
+        .search
+        .search(query, page)
+        .map_err(|e| e.to_string())?;
     let site = state.site.read().expect("site lock").clone();
     let hits: Vec<ResultCtx> = results
         .hits

@@ -260,7 +260,7 @@ impl Engine {
             .name("search-index".into())
             .spawn(move || {
                 let started = Instant::now();
-                let mut index = crate::search::Index::default();
+                let mut index = search.new_index();
                 for entry in entries {
                     let article = match publisher.reader.body(&publisher.articles, &entry) {
                         Ok(a) => a,
@@ -273,7 +273,7 @@ impl Engine {
                 }
                 // Measured as kept: without the room its lists grew into.
                 index.shrink();
-                let (docs, bytes) = (index.len(), index.heap_bytes());
+                let (docs, bytes, disk) = (index.len(), index.heap_bytes(), index.disk_bytes());
                 if !search.finish_build(ticket, index) {
                     return; // a reload started a newer one
                 }
@@ -287,6 +287,7 @@ impl Engine {
                 tracing::info!(
                     articles = docs,
                     mib = bytes / (1 << 20),
+                    file_mib = disk >> 20,
                     "search index built in {:.1?}",
                     started.elapsed()
                 );
