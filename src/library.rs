@@ -168,7 +168,7 @@ pub enum Change {
 }
 
 impl Library {
-    pub fn from_entries(entries: impl IntoIterator<Item = Entry>) -> Self {
+    pub fn from_entries(entries: impl IntoIterator<Item = impl Into<Arc<Entry>>>) -> Self {
         let mut library = Library::default();
         for entry in entries {
             library.upsert(entry);
@@ -271,8 +271,8 @@ impl Library {
     }
 
     /// Adds or replaces an entry; `None` when nothing changed.
-    pub fn upsert(&mut self, entry: Entry) -> Option<Change> {
-        let new = Arc::new(entry);
+    pub fn upsert(&mut self, entry: impl Into<Arc<Entry>>) -> Option<Change> {
+        let new = entry.into();
         let old = self.by_id.insert(new.id.clone(), new.clone());
         if let Some(old) = &old {
             if **old == *new {

@@ -502,6 +502,8 @@ impl Publisher {
                     .insert(found.id.clone(), Arc::new(article));
             }
         });
+        // What the walk found is not needed again; a large store's list is tens of MB.
+        drop(files);
         let kept = kept.map(|k| k.into_inner().expect("kept bodies"));
         progress.fetch_add(errors.len(), Ordering::Relaxed);
         let library = Library::from_entries(entries);

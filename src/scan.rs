@@ -283,17 +283,19 @@ impl StoreReader {
 
     /// Reads many files on every core; `each` is given every good article (in any order,
     /// from any thread) to keep or drop. Returns the entries and the errors, each sorted by path.
-    pub fn read_all<F>(&self, files: &[Found], each: F) -> (Vec<Entry>, Vec<ArticleError>)
+    pub fn read_all<F>(&self, files: &[Found], each: F) -> (Vec<Arc<Entry>>, Vec<ArticleError>)
     where
         F: Fn(&Found, Article) + Sync,
     {
-        let results: Vec<Result<Entry, ArticleError>> = files
+        // Shared entries and boxed errors: the results of a large store are not held twice
+        // at their full size while they are sorted out.
+        let results: Vec<Result<Arc<Entry>, Box<ArticleError>>> = files
             .par_iter()
             .map(|found| {
                 let article = self.read(found)?;
                 let entry = self.entry(found, &article);
                 each(found, article);
-                Ok(entry)
+                Ok(Arc::new(entry))
             })
             .collect();
         let mut entries = Vec::with_capacity(results.len());
@@ -301,7 +303,7 @@ impl StoreReader {
         for r in results {
             match r {
                 Ok(e) => entries.push(e),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(*e),
             }
         }
         (entries, errors)
