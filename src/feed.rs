@@ -601,7 +601,7 @@ mod tests {
 
     fn body(e: &Entry) -> Article {
         Article {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             category: e.category.clone(),
             title: e.title.clone(),
             published: e.published,

@@ -15,7 +15,7 @@ use crate::article::{Article, When};
 /// What the library keeps of one article.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub id: String,
+    pub id: Arc<str>,
     pub category: String,
     pub title: String,
     pub published: DateTime<FixedOffset>,
@@ -59,7 +59,7 @@ impl Entry {
             article.published
         };
         Entry {
-            id: article.id.clone(),
+            id: article.id.as_str().into(),
             category: article.category.clone(),
             title: article.title.clone(),
             published: article.published,
@@ -99,7 +99,7 @@ impl Entry {
     /// category, author, dates, whether it is an event.
     pub fn with_sig(mut self) -> Self {
         let mut h = Fnv::default();
-        for text in [&self.id, &self.title, &self.category] {
+        for text in [&*self.id, self.title.as_str(), self.category.as_str()] {
             h.bytes(text.as_bytes());
             h.bytes(&[0xff]);
         }
@@ -143,7 +143,7 @@ impl Fnv {
 }
 
 /// Sort key: newest first, ties by id.
-type Key = (Reverse<i64>, String);
+type Key = (Reverse<i64>, Arc<str>);
 
 fn key_of(entry: &Entry) -> Key {
     (Reverse(entry.published.timestamp()), entry.id.clone())
@@ -153,7 +153,7 @@ fn key_of(entry: &Entry) -> Key {
 #[derive(Debug, Default, Clone)]
 pub struct Library {
     ordered: BTreeMap<Key, Arc<Entry>>,
-    by_id: HashMap<String, Arc<Entry>>,
+    by_id: HashMap<Arc<str>, Arc<Entry>>,
     by_category: HashMap<String, BTreeSet<Key>>,
     /// Articles that announce an event, for the calendars.
     events: BTreeSet<Key>,
@@ -195,7 +195,7 @@ impl Library {
 
     /// Published entries at `now`, newest first.
     pub fn visible(&self, now: DateTime<FixedOffset>) -> impl Iterator<Item = &Arc<Entry>> {
-        let start: Key = (Reverse(now.timestamp()), String::new());
+        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
         self.ordered.range(start..).map(|(_, e)| e)
     }
 
@@ -209,7 +209,7 @@ impl Library {
         if categories.is_empty() {
             return self.visible(now).take(limit).cloned().collect();
         }
-        let start: Key = (Reverse(now.timestamp()), String::new());
+        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
         let mut keys: Vec<&Key> = Vec::new();
         for category in categories {
             if let Some(set) = self.by_category.get(category) {
@@ -227,7 +227,7 @@ impl Library {
     /// Published events of one of `categories` (every category when empty), newest article
     /// first.
     pub fn events_in(&self, categories: &[String], now: DateTime<FixedOffset>) -> Vec<Arc<Entry>> {
-        let start: Key = (Reverse(now.timestamp()), String::new());
+        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
         self.events
             .range(start..)
             .filter_map(|k| self.ordered.get(k))
@@ -238,7 +238,7 @@ impl Library {
 
     /// Whether any published article is an event.
     pub fn has_events(&self, now: DateTime<FixedOffset>) -> bool {
-        let start: Key = (Reverse(now.timestamp()), String::new());
+        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
         self.events.range(start..).next().is_some()
     }
 
@@ -256,13 +256,13 @@ impl Library {
 
     /// How many articles are scheduled after `now` (walks only those).
     pub fn scheduled(&self, now: DateTime<FixedOffset>) -> usize {
-        let end: Key = (Reverse(now.timestamp()), String::new());
+        let end: Key = (Reverse(now.timestamp()), Arc::from(""));
         self.ordered.range(..end).count()
     }
 
     /// The earliest publication time after `now`, when an article is scheduled.
     pub fn next_due(&self, now: DateTime<FixedOffset>) -> Option<DateTime<FixedOffset>> {
-        let end: Key = (Reverse(now.timestamp()), String::new());
+        let end: Key = (Reverse(now.timestamp()), Arc::from(""));
         self.ordered
             .range(..end)
             .next_back()
@@ -339,7 +339,7 @@ mod tests {
     }
 
     fn ids(entries: &[Arc<Entry>]) -> Vec<&str> {
-        entries.iter().map(|e| e.id.as_str()).collect()
+        entries.iter().map(|e| e.id.as_ref()).collect()
     }
 
     #[test]

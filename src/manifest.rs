@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::library::Fnv;
 
@@ -26,7 +27,7 @@ fn header(generation: u64) -> String {
 pub struct Manifest {
     /// What everything depends on: templates, site settings, feed definitions.
     pub generation: u64,
-    pub pages: HashMap<String, u64>,
+    pub pages: HashMap<Arc<str>, u64>,
     pub docs: HashMap<String, u64>,
 }
 
@@ -60,7 +61,7 @@ impl Manifest {
                 return empty;
             };
             match kind {
-                "p" => m.pages.insert(key.to_owned(), print),
+                "p" => m.pages.insert(key.into(), print),
                 "d" => m.docs.insert(key.to_owned(), print),
                 _ => return empty,
             };

@@ -290,7 +290,7 @@ impl<'l> Model<'l> {
 
 /// The library's order, oldest first: by time, ties by id descending.
 fn order_key(e: &Entry) -> (i64, std::cmp::Reverse<&str>) {
-    (e.published.timestamp(), std::cmp::Reverse(e.id.as_str()))
+    (e.published.timestamp(), std::cmp::Reverse(&*e.id))
 }
 
 /// How many list pages `len` articles make (at least one: an empty category has none to
@@ -390,13 +390,13 @@ mod tests {
             .collect();
         let lib = Library::from_entries(entries.clone());
         let m = Model::new(&lib, now(), &[]);
-        assert_eq!(m.all.first().unwrap().id, "a01");
+        assert_eq!(m.all.first().unwrap().id.as_ref(), "a01");
         let list = &m.by_category["A"];
         assert_eq!(chunk(list, 1, PAGE_SIZE).len(), 20);
         assert_eq!(chunk(list, 2, PAGE_SIZE).len(), 5);
         let (older, newer) = m.neighbours(&entries[4]);
         assert_eq!(
-            (older.unwrap().id.as_str(), newer.unwrap().id.as_str()),
+            (older.unwrap().id.as_ref(), newer.unwrap().id.as_ref()),
             ("a04", "a06")
         );
         let before: HashMap<Doc, u64> = m.docs().into_iter().collect();
@@ -424,12 +424,12 @@ mod tests {
         // Its older neighbour gains a newer one; a removed article's neighbours are found
         // around where it was.
         let a26 = lib2.get("a26").unwrap();
-        assert_eq!(m2.neighbours(a26).0.unwrap().id, "a25");
-        assert_eq!(m.neighbours(a26).0.unwrap().id, "a25");
+        assert_eq!(m2.neighbours(a26).0.unwrap().id.as_ref(), "a25");
+        assert_eq!(m.neighbours(a26).0.unwrap().id.as_ref(), "a25");
         assert!(m.neighbours(a26).1.is_none());
         let (o, n) = m.neighbours(&entries[9]);
         assert_eq!(
-            (o.unwrap().id.as_str(), n.unwrap().id.as_str()),
+            (o.unwrap().id.as_ref(), n.unwrap().id.as_ref()),
             ("a09", "a11")
         );
     }

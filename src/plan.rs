@@ -57,14 +57,14 @@ pub fn republish(
                     out.touched.insert(new.category.clone());
                     out.pages.push(new.clone());
                 } else if visible(old) {
-                    out.gone.push(old.id.clone());
+                    out.gone.push(old.id.to_string());
                 }
             }
             Change::Removed(old) => {
-                out.forget.push(old.id.clone());
+                out.forget.push(old.id.to_string());
                 if visible(old) {
                     out.touched.insert(old.category.clone());
-                    out.gone.push(old.id.clone());
+                    out.gone.push(old.id.to_string());
                 }
             }
         }
@@ -77,7 +77,7 @@ pub fn republish(
         .collect();
     for entry in due {
         out.touched.insert(entry.category.clone());
-        out.due.push(entry.id.clone());
+        out.due.push(entry.id.to_string());
         out.pages.push(entry);
     }
     out
@@ -186,7 +186,7 @@ mod tests {
             ["A", "B", "D"],
             "the future article touches nothing"
         );
-        let pages: Vec<&str> = r.pages.iter().map(|e| e.id.as_str()).collect();
+        let pages: Vec<&str> = r.pages.iter().map(|e| e.id.as_ref()).collect();
         assert_eq!(pages, ["cu", "den-gio"]);
         assert_eq!(r.due, ["den-gio"]);
         assert_eq!(r.gone, ["xoa"]);

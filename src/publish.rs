@@ -160,7 +160,7 @@ impl Publisher {
 
     /// Bodies of `entries`, from the cache or read again from the store. An article that can
     /// no longer be read is left out (its excerpt stands in).
-    fn bodies_of(&self, entries: &[Arc<Entry>]) -> HashMap<String, Arc<Article>> {
+    fn bodies_of(&self, entries: &[Arc<Entry>]) -> HashMap<Arc<str>, Arc<Article>> {
         let mut out = HashMap::new();
         let mut missing = Vec::new();
         for e in entries {
@@ -181,7 +181,7 @@ impl Publisher {
             })
             .collect();
         for (stamp, a) in read {
-            out.insert(a.id.clone(), a.clone());
+            out.insert(a.id.as_str().into(), a.clone());
             self.articles.insert(stamp, a);
         }
         out
@@ -212,7 +212,7 @@ impl Publisher {
             .iter()
             .map(|e| Item {
                 entry: e,
-                body: bodies.get(&e.id).map(|a| &**a),
+                body: bodies.get(&*e.id).map(|a| &**a),
             })
             .collect();
         RenderedFeed {
@@ -240,7 +240,7 @@ impl Publisher {
             ],
             last_modified: feed::last_modified(&items),
             calendar_modified: events.iter().map(|e| e.updated).max(),
-            ids: entries.iter().map(|e| e.id.clone()).collect(),
+            ids: entries.iter().map(|e| e.id.to_string()).collect(),
         }
     }
 
@@ -320,7 +320,7 @@ impl Publisher {
         let listed: Vec<crate::render::Listed> = latest
             .iter()
             .map(|e| {
-                let excerpt = bodies.get(&e.id).map(|a| a.excerpt()).unwrap_or_default();
+                let excerpt = bodies.get(&*e.id).map(|a| a.excerpt()).unwrap_or_default();
                 self.listed(model, e, Some(excerpt))
             })
             .collect();
@@ -549,7 +549,7 @@ impl Publisher {
         let generation = self.generation();
         let previous = crate::manifest::Manifest::load(&self.out, generation);
         crate::manifest::Manifest::remove(&self.out);
-        let prints: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
+        let prints: Mutex<HashMap<Arc<str>, u64>> = Mutex::new(HashMap::new());
         // A first build fills a staging folder and moves it into place at the end: the pages
         // appear all at once, and each needs no rename of its own.
         let pages_dir = self.out.join("articles");
@@ -574,7 +574,7 @@ impl Publisher {
                     .insert(entry.id.clone(), print);
                 return;
             }
-            let read = match kept.as_ref().and_then(|k| k.get(&entry.id)) {
+            let read = match kept.as_ref().and_then(|k| k.get(&*entry.id)) {
                 Some(a) => Ok(a.clone()),
                 None => self.reader.body(&self.articles, entry),
             };
@@ -750,7 +750,7 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
     );
     let mut problems = Vec::new();
     let listed = crate::render::Listed {
-        id: entry.id.clone(),
+        id: entry.id.to_string(),
         title: entry.title.clone(),
         category: entry.category.clone(),
         category_url: format!("{}/categories/mau.html", site.base_url),

@@ -147,7 +147,7 @@ impl Publisher {
 
     pub fn listed(&self, model: &Model<'_>, e: &Entry, excerpt: Option<String>) -> Listed {
         Listed {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             title: e.title.clone(),
             category: e.category.clone(),
             category_url: self.category_url(model, &e.category),

@@ -253,7 +253,7 @@ impl StoreReader {
         Found {
             file: entry.file.clone(),
             path: self.root.join(&entry.file),
-            id: entry.id.clone(),
+            id: entry.id.to_string(),
             stamp: entry.stamp,
         }
     }

@@ -300,14 +300,13 @@ impl Index {
             t.last_doc = doc;
             self.pending += t.postings.len() - before;
         }
-        let hash = self.hasher.hash_one(entry.id.as_str());
+        let hash = self.hasher.hash_one(&*entry.id);
         self.meta.push((title_len, entry.published.timestamp()));
         self.live.push(true);
         self.docs.push(entry);
         let (docs, hasher) = (&self.docs, &self.hasher);
-        self.by_id.insert_unique(hash, doc, |&d| {
-            hasher.hash_one(docs[d as usize].id.as_str())
-        });
+        self.by_id
+            .insert_unique(hash, doc, |&d| hasher.hash_one(&*docs[d as usize].id));
         if self
             .spill
             .as_ref()
@@ -386,7 +385,10 @@ impl Index {
     pub fn remove(&mut self, id: &str) {
         let hash = self.hasher.hash_one(id);
         let docs = &self.docs;
-        if let Ok(found) = self.by_id.find_entry(hash, |&d| docs[d as usize].id == id) {
+        if let Ok(found) = self
+            .by_id
+            .find_entry(hash, |&d| &*docs[d as usize].id == id)
+        {
             let (doc, _) = found.remove();
             self.live[doc as usize] = false;
             self.dead += 1;
@@ -956,7 +958,7 @@ mod tests {
     }
 
     fn ids(r: &Results) -> Vec<&str> {
-        r.hits.iter().map(|e| e.id.as_str()).collect()
+        r.hits.iter().map(|e| e.id.as_ref()).collect()
     }
 
     #[test]
@@ -1030,7 +1032,7 @@ mod tests {
         assert!(idx.search("giam sat", 4).unwrap().hits.is_empty());
         let all: std::collections::HashSet<String> = (1..=3)
             .flat_map(|p| idx.search("giam sat", p).unwrap().hits)
-            .map(|e| e.id.clone())
+            .map(|e| e.id.to_string())
             .collect();
         assert_eq!(all.len(), 25);
     }

@@ -626,8 +626,8 @@ impl Engine {
         let gone: Vec<String> = self
             .library
             .iter()
-            .filter(|e| !present.contains(e.id.as_str()))
-            .map(|e| e.id.clone())
+            .filter(|e| !present.contains(&*e.id))
+            .map(|e| e.id.to_string())
             .collect();
         for id in gone {
             if let Some(change) = self.library.remove(&id) {
@@ -833,8 +833,8 @@ impl Engine {
     fn write_files(&mut self, plan: &crate::plan::Republish, work: &Rendered, index: Option<&str>) {
         self.manifest_changes();
         for id in &plan.gone {
-            self.manifest.pages.remove(id);
-            self.unwritten.pages.remove(id);
+            self.manifest.pages.remove(id.as_str());
+            self.unwritten.pages.remove(id.as_str());
             if let Err(e) = self.publisher.remove_page(id) {
                 tracing::error!(id, "cannot remove the page: {e}");
             }
@@ -1011,7 +1011,7 @@ type ChangedDoc = (u64, String, Option<Result<String, String>>);
 
 /// Files of the site that could not be written, and when to try again.
 struct Unwritten {
-    pages: HashMap<String, (Arc<Entry>, ArticleNav)>,
+    pages: HashMap<Arc<str>, (Arc<Entry>, ArticleNav)>,
     feeds: HashMap<String, RenderedFeed>,
     index: Option<String>,
     next: Instant,

@@ -306,7 +306,7 @@ const PREFERENCES_MARKER: &str = "bantin-MARKER.preferences.Qx7";
 /// keyed by what it was made from (the article's file as read, the templates and the site
 /// in force).
 struct Shared {
-    key: (String, crate::library::Stamp, Option<u32>, String),
+    key: (Arc<str>, crate::library::Stamp, Option<u32>, String),
     templates: Arc<Templates>,
     site: Arc<SiteInfo>,
     rendered: Rendered,
@@ -496,7 +496,7 @@ impl Composer {
                 let faithful = fill(&personal) == own;
                 if !faithful {
                     tracing::info!(
-                        article = shared.key.0,
+                        article = &*shared.key.0,
                         "the mail templates do more with the links than print them: each \
                          mail of this article is rendered on its own"
                     );

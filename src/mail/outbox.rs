@@ -225,7 +225,7 @@ impl Outbox {
             return Ok(());
         }
         // Forget articles that went while the daemon was down.
-        let present: HashSet<&str> = visible.iter().map(|a| a.id.as_str()).collect();
+        let present: HashSet<&str> = visible.iter().map(|a| &*a.id).collect();
         let mut gone = Vec::new();
         for r in self.store.known_articles() {
             let (id, _) = r?;
@@ -295,7 +295,7 @@ impl Outbox {
         let mut settling = self.settling.lock().expect("settling");
         for entry in fresh {
             let due_ms = now + self.policy.delay_ms;
-            settling.insert(entry.id.clone(), Settling { entry, due_ms });
+            settling.insert(entry.id.to_string(), Settling { entry, due_ms });
         }
         drop(settling);
         self.settled.notify_one();
@@ -332,7 +332,7 @@ impl Outbox {
             let mut settling = self.settling.lock().expect("settling");
             for entry in due {
                 settling
-                    .entry(entry.id.clone())
+                    .entry(entry.id.to_string())
                     .or_insert(Settling { entry, due_ms: now });
             }
         }
@@ -356,7 +356,7 @@ impl Outbox {
                 .start_fanout(&a.id, &fanout, now - self.policy.keep_ms)?
             {
                 tracing::info!(
-                    id = a.id,
+                    id = &*a.id,
                     "alerts already sent to every subscriber: not again"
                 );
             }
@@ -371,7 +371,7 @@ impl Outbox {
         }
         self.store.flush_async().await?;
         for a in &fresh {
-            tracing::info!(id = a.id, "alert fan-out started");
+            tracing::info!(id = &*a.id, "alert fan-out started");
         }
         self.wake.notify_one();
         Ok(())
@@ -482,7 +482,7 @@ impl Outbox {
         self.store.put_correction(&entry.id, &record)?;
         for (email, reply_to) in recipients {
             let kind = Kind::Correction {
-                article: entry.id.clone(),
+                article: entry.id.to_string(),
                 n,
                 reply_to,
             };
@@ -495,7 +495,7 @@ impl Outbox {
         known.corrections = n;
         self.store.put_known_article(&entry.id, &known)?;
         self.store.flush_async().await?;
-        tracing::info!(id = entry.id, n, mails = planned, "correction planned");
+        tracing::info!(id = &*entry.id, n, mails = planned, "correction planned");
         self.wake.notify_one();
         Ok(())
     }
