@@ -119,7 +119,7 @@ fn event(site: &SiteInfo, tz: Tz, e: &CalEvent<'_>, when: When) -> Event {
         .sequence(sequence(entry))
         .summary(&entry.title)
         .url(&url)
-        .add_property("CATEGORIES", &entry.category)
+        .add_property("CATEGORIES", &*entry.category)
         .add_property("STATUS", "CONFIRMED");
     let mut description = e.description.clone().unwrap_or_default();
     if !description.is_empty() {

@@ -354,7 +354,7 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) ->
                 }),
                 pub_date: Some(e.published.to_rfc2822()),
                 categories: vec![rss::Category {
-                    name: e.category.clone(),
+                    name: e.category.to_string(),
                     domain: None,
                 }],
                 content: item.body.map(|_| item.content_html()),
@@ -420,7 +420,7 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) -
                     ..Default::default()
                 }],
                 categories: vec![Category {
-                    term: e.category.clone(),
+                    term: e.category.to_string(),
                     ..Default::default()
                 }],
                 links: vec![link(site.article_url(&e.id), "alternate", "text/html")],
@@ -602,11 +602,11 @@ mod tests {
     fn body(e: &Entry) -> Article {
         Article {
             id: e.id.to_string(),
-            category: e.category.clone(),
+            category: e.category.to_string(),
             title: e.title.clone(),
             published: e.published,
             paragraphs: vec!["Một ]]> hai <i>".into()],
-            author: e.author.clone(),
+            author: e.author.as_deref().map(str::to_owned),
             event: None,
             place: None,
             correction: None,

@@ -102,7 +102,7 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
                     snippet(&a.paragraphs, &results.words, SNIPPET_WORDS)
                 }),
                 url: site.article_url(&e.id),
-                category: e.category.clone(),
+                category: e.category.to_string(),
                 published_iso: e.published.to_rfc3339(),
                 published_text: local_time(&e.published),
             }

@@ -16,12 +16,14 @@ use crate::article::{Article, When};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub id: Arc<str>,
-    pub category: String,
+    /// Shared by the entries of one category (see [`shared`]).
+    pub category: Arc<str>,
     pub title: String,
     pub published: DateTime<FixedOffset>,
     /// Last change: the file's modification time, never before `published`.
     pub updated: DateTime<FixedOffset>,
-    pub author: Option<String>,
+    /// Shared by the entries of one signature.
+    pub author: Option<Arc<str>>,
     /// File path relative to the store.
     pub file: String,
     /// Size and modification time of the file when it was read, to skip unchanged files
@@ -42,7 +44,7 @@ pub struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     pub len: u64,
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
 }
 
 impl Entry {
@@ -60,11 +62,11 @@ impl Entry {
         };
         Entry {
             id: article.id.as_str().into(),
-            category: article.category.clone(),
+            category: shared(&article.category),
             title: article.title.clone(),
             published: article.published,
             updated,
-            author: article.author.clone(),
+            author: article.author.as_deref().map(shared),
             file,
             stamp,
             event: article.event,
@@ -99,7 +101,7 @@ impl Entry {
     /// category, author, dates, whether it is an event.
     pub fn with_sig(mut self) -> Self {
         let mut h = Fnv::default();
-        for text in [&*self.id, self.title.as_str(), self.category.as_str()] {
+        for text in [&*self.id, self.title.as_str(), &*self.category] {
             h.bytes(text.as_bytes());
             h.bytes(&[0xff]);
         }
@@ -116,6 +118,21 @@ impl Entry {
     pub fn is_visible(&self, now: DateTime<FixedOffset>) -> bool {
         self.published <= now
     }
+}
+
+/// One shared copy of a text that many entries repeat (a category, a signature): a store
+/// of 100,000 articles has a handful of each. The texts seen stay for the process's life;
+/// there are as many as the store has distinct ones.
+pub fn shared(text: &str) -> Arc<str> {
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut seen = SEEN.lock().expect("shared texts");
+    if let Some(t) = seen.get(text) {
+        return t.clone();
+    }
+    let t: Arc<str> = Arc::from(text);
+    seen.insert(t.clone());
+    t
 }
 
 /// FNV-1a: a fast, stable fingerprint (the standard hasher's SipHash guards hash tables
@@ -154,7 +171,7 @@ fn key_of(entry: &Entry) -> Key {
 pub struct Library {
     ordered: BTreeMap<Key, Arc<Entry>>,
     by_id: HashMap<Arc<str>, Arc<Entry>>,
-    by_category: HashMap<String, BTreeSet<Key>>,
+    by_category: HashMap<Arc<str>, BTreeSet<Key>>,
     /// Articles that announce an event, for the calendars.
     events: BTreeSet<Key>,
 }
@@ -212,7 +229,7 @@ impl Library {
         let start: Key = (Reverse(now.timestamp()), Arc::from(""));
         let mut keys: Vec<&Key> = Vec::new();
         for category in categories {
-            if let Some(set) = self.by_category.get(category) {
+            if let Some(set) = self.by_category.get(category.as_str()) {
                 keys.extend(set.range(start.clone()..).take(limit));
             }
         }
@@ -231,7 +248,7 @@ impl Library {
         self.events
             .range(start..)
             .filter_map(|k| self.ordered.get(k))
-            .filter(|e| categories.is_empty() || categories.contains(&e.category))
+            .filter(|e| categories.is_empty() || categories.iter().any(|c| **c == *e.category))
             .cloned()
             .collect()
     }
@@ -248,7 +265,7 @@ impl Library {
             .by_category
             .iter()
             .filter(|(_, set)| !set.is_empty())
-            .map(|(c, _)| c.as_str())
+            .map(|(c, _)| &**c)
             .collect();
         v.sort_unstable();
         v
@@ -389,6 +406,31 @@ mod tests {
         );
         assert_eq!(lib.len(), 3);
         assert_eq!(lib.scheduled(now()), 2);
+    }
+
+    #[test]
+    fn entries_of_one_category_and_signature_share_the_text() {
+        let published = DateTime::parse_from_rfc3339("2024-03-01T08:00:00+07:00").unwrap();
+        let article = |id: &str| Article {
+            id: id.into(),
+            category: "KỲ HỌP HĐND".into(),
+            title: id.into(),
+            published,
+            paragraphs: vec![],
+            author: Some("THƯỜNG TRỰC HĐND".into()),
+            event: None,
+            place: None,
+            correction: None,
+        };
+        let a = Entry::new(&article("a"), "a.txt".into(), Stamp::default(), published);
+        let b = Entry::new(&article("b"), "b.txt".into(), Stamp::default(), published);
+        assert_eq!(&*a.category, "KỲ HỌP HĐND");
+        assert!(Arc::ptr_eq(&a.category, &b.category));
+        assert!(Arc::ptr_eq(
+            a.author.as_ref().unwrap(),
+            b.author.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&a.category, &shared("THÔNG BÁO")));
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl<'l> Model<'l> {
         let mut categories: Vec<(&str, List<'_>)> = Vec::new();
         let mut month_list: Vec<((i32, u32), List<'_>)> = Vec::new();
         for e in &all {
-            let c = e.category.as_str();
+            let c = &*e.category;
             match categories
                 .iter_mut()
                 .find(|(k, _)| k.len() == c.len() && *k == c)
@@ -198,7 +198,7 @@ impl<'l> Model<'l> {
     /// The articles before and after `entry` in its category (older, newer), whether
     /// `entry` is still there or not (a removed article's former neighbours).
     pub fn neighbours(&self, entry: &Entry) -> (Option<&'l Arc<Entry>>, Option<&'l Arc<Entry>>) {
-        let Some(list) = self.by_category.get(entry.category.as_str()) else {
+        let Some(list) = self.by_category.get(&*entry.category) else {
             return (None, None);
         };
         let key = order_key(entry);

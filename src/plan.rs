@@ -45,16 +45,16 @@ pub fn republish(
         match change {
             Change::Added(new) => {
                 if visible(new) {
-                    out.touched.insert(new.category.clone());
+                    out.touched.insert(new.category.to_string());
                     out.pages.push(new.clone());
                 }
             }
             Change::Updated { old, new } => {
                 if visible(old) {
-                    out.touched.insert(old.category.clone());
+                    out.touched.insert(old.category.to_string());
                 }
                 if visible(new) {
-                    out.touched.insert(new.category.clone());
+                    out.touched.insert(new.category.to_string());
                     out.pages.push(new.clone());
                 } else if visible(old) {
                     out.gone.push(old.id.to_string());
@@ -63,7 +63,7 @@ pub fn republish(
             Change::Removed(old) => {
                 out.forget.push(old.id.to_string());
                 if visible(old) {
-                    out.touched.insert(old.category.clone());
+                    out.touched.insert(old.category.to_string());
                     out.gone.push(old.id.to_string());
                 }
             }
@@ -76,7 +76,7 @@ pub fn republish(
         .cloned()
         .collect();
     for entry in due {
-        out.touched.insert(entry.category.clone());
+        out.touched.insert(entry.category.to_string());
         out.due.push(entry.id.to_string());
         out.pages.push(entry);
     }

@@ -752,7 +752,7 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
     let listed = crate::render::Listed {
         id: entry.id.to_string(),
         title: entry.title.clone(),
-        category: entry.category.clone(),
+        category: entry.category.to_string(),
         category_url: format!("{}/categories/mau.html", site.base_url),
         url: site.article_url(&entry.id),
         published_iso: entry.published.to_rfc3339(),

@@ -149,7 +149,7 @@ impl Publisher {
         Listed {
             id: e.id.to_string(),
             title: e.title.clone(),
-            category: e.category.clone(),
+            category: e.category.to_string(),
             category_url: self.category_url(model, &e.category),
             url: self.site.article_url(&e.id),
             published_iso: e.published.to_rfc3339(),

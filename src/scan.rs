@@ -271,7 +271,10 @@ impl StoreReader {
     pub fn entry(&self, found: &Found, article: &Article) -> Entry {
         // A modification time no clock could have set (year 10000, 1970 on a broken RTC
         // is fine) is held within the years articles may be dated in.
-        let secs = (found.stamp.mtime_ns.div_euclid(1_000_000_000) as i64)
+        let secs = found
+            .stamp
+            .mtime_ns
+            .div_euclid(1_000_000_000)
             .clamp(MIN_MTIME_SECS, MAX_MTIME_SECS);
         let modified = self
             .tz
@@ -324,7 +327,7 @@ pub fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     Stamp {
         len: meta.len(),
         mtime_ns,

@@ -346,7 +346,7 @@ impl Outbox {
         for a in &fresh {
             let fanout = Fanout {
                 created_ms: now,
-                category: a.category.clone(),
+                category: a.category.to_string(),
                 after: String::new(),
                 planned: 0,
                 done: false,
@@ -759,7 +759,7 @@ impl Outbox {
 fn known(entry: &Entry, seen: i64) -> KnownArticle {
     KnownArticle {
         published: entry.published.timestamp(),
-        category: entry.category.clone(),
+        category: entry.category.to_string(),
         seen,
         file: entry.file.clone(),
         correction: entry.correction.clone(),
