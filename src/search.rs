@@ -1122,6 +1122,20 @@ mod tests {
         assert_eq!(idx.search("dai bieu", 1).unwrap().total, 30);
     }
 
+    /// A state folder where no file can be made: the index is built in memory, and says so.
+    #[test]
+    fn a_folder_without_room_for_the_file_keeps_the_index_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = Search::in_folder(&dir.path().join("khong-co"));
+        let mut idx = search.new_index();
+        assert!(idx.spill.is_none());
+        let (e, a) = article("a", "Kỳ họp", "Đại biểu.", 1);
+        idx.add(e, &a);
+        assert_eq!(idx.search("ky hop", 1).unwrap().total, 1);
+        let on_disk = Search::in_folder(dir.path()).new_index();
+        assert!(on_disk.spill.is_some());
+    }
+
     fn e_again(a: &Article) -> Arc<Entry> {
         Arc::new(Entry::new(
             a,
