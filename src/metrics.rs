@@ -49,6 +49,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     pub search_documents: Gauge,
     pub search_index_bytes: Gauge,
+    pub search_index_file_bytes: Gauge,
     pub websub_notified: Counter,
     pub websub_failures: Counter,
 }
@@ -65,6 +66,7 @@ impl Default for Metrics {
             requests: Family::default(),
             search_documents: Gauge::default(),
             search_index_bytes: Gauge::default(),
+            search_index_file_bytes: Gauge::default(),
             websub_notified: Counter::default(),
             websub_failures: Counter::default(),
         }
@@ -134,6 +136,12 @@ impl Metrics {
             self.search_index_bytes.clone(),
         );
         registry.register(
+            "bantin_search_index_file_bytes",
+            "Bytes of the search index's word lists in its file in state.dir (a file without a \
+             name: du does not see it)",
+            self.search_index_file_bytes.clone(),
+        );
+        registry.register(
             "bantin_websub_notified",
             "Feeds a WebSub hub accepted a publish notice for",
             self.websub_notified.clone(),
@@ -160,9 +168,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn search_index(&self, documents: usize, bytes: usize) {
+    pub fn search_index(&self, documents: usize, bytes: usize, file_bytes: u64) {
         self.search_documents.set(documents as i64);
         self.search_index_bytes.set(bytes as i64);
+        self.search_index_file_bytes.set(file_bytes as i64);
     }
 
     pub fn rebuild(&self, took: Duration, feeds: usize) {

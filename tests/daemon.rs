@@ -352,6 +352,15 @@ fn health_metrics_and_limits() {
     assert!(metrics.contains("bantin_articles 1"), "{metrics}");
     assert!(metrics.contains("bantin_mail_sent_total 0"), "{metrics}");
     assert!(metrics.contains("bantin_mail_queued 0"), "{metrics}");
+    // The search index: one article, its lists all in memory (a file gets them only once
+    // megabytes have gathered).
+    daemon.wait_log("search index built");
+    let metrics = daemon.metrics();
+    assert!(metrics.contains("bantin_search_documents 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("bantin_search_index_file_bytes 0\n"),
+        "{metrics}"
+    );
     let big = vec![b'x'; 64 * 1024];
     let r = request(
         daemon.addr,

@@ -283,7 +283,7 @@ impl Engine {
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                metrics.search_index(docs, bytes);
+                metrics.search_index(docs, bytes, disk);
                 tracing::info!(
                     articles = docs,
                     mib = bytes / (1 << 20),
