@@ -290,12 +290,13 @@ impl Library {
     /// Adds or replaces an entry; `None` when nothing changed.
     pub fn upsert(&mut self, entry: impl Into<Arc<Entry>>) -> Option<Change> {
         let new = entry.into();
-        let old = self.by_id.insert(new.id.clone(), new.clone());
+        if self.by_id.get(&*new.id).is_some_and(|old| **old == *new) {
+            return None;
+        }
+        // Removed first: `insert` would keep the old key, the old entry's copy of the id.
+        let old = self.by_id.remove(&*new.id);
+        self.by_id.insert(new.id.clone(), new.clone());
         if let Some(old) = &old {
-            if **old == *new {
-                self.by_id.insert(old.id.clone(), old.clone());
-                return None;
-            }
             self.unindex(old);
         }
         let key = key_of(&new);

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -131,6 +131,8 @@ pub struct Index {
     /// Where the lists go once `pending` bytes of them have gathered in memory.
     spill: Option<Spill>,
     pending: usize,
+    /// The terms with a list in memory (for the next write).
+    gathered: Vec<u32>,
 }
 
 /// The file an index writes its lists to.
@@ -143,8 +145,9 @@ struct Spill {
     len: u64,
     /// Bytes gathered in memory before they are written.
     limit: usize,
-    /// Set after a write failed: the lists stay in memory from then on.
-    failed: bool,
+    /// Bytes gathered at which the next write is tried: `limit`, or, after a failed write
+    /// (a full disk), a `limit` more than at the failure (the lists stay in memory meanwhile).
+    next_at: usize,
 }
 
 impl Spill {
@@ -154,7 +157,7 @@ impl Spill {
             dir: dir.to_owned(),
             len: 0,
             limit,
-            failed: false,
+            next_at: limit,
         })
     }
 }
@@ -285,6 +288,9 @@ impl Index {
         for (term, occ) in terms {
             let t = &mut self.terms[term as usize];
             let before = t.postings.len();
+            if before == 0 && self.spill.is_some() {
+                self.gathered.push(term);
+            }
             let delta = if t.postings.is_empty() {
                 doc
             } else {
@@ -310,7 +316,7 @@ impl Index {
         if self
             .spill
             .as_ref()
-            .is_some_and(|s| !s.failed && self.pending >= s.limit)
+            .is_some_and(|s| self.pending >= s.next_at)
         {
             self.write_out();
         }
@@ -328,39 +334,46 @@ impl Index {
         })
     }
 
-    /// Writes the lists gathered in memory to the file, one piece per word, in one
-    /// sequential write. A failed write leaves them in memory, where later ones stay too.
+    /// Writes the lists gathered in memory to the file, one piece per word, one after the
+    /// other at its end. A failed write (a full disk) leaves them in memory and is tried again
+    /// once as much more has gathered.
     fn write_out(&mut self) {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
         let start = spill.len;
         let written = (|| -> io::Result<()> {
-            let mut out = io::BufWriter::with_capacity(1 << 18, &spill.file);
-            for t in self.terms.iter().filter(|t| !t.postings.is_empty()) {
-                out.write_all(&t.postings)?;
+            // Positioned writes, in pieces of a quarter megabyte: a failed batch leaves
+            // nothing that a later one depends on.
+            let mut buffer = Vec::with_capacity(1 << 18);
+            let mut at = start;
+            for &term in &self.gathered {
+                buffer.extend_from_slice(&self.terms[term as usize].postings);
+                if buffer.len() >= 1 << 18 {
+                    spill.file.write_all_at(&buffer, at)?;
+                    at += buffer.len() as u64;
+                    buffer.clear();
+                }
             }
-            out.flush()
+            spill.file.write_all_at(&buffer, at)
         })();
         if let Err(e) = written {
             tracing::warn!(
-                "the search index keeps its lists in memory from now on: cannot write to a \
-                 file in {}: {e}",
+                "the search index keeps its lists in memory for now: cannot write to a file \
+                 in {}: {e}",
                 spill.dir.display()
             );
-            spill.failed = true;
-            // What was written of this batch is not used: the next write would go after it.
-            let _ = spill.file.set_len(start);
-            let _ = (&spill.file).seek(SeekFrom::Start(start));
+            spill.next_at = self.pending + spill.limit;
             return;
         }
         let mut at = start;
-        for t in self.terms.iter_mut().filter(|t| !t.postings.is_empty()) {
+        for term in std::mem::take(&mut self.gathered) {
+            let t = &mut self.terms[term as usize];
             let len = t.postings.len();
-            let run = self.runs.len() as u32;
+            let run = u32::try_from(self.runs.len()).expect("fewer than 2^32 pieces");
             self.runs.push(Run {
                 offset: at,
-                len: len as u32,
+                len: u32::try_from(len).expect("a piece is a few megabytes"),
                 next: NONE,
             });
             if t.last_run == NONE {
@@ -373,6 +386,7 @@ impl Index {
             t.postings = Vec::new();
         }
         spill.len = at;
+        spill.next_at = spill.limit;
         self.pending = 0;
     }
 
@@ -418,7 +432,7 @@ impl Index {
             return id;
         }
         let id = self.terms.len() as u32;
-        let start = self.words.len() as u32;
+        let start = u32::try_from(self.words.len()).expect("words under 4 GiB");
         self.words.push_str(folded);
         self.terms.push(Term {
             postings: Vec::new(),
@@ -1108,7 +1122,7 @@ mod tests {
                 dir: dir.path().to_owned(),
                 len: 0,
                 limit: 16,
-                failed: false,
+                next_at: 16,
             }),
             ..Index::default()
         };
@@ -1116,10 +1130,22 @@ mod tests {
             let (e, a) = article(&format!("a{i}"), "Kỳ họp", "Đại biểu cử tri.", 1);
             idx.add(e, &a);
         }
-        assert!(idx.spill.as_ref().unwrap().failed);
+        // Tried again as more gathered, never written.
+        assert!(idx.spill.as_ref().unwrap().next_at > 16);
         assert_eq!(idx.disk_bytes(), 0);
         assert!(idx.runs.is_empty());
         assert_eq!(idx.search("dai bieu", 1).unwrap().total, 30);
+        // Room again (here a file that can be written): what gathered meanwhile goes with
+        // the next write, and the answers stay the same.
+        idx.spill.as_mut().unwrap().file = unnamed_file(dir.path()).unwrap();
+        for i in 30..60 {
+            let (e, a) = article(&format!("a{i}"), "Kỳ họp", "Đại biểu cử tri.", 1);
+            idx.add(e, &a);
+        }
+        assert!(idx.disk_bytes() > 0);
+        assert!(idx.gathered.len() < 4, "{}", idx.gathered.len());
+        assert_eq!(idx.search("dai bieu", 1).unwrap().total, 60);
+        assert_eq!(idx.search("kỳ họp", 6).unwrap().hits.len(), 10);
     }
 
     /// A state folder where no file can be made: the index is built in memory, and says so.
