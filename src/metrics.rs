@@ -168,12 +168,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn search_index(&self, documents: usize, bytes: usize, file_bytes: u64) {
-        self.search_documents.set(documents as i64);
-        self.search_index_bytes.set(bytes as i64);
-        self.search_index_file_bytes.set(file_bytes as i64);
-    }
-
     pub fn rebuild(&self, took: Duration, feeds: usize) {
         self.feeds_rebuilt.inc_by(feeds as u64);
         self.rebuild_seconds.observe(took.as_secs_f64());

@@ -838,6 +838,8 @@ pub struct Search {
     state: RwLock<State>,
     /// Where indexes write their lists; `None`: they keep them in memory.
     dir: Option<PathBuf>,
+    /// Told the index's size as it changes.
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -858,6 +860,23 @@ impl Search {
         Search {
             dir: Some(dir.to_owned()),
             ..Search::default()
+        }
+    }
+
+    /// A search that keeps `metrics` told of its index: articles and the file's bytes at
+    /// every change, the memory it holds at every build and every write to the file.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Search {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn measure(&self, index: &Index, memory: bool) {
+        if let Some(m) = &self.metrics {
+            m.search_documents.set(index.len() as i64);
+            m.search_index_file_bytes.set(index.disk_bytes() as i64);
+            if memory {
+                m.search_index_bytes.set(index.heap_bytes() as i64);
+            }
         }
     }
 
@@ -896,6 +915,7 @@ impl Search {
         for update in std::mem::take(&mut s.pending) {
             apply(&mut index, update);
         }
+        self.measure(&index, true);
         s.index = index;
         s.building = false;
         s.ready = true;
@@ -907,7 +927,9 @@ impl Search {
         if s.building {
             s.pending.push(update);
         } else {
+            let written = s.index.disk_bytes();
             apply(&mut s.index, update);
+            self.measure(&s.index, s.index.disk_bytes() != written);
         }
     }
 
@@ -1160,6 +1182,33 @@ mod tests {
         assert_eq!(idx.search("ky hop", 1).unwrap().total, 1);
         let on_disk = Search::in_folder(dir.path()).new_index();
         assert!(on_disk.spill.is_some());
+    }
+
+    /// The metrics follow the index: its articles at every change, its file as it grows.
+    #[test]
+    fn the_metrics_follow_changes_after_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = crate::metrics::Metrics::default();
+        let search = Search::in_folder(dir.path()).with_metrics(metrics.clone());
+        let ticket = search.begin_build();
+        assert!(search.finish_build(ticket, index(&[("a", "Kỳ họp", "Nội dung.", 1)])));
+        assert_eq!(metrics.search_documents.get(), 1);
+        assert!(metrics.search_index_bytes.get() > 0);
+        // An index that writes every few bytes: the file's gauge moves with the updates.
+        let ticket = search.begin_build();
+        assert!(search.finish_build(ticket, Index::spilling_at(dir.path(), 32).unwrap()));
+        assert_eq!(metrics.search_documents.get(), 0);
+        for i in 0..20 {
+            let (e, a) = article(&format!("n{i}"), "Giám sát", "Đại biểu cử tri.", 2);
+            search.update(Update::Add(e, Arc::new(a)));
+        }
+        search.update(Update::Remove("n0".into()));
+        assert_eq!(metrics.search_documents.get(), 19);
+        assert!(metrics.search_index_file_bytes.get() > 0);
+        assert_eq!(
+            metrics.search_index_file_bytes.get() as u64,
+            search.state.read().unwrap().index.disk_bytes()
+        );
     }
 
     fn e_again(a: &Article) -> Arc<Entry> {

@@ -254,7 +254,6 @@ impl Engine {
         let entries: Vec<Arc<Entry>> = self.library.visible(now).cloned().collect();
         let publisher = self.publisher.clone();
         let search = self.search.clone();
-        let metrics = self.metrics.clone();
         let ticket = search.begin_build();
         let spawned = std::thread::Builder::new()
             .name("search-index".into())
@@ -283,7 +282,6 @@ impl Engine {
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                metrics.search_index(docs, bytes, disk);
                 tracing::info!(
                     articles = docs,
                     mib = bytes / (1 << 20),

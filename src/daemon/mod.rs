@@ -144,7 +144,8 @@ pub async fn serve(
     let (mail_tx, mail_rx) = tokio::sync::mpsc::unbounded_channel::<MailEvent>();
     let started = Instant::now();
     let categories: crate::subscriber::KnownCategories = Arc::default();
-    let search = Arc::new(crate::search::Search::in_folder(&config.state.dir));
+    let search =
+        Arc::new(crate::search::Search::in_folder(&config.state.dir).with_metrics(metrics.clone()));
     let find = crate::find::FindState {
         search: search.clone(),
         templates: templates.clone(),
