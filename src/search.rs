@@ -102,6 +102,22 @@ struct Term {
     last_run: u32,
 }
 
+impl Term {
+    /// Its folded word, kept in `words` (the index's).
+    fn word<'a>(&self, words: &'a str) -> &'a str {
+        let (start, len) = self.word;
+        &words[start as usize..(start + len) as usize]
+    }
+
+    /// Its variant code for the spelling `lower` (a word, other than the folded one), if seen.
+    fn spelled(&self, lower: &str) -> Option<u8> {
+        self.variants
+            .split(' ')
+            .position(|v| v == lower)
+            .map(|i| i as u8 + 1)
+    }
+}
+
 /// A piece of a word's list in the index's file, encoded as `Term::postings` is.
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -291,11 +307,7 @@ impl Index {
             if before == 0 && self.spill.is_some() {
                 self.gathered.push(term);
             }
-            let delta = if t.postings.is_empty() {
-                doc
-            } else {
-                doc - t.last_doc
-            };
+            let delta = if before == 0 { doc } else { doc - t.last_doc };
             put_varint(&mut t.postings, delta);
             put_varint(&mut t.postings, occ.len() as u32);
             let mut last = 0;
@@ -414,21 +426,24 @@ impl Index {
         self.dead > 1000 && self.dead * 5 > self.docs.len()
     }
 
-    fn word(&self, term: u32) -> &str {
-        let (start, len) = self.terms[term as usize].word;
-        &self.words[start as usize..(start + len) as usize]
+    /// The term of a folded word, if the index has it; `hash` is the word's.
+    fn term_hashed(&self, folded: &str, hash: u64) -> Option<u32> {
+        self.vocabulary
+            .find(hash, |&t| {
+                self.terms[t as usize].word(&self.words) == folded
+            })
+            .copied()
     }
 
     /// The term of a folded word, if the index has it.
     fn term_of(&self, folded: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(folded);
-        self.vocabulary
-            .find(hash, |&t| self.word(t) == folded)
-            .copied()
+        self.term_hashed(folded, self.hasher.hash_one(folded))
     }
 
     fn term_id(&mut self, folded: &str) -> u32 {
-        if let Some(id) = self.term_of(folded) {
+        // Once per word of every article: the word is hashed once.
+        let hash = self.hasher.hash_one(folded);
+        if let Some(id) = self.term_hashed(folded, hash) {
             return id;
         }
         let id = self.terms.len() as u32;
@@ -442,29 +457,27 @@ impl Index {
             first_run: NONE,
             last_run: NONE,
         });
-        let hash = self.hasher.hash_one(folded);
         let (words, terms, hasher) = (&self.words, &self.terms, &self.hasher);
         self.vocabulary.insert_unique(hash, id, |&t| {
-            let (start, len) = terms[t as usize].word;
-            hasher.hash_one(&words[start as usize..(start + len) as usize])
+            hasher.hash_one(terms[t as usize].word(words))
         });
         id
     }
 
     fn variant(&mut self, term: u32, lower: &str) -> u8 {
-        if lower == self.word(term) {
+        let t = &mut self.terms[term as usize];
+        if lower == t.word(&self.words) {
             return 0;
         }
-        let t = &mut self.terms[term as usize];
-        let seen = t.variants.split(' ').filter(|v| !v.is_empty());
-        let mut count = 0;
-        for v in seen {
-            count += 1;
-            if v == lower {
-                return count;
-            }
+        if let Some(code) = t.spelled(lower) {
+            return code;
         }
-        if usize::from(count) < VARIANTS {
+        let count = if t.variants.is_empty() {
+            0
+        } else {
+            t.variants.split(' ').count()
+        };
+        if count < VARIANTS {
             let mut grown = String::with_capacity(t.variants.len() + 1 + lower.len());
             grown.push_str(&t.variants);
             if !grown.is_empty() {
@@ -472,7 +485,7 @@ impl Index {
             }
             grown.push_str(lower);
             t.variants = grown.into_boxed_str();
-            return count + 1;
+            return count as u8 + 1;
         }
         OTHER_VARIANT
     }
@@ -648,11 +661,9 @@ impl Index {
             .zip(&slot_of)
             .map(|((e, f), &slot)| {
                 (e != f).then(|| {
-                    let t = &self.terms[distinct[slot] as usize];
-                    t.variants
-                        .split(' ')
-                        .position(|v| v == e)
-                        .map_or(u32::MAX, |i| i as u32 + 1)
+                    self.terms[distinct[slot] as usize]
+                        .spelled(e)
+                        .map_or(u32::MAX, u32::from)
                 })
             })
             .collect();
@@ -699,10 +710,8 @@ impl Index {
         self.words.shrink_to_fit();
         self.runs.shrink_to_fit();
         let (words, terms, hasher) = (&self.words, &self.terms, &self.hasher);
-        self.vocabulary.shrink_to_fit(|&t| {
-            let (start, len) = terms[t as usize].word;
-            hasher.hash_one(&words[start as usize..(start + len) as usize])
-        });
+        self.vocabulary
+            .shrink_to_fit(|&t| hasher.hash_one(terms[t as usize].word(words)));
         self.docs.shrink_to_fit();
         self.meta.shrink_to_fit();
         self.live.shrink_to_fit();
