@@ -166,6 +166,11 @@ fn key_of(entry: &Entry) -> Key {
     (Reverse(entry.published.timestamp()), entry.id.clone())
 }
 
+/// The first key of the articles published at `now` or before (and the end of those after).
+fn key_at(now: DateTime<FixedOffset>) -> Key {
+    (Reverse(now.timestamp()), Arc::from(""))
+}
+
 /// Every article of the store.
 #[derive(Debug, Default, Clone)]
 pub struct Library {
@@ -212,7 +217,7 @@ impl Library {
 
     /// Published entries at `now`, newest first.
     pub fn visible(&self, now: DateTime<FixedOffset>) -> impl Iterator<Item = &Arc<Entry>> {
-        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let start = key_at(now);
         self.ordered.range(start..).map(|(_, e)| e)
     }
 
@@ -226,7 +231,7 @@ impl Library {
         if categories.is_empty() {
             return self.visible(now).take(limit).cloned().collect();
         }
-        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let start = key_at(now);
         let mut keys: Vec<&Key> = Vec::new();
         for category in categories {
             if let Some(set) = self.by_category.get(category.as_str()) {
@@ -244,7 +249,7 @@ impl Library {
     /// Published events of one of `categories` (every category when empty), newest article
     /// first.
     pub fn events_in(&self, categories: &[String], now: DateTime<FixedOffset>) -> Vec<Arc<Entry>> {
-        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let start = key_at(now);
         self.events
             .range(start..)
             .filter_map(|k| self.ordered.get(k))
@@ -255,7 +260,7 @@ impl Library {
 
     /// Whether any published article is an event.
     pub fn has_events(&self, now: DateTime<FixedOffset>) -> bool {
-        let start: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let start = key_at(now);
         self.events.range(start..).next().is_some()
     }
 
@@ -273,13 +278,13 @@ impl Library {
 
     /// How many articles are scheduled after `now` (walks only those).
     pub fn scheduled(&self, now: DateTime<FixedOffset>) -> usize {
-        let end: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let end = key_at(now);
         self.ordered.range(..end).count()
     }
 
     /// The earliest publication time after `now`, when an article is scheduled.
     pub fn next_due(&self, now: DateTime<FixedOffset>) -> Option<DateTime<FixedOffset>> {
-        let end: Key = (Reverse(now.timestamp()), Arc::from(""));
+        let end = key_at(now);
         self.ordered
             .range(..end)
             .next_back()
