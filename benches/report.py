@@ -56,16 +56,25 @@ def fanout_once(binary, work, n, sessions, sink_port):
     daemon = start_daemon(binary, config, work)
     try:
         wait_started(http_port)
+        cpu0 = cpu_seconds(daemon.pid)
         t0 = publish(os.path.join(work, "articles"))
         while metric(metrics_port, "bantin_mail_sent_total") < n:
             if daemon.poll() is not None:
                 sys.exit(f"bantin exited; see {work}/bantin.log")
             time.sleep(0.05)
         took = time.perf_counter() - t0
+        cpu = cpu_seconds(daemon.pid) - cpu0
         peak = vm(daemon.pid, "VmHWM") / 1024
     finally:
         stop(daemon)
-    return {"rate": n / took, "seconds": took, "peak_mib": peak}
+    return {"rate": n / took, "seconds": took, "peak_mib": peak, "cpu_us": cpu / n * 1e6}
+
+
+def cpu_seconds(pid):
+    """User and system time of a running process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def smtp_source_once(n, sessions, sink_port):
@@ -365,13 +374,15 @@ def main():
                     ours[label].append(fanout_once(binary, os.path.join(work, "fanout"),
                                                    args.subscribers, args.sessions, sink_port))
                     ref[label].append(smtp_source_once(args.subscribers, args.sessions, sink_port))
-                    log(f"fan-out run {i + 1} ({label}): bantin {ours[label][-1]['rate']:,.0f}/s, "
+                    log(f"fan-out run {i + 1} ({label}): bantin {ours[label][-1]['rate']:,.0f}/s "
+                        f"({ours[label][-1]['cpu_us']:.0f} µs of CPU a mail), "
                         f"smtp-source {ref[label][-1]['rate']:,.0f}/s")
             for label, _ in binaries:
                 b = median([o["rate"] for o in ours[label]])
                 r = median([x["rate"] for x in ref[label]])
                 rows.append((f"fan-out, {args.subscribers:,} subscribers, {args.sessions} sessions ({label})",
-                             f"{b:,.0f} msg/s (peak {median([o['peak_mib'] for o in ours[label]]):.0f} MiB)",
+                             f"{b:,.0f} msg/s, {median([o['cpu_us'] for o in ours[label]]):.0f} µs CPU/mail "
+                             f"(peak {median([o['peak_mib'] for o in ours[label]]):.0f} MiB)",
                              f"smtp-source -d: {r:,.0f} msg/s", f"{b / r:.2f}x (goal >= 0.6x)"))
         finally:
             sink.terminate()
