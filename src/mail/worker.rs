@@ -23,6 +23,8 @@ use crate::subscriber::{SubState, Subscriber};
 const BATCH: usize = 256;
 /// Sent alerts and digests folded into their articles' totals together.
 const FOLD_EVERY: usize = 1_000;
+/// Turns the flusher gives the other tasks before a flush, while they keep asking for it.
+const LINGER_TURNS: usize = 4;
 /// The worker's loop shows it is alive at least this often.
 const BEAT: Duration = Duration::from_secs(1);
 /// With nothing queued, the worker looks again at least this often (it is woken on every
@@ -658,10 +660,20 @@ impl Committer {
             return;
         }
         loop {
-            let target = self.requested.load(Ordering::SeqCst);
+            let mut target = self.requested.load(Ordering::SeqCst);
             if self.done.borrow().0 >= target {
                 self.wake.notified().await;
                 continue;
+            }
+            // Senders whose replies are in take their turn first: one flush then covers
+            // them too.
+            for _ in 0..LINGER_TURNS {
+                tokio::task::yield_now().await;
+                let now = self.requested.load(Ordering::SeqCst);
+                if now == target {
+                    break;
+                }
+                target = now;
             }
             let started = std::time::Instant::now();
             health.flush_started();
