@@ -108,11 +108,16 @@ fn pauses_then_resumes(
         "the reason is on /metrics: {metrics}"
     );
     // Still refusing at the next try: still nobody harmed, the pause grows.
-    let connections = || smtp.connections.load(std::sync::atomic::Ordering::SeqCst);
-    let before = connections();
+    // A try opens a connection, or begins a mail on one kept open (a refused recipient
+    // costs a reset, not the connection).
+    let tries = || {
+        use std::sync::atomic::Ordering::SeqCst;
+        smtp.connections.load(SeqCst) + smtp.mails_begun.load(SeqCst)
+    };
+    let before = tries();
     let first_next_try = status(&site)["delivery"]["next_try"].clone();
     daemon.advance(Span::seconds(31));
-    wait_for("the second try", PATIENCE, || connections() > before);
+    wait_for("the second try", PATIENCE, || tries() > before);
     // Refused again: the pause is renewed with a later next try (not merely still on).
     wait_for("the pause renewed", PATIENCE, || {
         let delivery = status(&site)["delivery"].clone();
@@ -163,6 +168,25 @@ fn a_content_filter_refusing_everything_pauses_delivery() {
         |r| r.data_end = Some("554 5.7.1 rejected by the content filter".into()),
         |r| r.data_end = None,
         "554",
+    );
+}
+
+/// Postfix names the recipient in its refusal: the refusals differ by address, yet they are
+/// the relay refusing us (no relay rights for our host), not five bad messages.
+#[test]
+fn a_relay_that_denies_relaying_pauses_delivery_though_each_refusal_names_its_address() {
+    pauses_then_resumes(
+        false,
+        |r| {
+            for email in ["a@x.vn", "b@x.vn", "c@x.vn", "d@x.vn", "e@x.vn"] {
+                r.rcpt.insert(
+                    email.into(),
+                    format!("554 5.7.1 <{email}>: Relay access denied"),
+                );
+            }
+        },
+        |r| r.rcpt.clear(),
+        "Relay access denied",
     );
 }
 

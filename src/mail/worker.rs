@@ -511,12 +511,13 @@ impl Worker {
         if self.outbox.paused().is_some() {
             return true; // a try during a pause: the relay still refuses us
         }
+        let why = refusal_of_any(why);
         let mut last = self.rejections.lock().expect("rejections");
         match last.as_mut() {
-            Some((reason, emails)) if reason == why => {
+            Some((reason, emails)) if *reason == why => {
                 emails.insert(email.to_owned());
             }
-            _ => *last = Some((why.to_owned(), HashSet::from([email.to_owned()]))),
+            _ => *last = Some((why, HashSet::from([email.to_owned()]))),
         }
         last.as_ref()
             .is_some_and(|(_, e)| e.len() >= SAME_REJECTIONS)
@@ -687,6 +688,15 @@ impl Committer {
             self.done.send_replace((target, error));
         }
     }
+}
+
+/// A refusal with the addresses it names left out: Postfix's `554 5.7.1 <a@x.vn>: Relay
+/// access denied` is the same refusal for every recipient.
+fn refusal_of_any(why: &str) -> String {
+    why.split_whitespace()
+        .map(|w| if w.contains('@') { "<…>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A number in 0..1 for retry jitter: each `RandomState` is keyed afresh, so hashing

@@ -72,6 +72,8 @@ pub struct SmtpServer {
     pub replies: Arc<Mutex<Replies>>,
     /// Connections opened so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Mails begun so far (MAIL FROM commands), refused or not.
+    pub mails_begun: Arc<std::sync::atomic::AtomicUsize>,
     /// Connections the server closed because they sat idle.
     pub idle_closed: Arc<std::sync::atomic::AtomicUsize>,
     /// The name each EHLO gave.
@@ -115,6 +117,7 @@ impl SmtpServer {
         let received = Arc::new(Mutex::new(Vec::new()));
         let replies = Arc::new(Mutex::new(Replies::default()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mails_begun = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let idle_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let helos = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -124,7 +127,7 @@ impl SmtpServer {
             let (received, stop) = (received.clone(), stop.clone());
             let (replies, connections, idle_closed) =
                 (replies.clone(), connections.clone(), idle_closed.clone());
-            let helos = helos.clone();
+            let (helos, mails_begun) = (helos.clone(), mails_begun.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
@@ -135,6 +138,7 @@ impl SmtpServer {
                                 received: received.clone(),
                                 replies: replies.clone(),
                                 idle_closed: idle_closed.clone(),
+                                mails_begun: mails_begun.clone(),
                                 helos: helos.clone(),
                                 stop: stop.clone(),
                                 script: script.clone(),
@@ -154,6 +158,7 @@ impl SmtpServer {
             received,
             replies,
             connections,
+            mails_begun,
             idle_closed,
             helos,
             stop,
@@ -187,6 +192,7 @@ struct Peer {
     received: Arc<Mutex<Vec<Received>>>,
     replies: Arc<Mutex<Replies>>,
     idle_closed: Arc<std::sync::atomic::AtomicUsize>,
+    mails_begun: Arc<std::sync::atomic::AtomicUsize>,
     helos: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     script: Arc<Script>,
@@ -252,6 +258,7 @@ fn session(stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
                 replies.auth.as_deref().unwrap_or("503 no auth here"),
             )?;
         } else if cmd.starts_with("MAIL FROM") {
+            peer.mails_begun.fetch_add(1, Ordering::SeqCst);
             to.clear();
             pipelined = more;
             let mut words = line.trim_end()[10..].split_whitespace();
