@@ -379,6 +379,16 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
         .has_headers(false)
         .from_reader(text.as_bytes());
     let mut rows = reader.records();
+    // The csv reader's own line numbers run one short after a CRLF line end (a record
+    // starts, for it, at the LF after the CR): counted here, from the bytes.
+    let line_at = |p: &csv::Position| {
+        let bytes = text.as_bytes();
+        let mut start = (p.byte() as usize).min(bytes.len());
+        if bytes.get(start) == Some(&b'\n') {
+            start += 1;
+        }
+        bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+    };
     let header = match rows.next() {
         None => {
             return Ok(Reply::fail(
@@ -394,14 +404,25 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
             .iter()
             .position(|h| h.trim().eq_ignore_ascii_case(name))
     };
-    let (Some(c_email), c_schedule, c_categories) =
-        (col("email"), col("schedule"), col("categories"))
-    else {
+    let (Some(c_email), c_schedule, c_categories, c_state) = (
+        col("email"),
+        col("schedule"),
+        col("categories"),
+        col("state"),
+    ) else {
         return Ok(Reply::fail(
             "error: line 1: expected the header 'email,schedule,categories'\n".into(),
         ));
     };
     let mut added = 0;
+    // Left as they are: subscribed already (their own choices stay), or gone (unsubscribed,
+    // bounced, complained: an import never subscribes anyone again).
+    let mut kept = 0;
+    let mut gone = 0;
+    // Rows of people who had left, recorded so that they are not mailed.
+    let mut recorded_gone = 0;
+    // Listed as pending in an import `--confirmed`.
+    let mut unconfirmed = 0;
     let mut problems = String::new();
     let known: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
     let mut queued_any = false;
@@ -409,12 +430,12 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
         let row = match row {
             Ok(row) => row,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
+                let line = e.position().map_or(0, line_at);
                 problems.push_str(&format!("line {line}: {e}\n"));
                 continue;
             }
         };
-        let line = row.position().map_or(0, |p| p.line());
+        let line = row.position().map_or(0, line_at);
         if row.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
@@ -470,21 +491,91 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
                 }
             }
         };
-        queued_any |= add(ctx, &email, schedule, categories, confirmed)?;
+        let state_text = field(c_state);
+        let listed = if state_text.is_empty() {
+            None
+        } else {
+            match SubState::ALL
+                .into_iter()
+                .find(|s| s.as_str().eq_ignore_ascii_case(state_text))
+            {
+                Some(s) => Some(s),
+                None => {
+                    problems.push_str(&format!(
+                        "line {line}: state '{state_text}' is not pending, active, unsubscribed, \
+                         bounced or complained\n"
+                    ));
+                    continue;
+                }
+            }
+        };
+        let ended = |s: SubState| {
+            matches!(
+                s,
+                SubState::Unsubscribed | SubState::Bounced | SubState::Complained
+            )
+        };
+        match (ctx.store.subscriber(&email)?, listed) {
+            (Some(sub), _) if ended(sub.state) => {
+                gone += 1;
+                continue;
+            }
+            (Some(sub), _) if sub.state == SubState::Active => {
+                kept += 1;
+                continue;
+            }
+            (None, Some(state)) if ended(state) => {
+                let now = ctx.clock.now_s();
+                let mut sub = Subscriber::new(&email, schedule, categories, now);
+                sub.end(state, now);
+                ctx.store.put_subscriber(&sub)?;
+                recorded_gone += 1;
+                continue;
+            }
+            _ => {}
+        }
+        // Listed as not confirmed: not made active by `--confirmed`.
+        let pending = listed == Some(SubState::Pending);
+        if confirmed && pending {
+            unconfirmed += 1;
+        }
+        queued_any |= add(ctx, &email, schedule, categories, confirmed && !pending)?;
         added += 1;
     }
     ctx.store.flush()?;
     if queued_any {
         (ctx.on_queued)();
     }
-    let mut reply = Reply::ok(format!(
+    let mut text = format!(
         "imported {added} subscribers{}\n",
         if confirmed {
             " (active)"
         } else {
             " (confirmation mails queued)"
         }
-    ));
+    );
+    if unconfirmed > 0 {
+        text.push_str(&format!(
+            "of them, {unconfirmed} listed as pending: not made active, confirmation mails queued\n"
+        ));
+    }
+    if kept > 0 {
+        text.push_str(&format!(
+            "left {kept} already subscribed as they are (their own schedule and categories)\n"
+        ));
+    }
+    if gone > 0 {
+        text.push_str(&format!(
+            "left {gone} who unsubscribed, bounced or complained as they are: an import does not \
+             subscribe them again (they can, on the site)\n"
+        ));
+    }
+    if recorded_gone > 0 {
+        text.push_str(&format!(
+            "recorded {recorded_gone} listed as unsubscribed, bounced or complained: they get no mail\n"
+        ));
+    }
+    let mut reply = Reply::ok(text);
     if !problems.is_empty() {
         reply.stderr = problems;
         reply.code = 1;
@@ -1021,6 +1112,56 @@ mod tests {
         assert_eq!(a.schedule, Schedule::Daily);
         let b = store.subscriber("b@x.vn").unwrap().unwrap();
         assert_eq!(b.schedule, Schedule::Immediate);
+    }
+
+    #[test]
+    fn an_import_never_subscribes_again_who_left_nor_changes_who_chose() {
+        let (_dir, store) = store();
+        run_import(
+            &store,
+            "email,schedule,categories\nleft@x.vn,daily,\nstays@x.vn,weekly,A\n",
+        );
+        let mut left = store.subscriber("left@x.vn").unwrap().unwrap();
+        left.end(SubState::Unsubscribed, 1);
+        store.put_subscriber(&left).unwrap();
+        // An export of another state, imported `--confirmed`: its states are honoured.
+        let reply = run_import(
+            &store,
+            "email,schedule,categories,state\r\n\
+             left@x.vn,immediate,,active\r\n\
+             stays@x.vn,immediate,,active\r\n\
+             never@x.vn,immediate,,pending\r\n\
+             bounced@x.vn,immediate,,bounced\r\n\
+             new@x.vn,daily,,active\r\n\
+             odd@x.vn,daily,,paused\r\n",
+        );
+        assert_eq!(reply.code, 1, "{reply:?}");
+        let state = |e: &str| store.subscriber(e).unwrap().unwrap().state;
+        assert_eq!(state("left@x.vn"), SubState::Unsubscribed);
+        let stays = store.subscriber("stays@x.vn").unwrap().unwrap();
+        assert_eq!(
+            (stays.state, stays.schedule, &stays.categories[..]),
+            (SubState::Active, Schedule::Weekly, &["A".to_string()][..])
+        );
+        assert_eq!(state("never@x.vn"), SubState::Pending);
+        assert_eq!(state("bounced@x.vn"), SubState::Bounced);
+        assert_eq!(state("new@x.vn"), SubState::Active);
+        assert!(store.subscriber("odd@x.vn").unwrap().is_none());
+        for said in [
+            "imported 2 subscribers (active)",
+            "of them, 1 listed as pending",
+            "left 1 already subscribed",
+            "left 1 who unsubscribed",
+            "recorded 1 listed as unsubscribed, bounced or complained",
+        ] {
+            assert!(reply.stdout.contains(said), "{said}: {}", reply.stdout);
+        }
+        // Line 7 of the file (CRLF line ends).
+        assert!(
+            reply.stderr.starts_with("line 7: state 'paused'"),
+            "{}",
+            reply.stderr
+        );
     }
 
     #[test]
