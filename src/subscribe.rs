@@ -386,7 +386,8 @@ async fn subscribe(
 }
 
 /// Records a subscription request; returns whether a confirmation mail was queued. A
-/// confirmed subscriber stays as it is; at most one confirmation mail per address per day.
+/// confirmed subscriber stays as it is; at most one confirmation mail per address per day,
+/// and a pending subscriber's choices change only with a new one.
 pub fn request_subscription(
     outbox: &Outbox,
     email: &str,
@@ -398,6 +399,13 @@ pub fn request_subscription(
     let existing = store.subscriber(email)?;
     let mut sub = match existing {
         Some(s) if s.state == SubState::Active => return Ok(false),
+        // Its confirmation mail went out with the choices then made, and no new one goes
+        // today: confirming does what that mail says (anyone can post any address).
+        Some(s)
+            if s.state == SubState::Pending && !crate::mail::may_queue_confirmation(&s, now) =>
+        {
+            return Ok(false);
+        }
         Some(mut s) => {
             s.schedule = schedule;
             s.categories = categories;
@@ -835,6 +843,40 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
         assert!(page.contains("Không có chuyên mục"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn a_second_request_does_not_change_what_the_mail_sent_asks_to_confirm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, categories, outbox, _) = routes(dir.path());
+        *categories.write().unwrap() = Some(vec!["THÔNG BÁO".to_owned()]);
+        let weekly = "email=mai%40example.vn&schedule=weekly&categories=TH%C3%94NG+B%C3%81O";
+        let (status, _, page) = post(&app, "/subscribe", weekly).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        // Anyone may post the same address with other choices: the form answers the same,
+        // and what the confirmation mail describes stays what a confirmation does.
+        let (status, _, page) = post(&app, "/subscribe", "email=mai%40example.vn").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let sub = outbox.store.subscriber("mai@example.vn").unwrap().unwrap();
+        assert_eq!(sub.state, SubState::Pending);
+        assert_eq!(
+            (sub.schedule, &sub.categories[..]),
+            (Schedule::Weekly, &["THÔNG BÁO".to_owned()][..])
+        );
+        // A day later a new mail may go, with the new choices.
+        let now = outbox.clock.now_s();
+        let mut sub = sub;
+        sub.confirm_sent = Some(now - 24 * 3600);
+        outbox.store.put_subscriber(&sub).unwrap();
+        let (status, _, page) = post(&app, "/subscribe", "email=mai%40example.vn").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let sub = outbox.store.subscriber("mai@example.vn").unwrap().unwrap();
+        assert_eq!(sub.schedule, Schedule::Immediate);
+        assert!(sub.categories.is_empty());
+        assert!(
+            sub.confirm_sent.is_some_and(|t| t >= now),
+            "a new mail was queued"
+        );
     }
 
     #[tokio::test]

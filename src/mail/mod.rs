@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use message::{Composer, Links, check_templates};
-pub use outbox::{NewsPolicy, Outbox, Pause, queue_confirmation};
+pub use outbox::{NewsPolicy, Outbox, Pause, may_queue_confirmation, queue_confirmation};
 pub use transport::{SendError, Transport};
 pub use worker::Worker;
 

@@ -767,6 +767,13 @@ fn known(entry: &Entry, seen: i64) -> KnownArticle {
     }
 }
 
+/// Whether a confirmation mail may be queued for `sub` at `now` (unix seconds): at most one
+/// a day.
+pub fn may_queue_confirmation(sub: &Subscriber, now: i64) -> bool {
+    sub.confirm_sent
+        .is_none_or(|t| now - t >= CONFIRM_EVERY_SECS)
+}
+
 /// Queues a confirmation mail for `sub` unless one was queued in the last day. Returns whether
 /// one was queued. `now` in unix seconds; the caller flushes.
 pub fn queue_confirmation(
@@ -774,10 +781,7 @@ pub fn queue_confirmation(
     sub: &mut Subscriber,
     now: i64,
 ) -> Result<bool, MailError> {
-    if sub
-        .confirm_sent
-        .is_some_and(|t| now - t < CONFIRM_EVERY_SECS)
-    {
+    if !may_queue_confirmation(sub, now) {
         return Ok(false);
     }
     sub.confirm_sent = Some(now);
