@@ -238,11 +238,17 @@ impl Limiter {
 
 pub fn router(state: Arc<SubscribeState>) -> Router {
     Router::new()
-        .route("/subscribe", post(subscribe))
+        .route("/subscribe", get(subscribe_form).post(subscribe))
         .route("/confirm", get(confirm_page).post(confirm))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
         .route("/preferences", get(preferences_page).post(preferences))
         .with_state(state)
+}
+
+/// `GET /subscribe` (the address bar after a post, a bookmark): the form is on the index page.
+async fn subscribe_form(State(state): State<Arc<SubscribeState>>) -> Response {
+    let to = format!("{}/#dang-ky", state.site().base_url);
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
 /// The client address: the connection's, unless it comes from a trusted proxy; then the
@@ -443,6 +449,8 @@ enum LinkProblem {
     Expired,
     /// Issued before the address unsubscribed, bounced or complained.
     Superseded,
+    /// For an address no longer on the list (removed by the council).
+    NotSubscribed,
 }
 
 impl SubscribeState {
@@ -461,6 +469,11 @@ impl SubscribeState {
                 "Liên kết không còn dùng được",
                 "Địa chỉ này đã hủy đăng ký (hoặc thư bị trả lại) sau khi liên kết được gửi, nên \
                  liên kết không thay đổi được gì nữa. Muốn nhận tin lại, hãy đăng ký lại trên trang chủ.",
+            ),
+            LinkProblem::NotSubscribed => (
+                "Địa chỉ không còn đăng ký",
+                "Địa chỉ này hiện không đăng ký nhận tin, nên không có gì để thay đổi. Muốn nhận \
+                 tin lại, hãy đăng ký trên trang chủ.",
             ),
         };
         self.page(StatusCode::BAD_REQUEST, heading, message, None)
@@ -627,7 +640,7 @@ fn preferences_subscriber(
         return Ok(Err(LinkProblem::Invalid));
     };
     let Some(sub) = state.outbox.store.subscriber(&v.email)? else {
-        return Ok(Err(LinkProblem::Expired));
+        return Ok(Err(LinkProblem::NotSubscribed));
     };
     let issued = v.issued.unwrap_or(i64::MIN);
     if !sub.accepts_token(issued) || sub.state != SubState::Active {
@@ -846,6 +859,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_form_address_opened_in_the_address_bar_leads_to_the_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _, _, _) = routes(dir.path());
+        let request = axum::http::Request::get("/subscribe")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = tower::ServiceExt::oneshot(app, request).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://hdnd.example.vn/#dang-ky"
+        );
+    }
+
+    #[tokio::test]
     async fn a_second_request_does_not_change_what_the_mail_sent_asks_to_confirm() {
         let dir = tempfile::tempdir().unwrap();
         let (app, categories, outbox, _) = routes(dir.path());
@@ -921,6 +949,12 @@ mod tests {
         let saved = outbox.store.subscriber("dan@example.vn").unwrap().unwrap();
         assert_eq!(saved.schedule, Schedule::Daily);
         assert!(saved.categories.is_empty());
+        // Removed by the council since: the link says so, not that a confirmation expired.
+        assert!(outbox.store.remove_subscriber("dan@example.vn").unwrap());
+        let (status, _, page) = post(&app, "/preferences", &form).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+        assert!(page.contains("Địa chỉ không còn đăng ký"), "{page}");
+        assert!(!page.contains("hết hạn"), "{page}");
     }
 
     fn headers(xff: &str) -> HeaderMap {
