@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 /// The window of the per-address rate limit.
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
