@@ -49,13 +49,8 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
     // Lossy: a malformed query string still gets a page, not an error.
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match &*k {
-            "q" => {
-                query = v
-                    .trim()
-                    .chars()
-                    .take(crate::search::MAX_QUERY_CHARS)
-                    .collect()
-            }
+            // Control characters (a NUL) are nobody's words: never echoed into the page.
+            "q" => query = v.trim().chars().filter(|c| !c.is_control()).collect(),
             "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
             _ => {}
         }
@@ -86,6 +81,24 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
 }
 
 fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
+    // What is searched: the whole words that fit the limits, and the page says so.
+    let limit = query
+        .char_indices()
+        .nth(crate::search::MAX_QUERY_CHARS)
+        .map_or(query.len(), |(at, _)| at);
+    let mut end = None;
+    for (n, (at, w)) in crate::search::words(query).enumerate() {
+        if n == crate::search::MAX_QUERY_WORDS || at + w.len() > limit {
+            break;
+        }
+        end = Some(at + w.len());
+    }
+    let used = match end {
+        Some(end) if query[end..].chars().any(char::is_alphanumeric) => &query[..end],
+        _ => &query[..limit],
+    };
+    let shortened = used.len() < query.len();
+    let query = used;
     let results = state
         .search
         .search(query, page)
@@ -119,6 +132,8 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
             "web/search.html",
             context! {
                 query,
+                shortened,
+                max_words => crate::search::MAX_QUERY_WORDS,
                 ready => state.search.ready(),
                 total => results.total,
                 page,

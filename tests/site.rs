@@ -214,6 +214,19 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
         "{dai}"
     );
     assert!(search("ngân sách").contains("Không tìm thấy"));
+    // Words past the eighth are not searched, and the page says what was.
+    let long = search("ky hop x1 x2 x3 x4 x5 x6 khongcotu");
+    assert!(
+        long.contains("Tìm thấy") || long.contains("Không tìm thấy"),
+        "{long}"
+    );
+    assert!(
+        long.contains("Kết quả tìm “ky hop x1 x2 x3 x4 x5 x6”") && long.contains("tối đa 8 từ"),
+        "{long}"
+    );
+    assert!(!search("ky hop").contains("tối đa 8 từ"));
+    // A NUL is not echoed.
+    assert!(!search("ky%00hop").contains('\0'));
     // Odd input gets a page, not an error.
     for q in ["", "%ZZ", "%3Cscript%3E", &"a".repeat(500)] {
         let r = daemon.get(&format!("/search?q={q}&page=abc"));
