@@ -109,6 +109,13 @@ impl fmt::Display for LineError {
 
 /// Parses raw file bytes: checks for NUL bytes and UTF-8, drops a BOM, then [`parse`].
 pub fn parse_bytes(id: &str, bytes: &[u8], tz: Tz) -> Result<Article, LineError> {
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(LineError::new(
+            1,
+            "tệp được lưu bằng bảng mã UTF-16 (Notepad gọi là \"Unicode\"); hãy lưu lại tệp \
+             với bảng mã UTF-8 (trong Notepad: Lưu thành, mục Mã hóa, chọn UTF-8)",
+        ));
+    }
     if let Some(pos) = bytes.iter().position(|&b| b == 0) {
         return Err(LineError::new(
             line_at(bytes, pos),

@@ -242,6 +242,7 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         .map(|d| config.store.dir.join(&d.file).display().to_string())
         .collect();
     let library = Library::from_entries(entries);
+    body_markers.extend(look_alikes(config, &library));
     let unknown = unknown_categories(&feeds, &library);
     if library.is_empty() && !unknown.is_empty() {
         // A new installation: nothing to check the feeds' categories against yet.
@@ -279,3 +280,75 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     }
     (problems, read, drafts, body_markers)
 }
+
+/// What is most likely a slip of the clerk, though each article is valid alone: categories
+/// written two ways (each is its own category, and those who follow one miss the other),
+/// an article saved twice (a copy mails everyone again), a date far ahead (a wrong year
+/// waits for it in silence).
+fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut out = Vec::new();
+    let path = |e: &crate::library::Entry| config.store.dir.join(&e.file).display().to_string();
+    // Spelled alike once case, diacritics and spaces are left aside.
+    let mut by_form: BTreeMap<String, BTreeMap<&str, Vec<String>>> = BTreeMap::new();
+    for e in library.iter() {
+        let form = crate::search::fold_text(&e.category)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        by_form
+            .entry(form)
+            .or_default()
+            .entry(&e.category)
+            .or_default()
+            .push(path(e));
+    }
+    for spellings in by_form.values().filter(|s| s.len() > 1) {
+        // The spelling of most articles is the one meant.
+        let (main, _) = spellings
+            .iter()
+            .max_by_key(|(name, files)| (files.len(), std::cmp::Reverse(*name)))
+            .expect("two or more");
+        for (name, files) in spellings.iter().filter(|(name, _)| *name != main) {
+            for file in files {
+                out.push(format!(
+                    "{file}:1: chuyên mục \"{name}\" gần giống chuyên mục \"{main}\" (chỉ khác \
+                     chữ hoa, dấu hay khoảng trắng) nhưng là một chuyên mục khác: người theo dõi \
+                     \"{main}\" không nhận được bài này; hãy ghi dòng đầu giống hệt \"{main}\""
+                ));
+            }
+        }
+    }
+    let mut by_title: BTreeMap<(&str, i64), Vec<String>> = BTreeMap::new();
+    for e in library.iter() {
+        by_title
+            .entry((e.title.trim(), e.published.timestamp()))
+            .or_default()
+            .push(path(e));
+    }
+    for files in by_title.values_mut().filter(|f| f.len() > 1) {
+        // The shortest name is the original ("bai.txt" before "bai - Copy.txt").
+        files.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        for file in &files[1..] {
+            out.push(format!(
+                "{file}: cùng tiêu đề và ngày đăng với {}: nếu đây là bản sao, hãy xóa nó, vì \
+                 mỗi tệp là một bài và được gửi thư cho người đăng ký một lần nữa",
+                files[0]
+            ));
+        }
+    }
+    let far = chrono::Utc::now() + chrono::Duration::days(FAR_AHEAD_DAYS);
+    for e in library.iter().filter(|e| e.published > far) {
+        out.push(format!(
+            "{}: ngày đăng {} còn hơn {FAR_AHEAD_DAYS} ngày nữa: bài chỉ hiện ra vào ngày đó; \
+             nếu gõ nhầm năm, hãy sửa dòng \"Ngày đăng\"",
+            path(e),
+            e.published.format("%d/%m/%Y %H:%M")
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// An article dated further ahead than this is pointed out (a wrong year, most likely).
+const FAR_AHEAD_DAYS: i64 = 60;

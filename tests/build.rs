@@ -597,3 +597,38 @@ fn check_warns_of_a_correction_written_in_the_body() {
         "{said}"
     );
 }
+
+#[test]
+fn check_points_out_what_is_most_likely_a_slip() {
+    let site = Site::with_config(LOCAL);
+    site.put("a.txt", &article(CAT_A, "Bài một", "14/02/2020 | 08:16"));
+    site.put("b.txt", &article(CAT_A, "Bài hai", "15/02/2020 | 08:16"));
+    // The category typed in lower case, without its accents: a category of its own.
+    let typed = "Tin tuc - Su kien  tieu bieu";
+    site.put("c.txt", &article(&typed, "Bài ba", "16/02/2020 | 08:16"));
+    // A copy of a.txt, as Windows names it.
+    site.put(
+        "a - Copy.txt",
+        &article(CAT_A, "Bài một", "14/02/2020 | 08:16"),
+    );
+    // A wrong year.
+    site.put("d.txt", &article(CAT_A, "Bài bốn", "14/02/2099 | 08:16"));
+    // Notepad's "Unicode".
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain("Bài".encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    std::fs::write(site.store().join("e.txt"), utf16).unwrap();
+    let out = site.bantin(&["check"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    for needle in [
+        &format!("c.txt:1: chuyên mục \"{typed}\" gần giống chuyên mục \"{CAT_A}\""),
+        "a - Copy.txt: cùng tiêu đề và ngày đăng với",
+        "d.txt: ngày đăng 14/02/2099 08:16 còn hơn 60 ngày nữa",
+        "e.txt:1: tệp được lưu bằng bảng mã UTF-16",
+    ] {
+        assert!(said.contains(needle), "{needle}\n{said}");
+    }
+    assert!(!said.contains("a.txt: cùng tiêu đề"), "{said}");
+}
