@@ -605,7 +605,7 @@ fn check_points_out_what_is_most_likely_a_slip() {
     site.put("b.txt", &article(CAT_A, "Bài hai", "15/02/2020 | 08:16"));
     // The category typed in lower case, without its accents: a category of its own.
     let typed = "Tin tuc - Su kien  tieu bieu";
-    site.put("c.txt", &article(&typed, "Bài ba", "16/02/2020 | 08:16"));
+    site.put("c.txt", &article(typed, "Bài ba", "16/02/2020 | 08:16"));
     // A copy of a.txt, as Windows names it.
     site.put(
         "a - Copy.txt",
