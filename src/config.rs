@@ -16,10 +16,11 @@ pub const ENV_VAR: &str = "BANTIN_CONFIG";
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config '{path}': {source}")]
+    /// (The cause is in the message, and not a `source`: shown once, not twice.)
+    #[error("cannot read config '{path}': {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
     Parse {
@@ -500,9 +501,9 @@ impl Config {
 
     /// Reads and checks one file; relative paths become relative to its folder.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let mut config = Config::parse(&text).map_err(|(line, message)| ConfigError::Parse {
             path: path.to_owned(),

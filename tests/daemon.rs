@@ -431,6 +431,17 @@ fn sighup_reloads_and_a_broken_reload_keeps_serving() {
         daemon.log().matches("reload failed").count() == 2
     });
     assert_eq!(daemon.get("/feeds/tin-tuc.rss").status, 200);
+    // What a reload does not apply is said, not dropped in silence.
+    site.write(
+        "feeds/moi.toml",
+        &format!("title = \"Bản tin mới\"\ncategories = [\"{CAT_A}\"]\n"),
+    );
+    site.set_config(
+        "[http]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         [mail]\nconcurrency = 3\n",
+    );
+    daemon.signal("HUP");
+    daemon.wait_log("changes to [mail] take effect at the next restart");
 }
 
 #[test]

@@ -365,6 +365,28 @@ fn reload_publisher(original: &Config) -> anyhow::Result<Publisher> {
              the running values stay"
         );
     }
+    // The mail side (its transport, relay, sender, keys) and the digest schedules are set up
+    // once: a change is said, not silently dropped.
+    let changed: Vec<&str> = [
+        (
+            "[mail]",
+            format!("{:?}", config.mail) != format!("{:?}", original.mail),
+        ),
+        (
+            "[digest]",
+            format!("{:?}", config.digest) != format!("{:?}", original.digest),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !changed.is_empty() {
+        tracing::warn!(
+            "changes to {} take effect at the next restart (systemctl restart); \
+             the running values stay",
+            changed.join(" and ")
+        );
+    }
     let mut publisher = Publisher::from_config(&config)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     // Rendered once before it is taken: `{{ 1/0 }}` parses, then fails on every page.
