@@ -117,6 +117,8 @@ pub struct Context<'a> {
     pub clock: &'a Clock,
     /// The daemon's delivery pause, if it paused (only the daemon knows).
     pub pause: Option<crate::mail::Pause>,
+    /// Whether the daemon answers this (else nothing is being delivered).
+    pub daemon: bool,
     /// The categories subscribers may follow (from the daemon, or read from the store).
     pub categories: &'a dyn Fn() -> Vec<String>,
     /// Checks the tokens of inbox messages (none: the secret cannot be read).
@@ -642,6 +644,8 @@ pub struct Orphan {
 /// Whether the daemon is sending, or has paused delivery as a whole and why.
 #[derive(Serialize)]
 struct Delivery {
+    /// Whether the daemon runs (and so delivers).
+    running: bool,
     paused: bool,
     reason: Option<String>,
     since: Option<String>,
@@ -973,6 +977,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         outbox,
         last_digests,
         delivery: Delivery {
+            running: ctx.daemon,
             paused: ctx.pause.is_some(),
             reason: ctx.pause.as_ref().map(|p| p.reason.clone()),
             since: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.since_ms)),
@@ -1004,7 +1009,9 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             reason: Some(reason),
             since: Some(since),
             next_try: Some(next),
+            ..
         } => format!("PAUSED since {since}, next try {next}: {reason}"),
+        Delivery { running: false, .. } => "not running (the daemon is stopped)".into(),
         _ => "running".into(),
     };
     let mut out = format!(
@@ -1066,6 +1073,7 @@ mod tests {
             store,
             clock: &clock,
             pause: None,
+            daemon: false,
             categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],
             signer: None,
             return_path: "",

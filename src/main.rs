@@ -365,6 +365,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                     store: &store,
                     clock: &bantin::clock::Clock::system(),
                     pause: None,
+                    daemon: false,
                     categories: &|| bantin::publish::read_known_categories(config),
                     signer: bantin::token::Signer::load(
                         &config.state.dir,

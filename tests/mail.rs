@@ -433,6 +433,12 @@ fn commands_answer_the_same_through_the_daemon() {
     let online = stdout(&site.bantin(&["status"]));
     assert_eq!(online.lines().next(), offline.lines().next(), "articles");
     assert_eq!(online.lines().nth(1), offline.lines().nth(1), "subscribers");
+    // Only the daemon delivers: without it, status does not say delivery runs.
+    assert!(
+        offline.contains("delivery: not running (the daemon is stopped)"),
+        "{offline}"
+    );
+    assert!(online.contains("delivery: running"), "{online}");
     // Changes go through the daemon, which holds the database.
     let out = site.bantin(&["subscribers", "add", "b@x.vn", "--schedule", "daily"]);
     assert!(out.status.success(), "{}", common::stderr(&out));

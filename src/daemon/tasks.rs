@@ -441,6 +441,7 @@ pub fn admin_socket(
                             store: &outbox.store,
                             clock: &outbox.clock,
                             pause: outbox.paused(),
+                            daemon: true,
                             // Before the engine has read the store, read from disk as the
                             // commands without the daemon do (once per request: it walks
                             // the store).
