@@ -296,6 +296,17 @@ pub struct Fanout {
     /// article noticed again (a retry, a restore) does not mail them all once more.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub done: bool,
+    /// The article's category, title and publication time: the same article saved under
+    /// another name (moved to a folder, renamed) is known by it, and not mailed again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+}
+
+impl Fanout {
+    /// What [`Fanout::fingerprint`] holds for an article.
+    pub fn fingerprint_of(category: &str, title: &str, published_s: i64) -> String {
+        format!("{category}\0{}\0{published_s}", title.trim())
+    }
 }
 
 /// One mail to one address. Times are unix milliseconds.
@@ -1393,6 +1404,29 @@ impl Store {
         })())
     }
 
+    /// The article, other than `article`, whose fan-out with this fingerprint began at
+    /// `since_ms` or later (the same article under another name), if any.
+    pub fn fanout_like(
+        &self,
+        article: &str,
+        fingerprint: &str,
+        since_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        if fingerprint.is_empty() {
+            return Ok(None);
+        }
+        let t = self.t()?;
+        for r in t.fanout.iter() {
+            let (k, v) = r?;
+            let f: Fanout = decode(&k, &v)?;
+            if f.fingerprint == fingerprint && f.created_ms >= since_ms && *k != *article.as_bytes()
+            {
+                return Ok(Some(String::from_utf8_lossy(&k).into_owned()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Forgets the fan-outs done that began before `before_ms`.
     pub fn prune_fanouts(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.written((|| -> Result<usize, StoreError> {
@@ -2275,6 +2309,7 @@ mod tests {
             after: String::new(),
             planned: 0,
             done: false,
+            fingerprint: String::new(),
         };
         assert!(store.start_fanout("tin", &fanout(1_000), 0).unwrap());
         let window = [Delivery::new(
@@ -2540,6 +2575,7 @@ mod tests {
             after: "b@x.vn".into(),
             planned: 2,
             done: false,
+            fingerprint: String::new(),
         };
         assert!(store.start_fanout("tin", &fanout, 0).unwrap());
         assert!(

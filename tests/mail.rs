@@ -1398,3 +1398,40 @@ fn a_correction_during_a_fan_out_reaches_everyone_already_told() {
         alerts.len()
     );
 }
+
+/// The clerk files an article already mailed into a folder (or Windows copies it): the same
+/// article under another name mails nobody again; another article does.
+#[test]
+fn an_article_moved_or_copied_after_its_alert_is_not_mailed_again() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let text = article(CAT_A, "Lịch tiếp công dân tháng 12", "20/11/2026 | 08:00");
+    site.publish("lich.txt", &text);
+    wait_mails(&smtp, 1);
+    std::fs::create_dir_all(site.store().join("2026/11")).unwrap();
+    std::fs::rename(
+        site.store().join("lich.txt"),
+        site.store().join("2026/11/lich.txt"),
+    )
+    .unwrap();
+    daemon.wait_log("not mailed again");
+    site.publish("lich - Copy.txt", &text);
+    common::wait_for("the copy noticed", PATIENCE, || {
+        daemon.log().matches("not mailed again").count() == 2
+    });
+    // A different article still goes, after both: nothing else was queued before it.
+    site.publish(
+        "khac.txt",
+        &article(CAT_A, "Lịch tiếp công dân tháng 1", "20/11/2026 | 09:00"),
+    );
+    let mails = wait_mails(&smtp, 2);
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(
+        header(&mails[1].data, "Subject")
+            .unwrap()
+            .contains("tháng 1")
+    );
+}

@@ -350,7 +350,18 @@ impl Outbox {
                 after: String::new(),
                 planned: 0,
                 done: false,
+                fingerprint: Fanout::fingerprint_of(&a.category, &a.title, a.published.timestamp()),
             };
+            let since = now - self.policy.keep_ms;
+            if let Some(other) = self.store.fanout_like(&a.id, &fanout.fingerprint, since)? {
+                tracing::warn!(
+                    id = &*a.id,
+                    same_as = other,
+                    "same category, title and date as an article already mailed (moved or \
+                     copied?): not mailed again"
+                );
+                continue;
+            }
             if !self
                 .store
                 .start_fanout(&a.id, &fanout, now - self.policy.keep_ms)?
