@@ -908,6 +908,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn who_unsubscribed_by_mistake_gets_a_confirmation_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, categories, outbox, _) = routes(dir.path());
+        *categories.write().unwrap() = Some(vec!["THÔNG BÁO".to_owned()]);
+        let now = outbox.clock.now_s();
+        let mut sub = Subscriber::new("lan@example.vn", Schedule::Daily, Vec::new(), now - 60);
+        sub.confirm_sent = Some(now - 60);
+        sub.confirmed = Some(now - 30);
+        sub.end(SubState::Unsubscribed, now - 10);
+        outbox.store.put_subscriber(&sub).unwrap();
+        let (status, _, page) = post(&app, "/subscribe", "email=lan%40example.vn").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let sub = outbox.store.subscriber("lan@example.vn").unwrap().unwrap();
+        assert_eq!(sub.state, SubState::Pending);
+        assert!(
+            sub.confirm_sent.is_some_and(|t| t >= now),
+            "a new mail was queued"
+        );
+        // Once: the next post that day waits for the day to pass.
+        let (status, _, page) =
+            post(&app, "/subscribe", "email=lan%40example.vn&schedule=weekly").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let again = outbox.store.subscriber("lan@example.vn").unwrap().unwrap();
+        assert_eq!(
+            (again.confirm_sent, again.schedule),
+            (sub.confirm_sent, Schedule::Immediate)
+        );
+    }
+
+    #[tokio::test]
     async fn preferences_are_shown_but_not_saved_before_the_store_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let (app, categories, outbox, links) = routes(dir.path());

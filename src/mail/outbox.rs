@@ -779,10 +779,12 @@ fn known(entry: &Entry, seen: i64) -> KnownArticle {
 }
 
 /// Whether a confirmation mail may be queued for `sub` at `now` (unix seconds): at most one
-/// a day.
+/// a day, and one more after the subscription ended (unsubscribed by mistake, the citizen
+/// subscribes again at once; only the address itself can end it, so this bombs no one).
 pub fn may_queue_confirmation(sub: &Subscriber, now: i64) -> bool {
-    sub.confirm_sent
-        .is_none_or(|t| now - t >= CONFIRM_EVERY_SECS)
+    sub.confirm_sent.is_none_or(|t| {
+        now - t >= CONFIRM_EVERY_SECS || sub.tokens_after.is_some_and(|ended| ended >= t)
+    })
 }
 
 /// Queues a confirmation mail for `sub` unless one was queued in the last day. Returns whether
