@@ -191,9 +191,20 @@ impl Item<'_> {
         self.entry.author.as_deref().unwrap_or(&site.title)
     }
 
-    /// The full text as HTML paragraphs.
+    /// The full text as HTML paragraphs; an event's time and place first, as on its page
+    /// (a feed reader has no other way to see them).
     fn content_html(&self) -> String {
         let mut html = String::new();
+        if let Some(when) = &self.entry.event {
+            html.push_str("<p><strong>Thời gian:</strong> ");
+            escape_into(&mut html, &crate::calendar::describe(when));
+            html.push_str("</p>\n");
+            if let Some(place) = &self.entry.place {
+                html.push_str("<p><strong>Địa điểm:</strong> ");
+                escape_into(&mut html, place);
+                html.push_str("</p>\n");
+            }
+        }
         for p in self.body.map_or(&[][..], |a| a.paragraphs.as_slice()) {
             html.push_str("<p>");
             escape_into(&mut html, p);

@@ -302,6 +302,10 @@ impl Index {
         };
         add_text(self, &article.title, &mut position);
         let title_len = position;
+        // An event's place is found as its text is (the page shows it above the text).
+        if let Some(place) = &entry.place {
+            add_text(self, place, &mut position);
+        }
         for p in &article.paragraphs {
             add_text(self, p, &mut position);
         }
@@ -1035,6 +1039,24 @@ mod tests {
         assert!(idx.search("ngân sách", 1).unwrap().hits.is_empty());
         assert!(idx.search("", 1).unwrap().hits.is_empty());
         assert!(idx.search("!!! ???", 1).unwrap().hits.is_empty());
+    }
+
+    #[test]
+    fn an_event_is_found_by_its_place() {
+        let (e, mut a) = article("hop", "Tiếp xúc cử tri", "Các đại biểu gặp cử tri.", 1);
+        a.place = Some("Nhà văn hóa phường Dịch Vọng".into());
+        let e = Arc::new(Entry::new(
+            &a,
+            e.file.clone(),
+            Stamp::default(),
+            e.published,
+        ));
+        let mut idx = Index::default();
+        idx.add(e, &a);
+        assert_eq!(
+            ids(&idx.search("nha van hoa dich vong", 1).unwrap()),
+            ["hop"]
+        );
     }
 
     #[test]

@@ -178,6 +178,22 @@ fn build_writes_every_calendar() {
             .contains("Kỳ họp thứ mười")
     );
     assert!(site.public().join("articles/hop.ics").exists());
+    // A feed reader sees when and where, first, in every format.
+    for feed in [
+        "feeds/tin-tuc.rss",
+        "feeds/tin-tuc.atom",
+        "feeds/tin-tuc.json",
+    ] {
+        let text = site.read_public(feed);
+        for needed in [
+            "Thời gian:",
+            "từ Thứ Năm 16/01/2025 đến Thứ Sáu 17/01/2025",
+            "Địa điểm:",
+            "số 36 đường Cầu Giấy",
+        ] {
+            assert!(text.contains(needed), "{feed}: {needed}");
+        }
+    }
     let index = site.read_public("index.html");
     assert!(index.contains("Lịch sự kiện") && index.contains("calendar.ics"));
     assert!(!site.public().join("articles/tin.ics").exists());
