@@ -310,10 +310,28 @@ fn read_header(
     Ok(header)
 }
 
-/// The value of `line` when it is `marker`, optional spaces, a colon and the value.
+/// The value of `line` when it is `marker`, optional spaces, a colon and the value. The
+/// marker may be typed in any case and without its diacritics (`Dinh chinh:`, `THOI GIAN:`,
+/// on a keyboard without a Vietnamese input method): meant so, under the date line.
 fn field<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
-    let rest = line.strip_prefix(marker)?.trim_start();
-    Some(rest.strip_prefix(':')?.trim())
+    let rest = match line.strip_prefix(marker) {
+        Some(rest) => rest,
+        None => {
+            let n = marker.chars().count();
+            let end = line.char_indices().nth(n).map_or(line.len(), |(at, _)| at);
+            let typed = &line[..end];
+            let same = typed.chars().count() == n
+                && typed
+                    .chars()
+                    .zip(marker.chars())
+                    .all(|(a, b)| crate::search::fold_char(a) == crate::search::fold_char(b));
+            if !same {
+                return None;
+            }
+            &line[end..]
+        }
+    };
+    Some(rest.trim_start().strip_prefix(':')?.trim())
 }
 
 /// Reads an event's time: `D/M/YYYY | H:MM [- H:MM | - D/M/YYYY | H:MM]` or
@@ -902,6 +920,20 @@ mod tests {
 
     fn day(text: &str) -> NaiveDate {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn markers_typed_without_diacritics_or_in_another_case_are_markers() {
+        let a = ok(&with_header(
+            "Dinh chinh: doi gio khai mac\nTHOI GIAN: 16/12/2026 | 08:00\nđịa điểm: Trụ sở",
+        ));
+        assert_eq!(a.correction.as_deref(), Some("doi gio khai mac"));
+        assert!(a.event.is_some());
+        assert_eq!(a.place.as_deref(), Some("Trụ sở"));
+        // Without the colon it is text: a sentence may start with these words.
+        let b = ok(&with_header("Đính chính sửa giờ"));
+        assert_eq!(b.correction, None);
+        assert!(b.paragraphs[0].starts_with("Đính chính sửa giờ"));
     }
 
     #[test]
