@@ -243,6 +243,16 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         .collect();
     let library = Library::from_entries(entries);
     body_markers.extend(look_alikes(config, &library));
+    let mut unread = Vec::new();
+    not_articles(&config.store.dir, &mut unread);
+    unread.sort();
+    body_markers.extend(unread.into_iter().map(|path| {
+        format!(
+            "{}: không được đăng: chỉ tệp có tên kết thúc bằng \".txt\" (chữ thường) là bài \
+             viết; hãy lưu bài này thành tệp văn bản, tên kết thúc bằng .txt",
+            path.display()
+        )
+    }));
     let unknown = unknown_categories(&feeds, &library);
     if library.is_empty() && !unknown.is_empty() {
         // A new installation: nothing to check the feeds' categories against yet.
@@ -352,3 +362,32 @@ fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
 
 /// An article dated further ahead than this is pointed out (a wrong year, most likely).
 const FAR_AHEAD_DAYS: i64 = 60;
+
+/// Files under `dir` that look meant as articles but are not read as such: `.TXT`, or a
+/// word processor's document. Hidden files and folders, drafts and symlinks are left out.
+fn not_articles(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    const DOCUMENTS: [&str; 6] = ["txt", "doc", "docx", "odt", "rtf", "pdf"];
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in read.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(['.', '_']) {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            not_articles(&entry.path(), out);
+        } else if kind.is_file()
+            && !name.ends_with(".txt")
+            && name
+                .rsplit_once('.')
+                .is_some_and(|(_, ext)| DOCUMENTS.iter().any(|d| ext.eq_ignore_ascii_case(d)))
+        {
+            out.push(entry.path());
+        }
+    }
+}

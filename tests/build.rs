@@ -619,6 +619,9 @@ fn check_points_out_what_is_most_likely_a_slip() {
         .chain("Bài".encode_utf16().flat_map(u16::to_le_bytes))
         .collect();
     std::fs::write(site.store().join("e.txt"), utf16).unwrap();
+    // Saved with the wrong name, or from a word processor.
+    site.put("HOA.TXT", &article(CAT_A, "Bài hoa", "17/02/2020 | 08:16"));
+    std::fs::write(site.store().join("Thong bao.docx"), b"PK").unwrap();
     let out = site.bantin(&["check"]);
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -627,6 +630,8 @@ fn check_points_out_what_is_most_likely_a_slip() {
         "a - Copy.txt: cùng tiêu đề và ngày đăng với",
         "d.txt: ngày đăng 14/02/2099 08:16 còn hơn 60 ngày nữa",
         "e.txt:1: tệp được lưu bằng bảng mã UTF-16",
+        "HOA.TXT: không được đăng: chỉ tệp có tên kết thúc bằng \".txt\"",
+        "Thong bao.docx: không được đăng",
     ] {
         assert!(said.contains(needle), "{needle}\n{said}");
     }
