@@ -405,7 +405,20 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
         println!("{p}");
     }
     for d in &report.drafts {
-        eprintln!("{d}: bản nháp, chưa được đăng (muốn đăng thì bỏ dấu \"_\" ở đầu tên)");
+        // The `_` that makes it a draft: on the file's name, or on a folder's.
+        let relative = std::path::Path::new(d)
+            .strip_prefix(&config.store.dir)
+            .unwrap_or(std::path::Path::new(d));
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let marked = parts.iter().position(|p| p.starts_with('_'));
+        let whose = match marked {
+            Some(i) if i + 1 < parts.len() => format!("tên thư mục \"{}\"", parts[i]),
+            _ => "tên tệp".to_string(),
+        };
+        eprintln!("{d}: bản nháp, chưa được đăng (muốn đăng thì bỏ dấu \"_\" ở đầu {whose})");
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");

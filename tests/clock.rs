@@ -399,10 +399,16 @@ fn drafts_are_never_published_or_mailed_until_renamed() {
     // `check` reads drafts too, and says they are drafts.
     let out = site.bantin(&["check"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    let said = common::stderr(&out);
     assert!(
-        common::stderr(&out).contains("_nhap.txt: bản nháp, chưa được đăng"),
-        "{}",
-        common::stderr(&out)
+        said.contains(
+            "_nhap.txt: bản nháp, chưa được đăng (muốn đăng thì bỏ dấu \"_\" ở đầu tên tệp)"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("bai.txt: bản nháp, chưa được đăng (muốn đăng thì bỏ dấu \"_\" ở đầu tên thư mục \"_chua-xong\")"),
+        "{said}"
     );
     // Renamed without the underscore: published and mailed.
     std::fs::rename(
