@@ -282,6 +282,7 @@ fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .with_state(state)
         .merge(extra)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(too_large_in_vietnamese))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn_with_state(
             limits.request_timeout,
@@ -339,6 +340,19 @@ async fn security_headers(req: Request, next: Next) -> Response {
 
 /// A request (its body included: handlers read it) must be answered within `limit`; a body
 /// sent a byte at a time is cut off with 408 and the connection closed.
+/// A body over `http.max_body_bytes` is refused with a line in Vietnamese, like the other
+/// plain answers, not the framework's English.
+async fn too_large_in_vietnamese(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "nội dung gửi lên quá lớn (payload too large)\n",
+    )
+}
+
 async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,

@@ -523,6 +523,8 @@ pub struct Refill {
     pub token: Option<String>,
     /// The button's label.
     pub button: String,
+    /// On the preferences page: where to unsubscribe instead.
+    pub unsubscribe_url: Option<String>,
 }
 
 impl Refill {
@@ -554,6 +556,7 @@ impl Refill {
             action: "subscribe".into(),
             token: None,
             button: "Đăng ký".into(),
+            unsubscribe_url: None,
         }
     }
 }

@@ -664,6 +664,11 @@ async fn preferences_page(
             form.action = "preferences".into();
             form.token = Some(token);
             form.button = "Lưu".into();
+            form.unsubscribe_url = Some(
+                state
+                    .links
+                    .unsubscribe_url(&sub.email, state.outbox.clock.now_s()),
+            );
             state.render(StatusCode::OK, |pages| {
                 pages.subscribe_again(
                     "Đổi cách nhận tin",
@@ -964,6 +969,23 @@ mod tests {
         let page = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         let page = String::from_utf8_lossy(&page);
         assert!(page.contains("value=\"THÔNG BÁO\" checked"), "{page}");
+        // A way out, with a link that unsubscribes this address.
+        let out = page
+            .split("href=\"")
+            .find_map(|p| {
+                p.split('"')
+                    .next()
+                    .filter(|u| u.contains("/unsubscribe?token="))
+            })
+            .expect("an unsubscribe link");
+        let out_token = out.split("token=").nth(1).unwrap();
+        assert_eq!(
+            links
+                .verify(Purpose::Unsubscribe, out_token)
+                .map(|v| v.email)
+                .as_deref(),
+            Some("dan@example.vn")
+        );
         // Saved before the store is read: not even "every category" is taken.
         let form = format!("token={token}&schedule=daily");
         let (status, headers, page) = post(&app, "/preferences", &form).await;

@@ -370,6 +370,7 @@ fn health_metrics_and_limits() {
         &big,
     );
     assert_eq!(r.status, 413, "body over http.max_body_bytes");
+    assert_eq!(r.text(), "nội dung gửi lên quá lớn (payload too large)\n");
     assert_eq!(request(daemon.addr, "POST", "/", &[], b"").status, 405);
 }
 
