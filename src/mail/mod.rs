@@ -267,6 +267,14 @@ pub fn check_address(text: &str, utf8: Option<bool>) -> Result<String, AddressPr
     {
         return Err(AddressProblem::Invalid);
     }
+    // A domain typed in Vietnamese has an ASCII name every relay takes (a browser sends that
+    // one already): only a non-ASCII local part needs SMTPUTF8.
+    let email = if domain.is_ascii() {
+        email
+    } else {
+        let ascii = idna::domain_to_ascii(domain).map_err(|_| AddressProblem::Invalid)?;
+        format!("{local}@{ascii}")
+    };
     if !email.is_ascii() && utf8 != Some(true) {
         return Err(AddressProblem::NeedsUtf8 {
             relay_said_no: utf8 == Some(false),
@@ -324,6 +332,15 @@ mod tests {
         assert_eq!(
             check_address("d\u{202e}ân@x.vn", Some(true)),
             Err(AddressProblem::Invalid)
+        );
+        // A Vietnamese domain as typed is the one a browser sends in ASCII.
+        assert_eq!(
+            normalize_email("Lan@BưuĐiện.vn").as_deref(),
+            Some("lan@xn--buin-1ua66gr30m.vn")
+        );
+        assert_eq!(
+            check_address("dân@bưuđiện.vn", Some(true)).as_deref(),
+            Ok("dân@xn--buin-1ua66gr30m.vn")
         );
     }
 }
