@@ -293,8 +293,8 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
 
 /// What is most likely a slip of the clerk, though each article is valid alone: categories
 /// written two ways (each is its own category, and those who follow one miss the other),
-/// an article saved twice (a copy mails everyone again), a date far ahead (a wrong year
-/// waits for it in silence).
+/// an article saved twice (the copy is shown twice; it is not mailed again), a date far
+/// ahead (a wrong year waits for it in silence).
 fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
     use std::collections::BTreeMap;
     let mut out = Vec::new();
@@ -342,7 +342,7 @@ fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
         for file in &files[1..] {
             out.push(format!(
                 "{file}: cùng tiêu đề và ngày đăng với {}: nếu đây là bản sao, hãy xóa nó, vì \
-                 mỗi tệp là một bài và được gửi thư cho người đăng ký một lần nữa",
+                 mỗi tệp là một bài, hiện thêm một lần trên trang và trong các nguồn tin",
                 files[0]
             ));
         }
