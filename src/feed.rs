@@ -207,7 +207,7 @@ impl Item<'_> {
         }
         for p in self.body.map_or(&[][..], |a| a.paragraphs.as_slice()) {
             html.push_str("<p>");
-            escape_into(&mut html, p);
+            html.push_str(&crate::site::linkify(p));
             html.push_str("</p>\n");
         }
         html.truncate(html.trim_end().len());

@@ -124,6 +124,65 @@ fn url_filter(value: String) -> minijinja::Value {
     minijinja::Value::from_safe_string(html_text(&value))
 }
 
+/// `{{ p|linkify }}`: the text escaped for HTML, each web address in it a link.
+fn linkify_filter(text: String) -> minijinja::Value {
+    minijinja::Value::from_safe_string(linkify(&text))
+}
+
+/// `text` escaped for HTML, with every `http://` or `https://` address in it made a link.
+/// Punctuation that ends a sentence is not part of an address, nor a closing bracket that
+/// opened before it.
+pub fn linkify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    while let Some(at) = url_start(rest) {
+        let (before, from) = rest.split_at(at);
+        crate::feed::escape_into(&mut out, before);
+        let end = from.find(char::is_whitespace).unwrap_or(from.len());
+        let mut url = &from[..end];
+        loop {
+            let mut trimmed = url.trim_end_matches([
+                '.', ',', ';', ':', '!', '?', '"', '\'', '\u{201d}', '\u{2019}', '\u{2026}',
+            ]);
+            if trimmed.ends_with(')') && trimmed.matches('(').count() < trimmed.matches(')').count()
+            {
+                trimmed = &trimmed[..trimmed.len() - 1];
+            }
+            if trimmed.len() == url.len() {
+                break;
+            }
+            url = trimmed;
+        }
+        let scheme = if url.starts_with("https://") { 8 } else { 7 };
+        if url.len() <= scheme {
+            crate::feed::escape_into(&mut out, &from[..end]);
+            rest = &from[end..];
+            continue;
+        }
+        out.push_str("<a href=\"");
+        crate::feed::escape_into(&mut out, url);
+        out.push_str("\">");
+        crate::feed::escape_into(&mut out, url);
+        out.push_str("</a>");
+        rest = &from[url.len()..];
+    }
+    crate::feed::escape_into(&mut out, rest);
+    out
+}
+
+/// Where the first web address of `text` starts: `http://` or `https://` at the start of a
+/// word.
+fn url_start(text: &str) -> Option<usize> {
+    text.match_indices("http").map(|(at, _)| at).find(|&at| {
+        let tail = &text[at..];
+        (tail.starts_with("http://") || tail.starts_with("https://"))
+            && !text[..at]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphanumeric)
+    })
+}
+
 /// `{{ text|wrap(72) }}`, `{{ text|wrap(72, "  ") }}`: plain text folded at `width`
 /// characters between words, each line after the first starting with `indent`; a word
 /// longer than a line (a URL) stands alone, never broken.
@@ -216,6 +275,7 @@ impl Templates {
         env.add_filter("url", url_filter);
         env.set_formatter(mail_formatter);
         env.add_filter("wrap", wrap_filter);
+        env.add_filter("linkify", linkify_filter);
         let mut errors = Vec::new();
         let mut fingerprint = crate::library::Fnv::default();
         for (name, shown, source) in sources {
@@ -568,7 +628,30 @@ fn v<T: Serialize>(value: T) -> minijinja::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::{html_text, wrap};
+    use super::{html_text, linkify, wrap};
+
+    #[test]
+    fn web_addresses_in_text_become_links_and_nothing_else_does() {
+        assert_eq!(
+            linkify("Xem https://hanoi.gov.vn/tin?id=1&a=2. Hỏi <đáp>"),
+            "Xem <a href=\"https://hanoi.gov.vn/tin?id=1&amp;a=2\">\
+             https://hanoi.gov.vn/tin?id=1&amp;a=2</a>. Hỏi &lt;đáp&gt;"
+        );
+        // A bracket opened before the address is not part of it; one opened in it is.
+        assert_eq!(
+            linkify("(tại http://a.vn/x) và http://b.vn/y_(z)"),
+            "(tại <a href=\"http://a.vn/x\">http://a.vn/x</a>) và \
+             <a href=\"http://b.vn/y_(z)\">http://b.vn/y_(z)</a>"
+        );
+        // Not an address: no scheme, a scheme alone, inside a word, another scheme.
+        for plain in ["www.a.vn", "http://", "xhttp://a.vn", "javascript:alert(1)"] {
+            assert!(!linkify(plain).contains("<a "), "{plain}");
+        }
+        assert_eq!(
+            linkify("\"https://a.vn/\"onmouseover=x"),
+            "&quot;<a href=\"https://a.vn/&quot;onmouseover=x\">https://a.vn/&quot;onmouseover=x</a>"
+        );
+    }
 
     #[test]
     fn escapes_what_html_needs_and_keeps_the_rest() {

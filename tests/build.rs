@@ -637,3 +637,34 @@ fn check_points_out_what_is_most_likely_a_slip() {
     }
     assert!(!said.contains("a.txt: cùng tiêu đề"), "{said}");
 }
+
+#[test]
+fn web_addresses_in_an_article_are_links_on_its_page_and_in_the_feeds() {
+    let site = Site::new();
+    site.put(
+        "lien-ket.txt",
+        &article(CAT_A, "Có liên kết", "14/02/2020 | 08:16").replace(
+            "Đoạn thứ hai.",
+            "Xem toàn văn tại https://hanoi.gov.vn/van-ban?id=12&trang=2.",
+        ),
+    );
+    let out = site.bantin(&["build"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let link = "<a href=\"https://hanoi.gov.vn/van-ban?id=12&amp;trang=2\">";
+    let page = site.read_public("articles/lien-ket.html");
+    assert!(page.contains(link), "{page}");
+    assert!(
+        page.contains("</a>.</p>"),
+        "the full stop is not part of it: {page}"
+    );
+    // In the feeds the content is HTML carried as text: escaped once more in XML.
+    let json = site.read_public("feeds/tat-ca.json");
+    assert!(json.contains(&link.replace('"', "\\\"")), "{json}");
+    let atom = site.read_public("feeds/tat-ca.atom");
+    assert!(
+        atom.contains(
+            "&lt;a href=&quot;https://hanoi.gov.vn/van-ban?id=12&amp;amp;trang=2&quot;&gt;"
+        ),
+        "{atom}"
+    );
+}
