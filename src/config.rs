@@ -513,7 +513,18 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.rebase(base);
         config.source = Some(path.to_owned());
-        config.validate(path)?;
+        // A value that parses but cannot be used is shown at its line too.
+        config.validate(path).map_err(|e| match e {
+            ConfigError::Invalid { path, message } => match key_line(&text, &message) {
+                Some(line) => ConfigError::Parse {
+                    path,
+                    line,
+                    message,
+                },
+                None => ConfigError::Invalid { path, message },
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -665,6 +676,28 @@ pub fn toml_error(text: &str, error: &toml::de::Error) -> (usize, String) {
 }
 
 /// Line number (from 1) of a byte offset.
+/// The line of `text` that sets the key a validation `message` starts with
+/// (`mail.smtp.tls '…' is not …`): under its `[table]` header, `key = …`.
+fn key_line(text: &str, message: &str) -> Option<usize> {
+    let name = message.split([' ', ':']).next()?;
+    let (table, key) = name.rsplit_once('.')?;
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim();
+            continue;
+        }
+        let set = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == table && set {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 pub fn line_of(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
     text.as_bytes()[..offset]
@@ -731,6 +764,31 @@ mod tests {
         std::fs::write(&path, "[site]\ntimezone = \"Mars/Olympus\"\n").unwrap();
         let error = Config::from_file(&path).unwrap_err().to_string();
         assert!(error.contains("Mars/Olympus"), "{error}");
+        assert!(
+            error.contains("bantin.toml:2: site.timezone"),
+            "at its line: {error}"
+        );
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_used_is_shown_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bantin.toml");
+        for (text, at) in [
+            (
+                "[mail]\n# relay\ntransport = \"pigeon\"\n",
+                ":3: mail.transport",
+            ),
+            (
+                "[mail]\nfrom = \"a@b.vn\"\n[mail.smtp]\n\ntls = \"maybe\"\n",
+                ":5: mail.smtp.tls",
+            ),
+            ("[digest]\ndaily = \"mỗi sáng\"\n", ":2: digest.daily"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::from_file(&path).unwrap_err().to_string();
+            assert!(error.contains(at), "{at}: {error}");
+        }
     }
 
     #[test]
