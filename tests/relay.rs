@@ -464,3 +464,56 @@ fn a_refused_recipient_keeps_the_connection() {
         drop(daemon);
     }
 }
+
+/// A relay that refuses a few addresses only (no relay rights for their domain, say), the
+/// same way each time: delivery may pause, but its next try is another mail, and a new
+/// article still reaches everyone else.
+#[test]
+fn a_relay_refusing_a_few_addresses_does_not_hold_back_everyone_else() {
+    let smtp = SmtpServer::start();
+    let bad = ["aa1@x.vn", "aa2@x.vn", "aa3@x.vn"];
+    smtp.set(|r| {
+        for email in bad {
+            r.rcpt.insert(
+                email.into(),
+                format!("554 5.7.1 <{email}>: Relay access denied"),
+            );
+        }
+    });
+    let site = site(&smtp, false);
+    let good = ["b@x.vn", "c@x.vn"];
+    add(&site, &bad);
+    add(&site, &good);
+    let daemon = start(&site);
+    site.publish("mot.txt", &article(CAT_A, "Bài một", "20/11/2026 | 08:00"));
+    let got = |title: &str| {
+        let mut to: Vec<String> = smtp
+            .accepted()
+            .iter()
+            .filter(|m| m.data.contains(title))
+            .flat_map(|m| m.to.clone())
+            .collect();
+        to.sort();
+        to
+    };
+    // Whatever the order of refusals and pauses, the good addresses get it.
+    // Each look that finds it missing moves the clock past the next try.
+    wait_for("Bài một to the good addresses", PATIENCE, || {
+        got("Bài một") == good || {
+            daemon.advance(Span::seconds(61));
+            false
+        }
+    });
+    // The refused ones come back now and then and may pause delivery again: a new
+    // article still goes out at the next try.
+    site.publish("hai.txt", &article(CAT_A, "Bài hai", "20/11/2026 | 09:00"));
+    // Each look that finds it missing moves the clock past the next try.
+    wait_for("Bài hai to the good addresses", PATIENCE, || {
+        got("Bài hai") == good || {
+            daemon.advance(Span::seconds(61));
+            false
+        }
+    });
+    let json = status(&site);
+    assert_eq!(json["subscribers"]["active"], 5, "nobody bounced: {json}");
+}

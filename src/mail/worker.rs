@@ -180,7 +180,9 @@ impl Worker {
                 probe = true;
             }
             self.fold(FOLD_EVERY);
-            if !probe && let Err(e) = tokio::task::block_in_place(|| self.outbox.feed()) {
+            // A try during a pause plans too: the try may be a new mail, and planning
+            // stopped while the relay refused.
+            if let Err(e) = tokio::task::block_in_place(|| self.outbox.feed()) {
                 tracing::error!("cannot plan alerts: {e}");
             }
             let mut batch = self.due(now);
@@ -219,7 +221,7 @@ impl Worker {
                     .lock()
                     .expect("in flight")
                     .insert(batch[0].key.clone());
-                self.deliver(&batch[0]).await;
+                self.deliver(&batch[0], true).await;
                 self.outbox
                     .in_flight
                     .lock()
@@ -266,7 +268,7 @@ impl Worker {
                 }
                 let worker = self.clone();
                 tokio::spawn(async move {
-                    worker.deliver(&queued).await;
+                    worker.deliver(&queued, false).await;
                     worker
                         .outbox
                         .in_flight
@@ -365,8 +367,8 @@ impl Worker {
     }
 
     /// Sends one delivery and records the outcome durably: the delivery is read once and
-    /// written once.
-    async fn deliver(&self, queued: &Queued) {
+    /// written once. `probe`: the one mail tried while delivery is paused.
+    async fn deliver(&self, queued: &Queued, probe: bool) {
         let key = &queued.key;
         let metrics = &self.outbox.metrics;
         let clock = &self.outbox.clock;
@@ -417,10 +419,16 @@ impl Worker {
             other => other,
         };
         if let Err(SendError::Ours(why)) = &outcome {
-            // Not this mail's fault: no attempt counted, first in line when sending resumes.
+            // Not this mail's fault: no attempt counted, first in line when sending resumes;
+            // but a try during the pause that failed goes behind the mails due meanwhile,
+            // so the next try is another mail, which the relay may well take (it may have
+            // refused a few addresses, not us).
             self.pause(why.clone());
             d.error = Some(why.clone());
             d.updated_ms = now;
+            if probe {
+                d.next_ms = d.next_ms.max(now);
+            }
             self.finish(key, &d, queued).await;
             return;
         }
