@@ -107,6 +107,11 @@ fn pauses_then_resumes(
             .any(|l| l.starts_with("bantin_mail_paused{reason=\"") && l.contains(reason)),
         "the reason is on /metrics: {metrics}"
     );
+    assert!(
+        !metrics.contains("@x.vn"),
+        "no address in a label: {metrics}"
+    );
+    assert!(!text.contains("@x.vn"), "nor in status: {text}");
     // Still refusing at the next try: still nobody harmed, the pause grows.
     // A try opens a connection, or begins a mail on one kept open (a refused recipient
     // costs a reset, not the connection).

@@ -413,7 +413,10 @@ impl Worker {
         let now = clock.now_ms();
         let outcome = match outcome {
             Err(SendError::Rejected(why)) if self.same_rejection(&why, &d.email) => {
-                self.pause(format!("the relay refuses every message: {why}"));
+                // The reason goes to the log, `status` and a metric label: no subscriber's
+                // address in it.
+                let refusal = refusal_of_any(&why);
+                self.pause(format!("the relay refuses every message: {refusal}"));
                 Err(SendError::Ours(why))
             }
             other => other,
