@@ -268,15 +268,27 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             if queued {
                 (ctx.on_queued)();
             }
-            let state = if confirmed {
+            let now_active = store
+                .subscriber(&email)?
+                .is_some_and(|s| s.state == SubState::Active);
+            let state = if now_active {
                 "active"
-            } else {
+            } else if queued {
                 "pending: confirmation mail queued"
+            } else {
+                "pending: a confirmation mail went out in the last day; confirming it \
+                 subscribes with what it says (nothing changed)"
             };
             Ok(Reply::ok(format!("{email}: {state}\n")))
         }
         Request::Remove { email } => {
-            let email = email.trim().to_lowercase();
+            let mut email = email.trim().to_lowercase();
+            // Stored as the form stores it (a Vietnamese domain in its ASCII form).
+            if store.subscriber(&email)?.is_none()
+                && let Ok(stored) = crate::mail::check_address(&email, Some(true))
+            {
+                email = stored;
+            }
             if store.remove_subscriber(&email)? {
                 store.flush()?;
                 Ok(Reply::ok(format!("{email}: removed\n")))
@@ -352,6 +364,7 @@ fn add(
     let store = ctx.store;
     let now = ctx.clock.now_s();
     let existing = store.subscriber(email)?;
+    let existing_state = existing.as_ref().map(|s| s.state);
     let mut sub = existing.unwrap_or_else(|| Subscriber::new(email, schedule, Vec::new(), now));
     sub.schedule = schedule;
     sub.categories = categories;
@@ -367,6 +380,12 @@ fn add(
     }
     if sub.state == SubState::Active {
         store.put_subscriber(&sub)?;
+        return Ok(false);
+    }
+    // Its confirmation mail went out with the choices then made: confirming does what that
+    // mail says, as on the site.
+    if existing_state == Some(SubState::Pending) && !crate::mail::may_queue_confirmation(&sub, now)
+    {
         return Ok(false);
     }
     sub.state = SubState::Pending;
@@ -1169,6 +1188,48 @@ mod tests {
             reply.stderr.starts_with("line 7: state 'paused'"),
             "{}",
             reply.stderr
+        );
+    }
+
+    #[test]
+    fn a_pending_address_keeps_what_its_confirmation_mail_said() {
+        let (_dir, store) = store();
+        let add = |schedule: &str| {
+            run(
+                &store,
+                Request::Add {
+                    email: "hoa@bưuđiện.vn".into(),
+                    schedule: schedule.into(),
+                    categories: Vec::new(),
+                    confirmed: false,
+                },
+            )
+        };
+        let first = add("weekly");
+        assert!(
+            first.stdout.contains("pending: confirmation mail queued"),
+            "{first:?}"
+        );
+        let again = add("daily");
+        assert!(again.stdout.contains("nothing changed"), "{again:?}");
+        let sub = store
+            .subscriber("hoa@xn--buin-1ua66gr30m.vn")
+            .unwrap()
+            .unwrap();
+        assert_eq!(sub.schedule, Schedule::Weekly);
+        // Removed by the address as typed.
+        let removed = run(
+            &store,
+            Request::Remove {
+                email: "Hoa@BưuĐiện.vn".into(),
+            },
+        );
+        assert_eq!(removed.code, 0, "{removed:?}");
+        assert!(
+            store
+                .subscriber("hoa@xn--buin-1ua66gr30m.vn")
+                .unwrap()
+                .is_none()
         );
     }
 
