@@ -921,7 +921,8 @@ mod tests {
         let mut sub = Subscriber::new("lan@example.vn", Schedule::Daily, Vec::new(), now - 60);
         sub.confirm_sent = Some(now - 60);
         sub.confirmed = Some(now - 30);
-        sub.end(SubState::Unsubscribed, now - 10);
+        // In the very second of the post, as a quick hand (or a script) does.
+        sub.end(SubState::Unsubscribed, now);
         outbox.store.put_subscriber(&sub).unwrap();
         let (status, _, page) = post(&app, "/subscribe", "email=lan%40example.vn").await;
         assert_eq!(status, StatusCode::OK, "{page}");
@@ -930,6 +931,22 @@ mod tests {
         assert!(
             sub.confirm_sent.is_some_and(|t| t >= now),
             "a new mail was queued"
+        );
+        // Its link works: issued after the end, which refuses the links of that second.
+        let mails = outbox
+            .store
+            .deliveries_with_prefix("c\0lan@example.vn\0")
+            .unwrap();
+        let [(_, mail)] = &mails[..] else {
+            panic!("one confirmation: {mails:?}")
+        };
+        let crate::store::Kind::Confirm { at } = mail.kind else {
+            panic!("{mail:?}")
+        };
+        assert!(
+            sub.accepts_token(at),
+            "issued {at}, ended {:?}",
+            sub.tokens_after
         );
         // Once: the next post that day waits for the day to pass.
         let (status, _, page) =

@@ -783,7 +783,7 @@ fn known(entry: &Entry, seen: i64) -> KnownArticle {
 /// subscribes again at once; only the address itself can end it, so this bombs no one).
 pub fn may_queue_confirmation(sub: &Subscriber, now: i64) -> bool {
     sub.confirm_sent.is_none_or(|t| {
-        now - t >= CONFIRM_EVERY_SECS || sub.tokens_after.is_some_and(|ended| ended >= t)
+        now - t >= CONFIRM_EVERY_SECS || sub.tokens_after.is_some_and(|ended| ended > t)
     })
 }
 
@@ -799,7 +799,10 @@ pub fn queue_confirmation(
     }
     sub.confirm_sent = Some(now);
     store.put_subscriber(sub)?;
-    let d = Delivery::new(Kind::Confirm { at: now }, &sub.email, now * 1000);
+    // Its link is issued after the subscription last ended, even in the same second (links
+    // issued up to that second no longer act).
+    let issued = sub.tokens_after.map_or(now, |ended| now.max(ended + 1));
+    let d = Delivery::new(Kind::Confirm { at: issued }, &sub.email, now * 1000);
     store.enqueue(&d)?;
     Ok(true)
 }
