@@ -242,7 +242,11 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         .map(|d| config.store.dir.join(&d.file).display().to_string())
         .collect();
     let library = Library::from_entries(entries);
-    body_markers.extend(look_alikes(config, &library));
+    let named: std::collections::HashSet<&str> = feeds
+        .iter()
+        .flat_map(|f| f.categories.iter().map(String::as_str))
+        .collect();
+    body_markers.extend(look_alikes(config, &library, &named));
     let mut unread = Vec::new();
     not_articles(&config.store.dir, &mut unread);
     unread.sort();
@@ -295,7 +299,11 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
 /// written two ways (each is its own category, and those who follow one miss the other),
 /// an article saved twice (the copy is shown twice; it is not mailed again), a date far
 /// ahead (a wrong year waits for it in silence).
-fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
+fn look_alikes(
+    config: &Config,
+    library: &Library,
+    named: &std::collections::HashSet<&str>,
+) -> Vec<String> {
     use std::collections::BTreeMap;
     let mut out = Vec::new();
     let path = |e: &crate::library::Entry| config.store.dir.join(&e.file).display().to_string();
@@ -314,10 +322,12 @@ fn look_alikes(config: &Config, library: &Library) -> Vec<String> {
             .push(path(e));
     }
     for spellings in by_form.values().filter(|s| s.len() > 1) {
-        // The spelling of most articles is the one meant.
+        // The spelling a feed names is the one meant; else that of most articles.
         let (main, _) = spellings
             .iter()
-            .max_by_key(|(name, files)| (files.len(), std::cmp::Reverse(*name)))
+            .max_by_key(|(name, files)| {
+                (named.contains(*name), files.len(), std::cmp::Reverse(*name))
+            })
             .expect("two or more");
         for (name, files) in spellings.iter().filter(|(name, _)| *name != main) {
             for file in files {

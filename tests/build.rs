@@ -668,3 +668,26 @@ fn web_addresses_in_an_article_are_links_on_its_page_and_in_the_feeds() {
         "{atom}"
     );
 }
+
+/// One article each way: the spelling a feed names is the one meant, whichever sorts first.
+#[test]
+fn check_takes_the_spelling_a_feed_names_for_the_one_meant() {
+    let site = Site::with_config(LOCAL);
+    site.put(
+        "dung.txt",
+        &article(CAT_A, "Bài đúng", "14/02/2020 | 08:16"),
+    );
+    let typed = "TIN TUC - SU KIEN TIEU BIEU";
+    site.put(
+        "go-nham.txt",
+        &article(typed, "Bài gõ nhầm", "15/02/2020 | 08:16"),
+    );
+    let said = stderr(&site.bantin(&["check"]));
+    assert!(
+        said.contains(&format!(
+            "go-nham.txt:1: chuyên mục \"{typed}\" gần giống chuyên mục \"{CAT_A}\""
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("dung.txt:1"), "{said}");
+}
