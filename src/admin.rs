@@ -384,7 +384,8 @@ fn add(
     }
     // Its confirmation mail went out with the choices then made: confirming does what that
     // mail says, as on the site.
-    if existing_state == Some(SubState::Pending) && !crate::mail::may_queue_confirmation(&sub, now)
+    if existing_state == Some(SubState::Pending)
+        && !crate::mail::may_queue_confirmation(store, &sub, now)?
     {
         return Ok(false);
     }

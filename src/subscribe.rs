@@ -408,7 +408,8 @@ pub fn request_subscription(
         // Its confirmation mail went out with the choices then made, and no new one goes
         // today: confirming does what that mail says (anyone can post any address).
         Some(s)
-            if s.state == SubState::Pending && !crate::mail::may_queue_confirmation(&s, now) =>
+            if s.state == SubState::Pending
+                && !crate::mail::may_queue_confirmation(store, &s, now)? =>
         {
             return Ok(false);
         }
@@ -910,6 +911,41 @@ mod tests {
             sub.confirm_sent.is_some_and(|t| t >= now),
             "a new mail was queued"
         );
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_the_relay_refused_may_be_asked_for_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, categories, outbox, _) = routes(dir.path());
+        *categories.write().unwrap() = Some(vec!["THÔNG BÁO".to_owned()]);
+        let confirmations = || {
+            outbox
+                .store
+                .deliveries_with_prefix("c\0solo@example.vn\0")
+                .unwrap()
+        };
+        // Asked for ten seconds ago; its mail is still on its way.
+        let ago = outbox.clock.now_s() - 10;
+        let mut sub = Subscriber::new("solo@example.vn", Schedule::Immediate, Vec::new(), ago);
+        let mut first = crate::store::Delivery::new(
+            crate::store::Kind::Confirm { at: ago },
+            "solo@example.vn",
+            ago * 1000,
+        );
+        sub.confirm_sent = Some(ago);
+        outbox.store.put_subscriber(&sub).unwrap();
+        outbox.store.enqueue(&first).unwrap();
+        post(&app, "/subscribe", "email=solo%40example.vn").await;
+        assert_eq!(confirmations().len(), 1, "one a day");
+        // The relay refused it: asking again sends a new one.
+        first.state = crate::store::DeliveryState::Failed;
+        outbox.store.update(&first.key(), &first, None).unwrap();
+        let (status, _, _) = post(&app, "/subscribe", "email=solo%40example.vn").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(confirmations().len(), 2);
+        // And only once: the new one is on its way.
+        post(&app, "/subscribe", "email=solo%40example.vn").await;
+        assert_eq!(confirmations().len(), 2);
     }
 
     #[tokio::test]

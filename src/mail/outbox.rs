@@ -779,12 +779,27 @@ fn known(entry: &Entry, seen: i64) -> KnownArticle {
 }
 
 /// Whether a confirmation mail may be queued for `sub` at `now` (unix seconds): at most one
-/// a day, and one more after the subscription ended (unsubscribed by mistake, the citizen
-/// subscribes again at once; only the address itself can end it, so this bombs no one).
-pub fn may_queue_confirmation(sub: &Subscriber, now: i64) -> bool {
-    sub.confirm_sent.is_none_or(|t| {
-        now - t >= CONFIRM_EVERY_SECS || sub.tokens_after.is_some_and(|ended| ended > t)
-    })
+/// a day; one more after the subscription ended (unsubscribed by mistake, the citizen
+/// subscribes again at once; only the address itself can end it, so this bombs no one); and
+/// one more when the last could not be delivered (the relay refused it: asking again is the
+/// only way the citizen has).
+pub fn may_queue_confirmation(
+    store: &Store,
+    sub: &Subscriber,
+    now: i64,
+) -> Result<bool, MailError> {
+    let Some(sent) = sub.confirm_sent else {
+        return Ok(true);
+    };
+    if now - sent >= CONFIRM_EVERY_SECS || sub.tokens_after.is_some_and(|ended| ended > sent) {
+        return Ok(true);
+    }
+    let last = store
+        .deliveries_with_prefix(&format!("c\0{}\0", sub.email))?
+        .into_iter()
+        .filter(|(_, d)| d.created_ms.div_euclid(1000) >= sent)
+        .max_by_key(|(_, d)| d.created_ms);
+    Ok(last.is_some_and(|(_, d)| d.state == DeliveryState::Failed))
 }
 
 /// Queues a confirmation mail for `sub` unless one was queued in the last day. Returns whether
@@ -794,7 +809,7 @@ pub fn queue_confirmation(
     sub: &mut Subscriber,
     now: i64,
 ) -> Result<bool, MailError> {
-    if !may_queue_confirmation(sub, now) {
+    if !may_queue_confirmation(store, sub, now)? {
         return Ok(false);
     }
     sub.confirm_sent = Some(now);
@@ -803,6 +818,5 @@ pub fn queue_confirmation(
     // issued up to that second no longer act).
     let issued = sub.tokens_after.map_or(now, |ended| now.max(ended + 1));
     let d = Delivery::new(Kind::Confirm { at: issued }, &sub.email, now * 1000);
-    store.enqueue(&d)?;
-    Ok(true)
+    Ok(store.enqueue(&d)?)
 }
