@@ -182,9 +182,22 @@ pub struct Item<'a> {
 }
 
 impl Item<'_> {
-    /// Plain-text summary of the body.
+    /// Plain-text summary of the body; an event's time and place first (readers that show
+    /// only the summary show them too).
     fn excerpt(&self) -> String {
-        self.body.map(Article::excerpt).unwrap_or_default()
+        let body = self.body.map(Article::excerpt).unwrap_or_default();
+        let Some(when) = &self.entry.event else {
+            return body;
+        };
+        let mut out = format!("Thời gian: {}.", crate::calendar::describe(when));
+        if let Some(place) = &self.entry.place {
+            out.push_str(&format!(" Địa điểm: {}.", place.trim_end_matches('.')));
+        }
+        if !body.is_empty() {
+            out.push(' ');
+            out.push_str(&body);
+        }
+        out
     }
 
     fn author<'s>(&'s self, site: &'s SiteInfo) -> &'s str {

@@ -178,6 +178,12 @@ fn build_writes_every_calendar() {
             .contains("Kỳ họp thứ mười")
     );
     assert!(site.public().join("articles/hop.ics").exists());
+    // The summary too, for readers that show only it.
+    let json = site.read_public("feeds/tin-tuc.json");
+    assert!(
+        json.contains("\"summary\": \"Thời gian: từ Thứ Năm 16/01/2025 đến Thứ Sáu 17/01/2025. Địa điểm: Trụ sở tiếp công dân quận, số 36 đường Cầu Giấy."),
+        "{json}"
+    );
     // A feed reader sees when and where, first, in every format.
     for feed in [
         "feeds/tin-tuc.rss",

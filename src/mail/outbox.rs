@@ -343,6 +343,7 @@ impl Outbox {
     /// a fan-out each, which [`Outbox::feed`] queues a window at a time.
     async fn alert(&self, fresh: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let now = self.clock.now_ms();
+        let mut started = Vec::new();
         for a in &fresh {
             let fanout = Fanout {
                 created_ms: now,
@@ -362,10 +363,12 @@ impl Outbox {
                 );
                 continue;
             }
-            if !self
+            if self
                 .store
                 .start_fanout(&a.id, &fanout, now - self.policy.keep_ms)?
             {
+                started.push(&a.id);
+            } else {
                 tracing::info!(
                     id = &*a.id,
                     "alerts already sent to every subscriber: not again"
@@ -381,8 +384,8 @@ impl Outbox {
             self.store.put_known_article(&a.id, &known(a, now))?;
         }
         self.store.flush_async().await?;
-        for a in &fresh {
-            tracing::info!(id = &*a.id, "alert fan-out started");
+        for id in started {
+            tracing::info!(id = &**id, "alert fan-out started");
         }
         self.wake.notify_one();
         Ok(())
