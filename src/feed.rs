@@ -400,7 +400,7 @@ pub fn rss(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) ->
     }
     let channel = rss::Channel {
         title: xml_safe(&def.title),
-        link: format!("{}/", site.base_url),
+        link: home_of(def, site),
         description: xml_safe(if def.description.is_empty() {
             &def.title
         } else {
@@ -459,7 +459,7 @@ pub fn atom(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], links: &Links) -
         })
         .collect();
     let mut feed_links = vec![
-        link(format!("{}/", site.base_url), "alternate", "text/html"),
+        link(home_of(def, site), "alternate", "text/html"),
         link(
             links
                 .self_url
@@ -553,12 +553,22 @@ struct JsonItem<'a> {
     tags: [&'a str; 1],
 }
 
+/// The page a feed stands for: the home page for one of every category, else the feed's own
+/// page, which lists its articles (a reader's "visit the site" lands on what it follows).
+fn home_of(def: &FeedDef, site: &SiteInfo) -> String {
+    if def.categories.is_empty() {
+        format!("{}/", site.base_url)
+    } else {
+        site.feed_url(&def.name, "html")
+    }
+}
+
 /// JSON Feed 1.1.
 pub fn json(def: &FeedDef, site: &SiteInfo, items: &[Item<'_>], hub: Option<&str>) -> String {
     let feed = JsonFeed {
         version: "https://jsonfeed.org/version/1.1",
         title: &def.title,
-        home_page_url: format!("{}/", site.base_url),
+        home_page_url: home_of(def, site),
         feed_url: site.feed_url(&def.name, "json"),
         description: &def.description,
         language: &site.language,

@@ -691,3 +691,31 @@ fn check_takes_the_spelling_a_feed_names_for_the_one_meant() {
     );
     assert!(!said.contains("dung.txt:1"), "{said}");
 }
+
+/// A reader's "visit the site" for a feed of some categories lands on that feed's page,
+/// which lists them; for the feed of everything, on the home page.
+#[test]
+fn a_category_feed_links_to_its_own_page() {
+    let site = Site::new();
+    site.put("tin.txt", &article(CAT_A, "Tin", "14/02/2020 | 08:16"));
+    let out = site.bantin(&["build"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rss = site.read_public("feeds/tin-tuc.rss");
+    assert!(
+        rss.contains("<link>http://bantin.test/feeds/tin-tuc.html</link>"),
+        "{rss}"
+    );
+    let atom = site.read_public("feeds/tin-tuc.atom");
+    assert!(
+        atom.contains(r#"<link href="http://bantin.test/feeds/tin-tuc.html" rel="alternate""#),
+        "{atom}"
+    );
+    let json = site.read_public("feeds/tin-tuc.json");
+    assert!(
+        json.contains(r#""home_page_url": "http://bantin.test/feeds/tin-tuc.html""#),
+        "{json}"
+    );
+    assert!(site.public().join("feeds/tin-tuc.html").exists());
+    let all = site.read_public("feeds/tat-ca.rss");
+    assert!(all.contains("<link>http://bantin.test/</link>"), "{all}");
+}
