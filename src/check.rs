@@ -220,11 +220,20 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = format!("{}:", crate::article::CORRECTION_MARKER);
         if article.paragraphs.iter().any(|p| p.starts_with(&marker)) {
+            // Its line, for the editor (the file was just read; a warning is rare).
+            let line = std::fs::read_to_string(&found.path)
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .position(|l| l.trim_start().starts_with(&marker))
+                        .map(|n| format!(":{}", n + 1))
+                })
+                .unwrap_or_default();
             body_markers.lock().expect("warnings").push(format!(
-                "{}: có đoạn văn bắt đầu bằng \"{marker}\" nhưng nằm trong phần nội dung, nên \
-                 không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi người \
-                 đã nhận bài này, hãy đặt dòng đó ngay dưới dòng \"Ngày đăng\", không để dòng \
-                 trống ở giữa",
+                "{}{line}: có đoạn văn bắt đầu bằng \"{marker}\" nhưng nằm trong phần nội dung, \
+                 nên không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi \
+                 người đã nhận bài này, hãy đặt dòng đó ngay dưới dòng \"Ngày đăng\", không để \
+                 dòng trống ở giữa",
                 found.path.display()
             ));
         }

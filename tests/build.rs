@@ -592,7 +592,7 @@ fn check_warns_of_a_correction_written_in_the_body() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let said = stderr(&out);
     assert!(
-        said.contains("dc.txt: có đoạn văn bắt đầu bằng \"Đính chính:\"")
+        said.contains("dc.txt:8: có đoạn văn bắt đầu bằng \"Đính chính:\"")
             && said.contains("nằm trong phần nội dung"),
         "{said}"
     );
