@@ -114,6 +114,10 @@ pub struct KnownArticle {
     /// How many corrections were mailed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub corrections: u32,
+    /// The article this one repeats (the same one, moved or copied after it was mailed):
+    /// those told of that one are this one's readers, for its corrections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -686,6 +690,16 @@ fn bitmap_decode(b64: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap_or_default()
+}
+
+/// Forgets who was told of `id`: its compacted record and its digests' records.
+fn forget_readers(t: &Trees, id: &str) -> Result<(), StoreError> {
+    t.compact.remove(id)?;
+    for r in t.told.scan_prefix(told_key(id, "")) {
+        let (k, _) = r?;
+        t.told.remove(k)?;
+    }
+    Ok(())
 }
 
 fn told_key(article: &str, email: &str) -> Vec<u8> {
@@ -1301,17 +1315,19 @@ impl Store {
             let t = self.t()?;
             t.articles.remove(id)?;
             t.versions.remove(id)?;
-            t.compact.remove(id)?;
             // Its planning stops; the record stays, so that the article written again soon
-            // after does not mail everyone once more.
+            // after does not mail everyone once more. One that knows the article by its
+            // fingerprint also keeps who was told, as long as it stays: the article may be
+            // back under another name (moved), and its corrections are for them.
+            let mut keeps_readers = false;
             if let Some(v) = t.fanout.get(id)? {
                 let mut f: Fanout = decode(id.as_bytes(), &v)?;
                 f.done = true;
+                keeps_readers = !f.fingerprint.is_empty();
                 t.fanout.insert(id, encode(&f))?;
             }
-            for r in t.told.scan_prefix(told_key(id, "")) {
-                let (k, _) = r?;
-                t.told.remove(k)?;
+            if !keeps_readers {
+                forget_readers(&t, id)?;
             }
             Ok(())
         })())
@@ -1397,6 +1413,11 @@ impl Store {
                 if !f.done || f.created_ms >= since_ms {
                     return Ok(false);
                 }
+                // Another article under an old id: the readers kept of the one that went
+                // are not its own.
+                if t.articles.get(article.as_bytes())?.is_none() {
+                    forget_readers(&t, article)?;
+                }
             }
             Ok(t.fanout
                 .compare_and_swap(article.as_bytes(), old, Some(encode(fanout)))?
@@ -1436,7 +1457,12 @@ impl Store {
                 let (k, v) = r?;
                 let f: Fanout = decode(&k, &v)?;
                 if f.done && f.created_ms < before_ms {
-                    t.fanout.remove(k)?;
+                    t.fanout.remove(&k)?;
+                    // Who was told of an article that went, kept with its fan-out record.
+                    let id = String::from_utf8_lossy(&k);
+                    if t.articles.get(&k)?.is_none() {
+                        forget_readers(&t, &id)?;
+                    }
                     removed += 1;
                 }
             }
@@ -2282,6 +2308,66 @@ mod tests {
     }
 
     #[test]
+    fn who_was_told_of_an_article_that_went_stays_with_its_fan_out_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fanout = |at: i64, fingerprint: &str| Fanout {
+            created_ms: at,
+            category: "A".into(),
+            after: String::new(),
+            planned: 0,
+            done: false,
+            fingerprint: fingerprint.into(),
+        };
+        let told = |id: &str| -> Vec<String> {
+            store
+                .told_of(id)
+                .unwrap()
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect()
+        };
+        for (id, fingerprint) in [("moved", "A\0T\0 1"), ("plain", "")] {
+            assert!(
+                store
+                    .start_fanout(id, &fanout(1_000, fingerprint), 0)
+                    .unwrap()
+            );
+            let key = sent(&store, Kind::Alert { article: id.into() }, "p@x.vn", 1_000);
+            assert_eq!(store.fold_sent(&[key]).unwrap(), 1);
+            store.forget_article(id).unwrap();
+        }
+        // Known by its fingerprint, it may be back under another name: its readers stay.
+        assert_eq!(told("moved"), ["p@x.vn"]);
+        assert!(told("plain").is_empty());
+        // Until its fan-out record goes.
+        assert_eq!(store.prune_fanouts(5_000).unwrap(), 2);
+        assert!(told("moved").is_empty());
+        // And a new article under that id does not inherit them.
+        assert!(
+            store
+                .start_fanout("again", &fanout(1_000, "A\0U\0 1"), 0)
+                .unwrap()
+        );
+        let key = sent(
+            &store,
+            Kind::Alert {
+                article: "again".into(),
+            },
+            "q@x.vn",
+            1_000,
+        );
+        assert_eq!(store.fold_sent(&[key]).unwrap(), 1);
+        store.forget_article("again").unwrap();
+        assert!(
+            store
+                .start_fanout("again", &fanout(9_000, "A\0V\0 9"), 5_000)
+                .unwrap()
+        );
+        assert!(told("again").is_empty());
+    }
+
+    #[test]
     fn a_digest_run_is_folded_only_once_it_is_recorded_as_done() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -2418,6 +2504,7 @@ mod tests {
             file: "x.txt".into(),
             correction: None,
             corrections: 0,
+            same_as: None,
         };
         store.put_known_article("x", &known(100)).unwrap();
         let digest = Kind::Digest {

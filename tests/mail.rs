@@ -1436,4 +1436,25 @@ fn an_article_moved_or_copied_after_its_alert_is_not_mailed_again() {
             .unwrap()
             .contains("tháng 1")
     );
+    // A correction of the moved article reaches whoever got it under its old name, as an
+    // answer to that mail.
+    let first_id = header(&mails[0].data, "Message-ID").unwrap();
+    site.publish(
+        "2026/11/lich.txt",
+        &text.replace(
+            "Ngày đăng 20/11/2026 | 08:00\n",
+            "Ngày đăng 20/11/2026 | 08:00\nĐính chính: đổi giờ tiếp\n",
+        ),
+    );
+    let mails = wait_mails(&smtp, 3);
+    let fix = &mails[2];
+    assert_eq!(fix.to, ["dan@x.vn"]);
+    assert!(
+        header(&fix.data, "Subject")
+            .unwrap()
+            .starts_with("Đính chính"),
+        "{}",
+        fix.data
+    );
+    assert_eq!(header(&fix.data, "In-Reply-To").unwrap(), first_id);
 }

@@ -344,6 +344,7 @@ impl Outbox {
     async fn alert(&self, fresh: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let now = self.clock.now_ms();
         let mut started = Vec::new();
+        let mut repeats: HashMap<&str, String> = HashMap::new();
         for a in &fresh {
             let fanout = Fanout {
                 created_ms: now,
@@ -361,6 +362,7 @@ impl Outbox {
                     "same category, title and date as an article already mailed (moved or \
                      copied?): not mailed again"
                 );
+                repeats.insert(&a.id, other);
                 continue;
             }
             if self
@@ -381,7 +383,9 @@ impl Outbox {
             if let Some((article, _)) = self.article(&a.id) {
                 self.store.put_version(&a.id, &Version::of(&article))?;
             }
-            self.store.put_known_article(&a.id, &known(a, now))?;
+            let mut k = known(a, now);
+            k.same_as = repeats.remove(&*a.id);
+            self.store.put_known_article(&a.id, &k)?;
         }
         self.store.flush_async().await?;
         for id in started {
@@ -478,11 +482,17 @@ impl Outbox {
             ),
         };
         let now = self.clock.now_ms();
-        let recipients = if known.seen > 0 {
+        let mut recipients = if known.seen > 0 {
             self.recipients(&entry.id)?
         } else {
             Vec::new()
         };
+        // The same article mailed under its old name: those it told are readers too.
+        if let Some(old) = &known.same_as {
+            let own: HashSet<String> = recipients.iter().map(|(e, _)| e.clone()).collect();
+            let theirs = self.recipients(old)?;
+            recipients.extend(theirs.into_iter().filter(|(e, _)| !own.contains(e)));
+        }
         // The record first: a mail that goes out at once finds what it is to say.
         let record = Correction {
             n,
@@ -778,6 +788,7 @@ fn known(entry: &Entry, seen: i64) -> KnownArticle {
         file: entry.file.clone(),
         correction: entry.correction.clone(),
         corrections: 0,
+        same_as: None,
     }
 }
 
