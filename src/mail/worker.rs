@@ -25,6 +25,10 @@ const BATCH: usize = 256;
 const FOLD_EVERY: usize = 1_000;
 /// Turns the flusher gives the other tasks before a flush, while they keep asking for it.
 const LINGER_TURNS: usize = 4;
+/// Mails one try during a pause may take, while each is refused as the last ones were.
+const PROBE_MAILS: usize = 5;
+/// How the reason of a pause for the same refusal of several recipients starts.
+const REFUSES_EVERY: &str = "the relay refuses every message";
 /// The worker's loop shows it is alive at least this often.
 const BEAT: Duration = Duration::from_secs(1);
 /// With nothing queued, the worker looks again at least this often (it is woken on every
@@ -187,7 +191,7 @@ impl Worker {
             }
             let mut batch = self.due(now);
             if probe {
-                batch.truncate(1);
+                batch.truncate(PROBE_MAILS);
                 if batch.is_empty() {
                     self.resume();
                 }
@@ -216,25 +220,31 @@ impl Worker {
             }
             if probe {
                 let _ = slots.acquire_many(self.concurrency as u32).await;
-                self.outbox
-                    .in_flight
-                    .lock()
-                    .expect("in flight")
-                    .insert(batch[0].key.clone());
-                self.deliver(&batch[0], true).await;
-                self.outbox
-                    .in_flight
-                    .lock()
-                    .expect("in flight")
-                    .remove(&batch[0].key);
-                // Anything but the same refusal (a 4xx, a bounce) means the relay talks to
-                // us again.
-                if self
-                    .outbox
-                    .paused()
-                    .is_some_and(|p| p.retry_ms <= clock.now_ms())
-                {
-                    self.resume();
+                // One mail at a time; while the relay refuses them as it refused the others
+                // (a few addresses it will not take may come first in line), the next.
+                for queued in &batch {
+                    self.outbox
+                        .in_flight
+                        .lock()
+                        .expect("in flight")
+                        .insert(queued.key.clone());
+                    self.deliver(queued, true).await;
+                    self.outbox
+                        .in_flight
+                        .lock()
+                        .expect("in flight")
+                        .remove(&queued.key);
+                    // Anything but the same refusal (a 4xx, a bounce) means the relay talks
+                    // to us again.
+                    match self.outbox.paused() {
+                        None => break,
+                        Some(p) if p.retry_ms <= clock.now_ms() => {
+                            self.resume();
+                            break;
+                        }
+                        Some(p) if !p.reason.starts_with(REFUSES_EVERY) => break,
+                        Some(_) => {}
+                    }
                 }
                 continue;
             }
@@ -416,7 +426,7 @@ impl Worker {
                 // The reason goes to the log, `status` and a metric label: no subscriber's
                 // address in it.
                 let refusal = refusal_of_any(&why);
-                self.pause(format!("the relay refuses every message: {refusal}"));
+                self.pause(format!("{REFUSES_EVERY}: {refusal}"));
                 Err(SendError::Ours(why))
             }
             other => other,
