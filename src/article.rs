@@ -310,6 +310,12 @@ fn read_header(
     Ok(header)
 }
 
+/// Whether `line` starts with `marker` (`CORRECTION_MARKER`…) and a colon, the marker in
+/// any case, with or without its diacritics, as under the date line.
+pub fn starts_with_marker(line: &str, marker: &str) -> bool {
+    field(line.trim_start(), marker).is_some()
+}
+
 /// The value of `line` when it is `marker`, optional spaces, a colon and the value. The
 /// marker may be typed in any case and without its diacritics (`Dinh chinh:`, `THOI GIAN:`,
 /// on a keyboard without a Vietnamese input method): meant so, under the date line.

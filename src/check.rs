@@ -219,13 +219,15 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     let (entries, errors) = reader.read_all(&files, |found, article| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = format!("{}:", crate::article::CORRECTION_MARKER);
-        if article.paragraphs.iter().any(|p| p.starts_with(&marker)) {
+        let is_marker =
+            |l: &str| crate::article::starts_with_marker(l, crate::article::CORRECTION_MARKER);
+        if article.paragraphs.iter().any(|p| is_marker(p)) {
             // Its line, for the editor (the file was just read; a warning is rare).
             let line = std::fs::read_to_string(&found.path)
                 .ok()
                 .and_then(|text| {
                     text.lines()
-                        .position(|l| l.trim_start().starts_with(&marker))
+                        .position(is_marker)
                         .map(|n| format!(":{}", n + 1))
                 })
                 .unwrap_or_default();

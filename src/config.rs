@@ -688,10 +688,17 @@ fn key_line(text: &str, message: &str) -> Option<usize> {
             current = header.trim();
             continue;
         }
-        let set = line
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='));
-        if current == table && set {
+        // `key = …` under `[table]`, or written dotted from a table above it.
+        let Some((lhs, _)) = line.split_once('=') else {
+            continue;
+        };
+        let lhs: String = lhs.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+        let full = if current.is_empty() {
+            lhs
+        } else {
+            format!("{current}.{lhs}")
+        };
+        if full == format!("{table}.{key}") {
             return Some(n + 1);
         }
     }
@@ -784,6 +791,11 @@ mod tests {
                 ":5: mail.smtp.tls",
             ),
             ("[digest]\ndaily = \"mỗi sáng\"\n", ":2: digest.daily"),
+            (
+                "# one file\nmail.transport = \"pigeon\"\n",
+                ":2: mail.transport",
+            ),
+            ("[mail]\nsmtp.tls = \"maybe\"\n", ":2: mail.smtp.tls"),
         ] {
             std::fs::write(&path, text).unwrap();
             let error = Config::from_file(&path).unwrap_err().to_string();

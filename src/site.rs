@@ -138,7 +138,10 @@ pub fn linkify(text: &str) -> String {
     while let Some(at) = url_start(rest) {
         let (before, from) = rest.split_at(at);
         crate::feed::escape_into(&mut out, before);
-        let end = from.find(char::is_whitespace).unwrap_or(from.len());
+        // An address ends at a space, or at what cannot be in one: `<https://…>`, quotes.
+        let end = from
+            .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"'))
+            .unwrap_or(from.len());
         let mut url = &from[..end];
         loop {
             let mut trimmed = url.trim_end_matches([
@@ -649,7 +652,11 @@ mod tests {
         }
         assert_eq!(
             linkify("\"https://a.vn/\"onmouseover=x"),
-            "&quot;<a href=\"https://a.vn/&quot;onmouseover=x\">https://a.vn/&quot;onmouseover=x</a>"
+            "&quot;<a href=\"https://a.vn/\">https://a.vn/</a>&quot;onmouseover=x"
+        );
+        assert_eq!(
+            linkify("C <https://x.vn/b>."),
+            "C &lt;<a href=\"https://x.vn/b\">https://x.vn/b</a>&gt;."
         );
     }
 

@@ -588,11 +588,18 @@ fn check_warns_of_a_correction_written_in_the_body() {
         &article(CAT_A, "Bài", "14/02/2020 | 08:16")
             .replace("Đoạn thứ hai.", "Đính chính: sửa tên người chủ trì."),
     );
+    // Typed without a Vietnamese input method, it is the same slip.
+    site.put(
+        "dc2.txt",
+        &article(CAT_A, "Bài hai", "15/02/2020 | 08:16")
+            .replace("Đoạn thứ hai.", "Dinh chinh: sửa giờ họp."),
+    );
     let out = site.bantin(&["check"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let said = stderr(&out);
     assert!(
         said.contains("dc.txt:8: có đoạn văn bắt đầu bằng \"Đính chính:\"")
+            && said.contains("dc2.txt:8: có đoạn văn")
             && said.contains("nằm trong phần nội dung"),
         "{said}"
     );
