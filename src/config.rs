@@ -679,8 +679,10 @@ pub fn toml_error(text: &str, error: &toml::de::Error) -> (usize, String) {
 /// The line of `text` that sets the key a validation `message` starts with
 /// (`mail.smtp.tls '…' is not …`): under its `[table]` header, `key = …`.
 fn key_line(text: &str, message: &str) -> Option<usize> {
-    let name = message.split([' ', ':']).next()?;
-    let (table, key) = name.rsplit_once('.')?;
+    let name = message
+        .split([' ', ':'])
+        .next()
+        .filter(|n| n.contains('.'))?;
     let mut current = "";
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -698,7 +700,7 @@ fn key_line(text: &str, message: &str) -> Option<usize> {
         } else {
             format!("{current}.{lhs}")
         };
-        if full == format!("{table}.{key}") {
+        if full == name {
             return Some(n + 1);
         }
     }

@@ -365,10 +365,7 @@ impl Outbox {
                 repeats.insert(&a.id, other);
                 continue;
             }
-            if self
-                .store
-                .start_fanout(&a.id, &fanout, now - self.policy.keep_ms)?
-            {
+            if self.store.start_fanout(&a.id, &fanout, since)? {
                 started.push(&a.id);
             } else {
                 tracing::info!(
