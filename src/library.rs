@@ -168,7 +168,7 @@ fn key_of(entry: &Entry) -> Key {
 
 /// The first key of the articles published at `now` or before (and the end of those after).
 fn key_at(now: DateTime<FixedOffset>) -> Key {
-    (Reverse(now.timestamp()), Arc::from(""))
+    (Reverse(now.timestamp()), Arc::default())
 }
 
 /// Every article of the store.

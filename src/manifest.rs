@@ -115,7 +115,9 @@ pub fn page_print(
     h.number(entry.sig);
     h.number(entry.stamp.len);
     h.number(entry.stamp.mtime_ns as u64);
-    h.number((i128::from(entry.stamp.mtime_ns) >> 64) as u64);
+    // Where the high half of an i128 time went, always 0 since (the times are never
+    // negative): kept so that fingerprints made before stay the same.
+    h.number(0);
     h.bytes(nav.category_url.as_bytes());
     for n in [&nav.older, &nav.newer] {
         match n {

@@ -290,26 +290,17 @@ impl StoreReader {
     where
         F: Fn(&Found, Article) + Sync,
     {
-        // Shared entries and boxed errors: the results of a large store are not held twice
-        // at their full size while they are sorted out.
-        let results: Vec<Result<Arc<Entry>, Box<ArticleError>>> = files
+        // Straight into the two lists, in the files' order.
+        files
             .par_iter()
-            .map(|found| {
-                let article = self.read(found)?;
-                let entry = self.entry(found, &article);
-                each(found, article);
-                Ok(Arc::new(entry))
+            .partition_map(|found| match self.read(found) {
+                Ok(article) => {
+                    let entry = self.entry(found, &article);
+                    each(found, article);
+                    rayon::iter::Either::Left(Arc::new(entry))
+                }
+                Err(e) => rayon::iter::Either::Right(e),
             })
-            .collect();
-        let mut entries = Vec::with_capacity(results.len());
-        let mut errors = Vec::new();
-        for r in results {
-            match r {
-                Ok(e) => entries.push(e),
-                Err(e) => errors.push(*e),
-            }
-        }
-        (entries, errors)
     }
 }
 

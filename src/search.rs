@@ -885,12 +885,13 @@ impl Search {
         self
     }
 
-    fn measure(&self, index: &Index, memory: bool) {
+    /// Sets the gauges; the memory one to `heap` when given (counting it walks every word).
+    fn measure(&self, index: &Index, heap: Option<usize>) {
         if let Some(m) = &self.metrics {
             m.search_documents.set(index.len() as i64);
             m.search_index_file_bytes.set(index.disk_bytes() as i64);
-            if memory {
-                m.search_index_bytes.set(index.heap_bytes() as i64);
+            if let Some(heap) = heap {
+                m.search_index_bytes.set(heap as i64);
             }
         }
     }
@@ -919,10 +920,10 @@ impl Search {
         s.ticket
     }
 
-    /// Installs a built index, with the changes made while it was built; an index whose
+    /// Installs a built index (shrunk, its memory `heap_bytes` counted by the caller, outside
+    /// the lock searches wait for), with the changes made while it was built; an index whose
     /// build was overtaken by a later one is dropped.
-    pub fn finish_build(&self, ticket: u64, mut index: Index) -> bool {
-        index.shrink();
+    pub fn finish_build(&self, ticket: u64, mut index: Index, heap_bytes: usize) -> bool {
         let mut s = self.state.write().expect("search lock");
         if s.ticket != ticket {
             return false;
@@ -930,7 +931,7 @@ impl Search {
         for update in std::mem::take(&mut s.pending) {
             apply(&mut index, update);
         }
-        self.measure(&index, true);
+        self.measure(&index, Some(heap_bytes));
         s.index = index;
         s.building = false;
         s.ready = true;
@@ -944,7 +945,9 @@ impl Search {
         } else {
             let written = s.index.disk_bytes();
             apply(&mut s.index, update);
-            self.measure(&s.index, s.index.disk_bytes() != written);
+            // Memory moves much only when lists went to the file.
+            let heap = (s.index.disk_bytes() != written).then(|| s.index.heap_bytes());
+            self.measure(&s.index, heap);
         }
     }
 
@@ -1217,6 +1220,13 @@ mod tests {
         assert!(on_disk.spill.is_some());
     }
 
+    /// Installs `index` as the engine does: shrunk and measured first.
+    fn finished(search: &Search, ticket: u64, mut index: Index) -> bool {
+        index.shrink();
+        let heap = index.heap_bytes();
+        search.finish_build(ticket, index, heap)
+    }
+
     /// The metrics follow the index: its articles at every change, its file as it grows.
     #[test]
     fn the_metrics_follow_changes_after_the_build() {
@@ -1224,12 +1234,20 @@ mod tests {
         let metrics = crate::metrics::Metrics::default();
         let search = Search::in_folder(dir.path()).with_metrics(metrics.clone());
         let ticket = search.begin_build();
-        assert!(search.finish_build(ticket, index(&[("a", "Kỳ họp", "Nội dung.", 1)])));
+        assert!(finished(
+            &search,
+            ticket,
+            index(&[("a", "Kỳ họp", "Nội dung.", 1)])
+        ));
         assert_eq!(metrics.search_documents.get(), 1);
         assert!(metrics.search_index_bytes.get() > 0);
         // An index that writes every few bytes: the file's gauge moves with the updates.
         let ticket = search.begin_build();
-        assert!(search.finish_build(ticket, Index::spilling_at(dir.path(), 32).unwrap()));
+        assert!(finished(
+            &search,
+            ticket,
+            Index::spilling_at(dir.path(), 32).unwrap()
+        ));
         assert_eq!(metrics.search_documents.get(), 0);
         for i in 0..20 {
             let (e, a) = article(&format!("n{i}"), "Giám sát", "Đại biểu cử tri.", 2);
@@ -1275,10 +1293,14 @@ mod tests {
         let first = search.begin_build();
         let second = search.begin_build();
         let (e, a) = article("moi", "Kỳ họp mới", "Nội dung.", 5);
-        assert!(!search.finish_build(first, index(&[("cu", "Kỳ họp cũ", "Nội dung.", 1)])));
+        assert!(!finished(
+            &search,
+            first,
+            index(&[("cu", "Kỳ họp cũ", "Nội dung.", 1)])
+        ));
         assert!(!search.ready());
         search.update(Update::Add(e, Arc::new(a)));
-        assert!(search.finish_build(second, Index::default()));
+        assert!(finished(&search, second, Index::default()));
         assert_eq!(ids(&search.search("ky hop", 1).unwrap()), ["moi"]);
     }
 

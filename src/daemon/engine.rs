@@ -273,7 +273,7 @@ impl Engine {
                 // Measured as kept: without the room its lists grew into.
                 index.shrink();
                 let (docs, bytes, disk) = (index.len(), index.heap_bytes(), index.disk_bytes());
-                if !search.finish_build(ticket, index) {
+                if !search.finish_build(ticket, index, bytes) {
                     return; // a reload started a newer one
                 }
                 // Building left freed memory behind (each article's words); give it back.
