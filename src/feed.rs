@@ -230,16 +230,28 @@ impl Item<'_> {
 
 /// Escapes text for HTML content and attributes.
 pub fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+    escape_html(out, text, "&#39;").expect("a String takes any text");
+}
+
+/// Writes `text` escaped for HTML content and attributes, `apos` for `'`. The runs between
+/// the characters to escape go whole: they are ASCII, so every cut is a character boundary
+/// (copying character by character was measurable in a build).
+pub fn escape_html(out: &mut impl std::fmt::Write, text: &str, apos: &str) -> std::fmt::Result {
+    let mut from = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => apos,
+            _ => continue,
+        };
+        out.write_str(&text[from..i])?;
+        out.write_str(escaped)?;
+        from = i + 1;
     }
+    out.write_str(&text[from..])
 }
 
 /// Drops characters XML 1.0 cannot carry (articles are cleaned on parse; this guards

@@ -462,9 +462,9 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let result = publisher.build_from(files, now, &progress.count, |_| {});
     let done = progress.count.load(Ordering::Relaxed);
     progress.finish();
-    let report = result
-        .with_context(|| format!("cannot write the site to '{}'", config.output.dir.display()))?
-        .report;
+    let built = result
+        .with_context(|| format!("cannot write the site to '{}'", config.output.dir.display()))?;
+    let report = &built.report;
     for e in &report.errors {
         eprintln!("{e}");
     }
@@ -484,9 +484,14 @@ fn build(mut config: Config, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         report.errors.len(),
         report.files_removed,
     );
-    Ok(if report.write_errors.is_empty() {
+    let code = if report.write_errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    };
+    // The process ends here: the system takes its memory back at once, where freeing the
+    // library and the feeds piece by piece took 10 ms of a build of 10,000 articles.
+    std::mem::forget(built);
+    std::mem::forget(publisher);
+    Ok(code)
 }

@@ -490,6 +490,8 @@ impl Publisher {
         // First every article is read for the library: a page links to its neighbours,
         // known only once all are read.
         let started = std::time::Instant::now();
+        // Into an empty folder nothing can be stale: no walk of the output to prune it.
+        let fresh = std::fs::read_dir(&self.out).map_or(true, |mut d| d.next().is_none());
         // A store that fits in memory is read once: its bodies are kept for the pages.
         let total: u64 = files.iter().map(|f| f.stamp.len).sum();
         let kept: Option<Mutex<HashMap<String, Arc<Article>>>> =
@@ -608,6 +610,8 @@ impl Publisher {
             output::create_public_dir(staging)?;
             std::fs::rename(staging, &pages_dir)?;
         }
+        // Every body read is freed one by one: not on the way to the lists.
+        std::thread::spawn(move || drop(kept));
         let pages_done = started.elapsed();
         let mut report = BuildReport {
             articles: library.len(),
@@ -641,7 +645,9 @@ impl Publisher {
             .collect();
         report.write_errors.extend(problems);
         let docs_done = started.elapsed();
-        report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
+        if !fresh {
+            report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
+        }
         tracing::debug!(
             "built: feeds and the home page by {feeds_done:.2?}, articles read and their pages \
              written by {pages_done:.2?}, {} lists and archive documents by {docs_done:.2?}, \

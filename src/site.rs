@@ -97,24 +97,9 @@ fn html_text(value: &str) -> String {
     out
 }
 
-/// Writes `value` HTML-escaped: the runs between the characters to escape go whole (the
-/// characters are ASCII, so every cut is a character boundary).
+/// Writes `value` HTML-escaped (`'` as `&#x27;`, as minijinja writes it).
 fn escape_html_into(out: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
-    let mut from = 0;
-    for (i, b) in value.bytes().enumerate() {
-        let escaped = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            b'\'' => "&#x27;",
-            _ => continue,
-        };
-        out.write_str(&value[from..i])?;
-        out.write_str(escaped)?;
-        from = i + 1;
-    }
-    out.write_str(&value[from..])
+    crate::feed::escape_html(out, value, "&#x27;")
 }
 
 /// `{{ link|url }}`: a URL for an HTML attribute, escaped where HTML needs it (`&`, `<`, `>`,
@@ -125,8 +110,8 @@ fn url_filter(value: String) -> minijinja::Value {
 }
 
 /// `{{ p|linkify }}`: the text escaped for HTML, each web address in it a link.
-fn linkify_filter(text: String) -> minijinja::Value {
-    minijinja::Value::from_safe_string(linkify(&text))
+fn linkify_filter(text: &str) -> minijinja::Value {
+    minijinja::Value::from_safe_string(linkify(text))
 }
 
 /// `text` escaped for HTML, with every `http://` or `https://` address in it made a link.
