@@ -116,14 +116,16 @@ pub fn parse_bytes(id: &str, bytes: &[u8], tz: Tz) -> Result<Article, LineError>
              với bảng mã UTF-8 (trong Notepad: Lưu thành, mục Mã hóa, chọn UTF-8)",
         ));
     }
-    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
+    if let Some(pos) = memchr::memchr(0, bytes) {
         return Err(LineError::new(
             line_at(bytes, pos),
             "tệp có byte NUL: đây là tệp nhị phân (ví dụ tệp Word hay PDF), không phải văn bản \
              bài viết; hãy lưu bài viết thành tệp .txt (văn bản thuần, mã UTF-8)",
         ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+    // Checked with SIMD: byte by byte, checking mostly Vietnamese text took 4% of a build's
+    // time.
+    let text = simdutf8::compat::from_utf8(bytes).map_err(|e| {
         let pos = e.valid_up_to();
         LineError::new(
             line_at(bytes, pos),
