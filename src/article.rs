@@ -609,22 +609,29 @@ impl Article {
 /// The first [`EXCERPT_CHARS`] characters of the body, cut at a word, with `…` when cut.
 pub fn excerpt(paragraphs: &[String]) -> String {
     let mut out = String::new();
+    let mut chars = 0;
     for p in paragraphs {
         if !out.is_empty() {
             out.push(' ');
+            chars += 1;
         }
         out.push_str(p);
-        if out.chars().count() > EXCERPT_CHARS {
+        chars += p.chars().count();
+        if chars > EXCERPT_CHARS {
             break;
         }
     }
-    if out.chars().count() <= EXCERPT_CHARS {
+    if chars <= EXCERPT_CHARS {
         return out;
     }
-    let cut: String = out.chars().take(EXCERPT_CHARS).collect();
+    let end = out
+        .char_indices()
+        .nth(EXCERPT_CHARS)
+        .map_or(out.len(), |(at, _)| at);
+    let cut = &out[..end];
     let cut = match cut.rfind(' ') {
         Some(pos) if pos > EXCERPT_CHARS / 2 => &cut[..pos],
-        _ => cut.as_str(),
+        _ => cut,
     };
     format!("{}…", cut.trim_end_matches([',', ';', ':', '.', ' ']))
 }
@@ -1128,5 +1135,12 @@ mod tests {
             !excerpt(&sentences).contains(".…"),
             "no dot before the ellipsis"
         );
+        // Two paragraphs joined by a space that make exactly the limit stay whole; one
+        // character more and the text is cut.
+        let half = EXCERPT_CHARS / 2;
+        let whole = vec!["ạ".repeat(half), "ệ".repeat(EXCERPT_CHARS - half - 1)];
+        assert_eq!(excerpt(&whole), whole.join(" "));
+        let over = vec!["ạ".repeat(half), "ệ".repeat(EXCERPT_CHARS - half)];
+        assert_eq!(excerpt(&over), format!("{}…", "ạ".repeat(half)));
     }
 }

@@ -207,7 +207,9 @@ impl Item<'_> {
     /// The full text as HTML paragraphs; an event's time and place first, as on its page
     /// (a feed reader has no other way to see them).
     fn content_html(&self) -> String {
-        let mut html = String::new();
+        let paragraphs = self.body.map_or(&[][..], |a| a.paragraphs.as_slice());
+        let mut html =
+            String::with_capacity(paragraphs.iter().map(|p| p.len() + p.len() / 8 + 8).sum());
         if let Some(when) = &self.entry.event {
             html.push_str("<p><strong>Thời gian:</strong> ");
             escape_into(&mut html, &crate::calendar::describe(when));
@@ -218,9 +220,9 @@ impl Item<'_> {
                 html.push_str("</p>\n");
             }
         }
-        for p in self.body.map_or(&[][..], |a| a.paragraphs.as_slice()) {
+        for p in paragraphs {
             html.push_str("<p>");
-            html.push_str(&crate::site::linkify(p));
+            crate::site::linkify_into(&mut html, p);
             html.push_str("</p>\n");
         }
         html.truncate(html.trim_end().len());
@@ -257,14 +259,17 @@ pub fn escape_html(out: &mut impl std::fmt::Write, text: &str, apos: &str) -> st
 /// Drops characters XML 1.0 cannot carry (articles are cleaned on parse; this guards
 /// definitions and configuration text).
 pub fn xml_safe(text: &str) -> String {
-    text.chars()
-        .filter(|&c| {
-            matches!(c, '\t' | '\n' | '\r')
-                || ('\u{20}'..='\u{d7ff}').contains(&c)
-                || ('\u{e000}'..='\u{fffd}').contains(&c)
-                || c >= '\u{10000}'
-        })
-        .collect()
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r')
+            || ('\u{20}'..='\u{d7ff}').contains(&c)
+            || ('\u{e000}'..='\u{fffd}').contains(&c)
+            || c >= '\u{10000}'
+    };
+    // Nearly always every character may stay: one copy, not one push per character.
+    if text.chars().all(allowed) {
+        return text.to_owned();
+    }
+    text.chars().filter(|&c| allowed(c)).collect()
 }
 
 /// The newest publication time, for RSS `lastBuildDate` and HTTP `Last-Modified`.

@@ -119,10 +119,16 @@ fn linkify_filter(text: &str) -> minijinja::Value {
 /// opened before it.
 pub fn linkify(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
+    linkify_into(&mut out, text);
+    out
+}
+
+/// [`linkify`] at the end of `out`.
+pub fn linkify_into(out: &mut String, text: &str) {
     let mut rest = text;
     while let Some(at) = url_start(rest) {
         let (before, from) = rest.split_at(at);
-        crate::feed::escape_into(&mut out, before);
+        crate::feed::escape_into(out, before);
         // An address ends at a space, or at what cannot be in one: `<https://…>`, quotes.
         let end = from
             .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"'))
@@ -143,19 +149,18 @@ pub fn linkify(text: &str) -> String {
         }
         let scheme = if url.starts_with("https://") { 8 } else { 7 };
         if url.len() <= scheme {
-            crate::feed::escape_into(&mut out, &from[..end]);
+            crate::feed::escape_into(out, &from[..end]);
             rest = &from[end..];
             continue;
         }
         out.push_str("<a href=\"");
-        crate::feed::escape_into(&mut out, url);
+        crate::feed::escape_into(out, url);
         out.push_str("\">");
-        crate::feed::escape_into(&mut out, url);
+        crate::feed::escape_into(out, url);
         out.push_str("</a>");
         rest = &from[url.len()..];
     }
-    crate::feed::escape_into(&mut out, rest);
-    out
+    crate::feed::escape_into(out, rest);
 }
 
 /// Where the first web address of `text` starts: `http://` or `https://` at the start of a
@@ -347,7 +352,17 @@ impl Templates {
 
 /// The council's way of writing a time: `14/02/2020 08:16`.
 pub fn local_time(t: &DateTime<FixedOffset>) -> String {
-    t.format("%d/%m/%Y %H:%M").to_string()
+    use chrono::{Datelike, Timelike};
+    // Written field by field: a strftime pattern is read again at every call, and lists of
+    // hundreds of articles showed it.
+    format!(
+        "{:02}/{:02}/{:04} {:02}:{:02}",
+        t.day(),
+        t.month(),
+        t.year(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 #[derive(Serialize)]
@@ -654,6 +669,15 @@ mod tests {
         assert_eq!(html_text(""), "");
         assert_eq!(html_text("&"), "&amp;");
         assert_eq!(html_text("đ"), "đ");
+        let mut feed = String::new();
+        crate::feed::escape_into(&mut feed, "'a' & <b>");
+        assert_eq!(feed, "&#39;a&#39; &amp; &lt;b&gt;");
+    }
+
+    #[test]
+    fn a_time_is_written_as_the_council_writes_it() {
+        let t = chrono::DateTime::parse_from_rfc3339("2020-02-04T08:06:00+07:00").unwrap();
+        assert_eq!(super::local_time(&t), "04/02/2020 08:06");
     }
 
     #[test]
