@@ -103,21 +103,42 @@ impl MailMetrics {
         registry.register_collector(Box::new(ScrapedGauges {
             store,
             pause: pause.clone(),
+            queued: std::sync::Mutex::new(None),
         }));
     }
 }
 
-/// Gauges read when scraped: `bantin_mail_queued`, and `bantin_mail_paused` (1 with the
-/// reason as a label while delivery is paused, else 0).
+/// How long a count of the queue stands for it: counting walks the whole queue, and a
+/// scraper asking every 20 ms (a benchmark, an impatient script) took 7% of the daemon's
+/// CPU during a fan-out of 20,000 mails.
+const QUEUE_COUNT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gauges read when scraped: `bantin_mail_queued` (counted at most once a second), and
+/// `bantin_mail_paused` (1 with the reason as a label while delivery is paused, else 0).
 #[derive(Debug)]
 struct ScrapedGauges {
     store: Store,
     pause: Arc<std::sync::Mutex<Option<Pause>>>,
+    queued: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
+}
+
+impl ScrapedGauges {
+    fn queued(&self) -> usize {
+        let mut last = self.queued.lock().expect("queued");
+        match *last {
+            Some((at, n)) if at.elapsed() < QUEUE_COUNT_FOR => n,
+            _ => {
+                let n = self.store.queue_len();
+                *last = Some((std::time::Instant::now(), n));
+                n
+            }
+        }
+    }
 }
 
 impl Collector for ScrapedGauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let queued = ConstGauge::new(self.store.queue_len() as i64);
+        let queued = ConstGauge::new(self.queued() as i64);
         let metric = encoder.encode_descriptor(
             "bantin_mail_queued",
             "Deliveries waiting to be sent",
