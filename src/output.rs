@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Makes temporary names unique within the process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -20,6 +20,32 @@ pub enum Written {
 const PUBLIC_FILE: u32 = 0o644;
 const PUBLIC_DIR: u32 = 0o755;
 
+/// The file mode mask [`set_umask`] gave the process; `u32::MAX` while unknown (every file
+/// and folder then gets its mode set).
+static UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Sets the process's file mode mask, and remembers it. Call it before any thread starts.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe {
+        libc::umask(mask as libc::mode_t);
+    }
+    UMASK.store(mask, Ordering::Relaxed);
+}
+
+/// Whether what this process creates is public as created (a `build`, whose mask is 022):
+/// no mode to set on each of its thousands of files.
+fn born_public() -> bool {
+    let mask = UMASK.load(Ordering::Relaxed);
+    mask != u32::MAX && 0o666 & !mask == PUBLIC_FILE && 0o777 & !mask == PUBLIC_DIR
+}
+
+/// Whether what this process creates is private as created (the daemon, whose mask is 077).
+fn born_private() -> bool {
+    let mask = UMASK.load(Ordering::Relaxed);
+    mask != u32::MAX && mask & 0o077 == 0o077
+}
+
 /// Creates `dir` and the folders above it that are missing, readable by everyone whatever
 /// the umask (the daemon runs with a private one, for its state).
 pub fn create_public_dir(dir: &Path) -> std::io::Result<()> {
@@ -31,6 +57,7 @@ pub fn create_public_dir(dir: &Path) -> std::io::Result<()> {
         create_public_dir(parent)?;
     }
     match std::fs::create_dir(dir) {
+        Ok(()) if born_public() => Ok(()),
         Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PUBLIC_DIR)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -47,6 +74,9 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 fn make_public(file: &std::fs::File) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if born_public() {
+        return Ok(());
+    }
     file.set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE))
 }
 
@@ -87,6 +117,9 @@ fn write_atomic_as(path: &Path, bytes: &[u8], public: bool) -> std::io::Result<W
         };
         if public {
             make_public(&file)?;
+        } else if !born_private() {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
         file.write_all(bytes)?;
         drop(file);

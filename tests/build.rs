@@ -105,6 +105,15 @@ fn build_publishes_the_good_articles_and_exits_0() {
         assert!(index.contains(needle), "index lacks {needle}");
     }
     assert!(!index.contains("<script"), "no JavaScript");
+    // Readable by any web server, as created (a build sets no mode file by file).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = walk(&site.public());
+    assert!(files.len() > 10, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o644, "{}", file.display());
+        assert_eq!(mode(file.parent().unwrap()), 0o755, "{}", file.display());
+    }
 }
 
 #[test]
