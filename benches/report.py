@@ -2,8 +2,9 @@
 """Runs the three speed comparisons of bantin, each beside its reference in the same run,
 three times, and prints one table of medians with the ratios.
 
-    report.py --bin BIN [--before BIN] [--runs 3] [--work DIR] [--subscribers 20000]
-              [--build-articles 10000] [--run-articles 100000] [--only fanout,build,run]
+    report.py --bin BIN [--before BIN [--before-templates DIR]] [--runs 3] [--work DIR]
+              [--subscribers 20000] [--build-articles 10000] [--run-articles 100000]
+              [--only fanout,build,run]
 
 1. Fan-out: one alert to N subscribers over SMTP into Postfix's smtp-sink with 16 sessions,
    from the rename of the article to the last mail recorded as sent; beside it
@@ -18,7 +19,9 @@ three times, and prints one table of medians with the ratios.
 
 Also reports the alert's size and the SMTP round trips it takes, read by a small SMTP server
 of this script that counts the times it answers (with 8BITMIME and PIPELINING offered, and
-without). With --before, every measure is also taken with an older binary.
+without). With --before, every measure is also taken with an older binary, reading the
+templates of --before-templates (those of its own version: a template may use a filter that an
+older binary lacks; default: the repository's).
 
 Needs smtp-sink and smtp-source (Debian: postfix).
 """
@@ -42,6 +45,8 @@ from mail import (REPO, free_port, mail_site, metric, publish, start_daemon, sta
                   stop, vm, wait_port, wait_started)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The templates each binary reads, by its tag ("now", "before").
+TEMPLATES = {"now": os.path.join(REPO, "templates"), "before": os.path.join(REPO, "templates")}
 
 
 def log(*a):
@@ -207,7 +212,7 @@ def build_once(binary, work, n, tag, i, out_root):
     config = os.path.join(work, f"build-{tag}.toml")
     with open(config, "w") as f:
         f.write(f'[store]\ndir = "{store}"\n[feeds]\ndir = "{feeds}"\n'
-                f'[templates]\ndir = "{REPO}/templates"\n[output]\ndir = "{out}"\n')
+                f'[templates]\ndir = "{TEMPLATES[tag]}"\n[output]\ndir = "{out}"\n')
     subprocess.run(["sync"])
     b = timed([binary, "--config", config, "build"])
     subprocess.run(["sync"])
@@ -254,7 +259,7 @@ def run_once(binary, work, n, tag, i):
     config = os.path.join(base, "bantin.toml")
     with open(config, "w") as f:
         f.write(f'[site]\nbase_url = "http://127.0.0.1:{port}"\n[store]\ndir = "{store}"\n'
-                f'[feeds]\ndir = "{feeds}"\n[templates]\ndir = "{REPO}/templates"\n'
+                f'[feeds]\ndir = "{feeds}"\n[templates]\ndir = "{TEMPLATES[tag]}"\n'
                 f'[output]\ndir = "{base}/public"\n[state]\ndir = "{base}/state"\n'
                 f'[http]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\n')
     result = {"base": base}
@@ -284,6 +289,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bin", required=True)
     p.add_argument("--before", help="an older binary, measured the same way")
+    p.add_argument("--before-templates", help="the templates of the older binary's version")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bantin-report"))
     p.add_argument("--subscribers", type=int, default=20_000)
@@ -301,6 +307,8 @@ def main():
     binaries = [("now", os.path.abspath(args.bin))]
     if args.before:
         binaries.append(("before", os.path.abspath(args.before)))
+    if args.before_templates:
+        TEMPLATES["before"] = os.path.abspath(args.before_templates)
     rows = []
 
     # Creating many files right after deleting many is slow on an ext4 without a journal

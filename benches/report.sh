@@ -2,7 +2,8 @@
 # The speed report: fan-out, build and restart, each beside its reference in the same runs,
 # three runs, medians, one table (benches/report.py says what each line measures).
 #
-#   benches/report.sh [--before OLD_BINARY] [--runs N] [--only mail,fanout,build,run] ...
+#   benches/report.sh [--before OLD_BINARY [--before-templates DIR]] [--runs N]
+#                     [--only mail,fanout,build,run] ...
 #
 # Needs Postfix's smtp-sink and smtp-source (Debian: postfix) for the fan-out; generates its
 # stores (10,000 and 100,000 articles) under ${TMPDIR:-/tmp}/bantin-report the first time.
