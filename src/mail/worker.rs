@@ -43,6 +43,10 @@ pub const STATE_FAILED: &str = "cannot write the state (is its disk full?)";
 /// The same refusal of the message for this many different recipients in a row means the
 /// relay refuses us, not the message.
 const SAME_REJECTIONS: usize = 3;
+/// ... unless the relay took other mails while refusing that way (it refuses some addresses,
+/// not us): then it takes this many different recipients in a row, with no mail taken
+/// between them, to blame the relay again.
+const SELECTIVE_REJECTIONS: usize = 10;
 
 /// How retries are spaced and when they stop.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +68,10 @@ pub struct Worker {
     commit: Committer,
     /// The last run of identical refusals: the refusal and the recipients it hit.
     rejections: Mutex<Option<(String, HashSet<String>)>>,
+    /// A refusal the relay gave while it took other mails: it refuses those addresses (no
+    /// relay rights for their domain, say), and their mails fail one by one instead of
+    /// pausing everyone's again and again.
+    selective: Mutex<Option<String>>,
     /// Sent alerts and digests not yet folded into their articles' totals.
     sent: Mutex<Vec<String>>,
 }
@@ -96,6 +104,7 @@ impl Worker {
             },
             commit: Committer::new(),
             rejections: Mutex::default(),
+            selective: Mutex::default(),
             sent: Mutex::default(),
         })
     }
@@ -533,6 +542,11 @@ impl Worker {
             return true; // a try during a pause: the relay still refuses us
         }
         let why = refusal_of_any(why);
+        let enough = if self.selective.lock().expect("selective").as_ref() == Some(&why) {
+            SELECTIVE_REJECTIONS
+        } else {
+            SAME_REJECTIONS
+        };
         let mut last = self.rejections.lock().expect("rejections");
         match last.as_mut() {
             Some((reason, emails)) if *reason == why => {
@@ -540,17 +554,29 @@ impl Worker {
             }
             _ => *last = Some((why, HashSet::from([email.to_owned()]))),
         }
-        last.as_ref()
-            .is_some_and(|(_, e)| e.len() >= SAME_REJECTIONS)
+        last.as_ref().is_some_and(|(_, e)| e.len() >= enough)
     }
 
     /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
     /// bounces of that address is over.
     fn delivered(&self, email: &str, read: Option<&Subscriber>) {
+        // A run of refusals broken by a mail the relay took (a try during the pause they
+        // caused, or one sent meanwhile): the relay refuses those addresses, not us.
+        if let Some((refusal, _)) = self.rejections.lock().expect("rejections").take() {
+            let mut selective = self.selective.lock().expect("selective");
+            if selective.as_ref() != Some(&refusal) {
+                tracing::warn!(
+                    "the relay takes some mails and refuses others with \"{refusal}\": those \
+                     addresses' mails are now refused one by one (tried again once, then \
+                     failed), and delivery pauses again only if {SELECTIVE_REJECTIONS} \
+                     addresses in a row are refused so"
+                );
+                *selective = Some(refusal);
+            }
+        }
         if !self.store().is_broken() {
             self.resume();
         }
-        *self.rejections.lock().expect("rejections") = None;
         if read.is_some_and(|s| s.soft_bounces.is_none()) {
             return; // read just before sending: nothing to clear
         }
