@@ -448,6 +448,9 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
     let mut problems = String::new();
     let known: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
     let mut queued_any = false;
+    // The line each address was first read on: a second row is left out (its choices may
+    // differ from the first's, and only one can stand).
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for row in rows {
         let row = match row {
             Ok(row) => row,
@@ -485,6 +488,14 @@ fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, Admin
                 continue;
             }
         };
+        if let Some(first) = seen.get(&email) {
+            problems.push_str(&format!(
+                "line {line}: {email} again (first on line {first}); this row is left out: one \
+                 row per address\n"
+            ));
+            continue;
+        }
+        seen.insert(email.clone(), line);
         let schedule_text = field(c_schedule);
         let schedule = if schedule_text.is_empty() {
             Some(Schedule::Immediate)

@@ -468,7 +468,7 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
     let site = Site::new();
     site.write(
         "ds.csv",
-        "email,schedule,categories\nA@X.vn,daily,\"tin tuc - su kien tieu bieu\"\nkhong-phai-email,daily,\nb@x.vn,hourly,\nc@x.vn,,\nd@x.vn,daily,KHONG CO\n",
+        "email,schedule,categories\nA@X.vn,daily,\"tin tuc - su kien tieu bieu\"\nkhong-phai-email,daily,\nb@x.vn,hourly,\nc@x.vn,,\nd@x.vn,daily,KHONG CO\na@x.VN,weekly,\n",
     );
     let out = site.bantin(&[
         "subscribers",
@@ -484,6 +484,10 @@ fn import_reports_bad_rows_and_keeps_the_good_ones() {
     assert!(err.contains("line 4: schedule 'hourly'"), "{err}");
     assert!(
         err.contains("line 6: unknown category 'KHONG CO'; the known categories are: 'TIN TỨC - SỰ KIỆN TIÊU BIỂU'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 7: a@x.vn again (first on line 2); this row is left out"),
         "{err}"
     );
     assert!(stdout(&out).contains("imported 2 subscribers (confirmation mails queued)"));
