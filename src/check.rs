@@ -169,7 +169,8 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         }
         Err(e) => {
             problems.push(format!(
-                "{}: không đọc được thư mục khai báo nguồn tin: {e}",
+                "{}: không đọc được thư mục khai báo nguồn tin (feeds.dir trong tệp cấu hình; \
+                 gói Debian cài chúng vào /usr/share/bantin/feeds): {e}",
                 config.feeds.dir.display()
             ));
             (Vec::new(), false)

@@ -892,6 +892,12 @@ pub fn load_feed_defs(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::
 
 /// Reads and compiles every template of [`crate::site::TEMPLATE_NAMES`] from `dir`.
 pub fn load_templates(dir: &Path) -> Result<Templates, Vec<crate::site::TemplateError>> {
+    // One line for the folder, not one per template it should hold.
+    if !dir.is_dir() {
+        return Err(vec![crate::site::TemplateError::MissingDir {
+            path: dir.display().to_string(),
+        }]);
+    }
     Templates::compile(crate::site::TEMPLATE_NAMES.iter().map(|name| {
         let path = dir.join(name);
         let text = match std::fs::read_to_string(&path) {

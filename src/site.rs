@@ -217,6 +217,11 @@ pub fn wrap(text: &str, width: usize, indent: &str) -> String {
 /// A problem loading or rendering a template.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
+    #[error(
+        "{path}: không có thư mục mẫu trang này (templates.dir trong tệp cấu hình; gói Debian \
+         cài các mẫu vào /usr/share/bantin/templates)"
+    )]
+    MissingDir { path: String },
     #[error("{path}: cannot read template: {source}")]
     Read {
         path: String,

@@ -335,6 +335,21 @@ fn a_broken_config_is_a_clear_error() {
     );
     let out = site.bantin(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    // A templates folder that is not there: one line that says which key to set, not one
+    // per template.
+    site.write(
+        "bantin.toml",
+        "[site]\nbase_url = \"http://127.0.0.1:8080\"\n[templates]\ndir = \"khong-co\"\n",
+    );
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(err.matches("khong-co").count(), 1, "{err}");
+    assert!(
+        err.contains("khong-co: không có thư mục mẫu trang này (templates.dir"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot read template"), "{err}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
