@@ -50,7 +50,12 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match &*k {
             // Control characters (a NUL) are nobody's words: never echoed into the page.
-            "q" => query = v.trim().chars().filter(|c| !c.is_control()).collect(),
+            // Composed (NFC) as the articles are: a phone's keyboard may send a letter and
+            // its marks apart, and the words would split at the marks.
+            "q" => {
+                use unicode_normalization::UnicodeNormalization;
+                query = v.trim().chars().filter(|c| !c.is_control()).nfc().collect()
+            }
             "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
             _ => {}
         }

@@ -67,6 +67,27 @@ pub fn fold_text(text: &str) -> String {
     text.chars().map(fold_char).collect()
 }
 
+/// Syllable onsets after which a final `y` is also written `i`.
+const I_OR_Y_AFTER: &[&str] = &[
+    "b", "c", "ch", "d", "g", "gh", "h", "k", "kh", "l", "m", "n", "nh", "p", "ph", "qu", "r", "s",
+    "t", "th", "tr", "v", "x",
+];
+
+/// A word's folded form, by which it is indexed and searched: [`fold_text`], with a final `y`
+/// after a consonant written `i`, as both spellings are taught and used (`kỳ`/`kì`,
+/// `quý`/`quí`, `lý`/`lí`, `mỹ`/`mĩ`). `y` alone and after a vowel (`huy`, `tay`) stays.
+pub fn fold_word(word: &str) -> String {
+    let mut folded = fold_text(word);
+    if folded
+        .strip_suffix('y')
+        .is_some_and(|onset| I_OR_Y_AFTER.contains(&onset))
+    {
+        folded.pop();
+        folded.push('i');
+    }
+    folded
+}
+
 /// The words of `text`: runs of letters and digits, with their byte ranges.
 pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.split(|c: char| !c.is_alphanumeric())
@@ -76,7 +97,7 @@ pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 /// A word's lowercase spelling and its folded form.
 fn forms(word: &str) -> (String, String) {
-    (word.to_lowercase(), fold_text(word))
+    (word.to_lowercase(), fold_word(word))
 }
 
 /// Bytes of lists gathered in memory before they are written to the index's file.
@@ -592,7 +613,9 @@ impl Index {
     /// The articles that hold every word of `query`, best first; page `page` (from 1). Fails
     /// only when the index's file cannot be read.
     pub fn search(&self, query: &str, page: usize) -> io::Result<Results> {
-        let query: String = query.chars().take(MAX_QUERY_CHARS).collect();
+        use unicode_normalization::UnicodeNormalization;
+        // Composed as the articles are: a keyboard may send a letter and its marks apart.
+        let query: String = query.nfc().take(MAX_QUERY_CHARS).collect();
         let mut exact: Vec<String> = Vec::new();
         let mut folded: Vec<String> = Vec::new();
         for (_, w) in words(&query).take(MAX_QUERY_WORDS) {
@@ -793,7 +816,7 @@ pub fn highlight(text: &str, folded: &[String]) -> Vec<Piece> {
         }
     };
     for (at, word) in words(text) {
-        if folded.iter().any(|f| *f == fold_text(word)) {
+        if folded.iter().any(|f| *f == fold_word(word)) {
             push(&mut out, &text[last..at], false);
             push(&mut out, word, true);
             last = at + word.len();
@@ -810,11 +833,11 @@ pub fn snippet(paragraphs: &[String], folded: &[String], width: usize) -> Vec<Pi
     let all: Vec<(usize, &str)> = words(&text).collect();
     let is = |i: usize, k: usize| {
         all.get(i + k)
-            .is_some_and(|(_, w)| fold_text(w) == folded[k])
+            .is_some_and(|(_, w)| fold_word(w) == folded[k])
     };
     let together = (0..all.len()).find(|&i| (0..folded.len()).all(|k| is(i, k)));
     let first = together
-        .or_else(|| (0..all.len()).find(|&i| folded.iter().any(|f| fold_text(all[i].1) == *f)));
+        .or_else(|| (0..all.len()).find(|&i| folded.iter().any(|f| fold_word(all[i].1) == *f)));
     let center = first.unwrap_or(0);
     let from = center.saturating_sub(width / 3);
     let to = (from + width).min(all.len());
@@ -1042,6 +1065,42 @@ mod tests {
         assert!(idx.search("ngân sách", 1).unwrap().hits.is_empty());
         assert!(idx.search("", 1).unwrap().hits.is_empty());
         assert!(idx.search("!!! ???", 1).unwrap().hits.is_empty());
+    }
+
+    #[test]
+    fn i_and_y_after_a_consonant_are_one_letter() {
+        for (word, folded) in [
+            ("Kỳ", "ki"),
+            ("kì", "ki"),
+            ("quý", "qui"),
+            ("quí", "qui"),
+            ("Mỹ", "mi"),
+            ("lý", "li"),
+            ("y", "y"),
+            ("huy", "huy"),
+            ("tay", "tay"),
+            ("kỳ", "ki"),
+        ] {
+            assert_eq!(fold_word(word), folded, "{word}");
+        }
+        let idx = index(&[
+            ("a", "Kỳ họp thứ mười", "Báo cáo quý I.", 1),
+            ("b", "Tay nghề", "Lớp học nghề.", 2),
+        ]);
+        assert_eq!(ids(&idx.search("kì họp", 1).unwrap()), ["a"]);
+        assert_eq!(ids(&idx.search("ki hop", 1).unwrap()), ["a"]);
+        assert_eq!(ids(&idx.search("quí I", 1).unwrap()), ["a"]);
+        assert!(idx.search("tai nghe", 1).unwrap().hits.is_empty());
+        // A letter and its marks sent apart (NFD), as some keyboards do.
+        use unicode_normalization::UnicodeNormalization;
+        let nfd: String = "Kỳ họp".nfd().collect();
+        assert_ne!(nfd, "Kỳ họp");
+        assert_eq!(ids(&idx.search(&nfd, 1).unwrap()), ["a"]);
+        let marked = highlight("Kỳ họp thứ mười", &["ki".to_owned(), "hop".to_owned()]);
+        assert!(
+            marked.iter().any(|p| p.mark && p.text == "Kỳ"),
+            "{marked:?}"
+        );
     }
 
     #[test]
@@ -1310,7 +1369,8 @@ mod tests {
             "Mở đầu dài dòng về nhiều việc khác nhau trong năm.".to_owned(),
             "Sau đó Kỳ họp thứ mười khai mạc tại hội trường.".to_owned(),
         ];
-        let words = vec!["ky".to_owned(), "hop".to_owned()];
+        // As a search folds them (fold_word): `kỳ` is `ki`.
+        let words = vec!["ki".to_owned(), "hop".to_owned()];
         let s = snippet(&paragraphs, &words, 8);
         let marked: Vec<&str> = s
             .iter()
