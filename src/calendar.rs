@@ -2,7 +2,7 @@
 //!
 //! Output is deterministic, as for the feeds: `DTSTAMP` and `LAST-MODIFIED` are the article's
 //! last change, `UID` its permanent id, and `SEQUENCE` grows with every later edit of the
-//! file (minutes between publication and the last change), so a calendar that imported an
+//! file (seconds between publication and the last change), so a calendar that imported an
 //! event takes a changed time or place as newer.
 
 use std::fmt::Write as _;
@@ -159,10 +159,13 @@ fn event(site: &SiteInfo, tz: Tz, e: &CalEvent<'_>, when: When) -> Event {
     event.done()
 }
 
-/// Grows with every edit after publication: minutes from publication to the last change.
+/// Grows with every edit after publication: seconds from publication to the last change.
+/// (Minutes let a correction saved within the minute of the last change keep its number,
+/// and calendars then ignored the new time; seconds are also never fewer than the minutes
+/// of an older version's calendars.)
 pub fn sequence(entry: &Entry) -> u32 {
-    let minutes = (entry.updated - entry.published).num_minutes();
-    u32::try_from(minutes.max(0)).unwrap_or(u32::MAX)
+    let seconds = (entry.updated - entry.published).num_seconds();
+    u32::try_from(seconds.max(0)).unwrap_or(u32::MAX)
 }
 
 /// `VTIMEZONE` for `tz` over the years `first..=last`: the offset in force on the last day
@@ -428,7 +431,10 @@ mod tests {
         });
         assert_eq!(sequence(&e), 0);
         e.updated += Duration::hours(2);
-        assert_eq!(sequence(&e), 120);
+        assert_eq!(sequence(&e), 7200);
+        // Another save within the same minute still raises it.
+        e.updated += Duration::seconds(20);
+        assert_eq!(sequence(&e), 7220);
     }
 
     #[test]
