@@ -329,6 +329,56 @@ fn saved_in_three_steps(gap_secs: i64) {
     assert_eq!(smtp.messages().len(), 1);
 }
 
+/// A clerk saves a correction, then rewords its reason a few seconds later: one correction
+/// mail, once the article has been unchanged for the delay, with the final reason.
+#[test]
+fn a_correction_saved_twice_is_mailed_once_with_its_final_reason() {
+    let smtp = SmtpServer::start();
+    let (site, clock) = news_site(&smtp, "alert_delay_secs = 20");
+    let daemon = InProc::start(&site, &clock);
+    let path = site.store().join("hop.txt");
+    let head = "THÔNG BÁO\n\nKỳ họp thứ 21\nNgày đăng 20/11/2026 | 09:00\n";
+    let body = "\nKỳ họp khai mạc ngày 3/12.\n";
+    std::fs::write(&path, format!("{head}{body}")).unwrap();
+    notices(&daemon, 1);
+    daemon.advance(Days::seconds(21));
+    wait_mails(&smtp, 1);
+    wait_for("the alert recorded", PATIENCE, || {
+        status(&site)["outbox"]["pending"] == 0
+    });
+    for (i, reason) in ["Đổi ngày hop", "Đổi ngày họp sang 4/12"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(&path, format!("{head}Đính chính: {reason}\n{body}")).unwrap();
+        wait_for("the correction published", PATIENCE, || {
+            daemon.get("/articles/hop.html").text().contains(reason)
+        });
+        notices(&daemon, 2 + i);
+        daemon.advance(Days::seconds(5));
+    }
+    // 5 s after the last save: nothing yet.
+    assert_eq!(smtp.messages().len(), 1, "no correction before the delay");
+    daemon.advance(Days::seconds(16));
+    let mails = wait_mails(&smtp, 2);
+    assert!(
+        header(&mails[1].data, "Subject")
+            .unwrap()
+            .contains("Đính chính"),
+        "{}",
+        mails[1].data
+    );
+    let text = part(&mails[1].data, "text/plain").unwrap();
+    assert!(
+        text.contains("Đổi ngày họp sang 4/12"),
+        "the final reason: {text}"
+    );
+    wait_for("the outbox to settle", PATIENCE, || {
+        status(&site)["outbox"]["pending"] == 0
+    });
+    assert_eq!(smtp.messages().len(), 2, "one alert, one correction");
+}
+
 #[test]
 fn an_article_deleted_before_its_alert_is_due_mails_nobody() {
     let smtp = SmtpServer::start();

@@ -49,7 +49,8 @@ pub struct Outbox {
     pub relay_utf8: super::RelaySays,
     /// The worker's loop and the state flushes report their progress here.
     pub health: crate::health::Health,
-    /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted.
+    /// New articles waiting to be unchanged for `policy.delay_ms` before they are alerted,
+    /// and corrections of mailed ones waiting the same before they are mailed.
     settling: Arc<Mutex<HashMap<String, Settling>>>,
     /// Told when an article starts settling.
     pub settled: Arc<tokio::sync::Notify>,
@@ -92,7 +93,7 @@ impl NewsPolicy {
     }
 }
 
-/// A new article not alerted yet.
+/// A new article not alerted yet, or a mailed one whose new correction is not mailed yet.
 #[derive(Debug, Clone)]
 struct Settling {
     entry: Arc<Entry>,
@@ -248,7 +249,8 @@ impl Outbox {
     /// and durably: an article the mail side has never known, published within
     /// `alert_max_age_days`. It is alerted once it has been unchanged for
     /// `alert_delay_secs` (an edit meanwhile starts the wait again); a known one (an edit
-    /// after that, a restart) gets nothing. Older ones are recorded as known, never mailed.
+    /// after that, a restart) gets nothing, unless it carries a new correction, which waits
+    /// the same before it is mailed. Older ones are recorded as known, never mailed.
     pub async fn published(&self, entries: Vec<Arc<Entry>>) -> Result<(), MailError> {
         let notices = entries.len() as u64;
         let result = self.notice(entries).await;
@@ -262,9 +264,24 @@ impl Outbox {
         let mut old = Vec::new();
         for entry in entries {
             if let Some(known) = self.store.known_article(&entry.id)? {
-                // Known: an edit mails nobody, unless it carries a new correction.
+                // Known: an edit mails nobody, unless it carries a new correction; that one
+                // waits as a new article does, so that a clerk saving the reason twice
+                // mails one correction, with the final text.
                 if entry.correction.is_some() && entry.correction != known.correction {
-                    self.correct(&entry, known).await?;
+                    if self.policy.delay_ms <= 0 {
+                        self.correct(&entry, known).await?;
+                    } else {
+                        let due_ms = now + self.policy.delay_ms;
+                        let id = entry.id.to_string();
+                        self.settling
+                            .lock()
+                            .expect("settling")
+                            .insert(id, Settling { entry, due_ms });
+                        self.settled.notify_one();
+                    }
+                } else {
+                    // The correction taken back, or as already mailed: nothing waits.
+                    self.settling.lock().expect("settling").remove(&*entry.id);
                 }
                 continue;
             }
@@ -326,9 +343,38 @@ impl Outbox {
         if due.is_empty() {
             return Ok(());
         }
-        let result = self.alert(due.clone()).await;
+        // Corrections of articles mailed already; the rest are new.
+        let mut fresh = Vec::new();
+        let mut result = Ok(());
+        let mut again = Vec::new();
+        for entry in due {
+            match self.store.known_article(&entry.id) {
+                Ok(None) => fresh.push(entry),
+                Ok(Some(known)) => {
+                    if entry.correction.is_none() || entry.correction == known.correction {
+                        continue;
+                    }
+                    if let Err(e) = self.correct(&entry, known).await {
+                        again.push(entry);
+                        result = Err(e);
+                    }
+                }
+                Err(e) => {
+                    again.push(entry);
+                    result = Err(e.into());
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let alerted = self.alert(fresh.clone()).await;
+            if alerted.is_err() {
+                again.extend(fresh);
+                result = alerted;
+            }
+        }
+        let due = again;
         if result.is_err() {
-            // Not known yet: planned again at the next try.
+            // Not planned: tried again at the next turn.
             let mut settling = self.settling.lock().expect("settling");
             for entry in due {
                 settling
