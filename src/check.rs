@@ -26,6 +26,17 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
     let (errors, mut warnings) = public(config);
     warnings.extend(body_markers);
     problems.extend(errors);
+    // What `run` reads before it starts mail, read here too: a password file that is not
+    // there stopped `run` after `check` had passed.
+    if config.mail.transport == "smtp"
+        && let Err(e) = crate::mail::transport::credentials(config)
+    {
+        let file = config
+            .source
+            .as_ref()
+            .map_or_else(|| "bantin.toml".to_string(), |p| p.display().to_string());
+        problems.push(format!("{file}: {e}"));
+    }
     if let Ok(tz) = config.timezone() {
         let reader = crate::scan::StoreReader {
             root: config.store.dir.clone(),

@@ -468,12 +468,22 @@ fn check_refuses_what_cannot_work_in_public() {
     );
     assert!(common::stderr(&out).contains("no [mail.dkim] key"));
 
-    // Fixed: nothing left but the advice to sign.
+    // Over TLS, but the password file is not there: `run` would refuse to start.
     site.set_config(
         "[site]\nbase_url = \"https://hdnd.example.vn\"\n\
          [mail]\nfrom = \"HĐND <bantin@hdnd.example.vn>\"\ntransport = \"smtp\"\n\
          [mail.smtp]\nusername = \"bantin\"\npassword_file = \"pw\"\ntls = \"starttls\"\n",
     );
+    let out = site.bantin(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("cannot read mail.smtp.password_file"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Fixed: nothing left but the advice to sign.
+    site.write("pw", "bi-mat\n");
     let out = site.bantin(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }

@@ -236,34 +236,40 @@ struct Pooled {
     pipelining: bool,
 }
 
+/// The relay login of `mail.smtp`, its password read from `password_file` or
+/// `$BANTIN_SMTP_PASSWORD`; `None` without a username. `check` asks too, so that a missing
+/// password is found before `run` refuses to start.
+pub fn credentials(config: &Config) -> Result<Option<Credentials>, MailError> {
+    let smtp = &config.mail.smtp;
+    let Some(user) = &smtp.username else {
+        return Ok(None);
+    };
+    let password = match (&smtp.password_file, std::env::var("BANTIN_SMTP_PASSWORD")) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .map_err(|e| {
+                MailError::Config(format!(
+                    "cannot read mail.smtp.password_file '{}': {e}",
+                    file.display()
+                ))
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (None, Ok(p)) => p,
+        (None, Err(_)) => {
+            return Err(MailError::Config(
+                "mail.smtp.username is set but neither mail.smtp.password_file nor \
+                 $BANTIN_SMTP_PASSWORD is"
+                    .into(),
+            ));
+        }
+    };
+    Ok(Some(Credentials::new(user.clone(), password)))
+}
+
 impl SmtpPool {
     fn from_config(config: &Config, utf8: super::RelaySays) -> Result<SmtpPool, MailError> {
         let smtp = &config.mail.smtp;
-        let credentials = match &smtp.username {
-            None => None,
-            Some(user) => {
-                let password = match (&smtp.password_file, std::env::var("BANTIN_SMTP_PASSWORD")) {
-                    (Some(file), _) => std::fs::read_to_string(file)
-                        .map_err(|e| {
-                            MailError::Config(format!(
-                                "cannot read mail.smtp.password_file '{}': {e}",
-                                file.display()
-                            ))
-                        })?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                    (None, Ok(p)) => p,
-                    (None, Err(_)) => {
-                        return Err(MailError::Config(
-                            "mail.smtp.username is set but neither mail.smtp.password_file \
-                             nor $BANTIN_SMTP_PASSWORD is"
-                                .into(),
-                        ));
-                    }
-                };
-                Some(Credentials::new(user.clone(), password))
-            }
-        };
+        let credentials = credentials(config)?;
         let tls = match smtp.tls.as_str() {
             "none" => None,
             _ => Some(TlsParameters::new(smtp.host.clone()).map_err(|e| {
