@@ -299,12 +299,30 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
                     .map(|pos| crate::config::line_of(&text, pos))
             })
             .unwrap_or(1);
-        problems.push(format!(
-            "{}:{line}: không có bài viết nào thuộc chuyên mục \"{category}\"; hãy ghi đúng \
-             tên một chuyên mục đang có (giống hệt, kể cả chữ hoa và dấu): {}",
-            path.display(),
-            library.categories().join(", ")
-        ));
+        // The same words written otherwise (case, marks, spaces): a slip to fix. Else
+        // perhaps a category with no article yet (a new council's feeds): said, not an
+        // error the clerk could only fix by writing an article.
+        let fold = |c: &str| {
+            crate::search::fold_text(c)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let categories = library.categories();
+        match categories.iter().find(|k| fold(k) == fold(category)) {
+            Some(known) => problems.push(format!(
+                "{}:{line}: chuyên mục \"{category}\" viết khác tên chuyên mục đang có \
+                 \"{known}\" (chữ hoa, dấu hay khoảng trắng); hãy ghi giống hệt",
+                path.display(),
+            )),
+            None => body_markers.push(format!(
+                "{}:{line}: chưa có bài viết nào thuộc chuyên mục \"{category}\": nguồn tin \
+                 này trống cho đến bài đầu tiên của chuyên mục; nếu tên viết sai, hãy ghi \
+                 giống hệt một chuyên mục đang có: {}",
+                path.display(),
+                categories.join(", ")
+            )),
+        }
     }
     if let Some(mut templates) = templates {
         let site = crate::feed::SiteInfo::new(

@@ -218,8 +218,8 @@ pub fn wrap(text: &str, width: usize, indent: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error(
-        "{path}: không có thư mục mẫu trang này (templates.dir trong tệp cấu hình; gói Debian \
-         cài các mẫu vào /usr/share/bantin/templates)"
+        "{path}: no such templates folder (set templates.dir in the configuration; the Debian \
+         package installs them in /usr/share/bantin/templates)"
     )]
     MissingDir { path: String },
     #[error("{path}: cannot read template: {source}")]
