@@ -226,14 +226,31 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     };
     let drafts = reader.walk_drafts().unwrap_or_default();
     let read = files.len() + drafts.len();
-    // A correction written as a paragraph is text only: nobody is mailed.
+    // A correction, an event's time or place written as a paragraph (after a blank line) is
+    // text only: nobody is told of the correction, the article is no event.
     let body_markers = std::sync::Mutex::new(Vec::new());
     let (entries, errors) = reader.read_all(&files, |found, article| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let marker = format!("{}:", crate::article::CORRECTION_MARKER);
-        let is_marker =
-            |l: &str| crate::article::starts_with_marker(l, crate::article::CORRECTION_MARKER);
-        if article.paragraphs.iter().any(|p| is_marker(p)) {
+        for (marker, lost) in [
+            (
+                crate::article::CORRECTION_MARKER,
+                "nên không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi \
+                 người đã nhận bài này",
+            ),
+            (
+                crate::article::EVENT_MARKER,
+                "nên bài không thành sự kiện (không có lịch, không nhắc giờ trong thư); muốn \
+                 đăng sự kiện",
+            ),
+            (
+                crate::article::PLACE_MARKER,
+                "nên địa điểm không được ghi cho sự kiện; muốn ghi địa điểm",
+            ),
+        ] {
+            let is_marker = |l: &str| crate::article::starts_with_marker(l, marker);
+            if !article.paragraphs.iter().any(|p| is_marker(p)) {
+                continue;
+            }
             // Its line, for the editor (the file was just read; a warning is rare).
             let line = std::fs::read_to_string(&found.path)
                 .ok()
@@ -244,10 +261,9 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
                 })
                 .unwrap_or_default();
             body_markers.lock().expect("warnings").push(format!(
-                "{}{line}: có đoạn văn bắt đầu bằng \"{marker}\" nhưng nằm trong phần nội dung, \
-                 nên không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi \
-                 người đã nhận bài này, hãy đặt dòng đó ngay dưới dòng \"Ngày đăng\", không để \
-                 dòng trống ở giữa",
+                "{}{line}: có đoạn văn bắt đầu bằng \"{marker}:\" nhưng nằm trong phần nội \
+                 dung, {lost}, hãy đặt dòng đó ngay dưới dòng \"Ngày đăng\", không để dòng \
+                 trống ở giữa",
                 found.path.display()
             ));
         }

@@ -646,6 +646,14 @@ fn check_warns_of_a_correction_written_in_the_body() {
         &article(CAT_A, "Bài hai", "15/02/2020 | 08:16")
             .replace("Đoạn thứ hai.", "Dinh chinh: sửa giờ họp."),
     );
+    // An event's lines after a blank line: no event, no calendar.
+    site.put(
+        "sk.txt",
+        &article(CAT_A, "Sự kiện", "16/02/2020 | 08:16").replace(
+            "Đoạn thứ hai.",
+            "Thời gian: 20/02/2020 | 08:00\nĐịa điểm: Hội trường",
+        ),
+    );
     let out = site.bantin(&["check"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let said = stderr(&out);
@@ -653,6 +661,11 @@ fn check_warns_of_a_correction_written_in_the_body() {
         said.contains("dc.txt:8: có đoạn văn bắt đầu bằng \"Đính chính:\"")
             && said.contains("dc2.txt:8: có đoạn văn")
             && said.contains("nằm trong phần nội dung"),
+        "{said}"
+    );
+    assert!(
+        said.contains("sk.txt:8: có đoạn văn bắt đầu bằng \"Thời gian:\"")
+            && said.contains("nên bài không thành sự kiện"),
         "{said}"
     );
 }
