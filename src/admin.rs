@@ -396,9 +396,18 @@ fn add(
 
 fn import(ctx: &Context<'_>, text: &str, confirmed: bool) -> Result<Reply, AdminError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // A spreadsheet in a Vietnamese locale saves "CSV" with semicolons: a header without a
+    // comma but with a semicolon says so (categories are then quoted when several).
+    let header_line = text.lines().next().unwrap_or("");
+    let delimiter = if !header_line.contains(',') && header_line.contains(';') {
+        b';'
+    } else {
+        b','
+    };
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(false)
+        .delimiter(delimiter)
         .from_reader(text.as_bytes());
     let mut rows = reader.records();
     // The csv reader's own line numbers run one short after a CRLF line end (a record
@@ -1151,6 +1160,26 @@ mod tests {
         assert_eq!(a.schedule, Schedule::Daily);
         let b = store.subscriber("b@x.vn").unwrap().unwrap();
         assert_eq!(b.schedule, Schedule::Immediate);
+    }
+
+    #[test]
+    fn import_reads_a_spreadsheets_semicolons_and_any_case_of_a_schedule() {
+        let (_dir, store) = store();
+        let reply = run_import(
+            &store,
+            "\u{feff}email;schedule;categories\r\nc@x.vn;Daily;\"A;THÔNG BÁO\"\r\nd@x.vn;IMMEDIATE;\r\n",
+        );
+        assert_eq!(reply.code, 0, "{reply:?}");
+        let c = store.subscriber("c@x.vn").unwrap().unwrap();
+        assert_eq!(
+            (c.schedule, &c.categories[..]),
+            (
+                Schedule::Daily,
+                &["A".to_string(), "THÔNG BÁO".to_string()][..]
+            )
+        );
+        let d = store.subscriber("d@x.vn").unwrap().unwrap();
+        assert_eq!(d.schedule, Schedule::Immediate);
     }
 
     #[test]

@@ -22,8 +22,11 @@ impl Schedule {
         }
     }
 
+    /// `immediate`, `daily` or `weekly`, in any case (`Daily` from a spreadsheet).
     pub fn parse(s: &str) -> Option<Schedule> {
-        Schedule::ALL.into_iter().find(|x| x.as_str() == s.trim())
+        Schedule::ALL
+            .into_iter()
+            .find(|x| x.as_str().eq_ignore_ascii_case(s.trim()))
     }
 }
 
