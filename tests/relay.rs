@@ -166,6 +166,18 @@ fn a_relay_that_wants_a_login_pauses_delivery() {
     );
 }
 
+/// 421 at MAIL FROM on a new connection: the relay closes on us now (busy, shutting down),
+/// and its words are what the admin sees, not "the connection was closed".
+#[test]
+fn a_relay_closing_at_mail_from_pauses_delivery_and_says_why() {
+    pauses_then_resumes(
+        false,
+        |r| r.mail_from = Some("421 4.3.2 System shutting down".into()),
+        |r| r.mail_from = None,
+        "421 4.3.2 System shutting down",
+    );
+}
+
 #[test]
 fn a_content_filter_refusing_everything_pauses_delivery() {
     pauses_then_resumes(

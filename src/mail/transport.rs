@@ -399,7 +399,7 @@ impl SmtpPool {
             None => (self.fresh().await?, false),
         };
         let mut result = self.exchange(&mut pooled, envelope, bytes).await;
-        if reused && matches!(result, Err(Stale)) {
+        if reused && matches!(result, Err(Stale(_))) {
             // The relay closed the idle connection: a new one at once, not a retry.
             pooled = self.fresh().await?;
             result = self.exchange(&mut pooled, envelope, bytes).await;
@@ -483,8 +483,13 @@ impl SmtpPool {
         // The first reply tells whether the relay still holds the connection: no reply at
         // all, or 421 (closing), means it went while idle.
         match first {
-            Err(_) => return Err(Stale),
-            Ok(Err(e)) if e.status().is_none_or(|c| c.to_string() == "421") => return Err(Stale),
+            Err(_) => return Err(Stale(None)),
+            Ok(Err(e)) if e.status().is_none() => return Err(Stale(None)),
+            // 421: closing. On a connection kept idle, it went meanwhile; on a new one, the
+            // relay refuses us now, and says why.
+            Ok(Err(e)) if e.status().is_some_and(|c| c.to_string() == "421") => {
+                return Err(Stale(Some(reply_error(Phase::MailFrom, &e))));
+            }
             Ok(Err(e)) => return Err(Exchange::Failed(reply_error(Phase::MailFrom, &e))),
             Ok(Ok(_)) => {}
         }
@@ -578,8 +583,9 @@ impl std::fmt::Display for Stuffed<'_> {
 
 /// How one exchange ended, when it did not deliver.
 enum Exchange {
-    /// The pooled connection was closed by the relay before this mail began.
-    Stale,
+    /// The pooled connection was closed by the relay before this mail began: no reply, or
+    /// 421 (closing), which says why when the connection was new.
+    Stale(Option<SendError>),
     Failed(SendError),
     /// The relay refused a recipient and said so: the session can be reset and kept.
     Refused(SendError),
@@ -593,7 +599,8 @@ use Exchange::Stale;
 impl Exchange {
     fn into_send_error(self) -> SendError {
         match self {
-            Stale => SendError::Temporary("smtp: the connection was closed".into()),
+            Stale(Some(e)) => e,
+            Stale(None) => SendError::Temporary("smtp: the connection was closed".into()),
             Exchange::Failed(e) | Exchange::Refused(e) | Exchange::Answered(e) => e,
         }
     }
