@@ -119,24 +119,55 @@ pub fn changes(before: &Version, after: &Version) -> Vec<Changed> {
     out
 }
 
-/// A word-level difference, runs of the same kind joined.
+/// A word-level difference, runs of the same kind joined. Where several words changed, the
+/// words removed come as one run and the words added as the next, not word by word in turn
+/// ("Nhà văn hóa" → "Hội trường" is not "Nhà→Hội văn→trường hóa"): the spaces between changed
+/// words join the change rather than split it.
 fn words(old: &str, new: &str) -> Vec<Piece> {
     let diff = TextDiff::from_words(old, new);
+    let changes: Vec<(ChangeTag, &str)> = diff
+        .iter_all_changes()
+        .map(|c| (c.tag(), c.value()))
+        .collect();
     let mut pieces: Vec<Piece> = Vec::new();
-    for change in diff.iter_all_changes() {
-        let kind = match change.tag() {
-            ChangeTag::Equal => "same",
-            ChangeTag::Delete => "removed",
-            ChangeTag::Insert => "added",
-        };
-        match pieces.last_mut() {
-            Some(last) if last.kind == kind => last.text.push_str(change.value()),
-            _ => pieces.push(Piece {
-                kind,
-                text: change.value().to_owned(),
-            }),
+    let push = |pieces: &mut Vec<Piece>, kind: &'static str, text: &str| match pieces.last_mut() {
+        Some(last) if last.kind == kind => last.text.push_str(text),
+        _ => pieces.push(Piece {
+            kind,
+            text: text.to_owned(),
+        }),
+    };
+    let (mut removed, mut added) = (String::new(), String::new());
+    let flush = |pieces: &mut Vec<Piece>, removed: &mut String, added: &mut String| {
+        for (kind, text) in [("removed", &mut *removed), ("added", &mut *added)] {
+            let trimmed = text.trim();
+            if !trimmed.is_empty() {
+                push(pieces, kind, trimmed);
+            }
+            text.clear();
+        }
+    };
+    for (i, &(tag, value)) in changes.iter().enumerate() {
+        match tag {
+            ChangeTag::Delete => removed.push_str(value),
+            ChangeTag::Insert => added.push_str(value),
+            ChangeTag::Equal => {
+                let in_change = !removed.is_empty() || !added.is_empty();
+                let more_change = changes[i + 1..]
+                    .iter()
+                    .find(|(t, v)| !(*t == ChangeTag::Equal && v.trim().is_empty()))
+                    .is_some_and(|(t, _)| *t != ChangeTag::Equal);
+                if in_change && value.trim().is_empty() && more_change {
+                    removed.push_str(value);
+                    added.push_str(value);
+                } else {
+                    flush(&mut pieces, &mut removed, &mut added);
+                    push(&mut pieces, "same", value);
+                }
+            }
         }
     }
+    flush(&mut pieces, &mut removed, &mut added);
     pieces
 }
 
@@ -200,12 +231,25 @@ mod tests {
         let c = changes(&before, &after);
         assert_eq!(
             as_text(&c),
-            "Thời gian: [-08:00,-]{+14:00,+} Thứ [-Năm-]{+Sáu+} [-16/01/2025-]{+17/01/2025+}\n\n\
+            "Thời gian: [-08:00,-]{+14:00,+} Thứ [-Năm 16/01/2025-]{+Sáu 17/01/2025+}\n\n\
              Khai mạc lúc [-8-]{+14+} giờ [-sáng.-]{+chiều.+}\n\n\
              {+Đoạn mới.+}"
         );
         assert_eq!(c[0].label, "Thời gian");
         assert!(changes(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn several_words_changed_read_as_one_removed_run_then_one_added() {
+        let mut before = version("08:00, Thứ Bảy 06/12/2025", &["A."]);
+        before.place = Some("Nhà văn hóa tổ dân phố 15, phường Nghĩa Đô".into());
+        let mut after = version("08:00, Chủ nhật 07/12/2025", &["A."]);
+        after.place = Some("Hội trường UBND phường Nghĩa Đô".into());
+        assert_eq!(
+            as_text(&changes(&before, &after)),
+            "Thời gian: 08:00, [-Thứ Bảy 06/12/2025-]{+Chủ nhật 07/12/2025+}\n\n\
+             Địa điểm: [-Nhà văn hóa tổ dân phố 15,-]{+Hội trường UBND+} phường Nghĩa Đô"
+        );
     }
 
     #[test]
