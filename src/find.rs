@@ -85,7 +85,7 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
     }
 }
 
-fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
+fn render(state: &FindState, query: &str, mut page: usize) -> Result<String, String> {
     // What is searched: the whole words that fit the limits, and the page says so.
     let limit = query
         .char_indices()
@@ -104,10 +104,20 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
     };
     let shortened = used.len() < query.len();
     let query = used;
-    let results = state
+    let mut results = state
         .search
         .search(query, page)
         .map_err(|e| e.to_string())?;
+    // Past the last page (an old link, a page number typed by hand): the last page, not a
+    // count of results with none shown.
+    let last = results.total.div_ceil(PER_PAGE);
+    if last > 0 && page > last {
+        page = last;
+        results = state
+            .search
+            .search(query, page)
+            .map_err(|e| e.to_string())?;
+    }
     let site = state.site.read().expect("site lock").clone();
     let hits: Vec<ResultCtx> = results
         .hits

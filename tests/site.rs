@@ -227,6 +227,9 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
         "{long}"
     );
     assert!(!search("ky hop").contains("tối đa 8 từ"));
+    // A page past the last shows the last, not a count with no results.
+    let far = search("ky hop&page=99999");
+    assert!(far.contains("<mark>"), "{far}");
     // A NUL is not echoed.
     assert!(!search("ky%00hop").contains('\0'));
     // Odd input gets a page, not an error.
