@@ -278,6 +278,15 @@ fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/bulletins/", get(bulletin))
         .route("/bulletins/{*path}", get(bulletin))
         .route("/healthz", get(healthz))
+        // Addresses people and feed readers guess: the home page's lists (its feed links
+        // are also what readers discover a feed by).
+        .route("/rss", get(to_home_section))
+        .route("/feed", get(to_home_section))
+        .route("/atom", get(to_home_section))
+        .route("/feeds", get(to_home_section))
+        .route("/feeds/", get(to_home_section))
+        .route("/categories", get(to_home_section))
+        .route("/categories/", get(to_home_section))
         .fallback(not_found_route)
         .with_state(state)
         .merge(extra)
@@ -664,6 +673,24 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
+    )
+        .into_response()
+}
+
+/// A guessed address (`/rss`, `/feeds/`, `/categories`) sent to the section of the home page
+/// that lists what was looked for. The address is relative, so that it stays under the path
+/// a proxy gives this council.
+async fn to_home_section(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let section = if path.starts_with("/categories") {
+        "chuyen-muc"
+    } else {
+        "nguon-tin"
+    };
+    let up = if path.ends_with('/') { "../" } else { "./" };
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, format!("{up}#{section}"))],
     )
         .into_response()
 }

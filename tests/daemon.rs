@@ -336,6 +336,16 @@ fn health_metrics_and_limits() {
     daemon.get("/nope");
     // Never on the public port: counters there would tell who is subscribed.
     assert_eq!(daemon.get("/metrics").status, 404);
+    // Guessed addresses lead to the home page's lists, relatively (a proxy's path stays).
+    for (path, to) in [
+        ("/rss", "./#nguon-tin"),
+        ("/feed", "./#nguon-tin"),
+        ("/feeds/", "../#nguon-tin"),
+        ("/categories", "./#chuyen-muc"),
+    ] {
+        let r = daemon.get(path);
+        assert_eq!((r.status, r.header("location")), (301, Some(to)), "{path}");
+    }
     let metrics = daemon.metrics();
     assert!(
         metrics.contains("bantin_http_requests_total{route=\"feed\",status=\"200\"} 1"),
