@@ -291,10 +291,15 @@ async fn subscribe(
     }
     let ip = client_ip(peer.map(|p| p.0), &headers, &state.trusted);
     if let Err(wait) = state.limiter.allow(ip) {
+        // When, in words: the header is for programs.
+        let minutes = wait.div_ceil(60).max(1);
         let mut r = state.page(
             StatusCode::TOO_MANY_REQUESTS,
             "Vui lòng thử lại sau",
-            "Có quá nhiều yêu cầu đăng ký từ địa chỉ của bạn. Vui lòng thử lại sau.",
+            &format!(
+                "Có quá nhiều yêu cầu đăng ký từ địa chỉ mạng của bạn. Vui lòng thử lại sau \
+                 khoảng {minutes} phút."
+            ),
             None,
         );
         r.headers_mut().insert(header::RETRY_AFTER, wait.into());

@@ -300,7 +300,15 @@ fn the_subscribe_form_resists_abuse() {
     // Per client address: the sixth post within the hour is refused.
     let r = subscribe(&daemon, "email=b%40x.vn&schedule=daily");
     assert_eq!(r.status, 429);
-    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    let wait = r.header("retry-after").unwrap().parse::<u64>().unwrap();
+    assert!(wait > 0);
+    // The page says when, in minutes, as the header does in seconds.
+    assert!(
+        r.text()
+            .contains(&format!("thử lại sau khoảng {} phút", wait.div_ceil(60))),
+        "{}",
+        r.text()
+    );
     // The refused post queued nothing: the outbox holds the one confirmation only.
     assert_eq!(deliveries(&site), 1, "no more confirmation mails");
     // A forged confirmation does nothing.
