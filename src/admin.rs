@@ -291,7 +291,11 @@ fn run(ctx: &Context<'_>, request: Request) -> Result<Reply, AdminError> {
             }
             if store.remove_subscriber(&email)? {
                 store.flush()?;
-                Ok(Reply::ok(format!("{email}: removed\n")))
+                Ok(Reply::ok(format!(
+                    "{email}: removed, and forgotten: a list imported later that names the \
+                     address subscribes it again (an import with a 'state' column of \
+                     'unsubscribed' keeps someone on record as not to be mailed)\n"
+                )))
             } else {
                 Ok(Reply::fail(format!("error: no subscriber '{email}'\n")))
             }

@@ -460,6 +460,12 @@ fn commands_answer_the_same_through_the_daemon() {
     );
     let out = site.bantin(&["subscribers", "remove", "a@x.vn"]);
     assert!(out.status.success());
+    // The admin is told that a later import would bring the address back.
+    assert!(
+        stdout(&out).contains("a@x.vn: removed, and forgotten: a list imported later"),
+        "{}",
+        stdout(&out)
+    );
     let out = site.bantin(&["subscribers", "remove", "nobody@x.vn"]);
     assert_eq!(out.status.code(), Some(1));
     let export = stdout(&site.bantin(&["subscribers", "export"]));
