@@ -667,6 +667,7 @@ fn inbox(ctx: &Context<'_>, mails: Vec<(String, String)>) -> Result<Reply, Admin
 
 #[derive(Serialize)]
 struct Status {
+    /// Article files in the store, broken ones included (telling them apart reads them all).
     articles: usize,
     subscribers: std::collections::BTreeMap<&'static str, usize>,
     outbox: std::collections::BTreeMap<&'static str, usize>,
@@ -1059,7 +1060,8 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         _ => "running".into(),
     };
     let mut out = format!(
-        "articles: {}\nsubscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
+        "articles: {} files in the store (broken ones included: `bantin check` names them)\n\
+         subscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
         status.articles,
         join(&status.subscribers),
         join(&status.outbox)
