@@ -272,9 +272,27 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     body_markers.sort();
     problems.extend(errors.iter().map(ToString::to_string));
     // Drafts are held to the same rules, so a draft made public later is already right.
-    let (_, draft_errors) = reader.read_all(&drafts, |_, _| {
+    // One dated too long ago to be news is published without a mail when renamed: said
+    // now, while the date can still be put right.
+    let max_age_days = config.mail.alert_max_age_days;
+    let too_old = chrono::Utc::now() - chrono::Duration::days(max_age_days as i64);
+    let old_drafts = std::sync::Mutex::new(Vec::new());
+    let (_, draft_errors) = reader.read_all(&drafts, |found, article| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if article.published < too_old {
+            old_drafts.lock().expect("warnings").push(format!(
+                "{}: bản nháp đề ngày {}, đã quá {max_age_days} ngày: khi bỏ dấu \"_\" để đăng, \
+                 bài lên trang nhưng không được gửi thư cho người đăng ký \
+                 (mail.alert_max_age_days); muốn gửi thư thì sửa dòng \"Ngày đăng\" thành \
+                 ngày đăng thật",
+                found.path.display(),
+                crate::site::local_time(&article.published)
+            ));
+        }
     });
+    let mut old_drafts = old_drafts.into_inner().expect("warnings");
+    old_drafts.sort();
+    body_markers.extend(old_drafts);
     problems.extend(draft_errors.iter().map(ToString::to_string));
     let drafts: Vec<String> = drafts
         .iter()
