@@ -4,7 +4,7 @@
 //! slot back, so a crash repeats at most the mails in flight. Fresh deliveries always go
 //! before retries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +74,48 @@ pub struct Worker {
     selective: Mutex<Option<String>>,
     /// Sent alerts and digests not yet folded into their articles' totals.
     sent: Mutex<Vec<String>>,
+    /// Temporary failures logged lately, by reason.
+    deferrals: Deferrals,
+}
+
+/// How often the same temporary failure is logged.
+const DEFERRALS_EVERY: Duration = Duration::from_secs(60);
+
+/// Temporary failures by reason (addresses left out): when each was last logged, and how
+/// many came since.
+#[derive(Default)]
+struct Deferrals(Mutex<HashMap<String, (std::time::Instant, usize)>>);
+
+impl Deferrals {
+    /// Whether to log a failure for `reason` now, with how many were not logged since the
+    /// last line; `None`: counted, not logged.
+    fn note(&self, reason: &str) -> Option<usize> {
+        self.note_at(reason, std::time::Instant::now())
+    }
+
+    fn note_at(&self, reason: &str, now: std::time::Instant) -> Option<usize> {
+        let mut seen = self.0.lock().expect("deferrals");
+        match seen.get_mut(reason) {
+            Some((at, folded)) if now.duration_since(*at) < DEFERRALS_EVERY => {
+                *folded += 1;
+                None
+            }
+            Some((at, folded)) => {
+                let n = std::mem::take(folded);
+                *at = now;
+                Some(n)
+            }
+            None => {
+                // Reasons are few; a relay that words each differently cannot grow this
+                // past a few hundred.
+                if seen.len() > 256 {
+                    seen.clear();
+                }
+                seen.insert(reason.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// What one delivery needs besides itself, read once before rendering.
@@ -106,6 +148,7 @@ impl Worker {
             rejections: Mutex::default(),
             selective: Mutex::default(),
             sent: Mutex::default(),
+            deferrals: Deferrals::default(),
         })
     }
 
@@ -526,11 +569,19 @@ impl Worker {
             jitter(),
         );
         d.next_ms = d.updated_ms + delay as i64;
-        tracing::warn!(
-            to = d.email,
-            attempt = d.attempts,
-            "temporary failure, retry in {delay} ms: {why}"
-        );
+        // A relay deferring a whole fan-out defers thousands of mails the same way: one
+        // line a minute for each reason, saying how many it stands for.
+        if let Some(folded) = self.deferrals.note(&refusal_of_any(&why)) {
+            let more = match folded {
+                0 => String::new(),
+                n => format!(" (and {n} more mails deferred the same way since the last line)"),
+            };
+            tracing::warn!(
+                to = d.email,
+                attempt = d.attempts,
+                "temporary failure, retry in {delay} ms: {why}{more}"
+            );
+        }
         d.error = Some(why);
         self.outbox.metrics.retried.inc();
     }
@@ -752,4 +803,38 @@ fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let h = std::collections::hash_map::RandomState::new().build_hasher();
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_deferral_is_logged_once_a_minute_with_how_many_it_stands_for() {
+        let d = Deferrals::default();
+        let t = std::time::Instant::now();
+        let busy = "smtp: 451 4.3.0 try later (at end of DATA)";
+        assert_eq!(d.note_at(busy, t), Some(0));
+        for s in 1..=3 {
+            assert_eq!(d.note_at(busy, t + Duration::from_secs(s)), None);
+        }
+        // Another reason is logged at once.
+        assert_eq!(
+            d.note_at("smtp: 421 closing", t + Duration::from_secs(4)),
+            Some(0)
+        );
+        assert_eq!(d.note_at(busy, t + DEFERRALS_EVERY), Some(3));
+        assert_eq!(
+            d.note_at(busy, t + DEFERRALS_EVERY + Duration::from_secs(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_no_address() {
+        assert_eq!(
+            refusal_of_any("smtp: 554 5.7.1 <dan@x.vn>: Relay access denied"),
+            "smtp: 554 5.7.1 <…> Relay access denied"
+        );
+    }
 }
