@@ -270,8 +270,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format!("cannot create state.dir '{}'", config.state.dir.display())
             })?;
             let store = bantin::store::Store::open(&config.state.dir)?;
-            let n = store.import(std::io::BufReader::new(input))?;
-            eprintln!("imported {n} records into {}", config.state.dir.display());
+            let (n, own) = store.import(std::io::BufReader::new(input))?;
+            eprintln!(
+                "imported {n} records into {} ({} read; the {own} that named the exported \
+                 state itself, its id and schema, are this state's own)",
+                config.state.dir.display(),
+                n + own
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox(InboxCommand::Process { files }) => {

@@ -1219,8 +1219,9 @@ impl Store {
     }
 
     /// Reads an [`Store::export`] into this state, which must hold no subscribers and no
-    /// deliveries. Returns how many records. The state's own identity is kept.
-    pub fn import(&self, input: impl std::io::BufRead) -> Result<usize, StoreError> {
+    /// deliveries. Returns how many records it wrote, and how many it left out as the
+    /// exported state's own identity (this state keeps its own).
+    pub fn import(&self, input: impl std::io::BufRead) -> Result<(usize, usize), StoreError> {
         use base64::Engine as _;
         let t = self.t()?;
         if !t.subscribers.is_empty() || !t.outbox.is_empty() {
@@ -1228,6 +1229,7 @@ impl Store {
         }
         let trees: std::collections::HashMap<&str, &sled::Tree> = t.named().into_iter().collect();
         let mut n = 0;
+        let mut own = 0;
         for (i, line) in input.lines().enumerate() {
             let bad = |message: String| StoreError::Corrupt {
                 key: format!("line {}", i + 1),
@@ -1249,6 +1251,7 @@ impl Store {
                 rec.key.clone().into_bytes()
             };
             if rec.tree == "meta" && matches!(rec.key.as_str(), "id" | "schema") {
+                own += 1;
                 continue; // this state's own
             }
             let value = match rec.tree.as_str() {
@@ -1263,7 +1266,7 @@ impl Store {
             n += 1;
         }
         self.flush()?;
-        Ok(n)
+        Ok((n, own))
     }
 
     /// Deletes subscribers still pending whose last request came before `before` (unix

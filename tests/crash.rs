@@ -389,6 +389,15 @@ fn state_export_and_import_round_trip() {
     site.set_config(&config("moi"));
     let out = site.bantin(&["state", "import", first.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    // Its count matches the export's: every record read is accounted for.
+    let lines = std::fs::read_to_string(&first).unwrap().lines().count();
+    assert!(
+        common::stderr(&out).contains(&format!(
+            "({lines} read; the 2 that named the exported state itself"
+        )),
+        "{}",
+        common::stderr(&out)
+    );
     let second = site.path("lan-hai.jsonl");
     let out = site.bantin(&["state", "export", second.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::stderr(&out));
