@@ -187,6 +187,7 @@ impl<K: DirDefault> Default for Dir<K> {
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Address the daemon listens on.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Seconds a client may take to send its request headers (slowloris guard).
     pub header_timeout_secs: u64,
@@ -337,6 +338,30 @@ pub struct Mail {
     /// an RSA key for Gmail and Outlook, an Ed25519 one beside it).
     #[serde(deserialize_with = "one_or_many")]
     pub dkim: Vec<Dkim>,
+}
+
+/// `http.listen`: an address and a port; a port alone (`"8080"`, `8080`) is named as what it
+/// lacks, not as bad "socket address syntax".
+fn listen_address<'de, D>(d: D) -> Result<SocketAddr, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Port(i64),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Text(text) => text,
+        Given::Port(port) => port.to_string(),
+    };
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "http.listen '{text}' is not an address and a port: write \"127.0.0.1:8080\" (this \
+             machine only, behind a proxy) or \"0.0.0.0:8080\" (every interface)"
+        ))
+    })
 }
 
 /// A table or an array of tables.

@@ -341,6 +341,11 @@ fn a_broken_config_is_a_clear_error() {
     let out = site.bantin(&["build"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bantin.toml:4:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("http.listen '8080' is not an address and a port"),
+        "the key and what it lacks: {}",
+        stderr(&out)
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
         .args(["--config", "/nonexistent/bantin.toml", "check"])
         .output()
