@@ -507,6 +507,12 @@ impl Pages<'_> {
                         None => url,
                     }
                 }),
+                // Android phones know no webcal://: Google's own page subscribes its calendar.
+                google_calendar_url => events.then(|| {
+                    let url = format!("{}/calendar.ics", self.site.base_url);
+                    let cid: String = form_urlencoded::byte_serialize(url.as_bytes()).collect();
+                    format!("https://calendar.google.com/calendar/render?cid={cid}")
+                }),
             },
         )
     }

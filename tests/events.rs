@@ -202,6 +202,13 @@ fn build_writes_every_calendar() {
     }
     let index = site.read_public("index.html");
     assert!(index.contains("Lịch sự kiện") && index.contains("calendar.ics"));
+    // Subscribed in one tap: webcal:// for the phones and programs that know it, Google's
+    // page for Android phones, which do not.
+    assert!(index.contains("href=\"webcal://"), "{index}");
+    assert!(
+        index.contains("href=\"https://calendar.google.com/calendar/render?cid=http%3A%2F%2F"),
+        "{index}"
+    );
     assert!(!site.public().join("articles/tin.ics").exists());
 }
 
