@@ -438,7 +438,8 @@ fn next_nonblank(lines: &mut impl Iterator<Item = (usize, String)>) -> Option<(u
 /// NFC, without CR, characters that XML 1.0 forbids or other control characters, trimmed.
 fn clean(raw: &str) -> String {
     let raw = raw.trim_end_matches('\r');
-    let unwanted = |c: char| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}';
+    let unwanted =
+        |c: char| c.is_control() || is_invisible(c) || c == '\u{fffe}' || c == '\u{ffff}';
     // Most lines are already clean NFC: check first, copy once.
     let kept: Cow<'_, str> = if has_unwanted(raw) {
         Cow::Owned(
@@ -457,17 +458,39 @@ fn clean(raw: &str) -> String {
     }
 }
 
-/// Whether `text` holds a control character (Unicode's Cc: U+0000–U+001F, U+007F–U+009F) or
-/// U+FFFE or U+FFFF, read from its UTF-8 bytes (decoding every character was measurable in a
-/// build).
+/// Characters that show nothing but change what is around them, which a text copied from a
+/// web page or a word processor brings along: a zero-width space (splits a word for search),
+/// the direction marks, embeddings, overrides and isolates (U+202E shows a title backwards),
+/// the word joiner and a byte order mark inside the text. Joiners (U+200C, U+200D) stay:
+/// emoji are made with them.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+    )
+}
+
+/// Whether `text` holds a control character (Unicode's Cc: U+0000–U+001F, U+007F–U+009F), an
+/// invisible one ([`is_invisible`]), or U+FFFE or U+FFFF, read from its UTF-8 bytes (decoding
+/// every character was measurable in a build).
 fn has_unwanted(text: &str) -> bool {
     let b = text.as_bytes();
     b.iter().enumerate().any(|(i, &x)| match x {
         0x00..=0x1f | 0x7f => true,
         // U+0080–U+009F
         0xc2 => matches!(b.get(i + 1), Some(0x80..=0x9f)),
-        // U+FFFE, U+FFFF
-        0xef => b.get(i + 1) == Some(&0xbf) && matches!(b.get(i + 2), Some(0xbe | 0xbf)),
+        // U+200B, U+200E, U+200F, U+202A–U+202E; U+2060, U+2066–U+2069
+        0xe2 => match b.get(i + 1) {
+            Some(0x80) => matches!(b.get(i + 2), Some(0x8b | 0x8e | 0x8f | 0xaa..=0xae)),
+            Some(0x81) => matches!(b.get(i + 2), Some(0xa0 | 0xa6..=0xa9)),
+            _ => false,
+        },
+        // U+FEFF; U+FFFE, U+FFFF
+        0xef => match b.get(i + 1) {
+            Some(0xbb) => b.get(i + 2) == Some(&0xbf),
+            Some(0xbf) => matches!(b.get(i + 2), Some(0xbe | 0xbf)),
+            _ => false,
+        },
         _ => false,
     })
 }
@@ -712,7 +735,7 @@ mod tests {
     fn unwanted_characters_are_found_as_every_character_is_read() {
         let slow = |t: &str| {
             t.chars()
-                .any(|c| c.is_control() || c == '\u{fffe}' || c == '\u{ffff}')
+                .any(|c| c.is_control() || is_invisible(c) || c == '\u{fffe}' || c == '\u{ffff}')
         };
         let samples = [
             "Kỳ họp thứ 5 — “HĐND”",
@@ -796,6 +819,12 @@ mod tests {
     fn control_characters_are_dropped() {
         let a = ok(&BASIC.replace("Đoạn một.", "Đoạn\u{1}\u{8} một\u{1b}.\u{ffff}"));
         assert_eq!(a.paragraphs[0], "Đoạn một.");
+        // Pasted from a web page: a zero-width space in a word, a right-to-left override.
+        let a = ok(&BASIC
+            .replace("Tiêu đề", "Ý kiến \u{202e}nhân dân\u{202c}")
+            .replace("Đoạn một.", "Đại\u{200b}biểu và\u{feff} cử tri.\u{200d}"));
+        assert_eq!(a.title, "Ý kiến nhân dân");
+        assert_eq!(a.paragraphs[0], "Đạibiểu và cử tri.\u{200d}");
     }
 
     #[test]
