@@ -397,8 +397,9 @@ async fn subscribe(
 }
 
 /// Records a subscription request; returns whether a confirmation mail was queued. A
-/// confirmed subscriber stays as it is; at most one confirmation mail per address per day,
-/// and a pending subscriber's choices change only with a new one.
+/// confirmed subscriber stays as it is and is sent the links to change or end it; at most one
+/// such mail per address per day, and a pending subscriber's choices change only with a new
+/// one.
 pub fn request_subscription(
     outbox: &Outbox,
     email: &str,
@@ -409,7 +410,14 @@ pub fn request_subscription(
     let now = outbox.clock.now_s();
     let existing = store.subscriber(email)?;
     let mut sub = match existing {
-        Some(s) if s.state == SubState::Active => return Ok(false),
+        // Subscribed already: nothing changes, but the person may have lost every mail
+        // and with it the links to change or end it; a mail with them, once a day at most
+        // (the page says the same whoever posts).
+        Some(mut s) if s.state == SubState::Active => {
+            let queued = crate::mail::queue_confirmation(store, &mut s, now)?;
+            store.flush()?;
+            return Ok(queued);
+        }
         // Its confirmation mail went out with the choices then made, and no new one goes
         // today: confirming does what that mail says (anyone can post any address).
         Some(s)

@@ -315,6 +315,40 @@ fn the_subscribe_form_resists_abuse() {
     assert_eq!(get(daemon.addr, "/confirm?token=YkB4LnZu.AAAA").status, 400);
 }
 
+/// Someone subscribed long ago, who lost every mail and with it the links, posts the form
+/// again: nothing changes, and a mail brings the links to change or end the subscription;
+/// once a day at most. The page says what it says to anyone.
+#[test]
+fn a_subscriber_who_posts_the_form_again_gets_the_links() {
+    let smtp = SmtpServer::start();
+    let site = mail_site(smtp.addr, "");
+    add_confirmed(&site, "dan@x.vn", "immediate");
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    let stranger = subscribe(&daemon, "email=moi%40x.vn&schedule=daily");
+    let again = subscribe(&daemon, "email=dan%40x.vn&schedule=weekly");
+    assert_eq!(again.status, 200);
+    assert_eq!(again.text(), stranger.text(), "no enumeration");
+    let mails = wait_mails(&smtp, 2);
+    let mail = mails.iter().find(|m| m.to == ["dan@x.vn"]).unwrap();
+    assert!(
+        header(&mail.data, "Subject")
+            .unwrap()
+            .contains("Cách nhận tin của bạn"),
+        "{}",
+        mail.data
+    );
+    let prefs = link(&mail.data, "/preferences?token=");
+    assert_eq!(get(daemon.addr, &path_of(&prefs)).status, 200);
+    // Nothing changed.
+    let list = stdout(&site.bantin(&["subscribers", "list"]));
+    assert!(list.contains("dan@x.vn\timmediate\tactive"), "{list}");
+    // Asked again the same day: no second mail.
+    let before = deliveries(&site);
+    subscribe(&daemon, "email=dan%40x.vn&schedule=daily");
+    assert_eq!(deliveries(&site), before, "once a day at most");
+}
+
 #[test]
 fn unsubscribe_links() {
     let smtp = SmtpServer::start();

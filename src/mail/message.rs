@@ -105,10 +105,12 @@ pub enum Content<'a> {
     Correction(&'a Article, &'a Entry, &'a crate::store::Correction),
     /// The articles of a digest still readable, newest first.
     Digest(&'a [Arc<Article>]),
-    /// The choices of the subscriber being asked to confirm.
+    /// The choices of the subscriber being asked to confirm; `active`: one subscribed
+    /// already, who asked on the form again and gets the links to change or end it.
     Confirm {
         schedule: Schedule,
         categories: &'a [String],
+        active: bool,
     },
 }
 
@@ -620,14 +622,26 @@ impl Composer {
                 Content::Confirm {
                     schedule,
                     categories,
+                    active,
                 },
             ) => (
-                format!("Xác nhận đăng ký nhận tin – {}", site.title),
+                if active {
+                    format!("Cách nhận tin của bạn – {}", site.title)
+                } else {
+                    format!("Xác nhận đăng ký nhận tin – {}", site.title)
+                },
                 "confirm",
                 context! {
-                    preheader => "Bấm nút trong thư để bắt đầu nhận tin; nếu không phải bạn, hãy bỏ qua thư này.",
+                    preheader => if active {
+                        "Bạn đã đăng ký nhận tin: đổi cách nhận tin hay thôi nhận tin bằng các liên kết trong thư."
+                    } else {
+                        "Bấm nút trong thư để bắt đầu nhận tin; nếu không phải bạn, hãy bỏ qua thư này."
+                    },
                     email => delivery.email.clone(),
+                    active => active,
                     confirm_url => self.links.confirm_url(&delivery.email, *at),
+                    preferences_url => active.then(|| self.links.preferences_url(&delivery.email, *at)),
+                    unsubscribe_url => active.then(|| self.links.unsubscribe_url(&delivery.email, *at)),
                     schedule_label => schedule_label(schedule),
                     categories => categories.to_vec(),
                 },
@@ -1226,6 +1240,15 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
             Content::Confirm {
                 schedule: Schedule::Daily,
                 categories: &["THÔNG BÁO".to_string()],
+                active: false,
+            },
+        ),
+        (
+            Delivery::new(Kind::Confirm { at: 0 }, "mau@example.vn", 0),
+            Content::Confirm {
+                schedule: Schedule::Daily,
+                categories: &["THÔNG BÁO".to_string()],
+                active: true,
             },
         ),
     ];
@@ -1684,12 +1707,41 @@ mod tests {
                 Content::Confirm {
                     schedule: Schedule::Daily,
                     categories: &categories,
+                    active: false,
                 },
                 None,
             )
             .unwrap();
         assert!(!r.bulk);
         snapshot("confirm", &r);
+    }
+
+    #[test]
+    fn a_subscriber_who_asks_again_gets_the_links_to_change_or_end_it() {
+        let d = Delivery::new(Kind::Confirm { at: 5 }, "dan@x.vn", 5000);
+        let categories = ["THÔNG BÁO".to_string()];
+        let r = composer()
+            .render(
+                &d,
+                Content::Confirm {
+                    schedule: Schedule::Weekly,
+                    categories: &categories,
+                    active: true,
+                },
+                None,
+            )
+            .unwrap();
+        assert!(
+            r.subject.starts_with("Cách nhận tin của bạn"),
+            "{}",
+            r.subject
+        );
+        for part in [&r.text, &r.html] {
+            assert!(part.contains("/preferences?token="), "{part}");
+            assert!(part.contains("/unsubscribe?token="), "{part}");
+            assert!(!part.contains("/confirm?token="), "{part}");
+            assert!(part.contains("đã đăng ký từ trước"), "{part}");
+        }
     }
 
     #[test]

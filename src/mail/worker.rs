@@ -399,6 +399,7 @@ impl Worker {
                     .as_ref()
                     .map_or(crate::subscriber::Schedule::Immediate, |s| s.schedule),
                 categories: sub.as_ref().map_or(&[], |s| &s.categories),
+                active: sub.as_ref().is_some_and(|s| s.state == SubState::Active),
             },
         };
         let compose = |eight_bit| {
