@@ -224,6 +224,12 @@ try:
         if not parsed.scheme:
             fail(f"{ward}: {source} links '{link}' relatively, not from site.base_url")
             return None
+        if parsed.netloc == "calendar.google.com":
+            # The one link out: Google Calendar's page subscribing this council's calendar.
+            cid = urllib.parse.parse_qs(parsed.query).get("cid", [""])[0]
+            if not cid.startswith(base):
+                fail(f"{ward}: {source} has Google Calendar subscribe to {cid}, not {base}")
+            return None
         if parsed.netloc != f"127.0.0.1:{nginx_port}":
             fail(f"{ward}: {source} links to another host: {link}")
             return None
