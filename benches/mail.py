@@ -149,14 +149,16 @@ def stop(proc):
         proc.wait()
 
 
-def mail_site(binary, work, smtp_port, sessions, emails):
+def mail_site(binary, work, smtp_port, sessions, emails,
+              templates=os.path.join(REPO, "templates")):
     """A fresh site in `work` with the seed article, mailing through 127.0.0.1:`smtp_port`,
-    with `emails` subscribed to alerts; returns (config, HTTP port, metrics port)."""
+    with `emails` subscribed to alerts, rendered with `templates`; returns (config, HTTP
+    port, metrics port)."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "articles"))
     http_port, metrics_port = free_port(), free_port()
     config = write_config(work, http_port, metrics_port, smtp_port, sessions,
-                          f"http://127.0.0.1:{http_port}",
+                          f"http://127.0.0.1:{http_port}", templates=templates,
                           extra=f'[state]\ndir = "{work}/state"\n[output]\ndir = "{work}/public"\n'
                                 f'[store]\ndir = "{work}/articles"\n')
     shutil.copy(SEED, os.path.join(work, "articles"))

@@ -55,9 +55,10 @@ def log(*a):
 
 # -- fan-out ---------------------------------------------------------------------------------
 
-def fanout_once(binary, work, n, sessions, sink_port):
+def fanout_once(binary, work, n, sessions, sink_port, tag="now"):
     config, http_port, metrics_port = mail_site(
-        binary, work, sink_port, sessions, (f"dan{i:06d}@example.vn" for i in range(n)))
+        binary, work, sink_port, sessions, (f"dan{i:06d}@example.vn" for i in range(n)),
+        templates=TEMPLATES[tag])
     daemon = start_daemon(binary, config, work)
     try:
         wait_started(http_port)
@@ -158,11 +159,12 @@ class CountingSmtp:
                 answers = None
 
 
-def one_mail(binary, work, eight_bit, pipelining):
+def one_mail(binary, work, eight_bit, pipelining, tag="now"):
     """The alert to three subscribers through a counting server: size and round trips."""
     server = CountingSmtp(eight_bit, pipelining)
     config, http_port, _ = mail_site(binary, work, server.port, 1,
-                                     (f"dan{i}@example.vn" for i in range(3)))
+                                     (f"dan{i}@example.vn" for i in range(3)),
+                                     templates=TEMPLATES[tag])
     daemon = start_daemon(binary, config, work)
     try:
         wait_started(http_port)
@@ -362,7 +364,7 @@ def main():
     if "mail" in only:
         for label, binary in binaries:
             for eight, pipe in ((True, True), (False, False)):
-                m = one_mail(binary, os.path.join(work, "one"), eight, pipe)
+                m = one_mail(binary, os.path.join(work, "one"), eight, pipe, label)
                 offered = ("8BITMIME" if eight else "no 8BITMIME") + ", " + \
                     ("PIPELINING" if pipe else "no PIPELINING")
                 rows.append((f"alert mail ({label}; relay offers {offered})",
@@ -380,7 +382,8 @@ def main():
             for i in range(args.runs):
                 for label, binary in binaries:
                     ours[label].append(fanout_once(binary, os.path.join(work, "fanout"),
-                                                   args.subscribers, args.sessions, sink_port))
+                                                   args.subscribers, args.sessions, sink_port,
+                                                   label))
                     ref[label].append(smtp_source_once(args.subscribers, args.sessions, sink_port))
                     log(f"fan-out run {i + 1} ({label}): bantin {ours[label][-1]['rate']:,.0f}/s "
                         f"({ours[label][-1]['cpu_us']:.0f} µs of CPU a mail), "
