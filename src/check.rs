@@ -52,9 +52,31 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
             ));
         }
     }
+    // Every line names a file the way the configuration names the store: the reader's
+    // paths start from the store's real (canonical) folder, the others from store.dir.
+    let shown = |lines: Vec<String>| -> Vec<String> {
+        let configured = config.store.dir.display().to_string();
+        let Some(real) = config
+            .store
+            .dir
+            .canonicalize()
+            .ok()
+            .map(|p| p.display().to_string())
+            .filter(|real| *real != configured)
+        else {
+            return lines;
+        };
+        lines
+            .into_iter()
+            .map(|line| match line.strip_prefix(real.as_str()) {
+                Some(rest) if rest.starts_with('/') => format!("{configured}{rest}"),
+                _ => line,
+            })
+            .collect()
+    };
     Report {
-        problems,
-        warnings,
+        problems: shown(problems),
+        warnings: shown(warnings),
         articles,
         drafts,
     }

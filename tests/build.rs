@@ -675,6 +675,31 @@ fn check_warns_of_a_correction_written_in_the_body() {
     );
 }
 
+/// Errors and warnings name files the same way, as the configuration names the store (a
+/// relative store.dir: relative paths), whichever part of the check found them.
+#[test]
+fn check_names_every_file_the_way_the_configuration_does() {
+    let site = Site::with_config(LOCAL);
+    site.put("a.txt", &article(CAT_A, "Bài", "14/02/2020 | 08:16"));
+    site.put("sai.txt", &article(CAT_A, "Sai", "31/02/2020 | 08:16"));
+    site.put("_cu.txt", &article(CAT_A, "Nháp cũ", "14/02/2020 | 08:16"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
+        .current_dir(site.path(""))
+        .args(["--config", "bantin.toml", "check"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    let named: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("sai.txt") || l.contains("_cu.txt"))
+        .collect();
+    assert!(named.len() >= 3, "{said}");
+    for line in named {
+        let line = line.strip_prefix("warning: ").unwrap_or(line);
+        assert!(line.starts_with("articles/"), "{line}");
+    }
+}
+
 /// A draft dated long ago would be published without a mail: check says so while the date
 /// can be put right; a draft of today is not mentioned.
 #[test]
