@@ -56,6 +56,11 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
     // paths start from the store's real (canonical) folder, the others from store.dir.
     let shown = |lines: Vec<String>| -> Vec<String> {
         let configured = config.store.dir.display().to_string();
+        // `./store/` and `./store` name the same folder: no `//` after either.
+        let configured = match configured.trim_end_matches('/') {
+            "" => configured.clone(),
+            trimmed => trimmed.to_owned(),
+        };
         let Some(real) = config
             .store
             .dir
@@ -253,32 +258,43 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     let body_markers = std::sync::Mutex::new(Vec::new());
     let (entries, errors) = reader.read_all(&files, |found, article| {
         progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for (marker, lost) in [
+        // Only a marker the header lacks: one given under the date line already did its
+        // work, and the same words further down are text (an earlier correction kept, say).
+        for (marker, lost, given) in [
             (
                 crate::article::CORRECTION_MARKER,
                 "nên không ai được báo về việc đính chính; muốn gửi thư báo đính chính cho mọi \
                  người đã nhận bài này",
+                article.correction.is_some(),
             ),
             (
                 crate::article::EVENT_MARKER,
                 "nên bài không thành sự kiện (không có lịch, không nhắc giờ trong thư); muốn \
                  đăng sự kiện",
+                article.event.is_some(),
             ),
             (
                 crate::article::PLACE_MARKER,
                 "nên địa điểm không được ghi cho sự kiện; muốn ghi địa điểm",
+                article.place.is_some(),
             ),
         ] {
             let is_marker = |l: &str| crate::article::starts_with_marker(l, marker);
-            if !article.paragraphs.iter().any(|p| is_marker(p)) {
+            if given || !article.paragraphs.iter().any(|p| is_marker(p)) {
                 continue;
             }
-            // Its line, for the editor (the file was just read; a warning is rare).
+            // Its line in the body, for the editor (the file was just read; a warning is
+            // rare): after the first blank line below the date line.
             let line = std::fs::read_to_string(&found.path)
                 .ok()
                 .and_then(|text| {
-                    text.lines()
-                        .position(is_marker)
+                    let lines: Vec<&str> = text.lines().collect();
+                    let date = lines
+                        .iter()
+                        .position(|l| l.trim_start().starts_with(crate::article::DATE_MARKER))?;
+                    let blank = date + lines[date..].iter().position(|l| l.trim().is_empty())?;
+                    (blank..lines.len())
+                        .find(|&n| is_marker(lines[n]))
                         .map(|n| format!(":{}", n + 1))
                 })
                 .unwrap_or_default();

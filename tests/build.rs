@@ -673,6 +673,19 @@ fn check_warns_of_a_correction_written_in_the_body() {
             && said.contains("nên bài không thành sự kiện"),
         "{said}"
     );
+    // An event given under the date line, whose text says "Thời gian: …" again further
+    // down: an event already, nothing to warn of.
+    site.put(
+        "sk2.txt",
+        &article(CAT_A, "Sự kiện hai", "16/02/2020 | 08:16")
+            .replace(
+                "Ngày đăng 16/02/2020 | 08:16\n",
+                "Ngày đăng 16/02/2020 | 08:16\nThời gian: 20/02/2020 | 08:00\n",
+            )
+            .replace("Đoạn thứ hai.", "Thời gian: đổi sang buổi chiều."),
+    );
+    let said = stderr(&site.bantin(&["check"]));
+    assert!(!said.contains("sk2.txt"), "{said}");
 }
 
 /// Errors and warnings name files the same way, as the configuration names the store (a
@@ -683,20 +696,25 @@ fn check_names_every_file_the_way_the_configuration_does() {
     site.put("a.txt", &article(CAT_A, "Bài", "14/02/2020 | 08:16"));
     site.put("sai.txt", &article(CAT_A, "Sai", "31/02/2020 | 08:16"));
     site.put("_cu.txt", &article(CAT_A, "Nháp cũ", "14/02/2020 | 08:16"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
-        .current_dir(site.path(""))
-        .args(["--config", "bantin.toml", "check"])
-        .output()
-        .unwrap();
-    let said = format!("{}{}", stdout(&out), stderr(&out));
-    let named: Vec<&str> = said
-        .lines()
-        .filter(|l| l.contains("sai.txt") || l.contains("_cu.txt"))
-        .collect();
-    assert!(named.len() >= 3, "{said}");
-    for line in named {
-        let line = line.strip_prefix("warning: ").unwrap_or(line);
-        assert!(line.starts_with("articles/"), "{line}");
+    // The store named with and without a trailing slash.
+    for (dir, prefix) in [("articles", "articles/"), ("./articles/", "./articles/")] {
+        site.write("bantin.toml", &format!("{LOCAL}[store]\ndir = \"{dir}\"\n"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bantin"))
+            .current_dir(site.path(""))
+            .args(["--config", "bantin.toml", "check"])
+            .output()
+            .unwrap();
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        let named: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("sai.txt") || l.contains("_cu.txt"))
+            .collect();
+        assert!(named.len() >= 3, "{said}");
+        for line in named {
+            let line = line.strip_prefix("warning: ").unwrap_or(line);
+            assert!(line.starts_with(prefix), "{line}");
+            assert!(!line.contains("//"), "{line}");
+        }
     }
 }
 
