@@ -463,7 +463,7 @@ fn clean(raw: &str) -> String {
 /// the direction marks, embeddings, overrides and isolates (U+202E shows a title backwards),
 /// the word joiner and a byte order mark inside the text. Joiners (U+200C, U+200D) stay:
 /// emoji are made with them.
-fn is_invisible(c: char) -> bool {
+pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{200b}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}' | '\u{2066}'..='\u{2069}' | '\u{feff}'

@@ -51,10 +51,16 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
         match &*k {
             // Control characters (a NUL) are nobody's words: never echoed into the page.
             // Composed (NFC) as the articles are: a phone's keyboard may send a letter and
-            // its marks apart, and the words would split at the marks.
+            // its marks apart, and the words would split at the marks; without the invisible
+            // characters the articles are cleaned of (a zero-width space splits a word).
             "q" => {
                 use unicode_normalization::UnicodeNormalization;
-                query = v.trim().chars().filter(|c| !c.is_control()).nfc().collect()
+                query = v
+                    .trim()
+                    .chars()
+                    .filter(|&c| !c.is_control() && !crate::article::is_invisible(c))
+                    .nfc()
+                    .collect()
             }
             "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
             _ => {}

@@ -230,6 +230,8 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
     // A page past the last shows the last, not a count with no results.
     let far = search("ky hop&page=99999");
     assert!(far.contains("<mark>"), "{far}");
+    // A zero-width space pasted into a word (the articles are cleaned of it) does not split it.
+    assert!(search("k%E2%80%8By hop").contains("<mark>"));
     // A NUL is not echoed.
     assert!(!search("ky%00hop").contains('\0'));
     // Odd input gets a page, not an error.

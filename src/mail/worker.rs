@@ -575,6 +575,7 @@ impl Worker {
         if let Some(folded) = self.deferrals.note(&refusal_of_any(&why)) {
             let more = match folded {
                 0 => String::new(),
+                1 => " (and 1 more mail deferred the same way since the last line)".to_owned(),
                 n => format!(" (and {n} more mails deferred the same way since the last line)"),
             };
             tracing::warn!(
