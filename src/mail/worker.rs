@@ -510,7 +510,7 @@ impl Worker {
             Err(SendError::Rejected(why)) if d.rejections == 0 => {
                 // Refused once: perhaps a passing fault of the relay's filter; once more later.
                 d.rejections = 1;
-                self.retry_later(&mut d, why);
+                self.retry_later(&mut d, why, "refused");
             }
             Err(SendError::SoftBounce(why)) => {
                 let bounced = self.soft_bounce(&d.email, &why);
@@ -519,13 +519,13 @@ impl Worker {
                     d.error = Some(why);
                     metrics.failed.inc();
                 } else {
-                    self.retry_later(&mut d, why);
+                    self.retry_later(&mut d, why, "mailbox full");
                 }
             }
             Err(SendError::Temporary(why))
                 if d.updated_ms - d.created_ms < self.retry.lifetime_ms =>
             {
-                self.retry_later(&mut d, why);
+                self.retry_later(&mut d, why, "temporary failure");
             }
             Err(e) => {
                 d.state = DeliveryState::Failed;
@@ -561,8 +561,9 @@ impl Worker {
         }
     }
 
-    /// Plans the next try of `d` after a jittered, growing delay.
-    fn retry_later(&self, d: &mut Delivery, why: String) {
+    /// Plans the next try of `d` after a jittered, growing delay; `what` names the failure
+    /// in the log (temporary failure, refused, mailbox full).
+    fn retry_later(&self, d: &mut Delivery, why: String, what: &str) {
         let delay = plan::retry_delay_ms(
             d.attempts,
             self.retry.initial_ms,
@@ -581,7 +582,7 @@ impl Worker {
             tracing::warn!(
                 to = d.email,
                 attempt = d.attempts,
-                "temporary failure, retry in {delay} ms: {why}{more}"
+                "{what}, retry in {delay} ms: {why}{more}"
             );
         }
         d.error = Some(why);
