@@ -640,8 +640,10 @@ impl Composer {
                     email => delivery.email.clone(),
                     active => active,
                     confirm_url => self.links.confirm_url(&delivery.email, *at),
-                    preferences_url => active.then(|| self.links.preferences_url(&delivery.email, *at)),
-                    unsubscribe_url => active.then(|| self.links.unsubscribe_url(&delivery.email, *at)),
+                    // Not `preferences_url` and `unsubscribe_url`: the footer would show
+                    // them again under the body that is about them.
+                    change_url => active.then(|| self.links.preferences_url(&delivery.email, *at)),
+                    leave_url => active.then(|| self.links.unsubscribe_url(&delivery.email, *at)),
                     schedule_label => schedule_label(schedule),
                     categories => categories.to_vec(),
                 },
@@ -1741,6 +1743,8 @@ mod tests {
             assert!(part.contains("/unsubscribe?token="), "{part}");
             assert!(!part.contains("/confirm?token="), "{part}");
             assert!(part.contains("đã đăng ký từ trước"), "{part}");
+            // Once each: the footer does not repeat what the body is about.
+            assert_eq!(part.matches("/preferences?token=").count(), 1, "{part}");
         }
     }
 
