@@ -892,8 +892,14 @@ pub fn load_feed_defs(dir: &Path) -> Result<(Vec<FeedDef>, Vec<DefError>), std::
 
 /// Reads and compiles every template of [`crate::site::TEMPLATE_NAMES`] from `dir`.
 pub fn load_templates(dir: &Path) -> Result<Templates, Vec<crate::site::TemplateError>> {
-    // One line for the folder, not one per template it should hold.
-    if !dir.is_dir() {
+    // One line for the folder, not one per template it should hold: missing, or holding
+    // none of the templates that have no built-in stand-in (an empty or wrong folder).
+    let own = || {
+        crate::site::TEMPLATE_NAMES
+            .iter()
+            .filter(|name| !crate::site::BUILT_IN.iter().any(|(n, _)| n == *name))
+    };
+    if !dir.is_dir() || !own().any(|name| dir.join(name).is_file()) {
         return Err(vec![crate::site::TemplateError::MissingDir {
             path: dir.display().to_string(),
         }]);

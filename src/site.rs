@@ -218,8 +218,9 @@ pub fn wrap(text: &str, width: usize, indent: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error(
-        "{path}: no such templates folder (set templates.dir in the configuration; the Debian \
-         package installs them in /usr/share/bantin/templates)"
+        "{path}: no templates folder here, or none of the templates in it (set templates.dir \
+         in the configuration; the Debian package installs them in \
+         /usr/share/bantin/templates)"
     )]
     MissingDir { path: String },
     #[error("{path}: cannot read template: {source}")]

@@ -369,10 +369,15 @@ fn a_broken_config_is_a_clear_error() {
     let err = format!("{}{}", stdout(&out), stderr(&out));
     assert_eq!(err.matches("khong-co").count(), 1, "{err}");
     assert!(
-        err.contains("khong-co: no such templates folder (set templates.dir"),
+        err.contains("khong-co: no templates folder here, or none of the templates in it"),
         "{err}"
     );
     assert!(!err.contains("cannot read template"), "{err}");
+    // An empty folder: the same one line.
+    std::fs::create_dir_all(site.path("khong-co")).unwrap();
+    let out = site.bantin(&["check"]);
+    let err = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(err.matches("khong-co").count(), 1, "{err}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
