@@ -31,11 +31,7 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
     if config.mail.transport == "smtp"
         && let Err(e) = crate::mail::transport::credentials(config)
     {
-        let file = config
-            .source
-            .as_ref()
-            .map_or_else(|| "bantin.toml".to_string(), |p| p.display().to_string());
-        problems.push(format!("{file}: {e}"));
+        problems.push(format!("{}: {e}", config_file(config)));
     }
     if let Ok(tz) = config.timezone() {
         let reader = crate::scan::StoreReader {
@@ -54,21 +50,21 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
     }
     // Every line names a file the way the configuration names the store: the reader's
     // paths start from the store's real (canonical) folder, the others from store.dir.
+    let configured = config.store.dir.display().to_string();
+    // `./store/` and `./store` name the same folder: no `//` after either.
+    let configured = match configured.trim_end_matches('/') {
+        "" => configured.clone(),
+        trimmed => trimmed.to_owned(),
+    };
+    let real = config
+        .store
+        .dir
+        .canonicalize()
+        .ok()
+        .map(|p| p.display().to_string())
+        .filter(|real| *real != configured);
     let shown = |lines: Vec<String>| -> Vec<String> {
-        let configured = config.store.dir.display().to_string();
-        // `./store/` and `./store` name the same folder: no `//` after either.
-        let configured = match configured.trim_end_matches('/') {
-            "" => configured.clone(),
-            trimmed => trimmed.to_owned(),
-        };
-        let Some(real) = config
-            .store
-            .dir
-            .canonicalize()
-            .ok()
-            .map(|p| p.display().to_string())
-            .filter(|real| *real != configured)
-        else {
+        let Some(real) = &real else {
             return lines;
         };
         lines
@@ -85,6 +81,23 @@ pub fn run(config: &Config, progress: &AtomicUsize) -> Report {
         articles,
         drafts,
     }
+}
+
+/// The configuration file, as messages name it.
+fn config_file(config: &Config) -> String {
+    config
+        .source
+        .as_ref()
+        .map_or_else(|| "bantin.toml".to_string(), |p| p.display().to_string())
+}
+
+/// A category as it reads once case, diacritics and spaces are left aside: two spellings
+/// with the same form are most likely one category written two ways.
+fn category_form(category: &str) -> String {
+    crate::search::fold_text(category)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether `base_url` points at this machine only (then anything goes: a trial run).
@@ -125,10 +138,7 @@ fn public(config: &Config) -> (Vec<String>, Vec<String>) {
     if is_loopback(base) {
         return (errors, warnings);
     }
-    let file = config
-        .source
-        .as_ref()
-        .map_or_else(|| "bantin.toml".to_string(), |p| p.display().to_string());
+    let file = config_file(config);
     let mail = &config.mail;
     if mail.transport == "file" {
         errors.push(format!(
@@ -374,14 +384,9 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         // The same words written otherwise (case, marks, spaces): a slip to fix. Else
         // perhaps a category with no article yet (a new council's feeds): said, not an
         // error the clerk could only fix by writing an article.
-        let fold = |c: &str| {
-            crate::search::fold_text(c)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
         let categories = library.categories();
-        match categories.iter().find(|k| fold(k) == fold(category)) {
+        let form = category_form(category);
+        match categories.iter().find(|k| category_form(k) == form) {
             Some(known) => problems.push(format!(
                 "{}:{line}: chuyên mục \"{category}\" viết khác tên chuyên mục đang có \
                  \"{known}\" (chữ hoa, dấu hay khoảng trắng); hãy ghi giống hệt",
@@ -423,10 +428,7 @@ fn look_alikes(
     // Spelled alike once case, diacritics and spaces are left aside.
     let mut by_form: BTreeMap<String, BTreeMap<&str, Vec<String>>> = BTreeMap::new();
     for e in library.iter() {
-        let form = crate::search::fold_text(&e.category)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let form = category_form(&e.category);
         by_form
             .entry(form)
             .or_default()

@@ -490,6 +490,7 @@ impl Pages<'_> {
             .iter()
             .map(|(name, url)| CategoryLink { name, url })
             .collect();
+        let calendar_url = events.then(|| format!("{}/calendar.ics", self.site.base_url));
         let categories: Vec<&str> = category_links.iter().map(|(c, _)| *c).collect();
         self.templates.render(
             "web/index.html",
@@ -498,22 +499,18 @@ impl Pages<'_> {
                 categories => v(categories),
                 category_links => v(links),
                 all_url,
-                calendar_url => events.then(|| format!("{}/calendar.ics", self.site.base_url)),
                 // webcal:// makes calendar programs subscribe (and follow changes) instead of
                 // importing a copy once.
-                webcal_url => events.then(|| {
-                    let url = format!("{}/calendar.ics", self.site.base_url);
-                    match url.split_once("://") {
-                        Some((_, rest)) => format!("webcal://{rest}"),
-                        None => url,
-                    }
+                webcal_url => calendar_url.as_ref().map(|url| match url.split_once("://") {
+                    Some((_, rest)) => format!("webcal://{rest}"),
+                    None => url.clone(),
                 }),
                 // Android phones know no webcal://: Google's own page subscribes its calendar.
-                google_calendar_url => events.then(|| {
-                    let url = format!("{}/calendar.ics", self.site.base_url);
+                google_calendar_url => calendar_url.as_ref().map(|url| {
                     let cid: String = form_urlencoded::byte_serialize(url.as_bytes()).collect();
                     format!("https://calendar.google.com/calendar/render?cid={cid}")
                 }),
+                calendar_url,
             },
         )
     }

@@ -267,7 +267,7 @@ impl Outbox {
                 // Known: an edit mails nobody, unless it carries a new correction; that one
                 // waits as a new article does, so that a clerk saving the reason twice
                 // mails one correction, with the final text.
-                if entry.correction.is_some() && entry.correction != known.correction {
+                if is_new_correction(&entry, &known) {
                     if self.policy.delay_ms <= 0 {
                         self.correct(&entry, known).await?;
                     } else {
@@ -351,7 +351,7 @@ impl Outbox {
             match self.store.known_article(&entry.id) {
                 Ok(None) => fresh.push(entry),
                 Ok(Some(known)) => {
-                    if entry.correction.is_none() || entry.correction == known.correction {
+                    if !is_new_correction(&entry, &known) {
                         continue;
                     }
                     if let Err(e) = self.correct(&entry, known).await {
@@ -821,6 +821,11 @@ impl Outbox {
             tracing::error!("cannot publish the list of bulletins: {e}");
         }
     }
+}
+
+/// Whether `entry` carries a correction other than the one last acted on.
+fn is_new_correction(entry: &Entry, known: &KnownArticle) -> bool {
+    entry.correction.is_some() && entry.correction != known.correction
 }
 
 fn known(entry: &Entry, seen: i64) -> KnownArticle {
