@@ -131,6 +131,9 @@ pub struct Context<'a> {
     pub store_dir: &'a Path,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
     pub on_queued: &'a (dyn Fn() + Sync),
+    /// Alerts the daemon planned in memory and has not recorded yet (a fan-out's window),
+    /// of one article or all: pending, though not on record.
+    pub planned: &'a (dyn Fn(Option<&str>) -> usize + Sync),
 }
 
 fn parse_categories(text: &str, sep: char) -> Vec<String> {
@@ -735,6 +738,13 @@ impl Tally {
         }
     }
 
+    /// With `n` more pending that have no record yet.
+    fn and_pending(mut self, n: usize) -> Tally {
+        self.pending += n;
+        self.planned += n;
+        self
+    }
+
     fn line(&self) -> String {
         let mut out = format!(
             "planned {}, sent {}, pending {}, failed {}, cancelled {}",
@@ -829,7 +839,7 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
     let report = Report {
         article: id.to_owned(),
         first_seen: (known.seen > 0).then(|| rfc3339_ms(known.seen)).flatten(),
-        alerts: Tally::with(&alerts, &compacted.alerts),
+        alerts: Tally::with(&alerts, &compacted.alerts).and_pending((ctx.planned)(Some(id))),
         alerts_fanning_out: store.fanouts()?.iter().any(|(a, _)| a == id),
         digests: Digested {
             told: digests_told,
@@ -994,10 +1004,11 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             });
         }
     }
-    let counts = store.outbox_counts().unwrap_or_else(|e| {
+    let mut counts = store.outbox_counts().unwrap_or_else(|e| {
         note(e);
         [0; 4]
     });
+    counts[0] += (ctx.planned)(None);
     let outbox = DeliveryState::ALL
         .iter()
         .zip(counts)
@@ -1126,6 +1137,7 @@ mod tests {
             relay_utf8: None,
             store_dir: Path::new("/nonexistent"),
             on_queued: &|| {},
+            planned: &|_| 0,
         };
         execute(&ctx, request)
     }

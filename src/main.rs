@@ -384,6 +384,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                     relay_utf8: None,
                     store_dir: &config.store.dir,
                     on_queued: &|| {},
+                    planned: &|_| 0,
                 };
                 bantin::admin::execute(&ctx, request)
             }

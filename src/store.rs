@@ -36,8 +36,9 @@ fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
         })
 }
 
-/// The schema this program writes.
-pub const SCHEMA: u32 = 1;
+/// The schema this program writes. 2: alerts sent by a fan-out are marked in the `sent`
+/// tree (a program of schema 1 would not see them, and send them again).
+pub const SCHEMA: u32 = 2;
 /// The version byte in front of every value.
 const VALUE_VERSION: u8 = 1;
 
@@ -450,6 +451,7 @@ fn compact_chunk(
     use std::collections::HashMap;
     let trees = (
         &t.outbox,
+        &t.sent,
         &t.ids,
         &t.told,
         &t.compact,
@@ -461,7 +463,7 @@ fn compact_chunk(
         &t.articles,
     );
     let result = trees.transaction(
-        |(outbox, ids, told, compact, corrections, runs, numbers, number_of, meta, known)| {
+        |(outbox, sent, ids, told, compact, corrections, runs, numbers, number_of, meta, known)| {
             let mut articles: HashMap<String, Building> = HashMap::new();
             let mut fixes: HashMap<(String, u32), Counts> = HashMap::new();
             let mut run_counts: HashMap<String, Counts> = HashMap::new();
@@ -489,7 +491,8 @@ fn compact_chunk(
             };
             for (k, d) in chunk {
                 // Folded meanwhile by someone else: not counted twice.
-                if outbox.get(k)?.is_none() {
+                let on_record = outbox.get(k)?.is_some();
+                if !on_record && sent.get(k)?.is_none() {
                     continue;
                 }
                 let key = String::from_utf8_lossy(k).into_owned();
@@ -618,7 +621,11 @@ fn compact_chunk(
                         }
                     }
                 }
-                outbox.remove(k)?;
+                if on_record {
+                    outbox.remove(k)?;
+                } else {
+                    sent.remove(k)?;
+                }
                 if drop_ids {
                     ids.remove(delivery_id(&key).as_bytes())?;
                 }
@@ -692,6 +699,76 @@ fn bitmap_decode(b64: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// An alert sent by a fan-out, until it is folded: the whole record of it, the rest being
+/// in its key (the article and the address) and the same for every such mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    created_ms: i64,
+    updated_ms: i64,
+}
+
+impl Mark {
+    fn parse(v: &[u8]) -> Option<Mark> {
+        let (created, updated) = std::str::from_utf8(v).ok()?.split_once(' ')?;
+        Some(Mark {
+            created_ms: created.parse().ok()?,
+            updated_ms: updated.parse().ok()?,
+        })
+    }
+
+    /// The delivery it stands for.
+    fn delivery(self, key: &str) -> Option<Delivery> {
+        let mut parts = key.splitn(3, '\0');
+        let (Some("a"), Some(article), Some(email)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(Delivery {
+            kind: Kind::Alert {
+                article: article.to_owned(),
+            },
+            email: email.to_owned(),
+            state: DeliveryState::Sent,
+            attempts: 1,
+            created_ms: self.created_ms,
+            next_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            error: None,
+            rejections: 0,
+        })
+    }
+}
+
+impl std::fmt::Display for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.created_ms, self.updated_ms)
+    }
+}
+
+/// The subscribers an alert was sent to, as folded (see [`Store::alerted`]).
+pub struct Alerted {
+    bits: Vec<u8>,
+    number_of: sled::Tree,
+}
+
+impl Alerted {
+    /// Whether the alert was sent to `email`.
+    pub fn told(&self, email: &str) -> Result<bool, StoreError> {
+        if self.bits.is_empty() {
+            return Ok(false);
+        }
+        let Some(v) = self.number_of.get(email.as_bytes())? else {
+            return Ok(false);
+        };
+        let n: Option<u32> = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
+        Ok(n.is_some_and(|n| {
+            self.bits
+                .get((n / 8) as usize)
+                .is_some_and(|b| b & (1 << (n % 8)) != 0)
+        }))
+    }
+}
+
 /// Forgets who was told of `id`: its compacted record and its digests' records.
 fn forget_readers(t: &Trees, id: &str) -> Result<(), StoreError> {
     t.compact.remove(id)?;
@@ -724,6 +801,9 @@ pub struct Queued {
     pub lane: u8,
     pub next_ms: i64,
     pub key: String,
+    /// An alert of a fan-out's window, planned in memory: not on record yet, and not in
+    /// the queue.
+    pub planned: bool,
 }
 
 fn parse_queue_key(raw: &[u8]) -> Option<Queued> {
@@ -735,6 +815,7 @@ fn parse_queue_key(raw: &[u8]) -> Option<Queued> {
         lane: raw[0],
         next_ms: next as i64,
         key: String::from_utf8(raw[9..].to_vec()).ok()?,
+        planned: false,
     })
 }
 
@@ -791,6 +872,10 @@ struct Trees {
     runs: sled::Tree,
     /// Article id to its [`Fanout`] still being planned.
     fanout: sled::Tree,
+    /// An alert of a fan-out sent and not folded yet: its outbox key to `created_ms
+    /// updated_ms` (decimal). A fan-out plans its mails in memory: the one record of a mail
+    /// it sent is this mark, a few bytes, folded as a sent delivery is (see [`Mark`]).
+    sent: sled::Tree,
 }
 
 /// Trees whose values are versioned JSON records (exported as JSON).
@@ -830,6 +915,7 @@ impl Trees {
             ("compact", &self.compact),
             ("runs", &self.runs),
             ("fanout", &self.fanout),
+            ("sent", &self.sent),
         ]
     }
 }
@@ -929,6 +1015,7 @@ impl Store {
             compact: db.open_tree("compact")?,
             runs: db.open_tree("runs")?,
             fanout: db.open_tree("fanout")?,
+            sent: db.open_tree("sent")?,
             db,
         };
         // A marker beside the database names it: a database that opens without it (its
@@ -971,6 +1058,11 @@ impl Store {
                     })?;
                 if found > SCHEMA {
                     return Err(StoreError::Newer { path: shown, found });
+                }
+                if found < SCHEMA {
+                    // Written by this program from now on: an older one refuses it.
+                    trees.meta.insert("schema", SCHEMA.to_string().as_bytes())?;
+                    trees.db.flush()?;
                 }
             }
         }
@@ -1079,7 +1171,19 @@ impl Store {
     /// Writes and flushes a marker: whether the state can be written right now.
     pub fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
         self.set_meta_i64("probe", now_ms)?;
-        self.flush()
+        self.flush()?;
+        // The logs of sent mails beside it too: sled may still have room in its own files
+        // on a full disk, and folding needs the logs.
+        let dir = self.sent_logs();
+        let failed = |e: std::io::Error| StoreError::Log {
+            path: dir.display().to_string(),
+            source: e,
+        };
+        crate::output::create_private_dir(&dir).map_err(failed)?;
+        let probe = dir.join(".probe");
+        let written = std::fs::write(&probe, [0u8; 8192]);
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(failed)
     }
 
     /// When the mail side first started (unix seconds): the store's articles then were the
@@ -1224,7 +1328,7 @@ impl Store {
     pub fn import(&self, input: impl std::io::BufRead) -> Result<(usize, usize), StoreError> {
         use base64::Engine as _;
         let t = self.t()?;
-        if !t.subscribers.is_empty() || !t.outbox.is_empty() {
+        if !t.subscribers.is_empty() || !t.outbox.is_empty() || !t.sent.is_empty() {
             return Err(StoreError::NotEmpty);
         }
         let trees: std::collections::HashMap<&str, &sled::Tree> = t.named().into_iter().collect();
@@ -1348,12 +1452,15 @@ impl Store {
 
     // --- outbox
 
+    /// The delivery under `key`: on record, or an alert marked sent.
     pub fn delivery(&self, key: &str) -> Result<Option<Delivery>, StoreError> {
         let t = self.t()?;
-        t.outbox
+        if let Some(v) = t.outbox.get(key)? {
+            return decode(key.as_bytes(), &v).map(Some);
+        }
+        Ok(t.sent
             .get(key)?
-            .map(|v| decode(key.as_bytes(), &v))
-            .transpose()
+            .and_then(|v| Mark::parse(&v)?.delivery(key)))
     }
 
     /// Adds a delivery and queues it, unless one with the same key exists. Returns whether it
@@ -1559,6 +1666,78 @@ impl Store {
         })
     }
 
+    /// Whether the outbox holds a delivery under `key`, or marks it sent.
+    pub fn has_delivery(&self, key: &str) -> Result<bool, StoreError> {
+        let t = self.t()?;
+        Ok(t.outbox.contains_key(key)? || t.sent.contains_key(key)?)
+    }
+
+    /// Who an alert of `article` was sent to, as folded into its compacted record: asked of
+    /// a fan-out planned again after a restart, whose mails sent meanwhile may be folded.
+    pub fn alerted(&self, article: &str) -> Result<Alerted, StoreError> {
+        let t = self.t()?;
+        let compacted: Compacted = match t.compact.get(article)? {
+            Some(v) => decode(article.as_bytes(), &v)?,
+            None => Compacted::default(),
+        };
+        let bits = compacted
+            .told
+            .get(&format!("a\0{article}\0"))
+            .map(|b64| bitmap_decode(b64))
+            .unwrap_or_default();
+        Ok(Alerted {
+            bits,
+            number_of: t.number_of,
+        })
+    }
+
+    /// Records the first outcome of an alert planned in memory (a fan-out's window): its
+    /// id when ids are indexed; sent, a mark (see [`Mark`]); else its record, and its queue
+    /// entry when it stays pending.
+    pub fn record_planned(&self, key: &str, delivery: &Delivery) -> Result<(), StoreError> {
+        let sent =
+            delivery.state == DeliveryState::Sent && matches!(delivery.kind, Kind::Alert { .. });
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            if self.indexes_ids() {
+                t.ids.insert(delivery_id(key).as_bytes(), key.as_bytes())?;
+            }
+            if sent {
+                let mark = Mark {
+                    created_ms: delivery.created_ms,
+                    updated_ms: delivery.updated_ms,
+                };
+                t.sent.insert(key.as_bytes(), mark.to_string().as_bytes())?;
+            }
+            Ok(())
+        })())?;
+        if sent {
+            return Ok(());
+        }
+        self.update(key, delivery, None)
+    }
+
+    /// Moves a fan-out's record on to `next` (the windows before it are settled), unless it
+    /// was ended meanwhile (the article deleted) or is another fan-out of the article.
+    pub fn advance_fanout(&self, article: &str, next: &Fanout) -> Result<(), StoreError> {
+        self.written((|| -> Result<(), StoreError> {
+            let t = self.t()?;
+            let mut failed = None;
+            t.fanout.fetch_and_update(article.as_bytes(), |old| {
+                let old = old?;
+                match decode::<Fanout>(article.as_bytes(), old) {
+                    Ok(f) if f.done || f.created_ms != next.created_ms => Some(old.to_vec()),
+                    Ok(_) => Some(encode(next)),
+                    Err(e) => {
+                        failed = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })?;
+            failed.map_or(Ok(()), Err)
+        })())
+    }
+
     /// Records a delivery's new state; `queued` is its current queue entry, replaced by the
     /// new one when it stays pending.
     pub fn update(
@@ -1679,17 +1858,27 @@ impl Store {
         article: &str,
     ) -> impl Iterator<Item = Result<(String, Delivery), StoreError>> + '_ {
         let prefix = format!("a\0{article}\0");
-        let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match self.t()
-        {
-            Ok(t) => Box::new(t.outbox.scan_prefix(prefix)),
-            Err(_) => Box::new(std::iter::once(Err(sled::Error::Unsupported(
-                "the state database is being reopened".into(),
-            )))),
+        type Scan = Box<dyn Iterator<Item = Result<(String, Delivery), StoreError>>>;
+        let scan: Scan = match self.t() {
+            Ok(t) => {
+                let records = t.outbox.scan_prefix(&prefix).map(|r| {
+                    let (k, v) = r?;
+                    Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+                });
+                let marked = t.sent.scan_prefix(&prefix).filter_map(|r| {
+                    let (k, v) = match r {
+                        Ok(kv) => kv,
+                        Err(e) => return Some(Err(e.into())),
+                    };
+                    let key = String::from_utf8_lossy(&k).into_owned();
+                    let d = Mark::parse(&v)?.delivery(&key)?;
+                    Some(Ok((key, d)))
+                });
+                Box::new(records.chain(marked))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
         };
-        scan.map(|r| {
-            let (k, v) = r?;
-            Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
-        })
+        scan
     }
 
     /// Who was told of `article`, by address, each with the mail that told them: the recent
@@ -1906,10 +2095,16 @@ impl Store {
             // A key given twice (a mail sent again after a lost write) is folded once.
             let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
             for key in keys {
-                let Some(v) = t.outbox.get(key.as_bytes())? else {
-                    continue;
+                let d: Delivery = match t.outbox.get(key.as_bytes())? {
+                    Some(v) => decode(key.as_bytes(), &v)?,
+                    None => match t.sent.get(key.as_bytes())? {
+                        Some(v) => match Mark::parse(&v).and_then(|m| m.delivery(key)) {
+                            Some(d) => d,
+                            None => continue,
+                        },
+                        None => continue,
+                    },
                 };
-                let d: Delivery = decode(key.as_bytes(), &v)?;
                 let foldable = match &d.kind {
                     Kind::Alert { .. } => true,
                     // A digest run not yet recorded as done (a crash while planning it) plans
@@ -1948,6 +2143,10 @@ impl Store {
                 if k.starts_with(b"a\0") || k.starts_with(b"d\0") {
                     keys.push(String::from_utf8_lossy(&k).into_owned());
                 }
+            }
+            for r in t.sent.iter() {
+                let (k, _) = r?;
+                keys.push(String::from_utf8_lossy(&k).into_owned());
             }
             keys
         };
@@ -2079,6 +2278,7 @@ impl Store {
                 .position(|s| *s == d.state)
                 .unwrap_or(0)] += 1;
         }
+        counts[1] += t.sent.len();
         let mut add = |c: &Counts| {
             counts[1] += c.sent;
             counts[2] += c.failed;
@@ -2493,6 +2693,95 @@ mod tests {
             store.outbox_counts().unwrap(),
             [1, 2, 0, 0],
             "the totals stay"
+        );
+    }
+
+    #[test]
+    fn an_alert_sent_by_a_fan_out_is_a_mark_that_counts_tells_and_folds_like_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 1_700_000_000_000; // 2023-11-14 UTC
+        let alert = |email: &str| {
+            let mut d = Delivery::new(
+                Kind::Alert {
+                    article: "ky-hop".into(),
+                },
+                email,
+                day,
+            );
+            d.state = DeliveryState::Sent;
+            d.attempts = 1;
+            d.updated_ms = day + 5;
+            d
+        };
+        let a = alert("a@x.vn");
+        store.record_planned(&a.key(), &a).unwrap();
+        // Refused for good: a full record, as any failed delivery.
+        let mut b = alert("b@x.vn");
+        b.state = DeliveryState::Failed;
+        store.record_planned(&b.key(), &b).unwrap();
+        // The mark is a few bytes, not the record.
+        let t = store.t().unwrap();
+        assert!(t.outbox.get(a.key()).unwrap().is_none());
+        assert_eq!(
+            &*t.sent.get(a.key()).unwrap().unwrap(),
+            b"1700000000000 1700000000005"
+        );
+        // Read back, it is the delivery it stands for.
+        assert_eq!(store.delivery(&a.key()).unwrap(), Some(a.clone()));
+        assert!(store.has_delivery(&a.key()).unwrap());
+        assert!(store.has_delivery(&b.key()).unwrap());
+        let mut of: Vec<Delivery> = store.alerts_of("ky-hop").map(|r| r.unwrap().1).collect();
+        of.sort_by(|x, y| x.email.cmp(&y.email));
+        assert_eq!(of, [a.clone(), b.clone()]);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 1, 1, 0]);
+        let told: Vec<String> = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(told, ["a@x.vn"]);
+        // Folded: gone from the marks, in the totals and the bitmap, and in the day's log.
+        assert_eq!(store.fold_all_sent().unwrap(), 1);
+        assert!(t.sent.is_empty());
+        assert!(!store.has_delivery(&a.key()).unwrap());
+        assert_eq!(store.outbox_counts().unwrap(), [0, 1, 1, 0]);
+        let alerted = store.alerted("ky-hop").unwrap();
+        assert!(alerted.told("a@x.vn").unwrap());
+        assert!(!alerted.told("b@x.vn").unwrap());
+        assert!(!store.alerted("khac").unwrap().told("a@x.vn").unwrap());
+        let told: Vec<String> = store
+            .told_of("ky-hop")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(told, ["a@x.vn"]);
+        let mut log = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(
+                std::fs::File::open(dir.path().join("sent/2023-11-14.jsonl.gz")).unwrap(),
+            ),
+            &mut log,
+        )
+        .unwrap();
+        assert!(log.contains("a@x.vn") && log.contains("\"sent\""), "{log}");
+    }
+
+    #[test]
+    fn a_state_of_the_older_schema_is_taken_and_then_refused_by_an_older_program() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.t().unwrap().meta.insert("schema", "1").unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.t().unwrap().meta.get("schema").unwrap().as_deref(),
+            Some(SCHEMA.to_string().as_bytes()),
+            "a program of schema 1 would not see the marks: it refuses this state now"
         );
     }
 

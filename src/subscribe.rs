@@ -369,6 +369,11 @@ async fn subscribe(
             return state.refill("Chuyên mục không có", &message, &refill);
         }
     };
+    if state.outbox.store.is_broken() {
+        // A write of the state failed (a full disk) and it is not known to be back: a new
+        // subscriber waits, as the mails do.
+        return state.unavailable();
+    }
     let outbox = state.outbox.clone();
     let result = tokio::task::spawn_blocking(move || {
         request_subscription(&outbox, &email, schedule, categories)

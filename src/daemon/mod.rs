@@ -132,8 +132,7 @@ pub async fn serve(
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    mail.metrics
-        .register(&mut registry, store.clone(), &mail.outbox.pause);
+    mail.metrics.register(&mut registry, &mail.outbox);
     let app = Arc::new(AppState::new(
         &config.output.dir,
         metrics.clone(),

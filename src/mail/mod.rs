@@ -9,6 +9,7 @@
 //! - [`inbox`]: bounces, complaints and mailto unsubscribes read back from a Maildir.
 
 pub mod bulletin;
+pub mod fresh;
 pub mod inbox;
 pub mod message;
 pub mod outbox;
@@ -63,12 +64,7 @@ pub struct MailMetrics {
 
 impl MailMetrics {
     /// Adds the counters, and gauges of the queue and of a pause read at each scrape.
-    pub fn register(
-        &self,
-        registry: &mut Registry,
-        store: Store,
-        pause: &Arc<std::sync::Mutex<Option<Pause>>>,
-    ) {
+    pub fn register(&self, registry: &mut Registry, outbox: &outbox::Outbox) {
         registry.register(
             "bantin_inbox_messages",
             "Messages read from the inbox, by kind (bounce, soft_bounce, complaint, \
@@ -101,8 +97,9 @@ impl MailMetrics {
             self.cancelled.clone(),
         );
         registry.register_collector(Box::new(ScrapedGauges {
-            store,
-            pause: pause.clone(),
+            store: outbox.store.clone(),
+            fresh: outbox.fresh.clone(),
+            pause: outbox.pause.clone(),
             queued: std::sync::Mutex::new(None),
         }));
     }
@@ -118,6 +115,8 @@ const QUEUE_COUNT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 struct ScrapedGauges {
     store: Store,
+    /// Alerts planned in memory (a fan-out's window), not in the queue.
+    fresh: Arc<std::sync::Mutex<fresh::Fresh>>,
     pause: Arc<std::sync::Mutex<Option<Pause>>>,
     queued: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
 }
@@ -125,14 +124,15 @@ struct ScrapedGauges {
 impl ScrapedGauges {
     fn queued(&self) -> usize {
         let mut last = self.queued.lock().expect("queued");
-        match *last {
+        let counted = match *last {
             Some((at, n)) if at.elapsed() < QUEUE_COUNT_FOR => n,
             _ => {
                 let n = self.store.queue_len();
                 *last = Some((std::time::Instant::now(), n));
                 n
             }
-        }
+        };
+        counted + self.fresh.lock().expect("fresh").waiting()
     }
 }
 

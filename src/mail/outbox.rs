@@ -1,6 +1,8 @@
 //! What is owed to whom: alerts for new articles, digests at each tick, confirmations, and
 //! cancellations when an article goes. Every plan is written to the outbox (and flushed)
-//! before anything is sent; delivery keys make planning twice harmless.
+//! before anything is sent; delivery keys make planning twice harmless. An alert fan-out is
+//! the exception: its record says how far it got, and its mails are planned in memory a
+//! window at a time (see [`super::fresh`]), each written once, with its outcome.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,16 +17,16 @@ use crate::library::{Entry, Stamp};
 use crate::plan;
 use crate::scan::{ArticleCache, Found, StoreReader};
 use crate::store::{
-    Correction, Delivery, DeliveryState, Fanout, Kind, KnownArticle, LANE_FRESH, Queued, Store,
+    Correction, Delivery, DeliveryState, Fanout, Kind, KnownArticle, Queued, Store,
 };
 use crate::subscriber::{Schedule, SubState, Subscriber};
 
 /// Deliveries planned between two flushes of the state, so that a large plan does not pile up
 /// in sled's memory.
 const FLUSH_EVERY: usize = 10_000;
-/// Fresh mails the fan-outs keep waiting in the queue.
+/// Alerts the fan-outs keep planned in memory, waiting to be sent.
 const FANOUT_WINDOW: usize = 2_000;
-/// Mails of every lane the fan-outs let wait in the queue.
+/// Mails waiting in the queue (retries) beyond which the fan-outs plan no more.
 const FANOUT_BACKLOG: usize = 4 * FANOUT_WINDOW;
 /// Subscribers one step of a fan-out reads.
 const FANOUT_STEP: usize = 500;
@@ -63,6 +65,8 @@ pub struct Outbox {
     /// The entries last made for cached articles: a fan-out asks for the same article once
     /// per recipient.
     entries: Arc<Mutex<Vec<Made>>>,
+    /// The alerts of the running fan-outs, planned a window at a time.
+    pub(super) fresh: Arc<Mutex<super::fresh::Fresh>>,
 }
 
 /// An entry made for an article as read.
@@ -138,6 +142,7 @@ impl Outbox {
             articles,
             reader,
             entries: Arc::default(),
+            fresh: Arc::default(),
         }
     }
 
@@ -412,6 +417,7 @@ impl Outbox {
                 continue;
             }
             if self.store.start_fanout(&a.id, &fanout, since)? {
+                self.fresh.lock().expect("fresh").begun(&a.id, &fanout);
                 started.push(&a.id);
             } else {
                 tracing::info!(
@@ -438,66 +444,129 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues the next windows of the alert fan-outs, oldest first, until `FANOUT_WINDOW`
-    /// fresh mails wait in the queue: the outbox holds that many of them however many
-    /// subscribers there are. Blocking (sled). Returns how many mails it queued.
+    /// Plans the next windows of the alert fan-outs, oldest first, until `FANOUT_WINDOW`
+    /// alerts wait to be sent: memory holds that many however many subscribers there are.
+    /// Blocking (sled). Returns how many alerts it planned.
     pub fn feed(&self) -> Result<usize, MailError> {
         let mut added = 0;
-        // Fresh mails up to the window; and while a relay refuses mail by mail (each goes
-        // to the retry lane), no more than a few windows in all.
-        // The worker asks before every batch: with no fan-out running, the queue is not read;
-        // with one, it is counted (walked) only up to half the window, and refilled once
-        // half of it went. The counts are kept up to date here as windows are planned.
-        let mut counts: Option<(usize, usize)> = None;
-        while let Some((id, fanout)) = self.store.fanouts()?.into_iter().next() {
-            let (fresh, all) = match counts {
-                Some(c) => c,
-                None => {
-                    // Below half, the count is exact.
-                    let fresh = self.store.queued(Some(LANE_FRESH), FANOUT_WINDOW / 2);
-                    if fresh >= FANOUT_WINDOW / 2 {
+        let waiting = || self.fresh.lock().expect("fresh").waiting();
+        if waiting() >= FANOUT_WINDOW / 2 {
+            return Ok(0);
+        }
+        let fanouts = self.store.fanouts()?;
+        if fanouts.is_empty() {
+            return Ok(0);
+        }
+        // While a relay refuses mail by mail (each goes to the retry lane), no more than a
+        // few windows in all.
+        if self.store.queued(None, FANOUT_BACKLOG) >= FANOUT_BACKLOG {
+            return Ok(0);
+        }
+        for (id, record) in fanouts {
+            loop {
+                if waiting() >= FANOUT_WINDOW {
+                    return Ok(added);
+                }
+                let Some(resume) = self.fresh.lock().expect("fresh").resume(&id, &record) else {
+                    break; // every window planned
+                };
+                let fanout = resume.record;
+                // After a restart, a mail of an unsettled window may have been sent: its
+                // record says so, or, once folded, the bitmap of those told.
+                let alerted = resume
+                    .look_up
+                    .then(|| self.store.alerted(&id))
+                    .transpose()?;
+                let now = self.clock.now_ms();
+                let mut window = Vec::new();
+                let mut last = None;
+                let mut seen = 0;
+                for r in self.store.subscribers_after(&fanout.after) {
+                    let sub = r?;
+                    seen += 1;
+                    if plan::wants_alert(&sub, &fanout.category) {
+                        let kind = Kind::Alert {
+                            article: id.clone(),
+                        };
+                        let d = Delivery::new(kind, &sub.email, now);
+                        let known = match &alerted {
+                            Some(told) => {
+                                self.store.has_delivery(&d.key())? || told.told(&sub.email)?
+                            }
+                            None => false,
+                        };
+                        if !known {
+                            window.push(d);
+                        }
+                    }
+                    last = Some(sub.email);
+                    if seen == FANOUT_STEP {
                         break;
                     }
-                    *counts.insert((fresh, self.store.queued(None, FANOUT_BACKLOG)))
                 }
-            };
-            if fresh >= FANOUT_WINDOW || all >= FANOUT_BACKLOG {
-                break;
-            }
-            let now = self.clock.now_ms();
-            let mut window = Vec::new();
-            let mut last = None;
-            let mut seen = 0;
-            for r in self.store.subscribers_after(&fanout.after) {
-                let sub = r?;
-                seen += 1;
-                if plan::wants_alert(&sub, &fanout.category) {
-                    let kind = Kind::Alert {
-                        article: id.clone(),
-                    };
-                    window.push(Delivery::new(kind, &sub.email, now));
+                let done = seen < FANOUT_STEP;
+                let planned = window.len();
+                let next = Fanout {
+                    after: last.unwrap_or_else(|| fanout.after.clone()),
+                    planned: fanout.planned + planned as u64,
+                    done,
+                    ..fanout.clone()
+                };
+                if done {
+                    tracing::info!(id, mails = next.planned, "alerts queued");
                 }
-                last = Some(sub.email);
-                if seen == FANOUT_STEP {
+                let mut fresh = self.fresh.lock().expect("fresh");
+                if let Some(next) = fresh.add(&id, window, next) {
+                    // Written under the lock: the records go in the order the windows settle.
+                    self.store.advance_fanout(&id, &next)?;
+                }
+                drop(fresh);
+                added += planned;
+                if done {
                     break;
                 }
             }
-            let done = seen < FANOUT_STEP;
-            let next = Fanout {
-                after: last.unwrap_or_else(|| fanout.after.clone()),
-                planned: fanout.planned + window.len() as u64,
-                done,
-                ..fanout.clone()
-            };
-            let queued = self.store.plan_window(&id, &window, &next)?;
-            added += queued;
-            counts = counts.map(|(fresh, all)| (fresh + queued, all + queued));
-            if done {
-                // Every matching subscriber has a mail in the outbox.
-                tracing::info!(id, mails = fanout.planned + queued as u64, "alerts queued");
-            }
         }
         Ok(added)
+    }
+
+    /// Up to `n` planned alerts to send, in order.
+    pub fn take_fresh(&self, n: usize) -> Vec<String> {
+        self.fresh.lock().expect("fresh").take(n)
+    }
+
+    /// Planned alerts taken and not sent after all (delivery paused): first in line again.
+    pub fn put_back(&self, batch: impl DoubleEndedIterator<Item = Queued>) {
+        let mut fresh = self.fresh.lock().expect("fresh");
+        for q in batch.rev() {
+            if q.planned {
+                fresh.put_back(q.key);
+            }
+        }
+    }
+
+    /// Alerts planned in memory and not settled yet (waiting or being sent): all, or
+    /// those of one article. They have no record yet: `status` counts them as pending.
+    pub fn unsettled(&self, article: Option<&str>) -> usize {
+        self.fresh.lock().expect("fresh").unsettled(article)
+    }
+
+    /// The delivery under `key`: planned in memory, or on record.
+    pub fn delivery(&self, key: &str) -> Result<Option<(Delivery, bool)>, MailError> {
+        if let Some(d) = self.fresh.lock().expect("fresh").delivery(key) {
+            return Ok(Some((d.clone(), true)));
+        }
+        Ok(self.store.delivery(key)?.map(|d| (d, false)))
+    }
+
+    /// The outcome of a planned alert is on record (and flushed): its window may be
+    /// settled, and its fan-out's record move on.
+    pub fn settled(&self, key: &str) -> Result<(), MailError> {
+        let mut fresh = self.fresh.lock().expect("fresh");
+        if let Some((id, next)) = fresh.settled(key) {
+            self.store.advance_fanout(&id, &next)?;
+        }
+        Ok(())
     }
 
     /// A known article now carries a new `Đính chính:` reason: everyone who was told of it
@@ -588,7 +657,7 @@ impl Outbox {
             .map(|(email, told)| (email, told.key))
             .collect();
         for key in in_flight {
-            let Some(d) = self.store.delivery(&key)? else {
+            let Some((d, _)) = self.delivery(&key)? else {
                 continue;
             };
             let carries = match &d.kind {
@@ -616,7 +685,18 @@ impl Outbox {
             .filter_map(Result::ok)
             .filter(|(_, d)| d.state == DeliveryState::Pending)
             .collect();
+        let waiting = {
+            let in_flight = self.in_flight.lock().expect("in flight");
+            self.fresh.lock().expect("fresh").end(id, &in_flight)
+        };
         let mut cancelled = 0;
+        for (key, mut d) in waiting {
+            d.state = DeliveryState::Cancelled;
+            d.updated_ms = self.clock.now_ms();
+            d.error = Some("article deleted".into());
+            self.store.record_planned(&key, &d)?;
+            cancelled += 1;
+        }
         for (key, mut d) in pending {
             if self.in_flight.lock().expect("in flight").contains(&key) {
                 continue;
@@ -625,6 +705,7 @@ impl Outbox {
                 lane: d.lane(),
                 next_ms: d.next_ms,
                 key: key.clone(),
+                planned: false,
             };
             d.state = DeliveryState::Cancelled;
             d.updated_ms = self.clock.now_ms();

@@ -182,18 +182,37 @@ impl Worker {
         flusher.abort();
     }
 
-    /// Due deliveries: fresh ones first, then retries.
-    fn due(&self, now: i64) -> Vec<Queued> {
+    /// Due deliveries, at most `limit`: fresh ones on record first (confirmations,
+    /// corrections, digests), then the alerts of the fan-outs, then retries.
+    fn due(&self, now: i64, limit: usize) -> Vec<Queued> {
         let in_flight = self.outbox.in_flight.clone();
         let skip = |key: &str| in_flight.lock().expect("in flight").contains(key);
-        for lane in [LANE_FRESH, LANE_RETRY] {
-            match self.store().due(lane, now, BATCH, &skip) {
-                Ok(batch) if !batch.is_empty() => return batch,
-                Ok(_) => {}
-                Err(e) => tracing::error!("cannot read the mail queue: {e}"),
+        let on_record = |lane| match self.store().due(lane, now, limit, &skip) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!("cannot read the mail queue: {e}");
+                Vec::new()
             }
+        };
+        let fresh = on_record(LANE_FRESH);
+        if !fresh.is_empty() {
+            return fresh;
         }
-        Vec::new()
+        let planned: Vec<Queued> = self
+            .outbox
+            .take_fresh(limit)
+            .into_iter()
+            .map(|key| Queued {
+                lane: LANE_FRESH,
+                next_ms: now,
+                key,
+                planned: true,
+            })
+            .collect();
+        if !planned.is_empty() {
+            return planned;
+        }
+        on_record(LANE_RETRY)
     }
 
     async fn send_loop(self: &Arc<Self>, stop: Arc<tokio::sync::Notify>) {
@@ -241,12 +260,9 @@ impl Worker {
             if let Err(e) = tokio::task::block_in_place(|| self.outbox.feed()) {
                 tracing::error!("cannot plan alerts: {e}");
             }
-            let mut batch = self.due(now);
-            if probe {
-                batch.truncate(PROBE_MAILS);
-                if batch.is_empty() {
-                    self.resume();
-                }
+            let batch = self.due(now, if probe { PROBE_MAILS } else { BATCH });
+            if probe && batch.is_empty() {
+                self.resume();
             }
             if batch.is_empty() {
                 self.fold(1);
@@ -274,7 +290,9 @@ impl Worker {
                 let _ = slots.acquire_many(self.concurrency as u32).await;
                 // One mail at a time; while the relay refuses them as it refused the others
                 // (a few addresses it will not take may come first in line), the next.
+                let mut tried = 0;
                 for queued in &batch {
+                    tried += 1;
                     self.outbox
                         .in_flight
                         .lock()
@@ -298,11 +316,15 @@ impl Worker {
                         Some(_) => {}
                     }
                 }
+                self.outbox.put_back(batch.into_iter().skip(tried));
                 continue;
             }
-            for queued in batch {
+            let mut batch = batch.into_iter();
+            while let Some(queued) = batch.next() {
                 if self.outbox.paused().is_some() {
-                    break; // what is left waits for the pause to end
+                    // What is left waits for the pause to end.
+                    self.outbox.put_back(std::iter::once(queued).chain(batch));
+                    break;
                 }
                 let permit = loop {
                     tokio::select! {
@@ -435,15 +457,18 @@ impl Worker {
         let key = &queued.key;
         let metrics = &self.outbox.metrics;
         let clock = &self.outbox.clock;
-        let mut d = match self.store().delivery(key) {
-            Ok(Some(d)) => d,
+        let mut d = match self.outbox.delivery(key) {
+            // A planned alert no longer planned (its article went) has its record, if any,
+            // and no more to do.
+            Ok(Some((_, false))) if queued.planned => return,
+            Ok(Some((d, _))) => d,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!("{e}");
                 return;
             }
         };
-        if d.state != DeliveryState::Pending {
+        if !queued.planned && d.state != DeliveryState::Pending {
             // A stale queue entry: the update drops it.
             let _ = self.store().update(key, &d, Some(queued));
             return;
@@ -555,9 +580,19 @@ impl Worker {
             }
             std::mem::take(&mut *sent)
         };
-        if let Err(e) = tokio::task::block_in_place(|| self.store().fold_sent(&keys)) {
-            // Left on record: folded at the next start.
-            tracing::error!("cannot fold sent mails: {e}");
+        match tokio::task::block_in_place(|| self.store().fold_sent(&keys)) {
+            Ok(_) => {}
+            Err(e @ crate::store::StoreError::Corrupt { .. }) => {
+                // Left on record: folded at the next start.
+                tracing::error!("cannot fold sent mails: {e}");
+            }
+            Err(e) => {
+                // The state cannot be written (a full disk): nothing more is sent until it
+                // can, and the mails are folded then.
+                self.sent.lock().expect("sent").extend(keys);
+                self.store().mark_broken();
+                self.pause(format!("{STATE_FAILED}: {e}"));
+            }
         }
     }
 
@@ -697,14 +732,36 @@ impl Worker {
     /// Records the outcome of a delivery durably before the slot is given back: a crash
     /// repeats at most the mails in flight. A state that cannot be written pauses delivery
     /// (what was sent meanwhile may be sent once more, never in a loop).
+    /// An alert planned in memory has its first record written here; once flushed, its
+    /// window may settle.
     async fn finish(&self, key: &str, d: &Delivery, queued: &Queued) {
-        let written = match self.store().update(key, d, Some(queued)) {
+        let recorded = if queued.planned {
+            self.store().record_planned(key, d)
+        } else {
+            self.store().update(key, d, Some(queued))
+        };
+        let written = match recorded {
             Ok(()) => self.commit.wait().await,
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = written {
-            self.store().mark_broken();
-            self.pause(format!("{STATE_FAILED}: {e}"));
+        match written {
+            Ok(()) if queued.planned => {
+                if let Err(e) = self.outbox.settled(key) {
+                    // The fan-out's record stays behind: a restart plans the window again
+                    // and finds this mail on record.
+                    tracing::error!("cannot record a fan-out's progress: {e}");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if queued.planned {
+                    // Not on record: tried again once the state is back (perhaps once more,
+                    // as any mail in flight when the state broke).
+                    self.outbox.put_back(std::iter::once(queued.clone()));
+                }
+                self.store().mark_broken();
+                self.pause(format!("{STATE_FAILED}: {e}"));
+            }
         }
     }
 
