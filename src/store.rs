@@ -564,41 +564,8 @@ fn compact_chunk(
                         let n = match assigned.get(&d.email) {
                             Some(n) => *n,
                             None => {
-                                let known = number_of
-                                    .get(d.email.as_bytes())?
-                                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-                                let n = match known {
-                                    Some(n) => n,
-                                    None => {
-                                        let mut n = match next {
-                                            Some(n) => n,
-                                            None => meta
-                                                .get("next_number")?
-                                                .and_then(|v| {
-                                                    std::str::from_utf8(&v).ok()?.parse().ok()
-                                                })
-                                                .unwrap_or(0),
-                                        };
-                                        // A number in use (a state restored from a backup
-                                        // taken while compacting) is never given twice.
-                                        let after = |n: u32| {
-                                            n.checked_add(1).ok_or_else(|| {
-                                                Abort::Abort(StoreError::Corrupt {
-                                                    key: "meta/next_number".into(),
-                                                    message: "no subscriber number left".into(),
-                                                })
-                                            })
-                                        };
-                                        while numbers.get(n.to_be_bytes())?.is_some() {
-                                            n = after(n)?;
-                                        }
-                                        next = Some(after(n)?);
-                                        numbers.insert(&n.to_be_bytes(), d.email.as_bytes())?;
-                                        number_of
-                                            .insert(d.email.as_bytes(), n.to_string().as_bytes())?;
-                                        n
-                                    }
-                                };
+                                let n =
+                                    number_for((numbers, number_of, meta), &d.email, &mut next)?;
                                 assigned.insert(d.email.clone(), n);
                                 n
                             }
@@ -664,6 +631,50 @@ fn compact_chunk(
         Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
         Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
     }
+}
+
+/// The number of `email` in the compacted records: its own, or else the next free one, given
+/// to it now. `next` carries the counter through one transaction; the caller writes it back
+/// as `meta/next_number`.
+fn number_for(
+    (numbers, number_of, meta): (
+        &sled::transaction::TransactionalTree,
+        &sled::transaction::TransactionalTree,
+        &sled::transaction::TransactionalTree,
+    ),
+    email: &str,
+    next: &mut Option<u32>,
+) -> Result<u32, Abort> {
+    let known = number_of
+        .get(email.as_bytes())?
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+    if let Some(n) = known {
+        return Ok(n);
+    }
+    let mut n = match *next {
+        Some(n) => n,
+        None => meta
+            .get("next_number")?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0),
+    };
+    // A number in use (a state restored from a backup taken while compacting) is never
+    // given twice.
+    let after = |n: u32| {
+        n.checked_add(1).ok_or_else(|| {
+            Abort::Abort(StoreError::Corrupt {
+                key: "meta/next_number".into(),
+                message: "no subscriber number left".into(),
+            })
+        })
+    };
+    while numbers.get(n.to_be_bytes())?.is_some() {
+        n = after(n)?;
+    }
+    *next = Some(after(n)?);
+    numbers.insert(&n.to_be_bytes(), email.as_bytes())?;
+    number_of.insert(email.as_bytes(), n.to_string().as_bytes())?;
+    Ok(n)
 }
 
 fn bitmap_set(bits: &mut Vec<u8>, n: u32) {
@@ -1225,11 +1236,33 @@ impl Store {
             .transpose()
     }
 
+    /// An active subscriber without a number in the compacted records is given one now,
+    /// once: the fold of their first mail then has only a bit to set.
     pub fn put_subscriber(&self, sub: &Subscriber) -> Result<(), StoreError> {
+        use sled::Transactional;
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
-            t.subscribers.insert(sub.email.as_bytes(), encode(sub))?;
-            Ok(())
+            if sub.state != SubState::Active || t.number_of.contains_key(sub.email.as_bytes())? {
+                t.subscribers.insert(sub.email.as_bytes(), encode(sub))?;
+                return Ok(());
+            }
+            let value = encode(sub);
+            let result = (&t.subscribers, &t.numbers, &t.number_of, &t.meta).transaction(
+                |(subscribers, numbers, number_of, meta)| {
+                    subscribers.insert(sub.email.as_bytes(), value.as_slice())?;
+                    let mut next = None;
+                    number_for((numbers, number_of, meta), &sub.email, &mut next)?;
+                    if let Some(n) = next {
+                        meta.insert("next_number", n.to_string().as_bytes())?;
+                    }
+                    Ok(())
+                },
+            );
+            match result {
+                Ok(()) => Ok(()),
+                Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+                Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
+            }
         })())
     }
 
@@ -2767,6 +2800,47 @@ mod tests {
         )
         .unwrap();
         assert!(log.contains("a@x.vn") && log.contains("\"sent\""), "{log}");
+    }
+
+    #[test]
+    fn a_subscriber_is_numbered_once_active_and_the_fold_of_their_mail_keeps_that_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let number = |email: &str| {
+            store
+                .t()
+                .unwrap()
+                .number_of
+                .get(email)
+                .unwrap()
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        let mut later = sub("sau@x.vn");
+        later.state = SubState::Pending;
+        store.put_subscriber(&later).unwrap();
+        assert_eq!(number("sau@x.vn"), None, "not before they confirm");
+        store.put_subscriber(&sub("dau@x.vn")).unwrap();
+        later.state = SubState::Active;
+        store.put_subscriber(&later).unwrap();
+        store.put_subscriber(&later).unwrap();
+        assert_eq!(number("dau@x.vn").as_deref(), Some("0"));
+        assert_eq!(number("sau@x.vn").as_deref(), Some("1"), "once");
+        let mut d = Delivery::new(
+            Kind::Alert {
+                article: "tin".into(),
+            },
+            "sau@x.vn",
+            1,
+        );
+        d.state = DeliveryState::Sent;
+        store.record_planned(&d.key(), &d).unwrap();
+        store.fold_all_sent().unwrap();
+        assert_eq!(number("sau@x.vn").as_deref(), Some("1"));
+        assert!(store.alerted("tin").unwrap().told("sau@x.vn").unwrap());
+        assert!(!store.alerted("tin").unwrap().told("dau@x.vn").unwrap());
+        // Gone, their number goes too.
+        assert!(store.remove_subscriber("sau@x.vn").unwrap());
+        assert_eq!(number("sau@x.vn"), None);
     }
 
     #[test]
