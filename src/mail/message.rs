@@ -793,7 +793,11 @@ impl Composer {
                 signatures.clear();
             }
         }
-        bytes.extend_from_slice(&message.formatted());
+        if bytes.is_empty() {
+            bytes = message.formatted();
+        } else {
+            bytes.extend_from_slice(&message.formatted());
+        }
         Ok(Composed {
             envelope: message.envelope().clone(),
             bytes,
