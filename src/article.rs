@@ -509,19 +509,26 @@ fn all_stable(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let step = match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
-            (0x00..=0x7f, _, _) => 1,
+        let lead = b[i];
+        // ASCII first, without looking further (the bytes after it are read only for a
+        // lead byte: this loop runs over every article).
+        if lead < 0x80 {
+            i += 1;
+            continue;
+        }
+        let next = |k: usize| b.get(i + k).copied().unwrap_or(0);
+        i += match lead {
             // U+0080–U+02FF
-            (0xc2..=0xcb, _, _) => 2,
+            0xc2..=0xcb => 2,
             // U+1E00–U+1EFF
-            (0xe1, Some(0xb8..=0xbb), _) => 3,
-            // U+2010–U+2027, U+2030–U+203F
-            (0xe2, Some(0x80), Some(0x90..=0xa7 | 0xb0..=0xbf)) => 3,
-            // U+2040–U+205E
-            (0xe2, Some(0x81), Some(0x80..=0x9e)) => 3,
+            0xe1 if matches!(next(1), 0xb8..=0xbb) => 3,
+            // U+2010–U+2027, U+2030–U+203F; U+2040–U+205E
+            0xe2 => match (next(1), next(2)) {
+                (0x80, 0x90..=0xa7 | 0xb0..=0xbf) | (0x81, 0x80..=0x9e) => 3,
+                _ => return false,
+            },
             _ => return false,
         };
-        i += step;
     }
     true
 }
