@@ -1613,6 +1613,15 @@ impl Store {
         })())
     }
 
+    /// The fan-out record of `article`, if any.
+    pub fn fanout(&self, article: &str) -> Result<Option<Fanout>, StoreError> {
+        let t = self.t()?;
+        t.fanout
+            .get(article.as_bytes())?
+            .map(|v| decode(article.as_bytes(), &v))
+            .transpose()
+    }
+
     /// The fan-outs still being planned, oldest first.
     pub fn fanouts(&self) -> Result<Vec<(String, Fanout)>, StoreError> {
         let t = self.t()?;

@@ -467,7 +467,16 @@ impl Outbox {
                 if waiting() >= FANOUT_WINDOW {
                     return Ok(added);
                 }
-                let Some(resume) = self.fresh.lock().expect("fresh").resume(&id, &record) else {
+                let resume = {
+                    let mut fresh = self.fresh.lock().expect("fresh");
+                    // Ended meanwhile (the article went, which ends it here only after its
+                    // record): not planned again from memory.
+                    if self.store.fanout(&id)?.is_none_or(|f| f.done) {
+                        break;
+                    }
+                    fresh.resume(&id, &record)
+                };
+                let Some(resume) = resume else {
                     break; // every window planned
                 };
                 let fanout = resume.record;
