@@ -1510,3 +1510,52 @@ fn an_article_moved_or_copied_after_its_alert_is_not_mailed_again() {
     );
     assert_eq!(header(&fix.data, "In-Reply-To").unwrap(), first_id);
 }
+
+/// An article deleted in the middle of its fan-out: the mails not sent yet are cancelled,
+/// none of them failed, including those whose turn came between the file going and the
+/// daemon noticing it.
+#[test]
+fn an_article_deleted_mid_fan_out_cancels_the_rest_and_fails_none() {
+    const PEOPLE: usize = 600;
+    let smtp = SmtpServer::slow(Duration::from_millis(2));
+    let site = mail_site(smtp.addr, "concurrency = 4\n");
+    let mut csv = String::from("email,schedule,categories\n");
+    for i in 0..PEOPLE {
+        csv.push_str(&format!("dan{i:04}@x.vn,immediate,\n"));
+    }
+    site.write("ds.csv", &csv);
+    let csv_path = site.path("ds.csv");
+    let out = site.bantin(&[
+        "subscribers",
+        "import",
+        csv_path.to_str().unwrap(),
+        "--confirmed",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let daemon = Daemon::start(&site);
+    daemon.wait_log("baseline");
+    site.publish(
+        "xoa.txt",
+        &article(CAT_A, "Bài sẽ xóa", "22/11/2026 | 08:00"),
+    );
+    wait_for("the fan-out under way", PATIENCE, || {
+        smtp.accepted().len() >= 50
+    });
+    std::fs::remove_file(site.store().join("xoa.txt")).unwrap();
+    daemon.wait_log("unsent alerts cancelled");
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&stdout(&site.bantin(&["status", "--json"]))).unwrap()
+    };
+    wait_for("nothing pending", PATIENCE, || {
+        status()["outbox"]["pending"] == 0
+    });
+    let json = status();
+    let sent = smtp.accepted().len();
+    assert!(
+        sent < PEOPLE,
+        "the deletion stopped the fan-out ({sent} sent)"
+    );
+    assert_eq!(json["outbox"]["failed"], 0, "{json}");
+    assert_eq!(json["outbox"]["sent"], sent, "{json}");
+    assert!(json["outbox"]["cancelled"].as_u64().unwrap() > 0, "{json}");
+}

@@ -496,6 +496,21 @@ impl Worker {
         };
         let outcome = match outcome {
             Ok(loaded) => self.send(key, &d, loaded, subscriber.as_ref()).await,
+            // Its file went: the article was deleted (the daemon may not know yet) or is
+            // being saved. Deleted, it is cancelled as its other mails are; else tried again.
+            Err(ComposeError::ArticleGone(id)) => {
+                if matches!(self.store().known_article(&id), Ok(None)) {
+                    d.state = DeliveryState::Cancelled;
+                    d.error = Some("article deleted".into());
+                    d.updated_ms = clock.now_ms();
+                    self.finish(key, &d, queued).await;
+                    metrics.cancelled.inc();
+                    return;
+                }
+                Err(SendError::Temporary(format!(
+                    "the article '{id}' cannot be read now"
+                )))
+            }
             Err(e) => Err(SendError::Failed(e.to_string())),
         };
         let now = clock.now_ms();
