@@ -39,6 +39,8 @@ fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
 /// The schema this program writes. 2: alerts sent by a fan-out are marked in the `sent`
 /// tree (a program of schema 1 would not see them, and send them again).
 pub const SCHEMA: u32 = 2;
+/// The tree name of an export's first line, which gives the schema it was written in.
+const SCHEMA_LINE: &str = "schema";
 /// The version byte in front of every value.
 const VALUE_VERSION: u8 = 1;
 
@@ -1318,6 +1320,20 @@ impl Store {
         // totals, no fan-out cursor past mails the outbox lacks.
         let _books = self.hold_books();
         let t = self.t()?;
+        // First, the schema it was written in: an older bantin refuses the export at its
+        // first line (an unknown tree), before it writes anything.
+        let schema = ExportLine {
+            tree: SCHEMA_LINE.to_owned(),
+            key: SCHEMA_LINE.to_owned(),
+            key_b64: false,
+            value: serde_json::Value::from(SCHEMA),
+        };
+        let failed = |e: std::io::Error| StoreError::Corrupt {
+            key: "export".into(),
+            message: e.to_string(),
+        };
+        serde_json::to_writer(&mut *out, &schema).expect("serializable");
+        out.write_all(b"\n").map_err(failed)?;
         let mut n = 0;
         for (name, tree) in t.named() {
             for r in tree.iter() {
@@ -1365,7 +1381,9 @@ impl Store {
             return Err(StoreError::NotEmpty);
         }
         let trees: std::collections::HashMap<&str, &sled::Tree> = t.named().into_iter().collect();
-        let mut n = 0;
+        // Every line is read and checked before anything is written: a bad line leaves the
+        // state as empty as it was.
+        let mut records: Vec<(&sled::Tree, Vec<u8>, Vec<u8>)> = Vec::new();
         let mut own = 0;
         for (i, line) in input.lines().enumerate() {
             let bad = |message: String| StoreError::Corrupt {
@@ -1377,6 +1395,17 @@ impl Store {
                 continue;
             }
             let rec: ExportLine = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            if rec.tree == SCHEMA_LINE {
+                let found = rec.value.as_u64().unwrap_or(u64::MAX);
+                if found > u64::from(SCHEMA) {
+                    return Err(bad(format!(
+                        "the export was written by a newer bantin (schema {}, this one \
+                         reads {SCHEMA}); import it with that version or a newer one",
+                        rec.value
+                    )));
+                }
+                continue;
+            }
             let tree = trees
                 .get(rec.tree.as_str())
                 .ok_or_else(|| bad(format!("unknown tree '{}'", rec.tree)))?;
@@ -1399,8 +1428,11 @@ impl Store {
                 }
                 _ => rec.value.as_str().unwrap_or_default().as_bytes().to_vec(),
             };
+            records.push((*tree, key, value));
+        }
+        let n = records.len();
+        for (tree, key, value) in records {
             tree.insert(key, value)?;
-            n += 1;
         }
         self.flush()?;
         Ok((n, own))
@@ -2841,6 +2873,47 @@ mod tests {
         // Gone, their number goes too.
         assert!(store.remove_subscriber("sau@x.vn").unwrap());
         assert_eq!(number("sau@x.vn"), None);
+    }
+
+    #[test]
+    fn an_export_names_its_schema_first_and_an_import_writes_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_subscriber(&sub("a@x.vn")).unwrap();
+        store.put_subscriber(&sub("b@x.vn")).unwrap();
+        let mut out = Vec::new();
+        store.export(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["tree"], "schema", "{text}");
+        assert_eq!(first["value"], SCHEMA);
+        let empty = || {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            (dir, store)
+        };
+        // From a newer bantin: refused at its first line.
+        let newer = text.replacen(&format!("\"value\":{SCHEMA}"), "\"value\":99", 1);
+        let (_d, other) = empty();
+        let e = other.import(newer.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("schema 99"), "{e}");
+        assert_eq!(other.subscribers().count(), 0);
+        // A damaged line after good ones: nothing is written.
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.contains("b@x.vn")).unwrap();
+        let mut damaged = lines.clone();
+        damaged[at] = "{\"tree\": \"subscribers\", \"key\":";
+        let (_d, other) = empty();
+        let e = other
+            .import(damaged.join("\n").as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("line {}", at + 1)), "{e}");
+        assert_eq!(other.subscribers().count(), 0, "nothing of it written");
+        // Whole, it goes in.
+        let (_d, other) = empty();
+        other.import(text.as_bytes()).unwrap();
+        assert_eq!(other.subscribers().count(), 2);
     }
 
     #[test]

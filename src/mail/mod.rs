@@ -132,7 +132,7 @@ impl ScrapedGauges {
                 n
             }
         };
-        counted + self.fresh.lock().expect("fresh").waiting()
+        counted + self.fresh.lock().expect("fresh").unsettled(None)
     }
 }
 
