@@ -1373,7 +1373,7 @@ impl Store {
 
     /// Reads an [`Store::export`] into this state, which must hold no subscribers and no
     /// deliveries. Returns how many records it wrote, and how many it left out as the
-    /// exported state's own identity (this state keeps its own).
+    /// exported state's own identity and schema (this state keeps its own).
     pub fn import(&self, input: impl std::io::BufRead) -> Result<(usize, usize), StoreError> {
         use base64::Engine as _;
         let t = self.t()?;
@@ -1404,6 +1404,7 @@ impl Store {
                         rec.value
                     )));
                 }
+                own += 1;
                 continue;
             }
             let tree = trees

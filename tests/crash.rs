@@ -393,7 +393,7 @@ fn state_export_and_import_round_trip() {
     let lines = std::fs::read_to_string(&first).unwrap().lines().count();
     assert!(
         common::stderr(&out).contains(&format!(
-            "({lines} read; the 2 that named the exported state itself"
+            "({lines} read; the 3 that named the exported state itself"
         )),
         "{}",
         common::stderr(&out)
