@@ -676,6 +676,9 @@ struct Status {
     outbox: std::collections::BTreeMap<&'static str, usize>,
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
     delivery: Delivery,
+    /// Articles whose alerts are still going out to their subscribers (more than `pending`
+    /// counts: those not planned yet have no record at all).
+    fanouts: Vec<String>,
     /// Subscribers who follow a category that no article or feed uses (they get nothing
     /// of it).
     unknown_categories: Vec<Orphan>,
@@ -1027,6 +1030,15 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         );
     }
     let articles = count_articles(ctx.store_dir);
+    let fanouts = store
+        .fanouts()
+        .unwrap_or_else(|e| {
+            note(e);
+            Vec::new()
+        })
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let status = Status {
         articles,
         subscribers: subs,
@@ -1039,6 +1051,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             since: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.since_ms)),
             next_try: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.retry_ms)),
         },
+        fanouts,
         unknown_categories,
         state_error,
     };
@@ -1077,6 +1090,12 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         join(&status.subscribers),
         join(&status.outbox)
     );
+    if !status.fanouts.is_empty() {
+        out.push_str(&format!(
+            "alerts still going out (more than pending: the rest are not planned yet): {}\n",
+            status.fanouts.join(", ")
+        ));
+    }
     for o in &status.unknown_categories {
         out.push_str(&format!("{}\n", orphan_line(o)));
     }

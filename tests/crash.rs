@@ -79,6 +79,16 @@ fn kill_9_during_a_fan_out() {
         "the crash came in the middle ({at_crash} sent)"
     );
     drop(daemon);
+    // With the daemon down, status says the fan-out is not over: most of its mails have no
+    // record yet.
+    let out = site.bantin(&["status"]);
+    assert!(
+        stdout(&out).contains(
+            "alerts still going out (more than pending: the rest are not planned yet): tin-moi"
+        ),
+        "{}",
+        stdout(&out)
+    );
 
     let daemon = Daemon::start(&site);
     wait_for("every mail", Duration::from_secs(180), || {
