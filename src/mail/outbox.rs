@@ -490,6 +490,8 @@ impl Outbox {
                 let mut window = Vec::new();
                 let mut last = None;
                 let mut seen = 0;
+                // Mailed before the restart: counted among the fan-out's mails all the same.
+                let mut mailed = 0;
                 for r in self.store.subscribers_after(&fanout.after) {
                     let sub = r?;
                     seen += 1;
@@ -504,7 +506,9 @@ impl Outbox {
                             }
                             None => false,
                         };
-                        if !known {
+                        if known {
+                            mailed += 1;
+                        } else {
                             window.push(d);
                         }
                     }
@@ -517,7 +521,7 @@ impl Outbox {
                 let planned = window.len();
                 let next = Fanout {
                     after: last.unwrap_or_else(|| fanout.after.clone()),
-                    planned: fanout.planned + planned as u64,
+                    planned: fanout.planned + (planned + mailed) as u64,
                     done,
                     ..fanout.clone()
                 };
