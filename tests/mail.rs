@@ -1519,19 +1519,8 @@ fn an_article_deleted_mid_fan_out_cancels_the_rest_and_fails_none() {
     const PEOPLE: usize = 600;
     let smtp = SmtpServer::slow(Duration::from_millis(2));
     let site = mail_site(smtp.addr, "concurrency = 4\n");
-    let mut csv = String::from("email,schedule,categories\n");
-    for i in 0..PEOPLE {
-        csv.push_str(&format!("dan{i:04}@x.vn,immediate,\n"));
-    }
-    site.write("ds.csv", &csv);
-    let csv_path = site.path("ds.csv");
-    let out = site.bantin(&[
-        "subscribers",
-        "import",
-        csv_path.to_str().unwrap(),
-        "--confirmed",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    let people: Vec<String> = (0..PEOPLE).map(|i| format!("dan{i:04}@x.vn")).collect();
+    common::import_immediate(&site, &people);
     let daemon = Daemon::start(&site);
     daemon.wait_log("baseline");
     site.publish(

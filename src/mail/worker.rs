@@ -484,14 +484,7 @@ impl Worker {
                     subscriber = Some(s);
                     self.load(&d)
                 }
-                _ => {
-                    d.state = DeliveryState::Cancelled;
-                    d.error = Some("subscriber no longer active".into());
-                    d.updated_ms = clock.now_ms();
-                    self.finish(key, &d, queued).await;
-                    metrics.cancelled.inc();
-                    return;
-                }
+                _ => return self.cancel(d, queued, "subscriber no longer active").await,
             },
         };
         let outcome = match outcome {
@@ -500,12 +493,7 @@ impl Worker {
             // being saved. Deleted, it is cancelled as its other mails are; else tried again.
             Err(ComposeError::ArticleGone(id)) => {
                 if matches!(self.store().known_article(&id), Ok(None)) {
-                    d.state = DeliveryState::Cancelled;
-                    d.error = Some("article deleted".into());
-                    d.updated_ms = clock.now_ms();
-                    self.finish(key, &d, queued).await;
-                    metrics.cancelled.inc();
-                    return;
+                    return self.cancel(d, queued, "article deleted").await;
                 }
                 Err(SendError::Temporary(format!(
                     "the article '{id}' cannot be read now"
@@ -583,6 +571,15 @@ impl Worker {
         {
             self.sent.lock().expect("sent").push(key.to_owned());
         }
+    }
+
+    /// Records `d` as cancelled, `why`.
+    async fn cancel(&self, mut d: Delivery, queued: &Queued, why: &str) {
+        d.state = DeliveryState::Cancelled;
+        d.error = Some(why.into());
+        d.updated_ms = self.outbox.clock.now_ms();
+        self.finish(&queued.key, &d, queued).await;
+        self.outbox.metrics.cancelled.inc();
     }
 
     /// Folds the sent alerts and digests into their articles' totals once at least `least`
