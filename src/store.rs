@@ -628,8 +628,15 @@ fn compact_chunk(
             Ok(())
         },
     );
+    tx_result(result).map(|()| chunk.len())
+}
+
+/// A transaction's outcome as the store's: its own error, or sled's.
+fn tx_result<T>(
+    result: Result<T, sled::transaction::TransactionError<StoreError>>,
+) -> Result<T, StoreError> {
     match result {
-        Ok(()) => Ok(chunk.len()),
+        Ok(v) => Ok(v),
         Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
         Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
     }
@@ -647,9 +654,7 @@ fn number_for(
     email: &str,
     next: &mut Option<u32>,
 ) -> Result<u32, Abort> {
-    let known = number_of
-        .get(email.as_bytes())?
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+    let known = number_of.get(email.as_bytes())?.and_then(|v| decimal(&v));
     if let Some(n) = known {
         return Ok(n);
     }
@@ -657,7 +662,7 @@ fn number_for(
         Some(n) => n,
         None => meta
             .get("next_number")?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .and_then(|v| decimal(&v))
             .unwrap_or(0),
     };
     // A number in use (a state restored from a backup taken while compacting) is never
@@ -685,6 +690,16 @@ fn bitmap_set(bits: &mut Vec<u8>, n: u32) {
         bits.resize(byte + 1, 0);
     }
     bits[byte] |= 1 << (n % 8);
+}
+
+fn bitmap_has(bits: &[u8], n: u32) -> bool {
+    bits.get((n / 8) as usize)
+        .is_some_and(|b| b & (1 << (n % 8)) != 0)
+}
+
+/// A number stored as decimal text (subscriber numbers, counters).
+fn decimal<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 fn bitmap_numbers(bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
@@ -773,12 +788,7 @@ impl Alerted {
         let Some(v) = self.number_of.get(email.as_bytes())? else {
             return Ok(false);
         };
-        let n: Option<u32> = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
-        Ok(n.is_some_and(|n| {
-            self.bits
-                .get((n / 8) as usize)
-                .is_some_and(|b| b & (1 << (n % 8)) != 0)
-        }))
+        Ok(decimal(&v).is_some_and(|n| bitmap_has(&self.bits, n)))
     }
 }
 
@@ -1166,11 +1176,7 @@ impl Store {
     // --- meta
 
     fn meta_i64(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .t()?
-            .meta
-            .get(key)?
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
+        Ok(self.t()?.meta.get(key)?.and_then(|v| decimal(&v)))
     }
 
     fn set_meta_i64(&self, key: &str, value: i64) -> Result<(), StoreError> {
@@ -1260,11 +1266,7 @@ impl Store {
                     Ok(())
                 },
             );
-            match result {
-                Ok(()) => Ok(()),
-                Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
-                Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
-            }
+            tx_result(result)
         })())
     }
 
@@ -1273,9 +1275,7 @@ impl Store {
         self.written((|| -> Result<bool, StoreError> {
             let t = self.t()?;
             if let Some(n) = t.number_of.remove(email)?
-                && let Some(n) = std::str::from_utf8(&n)
-                    .ok()
-                    .and_then(|s| s.parse::<u32>().ok())
+                && let Some(n) = decimal::<u32>(&n)
             {
                 t.numbers.remove(n.to_be_bytes())?;
             }
@@ -1322,18 +1322,19 @@ impl Store {
         let t = self.t()?;
         // First, the schema it was written in: an older bantin refuses the export at its
         // first line (an unknown tree), before it writes anything.
-        let schema = ExportLine {
+        let mut write = |line: &ExportLine| {
+            serde_json::to_writer(&mut *out, line).expect("serializable");
+            out.write_all(b"\n").map_err(|e| StoreError::Corrupt {
+                key: "export".into(),
+                message: e.to_string(),
+            })
+        };
+        write(&ExportLine {
             tree: SCHEMA_LINE.to_owned(),
             key: SCHEMA_LINE.to_owned(),
             key_b64: false,
             value: serde_json::Value::from(SCHEMA),
-        };
-        let failed = |e: std::io::Error| StoreError::Corrupt {
-            key: "export".into(),
-            message: e.to_string(),
-        };
-        serde_json::to_writer(&mut *out, &schema).expect("serializable");
-        out.write_all(b"\n").map_err(failed)?;
+        })?;
         let mut n = 0;
         for (name, tree) in t.named() {
             for r in tree.iter() {
@@ -1354,16 +1355,11 @@ impl Store {
                     }
                     _ => serde_json::Value::String(String::from_utf8_lossy(&v).into_owned()),
                 };
-                let line = ExportLine {
+                write(&ExportLine {
                     tree: name.to_owned(),
                     key,
                     key_b64,
                     value,
-                };
-                serde_json::to_writer(&mut *out, &line).expect("serializable");
-                out.write_all(b"\n").map_err(|e| StoreError::Corrupt {
-                    key: "export".into(),
-                    message: e.to_string(),
                 })?;
                 n += 1;
             }
@@ -1670,12 +1666,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Deliveries waiting in the queue's `lane` (`None`: any), counted up to `up_to`.
-    pub fn queued(&self, lane: Option<u8>, up_to: usize) -> usize {
-        self.t().map_or(0, |t| match lane {
-            Some(lane) => t.queue.scan_prefix([lane]).take(up_to).count(),
-            None => t.queue.iter().take(up_to).count(),
-        })
+    /// Deliveries waiting in the queue, counted up to `up_to`.
+    pub fn queued(&self, up_to: usize) -> usize {
+        self.t().map_or(0, |t| t.queue.iter().take(up_to).count())
     }
 
     /// Subscribers whose address sorts after `after`, in address order.
@@ -1692,52 +1685,6 @@ impl Store {
         range.into_iter().flatten().map(|r| {
             let (k, v) = r?;
             decode(&k, &v)
-        })
-    }
-
-    /// Queues one window of `article`'s fan-out and records where it stands (`next`, done
-    /// or not), in one transaction. A delivery whose key exists is not queued again.
-    /// Returns how many were queued.
-    pub fn plan_window(
-        &self,
-        article: &str,
-        window: &[Delivery],
-        next: &Fanout,
-    ) -> Result<usize, StoreError> {
-        use sled::Transactional;
-        let _books = self.hold_books();
-        let t = self.t()?;
-        let index = self.indexes_ids();
-        let encoded: Vec<(String, Vec<u8>, i64)> = window
-            .iter()
-            .map(|d| (d.key(), encode(d), d.next_ms))
-            .collect();
-        let result =
-            (&t.outbox, &t.queue, &t.ids, &t.fanout).transaction(|(outbox, queue, ids, fanout)| {
-                // Still planned: a deleted article's fan-out is not brought back.
-                match fanout.get(article.as_bytes())? {
-                    Some(v) if !tx_decode::<Fanout>(article.as_bytes(), &v)?.done => {}
-                    _ => return Ok(0),
-                }
-                let mut added = 0;
-                for (key, value, next_ms) in &encoded {
-                    if outbox.get(key.as_bytes())?.is_some() {
-                        continue;
-                    }
-                    outbox.insert(key.as_bytes(), value.as_slice())?;
-                    queue.insert(queue_key(LANE_FRESH, *next_ms, key), &[])?;
-                    if index {
-                        ids.insert(delivery_id(key).as_bytes(), key.as_bytes())?;
-                    }
-                    added += 1;
-                }
-                fanout.insert(article.as_bytes(), encode(next))?;
-                Ok(added)
-            });
-        self.written(match result {
-            Ok(n) => Ok(n),
-            Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => Err(e.into()),
         })
     }
 
@@ -2702,13 +2649,13 @@ mod tests {
             done: true,
             ..fanout(1_000)
         };
-        assert_eq!(store.plan_window("tin", &window, &done).unwrap(), 1);
+        store.advance_fanout("tin", &done).unwrap();
         assert!(store.fanouts().unwrap().is_empty(), "nothing left to plan");
         // The alert is sent and folded: the outbox no longer knows the key.
         let key = window[0].key();
         let mut d = window[0].clone();
         d.state = DeliveryState::Sent;
-        store.update(&key, &d, None).unwrap();
+        store.record_planned(&key, &d).unwrap();
         assert_eq!(store.fold_sent(&[key]).unwrap(), 1);
         // Noticed again (a retry, the file deleted and put back): not mailed again while
         // the fan-out is recent; a deleted article's fan-out is kept as done.

@@ -459,7 +459,7 @@ impl Outbox {
         }
         // While a relay refuses mail by mail (each goes to the retry lane), no more than a
         // few windows in all.
-        if self.store.queued(None, FANOUT_BACKLOG) >= FANOUT_BACKLOG {
+        if self.store.queued(FANOUT_BACKLOG) >= FANOUT_BACKLOG {
             return Ok(0);
         }
         for (id, record) in fanouts {
@@ -702,15 +702,20 @@ impl Outbox {
             let in_flight = self.in_flight.lock().expect("in flight");
             self.fresh.lock().expect("fresh").end(id, &in_flight)
         };
-        let mut cancelled = 0;
-        for (key, mut d) in waiting {
+        let now = self.clock.now_ms();
+        let cancel = |mut d: Delivery| {
             d.state = DeliveryState::Cancelled;
-            d.updated_ms = self.clock.now_ms();
+            d.updated_ms = now;
             d.error = Some("article deleted".into());
-            self.store.record_planned(&key, &d)?;
+            d
+        };
+        let mut cancelled = 0;
+        // Planned in memory: no record yet, this is its first.
+        for (key, d) in waiting {
+            self.store.record_planned(&key, &cancel(d))?;
             cancelled += 1;
         }
-        for (key, mut d) in pending {
+        for (key, d) in pending {
             if self.in_flight.lock().expect("in flight").contains(&key) {
                 continue;
             }
@@ -720,10 +725,7 @@ impl Outbox {
                 key: key.clone(),
                 planned: false,
             };
-            d.state = DeliveryState::Cancelled;
-            d.updated_ms = self.clock.now_ms();
-            d.error = Some("article deleted".into());
-            self.store.update(&key, &d, Some(&queued))?;
+            self.store.update(&key, &cancel(d), Some(&queued))?;
             cancelled += 1;
         }
         self.store.flush_async().await?;
