@@ -436,7 +436,7 @@ fn next_nonblank(lines: &mut impl Iterator<Item = (usize, String)>) -> Option<(u
 }
 
 /// NFC, without CR, characters that XML 1.0 forbids or other control characters, trimmed.
-fn clean(raw: &str) -> String {
+pub fn clean(raw: &str) -> String {
     let raw = raw.trim_end_matches('\r');
     let unwanted =
         |c: char| c.is_control() || is_invisible(c) || c == '\u{fffe}' || c == '\u{ffff}';

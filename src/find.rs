@@ -53,15 +53,7 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
             // Composed (NFC) as the articles are: a phone's keyboard may send a letter and
             // its marks apart, and the words would split at the marks; without the invisible
             // characters the articles are cleaned of (a zero-width space splits a word).
-            "q" => {
-                use unicode_normalization::UnicodeNormalization;
-                query = v
-                    .trim()
-                    .chars()
-                    .filter(|&c| !c.is_control() && !crate::article::is_invisible(c))
-                    .nfc()
-                    .collect()
-            }
+            "q" => query = crate::article::clean(&v),
             "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
             _ => {}
         }
@@ -91,7 +83,7 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
     }
 }
 
-fn render(state: &FindState, query: &str, mut page: usize) -> Result<String, String> {
+fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
     // What is searched: the whole words that fit the limits, and the page says so.
     let limit = query
         .char_indices()
@@ -110,20 +102,12 @@ fn render(state: &FindState, query: &str, mut page: usize) -> Result<String, Str
     };
     let shortened = used.len() < query.len();
     let query = used;
-    let mut results = state
+    // Past the last page, the last page, not a count of results with none shown.
+    let results = state
         .search
-        .search(query, page)
+        .search_or_last(query, page)
         .map_err(|e| e.to_string())?;
-    // Past the last page (an old link, a page number typed by hand): the last page, not a
-    // count of results with none shown.
-    let last = results.total.div_ceil(PER_PAGE);
-    if last > 0 && page > last {
-        page = last;
-        results = state
-            .search
-            .search(query, page)
-            .map_err(|e| e.to_string())?;
-    }
+    let page = results.page;
     let site = state.site.read().expect("site lock").clone();
     let hits: Vec<ResultCtx> = results
         .hits

@@ -286,6 +286,9 @@ impl Decoded {
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     pub total: usize,
+    /// The page given (from 1): the one asked for, or with [`Index::search_or_last`] the
+    /// last one when it asked past it.
+    pub page: usize,
     /// The articles of the page, best first.
     pub hits: Vec<Arc<Entry>>,
     /// The query's words, folded, to highlight.
@@ -610,9 +613,19 @@ impl Index {
         }
     }
 
-    /// The articles that hold every word of `query`, best first; page `page` (from 1). Fails
-    /// only when the index's file cannot be read.
+    /// The articles that hold every word of `query`, best first; page `page` (from 1), none
+    /// past the last. Fails only when the index's file cannot be read.
     pub fn search(&self, query: &str, page: usize) -> io::Result<Results> {
+        self.search_in(query, page, false)
+    }
+
+    /// [`Index::search`], but past the last page the last page (an old link, a page number
+    /// typed by hand): [`Results::page`] says which.
+    pub fn search_or_last(&self, query: &str, page: usize) -> io::Result<Results> {
+        self.search_in(query, page, true)
+    }
+
+    fn search_in(&self, query: &str, page: usize, or_last: bool) -> io::Result<Results> {
         use unicode_normalization::UnicodeNormalization;
         // Composed as the articles are: a keyboard may send a letter and its marks apart.
         let query: String = query.nfc().take(MAX_QUERY_CHARS).collect();
@@ -625,6 +638,7 @@ impl Index {
         }
         let mut results = Results {
             words: folded.clone(),
+            page: page.max(1),
             ..Results::default()
         };
         if folded.is_empty() {
@@ -710,7 +724,10 @@ impl Index {
             })
             .collect();
         results.total = ranked.len();
-        let start = page.saturating_sub(1) * PER_PAGE;
+        if or_last {
+            results.page = results.page.min(ranked.len().div_ceil(PER_PAGE).max(1));
+        }
+        let start = (results.page - 1) * PER_PAGE;
         if start >= ranked.len() {
             return Ok(results);
         }
@@ -816,7 +833,7 @@ pub fn highlight(text: &str, folded: &[String]) -> Vec<Piece> {
         }
     };
     for (at, word) in words(text) {
-        if folded.iter().any(|f| *f == fold_word(word)) {
+        if folded.contains(&fold_word(word)) {
             push(&mut out, &text[last..at], false);
             push(&mut out, word, true);
             last = at + word.len();
@@ -831,13 +848,11 @@ pub fn highlight(text: &str, folded: &[String]) -> Vec<Piece> {
 pub fn snippet(paragraphs: &[String], folded: &[String], width: usize) -> Vec<Piece> {
     let text = paragraphs.join(" ");
     let all: Vec<(usize, &str)> = words(&text).collect();
-    let is = |i: usize, k: usize| {
-        all.get(i + k)
-            .is_some_and(|(_, w)| fold_word(w) == folded[k])
-    };
+    // Each word folded once.
+    let all_folded: Vec<String> = all.iter().map(|(_, w)| fold_word(w)).collect();
+    let is = |i: usize, k: usize| all_folded.get(i + k).is_some_and(|w| *w == folded[k]);
     let together = (0..all.len()).find(|&i| (0..folded.len()).all(|k| is(i, k)));
-    let first = together
-        .or_else(|| (0..all.len()).find(|&i| folded.iter().any(|f| fold_word(all[i].1) == *f)));
+    let first = together.or_else(|| all_folded.iter().position(|w| folded.contains(w)));
     let center = first.unwrap_or(0);
     let from = center.saturating_sub(width / 3);
     let to = (from + width).min(all.len());
@@ -985,12 +1000,13 @@ impl Search {
         !s.building && s.index.worth_rebuilding()
     }
 
-    pub fn search(&self, query: &str, page: usize) -> io::Result<Results> {
+    /// See [`Index::search_or_last`]: what the search page shows.
+    pub fn search_or_last(&self, query: &str, page: usize) -> io::Result<Results> {
         self.state
             .read()
             .expect("search lock")
             .index
-            .search(query, page)
+            .search_or_last(query, page)
     }
 }
 
@@ -1360,7 +1376,7 @@ mod tests {
         assert!(!search.ready());
         search.update(Update::Add(e, Arc::new(a)));
         assert!(finished(&search, second, Index::default()));
-        assert_eq!(ids(&search.search("ky hop", 1).unwrap()), ["moi"]);
+        assert_eq!(ids(&search.search_or_last("ky hop", 1).unwrap()), ["moi"]);
     }
 
     #[test]
