@@ -420,7 +420,9 @@ pub fn request_subscription(
         // (the page says the same whoever posts).
         Some(mut s) if s.state == SubState::Active => {
             let queued = crate::mail::queue_confirmation(store, &mut s, now)?;
-            store.flush()?;
+            if queued {
+                store.flush()?;
+            }
             return Ok(queued);
         }
         // Its confirmation mail went out with the choices then made, and no new one goes
