@@ -40,12 +40,6 @@ fn born_public() -> bool {
     mask != u32::MAX && 0o666 & !mask == PUBLIC_FILE && 0o777 & !mask == PUBLIC_DIR
 }
 
-/// Whether what this process creates is private as created (the daemon, whose mask is 077).
-fn born_private() -> bool {
-    let mask = UMASK.load(Ordering::Relaxed);
-    mask != u32::MAX && mask & 0o077 == 0o077
-}
-
 /// Creates `dir` and the folders above it that are missing, readable by everyone whatever
 /// the umask (the daemon runs with a private one, for its state).
 pub fn create_public_dir(dir: &Path) -> std::io::Result<()> {
@@ -87,8 +81,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
     write_atomic_as(path, bytes, true)
 }
 
-/// [`write_atomic`] for a private file (the outbox's mails, the state's marker): its mode
-/// comes from the process's umask (0600 in the daemon).
+/// [`write_atomic`] for a private file (the outbox's mails, the state's marker): created
+/// 0600 (or less, by the umask).
 pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
     write_atomic_as(path, bytes, false)
 }
@@ -102,8 +96,17 @@ fn write_atomic_as(path: &Path, bytes: &[u8], public: bool) -> std::io::Result<W
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let temp = temp_path(dir, path);
+    let create = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if public { PUBLIC_FILE } else { 0o600 })
+            .open(&temp)
+    };
     let result = (|| {
-        let mut file = match std::fs::File::create(&temp) {
+        let mut file = match create() {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if public {
@@ -111,15 +114,12 @@ fn write_atomic_as(path: &Path, bytes: &[u8], public: bool) -> std::io::Result<W
                 } else {
                     std::fs::create_dir_all(dir)?;
                 }
-                std::fs::File::create(&temp)?
+                create()?
             }
             Err(e) => return Err(e),
         };
         if public {
             make_public(&file)?;
-        } else if !born_private() {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
         file.write_all(bytes)?;
         drop(file);
