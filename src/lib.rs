@@ -57,6 +57,7 @@ pub mod feed;
 pub mod find;
 pub mod health;
 pub mod http;
+pub mod journal;
 pub mod library;
 pub mod mail;
 pub mod manifest;

@@ -34,7 +34,11 @@ use engine::{Engine, MailEvent, Msg};
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // At least two workers: the mail's group commit blocks one for each sync of the
+    // journal of sent mails (see `mail::worker`); the site keeps answering on the other.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .thread_name("bantin")
         .build()
