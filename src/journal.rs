@@ -32,8 +32,10 @@ pub struct Journal {
     state: Mutex<State>,
 }
 
-/// The size the journal is made with, in zeros.
-pub const PREALLOCATED: u64 = 1 << 20;
+/// The size the journal is made with, in zeros: room for some 2,500 marks (about 100 bytes
+/// each), more than a fold leaves (every 1,000 mails sent). Past it the file grows, and a
+/// sync commits its size too. One server holds a state folder per council.
+pub const PREALLOCATED: u64 = 256 << 10;
 
 struct State {
     /// Records appended since the last [`Journal::sync`].
