@@ -10,8 +10,9 @@
 //! ([`Held::clear`]). After a crash, [`Journal::open`] gives back what it holds, and the
 //! state puts it into the database again.
 //!
-//! One record: the key's length in decimal, a space, the key, the value, a newline. The
-//! records start the file; zeros follow them. The file is written full of zeros when it is
+//! The file starts with a header line naming whose journal it is and since when (see
+//! [`Held::clear`]: the state's id and the number of the clear); then one record a mark: the
+//! key's length in decimal, a space, the key, the value, a newline; then zeros. The file is written full of zeros when it is
 //! made ([`PREALLOCATED`]), so that a sync overwrites blocks already on disk and its
 //! `fdatasync` has no file size to commit: about half the time of a sync that appends. A
 //! write cut short by a crash leaves an incomplete record at the end: it is dropped (its mail
@@ -49,10 +50,13 @@ struct State {
 
 /// The journal's contents when it was opened.
 pub struct Replay {
+    /// Its header line (without the newline); `None` for a new file.
+    pub header: Option<Vec<u8>>,
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
     /// Where the whole records end.
     records_end: usize,
-    /// Bytes after them that are not zeros: a record cut short (a crash while writing it).
+    /// Bytes after them that are not zeros: a record cut short (a crash while writing it),
+    /// or damage.
     pub torn: usize,
 }
 
@@ -73,17 +77,19 @@ impl Held<'_> {
         buf.push(b'\n');
     }
 
-    /// Empties the journal: the caller, holding it, made everything in it durable elsewhere
-    /// (flushed the database).
-    pub fn clear(mut self) -> std::io::Result<()> {
+    /// Empties the journal, which then starts with `header` (a line, without its newline):
+    /// the caller, holding it, made everything in it durable elsewhere (flushed the
+    /// database).
+    pub fn clear(mut self, header: &[u8]) -> std::io::Result<()> {
         self.state.pending.clear();
-        if self.state.dirty > 0 {
-            let zeros = vec![0u8; self.state.dirty as usize];
-            self.journal.file.write_all_at(&zeros, 0)?;
-            self.journal.file.sync_data()?;
-        }
-        self.state.len = 0;
-        self.state.dirty = 0;
+        let mut start = header.to_vec();
+        start.push(b'\n');
+        let end = (self.state.dirty as usize).max(start.len());
+        start.resize(end, 0);
+        self.journal.file.write_all_at(&start, 0)?;
+        self.journal.file.sync_data()?;
+        self.state.len = (header.len() + 1) as u64;
+        self.state.dirty = self.state.len;
         Ok(())
     }
 }
@@ -158,22 +164,23 @@ impl Journal {
             }
         }
         // Outside the lock: senders keep appending while the disk works.
-        if std::env::var_os("NOSYNC").is_some() {
-            return Ok(());
-        }
         self.file.sync_data()
     }
 }
 
 fn parse(bytes: &[u8]) -> Replay {
+    let (header, mut at) = match memchr::memchr(b'\n', bytes) {
+        Some(end) if bytes[0] != 0 => (Some(bytes[..end].to_vec()), end + 1),
+        _ => (None, 0),
+    };
     let mut records = Vec::new();
-    let mut at = 0;
     while let Some((key, value, len)) = parse_one(&bytes[at..]) {
         records.push((key.to_vec(), value.to_vec()));
         at += len;
     }
     let rest = &bytes[at..];
     Replay {
+        header,
         records,
         records_end: at,
         torn: rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1),
@@ -199,8 +206,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let (j, replay) = Journal::open(&path).unwrap();
-        assert!(replay.records.is_empty());
+        assert!(replay.header.is_none() && replay.records.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATED);
+        j.hold().clear(b"head 0").unwrap();
         {
             let mut a = j.hold();
             a.append(b"a\0tin\0x@y.vn", b"1 2");
@@ -212,8 +220,8 @@ mod tests {
         drop(j);
         // A crash cut the next write short.
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        // Right after the two records: 19 and 20 bytes.
-        f.write_all_at(b"12 a\0ti", 39).unwrap();
+        // Right after the header and the two records: 7, 19 and 20 bytes.
+        f.write_all_at(b"12 a\0ti", 46).unwrap();
         drop(f);
         let (j, replay) = Journal::open(&path).unwrap();
         assert_eq!(
@@ -223,12 +231,14 @@ mod tests {
                 (b"a\0t n\n\0z@y.vn".to_vec(), b"3 4".to_vec()),
             ]
         );
+        assert_eq!(replay.header.as_deref(), Some(&b"head 0"[..]));
         assert_eq!(replay.torn, 7);
         // Once what it held is elsewhere, it is cleared, the cut record too.
-        j.hold().clear().unwrap();
+        j.hold().clear(b"head 1").unwrap();
         j.hold().append(b"k", b"v");
         j.sync().unwrap();
         let (_, replay) = Journal::open(&path).unwrap();
+        assert_eq!(replay.header.as_deref(), Some(&b"head 1"[..]));
         assert_eq!(replay.records, vec![(b"k".to_vec(), b"v".to_vec())]);
         assert_eq!(replay.torn, 0);
     }
@@ -238,14 +248,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let (j, _) = Journal::open(&path).unwrap();
+        j.hold().clear(b"head 0 with a long header").unwrap();
         j.hold().append(b"k1", b"v");
         j.hold().append(b"k2", b"v");
         j.sync().unwrap();
         j.hold().append(b"k3", b"v");
-        j.hold().clear().unwrap();
+        j.hold().clear(b"head 1").unwrap();
         j.sync().unwrap();
         let (_, replay) = Journal::open(&path).unwrap();
-        assert!(replay.records.is_empty());
+        assert_eq!(replay.header.as_deref(), Some(&b"head 1"[..]));
+        assert!(replay.records.is_empty() && replay.torn == 0);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), PREALLOCATED);
         j.hold().append(b"k4", b"v");
         j.sync().unwrap();

@@ -448,41 +448,76 @@ fn tx_decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Abort> 
     decode(key, bytes).map_err(Abort::Abort)
 }
 
-/// Puts the marks a crash left in the journal only back into the database, flushes it and
-/// empties the journal. A record that is not a mark (damaged) is skipped.
-fn replay_marks(
-    t: &Trees,
-    replay: crate::journal::Replay,
-    failed: impl Fn(std::io::Error) -> StoreError,
-) -> Result<(), StoreError> {
+/// Puts the marks a crash left in the journal only back into the database, then empties it
+/// (see [`marks_checkpoint`]). Only a journal of this state, written since its last
+/// checkpoint, is replayed; a record that is not a mark (damage) is skipped.
+fn replay_marks(t: &Trees, replay: crate::journal::Replay) -> Result<(), StoreError> {
     let held = t.marks.hold();
-    if replay.torn > 0 {
-        tracing::warn!(
-            bytes = replay.torn,
-            "the journal of sent mails ends in a record cut short (a crash while writing it)"
-        );
-    }
-    if replay.records.is_empty() && replay.torn == 0 {
-        return Ok(());
-    }
+    let path = t.marks.path().display().to_string();
+    let expected = marks_header(t)?;
+    let lost = "mails it stood for may be sent again";
+    let whose = replay.header.as_deref().map(String::from_utf8_lossy);
     let mut restored = 0;
-    for (key, value) in &replay.records {
-        let key_text = String::from_utf8_lossy(key);
-        if Mark::parse(value)
-            .and_then(|m| m.delivery(&key_text))
-            .is_none()
+    match whose.as_deref() {
+        None if replay.records.is_empty() && replay.torn == 0 => {
+            if t.meta.get(MARKS_GENERATION)?.is_some() {
+                tracing::error!(
+                    path,
+                    "the journal of sent mails was missing or emptied: if bantin did not stop \
+                     cleanly before, the mails it sent last may be sent again"
+                );
+            }
+        }
+        Some(h) if h == expected => {
+            for (key, value) in &replay.records {
+                let key_text = String::from_utf8_lossy(key);
+                if Mark::parse(value)
+                    .and_then(|m| m.delivery(&key_text))
+                    .is_none()
+                {
+                    tracing::warn!(path, key = %key_text.replace('\0', "/"), "skipped a damaged record of the journal of sent mails: the mail it stood for may be sent again");
+                    continue;
+                }
+                if t.sent.insert(key.as_slice(), value.as_slice())?.is_none() {
+                    restored += 1;
+                }
+                t.ids
+                    .insert(delivery_id(&key_text).as_bytes(), key.as_slice())?;
+            }
+            if replay.torn > 0 {
+                tracing::warn!(
+                    path,
+                    bytes = replay.torn,
+                    records = replay.records.len(),
+                    "the journal of sent mails has bytes that are not whole records after the \
+                     ones read (a crash while writing one, or damage): the {lost}"
+                );
+            }
+        }
+        Some(h)
+            if h.rsplit_once(' ').map(|(id, _)| id)
+                == expected.rsplit_once(' ').map(|(id, _)| id) =>
         {
-            tracing::warn!(key = %key_text.replace('\0', "/"), "skipped a damaged record of the journal of sent mails");
-            continue;
+            tracing::warn!(
+                path,
+                found = %h,
+                expected,
+                "the journal of sent mails is older than the database's last checkpoint (a \
+                 crash while emptying it, or a copy put back): not replayed, the database has \
+                 what it held"
+            );
         }
-        if t.sent.insert(key.as_slice(), value.as_slice())?.is_none() {
-            restored += 1;
+        _ => {
+            tracing::error!(
+                path,
+                found = whose.as_deref().unwrap_or("no header"),
+                expected,
+                "the journal of sent mails is not this state's (another council's, or damaged): \
+                 not replayed; if this state's own journal was lost in a crash, the {lost}"
+            );
         }
-        t.ids
-            .insert(delivery_id(&key_text).as_bytes(), key.as_slice())?;
     }
-    t.db.flush()?;
-    held.clear().map_err(failed)?;
+    marks_checkpoint(t, held)?;
     if restored > 0 {
         tracing::info!(
             marks = restored,
@@ -490,6 +525,45 @@ fn replay_marks(
         );
     }
     Ok(())
+}
+
+/// The key in `meta` of the number of checkpoints of the journal of sent marks.
+const MARKS_GENERATION: &str = "marks_generation";
+
+/// The header a journal of sent marks written since the last checkpoint starts with.
+fn marks_header(t: &Trees) -> Result<String, StoreError> {
+    let id = t
+        .meta
+        .get("id")?
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    let generation = t
+        .meta
+        .get(MARKS_GENERATION)?
+        .and_then(|v| decimal::<u64>(&v))
+        .unwrap_or(0);
+    Ok(format!("bantin marks {id} {generation}"))
+}
+
+/// Empties the journal of sent marks, held: counts a checkpoint in the database, flushes it
+/// (everything the journal holds is then durable there), and starts the journal afresh
+/// under the new count. A crash between the two leaves a journal of the old count, which
+/// the next start knows not to replay.
+fn marks_checkpoint(t: &Trees, held: crate::journal::Held<'_>) -> Result<(), StoreError> {
+    let generation = t
+        .meta
+        .get(MARKS_GENERATION)?
+        .and_then(|v| decimal::<u64>(&v))
+        .unwrap_or(0);
+    t.meta
+        .insert(MARKS_GENERATION, (generation + 1).to_string().as_bytes())?;
+    t.db.flush()?;
+    let header = marks_header(t)?;
+    held.clear(header.as_bytes())
+        .map_err(|source| StoreError::Journal {
+            path: t.marks.path().display().to_string(),
+            source,
+        })
 }
 
 /// Compacts `chunk` (finished deliveries with their keys) in one transaction.
@@ -1161,7 +1235,7 @@ impl Store {
                 }
             }
         }
-        replay_marks(&trees, replay, journal_failed)?;
+        replay_marks(&trees, replay)?;
         Ok(trees)
     }
 
@@ -1412,6 +1486,9 @@ impl Store {
         for (name, tree) in t.named() {
             for r in tree.iter() {
                 let (k, v) = r?;
+                if name == "meta" && *k == *MARKS_GENERATION.as_bytes() {
+                    continue; // the journal's, which is not exported
+                }
                 let (key, key_b64) = match (name, std::str::from_utf8(&k)) {
                     ("queue", _) | (_, Err(_)) => {
                         (base64::engine::general_purpose::STANDARD.encode(&k), true)
@@ -1486,7 +1563,8 @@ impl Store {
             } else {
                 rec.key.clone().into_bytes()
             };
-            if rec.tree == "meta" && matches!(rec.key.as_str(), "id" | "schema") {
+            if rec.tree == "meta" && matches!(rec.key.as_str(), "id" | "schema" | MARKS_GENERATION)
+            {
                 own += 1;
                 continue; // this state's own
             }
@@ -2248,15 +2326,11 @@ impl Store {
     }
 
     /// Flushes the database and empties the journal of sent marks, which it then holds.
-    fn empty_marks_journal(&self) -> Result<(), StoreError> {
+    pub fn empty_marks_journal(&self) -> Result<(), StoreError> {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
             let held = t.marks.hold();
-            t.db.flush()?;
-            held.clear().map_err(|source| StoreError::Journal {
-                path: t.marks.path().display().to_string(),
-                source,
-            })
+            marks_checkpoint(&t, held)
         })())
     }
 
@@ -2904,20 +2978,22 @@ mod tests {
             d
         };
         let (a, b) = (alert("a@x.vn"), alert("b@x.vn"));
-        // Where the marks were made: the journal is what a crash leaves of them when the
-        // database was not flushed since.
-        let made = tempfile::tempdir().unwrap();
-        let journal = {
-            let store = Store::open(made.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join(MARKS_JOURNAL);
+        let records = || crate::journal::Journal::open(&journal).unwrap().1.records;
+        {
+            let store = Store::open(dir.path()).unwrap();
             store.record_planned(&a.key(), &a).unwrap();
             store.record_planned(&b.key(), &b).unwrap();
             store.sync_marks().unwrap();
-            std::fs::read(made.path().join(MARKS_JOURNAL)).unwrap()
-        };
-        // A state whose database never had them.
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        std::fs::write(dir.path().join(MARKS_JOURNAL), &journal).unwrap();
+            // What a crash leaves when sled had not written the marks yet: only the journal
+            // has them.
+            let t = store.t().unwrap();
+            t.sent.clear().unwrap();
+            t.ids.clear().unwrap();
+            t.db.flush().unwrap();
+        }
+        assert_eq!(records().len(), 2);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.delivery(&a.key()).unwrap(), Some(a.clone()));
         assert_eq!(store.delivery(&b.key()).unwrap(), Some(b.clone()));
@@ -2928,9 +3004,8 @@ mod tests {
                 .as_deref(),
             Some("a@x.vn")
         );
-        let (_, left) = crate::journal::Journal::open(&dir.path().join(MARKS_JOURNAL)).unwrap();
         assert!(
-            left.records.is_empty(),
+            records().is_empty(),
             "in the database now: the journal is emptied"
         );
         // A fold empties the journal before the marks leave the database: a crash after it
@@ -2938,10 +3013,12 @@ mod tests {
         let c = alert("c@x.vn");
         store.record_planned(&c.key(), &c).unwrap();
         store.sync_marks().unwrap();
+        let before_fold = std::fs::read(&journal).unwrap();
         assert_eq!(store.fold_sent(&[a.key(), c.key()]).unwrap(), 2);
-        let (_, left) = crate::journal::Journal::open(&dir.path().join(MARKS_JOURNAL)).unwrap();
-        assert!(left.records.is_empty());
+        assert!(records().is_empty());
         drop(store);
+        // Nor does a copy of the journal from before the fold, put back.
+        std::fs::write(&journal, &before_fold).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store.alerts_of("ky-hop").count(),
@@ -2954,6 +3031,19 @@ mod tests {
             [0, 3, 0, 0],
             "each mail counted once"
         );
+        drop(store);
+        // Nor another state's journal.
+        let other = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(other.path()).unwrap();
+            let d = alert("d@x.vn");
+            store.record_planned(&d.key(), &d).unwrap();
+            store.sync_marks().unwrap();
+        }
+        std::fs::copy(other.path().join(MARKS_JOURNAL), &journal).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.alerts_of("ky-hop").count(), 0);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 3, 0, 0]);
     }
 
     #[test]

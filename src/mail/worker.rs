@@ -182,6 +182,10 @@ impl Worker {
             tracing::error!("cannot flush the state: {e}");
         }
         flusher.abort();
+        // A clean stop leaves the journal of sent marks empty: the database has them all.
+        if let Err(e) = tokio::task::block_in_place(|| self.store().empty_marks_journal()) {
+            tracing::error!("cannot empty the journal of sent mails: {e}");
+        }
     }
 
     /// Due deliveries, at most `limit`: fresh ones on record first (confirmations,
