@@ -494,10 +494,8 @@ fn replay_marks(t: &Trees, replay: crate::journal::Replay) -> Result<(), StoreEr
                 );
             }
         }
-        Some(h)
-            if h.rsplit_once(' ').map(|(id, _)| id)
-                == expected.rsplit_once(' ').map(|(id, _)| id) =>
-        {
+        // The same state's, from an earlier checkpoint (a damaged or later number is not).
+        Some(h) if older_marks_header(h, &expected) => {
             tracing::warn!(
                 path,
                 found = %h,
@@ -525,6 +523,19 @@ fn replay_marks(t: &Trees, replay: crate::journal::Replay) -> Result<(), StoreEr
         );
     }
     Ok(())
+}
+
+/// Whether `found` is the header of the same state's journal at an earlier checkpoint than
+/// `expected`'s.
+fn older_marks_header(found: &str, expected: &str) -> bool {
+    let split = |h: &str| -> Option<(String, u64)> {
+        let (whose, n) = h.rsplit_once(' ')?;
+        Some((whose.to_owned(), n.parse().ok()?))
+    };
+    match (split(found), split(expected)) {
+        (Some((a, n)), Some((b, m))) => a == b && n < m,
+        _ => false,
+    }
 }
 
 /// The key in `meta` of the number of checkpoints of the journal of sent marks.
@@ -3032,6 +3043,19 @@ mod tests {
             "each mail counted once"
         );
         drop(store);
+        assert!(older_marks_header("bantin marks ab 3", "bantin marks ab 7"));
+        assert!(!older_marks_header(
+            "bantin marks ab 9",
+            "bantin marks ab 7"
+        ));
+        assert!(!older_marks_header(
+            "bantin marks ab 7x",
+            "bantin marks ab 7"
+        ));
+        assert!(!older_marks_header(
+            "bantin marks cd 3",
+            "bantin marks ab 7"
+        ));
         // Nor another state's journal.
         let other = tempfile::tempdir().unwrap();
         {
