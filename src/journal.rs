@@ -12,11 +12,11 @@
 //!
 //! The file starts with a header line naming whose journal it is and since when (see
 //! [`Held::clear`]: the state's id and the number of the clear); then one record a mark: the
-//! key's length in decimal, a space, the key, the value, a newline; then zeros. The file is written full of zeros when it is
-//! made ([`PREALLOCATED`]), so that a sync overwrites blocks already on disk and its
-//! `fdatasync` has no file size to commit: about half the time of a sync that appends. A
-//! write cut short by a crash leaves an incomplete record at the end: it is dropped (its mail
-//! had not been told it was on disk, so it counts as one in flight).
+//! key's length in decimal, a space, the key, the value, a newline; then zeros. The file is
+//! written full of zeros when it is made ([`PREALLOCATED`]), so that a sync overwrites blocks
+//! already on disk and its `fdatasync` has no file size to commit: about half the time of a
+//! sync that appends. A write cut short by a crash leaves an incomplete record at the end: it
+//! is dropped (its mail had not been told it was on disk, so it counts as one in flight).
 
 use std::fs::File;
 use std::io::Read;

@@ -39,7 +39,9 @@ fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
 }
 
 /// The schema this program writes. 2: alerts sent by a fan-out are marked in the `sent`
-/// tree (a program of schema 1 would not see them, and send them again).
+/// tree (a program of schema 1 would not see them, and send them again). 3: the marks are
+/// made durable by a journal beside the database, which a program of schema 2 would not
+/// replay after a crash.
 pub const SCHEMA: u32 = 3;
 /// The tree name of an export's first line, which gives the schema it was written in.
 const SCHEMA_LINE: &str = "schema";
@@ -541,6 +543,14 @@ fn older_marks_header(found: &str, expected: &str) -> bool {
 /// The key in `meta` of the number of checkpoints of the journal of sent marks.
 const MARKS_GENERATION: &str = "marks_generation";
 
+/// How many checkpoints the journal of sent marks has had.
+fn marks_generation(t: &Trees) -> Result<u64, StoreError> {
+    Ok(t.meta
+        .get(MARKS_GENERATION)?
+        .and_then(|v| decimal::<u64>(&v))
+        .unwrap_or(0))
+}
+
 /// The header a journal of sent marks written since the last checkpoint starts with.
 fn marks_header(t: &Trees) -> Result<String, StoreError> {
     let id = t
@@ -548,12 +558,15 @@ fn marks_header(t: &Trees) -> Result<String, StoreError> {
         .get("id")?
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_default();
-    let generation = t
-        .meta
-        .get(MARKS_GENERATION)?
-        .and_then(|v| decimal::<u64>(&v))
-        .unwrap_or(0);
-    Ok(format!("bantin marks {id} {generation}"))
+    Ok(format!("bantin marks {id} {}", marks_generation(t)?))
+}
+
+/// A failed write of the journal of sent marks at `path`.
+fn journal_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Journal {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Empties the journal of sent marks, held: counts a checkpoint in the database, flushes it
@@ -561,20 +574,13 @@ fn marks_header(t: &Trees) -> Result<String, StoreError> {
 /// under the new count. A crash between the two leaves a journal of the old count, which
 /// the next start knows not to replay.
 fn marks_checkpoint(t: &Trees, held: crate::journal::Held<'_>) -> Result<(), StoreError> {
-    let generation = t
-        .meta
-        .get(MARKS_GENERATION)?
-        .and_then(|v| decimal::<u64>(&v))
-        .unwrap_or(0);
+    let next = marks_generation(t)? + 1;
     t.meta
-        .insert(MARKS_GENERATION, (generation + 1).to_string().as_bytes())?;
+        .insert(MARKS_GENERATION, next.to_string().as_bytes())?;
     t.db.flush()?;
     let header = marks_header(t)?;
     held.clear(header.as_bytes())
-        .map_err(|source| StoreError::Journal {
-            path: t.marks.path().display().to_string(),
-            source,
-        })
+        .map_err(journal_error(t.marks.path()))
 }
 
 /// Compacts `chunk` (finished deliveries with their keys) in one transaction.
@@ -1171,12 +1177,8 @@ impl Store {
             Err(_) => return Err(StoreError::Damaged { path: shown }),
         };
         let journal_path = dir.join(MARKS_JOURNAL);
-        let journal_failed = |e: std::io::Error| StoreError::Journal {
-            path: journal_path.display().to_string(),
-            source: e,
-        };
         let (marks, replay) =
-            crate::journal::Journal::open(&journal_path).map_err(journal_failed)?;
+            crate::journal::Journal::open(&journal_path).map_err(journal_error(&journal_path))?;
         let trees = Trees {
             meta: db.open_tree("meta")?,
             subscribers: db.open_tree("subscribers")?,
@@ -1911,10 +1913,7 @@ impl Store {
     /// `fdatasync` of the journal, on the calling thread (about 0.1 ms).
     pub fn sync_marks(&self) -> Result<(), StoreError> {
         let t = self.t()?;
-        let synced = t.marks.sync().map_err(|source| StoreError::Journal {
-            path: t.marks.path().display().to_string(),
-            source,
-        });
+        let synced = t.marks.sync().map_err(journal_error(t.marks.path()));
         self.written(synced)
     }
 
