@@ -545,3 +545,78 @@ fn a_relay_refusing_a_few_addresses_does_not_hold_back_everyone_else() {
     assert_eq!(json["subscribers"]["active"], 5, "nobody bounced: {json}");
     assert_eq!(json["outbox"]["sent"], 2 * good.len(), "{json}");
 }
+
+/// A connection carries at most one mail the relay took and bantin has not recorded (what a
+/// crash may send again): the next mail on it goes as far as its body, then waits for the
+/// last one's record; if that record cannot be written, the next mail is not given to the
+/// relay.
+#[test]
+fn the_next_mail_of_a_connection_waits_for_the_last_to_be_on_record() {
+    use bantin::mail::RelaySays;
+    use bantin::mail::transport::Transport;
+    use std::sync::atomic::Ordering::SeqCst;
+    let smtp = SmtpServer::start();
+    let site = site(&smtp, false);
+    let config = bantin::config::Config::from_file(&site.config()).unwrap();
+    let transport =
+        std::sync::Arc::new(Transport::from_config(&config, RelaySays::default()).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let envelope = |to: &str| {
+        lettre::address::Envelope::new(
+            Some("bantin@hdnd.test".parse().unwrap()),
+            vec![to.parse().unwrap()],
+        )
+        .unwrap()
+    };
+    let send = |to: &'static str| {
+        let transport = transport.clone();
+        let envelope = envelope(to);
+        tokio::spawn(async move {
+            transport
+                .send(&envelope, b"Subject: thu\r\n\r\nXin chao.\r\n", "x")
+                .await
+        })
+    };
+    let begun = smtp.mails_begun.clone();
+    let began = |n: usize| {
+        let begun = begun.clone();
+        async move {
+            while begun.load(SeqCst) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    runtime.block_on(async {
+        let first = send("a@x.vn")
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a receipt over SMTP");
+        assert_eq!(smtp.accepted().len(), 1);
+        let second = send("b@x.vn");
+        tokio::time::timeout(PATIENCE, began(2)).await.unwrap();
+        // Its envelope is out on the same connection; its final dot waits.
+        tokio::task::yield_now().await;
+        assert_eq!(
+            smtp.accepted().len(),
+            1,
+            "taken before the last was on record"
+        );
+        first.recorded();
+        let second = second.await.unwrap().unwrap().expect("a receipt");
+        assert_eq!(smtp.accepted().len(), 2);
+        assert_eq!(smtp.connections.load(SeqCst), 1, "the same connection");
+        // A mail whose record could not be written: the next is not given to the relay.
+        let third = send("c@x.vn");
+        tokio::time::timeout(PATIENCE, began(3)).await.unwrap();
+        drop(second);
+        assert!(matches!(
+            third.await.unwrap(),
+            Err(bantin::mail::SendError::Temporary(_))
+        ));
+        assert_eq!(smtp.accepted().len(), 2);
+    });
+}

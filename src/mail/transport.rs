@@ -19,6 +19,48 @@ use crate::config::Config;
 /// clients after a while).
 const SMTP_IDLE: Duration = Duration::from_secs(30);
 
+/// A mail the relay accepted over a pooled connection, until its outcome is on record: the
+/// sender says so ([`Receipt::recorded`]) or gives up (dropping it). The next mail on that
+/// connection waits for it before its final dot, so a connection has at most one mail taken
+/// by the relay and not on record: what a crash may send again. The sender meanwhile gives
+/// the connection back, and the next mail's envelope and body go out while the outcome is
+/// written.
+pub struct Receipt(tokio::sync::watch::Sender<Option<bool>>);
+
+impl Receipt {
+    fn new() -> (Receipt, Pending) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (Receipt(tx), Pending(rx))
+    }
+
+    /// The mail's outcome is on disk.
+    pub fn recorded(self) {
+        self.0.send_replace(Some(true));
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if self.0.borrow().is_none() {
+            self.0.send_replace(Some(false));
+        }
+    }
+}
+
+/// The other end of a [`Receipt`], kept with the connection.
+struct Pending(tokio::sync::watch::Receiver<Option<bool>>);
+
+/// Waits until the last mail of a connection is on record (`true`), or its sender gave up.
+async fn settled(pending: &mut Option<Pending>) -> bool {
+    match pending.take() {
+        None => true,
+        Some(Pending(mut rx)) => matches!(
+            rx.wait_for(Option::is_some).await.as_deref(),
+            Ok(Some(true))
+        ),
+    }
+}
+
 /// Why a mail could not be sent, as the retry policy needs it (RFC 5321 and RFC 3463: what
 /// a reply means depends on the phase it answers).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,13 +197,24 @@ impl Transport {
         }
     }
 
-    /// Sends one formatted message; `name` names the file of the `file` transport.
+    /// How many mails may be on their way at once with `concurrency` connections: over
+    /// SMTP, twice as many, so that the next mail of a connection goes out while the last
+    /// one's outcome is written (see [`Receipt`]).
+    pub fn senders(&self, concurrency: usize) -> usize {
+        match self {
+            Transport::Smtp(_) => concurrency * 2,
+            Transport::File(_) | Transport::Sendmail(..) => concurrency,
+        }
+    }
+
+    /// Sends one formatted message; `name` names the file of the `file` transport. Over
+    /// SMTP, the sender says when its outcome is on record (see [`Receipt`]).
     pub async fn send(
         &self,
         envelope: &Envelope,
         bytes: &[u8],
         name: &str,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<Receipt>, SendError> {
         match self {
             Transport::File(dir) => {
                 let path = dir.join(format!("{name}.eml"));
@@ -173,15 +226,15 @@ impl Transport {
                 })
                 .await
                 .map_err(|e| SendError::Temporary(e.to_string()))?
-                .map(|_| ())
+                .map(|_| None)
                 .map_err(|e| SendError::Temporary(format!("cannot write to mail.dir: {e}")))
             }
-            Transport::Smtp(pool) => pool.send(envelope, bytes).await,
+            Transport::Smtp(pool) => pool.send(envelope, bytes).await.map(Some),
             // A sendmail that hangs must not hold its slot for ever.
             Transport::Sendmail(sendmail, limit) => {
                 match tokio::time::timeout(*limit, sendmail.send_raw(envelope, bytes)).await {
                     Ok(sent) => sent
-                        .map(|_| ())
+                        .map(|_| None)
                         .map_err(|e| SendError::Temporary(format!("sendmail: {e}"))),
                     Err(_) => Err(SendError::Temporary(format!(
                         "sendmail: no answer within {limit:?}"
@@ -220,6 +273,9 @@ pub struct SmtpPool {
     hello: ClientId,
     /// A connection is closed after this many messages (relays limit them too).
     max_per_connection: usize,
+    /// Connections in use at once: `mail.concurrency` (senders may be more, see
+    /// [`Transport::senders`]).
+    busy: tokio::sync::Semaphore,
     /// Open connections, when each was last used, and how many mails each carried.
     idle: Mutex<Vec<Pooled>>,
     /// Noted at each connection: whether the relay takes non-ASCII addresses.
@@ -234,6 +290,8 @@ struct Pooled {
     sent: usize,
     /// The relay advertised PIPELINING on this connection.
     pipelining: bool,
+    /// The last mail it carried, until it is on record.
+    pending: Option<Pending>,
 }
 
 /// The relay login of `mail.smtp`, its password read from `password_file` or
@@ -293,6 +351,7 @@ impl SmtpPool {
                 None => ClientId::default(),
             },
             max_per_connection: smtp.max_messages_per_connection.max(1),
+            busy: tokio::sync::Semaphore::new(config.mail.concurrency.max(1)),
             idle: Mutex::default(),
             utf8,
             eight_bit: super::RelaySays::default(),
@@ -303,10 +362,15 @@ impl SmtpPool {
     /// first, a connection is opened to ask (and kept for the mail). A relay that cannot be
     /// reached gets 7 bits: that mail waits anyway.
     pub async fn eight_bit(&self) -> bool {
-        if self.eight_bit.get().is_none()
-            && let Ok(pooled) = self.fresh().await
-        {
-            self.idle.lock().expect("smtp pool").push(pooled);
+        if self.eight_bit.get().is_none() {
+            // Counted as a connection in use: senders waiting for the answer open no more
+            // than `mail.concurrency` connections between them.
+            let _busy = self.busy.acquire().await.expect("never closed");
+            if self.eight_bit.get().is_none()
+                && let Ok(pooled) = self.fresh().await
+            {
+                self.idle.lock().expect("smtp pool").push(pooled);
+            }
         }
         self.eight_bit.get() == Some(true)
     }
@@ -393,14 +457,23 @@ impl SmtpPool {
         None
     }
 
-    async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        let (mut pooled, reused) = match self.take_idle() {
+    async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Receipt, SendError> {
+        let _busy = self.busy.acquire().await.expect("never closed");
+        let (mut pooled, mut reused) = match self.take_idle() {
             Some(p) => (p, true),
             None => (self.fresh().await?, false),
         };
+        if pooled.sent >= self.max_per_connection {
+            // Closed only once its last mail is on record (see [`Receipt`]).
+            settled(&mut pooled.pending).await;
+            let _ = pooled.conn.quit().await;
+            pooled = self.fresh().await?;
+            reused = false;
+        }
         let mut result = self.exchange(&mut pooled, envelope, bytes).await;
         if reused && matches!(result, Err(Stale(_))) {
             // The relay closed the idle connection: a new one at once, not a retry.
+            settled(&mut pooled.pending).await;
             pooled = self.fresh().await?;
             result = self.exchange(&mut pooled, envelope, bytes).await;
         }
@@ -408,12 +481,10 @@ impl SmtpPool {
             Ok(()) => {
                 pooled.sent += 1;
                 pooled.since = Instant::now();
-                if pooled.sent >= self.max_per_connection {
-                    let _ = pooled.conn.quit().await;
-                } else {
-                    self.idle.lock().expect("smtp pool").push(pooled);
-                }
-                Ok(())
+                let (receipt, pending) = Receipt::new();
+                pooled.pending = Some(pending);
+                self.idle.lock().expect("smtp pool").push(pooled);
+                Ok(receipt)
             }
             // A recipient refused: the session is reset and kept (a relay does not like a
             // new connection after every unknown address).
@@ -426,12 +497,17 @@ impl SmtpPool {
                 if matches!(reset, Ok(Ok(_))) {
                     pooled.since = Instant::now();
                     self.idle.lock().expect("smtp pool").push(pooled);
+                } else {
+                    settled(&mut pooled.pending).await;
                 }
                 Err(e)
             }
             // The connection is dropped, not QUIT: a relay that hangs would not answer that
-            // either.
-            Err(e) => Err(e.into_send_error()),
+            // either. Its last mail is on record first (see [`Receipt`]).
+            Err(e) => {
+                settled(&mut pooled.pending).await;
+                Err(e.into_send_error())
+            }
         }
     }
 
@@ -442,6 +518,7 @@ impl SmtpPool {
             since: Instant::now(),
             sent: 0,
             pipelining,
+            pending: None,
         })
     }
 
@@ -530,6 +607,15 @@ impl SmtpPool {
                 }
             }
             step(command, Phase::Data, conn.command(Data)).await?;
+        }
+        // The mail before it on this connection is on record before this one can be taken.
+        if !tokio::time::timeout(self.timeouts.data_end, settled(&mut pooled.pending))
+            .await
+            .unwrap_or(false)
+        {
+            return Err(Exchange::Failed(SendError::Temporary(
+                "the mail before it on this connection could not be recorded".into(),
+            )));
         }
         // The message, dot-stuffed, and its final dot in one write.
         step(

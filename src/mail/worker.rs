@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::message::{ComposeError, Composer, Content, key_file_name};
 use super::outbox::{Outbox, Pause};
-use super::transport::{SendError, Transport};
+use super::transport::{Receipt, SendError, Transport};
 use crate::article::Article;
 use crate::config::Config;
 use crate::library::Entry;
@@ -64,7 +64,8 @@ pub struct Worker {
     outbox: Outbox,
     composer: Composer,
     transport: Transport,
-    concurrency: usize,
+    /// Mails on their way at once (see [`Transport::senders`]).
+    senders: usize,
     rate_per_second: f64,
     retry: RetryPolicy,
     commit: Committer,
@@ -138,14 +139,14 @@ impl Worker {
         Ok(Worker {
             outbox,
             composer,
-            transport,
-            concurrency: config.mail.concurrency.max(1),
+            senders: transport.senders(config.mail.concurrency.max(1)),
             rate_per_second: config.mail.rate_per_second,
             retry: RetryPolicy {
                 initial_ms: config.mail.retry_initial_ms.max(1),
                 max_ms: config.mail.retry_max_ms.max(1),
                 lifetime_ms: (config.mail.retry_lifetime_secs as i64).saturating_mul(1000),
             },
+            transport,
             commit: Committer::new(),
             rejections: Mutex::default(),
             selective: Mutex::default(),
@@ -223,7 +224,7 @@ impl Worker {
 
     async fn send_loop(self: &Arc<Self>, stop: Arc<tokio::sync::Notify>) {
         let clock = &self.outbox.clock;
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.senders));
         let interval = (self.rate_per_second > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / self.rate_per_second));
         let mut next_slot = tokio::time::Instant::now();
@@ -293,7 +294,7 @@ impl Worker {
                 continue;
             }
             if probe {
-                let _ = slots.acquire_many(self.concurrency as u32).await;
+                let _ = slots.acquire_many(self.senders as u32).await;
                 // One mail at a time; while the relay refuses them as it refused the others
                 // (a few addresses it will not take may come first in line), the next.
                 let mut tried = 0;
@@ -376,7 +377,7 @@ impl Worker {
 
     /// Waits for the mails in flight to finish.
     async fn drain(&self, slots: Arc<tokio::sync::Semaphore>) {
-        let _ = slots.acquire_many(self.concurrency as u32).await;
+        let _ = slots.acquire_many(self.senders as u32).await;
     }
 
     /// Reads what `d` is about. `Err` when our side cannot (the article went).
@@ -417,7 +418,7 @@ impl Worker {
         d: &Delivery,
         loaded: Loaded,
         subscriber: Option<&Subscriber>,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<Receipt>, SendError> {
         let content = match &loaded {
             Loaded::Alert(a, entry) => Content::Alert(a, entry),
             Loaded::Correction(c) => Content::Correction(&c.0, &c.1, &c.2),
@@ -534,8 +535,10 @@ impl Worker {
         }
         d.attempts += 1;
         d.updated_ms = now;
+        let mut receipt = None;
         match outcome {
-            Ok(()) => {
+            Ok(taken) => {
+                receipt = taken;
                 d.state = DeliveryState::Sent;
                 d.error = None;
                 metrics.sent.inc();
@@ -571,7 +574,7 @@ impl Worker {
                 }
             }
         }
-        self.finish(key, &d, queued).await;
+        self.finish_taken(key, &d, queued, receipt).await;
         if d.state == DeliveryState::Sent
             && matches!(d.kind, Kind::Alert { .. } | Kind::Digest { .. })
         {
@@ -753,6 +756,18 @@ impl Worker {
     /// An alert planned in memory has its first record written here; once flushed, its
     /// window may settle.
     async fn finish(&self, key: &str, d: &Delivery, queued: &Queued) {
+        self.finish_taken(key, d, queued, None).await
+    }
+
+    /// [`Worker::finish`] for a mail the relay took over a connection that waits for it to
+    /// be on record (see [`Receipt`]).
+    async fn finish_taken(
+        &self,
+        key: &str,
+        d: &Delivery,
+        queued: &Queued,
+        receipt: Option<Receipt>,
+    ) {
         let recorded = if queued.planned {
             self.store().record_planned(key, d)
         } else {
@@ -764,6 +779,9 @@ impl Worker {
             Ok(recorded) => self.commit.wait(recorded).await,
             Err(e) => Err(e.to_string()),
         };
+        if let (Ok(()), Some(receipt)) = (&written, receipt) {
+            receipt.recorded();
+        }
         match written {
             Ok(()) if queued.planned => {
                 if let Err(e) = self.outbox.settled(key) {
