@@ -55,6 +55,17 @@ def up(port):
         return False
 
 
+def started(port):
+    """bantin's /healthz says `ok`: the store is read and watched. It serves earlier (and
+    says `serving; starting`): an article published then is part of the first start's
+    baseline, which nobody is mailed for."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
 def dkim_keys(work):
     """Writes an RSA (PKCS#1 PEM) and an Ed25519 (base64 seed) key; returns the DNS TXT
     records of their public halves, by selector."""
@@ -145,7 +156,7 @@ algorithm = "ed25519"
                        check=True)
         log = open(os.path.join(work, "bantin.log"), "w")
         procs.append(subprocess.Popen([binary, "--config", config, "run"], stderr=log))
-        wait("bantin", lambda: up(http_port))
+        wait("bantin", lambda: started(http_port))
         incoming = os.path.join(work, "incoming.txt")
         with open(incoming, "w", encoding="utf-8") as f:
             f.write(f"THÔNG BÁO\n\n{TITLE}\nNgày đăng 20/11/2026 | 08:00\n\nNội dung thông báo.\n\n"
