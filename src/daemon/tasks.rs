@@ -460,7 +460,7 @@ pub fn admin_socket(
                             relay_utf8: outbox.relay_utf8.get(),
                             store_dir: &store_dir,
                             on_queued: &wake,
-                            planned: &|article| outbox.unsettled(article),
+                            planned: &|article| outbox.unrecorded(article),
                         };
                         crate::admin::execute(&ctx, request)
                     })

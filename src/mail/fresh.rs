@@ -16,6 +16,8 @@ struct Planned {
     delivery: Delivery,
     article: String,
     window: u64,
+    /// Its outcome is written (settled once that is on disk): counted there, not here.
+    recorded: bool,
 }
 
 /// A window of a fan-out: where the record moves once its mails are settled.
@@ -71,11 +73,19 @@ impl Fresh {
         self.queue.len()
     }
 
-    /// Planned and not settled (waiting or in flight): all, or those of one article.
-    pub fn unsettled(&self, article: Option<&str>) -> usize {
-        match article {
-            None => self.planned.len(),
-            Some(a) => self.planned.values().filter(|p| p.article == a).count(),
+    /// Planned and without an outcome on record (waiting or in flight): all, or those of
+    /// one article.
+    pub fn unrecorded(&self, article: Option<&str>) -> usize {
+        self.planned
+            .values()
+            .filter(|p| !p.recorded && article.is_none_or(|a| p.article == a))
+            .count()
+    }
+
+    /// The outcome of `key` is written (not yet on disk: [`Fresh::settled`] follows).
+    pub fn recorded(&mut self, key: &str) {
+        if let Some(p) = self.planned.get_mut(key) {
+            p.recorded = true;
         }
     }
 
@@ -126,6 +136,7 @@ impl Fresh {
                     delivery: d,
                     article: article.to_owned(),
                     window: seq,
+                    recorded: false,
                 },
             );
         }
@@ -141,7 +152,9 @@ impl Fresh {
 
     /// `key`, taken and not sent, goes first in line again.
     pub fn put_back(&mut self, key: String) {
-        if self.planned.contains_key(&key) {
+        if let Some(p) = self.planned.get_mut(&key) {
+            // Waiting again (its outcome did not reach the disk).
+            p.recorded = false;
             self.queue.push_front(key);
         }
     }
@@ -258,6 +271,16 @@ mod tests {
         assert!(fresh.resume("tin", &record("", false)).is_none());
         let keys = fresh.take(10);
         assert_eq!(keys.len(), 3);
+        // A mail whose outcome is written is counted by its record, not here too; one put
+        // back (its outcome did not reach the disk) waits again.
+        assert_eq!(fresh.unrecorded(None), 3);
+        fresh.recorded(&keys[2]);
+        fresh.recorded(&keys[0]);
+        assert_eq!(fresh.unrecorded(None), 1);
+        assert_eq!(fresh.unrecorded(Some("khac")), 0);
+        fresh.put_back(keys[0].clone());
+        assert_eq!(fresh.unrecorded(Some("tin")), 2);
+        assert_eq!(fresh.take(10), [keys[0].clone()]);
         // The second window settled first: the record waits for the first.
         assert_eq!(fresh.settled(&keys[2]), None);
         assert_eq!(fresh.settled(&keys[0]), None);
@@ -266,7 +289,7 @@ mod tests {
         assert_eq!(next.after, "c@x.vn");
         assert!(next.done);
         assert!(fresh.articles().is_empty());
-        assert_eq!(fresh.unsettled(None), 0);
+        assert_eq!(fresh.unrecorded(None), 0);
     }
 
     #[test]
@@ -295,6 +318,6 @@ mod tests {
         assert_eq!(waiting[0].1.email, "b@x.vn");
         assert_eq!(fresh.waiting(), 0);
         assert_eq!(fresh.settled(&sending[0]), None);
-        assert_eq!(fresh.unsettled(None), 0);
+        assert_eq!(fresh.unrecorded(None), 0);
     }
 }

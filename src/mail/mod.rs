@@ -132,7 +132,7 @@ impl ScrapedGauges {
                 n
             }
         };
-        counted + self.fresh.lock().expect("fresh").unsettled(None)
+        counted + self.fresh.lock().expect("fresh").unrecorded(None)
     }
 }
 

@@ -558,10 +558,16 @@ impl Outbox {
         }
     }
 
-    /// Alerts planned in memory and not settled yet (waiting or being sent): all, or
-    /// those of one article. They have no record yet: `status` counts them as pending.
-    pub fn unsettled(&self, article: Option<&str>) -> usize {
-        self.fresh.lock().expect("fresh").unsettled(article)
+    /// Alerts planned in memory and without an outcome on record (waiting or being sent):
+    /// all, or those of one article. `status` counts them as pending.
+    pub fn unrecorded(&self, article: Option<&str>) -> usize {
+        self.fresh.lock().expect("fresh").unrecorded(article)
+    }
+
+    /// The outcome of a planned alert is written: `status` counts it by its record (or
+    /// mark) from now on, not twice while it goes to disk.
+    pub fn recorded(&self, key: &str) {
+        self.fresh.lock().expect("fresh").recorded(key);
     }
 
     /// The delivery under `key`: planned in memory, or on record.

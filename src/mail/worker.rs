@@ -769,7 +769,11 @@ impl Worker {
         receipt: Option<Receipt>,
     ) {
         let recorded = if queued.planned {
-            self.store().record_planned(key, d)
+            let recorded = self.store().record_planned(key, d);
+            if recorded.is_ok() {
+                self.outbox.recorded(key);
+            }
+            recorded
         } else {
             self.store()
                 .update(key, d, Some(queued))
