@@ -21,10 +21,10 @@ const SMTP_IDLE: Duration = Duration::from_secs(30);
 
 /// A mail the relay accepted over a pooled connection, until its outcome is on record: the
 /// sender says so ([`Receipt::recorded`]) or gives up (dropping it). The next mail on that
-/// connection waits for it before its final dot, so a connection has at most one mail taken
-/// by the relay and not on record: what a crash may send again. The sender meanwhile gives
-/// the connection back, and the next mail's envelope and body go out while the outcome is
-/// written.
+/// connection waits for it before its body and final dot, so a connection has at most one
+/// mail taken by the relay and not on record: what a crash may send again. The sender
+/// meanwhile gives the connection back, and the next mail's envelope (MAIL FROM, RCPT TO,
+/// DATA) goes out while the outcome is written.
 pub struct Receipt(tokio::sync::watch::Sender<Option<bool>>);
 
 impl Receipt {
@@ -87,6 +87,9 @@ pub enum SendError {
     /// attempt is counted.
     #[error("{0}")]
     Ours(String),
+    /// bantin is stopping: the mail was not given to the relay, and stays as it was.
+    #[error("bantin is stopping")]
+    Stopping,
     /// This mail cannot be made (our side could not render it): the delivery fails, the
     /// subscriber stays.
     #[error("{0}")]
@@ -198,12 +201,20 @@ impl Transport {
     }
 
     /// How many mails may be on their way at once with `concurrency` connections: over
-    /// SMTP, twice as many, so that the next mail of a connection goes out while the last
+    /// SMTP, twice as many, so that the next mail of a connection starts while the last
     /// one's outcome is written (see [`Receipt`]).
     pub fn senders(&self, concurrency: usize) -> usize {
         match self {
             Transport::Smtp(_) => concurrency * 2,
             Transport::File(_) | Transport::Sendmail(..) => concurrency,
+        }
+    }
+
+    /// Opens no more connections: bantin is stopping. A mail not yet on one gets
+    /// [`SendError::Stopping`].
+    pub fn close(&self) {
+        if let Transport::Smtp(pool) = self {
+            pool.close();
         }
     }
 
@@ -365,7 +376,9 @@ impl SmtpPool {
         if self.eight_bit.get().is_none() {
             // Counted as a connection in use: senders waiting for the answer open no more
             // than `mail.concurrency` connections between them.
-            let _busy = self.busy.acquire().await.expect("never closed");
+            let Ok(_busy) = self.busy.acquire().await else {
+                return false; // stopping
+            };
             if self.eight_bit.get().is_none()
                 && let Ok(pooled) = self.fresh().await
             {
@@ -457,16 +470,25 @@ impl SmtpPool {
         None
     }
 
+    /// No more connections: bantin is stopping (the mails on their way finish).
+    fn close(&self) {
+        self.busy.close();
+    }
+
     async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Receipt, SendError> {
-        let _busy = self.busy.acquire().await.expect("never closed");
+        let Ok(_busy) = self.busy.acquire().await else {
+            return Err(SendError::Stopping);
+        };
         let (mut pooled, mut reused) = match self.take_idle() {
             Some(p) => (p, true),
             None => (self.fresh().await?, false),
         };
         if pooled.sent >= self.max_per_connection {
-            // Closed only once its last mail is on record (see [`Receipt`]).
+            // Closed only once its last mail is on record (see [`Receipt`]), and before
+            // the next is opened (QUIT leaves the socket to its drop).
             settled(&mut pooled.pending).await;
             let _ = pooled.conn.quit().await;
+            drop(pooled);
             pooled = self.fresh().await?;
             reused = false;
         }
@@ -474,6 +496,7 @@ impl SmtpPool {
         if reused && matches!(result, Err(Stale(_))) {
             // The relay closed the idle connection: a new one at once, not a retry.
             settled(&mut pooled.pending).await;
+            drop(pooled);
             pooled = self.fresh().await?;
             result = self.exchange(&mut pooled, envelope, bytes).await;
         }
@@ -751,6 +774,7 @@ mod tests {
             SendError::Ours(_) => "ours",
             SendError::Failed(_) => "failed",
             SendError::NeedsSevenBit => "7bit",
+            SendError::Stopping => "stopping",
         }
     }
 

@@ -377,6 +377,9 @@ impl Worker {
 
     /// Waits for the mails in flight to finish.
     async fn drain(&self, slots: Arc<tokio::sync::Semaphore>) {
+        // A mail waiting for a connection is not begun now: it waits for the next start
+        // rather than for a relay that may hang.
+        self.transport.close();
         let _ = slots.acquire_many(self.senders as u32).await;
     }
 
@@ -508,6 +511,14 @@ impl Worker {
             }
             Err(e) => Err(SendError::Failed(e.to_string())),
         };
+        if let Err(SendError::Stopping) = outcome {
+            // Not given to the relay: as it was (a planned alert waits in memory, and the
+            // next start plans its window again).
+            if queued.planned {
+                self.outbox.put_back(std::iter::once(queued.clone()));
+            }
+            return;
+        }
         let now = clock.now_ms();
         let outcome = match outcome {
             Err(SendError::Rejected(why)) if self.same_rejection(&why, &d.email) => {
