@@ -620,3 +620,37 @@ fn the_next_mail_of_a_connection_waits_for_the_last_to_be_on_record() {
         assert_eq!(smtp.accepted().len(), 2);
     });
 }
+
+/// At a stop, a mail not yet on a connection is not begun: it stays as it was for the next
+/// start, rather than wait out a relay that may hang.
+#[test]
+fn a_closed_transport_begins_no_mail() {
+    use bantin::mail::RelaySays;
+    use bantin::mail::transport::Transport;
+    let smtp = SmtpServer::start();
+    let site = site(&smtp, false);
+    let config = bantin::config::Config::from_file(&site.config()).unwrap();
+    let transport = Transport::from_config(&config, RelaySays::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let envelope = lettre::address::Envelope::new(
+        Some("bantin@hdnd.test".parse().unwrap()),
+        vec!["a@x.vn".parse().unwrap()],
+    )
+    .unwrap();
+    transport.close();
+    let sent =
+        runtime.block_on(transport.send(&envelope, b"Subject: thu\r\n\r\nXin chao.\r\n", "x"));
+    assert!(
+        matches!(sent, Err(bantin::mail::SendError::Stopping)),
+        "{:?}",
+        sent.err()
+    );
+    assert_eq!(
+        smtp.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(smtp.accepted().is_empty());
+}
