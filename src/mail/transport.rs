@@ -675,8 +675,41 @@ fn as_text(message: &[u8]) -> std::borrow::Cow<'_, str> {
 /// sends, without a stuffed copy first.
 struct Stuffed<'a>(&'a str);
 
+impl Stuffed<'_> {
+    /// Whether every line of the text is ended by CRLF already, as in a composed mail: then
+    /// only the dots that begin lines are added, between runs of text written as they are
+    /// (one write a line cost several times more).
+    fn crlf(&self) -> bool {
+        let bytes = self.0.as_bytes();
+        bytes.ends_with(b"\n")
+            && memchr::memchr_iter(b'\n', bytes).all(|i| i > 0 && bytes[i - 1] == b'\r')
+    }
+}
+
 impl std::fmt::Display for Stuffed<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.crlf() {
+            return self.by_line(f);
+        }
+        static DOT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n."));
+        let mut rest = self.0;
+        if rest.starts_with('.') {
+            f.write_str(".")?;
+        }
+        while let Some(i) = DOT.find(rest.as_bytes()) {
+            // Up to the line's dot, then the dot again: it is written with what follows.
+            f.write_str(&rest[..=i])?;
+            f.write_str(".")?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)?;
+        f.write_str(".\r\n")
+    }
+}
+
+impl Stuffed<'_> {
+    fn by_line(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for line in self.0.split_inclusive('\n') {
             let line = line.strip_suffix('\n').unwrap_or(line);
             let line = line.strip_suffix('\r').unwrap_or(line);
@@ -788,6 +821,41 @@ mod tests {
         assert_eq!(stuffed(b"a\r\n.b\r\n"), "a\r\n..b\r\n.\r\n");
         assert_eq!(stuffed(b".a\nb"), "..a\r\nb\r\n.\r\n");
         assert_eq!(stuffed("ạ\r\n".as_bytes()), "ạ\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\nb\n"), "a\r\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\n.\r\n"), "a\r\n..\r\n.\r\n");
+        assert_eq!(stuffed(b"\n"), "\r\n.\r\n");
+        assert_eq!(stuffed(b""), ".\r\n");
+    }
+
+    #[test]
+    fn a_text_sent_as_it_is_reads_as_stuffed_line_by_line() {
+        struct ByLine<'a>(Stuffed<'a>);
+        impl std::fmt::Display for ByLine<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.by_line(f)
+            }
+        }
+        let samples = [
+            "a\r\nb\r\n",
+            "\r\n",
+            "a\rb\r\n",
+            "Kỳ họp\r\n\r\n. dấu chấm\r\n.wrap {}\r\n..\r\n",
+            ".\r\n.\r\n",
+            "a.\r\n.b",
+            "a\r\n\n",
+            "x\r\ny",
+        ];
+        let mut crlf = 0;
+        for text in samples {
+            let stuffed = Stuffed(text);
+            crlf += usize::from(stuffed.crlf());
+            assert_eq!(
+                stuffed.to_string(),
+                ByLine(Stuffed(text)).to_string(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(crlf, 5, "all but the last three end every line with CRLF");
     }
 
     #[test]
