@@ -2,6 +2,7 @@
 //! complete message with its list headers and DKIM signature. Pure: the articles, the
 //! subscriber's choices and the date are handed in; nothing here reads the store or the clock.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -136,6 +137,9 @@ pub struct Rendered {
 struct Filled {
     shared: Arc<Shared>,
     personal: Personal,
+    /// The text and HTML are left empty until needed: a mail sent in 8 bits takes its
+    /// body from the shared one, encoded once (see [`Rendered::complete`]).
+    pending: bool,
 }
 
 impl Filled {
@@ -182,6 +186,19 @@ impl Filled {
     }
 }
 
+impl Rendered {
+    /// This rendering with its text and HTML, when they were left to be filled in.
+    fn complete(mut self) -> Rendered {
+        if let Some(filled) = self.filled.as_mut().filter(|f| f.pending) {
+            let shared = &filled.shared.rendered;
+            self.text = filled.personal.put_in(&shared.text);
+            self.html = filled.personal.put_in(&shared.html);
+            filled.pending = false;
+        }
+        self
+    }
+}
+
 impl std::fmt::Debug for Filled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Filled")
@@ -218,12 +235,17 @@ pub struct Composed {
     pub bytes: Vec<u8>,
 }
 
+/// Room for a mail's headers, which are about 1 KB.
+const HEADERS_SIZE: usize = 2048;
+
 /// Turns deliveries into messages.
 pub struct Composer {
     templates: SharedTemplates,
     site: crate::site::SharedSite,
     tz: Tz,
     from: Mailbox,
+    /// The From header, encoded once.
+    from_header: HeaderValue,
     list_id: String,
     /// The path of `site.base_url` without slashes at its ends (empty for a site at the
     /// root of its host).
@@ -318,6 +340,8 @@ struct Shared {
     /// at the first recipient. A template that does more with the links than print them
     /// (cuts or counts them) is rendered for each recipient instead.
     faithful: std::sync::OnceLock<bool>,
+    /// Its Subject and List-Id headers, encoded once.
+    headers: std::sync::OnceLock<(HeaderValue, HeaderValue)>,
 }
 
 impl Shared {
@@ -380,6 +404,7 @@ impl Composer {
             templates,
             site,
             tz: config.timezone().map_err(MailError::Config)?,
+            from_header: from_header(&from),
             from,
             list_id,
             domain,
@@ -396,6 +421,18 @@ impl Composer {
     /// An alert or a correction is rendered once for all its recipients with the same line
     /// saying why the mail came, and only the tokens of their links are filled in.
     pub fn render(
+        &self,
+        delivery: &Delivery,
+        content: Content<'_>,
+        subscriber: Option<&crate::subscriber::Subscriber>,
+    ) -> Result<Rendered, ComposeError> {
+        self.render_to_send(delivery, content, subscriber)
+            .map(Rendered::complete)
+    }
+
+    /// [`Composer::render`] for [`Composer::message`], which fills in the text and HTML
+    /// only if it does not take the shared body.
+    pub fn render_to_send(
         &self,
         delivery: &Delivery,
         content: Content<'_>,
@@ -460,6 +497,7 @@ impl Composer {
                     rendered,
                     body: std::sync::OnceLock::new(),
                     faithful: std::sync::OnceLock::new(),
+                    headers: std::sync::OnceLock::new(),
                 });
                 let mut shared = self.shared.lock().expect("shared renderings");
                 if shared.len() >= SHARED_KEPT {
@@ -480,13 +518,19 @@ impl Composer {
         };
         match shared.faithful.get() {
             Some(true) => {
-                let filled = fill(&personal);
+                let r = &shared.rendered;
                 Ok(Rendered {
+                    subject: r.subject.clone(),
+                    text: String::new(),
+                    html: String::new(),
+                    bulk: r.bulk,
+                    calendar: r.calendar.clone(),
+                    answers,
                     filled: Some(Filled {
                         shared: shared.clone(),
                         personal,
+                        pending: true,
                     }),
-                    ..filled
                 })
             }
             Some(false) => {
@@ -707,80 +751,136 @@ impl Composer {
                 format!("unsubscribe+{token}@{domain}"),
             )
         });
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(to.clone())
-            .subject(rendered.subject)
-            .message_id(Some(self.message_id(key)))
-            .date(date.into())
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Id"),
-                format!(
-                    "{} <{}>",
-                    self.site.read().expect("site").title,
-                    self.list_id
-                ),
-            ))
-            // Out-of-office and other robots do not answer (RFC 3834).
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("Auto-Submitted"),
-                "auto-generated".into(),
-            ));
-        if let Some((sender, _)) = &verp {
-            let sender: Address = sender
-                .parse()
-                .map_err(|e| ComposeError::Build(format!("return path '{sender}': {e}")))?;
-            let envelope = lettre::address::Envelope::new(Some(sender), vec![to.email.clone()])
-                .map_err(|e| ComposeError::Build(e.to_string()))?;
-            builder = builder.envelope(envelope);
+        use lettre::message::header::{self as h, Header};
+        // The headers in the order lettre's builder puts them, each encoded as it does; the
+        // article's own (subject, list) are encoded once for all its recipients.
+        let common = match &rendered.filled {
+            Some(filled) => filled.shared.headers.get_or_init(|| {
+                (
+                    h::Subject::from(rendered.subject.clone()).display(),
+                    self.list_id_header(&filled.shared.site.title),
+                )
+            }),
+            None => &(
+                h::Subject::from(rendered.subject.clone()).display(),
+                self.list_id_header(&self.site.read().expect("site").title),
+            ),
+        };
+        let mut headers = Vec::with_capacity(16);
+        headers.push(self.from_header.clone());
+        headers.push(h::To::from(lettre::message::Mailboxes::from(to.clone())).display());
+        headers.push(common.0.clone());
+        headers.push(h::MessageId::from(self.message_id(key)).display());
+        headers.push(h::Date::new(date.into()).display());
+        headers.push(common.1.clone());
+        // Out-of-office and other robots do not answer (RFC 3834).
+        headers.push(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".into(),
+        ));
+        let envelope = match &verp {
+            Some((sender, _)) => {
+                let sender: Address = sender
+                    .parse()
+                    .map_err(|e| ComposeError::Build(format!("return path '{sender}': {e}")))?;
+                lettre::address::Envelope::new(Some(sender), vec![to.email.clone()])
+            }
+            None => lettre::address::Envelope::new(
+                Some(self.from.email.clone()),
+                vec![to.email.clone()],
+            ),
         }
+        .map_err(|e| ComposeError::Build(e.to_string()))?;
         if let Some(answered) = &rendered.answers {
             // Threaded under the mail the person received (RFC 5322 §3.6.4).
             let id = self.message_id(answered);
-            builder = builder.in_reply_to(id.clone()).references(id);
+            headers.push(h::InReplyTo::from(id.clone()).display());
+            headers.push(h::References::from(id).display());
         }
         if rendered.bulk {
-            let https = self
-                .links
-                .unsubscribe_url(&delivery.email, delivery.created_ms.div_euclid(1000));
+            let https = match &rendered.filled {
+                // The token the body carries already.
+                Some(filled) => self
+                    .links
+                    .token_url("unsubscribe", &filled.personal.unsubscribe),
+                None => self
+                    .links
+                    .unsubscribe_url(&delivery.email, delivery.created_ms.div_euclid(1000)),
+            };
             let value = match &verp {
                 Some((_, mailto)) => {
                     format!("<{https}>, <mailto:{mailto}?subject=unsubscribe>")
                 }
                 None => format!("<{https}>"),
             };
-            builder = builder
-                .raw_header(HeaderValue::new(
-                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                    value,
-                ))
-                .raw_header(HeaderValue::new(
-                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
-                    "List-Unsubscribe=One-Click".into(),
-                ));
+            headers.push(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                value,
+            ));
+            headers.push(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
         }
         // The multipart's own Content-Type goes into the message's headers, so that DKIM
         // covers it (lettre signs only the message's headers, and writes a multipart's
         // Content-Type with the body).
-        let (content_type, body) = match (&rendered.filled, eight_bit) {
-            (Some(filled), true) => match filled.body() {
-                Some(body) => body,
-                None => mime_body(rendered.text, rendered.html, rendered.calendar, true)?,
-            },
-            _ => mime_body(rendered.text, rendered.html, rendered.calendar, eight_bit)?,
+        let shared_body = match (&rendered.filled, eight_bit) {
+            (Some(filled), true) => filled.body(),
+            _ => None,
         };
+        let (content_type, body) = match shared_body {
+            Some(body) => body,
+            None => {
+                let r = rendered.complete();
+                mime_body(r.text, r.html, r.calendar, eight_bit)?
+            }
+        };
+        headers.push(h::MIME_VERSION_1_0.display());
+        headers.push(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Content-Type"),
+            content_type,
+        ));
+        let encoding = body.encoding();
+        headers.push(encoding.display());
+        let body = body.into_vec();
+        // As lettre formats a message: its headers (encoded and folded already), an empty
+        // line, the body.
+        let mut all = lettre::message::header::Headers::with_capacity(headers.len());
+        for value in &headers {
+            all.insert_raw(value.clone());
+        }
+        let mut text = String::with_capacity(HEADERS_SIZE);
+        write!(text, "{all}\r\n").expect("a String takes any text");
+        let mut bytes = text.into_bytes();
+        bytes.reserve_exact(body.len());
+        bytes.extend_from_slice(&body);
+        if !self.dkim.is_empty() {
+            bytes = self.signed(headers, &envelope, (body, encoding), bytes)?;
+        }
+        Ok(Composed { envelope, bytes })
+    }
+
+    /// `unsigned` (the message of `headers` and `body`) with a DKIM-Signature of each key in
+    /// front of it. lettre keeps one DKIM-Signature header: each key signs the unsigned
+    /// message and the signatures are put in front of it (none covers another, as RFC 6376
+    /// allows).
+    fn signed(
+        &self,
+        headers: Vec<HeaderValue>,
+        envelope: &lettre::address::Envelope,
+        (body, encoding): (Vec<u8>, ContentTransferEncoding),
+        unsigned: Vec<u8>,
+    ) -> Result<Vec<u8>, ComposeError> {
+        let mut builder = Message::builder().envelope(envelope.clone());
+        for value in headers {
+            builder = builder.raw_header(value);
+        }
         let message = builder
-            .header(lettre::message::header::MIME_VERSION_1_0)
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("Content-Type"),
-                content_type,
-            ))
-            .body(body)
+            .body(Body::dangerous_pre_encoded(body, encoding))
             .map_err(|e| ComposeError::Build(e.to_string()))?;
-        // lettre keeps one DKIM-Signature header: each key signs the unsigned message and
-        // the signatures are put in front of it (none covers another, as RFC 6376 allows).
         let mut signatures = lettre::message::header::Headers::new();
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(unsigned.len() + 1024);
         for dkim in &self.dkim {
             let mut signed = message.clone();
             signed.sign(dkim);
@@ -793,16 +893,23 @@ impl Composer {
                 signatures.clear();
             }
         }
-        if bytes.is_empty() {
-            bytes = message.formatted();
-        } else {
-            bytes.extend_from_slice(&message.formatted());
-        }
-        Ok(Composed {
-            envelope: message.envelope().clone(),
-            bytes,
-        })
+        bytes.extend_from_slice(&unsigned);
+        Ok(bytes)
     }
+
+    /// The List-Id header of a site titled `title`.
+    fn list_id_header(&self, title: &str) -> HeaderValue {
+        HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Id"),
+            format!("{title} <{}>", self.list_id),
+        )
+    }
+}
+
+/// The From header of `from`, as lettre's builder makes it.
+fn from_header(from: &Mailbox) -> HeaderValue {
+    use lettre::message::header::Header;
+    lettre::message::header::From::from(lettre::message::Mailboxes::from(from.clone())).display()
 }
 
 /// The body of a mail: its text and HTML as alternatives, with the event's calendar
@@ -1183,6 +1290,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         site: crate::site::share_site(site.clone()),
         tz: chrono_tz::Asia::Ho_Chi_Minh,
         from: "mau@example.vn".parse().expect("valid address"),
+        from_header: from_header(&"mau@example.vn".parse().expect("valid address")),
         list_id: "mau.example.vn".into(),
         scope: String::new(),
         domain: "example.vn".into(),
@@ -1281,6 +1389,11 @@ mod tests {
             from: "HĐND quận Cầu Giấy <bantin@hdnd.example.vn>"
                 .parse()
                 .unwrap(),
+            from_header: from_header(
+                &"HĐND quận Cầu Giấy <bantin@hdnd.example.vn>"
+                    .parse()
+                    .unwrap(),
+            ),
             list_id: "bantin.hdnd.example.vn".into(),
             scope: String::new(),
             domain: "hdnd.example.vn".into(),
@@ -1788,5 +1901,128 @@ mod tests {
         );
         assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
         assert!(text.contains("Auto-Submitted: auto-generated"));
+    }
+
+    /// The message's headers, names only, in order (continuation lines left out).
+    fn header_names(mail: &str) -> Vec<&str> {
+        let (head, _) = mail.split_once("\r\n\r\n").expect("headers end");
+        head.split("\r\n")
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .map(|l| l.split_once(':').expect("a header").0)
+            .collect()
+    }
+
+    #[test]
+    fn a_mail_is_formatted_as_lettre_formats_the_message_it_signs() {
+        let plain = composer();
+        // A new one each time: it renders each mail on its own, not filled into a shared
+        // rendering.
+        let signing = || {
+            let mut c = composer();
+            c.dkim = vec![lettre::message::dkim::DkimConfig::default_config(
+                "bantin".into(),
+                "hdnd.example.vn".into(),
+                lettre::message::dkim::DkimSigningKey::new(
+                    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+                    lettre::message::dkim::DkimSigningAlgorithm::Ed25519,
+                )
+                .unwrap(),
+            )];
+            c
+        };
+        let a = sample_event();
+        let entry = sample_entry(&a);
+        let record = sample_correction(&a);
+        let alert = alert_of(&a);
+        let correction = Delivery::new(
+            Kind::Correction {
+                article: a.id.clone(),
+                n: 1,
+                reply_to: alert.key(),
+            },
+            "dan@x.vn",
+            0,
+        );
+        let confirm = Delivery::new(Kind::Confirm { at: 0 }, "dan@x.vn", 0);
+        let categories = ["THÔNG BÁO".to_string()];
+        let cases: [(&Delivery, Content, &[&str]); 3] = [
+            (
+                &alert,
+                Content::Alert(&a, &entry),
+                &["List-Unsubscribe", "List-Unsubscribe-Post"],
+            ),
+            (
+                &correction,
+                Content::Correction(&a, &entry, &record),
+                &[
+                    "In-Reply-To",
+                    "References",
+                    "List-Unsubscribe",
+                    "List-Unsubscribe-Post",
+                ],
+            ),
+            (
+                &confirm,
+                Content::Confirm {
+                    schedule: Schedule::Daily,
+                    categories: &categories,
+                    active: false,
+                },
+                &[],
+            ),
+        ];
+        let date = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        for (d, content, middle) in cases {
+            for eight_bit in [true, false] {
+                // Twice: the second recipient of an alert is filled into the shared rendering.
+                for _ in 0..2 {
+                    // As the worker renders it to send: the text and HTML are left to fill
+                    // in when the body is shared.
+                    let to_send = plain.render_to_send(d, content, Some(&reader())).unwrap();
+                    let ours = plain
+                        .message(&d.key(), d, to_send, date, eight_bit)
+                        .unwrap();
+                    let signing = signing();
+                    let r = signing.render(d, content, Some(&reader())).unwrap();
+                    let signed = signing.message(&d.key(), d, r, date, eight_bit).unwrap();
+                    let ours = String::from_utf8(ours.bytes).unwrap();
+                    let signed = String::from_utf8(signed.bytes).unwrap();
+                    let (signature, rest) = signed.split_at(signed.find("From: ").unwrap());
+                    assert!(signature.starts_with("DKIM-Signature: "), "{signed}");
+                    // The bodies' MIME boundaries are made anew for each message.
+                    let boundaries = |m: &str| {
+                        let mut m = m.to_owned();
+                        for n in 0.. {
+                            let Some(at) = m.find("boundary=\"").map(|at| at + 10) else {
+                                break;
+                            };
+                            let b = m[at..at + m[at..].find('"').unwrap()].to_owned();
+                            m = m
+                                .replace(&format!("boundary=\"{b}\""), &format!("boundary:B{n}"))
+                                .replace(&b, &format!("B{n}"));
+                        }
+                        m
+                    };
+                    assert_eq!(
+                        boundaries(&ours),
+                        boundaries(rest),
+                        "{:?}, 8 bits: {eight_bit}",
+                        d.kind
+                    );
+                    let mut names = vec![
+                        "From",
+                        "To",
+                        "Subject",
+                        "Message-ID",
+                        "Date",
+                        "List-Id",
+                        "Auto-Submitted",
+                    ];
+                    names.extend(middle);
+                    names.extend(["MIME-Version", "Content-Type", "Content-Transfer-Encoding"]);
+                    assert_eq!(header_names(&ours), names);
+                }
+            }
+        }
     }
 }

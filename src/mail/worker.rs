@@ -433,7 +433,7 @@ impl Worker {
         };
         let compose = |eight_bit| {
             self.composer
-                .render(d, content, subscriber)
+                .render_to_send(d, content, subscriber)
                 .and_then(|r| {
                     self.composer
                         .message(key, d, r, self.outbox.clock.now(), eight_bit)
