@@ -189,6 +189,9 @@ algorithm = "ed25519"
             failures.append("title missing from the text part")
         if "&lt;giám sát&gt;" not in html:
             failures.append("title not escaped in the HTML part")
+        # The style sheet has lines that begin with a dot: doubled on the wire, one again here.
+        if "\n.wrap {" not in html:
+            failures.append("a line of the HTML part that begins with a dot did not arrive as it was")
         # One-click unsubscribe from the header, as a mail client would.
         url = str(msg["List-Unsubscribe"]).strip("<>")
         req = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST")
