@@ -847,15 +847,16 @@ impl Composer {
         // As lettre formats a message: its headers (encoded and folded already), an empty
         // line, the body.
         let mut all = lettre::message::header::Headers::with_capacity(headers.len());
-        for value in &headers {
-            all.insert_raw(value.clone());
+        let to_sign = (!self.dkim.is_empty()).then(|| headers.clone());
+        for value in headers {
+            all.insert_raw(value);
         }
         let mut text = String::with_capacity(HEADERS_SIZE);
         write!(text, "{all}\r\n").expect("a String takes any text");
         let mut bytes = text.into_bytes();
         bytes.reserve_exact(body.len());
         bytes.extend_from_slice(&body);
-        if !self.dkim.is_empty() {
+        if let Some(headers) = to_sign {
             bytes = self.signed(headers, &envelope, (body, encoding), bytes)?;
         }
         Ok(Composed { envelope, bytes })
