@@ -283,7 +283,11 @@ impl Personal {
     fn put_in_at(&self, text: &str) -> (String, Vec<usize>) {
         static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
             std::sync::LazyLock::new(|| memchr::memmem::Finder::new(MARKER_PREFIX.as_bytes()));
-        let mut out = String::with_capacity(text.len() + 2 * self.unsubscribe.len());
+        // Room for the tokens of a mail's text and HTML parts (each has a few links), so
+        // that the body is not copied again to grow.
+        let mut out = String::with_capacity(
+            text.len() + 8 * self.unsubscribe.len().max(self.preferences.len()),
+        );
         let mut at = Vec::new();
         let mut rest = text;
         while let Some(i) = PREFIX.find(rest.as_bytes()) {
