@@ -438,6 +438,10 @@ const LOG_SUFFIX: &str = ".jsonl.gz";
 /// records land together or not at all (a crash counts nothing twice, loses no bit).
 const COMPACT_CHUNK: usize = 1000;
 
+/// How long the database's file lock is tried again when another holds it (see
+/// [`Store::open_trees`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Subscriber numbers above this are corrupt data (a bitmap of them would take 128 MB).
 const MAX_NUMBER: u32 = 1 << 30;
 
@@ -1159,13 +1163,28 @@ impl Store {
         let path = dir.join("db");
         let shown = path.display().to_string();
         // sled panics on some damaged files (a truncated one): a clear error instead.
-        let opened = std::panic::catch_unwind(|| {
-            sled::Config::new()
-                .path(&path)
-                .mode(sled::Mode::LowSpace)
-                .cache_capacity(cache_bytes)
-                .open()
-        });
+        let open = || {
+            std::panic::catch_unwind(|| {
+                sled::Config::new()
+                    .path(&path)
+                    .mode(sled::Mode::LowSpace)
+                    .cache_capacity(cache_bytes)
+                    .open()
+            })
+        };
+        // A database closed a moment ago (a reopen after a write failure, a command right
+        // after a stop) keeps its file lock until sled's background work on it ends: the
+        // lock is tried again for a while before it is said to be held.
+        let mut opened = open();
+        let since = std::time::Instant::now();
+        // (sled says so only in words.)
+        while matches!(&opened, Ok(Err(sled::Error::Io(e)))
+                if e.to_string().starts_with("could not acquire lock"))
+            && since.elapsed() < LOCK_WAIT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            opened = open();
+        }
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(source)) => {
@@ -2696,6 +2715,21 @@ mod tests {
         }
         let e = Store::open(dir.path()).err().unwrap().to_string();
         assert!(e.contains("schema 99, newer than this bantin"), "{e}");
+    }
+
+    #[test]
+    fn a_database_closed_a_moment_ago_is_opened_once_its_lock_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        // Still open for a while as the second is opened, as a database is whose last
+        // background work has not ended yet.
+        let closing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = Store::open(dir.path());
+        closing.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err().map(|e| e.to_string()));
     }
 
     #[test]
