@@ -684,6 +684,20 @@ impl Stuffed<'_> {
         bytes.ends_with(b"\n")
             && memchr::memchr_iter(b'\n', bytes).all(|i| i > 0 && bytes[i - 1] == b'\r')
     }
+
+    /// Each line ended by CRLF, a dot that begins one doubled.
+    fn by_line(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for line in self.0.split_inclusive('\n') {
+            let line = line.strip_suffix('\n').unwrap_or(line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.starts_with('.') {
+                f.write_str(".")?;
+            }
+            f.write_str(line)?;
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
 }
 
 impl std::fmt::Display for Stuffed<'_> {
@@ -704,21 +718,6 @@ impl std::fmt::Display for Stuffed<'_> {
             rest = &rest[i + 1..];
         }
         f.write_str(rest)?;
-        f.write_str(".\r\n")
-    }
-}
-
-impl Stuffed<'_> {
-    fn by_line(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for line in self.0.split_inclusive('\n') {
-            let line = line.strip_suffix('\n').unwrap_or(line);
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.starts_with('.') {
-                f.write_str(".")?;
-            }
-            f.write_str(line)?;
-            f.write_str("\r\n")?;
-        }
         f.write_str(".\r\n")
     }
 }
