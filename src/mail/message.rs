@@ -146,7 +146,7 @@ impl Filled {
     /// The mail's 8-bit body, from the shared one (encoded once) with this recipient's
     /// tokens; `None` when the shared one cannot take them (a part was encoded, so the
     /// markers are not there as they are, or a line would grow too long).
-    fn body(&self) -> Option<(String, Body)> {
+    fn body(&self) -> Option<(HeaderValue, Body)> {
         let shared = &self.shared;
         let cached = shared.body.get_or_init(|| {
             let r = &shared.rendered;
@@ -165,7 +165,7 @@ impl Filled {
                 true => ContentTransferEncoding::SevenBit,
                 false => ContentTransferEncoding::EightBit,
             };
-            (as_is && short).then_some((content_type, text, encoding))
+            (as_is && short).then_some((content_type_header(content_type), text, encoding))
         });
         let (content_type, text, encoding) = cached.as_ref()?;
         // Tokens are ASCII, as the markers: only the lines they went into can have grown.
@@ -234,6 +234,28 @@ pub struct Composed {
     /// The formatted message, DKIM signatures first.
     pub bytes: Vec<u8>,
 }
+
+/// The headers every mail has the same, encoded once.
+struct Fixed {
+    auto_submitted: HeaderValue,
+    one_click: HeaderValue,
+    mime_version: HeaderValue,
+}
+
+static FIXED: std::sync::LazyLock<Fixed> = std::sync::LazyLock::new(|| Fixed {
+    auto_submitted: HeaderValue::new(
+        HeaderName::new_from_ascii_str("Auto-Submitted"),
+        "auto-generated".into(),
+    ),
+    one_click: HeaderValue::new(
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+        "List-Unsubscribe=One-Click".into(),
+    ),
+    mime_version: {
+        use lettre::message::header::Header;
+        lettre::message::header::MIME_VERSION_1_0.display()
+    },
+});
 
 /// Room for a mail's headers, which are about 1 KB.
 const HEADERS_SIZE: usize = 2048;
@@ -339,7 +361,7 @@ struct Shared {
     site: Arc<SiteInfo>,
     rendered: Rendered,
     /// Its 8-bit body, encoded once with the markers in it: (Content-Type, body).
-    body: std::sync::OnceLock<Option<(String, String, ContentTransferEncoding)>>,
+    body: std::sync::OnceLock<Option<(HeaderValue, String, ContentTransferEncoding)>>,
     /// Whether filling in the tokens gives what rendering for the recipient gives: decided
     /// at the first recipient. A template that does more with the links than print them
     /// (cuts or counts them) is rendered for each recipient instead.
@@ -778,10 +800,7 @@ impl Composer {
         headers.push(h::Date::new(date.into()).display());
         headers.push(common.1.clone());
         // Out-of-office and other robots do not answer (RFC 3834).
-        headers.push(HeaderValue::new(
-            HeaderName::new_from_ascii_str("Auto-Submitted"),
-            "auto-generated".into(),
-        ));
+        headers.push(FIXED.auto_submitted.clone());
         let envelope = match &verp {
             Some((sender, _)) => {
                 let sender: Address = sender
@@ -821,10 +840,7 @@ impl Composer {
                 HeaderName::new_from_ascii_str("List-Unsubscribe"),
                 value,
             ));
-            headers.push(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
-                "List-Unsubscribe=One-Click".into(),
-            ));
+            headers.push(FIXED.one_click.clone());
         }
         // The multipart's own Content-Type goes into the message's headers, so that DKIM
         // covers it (lettre signs only the message's headers, and writes a multipart's
@@ -837,14 +853,12 @@ impl Composer {
             Some(body) => body,
             None => {
                 let r = rendered.complete();
-                mime_body(r.text, r.html, r.calendar, eight_bit)?
+                let (content_type, body) = mime_body(r.text, r.html, r.calendar, eight_bit)?;
+                (content_type_header(content_type), body)
             }
         };
-        headers.push(h::MIME_VERSION_1_0.display());
-        headers.push(HeaderValue::new(
-            HeaderName::new_from_ascii_str("Content-Type"),
-            content_type,
-        ));
+        headers.push(FIXED.mime_version.clone());
+        headers.push(content_type);
         let encoding = body.encoding();
         headers.push(encoding.display());
         let body = body.into_vec();
@@ -909,6 +923,11 @@ impl Composer {
             format!("{title} <{}>", self.list_id),
         )
     }
+}
+
+/// The Content-Type header of a mail's body (see [`mime_body`]).
+fn content_type_header(value: String) -> HeaderValue {
+    HeaderValue::new(HeaderName::new_from_ascii_str("Content-Type"), value)
 }
 
 /// The From header of `from`, as lettre's builder makes it.
