@@ -565,6 +565,20 @@ fn marks_header(t: &Trees) -> Result<String, StoreError> {
     Ok(format!("bantin marks {id} {}", marks_generation(t)?))
 }
 
+/// Whether sled could not open a database because another holds its file lock (sled says so
+/// only in words).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(e) if e.to_string().starts_with("could not acquire lock"))
+}
+
+impl StoreError {
+    /// Whether the database could not be opened because another holds it (another bantin
+    /// with the same `state.dir`).
+    pub fn is_held(&self) -> bool {
+        matches!(self, StoreError::Open { source, .. } if lock_held(source))
+    }
+}
+
 /// A failed write of the journal of sent marks at `path`.
 fn journal_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Journal {
@@ -1177,11 +1191,7 @@ impl Store {
         // lock is tried again for a while before it is said to be held.
         let mut opened = open();
         let since = std::time::Instant::now();
-        // (sled says so only in words.)
-        while matches!(&opened, Ok(Err(sled::Error::Io(e)))
-                if e.to_string().starts_with("could not acquire lock"))
-            && since.elapsed() < LOCK_WAIT
-        {
+        while matches!(&opened, Ok(Err(e)) if lock_held(e)) && since.elapsed() < LOCK_WAIT {
             std::thread::sleep(std::time::Duration::from_millis(10));
             opened = open();
         }

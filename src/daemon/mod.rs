@@ -398,7 +398,7 @@ fn open(config: &Config) -> anyhow::Result<(Publisher, Store)> {
         .with_context(|| format!("cannot create state.dir '{}'", config.state.dir.display()))?;
     let cache = config.state.cache_mb.saturating_mul(1024 * 1024);
     let store = Store::open_with_cache(&config.state.dir, cache).map_err(|e| {
-        if e.to_string().contains("lock") {
+        if e.is_held() {
             anyhow::anyhow!("{e} (is another bantin running with the same state.dir?)")
         } else {
             anyhow::anyhow!("{e}")
