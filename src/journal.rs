@@ -3,12 +3,12 @@
 //!
 //! The state keeps a mark for every alert of a fan-out it sent (see `store::Mark`). Flushing
 //! sled for each group of marks costs more than the mails themselves: sled writes its log on
-//! its own thread pool, which wakes all its idle threads for every job. The marks go into
-//! sled's memory as before and, in the same step, into this journal; a group of senders waits
-//! for one write and one `fdatasync` of the journal instead of a flush of the database. When
-//! the database has been flushed with everything the journal holds, the journal is emptied
-//! ([`Held::clear`]). After a crash, [`Journal::open`] gives back what it holds, and the
-//! state puts it into the database again.
+//! its own thread pool, which wakes all its idle threads for every job. The marks are held in
+//! memory and, in the same step, appended to a journal; a group of senders waits for one
+//! write and one `fdatasync` of it instead of a flush of the database. When the database has
+//! everything a journal holds on disk (folded), the journal is emptied ([`Held::clear`]); the
+//! state has two, which take turns (see `store::Marks`). After a crash, [`Journal::open`]
+//! gives back what it holds, and the state puts it into the database.
 //!
 //! The file starts with a header line naming whose journal it is and since when (see
 //! [`Held::clear`]: the state's id and the number of the clear); then one record a mark: the

@@ -26,8 +26,8 @@ pub use crate::subscriber::{Schedule, SubState, Subscriber};
 
 /// The file beside the database that names it (see [`Store::open`]).
 pub const MARKER: &str = "state.id";
-/// The journal of sent marks in the state folder (see [`crate::journal`]).
-const MARKS_JOURNAL: &str = "marks.journal";
+/// The two journals of sent marks in the state folder, which take turns (see [`Marks`]).
+const MARKS_JOURNALS: [&str; 2] = ["marks.journal", "marks.2.journal"];
 
 fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
     crate::output::write_atomic_private(path, format!("{id}\n").as_bytes())
@@ -41,8 +41,9 @@ fn write_marker(path: &Path, id: &str) -> Result<(), StoreError> {
 /// The schema this program writes. 2: alerts sent by a fan-out are marked in the `sent`
 /// tree (a program of schema 1 would not see them, and send them again). 3: the marks are
 /// made durable by a journal beside the database, which a program of schema 2 would not
-/// replay after a crash.
-pub const SCHEMA: u32 = 3;
+/// replay after a crash. 4: the marks of a running fan-out are in one of two journals
+/// only (see [`Marks`]), of which a program of schema 3 reads the first.
+pub const SCHEMA: u32 = 4;
 /// The tree name of an export's first line, which gives the schema it was written in.
 const SCHEMA_LINE: &str = "schema";
 /// The version byte in front of every value.
@@ -454,74 +455,87 @@ fn tx_decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Abort> 
     decode(key, bytes).map_err(Abort::Abort)
 }
 
-/// Puts the marks a crash left in the journal only back into the database, then empties it
-/// (see [`marks_checkpoint`]). Only a journal of this state, written since its last
-/// checkpoint, is replayed; a record that is not a mark (damage) is skipped.
-fn replay_marks(t: &Trees, replay: crate::journal::Replay) -> Result<(), StoreError> {
-    let held = t.marks.hold();
-    let path = t.marks.path().display().to_string();
-    let expected = marks_header(t)?;
+/// Puts the marks a crash left in the journals only back into the database (the `sent`
+/// tree), then sets both journals aside (see [`Marks`]). Only journals of this state, under
+/// the database's number or the next, are replayed; a record that is not a mark (damage) is
+/// skipped.
+fn replay_marks(t: &Trees, replays: [crate::journal::Replay; 2]) -> Result<(), StoreError> {
+    let mut state = t.marks.lock();
+    let generation = marks_generation(t)?;
+    let (this, next) = (
+        marks_header(t, generation)?,
+        marks_header(t, generation + 1)?,
+    );
     let lost = "mails it stood for may be sent again";
-    let whose = replay.header.as_deref().map(String::from_utf8_lossy);
+    let blank =
+        |r: &crate::journal::Replay| r.header.is_none() && r.records.is_empty() && r.torn == 0;
+    if replays.iter().all(blank) && t.meta.get(MARKS_GENERATION)?.is_some() {
+        tracing::error!(
+            path = %t.marks.path(0).display(),
+            "the journal of sent mails was missing or emptied: if bantin did not stop \
+             cleanly before, the mails it sent last may be sent again"
+        );
+    }
     let mut restored = 0;
-    match whose.as_deref() {
-        None if replay.records.is_empty() && replay.torn == 0 => {
-            if t.meta.get(MARKS_GENERATION)?.is_some() {
+    for (i, replay) in replays.iter().enumerate() {
+        let path = t.marks.path(i).display().to_string();
+        let whose = replay.header.as_deref().map(String::from_utf8_lossy);
+        match whose.as_deref() {
+            _ if blank(replay) => {}
+            Some(h) if h == this || h == next => {
+                for (key, value) in &replay.records {
+                    let key_text = String::from_utf8_lossy(key);
+                    if Mark::parse(value)
+                        .and_then(|m| m.delivery(&key_text))
+                        .is_none()
+                    {
+                        tracing::warn!(path, key = %key_text.replace('\0', "/"), "skipped a damaged record of the journal of sent mails: the mail it stood for may be sent again");
+                        continue;
+                    }
+                    if t.sent.insert(key.as_slice(), value.as_slice())?.is_none() {
+                        restored += 1;
+                    }
+                    t.ids
+                        .insert(delivery_id(&key_text).as_bytes(), key.as_slice())?;
+                }
+                if replay.torn > 0 {
+                    tracing::warn!(
+                        path,
+                        bytes = replay.torn,
+                        records = replay.records.len(),
+                        "the journal of sent mails has bytes that are not whole records after \
+                         the ones read (a crash while writing one, or damage): the {lost}"
+                    );
+                }
+            }
+            // Folded before the database's last checkpoint (or a copy from before put back).
+            Some(h) if older_marks_header(h, &this) => {
+                tracing::debug!(path, found = %h, expected = this, "journal of sent mails folded already");
+            }
+            _ => {
                 tracing::error!(
                     path,
-                    "the journal of sent mails was missing or emptied: if bantin did not stop \
-                     cleanly before, the mails it sent last may be sent again"
+                    found = whose.as_deref().unwrap_or("no header"),
+                    expected = this,
+                    "the journal of sent mails is not this state's (another council's, or \
+                     damaged): not replayed; if this state's own journal was lost in a crash, \
+                     the {lost}"
                 );
             }
-        }
-        Some(h) if h == expected => {
-            for (key, value) in &replay.records {
-                let key_text = String::from_utf8_lossy(key);
-                if Mark::parse(value)
-                    .and_then(|m| m.delivery(&key_text))
-                    .is_none()
-                {
-                    tracing::warn!(path, key = %key_text.replace('\0', "/"), "skipped a damaged record of the journal of sent mails: the mail it stood for may be sent again");
-                    continue;
-                }
-                if t.sent.insert(key.as_slice(), value.as_slice())?.is_none() {
-                    restored += 1;
-                }
-                t.ids
-                    .insert(delivery_id(&key_text).as_bytes(), key.as_slice())?;
-            }
-            if replay.torn > 0 {
-                tracing::warn!(
-                    path,
-                    bytes = replay.torn,
-                    records = replay.records.len(),
-                    "the journal of sent mails has bytes that are not whole records after the \
-                     ones read (a crash while writing one, or damage): the {lost}"
-                );
-            }
-        }
-        // The same state's, from an earlier checkpoint (a damaged or later number is not).
-        Some(h) if older_marks_header(h, &expected) => {
-            tracing::warn!(
-                path,
-                found = %h,
-                expected,
-                "the journal of sent mails is older than the database's last checkpoint (a \
-                 crash while emptying it, or a copy put back): not replayed, the database has \
-                 what it held"
-            );
-        }
-        _ => {
-            tracing::error!(
-                path,
-                found = whose.as_deref().unwrap_or("no header"),
-                expected,
-                "the journal of sent mails is not this state's (another council's, or damaged): \
-                 not replayed; if this state's own journal was lost in a crash, the {lost}"
-            );
         }
     }
-    marks_checkpoint(t, held)?;
+    // Both journals' numbers are now older than the database's: neither is replayed again.
+    let after = generation + 2;
+    t.meta
+        .insert(MARKS_GENERATION, after.to_string().as_bytes())?;
+    t.db.flush()?;
+    t.marks.journals[0]
+        .hold()
+        .clear(marks_header(t, after)?.as_bytes())
+        .map_err(journal_error(t.marks.path(0)))?;
+    state.current = 0;
+    state.generation = after;
+    state.settled = true;
     if restored > 0 {
         tracing::info!(
             marks = restored,
@@ -555,14 +569,14 @@ fn marks_generation(t: &Trees) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
-/// The header a journal of sent marks written since the last checkpoint starts with.
-fn marks_header(t: &Trees) -> Result<String, StoreError> {
+/// The header of this state's journal of sent marks number `generation`.
+fn marks_header(t: &Trees, generation: u64) -> Result<String, StoreError> {
     let id = t
         .meta
         .get("id")?
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_default();
-    Ok(format!("bantin marks {id} {}", marks_generation(t)?))
+    Ok(format!("bantin marks {id} {generation}"))
 }
 
 /// Whether sled could not open a database because another holds its file lock (sled says so
@@ -587,27 +601,53 @@ fn journal_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Empties the journal of sent marks, held: counts a checkpoint in the database, flushes it
-/// (everything the journal holds is then durable there), and starts the journal afresh
-/// under the new count. A crash between the two leaves a journal of the old count, which
-/// the next start knows not to replay.
-fn marks_checkpoint(t: &Trees, held: crate::journal::Held<'_>) -> Result<(), StoreError> {
-    let next = marks_generation(t)? + 1;
-    t.meta
-        .insert(MARKS_GENERATION, next.to_string().as_bytes())?;
-    t.db.flush()?;
-    let header = marks_header(t)?;
-    held.clear(header.as_bytes())
-        .map_err(journal_error(t.marks.path()))
+/// The marks a fold is to take (see [`Marks`]), with the number of the journal that holds
+/// the marks recorded since: those of a fold that did not finish, or else those recorded so
+/// far, for which the other journal is started.
+fn take_marks(
+    t: &Trees,
+) -> Result<
+    (
+        std::sync::Arc<std::collections::BTreeMap<String, Mark>>,
+        u64,
+    ),
+    StoreError,
+> {
+    if !t.marks.lock().settled {
+        // The last fold's flush failed: the journal it folded is emptied only once it is done.
+        t.db.flush()?;
+        t.marks.lock().settled = true;
+    }
+    let mut state = t.marks.lock();
+    if state.folding.is_empty() && !state.fresh.is_empty() {
+        let (old, new) = (state.current, 1 - state.current);
+        // What the current journal holds is on disk, whatever its senders synced.
+        t.marks.journals[old]
+            .sync()
+            .map_err(journal_error(t.marks.path(old)))?;
+        let generation = state.generation + 1;
+        t.marks.journals[new]
+            .hold()
+            .clear(marks_header(t, generation)?.as_bytes())
+            .map_err(journal_error(t.marks.path(new)))?;
+        state.current = new;
+        state.generation = generation;
+        state.folding = std::sync::Arc::new(std::mem::take(&mut state.fresh));
+    }
+    Ok((state.folding.clone(), state.generation))
 }
 
 /// Compacts `chunk` (finished deliveries with their keys) in one transaction.
 /// `drop_ids`: forget the deliveries' ids too (else the VERP addresses of mails just sent
-/// still name their recipients, until the day's log of sent mails is pruned).
+/// still name their recipients, until the day's log of sent mails is pruned). `held`: the
+/// chunk is the marks held in memory that a journal numbered one less holds, and the
+/// transaction records that number (see [`Marks`]); else it is records of the outbox or
+/// marks of the `sent` tree, which leave it.
 fn compact_chunk(
     t: &Trees,
     chunk: &[(sled::IVec, Delivery)],
     drop_ids: bool,
+    held: Option<u64>,
 ) -> Result<usize, StoreError> {
     use sled::Transactional;
     use std::collections::HashMap;
@@ -652,9 +692,10 @@ fn compact_chunk(
                 Ok(())
             };
             for (k, d) in chunk {
-                // Folded meanwhile by someone else: not counted twice.
-                let on_record = outbox.get(k)?.is_some();
-                if !on_record && sent.get(k)?.is_none() {
+                // Folded meanwhile by someone else: not counted twice. (Marks held in memory
+                // are taken by one fold.)
+                let on_record = held.is_none() && outbox.get(k)?.is_some();
+                if held.is_none() && !on_record && sent.get(k)?.is_none() {
                     continue;
                 }
                 let key = String::from_utf8_lossy(k).into_owned();
@@ -752,7 +793,7 @@ fn compact_chunk(
                 }
                 if on_record {
                     outbox.remove(k)?;
-                } else {
+                } else if held.is_none() {
                     sent.remove(k)?;
                 }
                 if drop_ids {
@@ -761,6 +802,9 @@ fn compact_chunk(
             }
             if let Some(n) = next {
                 meta.insert("next_number", n.to_string().as_bytes())?;
+            }
+            if let Some(generation) = held {
+                meta.insert(MARKS_GENERATION, generation.to_string().as_bytes())?;
             }
             for (id, (mut c, bits)) in articles {
                 c.told = bits
@@ -933,6 +977,81 @@ impl std::fmt::Display for Mark {
     }
 }
 
+/// The marks of the alerts a running fan-out sent and that are not folded yet (see
+/// [`Mark`]). Each is kept in memory and appended to a journal (see [`crate::journal`]),
+/// which makes it durable: a group of senders waits for one `fdatasync` of it. None goes
+/// into the database before its fold, which writes it into its article's bitmap and totals:
+/// an insert into sled, and its removal at the fold, cost a fan-out more than a fifth of its
+/// CPU.
+///
+/// Two journals take turns. A fold starts the other one (emptied, under the next number)
+/// for the marks recorded meanwhile, and folds those of the first, recording the new number
+/// in the same transaction; the first is emptied only at the next fold, once the database
+/// has the last one on disk. So after a crash the journals to replay are the one under the
+/// database's number and the one under the next (a fold not on disk yet); an older one was
+/// folded. At open, what they hold is put into the `sent` tree (the marks of a state written
+/// before, too) and both are set aside under a number of their own.
+struct Marks {
+    journals: [crate::journal::Journal; 2],
+    state: std::sync::Mutex<MarksState>,
+}
+
+struct MarksState {
+    /// The journal new marks go to, and its number (in its header).
+    current: usize,
+    generation: u64,
+    /// The marks in the current journal.
+    fresh: std::collections::BTreeMap<String, Mark>,
+    /// The marks of the other journal being folded: still to be read until the fold's
+    /// transaction has them.
+    folding: std::sync::Arc<std::collections::BTreeMap<String, Mark>>,
+    /// Whether the database has the last fold on disk: only then may the other journal be
+    /// emptied.
+    settled: bool,
+}
+
+impl Marks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MarksState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The mark of `key`, if held here.
+    fn get(&self, key: &str) -> Option<Mark> {
+        let state = self.lock();
+        state
+            .fresh
+            .get(key)
+            .or_else(|| state.folding.get(key))
+            .copied()
+    }
+
+    /// How many marks are held here.
+    fn len(&self) -> usize {
+        let state = self.lock();
+        state.fresh.len() + state.folding.len()
+    }
+
+    /// The marks held here whose keys start with `prefix`.
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, Mark)> {
+        let state = self.lock();
+        let of = |m: &std::collections::BTreeMap<String, Mark>| -> Vec<(String, Mark)> {
+            m.range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, m)| (k.clone(), *m))
+                .collect()
+        };
+        let mut found = of(&state.folding);
+        found.extend(of(&state.fresh));
+        found
+    }
+
+    fn path(&self, journal: usize) -> &Path {
+        self.journals[journal].path()
+    }
+}
+
 /// The subscribers an alert was sent to, as folded (see [`Store::alerted`]).
 pub struct Alerted {
     bits: Vec<u8>,
@@ -1055,14 +1174,13 @@ struct Trees {
     runs: sled::Tree,
     /// Article id to its [`Fanout`] still being planned.
     fanout: sled::Tree,
-    /// An alert of a fan-out sent and not folded yet: its outbox key to `created_ms
-    /// updated_ms` (decimal). A fan-out plans its mails in memory: the one record of a mail
-    /// it sent is this mark, a few bytes, folded as a sent delivery is (see [`Mark`]).
-    /// Each mark is also appended to `marks`, which makes it durable (see
-    /// [`Store::sync_marks`]); a mark leaves this tree only once the journal no longer holds
-    /// it ([`Store::fold_sent`] empties the journal first).
+    /// An alert of a fan-out sent and not folded yet, put back from the journals at open
+    /// (see [`Marks`]): its outbox key to `created_ms updated_ms` (decimal). A fan-out plans
+    /// its mails in memory: the one record of a mail it sent is this mark, a few bytes,
+    /// folded as a sent delivery is (see [`Mark`]).
     sent: sled::Tree,
-    marks: std::sync::Arc<crate::journal::Journal>,
+    /// The marks of this run, not folded yet.
+    marks: std::sync::Arc<Marks>,
 }
 
 /// Trees whose values are versioned JSON records (exported as JSON).
@@ -1205,9 +1323,22 @@ impl Store {
             }
             Err(_) => return Err(StoreError::Damaged { path: shown }),
         };
-        let journal_path = dir.join(MARKS_JOURNAL);
-        let (marks, replay) =
-            crate::journal::Journal::open(&journal_path).map_err(journal_error(&journal_path))?;
+        let open_journal = |name: &str| {
+            let path = dir.join(name);
+            crate::journal::Journal::open(&path).map_err(journal_error(&path))
+        };
+        let (first, first_replay) = open_journal(MARKS_JOURNALS[0])?;
+        let (second, second_replay) = open_journal(MARKS_JOURNALS[1])?;
+        let marks = Marks {
+            journals: [first, second],
+            state: std::sync::Mutex::new(MarksState {
+                current: 0,
+                generation: 0,
+                fresh: Default::default(),
+                folding: Default::default(),
+                settled: true,
+            }),
+        };
         let trees = Trees {
             meta: db.open_tree("meta")?,
             subscribers: db.open_tree("subscribers")?,
@@ -1277,7 +1408,7 @@ impl Store {
                 }
             }
         }
-        replay_marks(&trees, replay)?;
+        replay_marks(&trees, [first_replay, second_replay])?;
         Ok(trees)
     }
 
@@ -1565,7 +1696,11 @@ impl Store {
     pub fn import(&self, input: impl std::io::BufRead) -> Result<(usize, usize), StoreError> {
         use base64::Engine as _;
         let t = self.t()?;
-        if !t.subscribers.is_empty() || !t.outbox.is_empty() || !t.sent.is_empty() {
+        if !t.subscribers.is_empty()
+            || !t.outbox.is_empty()
+            || !t.sent.is_empty()
+            || t.marks.len() > 0
+        {
             return Err(StoreError::NotEmpty);
         }
         let trees: std::collections::HashMap<&str, &sled::Tree> = t.named().into_iter().collect();
@@ -1712,6 +1847,9 @@ impl Store {
         let t = self.t()?;
         if let Some(v) = t.outbox.get(key)? {
             return decode(key.as_bytes(), &v).map(Some);
+        }
+        if let Some(mark) = t.marks.get(key) {
+            return Ok(mark.delivery(key));
         }
         Ok(t.sent
             .get(key)?
@@ -1884,7 +2022,11 @@ impl Store {
     /// Whether the outbox holds a delivery under `key`, or marks it sent.
     pub fn has_delivery(&self, key: &str) -> Result<bool, StoreError> {
         let t = self.t()?;
-        Ok(t.outbox.contains_key(key)? || t.sent.contains_key(key)?)
+        Ok(
+            t.outbox.contains_key(key)?
+                || t.marks.get(key).is_some()
+                || t.sent.contains_key(key)?,
+        )
     }
 
     /// Who an alert of `article` was sent to, as folded into its compacted record: asked of
@@ -1921,13 +2063,13 @@ impl Store {
                 let mark = Mark {
                     created_ms: delivery.created_ms,
                     updated_ms: delivery.updated_ms,
-                }
-                .to_string();
-                // Into the database, then the journal, with the journal held: emptying it
-                // cannot come between.
-                let mut journal = t.marks.hold();
-                t.sent.insert(key.as_bytes(), mark.as_bytes())?;
-                journal.append(key.as_bytes(), mark.as_bytes());
+                };
+                // Into the current journal and into memory at once: a fold takes both.
+                let mut marks = t.marks.lock();
+                t.marks.journals[marks.current]
+                    .hold()
+                    .append(key.as_bytes(), mark.to_string().as_bytes());
+                marks.fresh.insert(key.to_owned(), mark);
             }
             Ok(())
         })())?;
@@ -1942,7 +2084,11 @@ impl Store {
     /// `fdatasync` of the journal, on the calling thread (about 0.1 ms).
     pub fn sync_marks(&self) -> Result<(), StoreError> {
         let t = self.t()?;
-        let synced = t.marks.sync().map_err(journal_error(t.marks.path()));
+        // A fold that started the other journal since synced this one's marks.
+        let current = t.marks.lock().current;
+        let synced = t.marks.journals[current]
+            .sync()
+            .map_err(journal_error(t.marks.path(current)));
         self.written(synced)
     }
 
@@ -2103,7 +2249,12 @@ impl Store {
                     let d = Mark::parse(&v)?.delivery(&key)?;
                     Some(Ok((key, d)))
                 });
-                Box::new(records.chain(marked))
+                let held = t
+                    .marks
+                    .with_prefix(&prefix)
+                    .into_iter()
+                    .filter_map(|(key, mark)| Some(Ok((key.clone(), mark.delivery(&key)?))));
+                Box::new(records.chain(marked).chain(held))
             }
             Err(e) => Box::new(std::iter::once(Err(e))),
         };
@@ -2300,12 +2451,12 @@ impl Store {
                 }
                 chunk.push((k, d));
                 if chunk.len() >= COMPACT_CHUNK {
-                    done += compact_chunk(&t, &chunk, true)?;
+                    done += compact_chunk(&t, &chunk, true, None)?;
                     chunk.clear();
                 }
             }
             if !chunk.is_empty() {
-                done += compact_chunk(&t, &chunk, true)?;
+                done += compact_chunk(&t, &chunk, true, None)?;
             }
             Ok(done)
         })())
@@ -2317,62 +2468,67 @@ impl Store {
     /// mails (`sent/YYYY-MM-DD.jsonl.gz` in the state folder, kept `mail.keep_days`). Keys that
     /// are not such records are skipped. Returns how many were folded.
     pub fn fold_sent(&self, keys: &[String]) -> Result<usize, StoreError> {
-        if keys.is_empty() {
-            return Ok(0); // nothing to fold, no checkpoint to make
-        }
         let _books = self.hold_books();
-        // The marks leave the database below: first they leave the journal, else a crash
-        // would put them back, to be folded twice.
-        self.empty_marks_journal()?;
-        let chunk = {
-            let t = self.t()?;
-            let mut chunk: Vec<(sled::IVec, Delivery)> = Vec::new();
-            // A key given twice (a mail sent again after a lost write) is folded once.
-            let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
-            for key in keys {
-                let d: Delivery = match t.outbox.get(key.as_bytes())? {
-                    Some(v) => decode(key.as_bytes(), &v)?,
-                    None => match t.sent.get(key.as_bytes())? {
-                        Some(v) => match Mark::parse(&v).and_then(|m| m.delivery(key)) {
-                            Some(d) => d,
-                            None => continue,
-                        },
+        let t = self.t()?;
+        // The marks held in memory, all of them, whoever sent them.
+        let (held, generation) = self.written(take_marks(&t))?;
+        if keys.is_empty() && held.is_empty() {
+            return Ok(0);
+        }
+        let mut chunk: Vec<(sled::IVec, Delivery)> = held
+            .iter()
+            .filter_map(|(k, m)| Some((sled::IVec::from(k.as_bytes()), m.delivery(k)?)))
+            .collect();
+        let marked = chunk.len();
+        // A key given twice (a mail sent again after a lost write) is folded once.
+        let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
+        for key in keys {
+            if held.contains_key(key.as_str()) {
+                continue;
+            }
+            let d: Delivery = match t.outbox.get(key.as_bytes())? {
+                Some(v) => decode(key.as_bytes(), &v)?,
+                None => match t.sent.get(key.as_bytes())? {
+                    Some(v) => match Mark::parse(&v).and_then(|m| m.delivery(key)) {
+                        Some(d) => d,
                         None => continue,
                     },
-                };
-                let foldable = match &d.kind {
-                    Kind::Alert { .. } => true,
-                    // A digest run not yet recorded as done (a crash while planning it) plans
-                    // again by the keys on record: its mails stay until it is.
-                    Kind::Digest { schedule, run, .. } => self
-                        .last_digest(*schedule)?
-                        .is_some_and(|done| *run <= done),
-                    _ => false,
-                };
-                if d.state == DeliveryState::Sent && foldable {
-                    chunk.push((sled::IVec::from(key.as_bytes()), d));
-                }
+                    None => continue,
+                },
+            };
+            let foldable = match &d.kind {
+                Kind::Alert { .. } => true,
+                // A digest run not yet recorded as done (a crash while planning it) plans
+                // again by the keys on record: its mails stay until it is.
+                Kind::Digest { schedule, run, .. } => self
+                    .last_digest(*schedule)?
+                    .is_some_and(|done| *run <= done),
+                _ => false,
+            };
+            if d.state == DeliveryState::Sent && foldable {
+                chunk.push((sled::IVec::from(key.as_bytes()), d));
             }
-            chunk
-        };
+        }
         // Not written to the log (a full disk): not folded either, the records stay.
         self.log_sent(&chunk)?;
         self.written((|| -> Result<usize, StoreError> {
-            let t = self.t()?;
+            let (marks, records) = chunk.split_at(marked);
             let mut done = 0;
-            for part in chunk.chunks(COMPACT_CHUNK) {
-                done += compact_chunk(&t, part, false)?;
+            if !held.is_empty() {
+                // In one transaction with the number of the journal that holds the marks
+                // recorded since: a crash replays that journal only, or both.
+                done += compact_chunk(&t, marks, false, Some(generation))?;
+                let mut state = t.marks.lock();
+                state.folding = Default::default();
+                state.settled = false;
+                drop(state);
+                t.db.flush()?;
+                t.marks.lock().settled = true;
+            }
+            for part in records.chunks(COMPACT_CHUNK) {
+                done += compact_chunk(&t, part, false, None)?;
             }
             Ok(done)
-        })())
-    }
-
-    /// Flushes the database and empties the journal of sent marks, which it then holds.
-    pub fn empty_marks_journal(&self) -> Result<(), StoreError> {
-        self.written((|| -> Result<(), StoreError> {
-            let t = self.t()?;
-            let held = t.marks.hold();
-            marks_checkpoint(&t, held)
         })())
     }
 
@@ -2522,7 +2678,7 @@ impl Store {
                 .position(|s| *s == d.state)
                 .unwrap_or(0)] += 1;
         }
-        counts[1] += t.sent.len();
+        counts[1] += t.sent.len() + t.marks.len();
         let mut add = |c: &Counts| {
             counts[1] += c.sent;
             counts[2] += c.failed;
@@ -2988,9 +3144,13 @@ mod tests {
         // The mark is a few bytes, not the record.
         let t = store.t().unwrap();
         assert!(t.outbox.get(a.key()).unwrap().is_none());
+        assert!(t.sent.is_empty(), "held in memory, not in the database");
         assert_eq!(
-            &*t.sent.get(a.key()).unwrap().unwrap(),
-            b"1700000000000 1700000000005"
+            t.marks.get(&a.key()),
+            Some(Mark {
+                created_ms: 1_700_000_000_000,
+                updated_ms: 1_700_000_000_005
+            })
         );
         // Read back, it is the delivery it stands for.
         assert_eq!(store.delivery(&a.key()).unwrap(), Some(a.clone()));
@@ -3007,7 +3167,7 @@ mod tests {
         assert_eq!(told(), ["a@x.vn"]);
         // Folded: gone from the marks, in the totals and the bitmap, and in the day's log.
         assert_eq!(store.fold_all_sent().unwrap(), 1);
-        assert!(t.sent.is_empty());
+        assert!(t.sent.is_empty() && t.marks.len() == 0);
         assert!(!store.has_delivery(&a.key()).unwrap());
         assert_eq!(store.outbox_counts().unwrap(), [0, 1, 1, 0]);
         let alerted = store.alerted("ky-hop").unwrap();
@@ -3036,21 +3196,24 @@ mod tests {
         };
         let (a, b) = (alert("a@x.vn"), alert("b@x.vn"));
         let dir = tempfile::tempdir().unwrap();
-        let journal = dir.path().join(MARKS_JOURNAL);
-        let records = || crate::journal::Journal::open(&journal).unwrap().1.records;
+        let journals = MARKS_JOURNALS.map(|name| dir.path().join(name));
+        let records = |i: usize| {
+            crate::journal::Journal::open(&journals[i])
+                .unwrap()
+                .1
+                .records
+        };
+        let copies = || journals.clone().map(|j| std::fs::read(j).unwrap());
         {
             let store = Store::open(dir.path()).unwrap();
             store.record_planned(&a.key(), &a).unwrap();
             store.record_planned(&b.key(), &b).unwrap();
             store.sync_marks().unwrap();
-            // What a crash leaves when sled had not written the marks yet: only the journal
-            // has them.
+            // Only the journal has them, not the database: a crash now.
             let t = store.t().unwrap();
-            t.sent.clear().unwrap();
-            t.ids.clear().unwrap();
-            t.db.flush().unwrap();
+            assert!(t.sent.is_empty() && t.outbox.is_empty());
         }
-        assert_eq!(records().len(), 2);
+        assert_eq!(records(0).len(), 2);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.delivery(&a.key()).unwrap(), Some(a.clone()));
         assert_eq!(store.delivery(&b.key()).unwrap(), Some(b.clone()));
@@ -3062,32 +3225,57 @@ mod tests {
             Some("a@x.vn")
         );
         assert!(
-            records().is_empty(),
+            records(0).is_empty() && records(1).is_empty(),
             "in the database now: the journal is emptied"
         );
-        // A fold empties the journal before the marks leave the database: a crash after it
-        // does not bring them back to be counted twice.
+        // A fold records, with the marks it folds, that their journal is done with: a crash
+        // after it does not bring them back to be counted twice.
         let c = alert("c@x.vn");
         store.record_planned(&c.key(), &c).unwrap();
         store.sync_marks().unwrap();
-        let before_fold = std::fs::read(&journal).unwrap();
+        let before_fold = copies();
         assert_eq!(store.fold_sent(&[a.key(), c.key()]).unwrap(), 2);
-        assert!(records().is_empty());
+        assert_eq!(records(0).len(), 1, "emptied only at the next fold");
         drop(store);
-        // Nor does a copy of the journal from before the fold, put back.
-        std::fs::write(&journal, &before_fold).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store.alerts_of("ky-hop").count(),
             1,
             "b's mark, not folded yet"
         );
+        drop(store);
+        // Nor do copies of the journals from before the fold, put back.
+        for (j, bytes) in journals.iter().zip(before_fold) {
+            std::fs::write(j, bytes).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.alerts_of("ky-hop").count(), 1);
         assert_eq!(store.fold_all_sent().unwrap(), 1);
         assert_eq!(
             store.outbox_counts().unwrap(),
             [0, 3, 0, 0],
             "each mail counted once"
         );
+        // A crash while a fold is under way: the journal it took and the one it started
+        // are both replayed.
+        let (d, e) = (alert("d@x.vn"), alert("e@x.vn"));
+        store.record_planned(&d.key(), &d).unwrap();
+        let t = store.t().unwrap();
+        let (taken, _) = take_marks(&t).unwrap();
+        assert_eq!(taken.keys().collect::<Vec<_>>(), [&d.key()]);
+        assert_eq!(
+            store.delivery(&d.key()).unwrap(),
+            Some(d.clone()),
+            "still read"
+        );
+        store.record_planned(&e.key(), &e).unwrap();
+        store.sync_marks().unwrap();
+        assert_eq!(records(0).len() + records(1).len(), 2, "one in each");
+        drop((t, taken, store));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.alerts_of("ky-hop").count(), 2, "d and e");
+        assert_eq!(store.fold_all_sent().unwrap(), 2);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 5, 0, 0]);
         drop(store);
         assert!(older_marks_header("bantin marks ab 3", "bantin marks ab 7"));
         assert!(!older_marks_header(
@@ -3106,14 +3294,14 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         {
             let store = Store::open(other.path()).unwrap();
-            let d = alert("d@x.vn");
-            store.record_planned(&d.key(), &d).unwrap();
+            let f = alert("f@x.vn");
+            store.record_planned(&f.key(), &f).unwrap();
             store.sync_marks().unwrap();
         }
-        std::fs::copy(other.path().join(MARKS_JOURNAL), &journal).unwrap();
+        std::fs::copy(other.path().join(MARKS_JOURNALS[0]), &journals[0]).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.alerts_of("ky-hop").count(), 0);
-        assert_eq!(store.outbox_counts().unwrap(), [0, 3, 0, 0]);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 5, 0, 0]);
     }
 
     #[test]

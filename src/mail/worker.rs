@@ -179,9 +179,15 @@ impl Worker {
         };
         self.send_loop(stop).await;
         flusher.abort();
-        // Anything recorded by the senders is flushed, and the journal of sent marks left
-        // empty: the database has them all.
-        if let Err(e) = tokio::task::block_in_place(|| self.store().empty_marks_journal()) {
+        // What was sent is folded, the marks held in memory with it, and anything recorded
+        // by the senders is flushed: the database has them all. (Not folded, they stay in
+        // their journal, which the next start replays.)
+        let keys = std::mem::take(&mut *self.sent.lock().expect("sent"));
+        let settled = tokio::task::block_in_place(|| {
+            self.store().fold_sent(&keys)?;
+            self.store().flush()
+        });
+        if let Err(e) = settled {
             tracing::error!("cannot flush the state: {e}");
         }
     }
