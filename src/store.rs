@@ -2569,18 +2569,29 @@ impl Store {
             source: e,
         };
         crate::output::create_private_dir(&dir).map_err(failed)?;
-        let mut by_day: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+        /// A line of the log, written as it is (not through a `serde_json::Value`).
+        #[derive(Serialize)]
+        struct Line<'a> {
+            delivery: &'a Delivery,
+            key: std::borrow::Cow<'a, str>,
+        }
+        // By UTC day: the day's name is formatted once a file, not once a mail.
+        let mut by_day: std::collections::BTreeMap<i64, Vec<u8>> = Default::default();
         for (k, d) in records {
-            let day = chrono::DateTime::from_timestamp_millis(d.updated_ms)
-                .unwrap_or_default()
-                .format("%Y-%m-%d")
-                .to_string();
-            let line = by_day.entry(day).or_default();
-            let record = serde_json::json!({ "key": String::from_utf8_lossy(k), "delivery": d });
+            let line = by_day
+                .entry(d.updated_ms.div_euclid(86_400_000))
+                .or_default();
+            let record = Line {
+                delivery: d,
+                key: String::from_utf8_lossy(k),
+            };
             serde_json::to_writer(&mut *line, &record).expect("serializable");
             line.push(b'\n');
         }
         for (day, lines) in by_day {
+            let day = chrono::DateTime::from_timestamp_millis(day * 86_400_000)
+                .unwrap_or_default()
+                .format("%Y-%m-%d");
             // One gzip member per fold, appended: the day's file reads as one stream.
             let file = std::fs::OpenOptions::new()
                 .create(true)
