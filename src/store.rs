@@ -524,7 +524,9 @@ fn replay_marks(t: &Trees, replays: [crate::journal::Replay; 2]) -> Result<(), S
             }
         }
     }
-    // Both journals' numbers are now older than the database's: neither is replayed again.
+    // On disk before the new number is: both journals' numbers are then older than the
+    // database's, neither is replayed again.
+    t.db.flush()?;
     let after = generation + 2;
     t.meta
         .insert(MARKS_GENERATION, after.to_string().as_bytes())?;
@@ -599,6 +601,34 @@ fn journal_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Puts the marks `held` into the `sent` tree, with `generation` as the marks' checkpoint (see
+/// [`Marks`]), in one transaction.
+fn set_aside(
+    t: &Trees,
+    held: &std::collections::BTreeMap<String, Mark>,
+    generation: u64,
+) -> Result<(), StoreError> {
+    use sled::Transactional;
+    let result = (&t.sent, &t.meta).transaction(|(sent, meta)| {
+        for (key, mark) in held {
+            sent.insert(key.as_bytes(), mark.to_string().as_bytes())?;
+        }
+        meta.insert(MARKS_GENERATION, generation.to_string().as_bytes())?;
+        Ok::<(), Abort>(())
+    });
+    tx_result(result)
+}
+
+/// Makes every mark recorded so far durable: they are in no tree of the database, a flush of
+/// it does not cover them.
+fn sync_marks(t: &Trees) -> Result<(), StoreError> {
+    // A fold that started the other journal since synced this one's marks.
+    let current = t.marks.lock().current;
+    t.marks.journals[current]
+        .sync()
+        .map_err(journal_error(t.marks.path(current)))
 }
 
 /// The marks a fold is to take (see [`Marks`]), with the number of the journal that holds
@@ -1464,22 +1494,22 @@ impl Store {
         }
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, the marks of sent alerts too.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.written((|| -> Result<(), StoreError> {
             let t = self.t()?;
             t.db.flush()?;
-            Ok(())
+            sync_marks(&t)
         })())
     }
 
+    /// [`Store::flush`], the database's part without blocking the caller.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let t = self.t()?;
-        let flushed =
-            t.db.flush_async()
-                .await
-                .map(|_| ())
-                .map_err(StoreError::from);
+        let flushed = match t.db.flush_async().await {
+            Ok(_) => sync_marks(&t),
+            Err(e) => Err(e.into()),
+        };
         self.written(flushed)
     }
 
@@ -1686,6 +1716,17 @@ impl Store {
                 })?;
                 n += 1;
             }
+        }
+        // The marks a running daemon holds in memory, as the `sent` tree holds them after
+        // a restart.
+        for (key, mark) in t.marks.with_prefix("") {
+            write(&ExportLine {
+                tree: "sent".to_owned(),
+                key,
+                key_b64: false,
+                value: serde_json::Value::String(mark.to_string()),
+            })?;
+            n += 1;
         }
         Ok(n)
     }
@@ -2084,12 +2125,7 @@ impl Store {
     /// `fdatasync` of the journal, on the calling thread (about 0.1 ms).
     pub fn sync_marks(&self) -> Result<(), StoreError> {
         let t = self.t()?;
-        // A fold that started the other journal since synced this one's marks.
-        let current = t.marks.lock().current;
-        let synced = t.marks.journals[current]
-            .sync()
-            .map_err(journal_error(t.marks.path(current)));
-        self.written(synced)
+        self.written(sync_marks(&t))
     }
 
     /// Moves a fan-out's record on to `next` (the windows before it are settled), unless it
@@ -2475,15 +2511,25 @@ impl Store {
         if keys.is_empty() && held.is_empty() {
             return Ok(0);
         }
-        let mut chunk: Vec<(sled::IVec, Delivery)> = held
-            .iter()
-            .filter_map(|(k, m)| Some((sled::IVec::from(k.as_bytes()), m.delivery(k)?)))
-            .collect();
+        // A mark also in the `sent` tree (put back by a reopen, then sent again) is folded
+        // from there, once. The tree is empty but after a crash or a reopen.
+        let put_back = |k: &str| -> Result<bool, StoreError> {
+            Ok(!t.sent.is_empty() && t.sent.contains_key(k)?)
+        };
+        let mut chunk: Vec<(sled::IVec, Delivery)> = Vec::with_capacity(held.len());
+        let mut from_sent = Vec::new();
+        for (k, m) in held.iter() {
+            if put_back(k)? {
+                from_sent.push(k);
+            } else if let Some(d) = m.delivery(k) {
+                chunk.push((sled::IVec::from(k.as_bytes()), d));
+            }
+        }
         let marked = chunk.len();
         // A key given twice (a mail sent again after a lost write) is folded once.
-        let keys: std::collections::BTreeSet<&String> = keys.iter().collect();
+        let keys: std::collections::BTreeSet<&String> = keys.iter().chain(from_sent).collect();
         for key in keys {
-            if held.contains_key(key.as_str()) {
+            if held.contains_key(key.as_str()) && !put_back(key)? {
                 continue;
             }
             let d: Delivery = match t.outbox.get(key.as_bytes())? {
@@ -2517,7 +2563,23 @@ impl Store {
             if !held.is_empty() {
                 // In one transaction with the number of the journal that holds the marks
                 // recorded since: a crash replays that journal only, or both.
-                done += compact_chunk(&t, marks, false, Some(generation))?;
+                match compact_chunk(&t, marks, false, Some(generation)) {
+                    Ok(n) => done += n,
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        // Into the `sent` tree, as after a crash (folded at the next start,
+                        // the record at fault aside): the journal that holds them can be
+                        // emptied, and the marks recorded since be folded.
+                        set_aside(&t, &held, generation)?;
+                        let mut state = t.marks.lock();
+                        state.folding = Default::default();
+                        state.settled = false;
+                        drop(state);
+                        t.db.flush()?;
+                        t.marks.lock().settled = true;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
                 let mut state = t.marks.lock();
                 state.folding = Default::default();
                 state.settled = false;
@@ -3312,6 +3374,79 @@ mod tests {
         std::fs::copy(other.path().join(MARKS_JOURNALS[0]), &journals[0]).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.alerts_of("ky-hop").count(), 0);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 5, 0, 0]);
+    }
+
+    #[test]
+    fn held_marks_are_made_durable_by_a_flush_exported_and_never_folded_twice() {
+        let alert = |article: &str, email: &str| {
+            let mut d = Delivery::new(
+                Kind::Alert {
+                    article: article.into(),
+                },
+                email,
+                1_700_000_000_000,
+            );
+            d.state = DeliveryState::Sent;
+            d.attempts = 1;
+            d.updated_ms = 1_700_000_000_005;
+            d
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let a = alert("ky-hop", "a@x.vn");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.record_planned(&a.key(), &a).unwrap();
+            // A group of senders that recorded a delivery as well flushes the database:
+            // that covers the marks too. Then a crash.
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.delivery(&a.key()).unwrap(), Some(a.clone()));
+        assert_eq!(store.fold_all_sent().unwrap(), 1);
+
+        // Held in memory, a mark is in an export, which a new state reads back.
+        let b = alert("ky-hop", "b@x.vn");
+        store.record_planned(&b.key(), &b).unwrap();
+        let mut export = Vec::new();
+        store.export(&mut export).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let imported = Store::open(copy.path()).unwrap();
+        imported.import(&export[..]).unwrap();
+        assert_eq!(imported.delivery(&b.key()).unwrap(), Some(b.clone()));
+
+        // The same mail marked in the `sent` tree too (put back by a reopen, then sent
+        // again from memory): counted once.
+        let t = store.t().unwrap();
+        t.sent
+            .insert(b.key().as_bytes(), &b"1700000000000 1700000000005"[..])
+            .unwrap();
+        assert_eq!(store.fold_sent(&[]).unwrap(), 1);
+        assert!(t.sent.is_empty() && t.marks.len() == 0);
+        assert_eq!(store.outbox_counts().unwrap(), [0, 2, 0, 0]);
+
+        // A fold that meets a damaged record sets the marks it took aside in the `sent`
+        // tree, and the marks recorded after them are folded still.
+        let mut bad = Compacted::default();
+        bad.told.insert("a\0hong\0".into(), "not base64!".into());
+        t.compact.insert("hong", encode(&bad)).unwrap();
+        let (c, d) = (alert("hong", "c@x.vn"), alert("khac", "d@x.vn"));
+        store.record_planned(&c.key(), &c).unwrap();
+        store.record_planned(&d.key(), &d).unwrap();
+        assert!(matches!(
+            store.fold_sent(&[]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(t.sent.len(), 2);
+        assert_eq!(t.marks.len(), 0);
+        assert_eq!(store.delivery(&c.key()).unwrap(), Some(c.clone()));
+        let e = alert("khac", "e@x.vn");
+        store.record_planned(&e.key(), &e).unwrap();
+        assert_eq!(store.fold_sent(&[]).unwrap(), 1);
+        assert!(store.alerted("khac").unwrap().told("e@x.vn").unwrap());
+        drop((t, store));
+        // The journals are done with them: after a restart each is counted once.
+        let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.outbox_counts().unwrap(), [0, 5, 0, 0]);
     }
 
