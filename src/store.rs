@@ -648,18 +648,26 @@ fn take_marks(
         t.db.flush()?;
         t.marks.lock().settled = true;
     }
-    let mut state = t.marks.lock();
-    if state.folding.is_empty() && !state.fresh.is_empty() {
-        let (old, new) = (state.current, 1 - state.current);
-        // What the current journal holds is on disk, whatever its senders synced.
-        t.marks.journals[old]
-            .sync()
-            .map_err(journal_error(t.marks.path(old)))?;
-        let generation = state.generation + 1;
+    let (switch, old, generation) = {
+        let state = t.marks.lock();
+        let switch = state.folding.is_empty() && !state.fresh.is_empty();
+        (switch, state.current, state.generation + 1)
+    };
+    let new = 1 - old;
+    if switch {
+        // Emptied first, without holding the senders: none writes to it before the switch,
+        // and one fold runs at a time.
         t.marks.journals[new]
             .hold()
             .clear(marks_header(t, generation)?.as_bytes())
             .map_err(journal_error(t.marks.path(new)))?;
+    }
+    let mut state = t.marks.lock();
+    if switch {
+        // What the current journal holds is on disk, whatever its senders synced.
+        t.marks.journals[old]
+            .sync()
+            .map_err(journal_error(t.marks.path(old)))?;
         state.current = new;
         state.generation = generation;
         state.folding = std::sync::Arc::new(std::mem::take(&mut state.fresh));
