@@ -88,6 +88,19 @@ pub fn wants_alert(sub: &Subscriber, category: &str) -> bool {
     sub.state == SubState::Active && sub.schedule == Schedule::Immediate && sub.follows(category)
 }
 
+/// Whether `sub` confirmed after an alert began going out (`since_ms`) and by `now_ms` (unix
+/// milliseconds): they are left out of it. A fan-out reads its subscribers in address order
+/// over minutes or hours; without this, one who confirms meanwhile would get the alert only
+/// if their address sorts after those already read. (A digest likewise leaves out what
+/// appeared before its subscriber confirmed.) A confirmation later than `now_ms` says the
+/// clock went back: it is not trusted to leave anyone out.
+pub fn joined_during(sub: &Subscriber, since_ms: i64, now_ms: i64) -> bool {
+    sub.confirmed.is_some_and(|confirmed_s| {
+        let confirmed_ms = confirmed_s.saturating_mul(1000);
+        since_ms < confirmed_ms && confirmed_ms <= now_ms
+    })
+}
+
 /// An article as the digest planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published<'a> {
@@ -149,6 +162,28 @@ mod tests {
             bounce: None,
             soft_bounces: None,
             tokens_after: None,
+        }
+    }
+
+    #[test]
+    fn an_alert_goes_to_those_subscribed_when_it_began() {
+        let mut s = sub(Schedule::Immediate, &[]);
+        let (began_ms, now_ms) = (1_700_000_000_500, 1_700_000_100_000);
+        for (confirmed, left_out) in [
+            (Some(1_700_000_000), false),
+            (Some(1_699_999_000), false),
+            (Some(1_700_000_001), true),
+            (Some(1_700_000_100), true),
+            // Later than now: the clock went back, nobody is left out for it.
+            (Some(1_700_000_101), false),
+            (None, false),
+        ] {
+            s.confirmed = confirmed;
+            assert_eq!(
+                joined_during(&s, began_ms, now_ms),
+                left_out,
+                "{confirmed:?}"
+            );
         }
     }
 

@@ -331,6 +331,66 @@ fn a_large_fan_out_is_queued_a_window_at_a_time() {
     assert_eq!(report["alerts_fanning_out"], false, "{report}");
 }
 
+/// Who confirms while an alert is going out is left out of it wherever their address falls
+/// (the fan-out reads subscribers in address order): before, one sorting after the window
+/// being read got it and one sorting before did not.
+#[test]
+fn who_subscribes_during_a_fan_out_is_left_out_of_it_whatever_their_address() {
+    const SUBSCRIBERS: usize = 4_500;
+    let smtp = SmtpServer::start();
+    smtp.set(|r| r.mail_from = Some("530 5.7.0 authentication required".into()));
+    let site = site(&smtp, false);
+    let emails: Vec<String> = (0..SUBSCRIBERS)
+        .map(|i| format!("dan{i:05}@x.vn"))
+        .collect();
+    common::import_immediate(&site, &emails);
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    // Paused with a window planned: the fan-out is read up to somewhere in the middle.
+    wait_for("the pause", PATIENCE, || paused(&daemon));
+    daemon.advance(Span::seconds(5));
+    let late = ["aaa-sau@x.vn".to_string(), "zzz-sau@x.vn".to_string()];
+    common::import_immediate(&site, &late);
+    smtp.set(|r| r.mail_from = None);
+    let mut resumed = false;
+    wait_for("every subscriber reached", PATIENCE * 4, || {
+        if !resumed || smtp.accepted().len() < SUBSCRIBERS {
+            daemon.advance(Span::seconds(61));
+            resumed = !paused(&daemon);
+        }
+        smtp.accepted().len() >= SUBSCRIBERS
+    });
+    let mut report = serde_json::Value::Null;
+    wait_for("the fan-out to end", PATIENCE, || {
+        let text = stdout(&site.bantin(&["status", "--article", "moi", "--json"]));
+        report = serde_json::from_str(&text).unwrap();
+        report["alerts_fanning_out"] == false && report["alerts"]["pending"] == 0
+    });
+    let mut to: Vec<String> = smtp.accepted().iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    let late_told: Vec<&String> = to.iter().filter(|e| late.contains(*e)).collect();
+    assert!(
+        late_told.is_empty(),
+        "confirmed after the alert began, and sent it: {late_told:?}"
+    );
+    assert!(
+        to == emails,
+        "each subscriber from before, once: {} mails for {} subscribers",
+        to.len(),
+        emails.len()
+    );
+    assert_eq!(report["alerts"]["planned"], SUBSCRIBERS, "{report}");
+    // They get the next one.
+    site.publish("sau.txt", &article(CAT_A, "Bài sau", "20/11/2026 | 09:00"));
+    wait_for("the next alert to them", PATIENCE * 4, || {
+        daemon.advance(Span::seconds(1));
+        let accepted = smtp.accepted();
+        late.iter()
+            .all(|e| accepted.iter().any(|m| m.to.contains(e)))
+    });
+    drop(daemon);
+}
+
 /// A relay that answers every recipient with "try again later" does not pause delivery
 /// (it is each mail's fault, not ours): each goes to the retry lane. The fan-out still stops
 /// planning once a few windows wait in all, instead of queuing every subscriber.

@@ -495,7 +495,9 @@ impl Outbox {
                 for r in self.store.subscribers_after(&fanout.after) {
                     let sub = r?;
                     seen += 1;
-                    if plan::wants_alert(&sub, &fanout.category) {
+                    if plan::wants_alert(&sub, &fanout.category)
+                        && !plan::joined_during(&sub, fanout.created_ms, now)
+                    {
                         let kind = Kind::Alert {
                             article: id.clone(),
                         };
