@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::{TimeZone, Utc};
+use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
@@ -115,6 +115,8 @@ impl Reply {
 pub struct Context<'a> {
     pub store: &'a Store,
     pub clock: &'a Clock,
+    /// The council's time zone (`site.timezone`): the times the reports give are in it.
+    pub tz: chrono_tz::Tz,
     /// The daemon's delivery pause, if it paused (only the daemon knows).
     pub pause: Option<crate::mail::Pause>,
     /// Whether the daemon answers this (else nothing is being delivered).
@@ -720,6 +722,7 @@ impl Tally {
     fn with<'d>(
         deliveries: impl IntoIterator<Item = &'d crate::store::Delivery>,
         compacted: &crate::store::Counts,
+        tz: chrono_tz::Tz,
     ) -> Tally {
         let mut counts = compacted.clone();
         let mut pending = 0;
@@ -736,8 +739,8 @@ impl Tally {
             pending,
             failed: counts.failed,
             cancelled: counts.cancelled,
-            first_accepted: counts.first_ms.and_then(rfc3339_ms),
-            last_accepted: counts.last_ms.and_then(rfc3339_ms),
+            first_accepted: counts.first_ms.and_then(|t| rfc3339_ms(t, tz)),
+            last_accepted: counts.last_ms.and_then(|t| rfc3339_ms(t, tz)),
         }
     }
 
@@ -835,19 +838,28 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
         corrections.push(CorrectionReport {
             n: c.n,
             reason: c.reason,
-            planned_at: rfc3339_ms(c.at_ms),
-            tally: Tally::with(deliveries.iter().map(|(_, d)| d), &c.compacted),
+            planned_at: rfc3339_ms(c.at_ms, ctx.tz),
+            tally: Tally::with(deliveries.iter().map(|(_, d)| d), &c.compacted, ctx.tz),
         });
     }
     let report = Report {
         article: id.to_owned(),
-        first_seen: (known.seen > 0).then(|| rfc3339_ms(known.seen)).flatten(),
-        alerts: Tally::with(&alerts, &compacted.alerts).and_pending((ctx.planned)(Some(id))),
+        first_seen: (known.seen > 0)
+            .then(|| rfc3339_ms(known.seen, ctx.tz))
+            .flatten(),
+        alerts: Tally::with(&alerts, &compacted.alerts, ctx.tz)
+            .and_pending((ctx.planned)(Some(id))),
         alerts_fanning_out: store.fanouts()?.iter().any(|(a, _)| a == id),
         digests: Digested {
             told: digests_told,
-            first_accepted: digest_times.iter().min().copied().and_then(rfc3339_ms),
-            last_accepted: digest_times.iter().max().copied().and_then(rfc3339_ms),
+            first_accepted: digest_times
+                .iter()
+                .min()
+                .and_then(|t| rfc3339_ms(*t, ctx.tz)),
+            last_accepted: digest_times
+                .iter()
+                .max()
+                .and_then(|t| rfc3339_ms(*t, ctx.tz)),
         },
         told: told.len(),
         corrections,
@@ -942,9 +954,13 @@ fn bulletin_report(
     let report = Report {
         schedule: schedule.as_str(),
         date,
-        runs: b.runs.iter().map(|r| rfc3339_ms(r * 1000)).collect(),
+        runs: b
+            .runs
+            .iter()
+            .map(|r| rfc3339_ms(r * 1000, ctx.tz))
+            .collect(),
         articles: b.articles.clone(),
-        mails: Tally::with(&deliveries, &compacted),
+        mails: Tally::with(&deliveries, &compacted, ctx.tz),
     };
     if json {
         let mut out = serde_json::to_string_pretty(&report).expect("serializable");
@@ -963,10 +979,10 @@ fn bulletin_report(
     )))
 }
 
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339())
+/// A time as RFC 3339, in the council's time zone (the same instant: a reader of the JSON
+/// loses nothing, the admin reads their own hours).
+fn rfc3339_ms(ms: i64, tz: chrono_tz::Tz) -> Option<String> {
+    tz.timestamp_millis_opt(ms).single().map(|t| t.to_rfc3339())
 }
 
 fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
@@ -1025,8 +1041,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         });
         last_digests.insert(
             schedule.as_str(),
-            t.and_then(|t| Utc.timestamp_opt(t, 0).single())
-                .map(|t| t.to_rfc3339()),
+            t.and_then(|t| rfc3339_ms(t.saturating_mul(1000), ctx.tz)),
         );
     }
     let articles = count_articles(ctx.store_dir);
@@ -1048,8 +1063,14 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             running: ctx.daemon,
             paused: ctx.pause.is_some(),
             reason: ctx.pause.as_ref().map(|p| p.reason.clone()),
-            since: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.since_ms)),
-            next_try: ctx.pause.as_ref().and_then(|p| rfc3339_ms(p.retry_ms)),
+            since: ctx
+                .pause
+                .as_ref()
+                .and_then(|p| rfc3339_ms(p.since_ms, ctx.tz)),
+            next_try: ctx
+                .pause
+                .as_ref()
+                .and_then(|p| rfc3339_ms(p.retry_ms, ctx.tz)),
         },
         fanouts,
         unknown_categories,
@@ -1135,6 +1156,22 @@ pub fn ask_daemon(state_dir: &Path, request: &Request) -> Option<std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
+
+    #[test]
+    fn status_gives_its_times_in_the_councils_time_zone() {
+        let (_dir, store) = store();
+        // 2026-11-20 00:00 in Hà Nội.
+        store
+            .set_last_digest(Schedule::Daily, 1_795_107_600)
+            .unwrap();
+        let reply = run(&store, Request::Status { json: true });
+        let json: serde_json::Value = serde_json::from_str(&reply.stdout).unwrap();
+        assert_eq!(
+            json["last_digests"]["daily"], "2026-11-20T00:00:00+07:00",
+            "{json}"
+        );
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1148,6 +1185,7 @@ mod tests {
         let ctx = Context {
             store,
             clock: &clock,
+            tz: "Asia/Ho_Chi_Minh".parse().unwrap(),
             pause: None,
             daemon: false,
             categories: &|| vec!["A".into(), "B, C".into(), "THÔNG BÁO".into()],

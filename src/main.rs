@@ -372,6 +372,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                 let ctx = bantin::admin::Context {
                     store: &store,
                     clock: &bantin::clock::Clock::system(),
+                    tz: config.timezone().unwrap_or(chrono_tz::UTC),
                     pause: None,
                     daemon: false,
                     categories: &|| bantin::publish::read_known_categories(config),

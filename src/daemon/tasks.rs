@@ -440,6 +440,7 @@ pub fn admin_socket(
                         let ctx = crate::admin::Context {
                             store: &outbox.store,
                             clock: &outbox.clock,
+                            tz: config.timezone().unwrap_or(chrono_tz::UTC),
                             pause: outbox.paused(),
                             daemon: true,
                             // Before the engine has read the store, read from disk as the
