@@ -1560,7 +1560,27 @@ impl Store {
         let probe = dir.join(".probe");
         let written = std::fs::write(&probe, [0u8; 8192]);
         let _ = std::fs::remove_file(&probe);
-        written.map_err(failed)
+        written.map_err(failed)?;
+        // And the day's logs a fold appends to (today's, and yesterday's for the mails sent
+        // before midnight): one that cannot be opened so (made read-only or immutable) stops
+        // folding as surely as a full disk. Else the state would be said writable again
+        // every second, and the next fold fail again.
+        for day_ms in [now_ms, now_ms - 86_400_000] {
+            let day = chrono::DateTime::from_timestamp_millis(day_ms)
+                .unwrap_or_default()
+                .format("%Y-%m-%d");
+            let log = dir.join(format!("{day}{LOG_SUFFIX}"));
+            if std::fs::symlink_metadata(&log).is_ok() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .map_err(|source| StoreError::Log {
+                        path: log.display().to_string(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// When the mail side first started (unix seconds): the store's articles then were the
@@ -2663,10 +2683,16 @@ impl Store {
                 .unwrap_or_default()
                 .format("%Y-%m-%d");
             // One gzip member per fold, appended: the day's file reads as one stream.
+            let path = dir.join(format!("{day}{LOG_SUFFIX}"));
+            // The file named: the admin sees which one is in the way.
+            let failed = |source| StoreError::Log {
+                path: path.display().to_string(),
+                source,
+            };
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join(format!("{day}{LOG_SUFFIX}")))
+                .open(&path)
                 .map_err(failed)?;
             let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
             gz.write_all(&lines).map_err(failed)?;
@@ -3383,6 +3409,26 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.alerts_of("ky-hop").count(), 0);
         assert_eq!(store.outbox_counts().unwrap(), [0, 5, 0, 0]);
+    }
+
+    #[test]
+    fn the_probe_of_the_state_fails_while_the_days_log_cannot_be_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 1_700_000_000_000; // 2023-11-14 UTC
+        store.probe_write(day).unwrap();
+        // Something the fold cannot append to where the day's log goes (a directory: even
+        // root cannot open it so).
+        let log = dir.path().join("sent/2023-11-14.jsonl.gz");
+        std::fs::create_dir(&log).unwrap();
+        let e = store.probe_write(day).unwrap_err();
+        assert!(e.to_string().contains("2023-11-14"), "{e}");
+        assert!(
+            store.probe_write(day + 86_400_000).is_err(),
+            "yesterday's too"
+        );
+        std::fs::remove_dir(&log).unwrap();
+        store.probe_write(day).unwrap();
     }
 
     #[test]
