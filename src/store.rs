@@ -621,6 +621,18 @@ fn set_aside(
     tx_result(result)
 }
 
+/// The marks a fold took are in the database now: they are no longer read from memory, and
+/// their journal may be emptied once the database has them on disk.
+fn let_go_of_folded(t: &Trees) -> Result<(), StoreError> {
+    let mut state = t.marks.lock();
+    state.folding = Default::default();
+    state.settled = false;
+    drop(state);
+    t.db.flush()?;
+    t.marks.lock().settled = true;
+    Ok(())
+}
+
 /// Makes every mark recorded so far durable: they are in no tree of the database, a flush of
 /// it does not cover them.
 fn sync_marks(t: &Trees) -> Result<(), StoreError> {
@@ -2598,22 +2610,12 @@ impl Store {
                         // the record at fault aside): the journal that holds them can be
                         // emptied, and the marks recorded since be folded.
                         set_aside(&t, &held, generation)?;
-                        let mut state = t.marks.lock();
-                        state.folding = Default::default();
-                        state.settled = false;
-                        drop(state);
-                        t.db.flush()?;
-                        t.marks.lock().settled = true;
+                        let_go_of_folded(&t)?;
                         return Err(e);
                     }
                     Err(e) => return Err(e),
                 }
-                let mut state = t.marks.lock();
-                state.folding = Default::default();
-                state.settled = false;
-                drop(state);
-                t.db.flush()?;
-                t.marks.lock().settled = true;
+                let_go_of_folded(&t)?;
             }
             for part in records.chunks(COMPACT_CHUNK) {
                 done += compact_chunk(&t, part, false, None)?;

@@ -280,22 +280,40 @@ fn connections_carry_a_bounded_number_of_mails_and_say_our_name() {
     drop(daemon);
 }
 
+/// A fan-out of one article ("moi") to `n` subscribers (dan00000@x.vn …), paused by a relay
+/// that refuses every mail: one window of it is planned.
+fn fan_out_paused(n: usize) -> (SmtpServer, Site, InProc, Vec<String>) {
+    let smtp = SmtpServer::start();
+    smtp.set(|r| r.mail_from = Some("530 5.7.0 authentication required".into()));
+    let site = site(&smtp, false);
+    let emails: Vec<String> = (0..n).map(|i| format!("dan{i:05}@x.vn")).collect();
+    common::import_immediate(&site, &emails);
+    let daemon = start(&site);
+    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
+    wait_for("the pause", PATIENCE, || paused(&daemon));
+    (smtp, site, daemon, emails)
+}
+
+/// The relay takes mail again: the clock moves past the pause's tries until `n` mails went.
+fn reach_everyone(smtp: &SmtpServer, daemon: &InProc, n: usize) {
+    smtp.set(|r| r.mail_from = None);
+    let mut resumed = false;
+    wait_for("every subscriber reached", PATIENCE * 4, || {
+        if !resumed || smtp.accepted().len() < n {
+            daemon.advance(Span::seconds(61));
+            resumed = !paused(daemon);
+        }
+        smtp.accepted().len() >= n
+    });
+}
+
 /// A fan-out to more subscribers than its window: while the relay refuses us, the outbox
 /// holds one window of the alert's mails, not one per subscriber; once the relay accepts,
 /// every subscriber gets the alert exactly once.
 #[test]
 fn a_large_fan_out_is_queued_a_window_at_a_time() {
     const SUBSCRIBERS: usize = 4_500;
-    let smtp = SmtpServer::start();
-    smtp.set(|r| r.mail_from = Some("530 5.7.0 authentication required".into()));
-    let site = site(&smtp, false);
-    let emails: Vec<String> = (0..SUBSCRIBERS)
-        .map(|i| format!("dan{i:05}@x.vn"))
-        .collect();
-    common::import_immediate(&site, &emails);
-    let daemon = start(&site);
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
-    wait_for("the pause", PATIENCE, || paused(&daemon));
+    let (smtp, site, daemon, emails) = fan_out_paused(SUBSCRIBERS);
     let json = status(&site);
     let pending = json["outbox"]["pending"].as_u64().unwrap() as usize;
     assert!(
@@ -308,15 +326,7 @@ fn a_large_fan_out_is_queued_a_window_at_a_time() {
         report.contains("(still queuing: more subscribers to come)"),
         "{report}"
     );
-    smtp.set(|r| r.mail_from = None);
-    let mut resumed = false;
-    wait_for("every subscriber reached", PATIENCE * 4, || {
-        if !resumed || smtp.accepted().len() < SUBSCRIBERS {
-            daemon.advance(Span::seconds(61));
-            resumed = !paused(&daemon);
-        }
-        smtp.accepted().len() >= SUBSCRIBERS
-    });
+    reach_everyone(&smtp, &daemon, SUBSCRIBERS);
     let mut to: Vec<String> = smtp.accepted().iter().flat_map(|m| m.to.clone()).collect();
     to.sort();
     assert_eq!(to, emails, "each subscriber once");
@@ -337,29 +347,12 @@ fn a_large_fan_out_is_queued_a_window_at_a_time() {
 #[test]
 fn who_subscribes_during_a_fan_out_is_left_out_of_it_whatever_their_address() {
     const SUBSCRIBERS: usize = 4_500;
-    let smtp = SmtpServer::start();
-    smtp.set(|r| r.mail_from = Some("530 5.7.0 authentication required".into()));
-    let site = site(&smtp, false);
-    let emails: Vec<String> = (0..SUBSCRIBERS)
-        .map(|i| format!("dan{i:05}@x.vn"))
-        .collect();
-    common::import_immediate(&site, &emails);
-    let daemon = start(&site);
-    site.publish("moi.txt", &article(CAT_A, "Bài mới", "20/11/2026 | 08:00"));
     // Paused with a window planned: the fan-out is read up to somewhere in the middle.
-    wait_for("the pause", PATIENCE, || paused(&daemon));
+    let (smtp, site, daemon, emails) = fan_out_paused(SUBSCRIBERS);
     daemon.advance(Span::seconds(5));
     let late = ["aaa-sau@x.vn".to_string(), "zzz-sau@x.vn".to_string()];
     common::import_immediate(&site, &late);
-    smtp.set(|r| r.mail_from = None);
-    let mut resumed = false;
-    wait_for("every subscriber reached", PATIENCE * 4, || {
-        if !resumed || smtp.accepted().len() < SUBSCRIBERS {
-            daemon.advance(Span::seconds(61));
-            resumed = !paused(&daemon);
-        }
-        smtp.accepted().len() >= SUBSCRIBERS
-    });
+    reach_everyone(&smtp, &daemon, SUBSCRIBERS);
     let mut report = serde_json::Value::Null;
     wait_for("the fan-out to end", PATIENCE, || {
         let text = stdout(&site.bantin(&["status", "--article", "moi", "--json"]));
