@@ -646,15 +646,7 @@ fn sync_marks(t: &Trees) -> Result<(), StoreError> {
 /// The marks a fold is to take (see [`Marks`]), with the number of the journal that holds
 /// the marks recorded since: those of a fold that did not finish, or else those recorded so
 /// far, for which the other journal is started.
-fn take_marks(
-    t: &Trees,
-) -> Result<
-    (
-        std::sync::Arc<std::collections::BTreeMap<String, Mark>>,
-        u64,
-    ),
-    StoreError,
-> {
+fn take_marks(t: &Trees) -> Result<(Taken, u64), StoreError> {
     if !t.marks.lock().settled {
         // The last fold's flush failed: the journal it folded is emptied only once it is done.
         t.db.flush()?;
@@ -1046,6 +1038,9 @@ struct Marks {
     state: std::sync::Mutex<MarksState>,
 }
 
+/// The marks a fold took, by key.
+type Taken = std::sync::Arc<std::collections::BTreeMap<String, Mark>>;
+
 struct MarksState {
     /// The journal new marks go to, and its number (in its header).
     current: usize,
@@ -1054,7 +1049,7 @@ struct MarksState {
     fresh: std::collections::BTreeMap<String, Mark>,
     /// The marks of the other journal being folded: still to be read until the fold's
     /// transaction has them.
-    folding: std::sync::Arc<std::collections::BTreeMap<String, Mark>>,
+    folding: Taken,
     /// Whether the database has the last fold on disk: only then may the other journal be
     /// emptied.
     settled: bool,
