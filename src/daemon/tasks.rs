@@ -414,6 +414,8 @@ pub fn admin_socket(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let store_dir = config.store.dir.clone();
     let return_path = config.mail.return_path.clone();
+    // Checked when the configuration was read.
+    let tz = config.timezone().unwrap_or(chrono_tz::UTC);
     let config_for_categories = Arc::new(config.clone());
     Ok(tokio::spawn(async move {
         loop {
@@ -440,7 +442,7 @@ pub fn admin_socket(
                         let ctx = crate::admin::Context {
                             store: &outbox.store,
                             clock: &outbox.clock,
-                            tz: config.timezone().unwrap_or(chrono_tz::UTC),
+                            tz,
                             pause: outbox.paused(),
                             daemon: true,
                             // Before the engine has read the store, read from disk as the
