@@ -612,8 +612,6 @@ impl Publisher {
             output::create_public_dir(staging)?;
             std::fs::rename(staging, &pages_dir)?;
         }
-        // Every body read is freed one by one: not on the way to the lists.
-        std::thread::spawn(move || drop(kept));
         let pages_done = started.elapsed();
         let mut report = BuildReport {
             articles: library.len(),
@@ -647,6 +645,8 @@ impl Publisher {
             .collect();
         report.write_errors.extend(problems);
         let docs_done = started.elapsed();
+        // Every body read is freed one by one: not on the way to the lists.
+        std::thread::spawn(move || drop(kept));
         if !fresh {
             report.files_removed = self.prune(&library, now)? + self.prune_docs(&model, &docs)?;
         }
