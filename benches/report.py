@@ -14,7 +14,10 @@ three times, and prints one table of medians with the ratios.
 2. Build: `bantin build` of a generated store into an empty folder (wall, user and system
    time); beside it, the same files' bytes written again into an empty folder
    (benches/raw_write.py); on the work folder's disk and in /dev/shm (tmpfs). The ratio is
-   the median of each run's own ratio.
+   the median of each run's own ratio. Under it, with --render-bench, the same build's
+   rendering alone (benches/render.rs: one thread, into memory, nothing written); with the
+   raw write's own CPU time, spread perfectly over this machine's cores, it is the least wall
+   time a build can take here: the floor of the ratio.
 3. Run: `bantin run` on a generated store, from the start to `/healthz` answering and the
    all-news feed served: a first start (no output, no state) and a restart (same config);
    the daemon's peak memory.
@@ -31,6 +34,7 @@ Needs smtp-sink and smtp-source (Debian: postfix).
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -306,6 +310,7 @@ def main():
     p.add_argument("--build-articles", type=int, default=10_000)
     p.add_argument("--run-articles", type=int, default=100_000)
     p.add_argument("--only", default="build,run,mail,fanout")
+    p.add_argument("--render-bench", help="the executable of benches/render.rs (report.sh builds it)")
     args = p.parse_args()
     only = set(args.only.split(","))
     for tool in ("smtp-sink", "smtp-source"):
@@ -324,6 +329,7 @@ def main():
     # (it skips inodes freed in the last minutes one by one): the sections that create
     # files come first, delete nothing until they are done, and take the binaries in turn.
     if "build" in only:
+        raw_walls = {}
         # On the disk of the work folder, and in memory (/dev/shm, a tmpfs), where the file
         # system's own work does not hide what bantin adds.
         roots = [(work, "disk")] + ([("/dev/shm", "tmpfs")] if os.path.isdir("/dev/shm") else [])
@@ -344,12 +350,31 @@ def main():
                 rw = median([x["raw"]["wall"] for x in r])
                 # The ratio of each run (its build beside its own raw write), then the median.
                 ratio = median([x["bantin"]["wall"] / x["raw"]["wall"] for x in r])
+                if label == "now":
+                    raw_walls[where] = (rw, median([x["raw"]["user"] + x["raw"]["sys"] for x in r]))
                 rows.append((f"build, {args.build_articles:,} articles, {r[0]['files']:,} files, {where} ({label})",
                              f"{bw:.2f} s (user {median([x['bantin']['user'] for x in r]):.2f}, "
                              f"sys {median([x['bantin']['sys'] for x in r]):.2f})",
                              f"raw write: {rw:.2f} s (user {median([x['raw']['user'] for x in r]):.2f}, "
                              f"sys {median([x['raw']['sys'] for x in r]):.2f})",
                              f"{ratio:.2f}x (goal <= 1.5x)"))
+
+        if args.render_bench:
+            # What the build's rendering alone takes, nothing written: the least a build can
+            # take on this machine's cores, whatever it does about files.
+            out = subprocess.run([args.render_bench, os.path.join(work, "build-now.toml"),
+                                  str(args.runs)], check=True, capture_output=True, text=True).stdout
+            log(out.rstrip())
+            cpu = float(re.search(r"^all, one thread\s+([0-9.]+) ms", out, re.M).group(1)) / 1e3
+            cores = os.cpu_count() or 1
+            # A build does this CPU work and the raw write's own (its system time) at least:
+            # shared out perfectly over the cores, the least wall time it can take.
+            floors = {w: (cpu + raw_cpu) / cores / rw for w, (rw, raw_cpu) in raw_walls.items()}
+            rows.append(("  the build's rendering alone, one thread, nothing written (now)",
+                         f"{cpu:.2f} s CPU",
+                         "its CPU and the raw write's, on " + f"{cores} cores at best: " +
+                         ", ".join(f"{(cpu + c) / cores:.2f} s ({w})" for w, (_, c) in raw_walls.items()),
+                         "floor " + ", ".join(f"{f:.2f}x ({w})" for w, f in floors.items())))
 
     if "run" in only:
         runs = {label: [] for label, _ in binaries}

@@ -12,4 +12,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
 target=$(cargo metadata --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-exec python3 "$repo/benches/report.py" --bin "$target/release/bantin" "$@"
+# The build's rendering alone (benches/render.rs), for the floor under the build's row.
+render=$(cargo bench --no-run --quiet --bench render --message-format json --manifest-path "$repo/Cargo.toml" |
+  python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "render" and m.get("executable"):
+        print(m["executable"])')
+exec python3 "$repo/benches/report.py" --bin "$target/release/bantin" --render-bench "$render" "$@"
