@@ -13,6 +13,7 @@ pub mod fresh;
 pub mod inbox;
 pub mod message;
 pub mod outbox;
+pub mod pause_log;
 pub mod transport;
 pub mod worker;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::message::{ComposeError, Composer, Content, key_file_name};
 use super::outbox::{Outbox, Pause};
+use super::pause_log::{Line, PauseLog};
 use super::transport::{Receipt, SendError, Transport};
 use crate::article::Article;
 use crate::config::Config;
@@ -79,6 +80,16 @@ pub struct Worker {
     sent: Mutex<Vec<String>>,
     /// Temporary failures logged lately, by reason.
     deferrals: Deferrals,
+    /// What the log said of pauses and resumes lately.
+    pause_log: Mutex<PauseLog>,
+}
+
+fn log_line(line: Option<Line>) {
+    match line {
+        Some(Line::Error(text)) => tracing::error!("{text}"),
+        Some(Line::Info(text)) => tracing::info!("{text}"),
+        None => {}
+    }
 }
 
 /// How often the same temporary failure is logged.
@@ -152,6 +163,7 @@ impl Worker {
             selective: Mutex::default(),
             sent: Mutex::default(),
             deferrals: Deferrals::default(),
+            pause_log: Mutex::default(),
         })
     }
 
@@ -242,7 +254,11 @@ impl Worker {
                 // disk turned into the same mails sent again and again.
                 self.pause(STATE_FAILED.into());
             }
-            if let Some(pause) = self.outbox.paused() {
+            let paused = self.outbox.paused();
+            if paused.is_none() {
+                log_line(self.pause_log.lock().expect("pause log").tick(now));
+            }
+            if let Some(pause) = paused {
                 if now < pause.retry_ms {
                     let until =
                         chrono::DateTime::from_timestamp_millis(pause.retry_ms).unwrap_or_default();
@@ -728,10 +744,12 @@ impl Worker {
                 }
             }
             None => {
-                tracing::error!(
-                    "mail delivery paused, nothing is marked failed; trying again in {} s: {reason}",
-                    PAUSE_FIRST_MS / 1000
+                let line = self.pause_log.lock().expect("pause log").paused(
+                    &reason,
+                    now,
+                    PAUSE_FIRST_MS / 1000,
                 );
+                log_line(line);
                 *pause = Some(Pause {
                     reason,
                     since_ms: now,
@@ -744,8 +762,13 @@ impl Worker {
 
     fn resume(&self) {
         if let Some(p) = self.outbox.pause.lock().expect("pause").take() {
-            let paused = (self.outbox.clock.now_ms() - p.since_ms) / 1000;
-            tracing::info!("mail delivery resumed after {paused} s");
+            let now = self.outbox.clock.now_ms();
+            let line = self
+                .pause_log
+                .lock()
+                .expect("pause log")
+                .resumed(&p.reason, p.since_ms, now);
+            log_line(line);
         }
     }
 
