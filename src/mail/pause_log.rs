@@ -2,9 +2,10 @@
 //!
 //! A relay whose password changed refuses new logins while connections logged in before
 //! still deliver: each of their mails resumes delivery, and the next new connection pauses
-//! it again, for the same reason. Logged as they happen, those flips would fill the journal
-//! with "paused" and "resumed" lines in turn, the last of which may say "resumed" while
-//! nothing goes out. The pause itself works as before; this only decides the lines:
+//! it again, for the same reason (a disk that fails now and then does the same). Logged as
+//! they happen, those flips would fill the journal with "paused" and "resumed" lines in
+//! turn, the last of which may say "resumed" while nothing goes out. The pause itself works
+//! as before; this only decides the lines:
 //!
 //! - a pause for a new reason, or long after the last one ended, is logged at once;
 //! - a pause for the same reason within [`FLIP_MS`] of the last one's end is a flip: the
@@ -26,8 +27,8 @@ pub enum Line {
 /// The state behind the lines (times are unix milliseconds).
 #[derive(Debug, Default)]
 pub struct PauseLog {
-    /// The reason of the pause going on, when it is a flip.
-    flipping: Option<String>,
+    /// Whether the pause going on is a flip.
+    flipping: bool,
     /// The last pause that ended: its reason, when it began and when it ended.
     ended: Option<Ended>,
     /// Flips since the last line about them, and when that line was written.
@@ -55,7 +56,7 @@ impl PauseLog {
             .as_ref()
             .is_some_and(|e| e.reason == reason && now - e.at_ms < FLIP_MS);
         if !flip {
-            self.flipping = None;
+            self.flipping = false;
             self.ended = None;
             self.flips_untold = 0;
             self.flips_told_ms = None;
@@ -65,22 +66,22 @@ impl PauseLog {
                  {first_try_secs} s: {reason}"
             )));
         }
-        self.flipping = Some(reason.to_owned());
+        self.flipping = true;
         self.run += 1;
         self.flips_untold += 1;
         if self.flips_told_ms.is_some_and(|told| now - told < FLIP_MS) {
             return None;
         }
         let line = if self.flips_told_ms.is_none() {
+            let after = (now - self.ended.as_ref().map_or(now, |e| e.at_ms)) / 1000;
             format!(
-                "mail delivery paused again, for the same reason, right after a mail went \
-                 out: connections opened before still deliver, new ones are refused. Such \
-                 pauses are logged once a minute from now on: {reason}"
+                "mail delivery paused again for the same reason, {after} s after it resumed; \
+                 more pauses like this are logged once a minute, with their count: {reason}"
             )
         } else {
             format!(
-                "mail delivery still pausing whenever a new connection is refused ({} \
-                 since the last line); connections opened before still deliver: {reason}",
+                "mail delivery paused again for the same reason, each time soon after it \
+                 resumed ({} since the last line): {reason}",
                 times(self.flips_untold)
             )
         };
@@ -91,7 +92,7 @@ impl PauseLog {
 
     /// Delivery resumes at `now` after a pause for `reason` that began at `since_ms`.
     pub fn resumed(&mut self, reason: &str, since_ms: i64, now: i64) -> Option<Line> {
-        let flipped = self.flipping.take().is_some();
+        let flipped = std::mem::take(&mut self.flipping);
         let since_ms = match &self.ended {
             Some(e) if flipped => e.since_ms,
             _ => since_ms,
@@ -198,7 +199,9 @@ mod tests {
         assert!(texts[0].contains("nothing is marked failed"), "{texts:#?}");
         assert_eq!(texts[1], "mail delivery resumed after 2 s");
         assert!(
-            texts[2].contains("paused again, for the same reason"),
+            texts[2].starts_with(
+                "mail delivery paused again for the same reason, 1 s after it resumed"
+            ),
             "{texts:#?}"
         );
         // One line a minute, each with the count of flips it stands for.
