@@ -3819,6 +3819,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reopen_waits_for_whoever_still_writes_through_the_old_database() {
+        // A sender that took the trees a moment before the reopen (to record a mark) must
+        // not write into journals the new database has replayed and cleared: sled's lock on
+        // its files makes the reopen wait for it (up to LOCK_WAIT), then fail, to be tried
+        // again, until it lets go.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.mark_broken();
+        let held = store.t().unwrap();
+        assert!(store.recover(1).is_err());
+        assert!(store.is_broken());
+        drop(held);
+        store.recover(2).unwrap();
+        assert!(!store.is_broken());
+        store.put_subscriber(&sub("a@x.vn")).unwrap();
+    }
+
+    #[test]
     fn a_lost_queue_entry_is_repaired() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
