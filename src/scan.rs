@@ -358,11 +358,25 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LineError> {
         Ok(meta) if meta.is_file() => meta.len(),
         _ => return Err(not_a_file()),
     };
-    // Room for the whole file and one byte more: one read fills it, one more sees the end.
-    let mut bytes = Vec::with_capacity(size.min(max_bytes) as usize + 1);
-    file.take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| LineError::new(1, format!("không đọc được tệp: {e}")))?;
+    let failed = |e: std::io::Error| LineError::new(1, format!("không đọc được tệp: {e}"));
+    // Room for the whole file and one byte more. A regular file gives a short read only at
+    // its end: one read that stops at the size just seen is the whole file, with no second
+    // read to find the end. Anything else (it grew, it shrank) is read on to the end.
+    let room = size.min(max_bytes) as usize + 1;
+    let mut bytes = vec![0; room];
+    let n = loop {
+        match (&file).read(&mut bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.map_err(failed)?,
+        }
+    };
+    bytes.truncate(n);
+    if n as u64 != size || n == room {
+        (&file)
+            .take(max_bytes + 1 - n as u64)
+            .read_to_end(&mut bytes)
+            .map_err(failed)?;
+    }
     if bytes.len() as u64 > max_bytes {
         return Err(LineError::new(
             1,
@@ -464,5 +478,38 @@ impl ArticleCache {
 
     pub fn clear(&self) {
         self.inner.lock().expect("article cache").bodies.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_read_whole_up_to_the_limit_and_refused_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let text = "Kỳ họp thứ nhất.\n".repeat(100);
+        let limit = text.len() as u64;
+        assert_eq!(
+            read_limited(&file("a.txt", text.as_bytes()), limit).unwrap(),
+            text.as_bytes()
+        );
+        assert!(
+            read_limited(&file("rong.txt", b""), limit)
+                .unwrap()
+                .is_empty()
+        );
+        let over = format!("{text}x");
+        let e = read_limited(&file("lon.txt", over.as_bytes()), limit).unwrap_err();
+        assert!(e.to_string().contains("store.max_bytes"), "{e}");
+        // Far over the limit: refused from the first read, nothing more read.
+        let huge = text.repeat(50);
+        assert!(read_limited(&file("rat-lon.txt", huge.as_bytes()), limit).is_err());
+        assert!(read_limited(dir.path(), limit).is_err());
     }
 }
