@@ -11,7 +11,8 @@
 //! - a pause for the same reason within [`FLIP_MS`] of the last one's end is a flip: the
 //!   first is logged at once and says why, later ones once every [`FLIP_MS`] with their count;
 //! - the end of a flipped pause is logged only once delivery has gone on for [`FLIP_MS`]
-//!   without pausing again ([`PauseLog::tick`]), so the log's last word is the truth.
+//!   without pausing again ([`PauseLog::tick`]), or when the daemon stops before that
+//!   ([`PauseLog::stopping`]), so the log's last word is the truth.
 
 /// How close a pause must follow the end of the last one, for the same reason, to be a
 /// flip; also how often flips are logged, and how long a resume must hold to be told.
@@ -132,6 +133,22 @@ impl PauseLog {
     }
 }
 
+impl PauseLog {
+    /// Delivery stops at `now` (the daemon is stopping): the end of a run of flips not told
+    /// yet is told now, or the log's last word about delivery would be a pause.
+    pub fn stopping(&mut self, now: i64) -> Option<Line> {
+        let e = self.ended.as_mut().filter(|e| !e.told && !self.flipping)?;
+        e.told = true;
+        Some(Line::Info(format!(
+            "mail delivery had resumed {} s before this stop and not paused again, after {} s \
+             in which it paused {} more for the same reason",
+            (now - e.at_ms) / 1000,
+            (e.at_ms - e.since_ms) / 1000,
+            times(std::mem::take(&mut self.run))
+        )))
+    }
+}
+
 fn times(n: usize) -> String {
     match n {
         1 => "once".into(),
@@ -220,6 +237,28 @@ mod tests {
         );
         assert!(matches!(lines[5], Line::Info(_)));
         assert!(lines[2..5].iter().all(|l| matches!(l, Line::Error(_))));
+    }
+
+    #[test]
+    fn a_stop_tells_the_end_of_flips_not_told_yet_and_nothing_else() {
+        let mut log = PauseLog::default();
+        assert_eq!(log.stopping(0), None);
+        log.paused(R, 0, 30);
+        log.resumed(R, 0, 1_000);
+        // Resumed and told: nothing more at the stop.
+        assert_eq!(log.stopping(2_000), None);
+        log.paused(R, 2_000, 30);
+        // Paused: the stop leaves that as the last word, which is true.
+        assert_eq!(log.stopping(3_000), None);
+        log.resumed(R, 2_000, 32_000);
+        let end = text(log.stopping(40_000)).unwrap();
+        assert!(
+            end.starts_with("mail delivery had resumed 8 s before this stop")
+                && end.contains("after 32 s in which it paused once more"),
+            "{end}"
+        );
+        assert_eq!(log.stopping(41_000), None);
+        assert_eq!(log.tick(40_000 + FLIP_MS), None);
     }
 
     #[test]

@@ -190,6 +190,8 @@ impl Worker {
             })
         };
         self.send_loop(stop).await;
+        let now = self.outbox.clock.now_ms();
+        log_line(self.pause_log.lock().expect("pause log").stopping(now));
         flusher.abort();
         // What was sent is folded, the marks held in memory with it, and anything recorded
         // by the senders is flushed: the database has them all. (Not folded, they stay in
