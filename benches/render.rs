@@ -5,9 +5,9 @@
 //!     cargo bench --bench render -- CONFIG [ROUNDS]
 //!
 //! CONFIG names the store, feeds and templates as for `bantin build` (`benches/report.sh`
-//! writes one per store it generates). The sum of the stages is the CPU a build cannot do
-//! without, whatever it does about files; divided by the cores, the least wall time they can
-//! give it.
+//! writes one for its 10,000-article store, `build-now.toml`). The sum of the stages is the
+//! CPU a build cannot do without, whatever it does about files; divided by the cores, the
+//! least wall time they can give it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,9 +37,8 @@ fn timed<T>(stage: impl FnOnce() -> T) -> (T, Duration) {
     (out, cpu() - before)
 }
 
-struct Round {
-    stages: Vec<(&'static str, Duration, usize)>,
-}
+/// One round: each stage's name, CPU time and bytes.
+type Round = Vec<(&'static str, Duration, usize)>;
 
 fn round(publisher: &Publisher) -> Round {
     let now = bantin::clock::Clock::system().now_fixed();
@@ -107,7 +106,7 @@ fn round(publisher: &Publisher) -> Round {
         });
         stages.push((name, t, bytes));
     }
-    Round { stages }
+    stages
 }
 
 fn main() {
@@ -130,15 +129,15 @@ fn main() {
     let sums: Vec<String> = rounds
         .iter()
         .map(|r| {
-            let sum: Duration = r.stages.iter().map(|s| s.1).sum();
+            let sum: Duration = r.iter().map(|s| s.1).sum();
             format!("{:.1}", sum.as_secs_f64() * 1e3)
         })
         .collect();
     println!("rounds, ms: {}", sums.join(" "));
     let mut total = Duration::ZERO;
     let mut total_bytes = 0;
-    for (i, (name, _, bytes)) in rounds[0].stages.iter().enumerate() {
-        let best = rounds.iter().map(|r| r.stages[i].1).min().expect("rounds");
+    for (i, (name, _, bytes)) in rounds[0].iter().enumerate() {
+        let best = rounds.iter().map(|r| r[i].1).min().expect("rounds");
         total += best;
         if !name.starts_with("read") {
             total_bytes += bytes;

@@ -39,7 +39,7 @@ pub struct PauseLog {
     run: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Ended {
     reason: String,
     /// When the first pause of its run of flips began.
@@ -115,37 +115,40 @@ impl PauseLog {
     /// Called now and then while delivery is not paused: tells the end of a run of flips
     /// once delivery has gone on long enough without pausing again.
     pub fn tick(&mut self, now: i64) -> Option<Line> {
-        let e = self.ended.as_mut()?;
-        if e.told || now - e.at_ms < FLIP_MS {
+        if self.ended.as_ref()?.at_ms > now - FLIP_MS {
             return None;
         }
-        e.told = true;
-        let run = std::mem::take(&mut self.run);
-        self.flips_untold = 0;
-        self.flips_told_ms = None;
-        Some(Line::Info(format!(
-            "mail delivery resumed: it has gone on for {} s without pausing again, after \
-             {} s in which it paused {} more for the same reason",
-            (now - e.at_ms) / 1000,
-            (e.at_ms - e.since_ms) / 1000,
-            times(run)
-        )))
+        self.tell_end(now, |held| {
+            format!("mail delivery resumed: it has gone on for {held} s without pausing again")
+        })
     }
-}
 
-impl PauseLog {
     /// Delivery stops at `now` (the daemon is stopping): the end of a run of flips not told
     /// yet is told now, or the log's last word about delivery would be a pause.
     pub fn stopping(&mut self, now: i64) -> Option<Line> {
-        let e = self.ended.as_mut().filter(|e| !e.told && !self.flipping)?;
+        if self.flipping {
+            return None; // paused: that is the last word, and true
+        }
+        self.tell_end(now, |held| {
+            format!("mail delivery had resumed {held} s before this stop and not paused again")
+        })
+    }
+
+    /// Tells the end of the last run of flips, once; `opening` words the line's start from
+    /// the seconds delivery has gone on since.
+    fn tell_end(&mut self, now: i64, opening: impl FnOnce(i64) -> String) -> Option<Line> {
+        let e = self.ended.as_mut().filter(|e| !e.told)?;
         e.told = true;
-        Some(Line::Info(format!(
-            "mail delivery had resumed {} s before this stop and not paused again, after {} s \
-             in which it paused {} more for the same reason",
-            (now - e.at_ms) / 1000,
+        let line = format!(
+            "{}, after {} s in which it paused {} more for the same reason",
+            opening((now - e.at_ms) / 1000),
             (e.at_ms - e.since_ms) / 1000,
-            times(std::mem::take(&mut self.run))
-        )))
+            times(self.run)
+        );
+        self.run = 0;
+        self.flips_untold = 0;
+        self.flips_told_ms = None;
+        Some(Line::Info(line))
     }
 }
 
@@ -222,14 +225,9 @@ mod tests {
             "{texts:#?}"
         );
         // One line a minute, each with the count of flips it stands for.
-        assert!(
-            texts[3].contains("(30 times since the last line)"),
-            "{texts:#?}"
-        );
-        assert!(
-            texts[4].contains("(30 times since the last line)"),
-            "{texts:#?}"
-        );
+        for t in &texts[3..5] {
+            assert!(t.contains("(30 times since the last line)"), "{texts:#?}");
+        }
         assert!(
             texts[5].starts_with("mail delivery resumed: it has gone on for 60 s")
                 && texts[5].contains("after 182 s in which it paused 90 times more"),
