@@ -332,8 +332,13 @@ impl Publisher {
             .into_iter()
             .map(|c| (c, self.category_url(model, c)))
             .collect();
-        self.pages()
-            .index(&listed, &categories, &self.all_url(model), events)
+        self.pages().index(
+            &listed,
+            &categories,
+            &self.all_url(model),
+            &self.older_url(model),
+            events,
+        )
     }
 
     /// What an article page links to: its category, its neighbours there.
@@ -768,10 +773,12 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
         excerpt: Some(sample.excerpt()),
     };
     let category_url = format!("{}/categories/mau.html", site.base_url);
+    let page_url = format!("{}/pages/1.html", site.base_url);
     if let Err(e) = pages.index(
         std::slice::from_ref(&listed),
         &[(sample.category.as_str(), category_url.clone())],
-        &format!("{}/pages/1.html", site.base_url),
+        &page_url,
+        &page_url,
         true,
     ) {
         problems.push(e.to_string());

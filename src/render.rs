@@ -13,7 +13,7 @@ use crate::library::Entry;
 use crate::nav::{self, ARCHIVE_SIZE, Doc, Ext, Model, PAGE_SIZE};
 use crate::output;
 use crate::publish::Publisher;
-use crate::site::local_time;
+use crate::site::{INDEX_LATEST, local_time};
 
 /// A serde value as a template value.
 fn v<T: Serialize>(value: T) -> minijinja::Value {
@@ -143,6 +143,16 @@ impl Publisher {
     /// The address of the newest page of every article (`/pages/{n}.html`).
     pub fn all_url(&self, model: &Model<'_>) -> String {
         self.all_page_url(nav::pages(model.all.len()))
+    }
+
+    /// The page of all articles that holds the newest one the index does not show (pages
+    /// count from the oldest, so the newest page mostly repeats the index); the newest page
+    /// when the index shows them all.
+    pub fn older_url(&self, model: &Model<'_>) -> String {
+        match model.all.len().checked_sub(INDEX_LATEST + 1) {
+            Some(at) => self.all_page_url(at / PAGE_SIZE + 1),
+            None => self.all_url(model),
+        }
     }
 
     pub fn listed(&self, model: &Model<'_>, e: &Entry, excerpt: Option<String>) -> Listed {

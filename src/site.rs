@@ -473,12 +473,14 @@ pub struct Pages<'a> {
 impl Pages<'_> {
     /// The index: latest articles (each with its excerpt), the feed list, the subscribe form.
     /// `events`: whether any article is an event (the page then offers the calendar).
-    /// `category_links`: (category, its page); `all_url`: the newest page of all articles.
+    /// `category_links`: (category, its page); `all_url`: the newest page of all articles;
+    /// `older_url`: the page of all articles that holds the newest one not on the index.
     pub fn index(
         &self,
         latest: &[crate::render::Listed],
         category_links: &[(&str, String)],
         all_url: &str,
+        older_url: &str,
         events: bool,
     ) -> Result<String, TemplateError> {
         #[derive(Serialize)]
@@ -499,6 +501,7 @@ impl Pages<'_> {
                 categories => v(categories),
                 category_links => v(links),
                 all_url,
+                older_url,
                 // webcal:// makes calendar programs subscribe (and follow changes) instead of
                 // importing a copy once.
                 webcal_url => calendar_url.as_ref().map(|url| match url.split_once("://") {

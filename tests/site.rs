@@ -79,6 +79,15 @@ fn publishing_one_article_rewrites_only_the_pages_it_appears_on() {
         "{}",
         home.text()
     );
+    // The index shows the 30 newest of 75 (45 to 74, counted from the oldest); its link to
+    // older news goes to the page of the 31st newest, page 3 (40 to 59), not to the newest
+    // page (60 to 74), which the index already shows whole.
+    assert!(
+        home.text()
+            .contains("<a href=\"http://bantin.test/pages/3.html\">Xem thêm các tin cũ hơn</a>"),
+        "{}",
+        home.text()
+    );
     for path in [
         "/categories/tin-tuc-su-kien-tieu-bieu.html",
         "/categories/tin-tuc-su-kien-tieu-bieu/1.html",
