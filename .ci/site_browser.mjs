@@ -8,6 +8,8 @@
 //   lands inside the main content;
 // - no console error, no failed request, no content-security-policy violation;
 // - the feed page's copy button puts a feed URL on the clipboard;
+// - the subscribe form sent with an address no mail can reach answers 400, the form back as
+//   typed with the field marked invalid and described by the message;
 // - the subscribe form on the index, filled with an address and sent, answers 200 with the
 //   page saying a confirmation mail was sent;
 // - full-page screenshots at 390 px (light and dark) and 1280 px are kept.
@@ -286,6 +288,35 @@ try {
     } catch (e) {
       report(false, `${name}: ${e.stack || e}`);
     }
+    await page.close();
+  }
+
+  // An address the browser lets through but no mail can reach (no dot in its domain): the
+  // answer says what is wrong, gives the form back as typed with the field marked for screen
+  // readers, and passes the same checks as every page.
+  {
+    const page = await context.newPage();
+    const problems = watch(page, `${base}/subscribe`);
+    await page.setViewportSize({ width: PHONE, height: 800 });
+    await page.goto(`${base}/`);
+    const form = page.locator('form[action$="/subscribe"]').first();
+    await form.locator('input[name="email"]').fill("ten@vidu");
+    const [response] = await Promise.all([
+      page.waitForResponse((r) => r.request().method() === "POST" && new URL(r.url()).pathname.endsWith("/subscribe")),
+      form.locator('button[type="submit"]').first().click(),
+    ]);
+    await page.waitForLoadState("load");
+    const field = page.locator('input[name="email"]');
+    const kept = (await field.count()) === 1 && (await field.inputValue()) === "ten@vidu";
+    const marked = kept && (await field.getAttribute("aria-invalid")) === "true";
+    const describedBy = kept ? await field.getAttribute("aria-describedby") : null;
+    const said = describedBy
+      ? (await page.locator(`#${describedBy}`).innerText()).replace(/\s+/g, " ")
+      : "";
+    report(response.status() === 400 && kept && marked && /chưa đúng/.test(said),
+      `subscribe, a wrong address: 400 (${response.status()}), the address kept (${kept}), ` +
+      `the field marked invalid (${marked}) and described by the message ("${said}")`);
+    await checkPage(page, "subscribe-wrong-address", problems);
     await page.close();
   }
 

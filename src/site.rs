@@ -600,6 +600,9 @@ pub struct Refill {
     pub button: String,
     /// On the preferences page: where to unsubscribe instead.
     pub unsubscribe_url: Option<String>,
+    /// The field the message is about (`email`, `schedule`, `categories`): marked invalid
+    /// for screen readers, the message its description.
+    pub problem: Option<&'static str>,
 }
 
 impl Refill {
@@ -632,6 +635,7 @@ impl Refill {
             token: None,
             button: "Đăng ký".into(),
             unsubscribe_url: None,
+            problem: None,
         }
     }
 }

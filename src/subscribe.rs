@@ -180,6 +180,28 @@ impl SubscribeState {
     }
 }
 
+/// What is wrong with the address typed (`None`: the field was not sent), in words.
+fn address_problem(typed: Option<&str>, problem: AddressProblem) -> &'static str {
+    let typed = typed.unwrap_or_default().trim();
+    if let AddressProblem::NeedsUtf8 { .. } = problem {
+        return "Địa chỉ này có chữ có dấu hoặc ký tự không thuộc bảng ASCII; máy chủ gửi thư của \
+                chúng tôi chưa nhận loại địa chỉ này (SMTPUTF8). Vui lòng dùng một địa chỉ chỉ \
+                gồm chữ không dấu (ví dụ ten@vidu.vn).";
+    }
+    if typed.is_empty() {
+        "Vui lòng nhập địa chỉ thư điện tử của bạn (ví dụ ten@vidu.vn)."
+    } else if typed.chars().count() > 254 {
+        "Địa chỉ đã nhập dài hơn 254 ký tự, không thể là một địa chỉ thư điện tử. Vui lòng \
+         kiểm tra lại."
+    } else if !typed.contains('@') {
+        "Địa chỉ thư điện tử cần có ký tự @ (ví dụ ten@vidu.vn). Vui lòng kiểm tra lại."
+    } else if typed.contains(char::is_whitespace) {
+        "Địa chỉ thư điện tử không có dấu cách. Vui lòng kiểm tra lại."
+    } else {
+        "Địa chỉ thư điện tử chưa đúng (ví dụ đúng: ten@vidu.vn). Vui lòng kiểm tra lại."
+    }
+}
+
 /// `scheme://host[:port]` of a URL.
 fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
@@ -289,22 +311,6 @@ async fn subscribe(
     if let Some(refused) = state.cross_site(&headers) {
         return refused;
     }
-    let ip = client_ip(peer.map(|p| p.0), &headers, &state.trusted);
-    if let Err(wait) = state.limiter.allow(ip) {
-        // When, in words: the header is for programs.
-        let minutes = wait.div_ceil(60).max(1);
-        let mut r = state.page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Vui lòng thử lại sau",
-            &format!(
-                "Có quá nhiều yêu cầu đăng ký từ địa chỉ mạng của bạn. Vui lòng thử lại sau \
-                 khoảng {minutes} phút."
-            ),
-            None,
-        );
-        r.headers_mut().insert(header::RETRY_AFTER, wait.into());
-        return r;
-    }
     let mut email = None;
     let mut schedule = Some(Schedule::Immediate);
     let mut categories = Vec::new();
@@ -341,17 +347,13 @@ async fn subscribe(
         .as_deref()
         .map(|e| check_address(e, state.outbox.relay_utf8.get()));
     let (Some(Ok(email)), Some(schedule)) = (checked.clone(), schedule) else {
-        let message = match checked {
-            Some(Err(AddressProblem::NeedsUtf8 { .. })) => {
-                "Địa chỉ này có chữ có dấu hoặc ký tự không thuộc bảng ASCII; máy chủ gửi thư của \
-                 chúng tôi chưa nhận loại địa chỉ này (SMTPUTF8). Vui lòng dùng một địa chỉ chỉ \
-                 gồm chữ không dấu (ví dụ ten@vidu.vn)."
-            }
-            _ => {
-                "Vui lòng nhập một địa chỉ thư điện tử hợp lệ (ví dụ ten@vidu.vn) và chọn cách \
-                 nhận tin."
-            }
+        let (field, message) = match checked {
+            Some(Err(problem)) => ("email", address_problem(email.as_deref(), problem)),
+            None => ("email", address_problem(None, AddressProblem::Invalid)),
+            Some(Ok(_)) => ("schedule", "Vui lòng chọn cách nhận tin."),
         };
+        let mut refill = refill;
+        refill.problem = Some(field);
         return state.refill("Thông tin chưa hợp lệ", message, &refill);
     };
     let categories = match canonical_categories(&categories, &known) {
@@ -366,9 +368,30 @@ async fn subscribe(
                     .join(", "),
                 known.join(", ")
             );
+            let mut refill = refill;
+            refill.problem = Some("categories");
             return state.refill("Chuyên mục không có", &message, &refill);
         }
     };
+    // Counted once the form is right: a mistake sends no mail, and the person who made it
+    // may correct it.
+    let ip = client_ip(peer.map(|p| p.0), &headers, &state.trusted);
+    if let Err(wait) = state.limiter.allow(ip) {
+        // When, in words: the header is for programs. The form comes back as it was filled.
+        let minutes = wait.div_ceil(60).max(1);
+        let mut r = state.render(StatusCode::TOO_MANY_REQUESTS, |pages| {
+            pages.subscribe_again(
+                "Vui lòng thử lại sau",
+                &format!(
+                    "Có quá nhiều yêu cầu đăng ký từ địa chỉ mạng của bạn. Yêu cầu này chưa được \
+                     lưu; vui lòng gửi lại sau khoảng {minutes} phút."
+                ),
+                &refill,
+            )
+        });
+        r.headers_mut().insert(header::RETRY_AFTER, wait.into());
+        return r;
+    }
     if state.outbox.store.is_broken() {
         // A write of the state failed (a full disk) and it is not known to be back: a new
         // subscriber waits, as the mails do.
@@ -748,6 +771,7 @@ async fn preferences(
         return state.starting(&form);
     };
     let Some(schedule) = schedule else {
+        form.problem = Some("schedule");
         return state.refill(
             "Thông tin chưa hợp lệ",
             "Vui lòng chọn cách nhận tin.",
@@ -757,6 +781,7 @@ async fn preferences(
     let categories = match canonical_categories(&categories, &known) {
         Ok(c) => c,
         Err(_) => {
+            form.problem = Some("categories");
             return state.refill(
                 "Chuyên mục không có",
                 "Vui lòng chọn trong các chuyên mục có trên trang.",

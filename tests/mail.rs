@@ -275,10 +275,43 @@ fn the_subscribe_form_resists_abuse() {
     let site = mail_site(smtp.addr, "subscribe_per_hour = 5");
     let daemon = Daemon::start(&site);
     daemon.wait_log("baseline");
-    // A bad address is a clear 400.
+    // A bad address is a clear 400 that says what is wrong, the form back with the field
+    // marked; mistakes are not counted against the hour's posts.
     let r = subscribe(&daemon, "email=not-an-address&schedule=daily");
     assert_eq!(r.status, 400);
-    assert!(r.text().contains("địa chỉ thư điện tử hợp lệ"));
+    assert!(r.text().contains("cần có ký tự @"), "{}", r.text());
+    assert!(
+        r.text().contains(
+            "value=\"not-an-address\" aria-invalid=\"true\" aria-describedby=\"thong-bao\""
+        ),
+        "{}",
+        r.text()
+    );
+    let r = subscribe(&daemon, "email=+&schedule=daily");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("Vui lòng nhập địa chỉ thư điện tử"),
+        "{}",
+        r.text()
+    );
+    let r = subscribe(
+        &daemon,
+        &format!("email={}%40x.vn&schedule=daily", "a".repeat(300)),
+    );
+    assert!(r.text().contains("dài hơn 254 ký tự"), "{}", r.text());
+    let r = subscribe(&daemon, "email=a%40x.vn&schedule=monthly");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("Vui lòng chọn cách nhận tin."),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text()
+            .contains("<select name=\"schedule\" aria-invalid=\"true\""),
+        "{}",
+        r.text()
+    );
     // Three posts for one address: one confirmation mail.
     let first = subscribe(&daemon, "email=a%40x.vn&schedule=daily");
     subscribe(&daemon, "email=a%40x.vn&schedule=daily");
@@ -297,20 +330,26 @@ fn the_subscribe_form_resists_abuse() {
     // (weekly, immediate) changed nothing.
     let list = stdout(&site.bantin(&["subscribers", "list"]));
     assert!(list.contains("a@x.vn\tdaily\tactive"), "{list}");
-    // Per client address: the sixth post within the hour is refused.
+    // Per client address: the sixth right post within the hour is refused, the form given
+    // back as it was filled.
+    assert_eq!(
+        subscribe(&daemon, "email=c%40x.vn&schedule=daily").status,
+        200
+    );
     let r = subscribe(&daemon, "email=b%40x.vn&schedule=daily");
     assert_eq!(r.status, 429);
+    assert!(r.text().contains("value=\"b@x.vn\""), "{}", r.text());
     let wait = r.header("retry-after").unwrap().parse::<u64>().unwrap();
     assert!(wait > 0);
     // The page says when, in minutes, as the header does in seconds.
     assert!(
         r.text()
-            .contains(&format!("thử lại sau khoảng {} phút", wait.div_ceil(60))),
+            .contains(&format!("gửi lại sau khoảng {} phút", wait.div_ceil(60))),
         "{}",
         r.text()
     );
-    // The refused post queued nothing: the outbox holds the one confirmation only.
-    assert_eq!(deliveries(&site), 1, "no more confirmation mails");
+    // The refused post queued nothing: the outbox holds the two confirmations only.
+    assert_eq!(deliveries(&site), 2, "no more confirmation mails");
     // A forged confirmation does nothing.
     assert_eq!(get(daemon.addr, "/confirm?token=YkB4LnZu.AAAA").status, 400);
 }
