@@ -188,6 +188,106 @@ fn a_content_filter_refusing_everything_pauses_delivery() {
     );
 }
 
+/// A content filter refusing every message twice, with a working spell between: each time
+/// delivery pauses and nothing fails. The mails the relay took after the first spell do not
+/// make the second look like a refusal of a few addresses (a small list never has ten
+/// refusals in a row to pause on).
+#[test]
+fn a_relay_refusing_every_message_again_later_pauses_again() {
+    let refuse = |r: &mut common::smtp::Replies| {
+        r.data_end = Some("554 5.7.1 rejected by the content filter".into())
+    };
+    let smtp = SmtpServer::start();
+    smtp.set(refuse);
+    let site = site(&smtp, false);
+    let emails = ["a@x.vn", "b@x.vn", "c@x.vn"];
+    add(&site, &emails);
+    let daemon = start(&site);
+    let sent_to_all = |n: usize| {
+        wait_for("every mail sent", PATIENCE, || {
+            let json = status(&site);
+            assert_eq!(json["outbox"]["failed"], 0, "{json}");
+            json["outbox"]["sent"] == n || {
+                daemon.advance(Span::seconds(61));
+                false
+            }
+        })
+    };
+    // Each look that finds delivery running moves the clock past the next try: a refusal
+    // tried again must pause delivery, not fail.
+    let pauses = || {
+        wait_for("the pause", PATIENCE, || {
+            let json = status(&site);
+            assert_eq!(json["outbox"]["failed"], 0, "nothing fails: {json}");
+            paused(&daemon) || {
+                daemon.advance(Span::seconds(61));
+                false
+            }
+        })
+    };
+    site.publish("mot.txt", &article(CAT_A, "Bài một", "20/11/2026 | 08:00"));
+    pauses();
+    smtp.set(|r| r.data_end = None);
+    sent_to_all(emails.len());
+    smtp.set(refuse);
+    site.publish("hai.txt", &article(CAT_A, "Bài hai", "20/11/2026 | 09:00"));
+    pauses();
+    nobody_harmed_but(&site, emails.len(), emails.len());
+    smtp.set(|r| r.data_end = None);
+    sent_to_all(2 * emails.len());
+    for email in emails {
+        let got = smtp
+            .accepted()
+            .iter()
+            .filter(|m| m.to == [email.to_string()])
+            .count();
+        assert_eq!(got, 2, "{email}");
+    }
+    assert_eq!(status(&site)["subscribers"]["active"], emails.len());
+}
+
+/// Two subscribers, and a relay refusing every message: never the three refusals in a row
+/// that pause delivery at once. Each mail refused again, with no mail taken since, pauses
+/// delivery rather than failing; mended, the relay gets both.
+#[test]
+fn refusals_too_few_to_blame_the_relay_still_fail_no_mail() {
+    let smtp = SmtpServer::start();
+    smtp.set(|r| r.data_end = Some("554 5.7.1 rejected by the content filter".into()));
+    let site = site(&smtp, false);
+    let emails = ["a@x.vn", "b@x.vn"];
+    add(&site, &emails);
+    let daemon = start(&site);
+    site.publish("mot.txt", &article(CAT_A, "Bài một", "20/11/2026 | 08:00"));
+    wait_for("the pause", PATIENCE, || {
+        let json = status(&site);
+        assert_eq!(json["outbox"]["failed"], 0, "nothing fails: {json}");
+        paused(&daemon) || {
+            daemon.advance(Span::seconds(61));
+            false
+        }
+    });
+    nobody_harmed(&site, emails.len());
+    smtp.set(|r| r.data_end = None);
+    wait_for("both sent", PATIENCE, || {
+        status(&site)["outbox"]["sent"] == emails.len() || {
+            daemon.advance(Span::seconds(61));
+            false
+        }
+    });
+    each_once(&smtp, &emails);
+    assert_eq!(status(&site)["outbox"]["failed"], 0);
+}
+
+/// As [`nobody_harmed`], with `sent` mails sent before.
+fn nobody_harmed_but(site: &Site, subscribers: usize, sent: usize) {
+    let json = status(site);
+    assert_eq!(json["subscribers"]["active"], subscribers, "{json}");
+    assert_eq!(json["subscribers"]["bounced"], 0, "{json}");
+    assert_eq!(json["outbox"]["failed"], 0, "{json}");
+    assert_eq!(json["outbox"]["sent"], sent, "{json}");
+    assert_eq!(json["delivery"]["paused"], true, "{json}");
+}
+
 /// Postfix names the recipient in its refusal: the refusals differ by address, yet they are
 /// the relay refusing us (no relay rights for our host), not five bad messages.
 #[test]

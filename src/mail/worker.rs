@@ -5,7 +5,7 @@
 //! before retries.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,10 +46,13 @@ pub const STATE_FAILED: &str = "cannot write the state (is its disk full?)";
 /// The same refusal of the message for this many different recipients in a row means the
 /// relay refuses us, not the message.
 const SAME_REJECTIONS: usize = 3;
-/// ... unless the relay took other mails while refusing that way (it refuses some addresses,
-/// not us): then it takes this many different recipients in a row, with no mail taken
-/// between them, to blame the relay again.
+/// ... unless the relay was seen refusing some addresses that way while it took other mails:
+/// then it takes this many different recipients in a row, with no mail taken between them,
+/// to blame the relay again.
 const SELECTIVE_REJECTIONS: usize = 10;
+/// The addresses remembered as refused by the relay (beyond, a refused mail of an address
+/// not remembered fails only if the relay took another mail since its last try).
+const SELECTIVE_ADDRESSES: usize = 10_000;
 
 /// How retries are spaced and when they stop.
 #[derive(Debug, Clone, Copy)]
@@ -72,10 +75,12 @@ pub struct Worker {
     commit: Committer,
     /// The last run of identical refusals: the refusal and the recipients it hit.
     rejections: Mutex<Option<(String, HashSet<String>)>>,
-    /// A refusal the relay gave while it took other mails: it refuses those addresses (no
-    /// relay rights for their domain, say), and their mails fail one by one instead of
-    /// pausing everyone's again and again.
-    selective: Mutex<Option<String>>,
+    /// A refusal the relay gave to the same addresses again after it took other mails: it
+    /// refuses those addresses (no relay rights for their domain, say), and their mails fail
+    /// one by one instead of pausing everyone's again and again. With those addresses.
+    selective: Mutex<Option<(String, HashSet<String>)>>,
+    /// When the relay last took a mail (the worker's clock; 0: not since the start).
+    last_taken_ms: AtomicI64,
     /// Sent alerts and digests not yet folded into their articles' totals.
     sent: Mutex<Vec<String>>,
     /// Temporary failures logged lately, by reason.
@@ -161,6 +166,7 @@ impl Worker {
             commit: Committer::new(),
             rejections: Mutex::default(),
             selective: Mutex::default(),
+            last_taken_ms: AtomicI64::new(0),
             sent: Mutex::default(),
             deferrals: Deferrals::default(),
             pause_log: Mutex::default(),
@@ -549,6 +555,15 @@ impl Worker {
                 self.pause(format!("{REFUSES_EVERY}: {refusal}"));
                 Err(SendError::Ours(why))
             }
+            // Refused again, and nothing shows that the relay refuses this address rather
+            // than every message: the relay is blamed, not the mail, which would fail.
+            Err(SendError::Rejected(why))
+                if d.rejections > 0 && !self.refuses_address(&why, &d.email, d.updated_ms) =>
+            {
+                let refusal = refusal_of_any(&why);
+                self.pause(format!("{REFUSES_EVERY}: {refusal}"));
+                Err(SendError::Ours(why))
+            }
             other => other,
         };
         if let Err(SendError::Ours(why)) = &outcome {
@@ -684,11 +699,13 @@ impl Worker {
             return true; // a try during a pause: the relay still refuses us
         }
         let why = refusal_of_any(why);
-        let enough = if self.selective.lock().expect("selective").as_ref() == Some(&why) {
+        let selective = self.selective.lock().expect("selective");
+        let enough = if selective.as_ref().is_some_and(|(r, _)| *r == why) {
             SELECTIVE_REJECTIONS
         } else {
             SAME_REJECTIONS
         };
+        drop(selective);
         let mut last = self.rejections.lock().expect("rejections");
         match last.as_mut() {
             Some((reason, emails)) if *reason == why => {
@@ -699,22 +716,66 @@ impl Worker {
         last.as_ref().is_some_and(|(_, e)| e.len() >= enough)
     }
 
-    /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
-    /// bounces of that address is over.
-    fn delivered(&self, email: &str, read: Option<&Subscriber>) {
-        // A run of refusals broken by a mail the relay took (a try during the pause they
-        // caused, or one sent meanwhile): the relay refuses those addresses, not us.
-        if let Some((refusal, _)) = self.rejections.lock().expect("rejections").take() {
-            let mut selective = self.selective.lock().expect("selective");
-            if selective.as_ref() != Some(&refusal) {
+    /// Whether the relay, refusing `email`'s mail again with `why`, refuses that address
+    /// rather than every message: it took another mail since the mail's last try (at
+    /// `last_try_ms`), or it was seen refusing that address so before. A mail taken after a
+    /// run of refusals tells neither (the relay may have been mended in between): only the
+    /// same address refused again, after the relay took others, does.
+    fn refuses_address(&self, why: &str, email: &str, last_try_ms: i64) -> bool {
+        let refusal = refusal_of_any(why);
+        let known = self
+            .selective
+            .lock()
+            .expect("selective")
+            .as_ref()
+            .is_some_and(|(r, emails)| *r == refusal && emails.contains(email));
+        if known {
+            return true;
+        }
+        if self.last_taken_ms.load(Ordering::Relaxed) < last_try_ms {
+            return false;
+        }
+        self.refused_while_taking(refusal, [email.to_owned()]);
+        true
+    }
+
+    /// The relay refused `emails` with `refusal` while it took other mails: it refuses
+    /// those addresses, not us (told once a refusal).
+    fn refused_while_taking(&self, refusal: String, emails: impl IntoIterator<Item = String>) {
+        let mut selective = self.selective.lock().expect("selective");
+        let known = match selective.as_mut() {
+            Some((r, known)) if *r == refusal => known,
+            _ => {
                 tracing::warn!(
                     "the relay takes some mails and refuses others with \"{refusal}\": those \
                      addresses' mails are now refused one by one (tried again once, then \
                      failed), and delivery pauses again only if {SELECTIVE_REJECTIONS} \
                      addresses in a row are refused so"
                 );
-                *selective = Some(refusal);
+                &mut selective.insert((refusal, HashSet::new())).1
             }
+        };
+        for email in emails {
+            if known.len() >= SELECTIVE_ADDRESSES {
+                break;
+            }
+            known.insert(email);
+        }
+    }
+
+    /// A mail got through: a pause ends, a run of refusals is broken, a run of soft
+    /// bounces of that address is over.
+    fn delivered(&self, email: &str, read: Option<&Subscriber>) {
+        self.last_taken_ms
+            .fetch_max(self.outbox.clock.now_ms(), Ordering::Relaxed);
+        // A run of refusals broken by a mail the relay took while delivery ran: it refuses
+        // those addresses, not us. Broken by a try during the pause the run caused, it tells
+        // nothing (the relay may have been mended): the refused mails' next tries tell.
+        let run = self.rejections.lock().expect("rejections").take();
+        if let Some((refusal, emails)) = run
+            && self.outbox.paused().is_none()
+        {
+            self.refused_while_taking(refusal, emails);
         }
         if !self.store().is_broken() {
             self.resume();
