@@ -135,6 +135,12 @@ impl Publisher {
         site.contact = config.site.contact.clone().filter(|c| !c.trim().is_empty());
         let mut templates = templates.expect("no problems");
         templates.set_site(&site, &feeds);
+        // Rendered once before they are taken: `{{ 1/0 }}` or an unknown filter parses,
+        // then fails on every page.
+        let problems = template_problems(&templates, &site);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Publisher {
             site,
             feeds,
@@ -749,9 +755,9 @@ pub fn unknown_categories<'a>(
         .collect()
 }
 
-/// Renders every page and mail template once with sample data: what a reload checks
-/// before it takes new templates (a template can parse and still fail to render). One
-/// message per problem.
+/// Renders every page and mail template once with sample data: what a start, a build and
+/// a reload check before they take the templates (a template can parse and still fail to
+/// render). One message per problem.
 pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> {
     let pages = Pages { site, templates };
     let sample = crate::mail::message::sample_article();
@@ -818,6 +824,11 @@ pub fn template_problems(templates: &Templates, site: &SiteInfo) -> Vec<String> 
         problems.push(e.to_string());
     }
     problems.extend(crate::mail::check_templates(templates, site));
+    // A template rendered twice (an article with and without its optional parts) fails
+    // the same way twice, mostly: said once (the first line names the template, the line
+    // and the error; the rest shows the sample's values, which differ).
+    let mut seen = HashSet::new();
+    problems.retain(|p| seen.insert(p.lines().next().unwrap_or_default().to_owned()));
     problems
 }
 

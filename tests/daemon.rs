@@ -531,6 +531,48 @@ fn a_broken_config_stops_before_anything_runs() {
         "{}",
         common::stderr(&out)
     );
+    // A template that parses and fails on every page it renders: refused too, said once,
+    // before a page is written.
+    std::fs::remove_file(site.path("feeds/hong.toml")).unwrap();
+    let path = site.path("templates/web/article.html");
+    let good = std::fs::read_to_string(&path).unwrap();
+    site.write(
+        "templates/web/article.html",
+        &good.replacen("{{ article.title }}", "{{ article.title|nosuchfilter }}", 1),
+    );
+    let mut child = site
+        .command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("bantin run started with a template that fails to render");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot start"), "{err}");
+    assert_eq!(
+        err.matches("template 'web/article.html': line 2: unknown filter")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(!site.public().join("articles").exists(), "no page written");
 }
 
 #[test]
