@@ -37,6 +37,9 @@ fn default_limit() -> usize {
     DEFAULT_LIMIT
 }
 
+/// What a feed's title or description says for the site's title.
+pub const SITE_MARK: &str = "{site}";
+
 /// A problem in a feed definition, `path:line: message`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}:{line}: {message}")]
@@ -79,6 +82,13 @@ impl FeedDef {
             ));
         }
         Ok(def)
+    }
+
+    /// Puts the site's title where the title or description says `{site}` (one set of
+    /// definitions serves every council of a server).
+    pub fn name_site(&mut self, site_title: &str) {
+        self.title = self.title.replace(SITE_MARK, site_title);
+        self.description = self.description.replace(SITE_MARK, site_title);
     }
 
     /// Whether an article of `category` belongs in this feed.
@@ -733,6 +743,18 @@ mod tests {
             FeedDef::parse("ok", "title = \"a\"").unwrap().limit,
             DEFAULT_LIMIT
         );
+    }
+
+    #[test]
+    fn a_definition_names_the_site_where_it_says_so() {
+        let mut def = FeedDef::parse(
+            "tat-ca",
+            "title = \"{site} – Tất cả tin\"\ndescription = \"Mọi tin của {site}\"\n",
+        )
+        .unwrap();
+        def.name_site("HĐND phường Láng");
+        assert_eq!(def.title, "HĐND phường Láng – Tất cả tin");
+        assert_eq!(def.description, "Mọi tin của HĐND phường Láng");
     }
 
     #[test]

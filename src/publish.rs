@@ -130,6 +130,10 @@ impl Publisher {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let mut feeds = feeds;
+        for def in &mut feeds {
+            def.name_site(&config.site.title);
+        }
         let mut site = SiteInfo::new(&config.site.title, config.base_url(), &config.site.language);
         site.address = config.site.address.clone().filter(|a| !a.trim().is_empty());
         site.contact = config.site.contact.clone().filter(|c| !c.trim().is_empty());

@@ -867,3 +867,36 @@ fn a_category_feed_links_to_its_own_page() {
     let all = site.read_public("feeds/tat-ca.rss");
     assert!(all.contains("<link>http://bantin.test/</link>"), "{all}");
 }
+
+/// The shipped feed definitions name the council by `{site}`: a ward's feeds carry its own
+/// name, in the feeds, their pages and the OPML list.
+#[test]
+fn feed_definitions_name_the_site_they_serve() {
+    let site = Site::with_config(
+        "[site]\nbase_url = \"http://127.0.0.1:8080\"\ntitle = \"HĐND phường Láng\"\n",
+    );
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/feeds/tat-ca.toml");
+    site.write(
+        "feeds/tat-ca.toml",
+        &std::fs::read_to_string(shipped).unwrap(),
+    );
+    site.put("a.txt", &article(CAT_A, "A", "14/02/2020"));
+    let out = site.bantin(&["build"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    for file in [
+        "feeds/tat-ca.atom",
+        "feeds/tat-ca.rss",
+        "feeds/tat-ca.html",
+        "feeds.opml",
+    ] {
+        let text = site.read_public(file);
+        assert!(
+            text.contains("HĐND phường Láng – Tất cả tin"),
+            "{file}: {text}"
+        );
+        assert!(
+            !text.contains("{site}") && !text.contains("Cầu Giấy"),
+            "{file}: {text}"
+        );
+    }
+}
