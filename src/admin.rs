@@ -678,6 +678,8 @@ struct Status {
     outbox: std::collections::BTreeMap<&'static str, usize>,
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
     delivery: Delivery,
+    /// Pending mails the relay deferred: tried, waiting to be tried again.
+    deferred: Option<DeferredMails>,
     /// Articles whose alerts are still going out to their subscribers (more than `pending`
     /// counts: those not planned yet have no record at all).
     fanouts: Vec<String>,
@@ -703,6 +705,16 @@ struct Delivery {
     reason: Option<String>,
     since: Option<String>,
     next_try: Option<String>,
+}
+
+/// Mails tried and deferred, as `status` tells them (no address: the reason has them left
+/// out).
+#[derive(Serialize)]
+struct DeferredMails {
+    count: usize,
+    reason: String,
+    next_try: Option<String>,
+    attempts: u32,
 }
 
 /// Deliveries counted by state, with the first and last time the relay accepted one.
@@ -1044,6 +1056,18 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             t.and_then(|t| rfc3339_ms(t.saturating_mul(1000), ctx.tz)),
         );
     }
+    let deferred = store
+        .deferred()
+        .unwrap_or_else(|e| {
+            note(e);
+            None
+        })
+        .map(|d| DeferredMails {
+            count: d.count,
+            reason: crate::mail::worker::refusal_of_any(&d.reason),
+            next_try: rfc3339_ms(d.next_ms, ctx.tz),
+            attempts: d.attempts,
+        });
     let articles = count_articles(ctx.store_dir);
     let fanouts = store
         .fanouts()
@@ -1072,6 +1096,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
                 .as_ref()
                 .and_then(|p| rfc3339_ms(p.retry_ms, ctx.tz)),
         },
+        deferred,
         fanouts,
         unknown_categories,
         state_error,
@@ -1111,6 +1136,18 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         join(&status.subscribers),
         join(&status.outbox)
     );
+    if let Some(d) = &status.deferred {
+        out.push_str(&format!(
+            "deferred: {} {} tried and waiting to be tried again (up to {} {} so far), next \
+             try {}: {}\n",
+            d.count,
+            if d.count == 1 { "mail" } else { "mails" },
+            d.attempts,
+            if d.attempts == 1 { "try" } else { "tries" },
+            d.next_try.as_deref().unwrap_or("unknown"),
+            d.reason
+        ));
+    }
     if !status.fanouts.is_empty() {
         out.push_str(&format!(
             "alerts still going out (more than pending: the rest are not planned yet): {}\n",

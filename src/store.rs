@@ -326,6 +326,18 @@ impl Fanout {
     }
 }
 
+/// Pending mails that were tried and wait to be tried again ([`Store::deferred`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub count: usize,
+    /// The reason of the latest try (it may name its recipient).
+    pub reason: String,
+    /// The earliest next try.
+    pub next_ms: i64,
+    /// The most tries one of them has had.
+    pub attempts: u32,
+}
+
 /// One mail to one address. Times are unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -2771,6 +2783,41 @@ impl Store {
     /// Counts of deliveries by state.
     /// Mails by state: those on record, and those folded into totals (alerts, digest runs
     /// and corrections; a confirmation is not counted once compacted).
+    /// The pending mails the relay deferred (tried, and waiting to be tried again): how
+    /// many, the latest reason, the next try. `None` when there are none.
+    pub fn deferred(&self) -> Result<Option<Deferred>, StoreError> {
+        let t = self.t()?;
+        let mut out: Option<(Deferred, i64)> = None;
+        for r in t.outbox.iter() {
+            let (k, v) = r?;
+            let d: Delivery = decode(&k, &v)?;
+            let (DeliveryState::Pending, Some(error)) = (d.state, &d.error) else {
+                continue;
+            };
+            match &mut out {
+                Some((seen, latest)) => {
+                    seen.count += 1;
+                    seen.next_ms = seen.next_ms.min(d.next_ms);
+                    seen.attempts = seen.attempts.max(d.attempts);
+                    if d.updated_ms > *latest {
+                        *latest = d.updated_ms;
+                        seen.reason = error.clone();
+                    }
+                }
+                None => {
+                    let seen = Deferred {
+                        count: 1,
+                        reason: error.clone(),
+                        next_ms: d.next_ms,
+                        attempts: d.attempts,
+                    };
+                    out = Some((seen, d.updated_ms));
+                }
+            }
+        }
+        Ok(out.map(|(seen, _)| seen))
+    }
+
     pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
         let t = self.t()?;
         let mut counts = [0; 4];

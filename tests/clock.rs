@@ -174,6 +174,26 @@ fn a_451_is_retried_after_the_delay_with_the_same_message_id() {
         daemon.metric("bantin_mail_retries_total") == Some(1.0)
     });
     assert_eq!(smtp.messages().len(), 1, "no second try before the delay");
+    // `status` says what waits and why, as it does for a pause (no address in it).
+    let deferred = status(&site)["deferred"].clone();
+    assert_eq!(deferred["count"], 1, "{deferred}");
+    assert_eq!(deferred["attempts"], 1, "{deferred}");
+    assert!(
+        deferred["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("smtp: 451"),
+        "{deferred}"
+    );
+    assert!(deferred["next_try"].is_string(), "{deferred}");
+    let text = common::stdout(&site.bantin(&["status"]));
+    assert!(
+        text.contains(
+            "deferred: 1 mail tried and waiting to be tried again (up to 1 try so far), next try "
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("dan@x.vn"), "{text}");
     // The first retry comes after 45 to 75 s (60 s ± 25 %).
     daemon.advance(Days::seconds(76));
     wait_mails(&smtp, 1);
@@ -190,6 +210,7 @@ fn a_451_is_retried_after_the_delay_with_the_same_message_id() {
     let json = status(&site);
     assert_eq!(json["outbox"]["sent"], 1, "{json}");
     assert_eq!(json["outbox"]["pending"], 0, "{json}");
+    assert!(json["deferred"].is_null(), "{json}");
 }
 
 #[test]

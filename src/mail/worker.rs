@@ -1009,7 +1009,7 @@ impl Committer {
 
 /// A refusal with the addresses it names left out: Postfix's `554 5.7.1 <a@x.vn>: Relay
 /// access denied` is the same refusal for every recipient.
-fn refusal_of_any(why: &str) -> String {
+pub fn refusal_of_any(why: &str) -> String {
     why.split_whitespace()
         .map(|w| if w.contains('@') { "<…>" } else { w })
         .collect::<Vec<_>>()
