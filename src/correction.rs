@@ -138,14 +138,35 @@ fn words(old: &str, new: &str) -> Vec<Piece> {
         }),
     };
     let (mut removed, mut added) = (String::new(), String::new());
+    // The spaces a change starts or ends with stay outside it: a word inserted between two
+    // others keeps a space on each side ("sau {+đã được sửa+} của", not "sau {+…+}của").
     let flush = |pieces: &mut Vec<Piece>, removed: &mut String, added: &mut String| {
-        for (kind, text) in [("removed", &mut *removed), ("added", &mut *added)] {
+        let parts: Vec<&str> = [removed.as_str(), added.as_str()]
+            .into_iter()
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        let lead = parts
+            .iter()
+            .map(|t| &t[..t.len() - t.trim_start().len()])
+            .min_by_key(|w| w.len());
+        let trail = parts
+            .iter()
+            .map(|t| &t[t.trim_end().len()..])
+            .min_by_key(|w| w.len());
+        if let Some(lead) = lead.filter(|w| !w.is_empty()) {
+            push(pieces, "same", lead);
+        }
+        for (kind, text) in [("removed", &*removed), ("added", &*added)] {
             let trimmed = text.trim();
             if !trimmed.is_empty() {
                 push(pieces, kind, trimmed);
             }
-            text.clear();
         }
+        if let Some(trail) = trail.filter(|w| !w.is_empty()) {
+            push(pieces, "same", trail);
+        }
+        removed.clear();
+        added.clear();
     };
     for (i, &(tag, value)) in changes.iter().enumerate() {
         match tag {
@@ -212,6 +233,28 @@ mod tests {
             place: Some("Hội trường tầng 3".into()),
             paragraphs: paragraphs.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn words_added_or_removed_keep_their_spaces_outside_the_change() {
+        let text = |old: &str, new: &str| {
+            let pieces = words(old, new);
+            as_text(&[Changed { label: "", pieces }])
+        };
+        assert_eq!(
+            text(
+                "Đoạn đầu và đoạn sau của bài.",
+                "Đoạn đầu và đoạn sau đã được sửa của bài."
+            ),
+            "Đoạn đầu và đoạn sau {+đã được sửa+} của bài."
+        );
+        assert_eq!(text("Hết bài.", "Hết bài. Thêm."), "Hết bài. {+Thêm.+}");
+        assert_eq!(text("Mở đầu. Hết bài.", "Hết bài."), "[-Mở đầu.-] Hết bài.");
+        assert_eq!(text("một hai ba", "một ba"), "một [-hai-] ba");
+        assert_eq!(
+            text("Khai mạc lúc 8 giờ sáng.", "Khai mạc lúc 14 giờ chiều."),
+            "Khai mạc lúc [-8-]{+14+} giờ [-sáng.-]{+chiều.+}"
+        );
     }
 
     #[test]
