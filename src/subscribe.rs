@@ -20,6 +20,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
+/// How long a confirmation link works, in days (the mail says so).
+pub const CONFIRM_DAYS: i64 = 7;
 /// The window of the per-address rate limit.
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
 /// Clients remembered by the rate limiter before old ones are dropped.
@@ -66,7 +68,7 @@ impl SubscribeState {
             links,
             categories,
             trusted: Vec::new(),
-            confirm_secs: 7 * 24 * 3600,
+            confirm_secs: CONFIRM_DAYS * 24 * 3600,
             templates,
             site,
             limiter: Limiter::new(per_hour),
@@ -418,7 +420,8 @@ async fn subscribe(
         StatusCode::OK,
         "Kiểm tra hộp thư của bạn",
         "Nếu địa chỉ này chưa đăng ký, chúng tôi gửi tới đó một thư xác nhận — mỗi địa chỉ \
-         nhiều nhất một thư mỗi ngày. Hãy mở liên kết trong thư để bắt đầu nhận tin. Không thấy \
+         nhiều nhất một thư mỗi ngày. Hãy mở liên kết trong thư và bấm nút “Xác nhận đăng ký” \
+         trên trang mở ra để bắt đầu nhận tin. Không thấy \
          thư? Hãy xem cả thư mục thư rác; nếu vẫn không có, hãy thử lại vào ngày mai.",
         None,
     )

@@ -710,6 +710,7 @@ impl Composer {
                     email => delivery.email.clone(),
                     active => active,
                     confirm_url => self.links.confirm_url(&delivery.email, *at),
+                    confirm_days => crate::subscribe::CONFIRM_DAYS,
                     // Not `preferences_url` and `unsubscribe_url`: the footer would show
                     // them again under the body that is about them.
                     change_url => active.then(|| self.links.preferences_url(&delivery.email, *at)),
