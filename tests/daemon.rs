@@ -327,6 +327,22 @@ fn paths_never_leave_the_site() {
     }
 }
 
+/// The page that lists the digests sent answers from the first start, saying there are none
+/// yet (its address is in the README and the subscribe form's wording).
+#[test]
+fn the_list_of_bulletins_answers_before_the_first_digest() {
+    let site = site();
+    let daemon = Daemon::start(&site);
+    for path in ["/bulletins/", "/bulletins"] {
+        let r = daemon.get_until(path, "the list of bulletins", |r| r.status == 200);
+        assert!(
+            r.text().contains("Chưa có bản tin nào được gửi."),
+            "{}",
+            r.text()
+        );
+    }
+}
+
 #[test]
 fn health_metrics_and_limits() {
     let site = site();

@@ -228,6 +228,8 @@ impl Outbox {
                 articles = visible.len(),
                 "first start: the store's articles are the baseline; nobody is mailed for them"
             );
+            // The list of bulletins, empty: its address answers before the first digest.
+            self.republish_bulletins(false);
             return Ok(());
         }
         // Forget articles that went while the daemon was down.
