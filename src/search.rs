@@ -95,6 +95,50 @@ pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
 }
 
+/// Names councils write both in full and abbreviated, folded: the abbreviation and the
+/// words it stands for.
+const ABBREVIATIONS: &[(&str, &[&str])] = &[
+    ("hdnd", &["hoi", "dong", "nhan", "dan"]),
+    ("ubnd", &["uy", "ban", "nhan", "dan"]),
+    ("mttq", &["mat", "tran", "to", "quoc"]),
+    ("dbqh", &["dai", "bieu", "quoc", "hoi"]),
+    ("tdp", &["to", "dan", "pho"]),
+];
+
+/// The query (`exact`, `folded` as [`Index::search`] makes them) with each name of
+/// [`ABBREVIATIONS`] written the other way: abbreviations in full, names in full
+/// abbreviated. `None` when it names none. Words written the other way ask for no spelling.
+fn other_spelling(exact: &[String], folded: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+    let mut alt_exact = Vec::new();
+    let mut alt_folded = Vec::new();
+    let mut changed = false;
+    let mut i = 0;
+    while i < folded.len() {
+        let short = ABBREVIATIONS.iter().find(|(short, _)| folded[i] == *short);
+        let long = ABBREVIATIONS.iter().find(|(_, long)| {
+            folded[i..].len() >= long.len() && folded[i..i + long.len()].iter().eq(long.iter())
+        });
+        if let Some((_, long)) = short {
+            alt_exact.extend(long.iter().map(|w| w.to_string()));
+            alt_folded.extend(long.iter().map(|w| w.to_string()));
+            i += 1;
+        } else if let Some((short, long)) = long {
+            alt_exact.push(short.to_string());
+            alt_folded.push(short.to_string());
+            i += long.len();
+        } else {
+            alt_exact.push(exact[i].clone());
+            alt_folded.push(folded[i].clone());
+            i += 1;
+            continue;
+        }
+        changed = true;
+    }
+    alt_exact.truncate(MAX_QUERY_WORDS);
+    alt_folded.truncate(MAX_QUERY_WORDS);
+    changed.then_some((alt_exact, alt_folded))
+}
+
 /// A word's lowercase spelling and its folded form.
 fn forms(word: &str) -> (String, String) {
     (word.to_lowercase(), fold_word(word))
@@ -644,12 +688,62 @@ impl Index {
         if folded.is_empty() {
             return Ok(results);
         }
+        let mut ranked = self.ranked(&exact, &folded)?;
+        // The same query with its names written the other way (`HĐND` for `hội đồng nhân
+        // dân`, and back): an article found both ways counts once, at its better rank.
+        if let Some((alt_exact, alt_folded)) = other_spelling(&exact, &folded) {
+            let alt = self.ranked(&alt_exact, &alt_folded)?;
+            if !alt.is_empty() {
+                let mut best: HashMap<u32, (u32, u8, i64, u32)> =
+                    ranked.iter().map(|r| (r.3, *r)).collect();
+                for r in alt {
+                    let kept = best.entry(r.3).or_insert(r);
+                    if (r.0, r.1) > (kept.0, kept.1) {
+                        *kept = r;
+                    }
+                }
+                ranked = best.into_values().collect();
+            }
+            for w in alt_folded {
+                if !results.words.contains(&w) {
+                    results.words.push(w);
+                }
+            }
+        }
+        results.total = ranked.len();
+        if or_last {
+            results.page = results.page.min(ranked.len().div_ceil(PER_PAGE).max(1));
+        }
+        let start = (results.page - 1) * PER_PAGE;
+        if start >= ranked.len() {
+            return Ok(results);
+        }
+        let end = (start + PER_PAGE).min(ranked.len());
+        let better = |a: &(u32, u8, i64, u32), b: &(u32, u8, i64, u32)| {
+            (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3))
+        };
+        if end < ranked.len() {
+            ranked.select_nth_unstable_by(end, better);
+            ranked.truncate(end);
+        }
+        ranked.sort_unstable_by(better);
+        results.hits = ranked[start..end]
+            .iter()
+            .map(|&(_, _, _, doc)| self.docs[doc as usize].clone())
+            .collect();
+        Ok(results)
+    }
+
+    /// Every article holding each of the words (`exact`: as typed, lowercase; `folded`: by
+    /// [`fold_word`]), with its rank: (words matched in the spelling typed, tier, published,
+    /// document).
+    fn ranked(&self, exact: &[String], folded: &[String]) -> io::Result<Vec<(u32, u8, i64, u32)>> {
         // Each distinct word once; the query's words point at them.
         let mut distinct: Vec<u32> = Vec::new();
         let mut slot_of: Vec<usize> = Vec::new();
-        for f in &folded {
+        for f in folded {
             let Some(term) = self.term_of(f) else {
-                return Ok(results);
+                return Ok(Vec::new());
             };
             let slot = distinct.iter().position(|&t| t == term).unwrap_or_else(|| {
                 distinct.push(term);
@@ -695,12 +789,12 @@ impl Index {
             hits.extend_from_slice(&at);
         }
         if hits.is_empty() {
-            return Ok(results);
+            return Ok(Vec::new());
         }
         // Which spelling each query word asks for, when it was typed with diacritics.
         let wanted: Vec<Option<u32>> = exact
             .iter()
-            .zip(&folded)
+            .zip(folded)
             .zip(&slot_of)
             .map(|((e, f), &slot)| {
                 (e != f).then(|| {
@@ -710,7 +804,7 @@ impl Index {
                 })
             })
             .collect();
-        let mut ranked: Vec<(u32, u8, i64, u32)> = hits
+        let ranked: Vec<(u32, u8, i64, u32)> = hits
             .par_chunks(width + 1)
             .map(|hit| {
                 let doc = hit[0];
@@ -723,28 +817,7 @@ impl Index {
                 (exact, tier, published, doc)
             })
             .collect();
-        results.total = ranked.len();
-        if or_last {
-            results.page = results.page.min(ranked.len().div_ceil(PER_PAGE).max(1));
-        }
-        let start = (results.page - 1) * PER_PAGE;
-        if start >= ranked.len() {
-            return Ok(results);
-        }
-        let end = (start + PER_PAGE).min(ranked.len());
-        let better = |a: &(u32, u8, i64, u32), b: &(u32, u8, i64, u32)| {
-            (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3))
-        };
-        if end < ranked.len() {
-            ranked.select_nth_unstable_by(end, better);
-            ranked.truncate(end);
-        }
-        ranked.sort_unstable_by(better);
-        results.hits = ranked[start..end]
-            .iter()
-            .map(|&(_, _, _, doc)| self.docs[doc as usize].clone())
-            .collect();
-        Ok(results)
+        Ok(ranked)
     }
 
     /// Gives back what building left unused (lists grow by doubling).
@@ -1081,6 +1154,63 @@ mod tests {
         assert!(idx.search("ngân sách", 1).unwrap().hits.is_empty());
         assert!(idx.search("", 1).unwrap().hits.is_empty());
         assert!(idx.search("!!! ???", 1).unwrap().hits.is_empty());
+    }
+
+    #[test]
+    fn a_name_is_found_abbreviated_or_in_full() {
+        let idx = index(&[
+            (
+                "a",
+                "HĐND quận họp phiên chuyên đề",
+                "Thường trực HĐND chủ trì.",
+                1,
+            ),
+            (
+                "b",
+                "Kỳ họp của Hội đồng nhân dân quận",
+                "Hội đồng nhân dân quận khai mạc kỳ họp.",
+                2,
+            ),
+            ("c", "Hoạt động xã hội", "Đồng bào nhân dịp Tết.", 3),
+            (
+                "d",
+                "UBND phường tiếp dân",
+                "Ủy ban nhân dân phường và MTTQ.",
+                4,
+            ),
+        ]);
+        let found = |q: &str| {
+            let mut ids: Vec<String> = idx
+                .search(q, 1)
+                .unwrap()
+                .hits
+                .iter()
+                .map(|e| e.id.to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(found("hội đồng nhân dân"), ["a", "b"]);
+        assert_eq!(found("HĐND"), ["a", "b"]);
+        assert_eq!(found("hdnd ky hop"), ["b"]);
+        assert_eq!(found("họp hội đồng nhân dân quận"), ["a", "b"]);
+        assert_eq!(found("uy ban nhan dan"), ["d"]);
+        assert_eq!(found("mặt trận tổ quốc"), ["d"]);
+        // The words typed come first: an article that spells them so outranks one that
+        // abbreviates them.
+        assert_eq!(
+            ids(&idx.search("hội đồng nhân dân", 1).unwrap()),
+            ["b", "a"]
+        );
+        assert_eq!(ids(&idx.search("HĐND", 1).unwrap()), ["a", "b"]);
+        // Both spellings are highlighted.
+        let words = idx.search("HĐND", 1).unwrap().words;
+        assert!(words.contains(&"hdnd".to_owned()) && words.contains(&"hoi".to_owned()));
+        assert_eq!(
+            other_spelling(&["x".into()], &["x".into()]),
+            None,
+            "nothing to write the other way"
+        );
     }
 
     #[test]
