@@ -639,10 +639,12 @@ impl Config {
             ("daily", &self.digest.daily),
             ("weekly", &self.digest.weekly),
         ] {
-            if let Err(e) = expr.parse::<cron::Schedule>() {
+            // The parser's own message draws a caret under the text: not for a log line.
+            if expr.parse::<cron::Schedule>().is_err() {
                 return Err(invalid(format!(
-                    "digest.{name} '{expr}' is not a cron expression with seconds first \
-                     (e.g. '0 0 7 * * *'): {e}"
+                    "digest.{name} '{expr}' is not a cron expression with seconds first: six \
+                     fields, second minute hour day-of-month month day-of-week (e.g. \
+                     '0 0 7 * * *' for 07:00 every day, '0 0 7 * * Mon' for Mondays)"
                 )));
             }
         }
@@ -696,8 +698,33 @@ pub fn toml_error(text: &str, error: &toml::de::Error) -> (usize, String) {
         .span()
         .map(|span| line_of(text, span.start))
         .unwrap_or(1);
-    let message = error.message().trim_end_matches('.').to_string();
+    let message = plain_types(error.message().trim_end_matches('.'));
     (line, message)
+}
+
+/// A parser's message with its type names in words (`expected u64` → `expected a whole
+/// number`); a table or key written twice says how to mend it.
+fn plain_types(message: &str) -> String {
+    if message == "duplicate key" {
+        return "this table or key is written twice in the file: keep one".into();
+    }
+    let mut out = message.to_owned();
+    for (name, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(at) = out.find(name)
+            && !out[at + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            out.replace_range(at..at + name.len(), words);
+        }
+    }
+    out
 }
 
 /// Line number (from 1) of a byte offset.
@@ -778,6 +805,35 @@ mod tests {
         let (line, message) = Config::parse("[site]\ntitle = \"x\"\ntitel = \"y\"\n").unwrap_err();
         assert_eq!(line, 3);
         assert!(message.contains("titel"), "{message}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_told_in_words() {
+        let said = |text: &str| Config::parse(text).unwrap_err();
+        let (line, message) = said("[store]\nmax_bytes = \"1MB\"\n");
+        assert_eq!(line, 2);
+        assert!(
+            message.contains("expected a whole number (0 or more)"),
+            "{message}"
+        );
+        let (_, message) = said("[mail]\nconcurrency = -1\n");
+        assert!(
+            !message.contains("usize") && !message.contains("u64"),
+            "{message}"
+        );
+        let (line, message) = said("[site]\ntitle = \"a\"\n[site]\ntitle = \"b\"\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("written twice in the file"), "{message}");
+        let message = Config::parse("[digest]\ndaily = \"7:00\"\n")
+            .unwrap()
+            .validate(Path::new("bantin.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("'0 0 7 * * *' for 07:00 every day"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message:?}");
     }
 
     #[test]
