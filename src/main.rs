@@ -47,6 +47,7 @@ enum Command {
     /// Articles, subscribers by state, outbox by state, last digests; or the delivery
     /// report of one article or bulletin.
     Status {
+        /// Print JSON instead of text (for scripts and monitoring).
         #[arg(long)]
         json: bool,
         /// The delivery report of one article (its id, e.g. 2025/01/ky-hop).
@@ -78,9 +79,15 @@ enum GenerateCommand {
 #[derive(Subcommand)]
 enum StateCommand {
     /// Write every record of the state to FILE (works while the daemon runs).
-    Export { file: PathBuf },
+    Export {
+        /// The file to write (readable by its owner only: it holds every address).
+        file: PathBuf,
+    },
     /// Read an export into a new, empty state (the daemon stopped).
-    Import { file: PathBuf },
+    Import {
+        /// The file an export wrote.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +95,7 @@ enum InboxCommand {
     /// Read messages given by hand (a bounce forwarded by the relay's admin) as the daemon
     /// reads its inbox: each acts once.
     Process {
+        /// The messages, each a whole mail as received (.eml).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -97,20 +105,26 @@ enum InboxCommand {
 enum SubscribersCommand {
     /// Add (or update) a subscriber.
     Add {
+        /// The subscriber's address.
         email: String,
+        /// When mail goes out: an alert per new article, or a daily or weekly digest.
         #[arg(long, default_value = "immediate", value_parser = ["immediate", "daily", "weekly"])]
         schedule: String,
         /// Categories, comma-separated (default: every category).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         categories: String,
         /// Active at once, without a confirmation mail.
         #[arg(long)]
         confirmed: bool,
     },
     /// Remove a subscriber.
-    Remove { email: String },
+    Remove {
+        /// The subscriber's address.
+        email: String,
+    },
     /// List subscribers.
     List {
+        /// Print JSON instead of tab-separated lines.
         #[arg(long)]
         json: bool,
     },
@@ -118,6 +132,7 @@ enum SubscribersCommand {
     Export,
     /// Import subscribers from CSV (header `email,schedule,categories`, categories joined by `;`).
     Import {
+        /// The CSV file (UTF-8; `,` or `;` between fields).
         file: PathBuf,
         /// Active at once; otherwise each address gets a confirmation mail.
         #[arg(long)]
