@@ -790,6 +790,62 @@ fn article_id(given: &str) -> &str {
         .unwrap_or(path)
 }
 
+/// The report of an article the mail side does not know: its file says why (it waits for
+/// its alert, its time has not come, it is broken), or there is no such article.
+fn not_known_yet(ctx: &Context<'_>, id: &str, json: bool) -> Reply {
+    let inside = Path::new(id)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    let path = ctx.store_dir.join(format!("{id}.txt"));
+    let read = if inside {
+        std::fs::read(&path).ok()
+    } else {
+        None
+    };
+    let said = |state: &str, at: Option<String>, text: String| {
+        if json {
+            let mut out = serde_json::to_string_pretty(&serde_json::json!({
+                "article": id, "state": state, "published": at,
+            }))
+            .expect("serializable");
+            out.push('\n');
+            Reply::ok(out)
+        } else {
+            Reply::ok(text)
+        }
+    };
+    let Some(bytes) = read else {
+        return Reply::fail(format!(
+            "no article '{id}' is known to the mail side; give its id as in its page's \
+             address (articles/<id>.html), e.g. 2025/01/ky-hop\n"
+        ));
+    };
+    match crate::article::parse_bytes(id, &bytes, ctx.tz) {
+        Err(e) => Reply::fail(format!(
+            "article '{id}': {}:{e}; it is neither published nor mailed until it is mended \
+             (`bantin check` says the same)\n",
+            path.display()
+        )),
+        Ok(article) if article.published.timestamp() > ctx.clock.now_s() => {
+            let at = article.published.with_timezone(&ctx.tz).to_rfc3339();
+            let text = format!(
+                "article '{id}': scheduled: it is published, and mailed to its subscribers, \
+                 at {at}\n"
+            );
+            said("scheduled", Some(at), text)
+        }
+        Ok(article) => {
+            let at = article.published.with_timezone(&ctx.tz).to_rfc3339();
+            let text = format!(
+                "article '{id}': in the store, its alert not planned yet: that happens once \
+                 the file has been left unchanged for mail.alert_delay_secs, while the daemon \
+                 runs\n"
+            );
+            said("waiting", Some(at), text)
+        }
+    }
+}
+
 fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, AdminError> {
     let id = article_id(id);
     #[derive(Serialize)]
@@ -821,10 +877,7 @@ fn article_report(ctx: &Context<'_>, id: &str, json: bool) -> Result<Reply, Admi
     }
     let store = ctx.store;
     let Some(known) = store.known_article(id)? else {
-        return Ok(Reply::fail(format!(
-            "no article '{id}' is known to the mail side; give its id as in its page's \
-             address (articles/<id>.html), e.g. 2025/01/ky-hop\n"
-        )));
+        return Ok(not_known_yet(ctx, id, json));
     };
     let alerts: Vec<crate::store::Delivery> = store
         .alerts_of(id)
@@ -1218,6 +1271,11 @@ mod tests {
 
     /// Runs one command on `store`, with three known categories.
     fn run(store: &Store, request: Request) -> Reply {
+        run_in(store, Path::new("/nonexistent"), request)
+    }
+
+    /// [`run`], with the article store at `store_dir`.
+    fn run_in(store: &Store, store_dir: &Path, request: Request) -> Reply {
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 20, 1, 0, 0).unwrap());
         let ctx = Context {
             store,
@@ -1229,7 +1287,7 @@ mod tests {
             signer: None,
             return_path: "",
             relay_utf8: None,
-            store_dir: Path::new("/nonexistent"),
+            store_dir,
             on_queued: &|| {},
             planned: &|_| 0,
         };
@@ -1244,6 +1302,58 @@ mod tests {
                 confirmed: true,
             },
         )
+    }
+
+    #[test]
+    fn an_article_the_mail_side_does_not_know_yet_is_told_from_its_file() {
+        let (_dir, store) = store();
+        let articles = tempfile::tempdir().unwrap();
+        let put = |id: &str, when: &str| {
+            let path = articles.path().join(format!("{id}.txt"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                path,
+                format!("THÔNG BÁO\n\nTiêu đề\nNgày đăng {when}\n\nNội dung.\n"),
+            )
+            .unwrap();
+        };
+        // The clock says 2026-11-20 08:00 in Hà Nội.
+        put("2026/cho-gui", "20/11/2026 | 07:59");
+        put("sau", "21/11/2026 | 08:00");
+        put("hong", "31/02/2026 | 08:00");
+        let report = |id: &str, json: bool| {
+            let id = id.to_owned();
+            run_in(&store, articles.path(), Request::ArticleReport { id, json })
+        };
+        let r = report("2026/cho-gui", false);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout.contains("its alert not planned yet"),
+            "{}",
+            r.stdout
+        );
+        let r = report("articles/sau.html", false);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout.contains("scheduled: it is published, and mailed to its subscribers, at 2026-11-21T08:00:00+07:00"),
+            "{}",
+            r.stdout
+        );
+        let r = report("sau", true);
+        let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(json["state"], "scheduled", "{json}");
+        let r = report("hong", false);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("hong.txt:4:"), "{}", r.stderr);
+        for unknown in ["khong-co", "../hong", "/etc/hostname"] {
+            let r = report(unknown, false);
+            assert_eq!(r.code, 1, "{unknown}");
+            assert!(
+                r.stderr.contains("is known to the mail side"),
+                "{}",
+                r.stderr
+            );
+        }
     }
 
     #[test]
