@@ -1,5 +1,7 @@
 //! Unforgeable tokens for the confirmation and unsubscribe links: the address and purpose,
-//! signed with HMAC-SHA256 under a secret kept in the state folder.
+//! signed with HMAC-SHA256 under a secret kept in the state folder. The address is
+//! enciphered in the token, so that a link in a proxy's log, a browser's history or a
+//! forwarded mail does not say whose it is.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -9,6 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+/// The first part of the tokens made now (the address enciphered); older forms, which links
+/// in mails already sent carry, have no such part.
+const SEALED: &str = "2";
 /// Length of a generated secret, in bytes.
 const SECRET_BYTES: usize = 32;
 /// File name of the generated secret inside the state folder.
@@ -129,26 +134,51 @@ impl Signer {
         mac.finalize().into_bytes().to_vec()
     }
 
+    /// Enciphers or deciphers `data` (the same operation) with a key stream drawn from the
+    /// secret and the token's MAC, which differs for every address, purpose and time: HMAC
+    /// as a pseudorandom function in counter mode, the MAC as a synthetic nonce (SIV).
+    fn seal(&self, mac: &[u8], data: &mut [u8]) {
+        for (n, chunk) in data.chunks_mut(32).enumerate() {
+            let mut block = self.keyed.clone();
+            block.update(b"address\0");
+            block.update(mac);
+            block.update(&(n as u32).to_be_bytes());
+            for (byte, key) in chunk.iter_mut().zip(block.finalize().into_bytes()) {
+                *byte ^= key;
+            }
+        }
+    }
+
     /// A token for `email` issued at `issued` (unix seconds):
-    /// `base64(email).issued.base64(mac)`.
+    /// `2.base64(sealed email).issued.base64(mac)`, the MAC over the email and the time.
     pub fn sign(&self, purpose: Purpose, email: &str, issued: i64) -> String {
+        let mac = self.mac(purpose, &format!("{email}\0{issued}"));
+        let mut sealed = email.as_bytes().to_vec();
+        self.seal(&mac, &mut sealed);
         format!(
-            "{}.{issued}.{}",
-            B64.encode(email.as_bytes()),
-            B64.encode(self.mac(purpose, &format!("{email}\0{issued}")))
+            "{SEALED}.{}.{issued}.{}",
+            B64.encode(sealed),
+            B64.encode(mac)
         )
     }
 
-    /// What a token says, if it is genuine and for `purpose`.
+    /// What a token says, if it is genuine and for `purpose`. Tokens of the older forms,
+    /// with the address in clear (`base64(email).issued.mac`, and `base64(email).mac` from
+    /// before tokens carried a time), still verify: mails already sent carry them.
     pub fn verify(&self, purpose: Purpose, token: &str) -> Option<Verified> {
         let parts: Vec<&str> = token.trim().split('.').collect();
-        let (email, issued, mac) = match parts[..] {
-            [email, mac] => (email, None, mac),
-            [email, issued, mac] => (email, Some(issued.parse::<i64>().ok()?), mac),
+        let (email, issued, mac, sealed) = match parts[..] {
+            [email, mac] => (email, None, mac, false),
+            [email, issued, mac] => (email, Some(issued.parse::<i64>().ok()?), mac, false),
+            [SEALED, email, issued, mac] => (email, Some(issued.parse::<i64>().ok()?), mac, true),
             _ => return None,
         };
-        let email = String::from_utf8(B64.decode(email).ok()?).ok()?;
         let given = B64.decode(mac).ok()?;
+        let mut email = B64.decode(email).ok()?;
+        if sealed {
+            self.seal(&given, &mut email);
+        }
+        let email = String::from_utf8(email).ok()?;
         let payload = match issued {
             Some(t) => format!("{email}\0{t}"),
             None => email.clone(),
@@ -197,12 +227,54 @@ mod tests {
         let other = Signer::new(b"fedcba9876543210".to_vec());
         assert_eq!(other.verify(Purpose::Unsubscribe, &t), None);
         // Neither the address nor the time can be changed.
-        let (_, rest) = t.split_once('.').unwrap();
-        let forged = format!("{}.{rest}", B64.encode("x@example.vn"));
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut flipped = B64.decode(parts[1]).unwrap();
+        flipped[0] ^= 1;
+        let forged = format!("2.{}.{}.{}", B64.encode(flipped), parts[2], parts[3]);
         assert_eq!(signer.verify(Purpose::Unsubscribe, &forged), None);
         let later = t.replace(".1700000000.", ".1800000000.");
         assert_eq!(signer.verify(Purpose::Unsubscribe, &later), None);
         assert_eq!(signer.verify(Purpose::Unsubscribe, "garbage"), None);
+        assert_eq!(signer.verify(Purpose::Unsubscribe, &format!("x{t}")), None);
+    }
+
+    #[test]
+    fn a_token_does_not_show_its_address() {
+        let signer = Signer::new(b"0123456789abcdef".to_vec());
+        let dan = signer.sign(Purpose::Unsubscribe, "dan@example.vn", 1_700_000_000);
+        let sealed = B64.decode(dan.split('.').nth(1).unwrap()).unwrap();
+        assert_eq!(sealed.len(), "dan@example.vn".len());
+        assert_ne!(sealed, b"dan@example.vn");
+        // Two addresses issued at the same second: no shared key stream (their XOR is not
+        // the addresses' XOR).
+        let dao = signer.sign(Purpose::Unsubscribe, "dao@example.vn", 1_700_000_000);
+        let other = B64.decode(dao.split('.').nth(1).unwrap()).unwrap();
+        let xor = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x ^ y).collect::<Vec<u8>>();
+        assert_ne!(
+            xor(&sealed, &other),
+            xor(b"dan@example.vn", b"dao@example.vn")
+        );
+        // A long address crosses the key stream's blocks.
+        let long = format!("{}@example.vn", "a".repeat(100));
+        let t = signer.sign(Purpose::Confirm, &long, 5);
+        assert_eq!(signer.verify(Purpose::Confirm, &t).unwrap().email, long);
+        assert!(!t.contains("YWFh"), "no base64 of the address: {t}");
+    }
+
+    #[test]
+    fn links_of_mails_sent_before_addresses_were_sealed_still_verify() {
+        let signer = Signer::new(b"0123456789abcdef".to_vec());
+        let issued = 1_700_000_000;
+        let clear = format!(
+            "{}.{issued}.{}",
+            B64.encode("dan@example.vn"),
+            B64.encode(signer.mac(Purpose::Unsubscribe, &format!("dan@example.vn\0{issued}")))
+        );
+        let v = signer.verify(Purpose::Unsubscribe, &clear).unwrap();
+        assert_eq!(
+            (v.email.as_str(), v.issued),
+            ("dan@example.vn", Some(issued))
+        );
     }
 
     #[test]
