@@ -1000,7 +1000,9 @@ fn why_line(
     let categories = subscriber
         .map(|s| s.categories.join(", "))
         .filter(|c| !c.is_empty())
-        .map_or("mọi mục tin".to_owned(), |c| format!("mục tin: {c}"));
+        .map_or("mọi chuyên mục".to_owned(), |c| {
+            format!("chuyên mục: {c}")
+        });
     format!(
         "Bạn nhận thư này vì đã đăng ký nhận {} của {} ({categories}).",
         schedule_label(schedule),
