@@ -93,7 +93,7 @@ fn config_file(config: &Config) -> String {
 
 /// A category as it reads once case, diacritics and spaces are left aside: two spellings
 /// with the same form are most likely one category written two ways.
-fn category_form(category: &str) -> String {
+pub(crate) fn category_form(category: &str) -> String {
     crate::search::fold_text(category)
         .split_whitespace()
         .collect::<Vec<_>>()

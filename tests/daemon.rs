@@ -143,6 +143,40 @@ fn a_broken_file_is_logged_and_the_rest_keep_working() {
     assert!(metrics.contains("bantin_article_errors 1"), "{metrics}");
 }
 
+/// What `check` warns the clerk of, the daemon's log says as the file arrives: a category
+/// written another way than the existing one, an article dated ahead.
+#[test]
+fn the_log_tells_a_category_written_another_way_and_a_scheduled_article() {
+    let site = site();
+    site.put(
+        "a.txt",
+        &article(CAT_B, "Thông báo một", "14/02/2020 | 08:00"),
+    );
+    let daemon = Daemon::start(&site);
+    site.publish(
+        "b.txt",
+        &article("Thông báo", "Thông báo hai", "15/02/2020 | 08:00"),
+    );
+    daemon
+        .wait_log("category \"Thông báo\" is written differently from the existing \"THÔNG BÁO\"");
+    site.publish(
+        "c.txt",
+        &article(CAT_B, "Thông báo sau", "01/01/2099 | 08:00"),
+    );
+    daemon.wait_log("scheduled, published at 2099-01-01T08:00:00+07:00");
+    // An article of the category as written before warns nothing.
+    let before = daemon.log().matches("is written differently").count();
+    site.publish(
+        "d.txt",
+        &article(CAT_B, "Thông báo ba", "16/02/2020 | 08:00"),
+    );
+    daemon.wait_log("id=\"d\"");
+    assert_eq!(
+        daemon.log().matches("is written differently").count(),
+        before
+    );
+}
+
 #[test]
 fn a_file_written_in_place_is_read_once_complete() {
     // A pause shorter than the daemon's quiet window: not beside the heaviest test, whose

@@ -580,12 +580,21 @@ impl Engine {
                     tracing::info!(file = found.file, "article fixed");
                 }
                 let entry = self.publisher.reader.entry(found, &article);
+                self.warn_look_alike(&found.file, &entry.category);
+                let scheduled = (entry.published > self.clock.now_fixed())
+                    .then(|| entry.published.to_rfc3339());
                 let article = Arc::new(article);
                 self.publisher.remember(found.stamp, article.clone());
                 if let Some(change) = self.library.upsert(entry) {
-                    match &change {
-                        Change::Added(_) => tracing::info!(id = found.id, "article added"),
-                        _ => tracing::info!(id = found.id, "article updated"),
+                    let what = match &change {
+                        Change::Added(_) => "article added",
+                        _ => "article updated",
+                    };
+                    match scheduled {
+                        Some(at) => {
+                            tracing::info!(id = found.id, "{what}: scheduled, published at {at}")
+                        }
+                        None => tracing::info!(id = found.id, "{what}"),
                     }
                     changes.push(change);
                 }
@@ -595,6 +604,28 @@ impl Engine {
                 tracing::warn!("{e}");
                 self.errors.insert(key, found.stamp);
             }
+        }
+    }
+
+    /// Warns when `category` is new and reads as one the store has, written another way
+    /// (case, diacritics, spaces): it makes a category of its own, whose articles the
+    /// followers of the other never get. `bantin check` says the same.
+    fn warn_look_alike(&self, file: &str, category: &str) {
+        let categories = self.library.categories();
+        if categories.contains(&category) {
+            return;
+        }
+        let form = crate::check::category_form(category);
+        if let Some(known) = categories
+            .iter()
+            .find(|c| crate::check::category_form(c) == form)
+        {
+            tracing::warn!(
+                file,
+                "category \"{category}\" is written differently from the existing \"{known}\": \
+                 it becomes a category of its own, and those who follow \"{known}\" are not \
+                 told of it; write it exactly the same if it is the same"
+            );
         }
     }
 
