@@ -20,8 +20,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-/// How long a confirmation link works, in days (the mail says so).
-pub const CONFIRM_DAYS: i64 = 7;
 /// The window of the per-address rate limit.
 const RATE_WINDOW: Duration = Duration::from_secs(3600);
 /// Clients remembered by the rate limiter before old ones are dropped.
@@ -68,7 +66,7 @@ impl SubscribeState {
             links,
             categories,
             trusted: Vec::new(),
-            confirm_secs: CONFIRM_DAYS * 24 * 3600,
+            confirm_secs: 7 * 24 * 3600,
             templates,
             site,
             limiter: Limiter::new(per_hour),

@@ -279,6 +279,8 @@ pub struct Composer {
     pub links: Links,
     /// `mail.return_path` split in (local part, domain): the VERP envelope sender.
     return_path: Option<(String, String)>,
+    /// `mail.confirm_days`: how long a confirmation link works (its mail says so).
+    confirm_days: u64,
     /// Alerts and corrections rendered once per article, with what differs per recipient
     /// left as markers.
     shared: std::sync::Mutex<Vec<Arc<Shared>>>,
@@ -437,6 +439,7 @@ impl Composer {
             scope,
             dkim,
             links,
+            confirm_days: config.mail.confirm_days,
             shared: std::sync::Mutex::default(),
         })
     }
@@ -710,7 +713,7 @@ impl Composer {
                     email => delivery.email.clone(),
                     active => active,
                     confirm_url => self.links.confirm_url(&delivery.email, *at),
-                    confirm_days => crate::subscribe::CONFIRM_DAYS,
+                    confirm_days => self.confirm_days,
                     // Not `preferences_url` and `unsubscribe_url`: the footer would show
                     // them again under the body that is about them.
                     change_url => active.then(|| self.links.preferences_url(&delivery.email, *at)),
@@ -1324,6 +1327,7 @@ pub fn check_templates(templates: &Templates, site: &SiteInfo) -> Vec<String> {
         dkim: Vec::new(),
         links: Links::new(Signer::new(b"mau-mau-mau-mau-mau".to_vec()), &site.base_url),
         return_path: None,
+        confirm_days: 7,
         shared: std::sync::Mutex::default(),
     };
     let sample = Arc::new(sample_article());
@@ -1427,6 +1431,7 @@ mod tests {
             dkim: Vec::new(),
             links: Links::new(Signer::new(vec![7; 32]), &site.base_url),
             return_path: None,
+            confirm_days: 7,
             shared: std::sync::Mutex::default(),
         }
     }
@@ -1860,6 +1865,34 @@ mod tests {
             .unwrap();
         assert!(!r.bulk);
         snapshot("confirm", &r);
+    }
+
+    #[test]
+    fn a_confirmation_says_how_long_its_link_works_as_configured() {
+        let d = Delivery::new(Kind::Confirm { at: 0 }, "dan@x.vn", 0);
+        let mut c = composer();
+        c.confirm_days = 3;
+        let r = c
+            .render(
+                &d,
+                Content::Confirm {
+                    schedule: Schedule::Daily,
+                    categories: &[],
+                    active: false,
+                },
+                None,
+            )
+            .unwrap();
+        assert!(
+            r.text.contains("dùng được trong 3\nngày") || r.text.contains("dùng được trong 3 ngày"),
+            "{}",
+            r.text
+        );
+        assert!(
+            r.html.contains("Liên kết dùng được trong 3 ngày."),
+            "{}",
+            r.html
+        );
     }
 
     #[test]
