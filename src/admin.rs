@@ -131,6 +131,8 @@ pub struct Context<'a> {
     pub relay_utf8: Option<bool>,
     /// Counts the store's article files for `status`.
     pub store_dir: &'a Path,
+    /// How many of them are broken, when the daemon has read the store (only it knows).
+    pub broken: Option<usize>,
     /// Called after confirmation mails were queued (the daemon wakes its worker).
     pub on_queued: &'a (dyn Fn() + Sync),
     /// Alerts the daemon planned in memory and has not recorded yet (a fan-out's window),
@@ -674,6 +676,9 @@ fn inbox(ctx: &Context<'_>, mails: Vec<(String, String)>) -> Result<Reply, Admin
 struct Status {
     /// Article files in the store, broken ones included (telling them apart reads them all).
     articles: usize,
+    /// Of them, the broken ones (`null`: only the running daemon knows, once it has read
+    /// the store).
+    broken_articles: Option<usize>,
     subscribers: std::collections::BTreeMap<&'static str, usize>,
     outbox: std::collections::BTreeMap<&'static str, usize>,
     last_digests: std::collections::BTreeMap<&'static str, Option<String>>,
@@ -1133,6 +1138,7 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         .collect();
     let status = Status {
         articles,
+        broken_articles: ctx.broken,
         subscribers: subs,
         outbox,
         last_digests,
@@ -1182,8 +1188,13 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         Delivery { running: false, .. } => "not running (the daemon is stopped)".into(),
         _ => "running".into(),
     };
+    let broken = match status.broken_articles {
+        Some(0) => "none broken".to_owned(),
+        Some(n) => format!("{n} broken: `bantin check` names them"),
+        None => "broken ones included: `bantin check` names them".to_owned(),
+    };
     let mut out = format!(
-        "articles: {} files in the store (broken ones included: `bantin check` names them)\n\
+        "articles: {} files in the store ({broken})\n\
          subscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
         status.articles,
         join(&status.subscribers),
@@ -1288,6 +1299,7 @@ mod tests {
             return_path: "",
             relay_utf8: None,
             store_dir,
+            broken: None,
             on_queued: &|| {},
             planned: &|_| 0,
         };

@@ -399,6 +399,7 @@ fn admin_reply(config: &Config, request: Request) -> anyhow::Result<bantin::admi
                     return_path: &config.mail.return_path,
                     relay_utf8: None,
                     store_dir: &config.store.dir,
+                    broken: None,
                     on_queued: &|| {},
                     planned: &|_| 0,
                 };

@@ -141,6 +141,12 @@ fn a_broken_file_is_logged_and_the_rest_keep_working() {
     });
     let metrics = daemon.metrics();
     assert!(metrics.contains("bantin_article_errors 1"), "{metrics}");
+    // `status` says how many of the store's files are broken, as the daemon knows.
+    let text = stdout(&site.bantin(&["status"]));
+    assert!(
+        text.contains("files in the store (1 broken: `bantin check` names them)"),
+        "{text}"
+    );
 }
 
 /// What `check` warns the clerk of, the daemon's log says as the file arrives: a category

@@ -196,6 +196,7 @@ pub async fn serve(
         mail.outbox.clone(),
         categories.clone(),
         mail.links.signer.clone(),
+        metrics.article_errors.clone(),
     )?];
     if let Some(metrics) = metrics_listener {
         let metrics_addr = metrics.local_addr().context("no local address")?;

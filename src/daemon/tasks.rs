@@ -399,6 +399,7 @@ pub fn admin_socket(
     outbox: Outbox,
     categories: crate::subscriber::KnownCategories,
     signer: crate::token::Signer,
+    article_errors: prometheus_client::metrics::gauge::Gauge,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -421,6 +422,7 @@ pub fn admin_socket(
             let categories = categories.clone();
             let config = config_for_categories.clone();
             let (signer, return_path) = (signer.clone(), return_path.clone());
+            let article_errors = article_errors.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -457,6 +459,12 @@ pub fn admin_socket(
                             return_path: &return_path,
                             relay_utf8: outbox.relay_utf8.get(),
                             store_dir: &store_dir,
+                            // Known once the store is read (the categories are set then).
+                            broken: categories
+                                .read()
+                                .expect("categories")
+                                .is_some()
+                                .then(|| article_errors.get().max(0) as usize),
                             on_queued: &wake,
                             planned: &|article| outbox.unrecorded(article),
                         };
