@@ -613,20 +613,42 @@ async fn unsubscribe_page(
     State(state): State<Arc<SubscribeState>>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let Some(token) = q
-        .token
-        .filter(|t| state.links.verify(Purpose::Unsubscribe, t).is_some())
-    else {
+    let Some((token, email)) = q.token.and_then(|t| {
+        let v = state.links.verify(Purpose::Unsubscribe, &t)?;
+        Some((t, v.email))
+    }) else {
         return state.link_problem(LinkProblem::Invalid);
     };
-    let action = format!("{}/unsubscribe", state.site().base_url);
-    state.page(
-        StatusCode::OK,
-        "Hủy đăng ký nhận tin",
-        "Bấm nút dưới đây để ngừng nhận thư của Hội đồng nhân dân. Nếu chỉ muốn nhận ít thư \
-         hơn hoặc chọn chuyên mục, hãy dùng liên kết “Đổi cách nhận tin” trong thư.",
-        Some((&action, &token, "Hủy đăng ký")),
-    )
+    // Whether the address still gets mail: a link opened again after it was used says so
+    // instead of offering the button once more.
+    let outbox = state.outbox.clone();
+    let lookup = email.clone();
+    let subscribed = tokio::task::spawn_blocking(move || outbox.store.subscriber(&lookup)).await;
+    match subscribed {
+        Ok(Ok(Some(sub))) if matches!(sub.state, SubState::Active | SubState::Pending) => {
+            let action = format!("{}/unsubscribe", state.site().base_url);
+            state.page(
+                StatusCode::OK,
+                "Hủy đăng ký nhận tin",
+                &format!(
+                    "Bấm nút dưới đây để địa chỉ {email} ngừng nhận thư của Hội đồng nhân dân. \
+                     Nếu chỉ muốn nhận ít thư hơn hoặc chọn chuyên mục, hãy dùng liên kết “Đổi \
+                     cách nhận tin” ở cuối thư."
+                ),
+                Some((&action, &token, "Hủy đăng ký")),
+            )
+        }
+        Ok(Ok(_)) => state.page(
+            StatusCode::OK,
+            "Đã hủy đăng ký",
+            &format!(
+                "Địa chỉ {email} không còn trong danh sách nhận tin: không có thư nào gửi tới \
+                 đó nữa. Muốn nhận lại, hãy đăng ký trên trang chủ."
+            ),
+            None,
+        ),
+        _ => state.unavailable(),
+    }
 }
 
 /// One-click unsubscribe (RFC 8058): the token in the query (as in List-Unsubscribe) or in

@@ -399,9 +399,15 @@ fn unsubscribe_links() {
     let alert = wait_mails(&smtp, 1).remove(0);
     let url = link(&alert.data, "/unsubscribe?token=");
     let path = path_of(&url);
-    // The page shows a button and changes nothing (link scanners follow GET links).
+    // The page shows a button and changes nothing (link scanners follow GET links); it
+    // names the address it is for.
     let page = get(daemon.addr, &path);
     assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("để địa chỉ dan@x.vn ngừng nhận thư"),
+        "{}",
+        page.text()
+    );
     assert!(
         page.text().contains("<form method=\"post\""),
         "{}",
@@ -442,6 +448,21 @@ fn unsubscribe_links() {
     assert!(
         stdout(&site.bantin(&["subscribers", "list"]))
             .contains("dan@x.vn\timmediate\tunsubscribed")
+    );
+    // The link opened again says the address is off the list, with no button.
+    let again = get(daemon.addr, &path);
+    assert_eq!(again.status, 200);
+    assert!(
+        again
+            .text()
+            .contains("Địa chỉ dan@x.vn không còn trong danh sách nhận tin"),
+        "{}",
+        again.text()
+    );
+    assert!(
+        !again.text().contains("<form method=\"post\""),
+        "{}",
+        again.text()
     );
 }
 
