@@ -1194,9 +1194,14 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         None => "broken ones included: `bantin check` names them".to_owned(),
     };
     let mut out = format!(
-        "articles: {} files in the store ({broken})\n\
+        "articles: {} {} in the store ({broken})\n\
          subscribers: {}\noutbox: {}\nlast digests: {digests}\ndelivery: {delivery}\n",
         status.articles,
+        if status.articles == 1 {
+            "file"
+        } else {
+            "files"
+        },
         join(&status.subscribers),
         join(&status.outbox)
     );
