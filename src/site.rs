@@ -356,11 +356,16 @@ impl Templates {
     }
 }
 
-/// The council's way of writing a time: `14/02/2020 08:16`.
+/// The council's way of writing when an article was published: `14/02/2020 08:16`; the date
+/// alone at midnight, which is what an article whose `Ngày đăng` line gives no time is
+/// published at (`00:00` would claim a precision it does not have).
 pub fn local_time(t: &DateTime<FixedOffset>) -> String {
     use chrono::{Datelike, Timelike};
     // Written field by field: a strftime pattern is read again at every call, and lists of
     // hundreds of articles showed it.
+    if t.hour() == 0 && t.minute() == 0 {
+        return format!("{:02}/{:02}/{:04}", t.day(), t.month(), t.year());
+    }
     format!(
         "{:02}/{:02}/{:04} {:02}:{:02}",
         t.day(),
@@ -694,6 +699,9 @@ mod tests {
     fn a_time_is_written_as_the_council_writes_it() {
         let t = chrono::DateTime::parse_from_rfc3339("2020-02-04T08:06:00+07:00").unwrap();
         assert_eq!(super::local_time(&t), "04/02/2020 08:06");
+        // An article whose date line gives no time: the date alone.
+        let t = chrono::DateTime::parse_from_rfc3339("2020-02-04T00:00:00+07:00").unwrap();
+        assert_eq!(super::local_time(&t), "04/02/2020");
     }
 
     #[test]
