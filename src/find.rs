@@ -141,6 +141,7 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
                 max_words => crate::search::MAX_QUERY_WORDS,
                 ready => state.search.ready(),
                 total => results.total,
+                typed_as => results.typed_as,
                 page,
                 pages,
                 first => (page - 1) * PER_PAGE + 1,

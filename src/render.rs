@@ -614,7 +614,7 @@ pub fn sample_problems(
         (
             "web/search.html",
             context! {
-                query => "ky hop", ready => true, total => 1, page => 1, pages => 2, first => 1,
+                query => "kyf hopj", typed_as => "ki hop", ready => true, total => 1, page => 1, pages => 2, first => 1,
                 results => vec![context! {
                     title => v(vec![crate::search::Piece { text: "Kỳ họp".into(), mark: true }]),
                     snippet => v(vec![crate::search::Piece { text: "…".into(), mark: false }]),

@@ -139,6 +139,51 @@ fn other_spelling(exact: &[String], folded: &[String]) -> Option<(Vec<String>, V
     changed.then_some((alt_exact, alt_folded))
 }
 
+/// The query's words (lowercase) read as Vietnamese typed without an input method, folded:
+/// VNI's digits after letters dropped (`ky2` → `ky`), Telex's tone letter at the end dropped
+/// (`hopj` → `hop`: no Vietnamese word ends in f, s, r, x or j) and its doubled or w-marked
+/// vowels made plain (`ddoongf` → `dong`, `truwowngf` → `truong`). Words typed with marks
+/// stay as they are. `None` when that changes nothing.
+fn untyped(exact: &[String]) -> Option<Vec<String>> {
+    let is_vowel = |b: u8| matches!(b, b'a' | b'e' | b'i' | b'o' | b'u' | b'y' | b'w');
+    let mut changed = false;
+    let words = exact
+        .iter()
+        .map(|w| {
+            if !w.is_ascii() {
+                return fold_word(w);
+            }
+            let mut plain = w.clone();
+            if plain.bytes().any(|b| b.is_ascii_alphabetic()) {
+                plain.retain(|c| !c.is_ascii_digit());
+            }
+            if let Some((&last, rest)) = plain.as_bytes().split_last()
+                && matches!(last, b'f' | b's' | b'r' | b'x' | b'j' | b'z')
+                && rest.iter().copied().any(is_vowel)
+            {
+                plain.pop();
+            }
+            for (typed, letter) in [
+                ("dd", "d"),
+                ("aa", "a"),
+                ("aw", "a"),
+                ("ee", "e"),
+                ("oo", "o"),
+                ("ow", "o"),
+                ("uw", "u"),
+                ("w", "u"),
+            ] {
+                plain = plain.replace(typed, letter);
+            }
+            let plain = fold_word(&plain);
+            changed |= plain != fold_word(w);
+            plain
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    changed.then_some(words)
+}
+
 /// A word's lowercase spelling and its folded form.
 fn forms(word: &str) -> (String, String) {
     (word.to_lowercase(), fold_word(word))
@@ -337,6 +382,9 @@ pub struct Results {
     pub hits: Vec<Arc<Entry>>,
     /// The query's words, folded, to highlight.
     pub words: Vec<String>,
+    /// When the query as typed found nothing and read as Vietnamese typed without an input
+    /// method (Telex `kyf hopj`, VNI `ky2 hop5`) found these: the words searched, folded.
+    pub typed_as: Option<String>,
 }
 
 impl Index {
@@ -708,6 +756,18 @@ impl Index {
                 if !results.words.contains(&w) {
                     results.words.push(w);
                 }
+            }
+        }
+        // Nothing: perhaps Vietnamese typed without an input method, its marks as letters
+        // (Telex) or digits (VNI).
+        if ranked.is_empty()
+            && let Some(typed) = untyped(&exact)
+        {
+            let found = self.ranked(&typed, &typed)?;
+            if !found.is_empty() {
+                ranked = found;
+                results.typed_as = Some(typed.join(" "));
+                results.words = typed;
             }
         }
         results.total = ranked.len();
@@ -1211,6 +1271,47 @@ mod tests {
             None,
             "nothing to write the other way"
         );
+    }
+
+    #[test]
+    fn vietnamese_typed_without_an_input_method_is_read_when_nothing_else_is_found() {
+        let idx = index(&[
+            (
+                "a",
+                "Kỳ họp thứ mười",
+                "Hội đồng nhân dân quận khai mạc kỳ họp.",
+                1,
+            ),
+            (
+                "b",
+                "Tiếp xúc cử tri",
+                "Đại biểu gặp người dân tại trường học.",
+                2,
+            ),
+            ("c", "Thông báo", "Lịch trực tiếp công dân.", 3),
+        ]);
+        let found = |q: &str| {
+            let r = idx.search(q, 1).unwrap();
+            (
+                ids(&r).iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                r.typed_as,
+            )
+        };
+        let a = (vec!["a".to_owned()], Some("ki hop".to_owned()));
+        assert_eq!(found("kyf hopj"), a, "Telex");
+        assert_eq!(found("ky2 hop5"), a, "VNI");
+        assert_eq!(
+            found("hooij ddoongf"),
+            (vec!["a".to_owned()], Some("hoi dong".into()))
+        );
+        assert_eq!(
+            found("nguwowif daan truwowngf"),
+            (vec!["b".to_owned()], Some("nguoi dan truong".into()))
+        );
+        // A query that finds something as typed is not read again.
+        assert_eq!(found("ky hop"), (vec!["a".to_owned()], None));
+        // Nor one that reads the same.
+        assert_eq!(found("ngân sách"), (vec![], None));
     }
 
     #[test]

@@ -223,6 +223,13 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
         "{dai}"
     );
     assert!(search("ngân sách").contains("Không tìm thấy"));
+    // Typed without an input method (Telex), found as what it reads, and the page says so.
+    let telex = search("ddaij bieeur");
+    assert!(
+        telex.contains("Không có bài nào có “ddaij bieeur”; đọc như chữ gõ kiểu Telex hoặc VNI thì là “dai bieu”: tìm thấy 1 bài viết")
+            && telex.contains("<mark>Đại</mark> <mark>biểu</mark>"),
+        "{telex}"
+    );
     // Words past the eighth are not searched, and the page says what was: the ninth word
     // here is in no article, and the articles of the first eight are found all the same.
     let long = search("ky hop thu muoi ky hop thu muoi khongcotu");
