@@ -312,6 +312,48 @@ fn read_header(
     Ok(header)
 }
 
+/// The problems of `text` after `first` (the one [`parse`] found), as far as they can be
+/// told apart: a wrong `Thời gian:`, `Địa điểm:` or `Đính chính:` line stands alone, so the
+/// article is read again without it, up to `most` problems in all. A problem elsewhere (the
+/// date, the title) ends the list: what follows it would be read wrongly.
+pub fn more_problems(text: &str, first: &LineError, tz: Tz, most: usize) -> Vec<LineError> {
+    let is_field = |line: &str| {
+        [EVENT_MARKER, PLACE_MARKER, CORRECTION_MARKER]
+            .iter()
+            .any(|m| starts_with_marker(line, m))
+    };
+    // The lines kept, by their number in the file.
+    let mut kept: Vec<(usize, &str)> = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    let mut out = Vec::new();
+    let mut at = first.line;
+    while out.len() + 1 < most {
+        let Some(index) = kept.iter().position(|(n, _)| *n == at) else {
+            break;
+        };
+        if !is_field(kept[index].1) {
+            break;
+        }
+        kept.remove(index);
+        let again: Vec<&str> = kept.iter().map(|(_, l)| *l).collect();
+        let Err(e) = parse("", &again.join("\n"), tz) else {
+            break;
+        };
+        let Some(&(line, _)) = kept.get(e.line.saturating_sub(1)) else {
+            break;
+        };
+        if !is_field(kept[e.line - 1].1) {
+            break;
+        }
+        out.push(LineError::new(line, e.message));
+        at = line;
+    }
+    out
+}
+
 /// Whether `line` starts with `marker` (`CORRECTION_MARKER`…) and a colon, the marker in
 /// any case, with or without its diacritics, as under the date line.
 pub fn starts_with_marker(line: &str, marker: &str) -> bool {
@@ -818,6 +860,24 @@ mod tests {
 
     const BASIC: &str =
         "TIN TỨC\n\nTiêu đề\nNgày đăng 14/02/2020 | 08:16\n\nĐoạn một.\n\nĐoạn hai.\n";
+
+    #[test]
+    fn every_wrong_line_under_the_date_is_told() {
+        let text = "THÔNG BÁO\n\nHọp\nNgày đăng 14/02/2020 | 08:16\n\
+                    Thời gian: 10:00 – 09:00, 20/02/2020\nĐịa điểm:\nĐính chính:\n\nNội dung.\n";
+        let first = parse("x", text, TZ).unwrap_err();
+        assert_eq!(first.line, 5, "{first:?}");
+        let more = more_problems(text, &first, TZ, 10);
+        let lines: Vec<usize> = more.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [6, 7], "{more:?}");
+        assert!(more[0].message.contains("Địa điểm"), "{more:?}");
+        // At most `most` in all, the first included.
+        assert_eq!(more_problems(text, &first, TZ, 2).len(), 1);
+        // A wrong date ends the list: the lines under it would be read wrongly.
+        let text = "THÔNG BÁO\n\nHọp\nNgày đăng 31/02/2020\nĐịa điểm:\n\nNội dung.\n";
+        let first = parse("x", text, TZ).unwrap_err();
+        assert!(more_problems(text, &first, TZ, 10).is_empty());
+    }
 
     #[test]
     fn seed_article_exactly() {

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::AtomicUsize;
 
+use crate::article::ArticleError;
 use crate::config::Config;
 use crate::library::Library;
 use crate::publish::unknown_categories;
@@ -318,7 +319,10 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     });
     let mut body_markers = body_markers.into_inner().expect("warnings");
     body_markers.sort();
-    problems.extend(errors.iter().map(ToString::to_string));
+    for e in &errors {
+        problems.push(e.to_string());
+        problems.extend(more_problems(e, tz).iter().map(ToString::to_string));
+    }
     // Drafts are held to the same rules, so a draft made public later is already right.
     // One dated too long ago to be news is published without a mail when renamed: said
     // now, while the date can still be put right.
@@ -341,7 +345,10 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
     let mut old_drafts = old_drafts.into_inner().expect("warnings");
     old_drafts.sort();
     body_markers.extend(old_drafts);
-    problems.extend(draft_errors.iter().map(ToString::to_string));
+    for e in &draft_errors {
+        problems.push(e.to_string());
+        problems.extend(more_problems(e, tz).iter().map(ToString::to_string));
+    }
     let drafts: Vec<String> = drafts
         .iter()
         .map(|d| config.store.dir.join(&d.file).display().to_string())
@@ -411,6 +418,20 @@ fn problems(config: &Config, progress: &AtomicUsize) -> Found {
         problems.extend(crate::publish::template_problems(&templates, &site));
     }
     (problems, read, drafts, body_markers)
+}
+
+/// The problems of a broken article after the one `error` names, when they can be told
+/// apart (each wrong line under the date line): the clerk mends them in one go, not one
+/// `check` at a time. At most five in all.
+fn more_problems(error: &ArticleError, tz: chrono_tz::Tz) -> Vec<ArticleError> {
+    let Ok(text) = std::fs::read_to_string(&error.path) else {
+        return Vec::new();
+    };
+    let first = crate::article::LineError::new(error.line, error.message.clone());
+    crate::article::more_problems(&text, &first, tz, 5)
+        .into_iter()
+        .map(|e| ArticleError::at(&error.path, e))
+        .collect()
 }
 
 /// What is most likely a slip of the clerk, though each article is valid alone: categories

@@ -29,7 +29,7 @@ fn store_with_broken_files() -> Site {
         "hong/su-kien.txt",
         &article(CAT_B, "Sự kiện", "2/1/2025 | 08:00").replace(
             "Ngày đăng 2/1/2025 | 08:00\n",
-            "Ngày đăng 2/1/2025 | 08:00\nĐịa điểm: Hội trường\nThời gian: 16/01/2025 | 11:30 - 08:00\n",
+            "Ngày đăng 2/1/2025 | 08:00\nĐịa điểm: Hội trường\nThời gian: 16/01/2025 | 11:30 - 08:00\nĐính chính:\n",
         ),
     );
     common::write_bytes(
@@ -62,7 +62,12 @@ fn check_lists_every_broken_file_and_exits_1() {
     let out = site.bantin(&["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
-    assert_eq!(text.lines().count(), BROKEN.len(), "{text}");
+    // The event's second wrong line is told too (each line under the date stands alone).
+    assert_eq!(text.lines().count(), BROKEN.len() + 1, "{text}");
+    assert!(
+        text.contains("hong/su-kien.txt:7: dòng \"Đính chính:\" còn trống"),
+        "{text}"
+    );
     for (location, message) in BROKEN {
         let line = text
             .lines()
