@@ -145,7 +145,8 @@ pub struct Snapshot {
     pub index: Option<Arc<Served>>,
     /// `calendar.ics`: every event.
     pub calendar: Option<Arc<Served>>,
-    /// Files that change only with the configuration: `404.html`, `feeds.opml`, `site.js`.
+    /// Files that change only with the configuration: `404.html`, `feeds.opml`, `site.js`,
+    /// `favicon.svg`.
     pub fixed: std::collections::HashMap<&'static str, Arc<Served>>,
 }
 
@@ -268,6 +269,9 @@ fn routes(state: Arc<AppState>, extra: Router, limits: &Limits) -> Router {
         .route("/articles/{*path}", get(article))
         .route("/feeds.opml", get(fixed_file))
         .route("/site.js", get(fixed_file))
+        .route("/favicon.svg", get(fixed_file))
+        // Asked for by clients that do not read the pages' icon link.
+        .route("/favicon.ico", get(to_icon))
         .route("/feeds/{name}/archive/{file}", get(feed_archive))
         .route("/categories/{*path}", get(nav_page))
         .route("/pages/{*path}", get(nav_page))
@@ -568,7 +572,16 @@ fn not_found(state: &AppState) -> Response {
     }
 }
 
-/// `/feeds.opml`, `/site.js`.
+/// `/favicon.ico`: the icon is an SVG (relative, to stay under a proxy's path).
+async fn to_icon() -> Response {
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, "favicon.svg")],
+    )
+        .into_response()
+}
+
+/// `/feeds.opml`, `/site.js`, `/favicon.svg`.
 async fn fixed_file(
     State(state): State<Arc<AppState>>,
     uri: axum::http::Uri,

@@ -42,16 +42,24 @@ document.querySelectorAll("button[data-copy]").forEach(function (button) {
 });
 "#;
 
+/// The site's icon in browser tabs and bookmarks: a bulletin's lines on the site's red.
+pub const ICON_SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+<rect width=\"32\" height=\"32\" rx=\"6\" fill=\"#a50e0e\"/>\
+<path d=\"M8 10h16M8 16h16M8 22h10\" stroke=\"#fff\" stroke-width=\"3\" stroke-linecap=\"round\"/>\
+</svg>\n";
+
 /// The files the site has besides pages and feeds, by path under `output.dir`.
 pub const NOT_FOUND_FILE: &str = "404.html";
 pub const OPML_FILE: &str = "feeds.opml";
 pub const SCRIPT_FILE: &str = "site.js";
+pub const ICON_FILE: &str = "favicon.svg";
 /// The files served from memory that change only with the configuration, with their
 /// media types.
-pub const FIXED: [(&str, &str); 3] = [
+pub const FIXED: [(&str, &str); 4] = [
     (OPML_FILE, "text/x-opml; charset=utf-8"),
     (SCRIPT_FILE, "text/javascript; charset=utf-8"),
     (NOT_FOUND_FILE, "text/html; charset=utf-8"),
+    (ICON_FILE, "image/svg+xml"),
 ];
 
 /// The media type of one of the [`FIXED`] files.
@@ -541,12 +549,13 @@ impl Publisher {
     }
 
     /// The files that change only with the configuration: (name under `output.dir`, media
-    /// type, body) of the OPML list, the script and the 404 page; the problem rendering the
+    /// type, body) of the OPML list, the script, the icon and the 404 page; the problem rendering the
     /// 404 page, if any (the others are still made).
     pub fn render_fixed(&self) -> (Vec<(&'static str, &'static str, String)>, Option<String>) {
         let mut fixed = vec![
             (OPML_FILE, fixed_media(OPML_FILE), self.render_opml()),
             (SCRIPT_FILE, fixed_media(SCRIPT_FILE), SITE_JS.to_owned()),
+            (ICON_FILE, fixed_media(ICON_FILE), ICON_SVG.to_owned()),
         ];
         match self.render_not_found() {
             Ok(html) => {

@@ -222,11 +222,11 @@ fn building_twice_gives_identical_bytes() {
     }
     assert_eq!(
         files,
-        2 * 5 + 3 + 1 + 1 + 4 + 1 + 2 + 2 * 2 + 3 + 1,
+        2 * 5 + 3 + 1 + 1 + 4 + 1 + 2 + 2 * 2 + 4 + 1,
         "two feeds in five formats (a calendar and a page each), three pages, the index, the \
          calendar, two categories (a front and a page each), one page of all, the archive and \
          its month, one archive document per feed in two formats, 404, OPML, the script, the \
-         manifest"
+         icon, the manifest"
     );
 }
 

@@ -393,7 +393,19 @@ fn health_metrics_and_limits() {
     // Never on the public port: counters there would tell who is subscribed.
     assert_eq!(daemon.get("/metrics").status, 404);
     // Guessed addresses lead to the home page's lists, relatively (a proxy's path stays).
+    // The site's icon, and where clients that guess its address are sent.
+    let icon = daemon.get("/favicon.svg");
+    assert_eq!(icon.status, 200);
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+    assert!(icon.text().starts_with("<svg"), "{}", icon.text());
+    assert!(
+        daemon
+            .get("/")
+            .text()
+            .contains("<link rel=\"icon\" href=\"http://bantin.test/favicon.svg\"")
+    );
     for (path, to) in [
+        ("/favicon.ico", "favicon.svg"),
         ("/rss", "./#nguon-tin"),
         ("/feed", "./#nguon-tin"),
         ("/feeds/", "../#nguon-tin"),
