@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use minijinja::context;
@@ -43,7 +43,11 @@ struct ResultCtx {
     published_text: String,
 }
 
-async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuery) -> Response {
+async fn search_page(
+    State(state): State<Arc<FindState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let mut query = String::new();
     let mut page = 1usize;
     // Lossy: a malformed query string still gets a page, not an error.
@@ -58,16 +62,37 @@ async fn search_page(State(state): State<Arc<FindState>>, RawQuery(raw): RawQuer
             _ => {}
         }
     }
-    let rendered = tokio::task::spawn_blocking(move || render(&state, &query, page)).await;
+    // Compressed as the other pages are, for phones on slow links.
+    let gzip = crate::http::accepts_gzip(&headers);
+    let rendered = tokio::task::spawn_blocking(move || {
+        render(&state, &query, page).map(|html| {
+            if gzip && html.len() >= crate::http::GZIP_MIN_BYTES {
+                (crate::http::gzip(html.as_bytes()), true)
+            } else {
+                (html.into_bytes(), false)
+            }
+        })
+    })
+    .await;
     match rendered {
-        Ok(Ok(html)) => (
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            html,
-        )
-            .into_response(),
+        Ok(Ok((body, gzipped))) => {
+            let mut r = (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                    (header::VARY, "Accept-Encoding"),
+                ],
+                body,
+            )
+                .into_response();
+            if gzipped {
+                r.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    header::HeaderValue::from_static("gzip"),
+                );
+            }
+            r
+        }
         Ok(Err(e)) => {
             tracing::error!("{e}");
             (

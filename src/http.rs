@@ -31,7 +31,7 @@ const CACHE_FEED: &str = "public, max-age=300";
 /// `Cache-Control` of the index, which changes with every article.
 const CACHE_INDEX: &str = "public, max-age=60";
 /// Bodies smaller than this are not worth compressing.
-const GZIP_MIN_BYTES: usize = 512;
+pub(crate) const GZIP_MIN_BYTES: usize = 512;
 
 /// One file served from memory, with its precomputed validators and gzip form.
 #[derive(Debug)]
@@ -131,7 +131,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).expect("writing to memory");
     encoder.finish().expect("writing to memory")
@@ -872,7 +872,7 @@ fn etag_matches(header_value: &str, ours: &[&str]) -> bool {
     })
 }
 
-fn accepts_gzip(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()

@@ -223,6 +223,21 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
         "{dai}"
     );
     assert!(search("ngân sách").contains("Không tìm thấy"));
+    // Compressed for a client that takes gzip, as every other page.
+    let zipped = common::http::request(
+        daemon.addr,
+        "GET",
+        "/search?q=dai+bieu",
+        &[("Accept-Encoding", "gzip")],
+        b"",
+    );
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(zipped.header("vary"), Some("Accept-Encoding"));
+    let mut page = String::new();
+    flate2::read::GzDecoder::new(&zipped.body[..])
+        .read_to_string(&mut page)
+        .unwrap();
+    assert_eq!(page, dai);
     // Typed without an input method (Telex), found as what it reads, and the page says so.
     let telex = search("ddaij bieeur");
     assert!(
