@@ -58,7 +58,7 @@ async fn search_page(
             // its marks apart, and the words would split at the marks; without the invisible
             // characters the articles are cleaned of (a zero-width space splits a word).
             "q" => query = crate::article::clean(&v),
-            "page" => page = v.parse().unwrap_or(1).clamp(1, 10_000),
+            "page" => page = page_number(&v),
             _ => {}
         }
     }
@@ -108,6 +108,33 @@ async fn search_page(
     }
 }
 
+/// The page asked for, from 1 to 10,000: a number too large to read is a page past the
+/// last (the last is shown), not the first; what is no number is the first.
+fn page_number(given: &str) -> usize {
+    match given.parse::<usize>() {
+        Ok(n) => n,
+        Err(_) if !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit()) => usize::MAX,
+        Err(_) => 1,
+    }
+    .clamp(1, 10_000)
+}
+
+/// Each of `words` (folded) as `title` or else `paragraphs` first spell it, lowercase; as it
+/// is where neither has it.
+fn spelled_as_in(words: &[String], title: &str, paragraphs: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            std::iter::once(title)
+                .chain(paragraphs.iter().map(String::as_str))
+                .flat_map(crate::search::words)
+                .find(|(_, word)| crate::search::fold_word(word) == *w)
+                .map_or_else(|| w.clone(), |(_, word)| word.to_lowercase())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn render(state: &FindState, query: &str, page: usize) -> Result<String, String> {
     // What is searched: the whole words that fit the limits, and the page says so.
     let limit = query
@@ -151,6 +178,21 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
             }
         })
         .collect();
+    // What a query typed without marks was read as, spelled as the first result writes it
+    // (`kyf hopj` → `kỳ họp`, not the bare `ki hop` it was searched by).
+    let typed_as = results.typed_as.as_ref().map(|bare| {
+        let first = results.hits.first().map(|e| {
+            let body = state.reader.body(&state.articles, e).ok();
+            (e.title.clone(), body)
+        });
+        match first {
+            Some((title, body)) => {
+                let paragraphs = body.map(|a| a.paragraphs.clone()).unwrap_or_default();
+                spelled_as_in(&results.words, &title, &paragraphs)
+            }
+            None => bare.clone(),
+        }
+    });
     let pages = results.total.div_ceil(PER_PAGE);
     let url = |n: usize| {
         let q: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
@@ -164,9 +206,10 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
                 query,
                 shortened,
                 max_words => crate::search::MAX_QUERY_WORDS,
+                max_chars => crate::search::MAX_QUERY_CHARS,
                 ready => state.search.ready(),
                 total => results.total,
-                typed_as => results.typed_as,
+                typed_as,
                 page,
                 pages,
                 first => (page - 1) * PER_PAGE + 1,
@@ -176,4 +219,33 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
             },
         )
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_number_too_large_to_read_is_past_the_last() {
+        assert_eq!(page_number("3"), 3);
+        assert_eq!(page_number("99999999999999999999999"), 10_000);
+        assert_eq!(page_number("0"), 1);
+        assert_eq!(page_number("abc"), 1);
+        assert_eq!(page_number("-1"), 1);
+        assert_eq!(page_number(""), 1);
+    }
+
+    #[test]
+    fn words_read_from_telex_are_spelled_as_the_article_spells_them() {
+        let words = vec!["ki".to_owned(), "hop".to_owned(), "xyz".to_owned()];
+        let paragraphs = vec!["Khai mạc kỳ họp.".to_owned()];
+        assert_eq!(
+            spelled_as_in(&words, "Kỳ họp thứ mười", &paragraphs),
+            "kỳ họp xyz"
+        );
+        assert_eq!(
+            spelled_as_in(&words, "Thông báo", &paragraphs),
+            "kỳ họp xyz"
+        );
+    }
 }

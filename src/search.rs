@@ -107,10 +107,18 @@ const ABBREVIATIONS: &[(&str, &[&str])] = &[
 
 /// The query (`exact`, `folded` as [`Index::search`] makes them) with each name of
 /// [`ABBREVIATIONS`] written the other way: abbreviations in full, names in full
-/// abbreviated. `None` when it names none. Words written the other way ask for no spelling.
-fn other_spelling(exact: &[String], folded: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+/// abbreviated, and where in it a name was written in full (its words must then stand
+/// together: `hội`, `đồng`, `nhân` and `dân` apart are no HĐND). `None` when it names none.
+/// Words written the other way ask for no spelling.
+#[allow(clippy::type_complexity)]
+fn other_spelling(
+    exact: &[String],
+    folded: &[String],
+) -> Option<(Vec<String>, Vec<String>, Vec<std::ops::Range<usize>>)> {
     let mut alt_exact = Vec::new();
     let mut alt_folded = Vec::new();
+    // Where an abbreviation was written in full: those words must stand together.
+    let mut phrases = Vec::new();
     let mut changed = false;
     let mut i = 0;
     while i < folded.len() {
@@ -119,6 +127,7 @@ fn other_spelling(exact: &[String], folded: &[String]) -> Option<(Vec<String>, V
             folded[i..].len() >= long.len() && folded[i..i + long.len()].iter().eq(long.iter())
         });
         if let Some((_, long)) = short {
+            phrases.push(alt_folded.len()..alt_folded.len() + long.len());
             alt_exact.extend(long.iter().map(|w| w.to_string()));
             alt_folded.extend(long.iter().map(|w| w.to_string()));
             i += 1;
@@ -136,7 +145,8 @@ fn other_spelling(exact: &[String], folded: &[String]) -> Option<(Vec<String>, V
     }
     alt_exact.truncate(MAX_QUERY_WORDS);
     alt_folded.truncate(MAX_QUERY_WORDS);
-    changed.then_some((alt_exact, alt_folded))
+    phrases.retain(|p| p.end <= MAX_QUERY_WORDS);
+    changed.then_some((alt_exact, alt_folded, phrases))
 }
 
 /// The query's words (lowercase) read as Vietnamese typed without an input method, folded:
@@ -736,11 +746,20 @@ impl Index {
         if folded.is_empty() {
             return Ok(results);
         }
-        let mut ranked = self.ranked(&exact, &folded)?;
+        let mut ranked = self.ranked(&exact, &folded, &[])?;
         // The same query with its names written the other way (`HĐND` for `hội đồng nhân
         // dân`, and back): an article found both ways counts once, at its better rank.
-        if let Some((alt_exact, alt_folded)) = other_spelling(&exact, &folded) {
-            let alt = self.ranked(&alt_exact, &alt_folded)?;
+        if let Some((alt_exact, alt_folded, phrases)) = other_spelling(&exact, &folded) {
+            // A name written the other way is the name as typed: an article that has it
+            // ranks as one spelled as typed (the words typed with marks all count).
+            let typed_with_marks = exact.iter().zip(&folded).filter(|(e, f)| e != f).count();
+            let alt: Vec<_> = self
+                .ranked(&alt_exact, &alt_folded, &phrases)?
+                .into_iter()
+                .map(|(e, tier, published, doc)| {
+                    (e.max(typed_with_marks as u32), tier, published, doc)
+                })
+                .collect();
             if !alt.is_empty() {
                 let mut best: HashMap<u32, (u32, u8, i64, u32)> =
                     ranked.iter().map(|r| (r.3, *r)).collect();
@@ -763,7 +782,7 @@ impl Index {
         if ranked.is_empty()
             && let Some(typed) = untyped(&exact)
         {
-            let found = self.ranked(&typed, &typed)?;
+            let found = self.ranked(&typed, &typed, &[])?;
             if !found.is_empty() {
                 ranked = found;
                 results.typed_as = Some(typed.join(" "));
@@ -797,7 +816,12 @@ impl Index {
     /// Every article holding each of the words (`exact`: as typed, lowercase; `folded`: by
     /// [`fold_word`]), with its rank: (words matched in the spelling typed, tier, published,
     /// document).
-    fn ranked(&self, exact: &[String], folded: &[String]) -> io::Result<Vec<(u32, u8, i64, u32)>> {
+    fn ranked(
+        &self,
+        exact: &[String],
+        folded: &[String],
+        phrases: &[std::ops::Range<usize>],
+    ) -> io::Result<Vec<(u32, u8, i64, u32)>> {
         // Each distinct word once; the query's words point at them.
         let mut distinct: Vec<u32> = Vec::new();
         let mut slot_of: Vec<usize> = Vec::new();
@@ -866,15 +890,22 @@ impl Index {
             .collect();
         let ranked: Vec<(u32, u8, i64, u32)> = hits
             .par_chunks(width + 1)
-            .map(|hit| {
+            .filter_map(|hit| {
                 let doc = hit[0];
                 let mut occ: [&[u32]; MAX_QUERY_WORDS] = [&[]; MAX_QUERY_WORDS];
                 for (slot, &i) in hit[1..].iter().enumerate() {
                     occ[slot] = decoded[slot].of(i as usize);
                 }
+                let occ = &occ[..width];
+                if !phrases
+                    .iter()
+                    .all(|p| together(occ, &slot_of[p.clone()]).is_some())
+                {
+                    return None;
+                }
                 let (title_len, published) = self.meta[doc as usize];
-                let (exact, tier) = rank(&occ[..width], title_len, &slot_of, &wanted);
-                (exact, tier, published, doc)
+                let (exact, tier) = rank(occ, title_len, &slot_of, &wanted);
+                Some((exact, tier, published, doc))
             })
             .collect();
         Ok(ranked)
@@ -909,20 +940,15 @@ fn rank(occ: &[&[u32]], title_len: u32, slot_of: &[usize], wanted: &[Option<u32>
     let mut phrase_title = false;
     let mut phrase = false;
     if slot_of.len() > 1 {
-        for &o in occ[slot_of[0]] {
-            let p = o >> 3;
-            let together = slot_of.iter().enumerate().skip(1).all(|(k, &slot)| {
-                occ[slot]
-                    .binary_search_by_key(&(p + k as u32), |&q| q >> 3)
-                    .is_ok()
-            });
-            if together {
-                phrase = true;
-                if p + (slot_of.len() as u32) <= title_len {
-                    phrase_title = true;
-                    break;
-                }
+        // The first place in the title the words stand together, else the first at all.
+        let mut from = 0;
+        while let Some(p) = together_from(occ, slot_of, from) {
+            phrase = true;
+            if p + (slot_of.len() as u32) <= title_len {
+                phrase_title = true;
+                break;
             }
+            from = p + 1;
         }
     }
     let all_in_title = slot_of
@@ -940,6 +966,25 @@ fn rank(occ: &[&[u32]], title_len: u32, slot_of: &[usize], wanted: &[Option<u32>
         1
     };
     (exact, tier)
+}
+
+/// The first position of the document where the words of `slots` (their occurrences in
+/// `occ`) stand one after the other, in that order.
+fn together(occ: &[&[u32]], slots: &[usize]) -> Option<u32> {
+    together_from(occ, slots, 0)
+}
+
+/// [`together`], at a position from `from` on.
+fn together_from(occ: &[&[u32]], slots: &[usize], from: u32) -> Option<u32> {
+    let (&first, rest) = slots.split_first()?;
+    let start = occ[first].partition_point(|&o| o >> 3 < from);
+    occ[first][start..].iter().map(|&o| o >> 3).find(|&p| {
+        rest.iter().enumerate().all(|(k, &slot)| {
+            occ[slot]
+                .binary_search_by_key(&(p + 1 + k as u32), |&q| q >> 3)
+                .is_ok()
+        })
+    })
 }
 
 /// A piece of text to show, highlighted or not.
@@ -1238,6 +1283,12 @@ mod tests {
                 "Ủy ban nhân dân phường và MTTQ.",
                 4,
             ),
+            (
+                "e",
+                "Hội nghị tuyên dương",
+                "Đồng chí Bí thư đề nghị nhân dân góp ý; ban tổ chức ủy quyền.",
+                5,
+            ),
         ]);
         let found = |q: &str| {
             let mut ids: Vec<String> = idx
@@ -1250,19 +1301,22 @@ mod tests {
             ids.sort();
             ids
         };
-        assert_eq!(found("hội đồng nhân dân"), ["a", "b"]);
+        // The words apart (e) are found as any words are, but they are not the name.
+        assert_eq!(found("hội đồng nhân dân"), ["a", "b", "e"]);
         assert_eq!(found("HĐND"), ["a", "b"]);
         assert_eq!(found("hdnd ky hop"), ["b"]);
         assert_eq!(found("họp hội đồng nhân dân quận"), ["a", "b"]);
-        assert_eq!(found("uy ban nhan dan"), ["d"]);
+        assert_eq!(found("uy ban nhan dan"), ["d", "e"]);
+        assert_eq!(found("UBND"), ["d"]);
         assert_eq!(found("mặt trận tổ quốc"), ["d"]);
-        // The words typed come first: an article that spells them so outranks one that
-        // abbreviates them.
+        // The name, in full or abbreviated, before the words apart, though these are spelled
+        // as typed; among the first, the title, then the newest.
         assert_eq!(
             ids(&idx.search("hội đồng nhân dân", 1).unwrap()),
-            ["b", "a"]
+            ["b", "a", "e"]
         );
-        assert_eq!(ids(&idx.search("HĐND", 1).unwrap()), ["a", "b"]);
+        assert_eq!(ids(&idx.search("ủy ban nhân dân", 1).unwrap()), ["d", "e"]);
+        assert_eq!(ids(&idx.search("HĐND", 1).unwrap()), ["b", "a"]);
         // Both spellings are highlighted.
         let words = idx.search("HĐND", 1).unwrap().words;
         assert!(words.contains(&"hdnd".to_owned()) && words.contains(&"hoi".to_owned()));

@@ -241,7 +241,7 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
     // Typed without an input method (Telex), found as what it reads, and the page says so.
     let telex = search("ddaij bieeur");
     assert!(
-        telex.contains("Không có bài nào có “ddaij bieeur”; đọc như chữ gõ kiểu Telex hoặc VNI thì là “dai bieu”: tìm thấy 1 bài viết")
+        telex.contains("Không có bài nào có “ddaij bieeur”; đọc như chữ gõ kiểu Telex hoặc VNI thì là “đại biểu”: tìm thấy 1 bài viết")
             && telex.contains("<mark>Đại</mark> <mark>biểu</mark>"),
         "{telex}"
     );
@@ -254,7 +254,7 @@ fn search_ignores_diacritics_prefers_what_was_typed_and_follows_the_store() {
     );
     assert!(
         long.contains("Kết quả tìm “ky hop thu muoi ky hop thu muoi”")
-            && long.contains("tối đa 8 từ"),
+            && long.contains("tối đa 8 từ, 200 ký tự"),
         "{long}"
     );
     assert!(!search("ky hop").contains("tối đa 8 từ"));
