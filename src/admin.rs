@@ -660,6 +660,10 @@ fn inbox(ctx: &Context<'_>, mails: Vec<(String, String)>) -> Result<Reply, Admin
             }
             crate::mail::inbox::Finding::Complaint { email }
             | crate::mail::inbox::Finding::Unsubscribe { email } => format!(" ({email})"),
+            crate::mail::inbox::Finding::Reply { from } => format!(
+                " (from {from}: a person's answer to a mail bantin sent, left for you to read; \
+                 `bantin subscribers remove {from}` ends a subscription asked to end in words)"
+            ),
             _ => String::new(),
         };
         out.push_str(&format!("{name}: {}{about}\n", finding.kind()));

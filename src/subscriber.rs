@@ -95,12 +95,23 @@ pub struct SoftBounces {
     pub since_ms: i64,
     pub count: u32,
     pub last: String,
+    /// When the last one came (unix milliseconds; 0 in records made before it was kept).
+    #[serde(default)]
+    pub last_ms: i64,
+    /// Whether one came as a delivery report through the inbox: the relay had taken that
+    /// mail, so the relay taking later ones says nothing of the mailbox, and only time ends
+    /// the run ([`SOFT_BOUNCE_GAP_MS`]).
+    #[serde(default)]
+    pub reported: bool,
 }
 
 /// An address bounces after this many soft bounces in a row…
 pub const SOFT_BOUNCES: u32 = 5;
 /// …spread over at least this long (a mailbox full for a day is not a dead address).
 pub const SOFT_BOUNCE_SPAN_MS: i64 = 3 * 24 * 3600 * 1000;
+/// A soft bounce this long after the last one starts a new run: the mails between went
+/// through, or there were none (the only end a run of reported ones can have).
+pub const SOFT_BOUNCE_GAP_MS: i64 = 30 * 24 * 3600 * 1000;
 
 impl Subscriber {
     /// Ends the subscription in `state` at `now` (unix seconds): every link issued before
@@ -117,15 +128,27 @@ impl Subscriber {
         self.tokens_after.is_none_or(|after| issued > after)
     }
 
-    /// Records a soft bounce at `now_ms`; returns whether the address now counts as bounced.
-    pub fn soft_bounce(&mut self, why: &str, now_ms: i64) -> bool {
+    /// Records a soft bounce at `now_ms`, `reported` when it came as a delivery report;
+    /// returns whether the address now counts as bounced.
+    pub fn soft_bounce(&mut self, why: &str, now_ms: i64, reported: bool) -> bool {
+        if self
+            .soft_bounces
+            .as_ref()
+            .is_some_and(|run| run.last_ms > 0 && now_ms - run.last_ms >= SOFT_BOUNCE_GAP_MS)
+        {
+            self.soft_bounces = None;
+        }
         let run = self.soft_bounces.get_or_insert(SoftBounces {
             since_ms: now_ms,
             count: 0,
             last: String::new(),
+            last_ms: now_ms,
+            reported: false,
         });
         run.count += 1;
         run.last = why.to_owned();
+        run.last_ms = now_ms;
+        run.reported |= reported;
         run.count >= SOFT_BOUNCES && now_ms - run.since_ms >= SOFT_BOUNCE_SPAN_MS
     }
 }
@@ -247,12 +270,34 @@ mod tests {
     fn five_soft_bounces_over_three_days_bounce() {
         let mut sub = Subscriber::new("a@x.vn", Schedule::Immediate, vec![], 0);
         for i in 0..4 {
-            assert!(!sub.soft_bounce("full", i * SOFT_BOUNCE_SPAN_MS));
+            assert!(!sub.soft_bounce("full", i * SOFT_BOUNCE_SPAN_MS, false));
         }
-        assert!(sub.soft_bounce("full", 4 * SOFT_BOUNCE_SPAN_MS));
+        assert!(sub.soft_bounce("full", 4 * SOFT_BOUNCE_SPAN_MS, false));
         let mut quick = Subscriber::new("b@x.vn", Schedule::Immediate, vec![], 0);
         for i in 0..10 {
-            assert!(!quick.soft_bounce("full", i * 1000), "ten in a few seconds");
+            assert!(
+                !quick.soft_bounce("full", i * 1000, false),
+                "ten in a few seconds"
+            );
         }
+    }
+
+    #[test]
+    fn a_soft_bounce_long_after_the_last_starts_a_new_run() {
+        let mut sub = Subscriber::new("a@x.vn", Schedule::Immediate, vec![], 0);
+        let week = 7 * 24 * 3600 * 1000;
+        // Four reports a week apart, then a pause of more than a month: a new run.
+        for i in 0..4 {
+            assert!(!sub.soft_bounce("full", i * week, true));
+        }
+        let later = 3 * week + SOFT_BOUNCE_GAP_MS;
+        assert!(!sub.soft_bounce("full", later, true));
+        let run = sub.soft_bounces.clone().unwrap();
+        assert_eq!((run.count, run.since_ms, run.reported), (1, later, true));
+        // Weekly reports from then on: bounced at the fifth.
+        for i in 1..4 {
+            assert!(!sub.soft_bounce("full", later + i * week, true));
+        }
+        assert!(sub.soft_bounce("full", later + 4 * week, true));
     }
 }

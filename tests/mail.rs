@@ -998,11 +998,13 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
     let people = [
         ("postfix@x.vn", "postfix-5.1.1.eml"),
         ("exim@x.vn", "exim-5.0.0.eml"),
-        ("day@x.vn", "mailbox-full-4.2.2.eml"),
+        ("day@x.vn", "mailbox-full-5.2.2.eml"),
+        ("cho@x.vn", "delayed-4.2.2.eml"),
         ("gmail@x.vn", "gmail-5.1.1.eml"),
         ("spam@x.vn", "arf-complaint.eml"),
         ("thoi@x.vn", "mailto-unsubscribe.eml"),
         ("nghi@x.vn", "out-of-office.eml"),
+        ("dap@x.vn", "reply.eml"),
     ];
     for (email, _) in &people {
         add_confirmed(&site, email, "immediate");
@@ -1077,10 +1079,12 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
             ("postfix@x.vn", "bounced"),
             ("exim@x.vn", "bounced"),
             ("day@x.vn", "active"),
+            ("cho@x.vn", "active"),
             ("gmail@x.vn", "bounced"),
             ("spam@x.vn", "complained"),
             ("thoi@x.vn", "unsubscribed"),
             ("nghi@x.vn", "active"),
+            ("dap@x.vn", "active"),
         ] {
             assert_eq!(
                 states[email]["state"], state,
@@ -1093,6 +1097,8 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
             "soft-counted once"
         );
         assert!(states["nghi@x.vn"]["soft_bounces"].is_null());
+        // A warning that delivery is only delayed counts for nothing.
+        assert!(states["cho@x.vn"]["soft_bounces"].is_null());
     };
     check(&states());
     let metrics = daemon.metrics();
@@ -1103,6 +1109,8 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
         ("unsubscribe", 1),
         ("auto_reply", 1),
         ("forged", 1),
+        ("delayed", 1),
+        ("reply", 1),
     ] {
         assert!(
             metrics.contains(&format!(
@@ -1130,14 +1138,37 @@ fn bounces_complaints_and_unsubscribes_come_back_in() {
     // The same by hand: `bantin inbox process` acts once too.
     let again = site.path("again.eml");
     let mail = mails.iter().find(|m| m.to[0] == "day@x.vn").unwrap();
-    std::fs::write(&again, inbox_fixture("mailbox-full-4.2.2.eml", mail)).unwrap();
+    std::fs::write(&again, inbox_fixture("mailbox-full-5.2.2.eml", mail)).unwrap();
     let out = site.bantin(&["inbox", "process", again.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(
-        stdout(&out).contains("soft_bounce (day@x.vn, 4.2.2)"),
+        stdout(&out).contains("soft_bounce (day@x.vn, 5.2.2)"),
         "{}",
         stdout(&out)
     );
+    check(&states());
+    // A person's reply is left to the admin, who is told how to act on it.
+    let reply = site.path("reply.eml");
+    let mail = mails.iter().find(|m| m.to[0] == "dap@x.vn").unwrap();
+    std::fs::write(&reply, inbox_fixture("reply.eml", mail)).unwrap();
+    let out = stdout(&site.bantin(&["inbox", "process", reply.to_str().unwrap()]));
+    assert!(
+        out.contains("reply (from dap@x.vn: a person's answer")
+            && out.contains("`bantin subscribers remove dap@x.vn`"),
+        "{out}"
+    );
+    // Our relay taking the next mail for day@x.vn says nothing of the mailbox the report
+    // came from: the soft bounce stays counted.
+    let before = smtp.accepted().len();
+    site.publish("hai.txt", &article(CAT_A, "Bài hai", "20/11/2026 | 09:00"));
+    wait_for("the next article mailed", PATIENCE, || {
+        smtp.accepted()[before..]
+            .iter()
+            .any(|m| m.to[0] == "day@x.vn")
+    });
+    wait_for("its delivery recorded", PATIENCE, || {
+        common::status(&site)["outbox"]["pending"] == 0
+    });
     check(&states());
 }
 

@@ -26,12 +26,16 @@ use crate::token::Signer;
 pub enum Finding {
     /// A permanent failure for an address: it bounces.
     HardBounce { email: String, status: String },
-    /// A temporary one (mailbox full, delayed): counted toward the soft-bounce rule.
+    /// A temporary one the relay gave up on (a mailbox full for days): counted toward the
+    /// soft-bounce rule. A report that delivery is only delayed is not one.
     SoftBounce { email: String, status: String },
     /// A spam complaint: unsubscribed from everything, marked complained.
     Complaint { email: String },
     /// A mail to `unsubscribe+<token>@`.
     Unsubscribe { email: String },
+    /// A person's answer to a mail bantin sent (it names one of its Message-IDs): for the
+    /// admin to read, who may end a subscription asked for in words.
+    Reply { from: String },
     /// A token that bantin did not sign, or that names no delivery.
     Forged,
     /// Anything else (an auto-reply, a DSN without a token): kept, counted.
@@ -46,6 +50,7 @@ impl Finding {
             Finding::SoftBounce { .. } => "soft_bounce",
             Finding::Complaint { .. } => "complaint",
             Finding::Unsubscribe { .. } => "unsubscribe",
+            Finding::Reply { .. } => "reply",
             Finding::Forged => "forged",
             Finding::Other(kind) => kind,
         }
@@ -177,7 +182,10 @@ pub fn classify(
                     && status != "5.2.2"
                     && !status.starts_with("5.7.")
             });
-            Ok(match (hard, reports.first()) {
+            // Only a failure counts: `delayed` (the relay still tries), `relayed` or
+            // `delivered` say nothing against the address.
+            let soft = reports.iter().find(|(action, _)| action == "failed");
+            Ok(match (hard, soft) {
                 (Some((_, status)), _) => Finding::HardBounce {
                     email,
                     status: status.clone(),
@@ -186,6 +194,10 @@ pub fn classify(
                     email,
                     status: status.clone(),
                 },
+                (None, None) if reports.iter().any(|(action, _)| action == "delayed") => {
+                    Finding::Other("delayed")
+                }
+                (None, None) if !reports.is_empty() => Finding::Other("delivery_report"),
                 (None, None) => Finding::Other("bounce_without_status"),
             })
         }
@@ -216,6 +228,20 @@ pub fn classify(
                 .join("\n");
             let tokens = tokens_after(&addressed, "unsubscribe");
             if tokens.is_empty() {
+                // An answer to one of our mails (its Message-ID, `<…bantin@…>`): a person.
+                let answers = ["In-Reply-To", "References"]
+                    .iter()
+                    .filter_map(|h| message.header_raw(*h))
+                    .any(|v| v.contains(".bantin@"));
+                if answers {
+                    let from = message
+                        .from()
+                        .and_then(|f| f.first())
+                        .and_then(|a| a.address())
+                        .unwrap_or("?")
+                        .to_owned();
+                    return Ok(Finding::Reply { from });
+                }
                 return Ok(Finding::Other("other"));
             }
             for token in tokens {
@@ -262,6 +288,7 @@ pub fn process(
                 && sub.soft_bounce(
                     &format!("delivery status notification: {status}"),
                     now_s * 1000,
+                    true,
                 )
             {
                 sub.end(SubState::Bounced, now_s);
@@ -288,6 +315,11 @@ pub fn process(
             }
         })?,
         Finding::Forged => tracing::warn!("inbox: a message with a token bantin did not sign"),
+        Finding::Reply { from } => tracing::info!(
+            from,
+            "inbox: a person answered a mail bantin sent; read it (an unsubscribe asked for in \
+             words is done with `bantin subscribers remove`)"
+        ),
         Finding::Other(_) => {}
     }
     store.inbox_done(&digest, finding.kind(), clock.now_ms())?;

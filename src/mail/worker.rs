@@ -780,11 +780,14 @@ impl Worker {
         if !self.store().is_broken() {
             self.resume();
         }
-        if read.is_some_and(|s| s.soft_bounces.is_none()) {
+        // The relay taking the mail clears soft bounces it gave itself; not those reported
+        // later through the inbox, which came after the relay had taken those mails too.
+        let clears = |s: &Subscriber| s.soft_bounces.as_ref().is_some_and(|r| !r.reported);
+        if read.is_some_and(|s| !clears(s)) {
             return; // read just before sending: nothing to clear
         }
         if let Ok(Some(mut sub)) = self.store().subscriber(email)
-            && sub.soft_bounces.is_some()
+            && clears(&sub)
         {
             sub.soft_bounces = None;
             let _ = self.store().put_subscriber(&sub);
@@ -840,7 +843,7 @@ impl Worker {
         let Ok(Some(mut sub)) = self.store().subscriber(email) else {
             return false;
         };
-        let bounced = sub.soft_bounce(why, self.outbox.clock.now_ms());
+        let bounced = sub.soft_bounce(why, self.outbox.clock.now_ms(), false);
         if bounced {
             sub.end(SubState::Bounced, self.outbox.clock.now_s());
             sub.bounce = Some(format!("mailbox full for days: {why}"));
