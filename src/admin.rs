@@ -1127,7 +1127,10 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
         .map(|d| DeferredMails {
             count: d.count,
             reason: crate::mail::worker::refusal_of_any(&d.reason),
-            next_try: rfc3339_ms(d.next_ms, ctx.tz),
+            // A next try already due waits for a free connection or the end of a pause.
+            next_try: (d.next_ms > ctx.clock.now_ms())
+                .then(|| rfc3339_ms(d.next_ms, ctx.tz))
+                .flatten(),
             attempts: d.attempts,
         });
     let articles = count_articles(ctx.store_dir);
@@ -1211,19 +1214,21 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
     );
     if let Some(d) = &status.deferred {
         out.push_str(&format!(
-            "deferred: {} {} tried and waiting to be tried again (up to {} {} so far), next \
-             try {}: {}\n",
+            "deferred: {} {} tried and waiting to be tried again (up to {} {} so far), {}: \
+             {}\n",
             d.count,
             if d.count == 1 { "mail" } else { "mails" },
             d.attempts,
             if d.attempts == 1 { "try" } else { "tries" },
-            d.next_try.as_deref().unwrap_or("unknown"),
+            d.next_try
+                .as_deref()
+                .map_or("the next due now".to_owned(), |t| format!("next try {t}")),
             d.reason
         ));
     }
     if !status.fanouts.is_empty() {
         out.push_str(&format!(
-            "alerts still going out (more than pending: the rest are not planned yet): {}\n",
+            "alerts still going out (pending counts only the mails planned so far): {}\n",
             status.fanouts.join(", ")
         ));
     }

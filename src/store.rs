@@ -2791,7 +2791,9 @@ impl Store {
         for r in t.outbox.iter() {
             let (k, v) = r?;
             let d: Delivery = decode(&k, &v)?;
-            let (DeliveryState::Pending, Some(error)) = (d.state, &d.error) else {
+            // Tried and refused for now: a mail held back by a pause is not counted (no try
+            // is counted then), the pause is what `status` tells of it.
+            let (DeliveryState::Pending, Some(error), 1..) = (d.state, &d.error, d.attempts) else {
                 continue;
             };
             match &mut out {
@@ -3016,6 +3018,38 @@ mod tests {
         store.update(&q.key, &d, Some(&q)).unwrap();
         assert_eq!(store.queue_len(), 0);
         assert_eq!(store.outbox_counts().unwrap(), [0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn deferred_mails_are_those_tried_and_refused_for_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let put = |email: &str, attempts: u32, updated_ms: i64, next_ms: i64, error: &str| {
+            let mut d = Delivery::new(Kind::Confirm { at: 5 }, email, 1000);
+            store.enqueue(&d).unwrap();
+            let q = store
+                .due(LANE_FRESH, 2000, 10, &|_| false)
+                .unwrap()
+                .remove(0);
+            (d.attempts, d.updated_ms, d.next_ms) = (attempts, updated_ms, next_ms);
+            d.error = Some(error.into());
+            store.update(&q.key, &d, Some(&q)).unwrap();
+        };
+        assert_eq!(store.deferred().unwrap(), None);
+        // Held back by a pause: no try counted, not deferred.
+        put("a@x.vn", 0, 3000, 3000, "smtp: 535 (at connect)");
+        assert_eq!(store.deferred().unwrap(), None);
+        put("b@x.vn", 1, 4000, 9000, "smtp: 451 first");
+        put("c@x.vn", 3, 5000, 7000, "smtp: 451 latest");
+        assert_eq!(
+            store.deferred().unwrap(),
+            Some(Deferred {
+                count: 2,
+                reason: "smtp: 451 latest".into(),
+                next_ms: 7000,
+                attempts: 3,
+            })
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn kill_9_during_a_fan_out() {
     let out = site.bantin(&["status"]);
     assert!(
         stdout(&out).contains(
-            "alerts still going out (more than pending: the rest are not planned yet): tin-moi"
+            "alerts still going out (pending counts only the mails planned so far): tin-moi"
         ),
         "{}",
         stdout(&out)
