@@ -196,6 +196,14 @@ impl Item<'_> {
     /// only the summary show them too).
     fn excerpt(&self) -> String {
         let body = self.body.map(Article::excerpt).unwrap_or_default();
+        let body = match self.correction() {
+            Some((at, reason)) => {
+                let reason = reason.trim_end_matches('.');
+                let sep = if body.is_empty() { "" } else { " " };
+                format!("Đính chính lúc {at}: {reason}.{sep}{body}")
+            }
+            None => body,
+        };
         let Some(when) = &self.entry.event else {
             return body;
         };
@@ -210,6 +218,16 @@ impl Item<'_> {
         out
     }
 
+    /// When and why the article was corrected (`HH:MM DD/MM/YYYY` of its last change, as
+    /// its page says), if it was.
+    fn correction(&self) -> Option<(String, &str)> {
+        let reason = self.entry.correction.as_deref()?;
+        Some((
+            self.entry.updated.format("%H:%M %d/%m/%Y").to_string(),
+            reason,
+        ))
+    }
+
     fn author<'s>(&'s self, site: &'s SiteInfo) -> &'s str {
         self.entry.author.as_deref().unwrap_or(&site.title)
     }
@@ -220,6 +238,15 @@ impl Item<'_> {
         let paragraphs = self.body.map_or(&[][..], |a| a.paragraphs.as_slice());
         let mut html =
             String::with_capacity(paragraphs.iter().map(|p| p.len() + p.len() / 8 + 8).sum());
+        // A correction first, as on the page: a reader that showed the article before shows
+        // it again, changed, and says why.
+        if let Some((at, reason)) = self.correction() {
+            html.push_str("<p><strong>Đính chính lúc ");
+            html.push_str(&at);
+            html.push_str(":</strong> ");
+            escape_into(&mut html, reason);
+            html.push_str("</p>\n");
+        }
         if let Some(when) = &self.entry.event {
             html.push_str("<p><strong>Thời gian:</strong> ");
             escape_into(&mut html, &crate::calendar::describe(when));
@@ -697,6 +724,35 @@ mod tests {
         ] {
             assert!(xml.contains(needle), "missing {needle} in\n{xml}");
         }
+    }
+
+    #[test]
+    fn a_corrected_article_says_so_first_in_every_format() {
+        let mut e = entry();
+        e.correction = Some("Sửa giờ <họp>".into());
+        let body = body(&e);
+        let items = [Item {
+            entry: &e,
+            body: Some(&body),
+        }];
+        let said = "Đính chính lúc 09:00 15/02/2020:";
+        let rss = rss(&def(), &site(), &items, &Links::default());
+        assert!(
+            rss.contains(&format!(
+                "<content:encoded><![CDATA[<p><strong>{said}</strong> Sửa giờ &lt;họp&gt;</p>\n<p>Một"
+            )),
+            "{rss}"
+        );
+        assert!(
+            rss.contains(&format!(
+                "<description><![CDATA[{said} Sửa giờ &lt;họp&gt;. Một"
+            )),
+            "{rss}"
+        );
+        let atom = atom(&def(), &site(), &items, &Links::default());
+        assert!(atom.contains(said), "{atom}");
+        let json = json(&def(), &site(), &items, None);
+        assert!(json.contains(said), "{json}");
     }
 
     #[test]
