@@ -403,6 +403,8 @@ struct ArticleCtx<'a> {
     category: &'a str,
     url: String,
     paragraphs: &'a [String],
+    /// The start of the text, plain: the page's description where links are shared.
+    excerpt: String,
     author: Option<&'a str>,
     published_iso: String,
     published_text: String,
@@ -536,6 +538,7 @@ impl Pages<'_> {
             category: &article.category,
             url: self.site.article_url(&article.id),
             paragraphs: &article.paragraphs,
+            excerpt: article.excerpt(),
             author: article.author.as_deref(),
             published_iso: article.published.to_rfc3339(),
             published_text: local_time(&article.published),
