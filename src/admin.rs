@@ -1097,9 +1097,9 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             });
         }
     }
-    let mut counts = store.outbox_counts().unwrap_or_else(|e| {
+    let (mut counts, deferred) = store.outbox_summary().unwrap_or_else(|e| {
         note(e);
-        [0; 4]
+        ([0; 4], None)
     });
     counts[0] += (ctx.planned)(None);
     let outbox = DeliveryState::ALL
@@ -1118,21 +1118,15 @@ fn status(ctx: &Context<'_>, json: bool) -> Result<Reply, AdminError> {
             t.and_then(|t| rfc3339_ms(t.saturating_mul(1000), ctx.tz)),
         );
     }
-    let deferred = store
-        .deferred()
-        .unwrap_or_else(|e| {
-            note(e);
-            None
-        })
-        .map(|d| DeferredMails {
-            count: d.count,
-            reason: crate::mail::worker::refusal_of_any(&d.reason),
-            // A next try already due waits for a free connection or the end of a pause.
-            next_try: (d.next_ms > ctx.clock.now_ms())
-                .then(|| rfc3339_ms(d.next_ms, ctx.tz))
-                .flatten(),
-            attempts: d.attempts,
-        });
+    let deferred = deferred.map(|d| DeferredMails {
+        count: d.count,
+        reason: crate::mail::worker::refusal_of_any(&d.reason),
+        // A next try already due waits for a free connection or the end of a pause.
+        next_try: (d.next_ms > ctx.clock.now_ms())
+            .then(|| rfc3339_ms(d.next_ms, ctx.tz))
+            .flatten(),
+        attempts: d.attempts,
+    });
     let articles = count_articles(ctx.store_dir);
     let fanouts = store
         .fanouts()

@@ -342,10 +342,10 @@ pub fn more_problems(text: &str, first: &LineError, tz: Tz, most: usize) -> Vec<
         let Err(e) = parse("", &again.join("\n"), tz) else {
             break;
         };
-        let Some(&(line, _)) = kept.get(e.line.saturating_sub(1)) else {
+        let Some(&(line, text)) = kept.get(e.line.saturating_sub(1)) else {
             break;
         };
-        if !is_field(kept[e.line - 1].1) {
+        if !is_field(text) {
             break;
         }
         out.push(LineError::new(line, e.message));

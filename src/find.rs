@@ -161,38 +161,39 @@ fn render(state: &FindState, query: &str, page: usize) -> Result<String, String>
         .map_err(|e| e.to_string())?;
     let page = results.page;
     let site = state.site.read().expect("site lock").clone();
+    // Each body read once: for its snippet, and the first for what a Telex query meant.
+    let bodies: Vec<_> = results
+        .hits
+        .iter()
+        .map(|e| state.reader.body(&state.articles, e).ok())
+        .collect();
     let hits: Vec<ResultCtx> = results
         .hits
         .iter()
-        .map(|e| {
-            let body = state.reader.body(&state.articles, e).ok();
-            ResultCtx {
-                title: highlight(&e.title, &results.words),
-                snippet: body.map_or_else(Vec::new, |a| {
-                    snippet(&a.paragraphs, &results.words, SNIPPET_WORDS)
-                }),
-                url: site.article_url(&e.id),
-                category: e.category.to_string(),
-                published_iso: e.published.to_rfc3339(),
-                published_text: local_time(&e.published),
-            }
+        .zip(&bodies)
+        .map(|(e, body)| ResultCtx {
+            title: highlight(&e.title, &results.words),
+            snippet: body.as_ref().map_or_else(Vec::new, |a| {
+                snippet(&a.paragraphs, &results.words, SNIPPET_WORDS)
+            }),
+            url: site.article_url(&e.id),
+            category: e.category.to_string(),
+            published_iso: e.published.to_rfc3339(),
+            published_text: local_time(&e.published),
         })
         .collect();
     // What a query typed without marks was read as, spelled as the first result writes it
     // (`kyf hopj` → `kỳ họp`, not the bare `ki hop` it was searched by).
-    let typed_as = results.typed_as.as_ref().map(|bare| {
-        let first = results.hits.first().map(|e| {
-            let body = state.reader.body(&state.articles, e).ok();
-            (e.title.clone(), body)
-        });
-        match first {
-            Some((title, body)) => {
-                let paragraphs = body.map(|a| a.paragraphs.clone()).unwrap_or_default();
-                spelled_as_in(&results.words, &title, &paragraphs)
+    let typed_as = results
+        .typed_as
+        .as_ref()
+        .map(|bare| match results.hits.first() {
+            Some(e) => {
+                let paragraphs = bodies[0].as_ref().map_or(&[][..], |a| &a.paragraphs[..]);
+                spelled_as_in(&results.words, &e.title, paragraphs)
             }
             None => bare.clone(),
-        }
-    });
+        });
     let pages = results.total.div_ceil(PER_PAGE);
     let url = |n: usize| {
         let q: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();

@@ -264,6 +264,13 @@ impl Library {
         self.events.range(start..).next().is_some()
     }
 
+    /// Whether some article is of `category`.
+    pub fn has_category(&self, category: &str) -> bool {
+        self.by_category
+            .get(category)
+            .is_some_and(|set| !set.is_empty())
+    }
+
     /// Every category that has at least one article, sorted.
     pub fn categories(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self

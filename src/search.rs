@@ -110,14 +110,9 @@ const ABBREVIATIONS: &[(&str, &[&str])] = &[
 /// abbreviated, and where in it a name was written in full (its words must then stand
 /// together: `hội`, `đồng`, `nhân` and `dân` apart are no HĐND). `None` when it names none.
 /// Words written the other way ask for no spelling.
-#[allow(clippy::type_complexity)]
-fn other_spelling(
-    exact: &[String],
-    folded: &[String],
-) -> Option<(Vec<String>, Vec<String>, Vec<std::ops::Range<usize>>)> {
+fn other_spelling(exact: &[String], folded: &[String]) -> Option<OtherSpelling> {
     let mut alt_exact = Vec::new();
     let mut alt_folded = Vec::new();
-    // Where an abbreviation was written in full: those words must stand together.
     let mut phrases = Vec::new();
     let mut changed = false;
     let mut i = 0;
@@ -146,7 +141,20 @@ fn other_spelling(
     alt_exact.truncate(MAX_QUERY_WORDS);
     alt_folded.truncate(MAX_QUERY_WORDS);
     phrases.retain(|p| p.end <= MAX_QUERY_WORDS);
-    changed.then_some((alt_exact, alt_folded, phrases))
+    changed.then_some(OtherSpelling {
+        exact: alt_exact,
+        folded: alt_folded,
+        phrases,
+    })
+}
+
+/// A query with its names written the other way ([`other_spelling`]).
+#[derive(Debug, PartialEq, Eq)]
+struct OtherSpelling {
+    exact: Vec<String>,
+    folded: Vec<String>,
+    /// Where an abbreviation was written in full: those words must stand together.
+    phrases: Vec<std::ops::Range<usize>>,
 }
 
 /// The query's words (lowercase) read as Vietnamese typed without an input method, folded:
@@ -749,12 +757,12 @@ impl Index {
         let mut ranked = self.ranked(&exact, &folded, &[])?;
         // The same query with its names written the other way (`HĐND` for `hội đồng nhân
         // dân`, and back): an article found both ways counts once, at its better rank.
-        if let Some((alt_exact, alt_folded, phrases)) = other_spelling(&exact, &folded) {
+        if let Some(other) = other_spelling(&exact, &folded) {
             // A name written the other way is the name as typed: an article that has it
             // ranks as one spelled as typed (the words typed with marks all count).
             let typed_with_marks = exact.iter().zip(&folded).filter(|(e, f)| e != f).count();
             let alt: Vec<_> = self
-                .ranked(&alt_exact, &alt_folded, &phrases)?
+                .ranked(&other.exact, &other.folded, &other.phrases)?
                 .into_iter()
                 .map(|(e, tier, published, doc)| {
                     (e.max(typed_with_marks as u32), tier, published, doc)
@@ -771,7 +779,7 @@ impl Index {
                 }
                 ranked = best.into_values().collect();
             }
-            for w in alt_folded {
+            for w in other.folded {
                 if !results.words.contains(&w) {
                     results.words.push(w);
                 }

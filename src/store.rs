@@ -2783,20 +2783,34 @@ impl Store {
     /// Counts of deliveries by state.
     /// Mails by state: those on record, and those folded into totals (alerts, digest runs
     /// and corrections; a confirmation is not counted once compacted).
+    pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
+        Ok(self.outbox_summary()?.0)
+    }
+
     /// The pending mails the relay deferred (tried, and waiting to be tried again): how
     /// many, the latest reason, the next try. `None` when there are none.
     pub fn deferred(&self) -> Result<Option<Deferred>, StoreError> {
+        Ok(self.outbox_summary()?.1)
+    }
+
+    /// [`Store::outbox_counts`] and [`Store::deferred`] in one walk of the outbox.
+    pub fn outbox_summary(&self) -> Result<([usize; 4], Option<Deferred>), StoreError> {
         let t = self.t()?;
-        let mut out: Option<(Deferred, i64)> = None;
+        let mut counts = [0; 4];
+        let mut deferred: Option<(Deferred, i64)> = None;
         for r in t.outbox.iter() {
             let (k, v) = r?;
             let d: Delivery = decode(&k, &v)?;
+            counts[DeliveryState::ALL
+                .iter()
+                .position(|s| *s == d.state)
+                .unwrap_or(0)] += 1;
             // Tried and refused for now: a mail held back by a pause is not counted (no try
             // is counted then), the pause is what `status` tells of it.
             let (DeliveryState::Pending, Some(error), 1..) = (d.state, &d.error, d.attempts) else {
                 continue;
             };
-            match &mut out {
+            match &mut deferred {
                 Some((seen, latest)) => {
                     seen.count += 1;
                     seen.next_ms = seen.next_ms.min(d.next_ms);
@@ -2813,23 +2827,9 @@ impl Store {
                         next_ms: d.next_ms,
                         attempts: d.attempts,
                     };
-                    out = Some((seen, d.updated_ms));
+                    deferred = Some((seen, d.updated_ms));
                 }
             }
-        }
-        Ok(out.map(|(seen, _)| seen))
-    }
-
-    pub fn outbox_counts(&self) -> Result<[usize; 4], StoreError> {
-        let t = self.t()?;
-        let mut counts = [0; 4];
-        for r in t.outbox.iter() {
-            let (k, v) = r?;
-            let d: Delivery = decode(&k, &v)?;
-            counts[DeliveryState::ALL
-                .iter()
-                .position(|s| *s == d.state)
-                .unwrap_or(0)] += 1;
         }
         counts[1] += t.sent.len() + t.marks.len();
         let mut add = |c: &Counts| {
@@ -2849,7 +2849,7 @@ impl Store {
             let (k, v) = r?;
             add(&decode::<Correction>(&k, &v)?.compacted);
         }
-        Ok(counts)
+        Ok((counts, deferred.map(|(seen, _)| seen)))
     }
 }
 

@@ -337,7 +337,7 @@ async fn subscribe(
             return state.starting(&refill);
         }
     };
-    let refill = Refill::new(
+    let mut refill = Refill::new(
         email.as_deref().unwrap_or_default(),
         schedule,
         &categories,
@@ -352,7 +352,6 @@ async fn subscribe(
             None => ("email", address_problem(None, AddressProblem::Invalid)),
             Some(Ok(_)) => ("schedule", "Vui lòng chọn cách nhận tin."),
         };
-        let mut refill = refill;
         refill.problem = Some(field);
         return state.refill("Thông tin chưa hợp lệ", message, &refill);
     };
@@ -368,7 +367,6 @@ async fn subscribe(
                     .join(", "),
                 known.join(", ")
             );
-            let mut refill = refill;
             refill.problem = Some("categories");
             return state.refill("Chuyên mục không có", &message, &refill);
         }

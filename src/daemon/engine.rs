@@ -611,13 +611,14 @@ impl Engine {
     /// (case, diacritics, spaces): it makes a category of its own, whose articles the
     /// followers of the other never get. `bantin check` says the same.
     fn warn_look_alike(&self, file: &str, category: &str) {
-        let categories = self.library.categories();
-        if categories.contains(&category) {
-            return;
+        if self.library.has_category(category) {
+            return; // the common case, a lookup
         }
         let form = crate::check::category_form(category);
-        if let Some(known) = categories
-            .iter()
+        if let Some(known) = self
+            .library
+            .categories()
+            .into_iter()
             .find(|c| crate::check::category_form(c) == form)
         {
             tracing::warn!(
